@@ -1,0 +1,306 @@
+"""The wire contract for input events (docs/events.md), and its validation.
+
+Decoding is pure: it takes the raw key and value bytes and the time "now" (to
+reject timestamps in the far future) and returns either an ``Event`` or a
+``Rejection`` carrying a short reason code and a human-readable detail. The
+stream worker and the replay command share this code, so both accept exactly
+the same input.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+CONTRACT_VERSION = 1
+
+
+class TopicKind(str, enum.Enum):
+    """Which of the four input streams a message came from."""
+
+    PURCHASES = "purchases"
+    USAGE = "product-usage"
+    TICKETS = "tickets"
+    PAYMENTS = "payments"
+
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Item(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    sku: NonEmpty
+    quantity: Annotated[int, msgspec.Meta(ge=1)]
+    unit_price: NonNegative
+    category: str | None = None
+
+
+class PurchaseCompleted(msgspec.Struct, frozen=True):
+    order_id: NonEmpty
+    amount: NonNegative
+    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+    items: tuple[Item, ...] = ()
+
+
+class PurchaseRefunded(msgspec.Struct, frozen=True):
+    order_id: NonEmpty
+    amount: NonNegative
+
+
+class CheckoutAbandoned(msgspec.Struct, frozen=True):
+    cart_value: NonNegative | None = None
+
+
+class UsageSession(msgspec.Struct, frozen=True):
+    user_id: NonEmpty
+    duration_seconds: NonNegative
+
+
+class UsageFeature(msgspec.Struct, frozen=True):
+    user_id: NonEmpty
+    feature: NonEmpty
+    count: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class TicketOpened(msgspec.Struct, frozen=True):
+    ticket_id: NonEmpty
+    priority: Literal["low", "normal", "high", "urgent"]
+
+
+class TicketResolved(msgspec.Struct, frozen=True):
+    ticket_id: NonEmpty
+
+
+class TicketReopened(msgspec.Struct, frozen=True):
+    ticket_id: NonEmpty
+
+
+class SurveyAnswered(msgspec.Struct, frozen=True):
+    survey: Literal["nps", "csat", "ces"]
+    score: float
+    scale: tuple[float, float] | None = None
+
+
+class InvoiceIssued(msgspec.Struct, frozen=True):
+    invoice_id: NonEmpty
+    amount: NonNegative
+    due_at: str | int
+
+
+class PaymentSucceeded(msgspec.Struct, frozen=True):
+    invoice_id: NonEmpty
+    amount: NonNegative
+
+
+class PaymentFailed(msgspec.Struct, frozen=True):
+    invoice_id: NonEmpty
+    amount: NonNegative
+    reason: str | None = None
+
+
+class SubscriptionUpdated(msgspec.Struct, frozen=True):
+    mrr: NonNegative
+
+
+class SubscriptionCancelled(msgspec.Struct, frozen=True):
+    reason: str | None = None
+
+
+EventData = Union[
+    PurchaseCompleted,
+    PurchaseRefunded,
+    CheckoutAbandoned,
+    UsageSession,
+    UsageFeature,
+    TicketOpened,
+    TicketResolved,
+    TicketReopened,
+    SurveyAnswered,
+    InvoiceIssued,
+    PaymentSucceeded,
+    PaymentFailed,
+    SubscriptionUpdated,
+    SubscriptionCancelled,
+]
+
+#: event type -> (topic it belongs to, payload struct)
+EVENT_TYPES: dict[str, tuple[TopicKind, type]] = {
+    "purchase.completed": (TopicKind.PURCHASES, PurchaseCompleted),
+    "purchase.refunded": (TopicKind.PURCHASES, PurchaseRefunded),
+    "checkout.abandoned": (TopicKind.PURCHASES, CheckoutAbandoned),
+    "usage.session": (TopicKind.USAGE, UsageSession),
+    "usage.feature": (TopicKind.USAGE, UsageFeature),
+    "ticket.opened": (TopicKind.TICKETS, TicketOpened),
+    "ticket.resolved": (TopicKind.TICKETS, TicketResolved),
+    "ticket.reopened": (TopicKind.TICKETS, TicketReopened),
+    "survey.answered": (TopicKind.TICKETS, SurveyAnswered),
+    "invoice.issued": (TopicKind.PAYMENTS, InvoiceIssued),
+    "payment.succeeded": (TopicKind.PAYMENTS, PaymentSucceeded),
+    "payment.failed": (TopicKind.PAYMENTS, PaymentFailed),
+    "subscription.updated": (TopicKind.PAYMENTS, SubscriptionUpdated),
+    "subscription.cancelled": (TopicKind.PAYMENTS, SubscriptionCancelled),
+}
+
+#: Scales a survey answer is on when the producer does not send ``scale``.
+DEFAULT_SURVEY_SCALES: dict[str, tuple[float, float]] = {
+    "nps": (0.0, 10.0),
+    "csat": (1.0, 5.0),
+    "ces": (1.0, 7.0),
+}
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One validated customer event; ``occurred_at_ms`` is event time."""
+
+    event_id: str
+    type: str
+    customer_id: str
+    occurred_at_ms: int
+    data: EventData
+
+
+class RejectReason(str, enum.Enum):
+    """Why a message went to the dead-letter topic (a bounded set: it is a metric label)."""
+
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    INVALID_FIELD = "invalid_field"
+    UNKNOWN_TYPE = "unknown_type"
+    WRONG_TOPIC = "wrong_topic"
+    KEY_MISMATCH = "key_mismatch"
+    INVALID_AMOUNT = "invalid_amount"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    reason: RejectReason
+    detail: str
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    event_id: NonEmpty
+    type: NonEmpty
+    customer_id: NonEmpty
+    occurred_at: str | int
+    data: dict = {}
+
+
+_json_decoder = msgspec.json.Decoder()
+_ERROR_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
+_MONEY_FIELDS = {"amount", "cart_value", "mrr", "unit_price"}
+
+# Timestamps before this are surely a unit mistake (seconds sent as milliseconds).
+_EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+def parse_timestamp_ms(value: str | int, field: str) -> int | Rejection:
+    """RFC 3339 with an explicit offset, or integer epoch milliseconds."""
+    if isinstance(value, bool):
+        return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} must be RFC 3339 or epoch milliseconds")
+    if isinstance(value, int):
+        millis = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} is not RFC 3339: {value[:40]!r}")
+        if parsed.tzinfo is None:
+            return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} has no UTC offset: {value[:40]!r}")
+        millis = int(parsed.timestamp() * 1000)
+    if millis < _EARLIEST_MS:
+        return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} is before the year 2000 ({millis} ms)")
+    return millis
+
+
+def _amount_problem(data: object) -> str | None:
+    """Names the first money field that is NaN or infinite (JSON can carry 1e999)."""
+    for name in ("amount", "cart_value", "mrr", "duration_seconds", "score"):
+        value = getattr(data, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+    for item in getattr(data, "items", ()):
+        if not math.isfinite(item.unit_price):
+            return "items.unit_price"
+    return None
+
+
+def decode_event(
+    key: bytes | None,
+    value: bytes | None,
+    topic: TopicKind | None,
+    now_ms: int,
+    max_future_skew_ms: int,
+) -> Event | Rejection:
+    """Validates one raw message against the wire contract.
+
+    ``topic`` restricts the accepted event types to those of that stream (None
+    accepts any type, for files that mix them).
+    """
+    if value is None:
+        return Rejection(RejectReason.NOT_JSON, "empty value (tombstone)")
+    try:
+        raw = _json_decoder.decode(value)
+    except msgspec.DecodeError as error:
+        return Rejection(RejectReason.NOT_JSON, f"value is not JSON: {error}")
+    if not isinstance(raw, dict):
+        return Rejection(RejectReason.NOT_OBJECT, f"value is a JSON {type(raw).__name__}, not an object")
+    try:
+        envelope = msgspec.convert(raw, _Envelope)
+    except msgspec.ValidationError as error:
+        return Rejection(RejectReason.INVALID_FIELD, str(error))
+
+    known = EVENT_TYPES.get(envelope.type)
+    if known is None:
+        return Rejection(RejectReason.UNKNOWN_TYPE, f"unknown event type {envelope.type[:60]!r}")
+    expected_topic, payload_type = known
+    if topic is not None and expected_topic is not topic:
+        return Rejection(
+            RejectReason.WRONG_TOPIC,
+            f"{envelope.type} belongs on {expected_topic.value}, not {topic.value}",
+        )
+    if key is not None and key != envelope.customer_id.encode():
+        return Rejection(RejectReason.KEY_MISMATCH, "message key differs from customer_id")
+
+    occurred_at = parse_timestamp_ms(envelope.occurred_at, "occurred_at")
+    if isinstance(occurred_at, Rejection):
+        return occurred_at
+    if occurred_at > now_ms + max_future_skew_ms:
+        seconds_ahead = (occurred_at - now_ms) // 1000
+        return Rejection(RejectReason.FUTURE_TIMESTAMP, f"occurred_at is {seconds_ahead} s in the future")
+
+    try:
+        data = msgspec.convert(envelope.data, payload_type)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        path = _ERROR_PATH.search(message)
+        money = path is not None and path.group(1).split(".")[-1] in _MONEY_FIELDS
+        reason = RejectReason.INVALID_AMOUNT if money else RejectReason.INVALID_FIELD
+        return Rejection(reason, f"data: {message}")
+    bad_number = _amount_problem(data)
+    if bad_number is not None:
+        return Rejection(RejectReason.INVALID_AMOUNT, f"data.{bad_number} is not a finite number")
+
+    if isinstance(data, SurveyAnswered):
+        low, high = data.scale or DEFAULT_SURVEY_SCALES[data.survey]
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            return Rejection(RejectReason.INVALID_FIELD, f"data.scale [{low}, {high}] is not a range")
+        if not low <= data.score <= high:
+            return Rejection(RejectReason.INVALID_FIELD, f"data.score {data.score} outside scale [{low}, {high}]")
+    if isinstance(data, InvoiceIssued):
+        due = parse_timestamp_ms(data.due_at, "data.due_at")
+        if isinstance(due, Rejection):
+            return due
+
+    return Event(
+        event_id=envelope.event_id,
+        type=envelope.type,
+        customer_id=envelope.customer_id,
+        occurred_at_ms=occurred_at,
+        data=data,
+    )

@@ -1,0 +1,43 @@
+"""The ``customer-health`` message (docs/events.md), built from a score."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+
+from scoring.health import HealthScore
+
+_encoder = msgspec.json.Encoder()
+
+
+def rfc3339(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def health_message(
+    customer_id: str,
+    health: HealthScore,
+    computed_at_ms: int,
+    model_version: str,
+    trigger_event_id: str | None,
+) -> dict:
+    return {
+        "customer_id": customer_id,
+        "score": health.score,
+        "band": health.band,
+        "churn_risk": health.churn_risk,
+        "components": {
+            name: {"score": c.score, "weight": c.weight, "contribution": c.contribution}
+            for name, c in health.components.items()
+        },
+        "confidence": health.confidence,
+        "as_of": rfc3339(health.as_of_ms),
+        "computed_at": rfc3339(computed_at_ms),
+        "model_version": model_version,
+        "trigger_event_id": trigger_event_id,
+    }
+
+
+def encode_json(message: dict) -> bytes:
+    return _encoder.encode(message)

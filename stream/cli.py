@@ -1,0 +1,120 @@
+"""``healthscore``: one command, with a subcommand for each job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from stream.settings import Settings, SettingsError, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Real-time customer health scores on a Kafka event stream.
+
+    Configuration comes from config/healthscore.toml (or the file named by
+    HEALTHSCORE_CONFIG), overridden by HEALTHSCORE_* environment variables,
+    e.g. HEALTHSCORE_KAFKA_BOOTSTRAP or HEALTHSCORE_TOPICS__PURCHASES.
+    """
+
+
+@main.command()
+@click.option("--loglevel", default=None, help="Log level (default: log_level from the settings, 'info').")
+def worker(loglevel: str | None) -> None:
+    """Run the streaming worker: consume the four input topics, keep per-customer
+    state, publish changed scores to the customer-health topic, write Redis, and
+    serve /metrics on the web port (default 6066)."""
+    import faust
+
+    from stream.app import build_app
+
+    settings = _settings()
+    app = build_app(settings)
+    faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False).execute_from_commandline()
+
+
+@main.group()
+def services() -> None:
+    """Start, stop or check the local Kafka broker (KRaft) and Redis, no Docker needed."""
+
+
+@services.command("start")
+def services_start() -> None:
+    """Start Kafka on 127.0.0.1:9092 and Redis on 127.0.0.1:6379 unless they already answer."""
+    from stream.services import ServiceError, default_paths, start_kafka, start_redis
+
+    paths = default_paths()
+    try:
+        start_redis(paths, echo=click.echo)
+        start_kafka(paths, echo=click.echo)
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@services.command("stop")
+def services_stop() -> None:
+    """Stop the Kafka broker and Redis started by 'services start'."""
+    from stream.services import default_paths, stop_all
+
+    stop_all(default_paths(), echo=click.echo)
+
+
+@services.command("status")
+def services_status() -> None:
+    """Say whether Kafka and Redis answer; exits 1 if either does not."""
+    from stream.services import status
+
+    state = status()
+    for name, up in state.items():
+        click.echo(f"{name}: {'up' if up else 'down'}")
+    sys.exit(0 if all(state.values()) else 1)
+
+
+@main.command()
+def topics() -> None:
+    """Create the input, dead-letter and output topics with the configured partition count."""
+    from stream.topics import TopicLayoutError, ensure_topics
+
+    try:
+        asyncio.run(ensure_topics(_settings(), echo=click.echo))
+    except TopicLayoutError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option("--customers", default=200, show_default=True, type=click.IntRange(1), help="How many customers.")
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.1), help="Events per second.")
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds to run.")
+@click.option(
+    "--history-days",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Days of simulated history compressed into the run (event time ends at now); 0 for live events.",
+)
+@click.option("--seed", default=7, show_default=True, help="Random seed: the same seed gives the same customers and events.")
+def generate(customers: int, rate: float, duration: float, history_days: float, seed: int) -> None:
+    """Produce realistic events to the four input topics: healthy customers,
+    slowly disengaging ones, payment trouble and cancellations."""
+    from stream.generate import produce
+
+    settings = _settings()
+    topic_names = {kind: name for name, kind in settings.topics.inputs().items()}
+    asyncio.run(
+        produce(settings.kafka_bootstrap, topic_names, customers, rate, duration, history_days, seed, echo=click.echo)
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

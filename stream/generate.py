@@ -1,0 +1,161 @@
+"""Realistic demo events for the four input topics.
+
+Customers follow one of four personas: healthy, slowly disengaging, payment
+trouble, and cancelling. A run covers ``history_days`` of simulated history
+compressed into the run, ending at the wall clock, so scores move within a
+short demo; with ``history_days=0`` events are simply live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgspec
+
+from scoring.contract import TopicKind
+from scoring.state import DAY_MS
+
+PERSONAS = ("healthy", "disengaging", "payment_trouble", "cancelling")
+PERSONA_SHARES = (0.55, 0.2, 0.15, 0.1)
+FEATURES = ("dashboards", "reports", "exports", "integrations", "alerts", "api")
+CATEGORIES = ("basics", "addons", "premium", "services")
+
+
+@dataclass(frozen=True)
+class GeneratedEvent:
+    topic: TopicKind
+    customer_id: str
+    value: dict
+
+
+class EventSynthesizer:
+    """Deterministic for a seed: the same arguments give the same events."""
+
+    def __init__(self, customers: int, seed: int = 7) -> None:
+        self._random = random.Random(seed)
+        self._seed = seed
+        self._sequence = 0
+        self.personas = {
+            f"cust-{index:05d}": self._random.choices(PERSONAS, PERSONA_SHARES)[0] for index in range(customers)
+        }
+        self._ids = list(self.personas)
+        self._open_tickets: dict[str, list[str]] = {}
+        self._invoices: dict[str, list[str]] = {}
+        self._cancelled: set[str] = set()
+
+    def _activity(self, persona: str, progress: float) -> float:
+        if persona == "disengaging":
+            return max(0.05, 1.0 - progress)
+        if persona == "cancelling":
+            return 1.0 if progress < 0.7 else 0.1
+        return 1.0
+
+    def next_event(self, at_ms: int, progress: float) -> GeneratedEvent:
+        rng = self._random
+        for _ in range(6):
+            customer = rng.choice(self._ids)
+            persona = self.personas[customer]
+            if rng.random() <= self._activity(persona, progress):
+                break
+        self._sequence += 1
+        event_id = f"gen-{self._seed}-{self._sequence}"
+        topic, event_type, data = self._body(customer, persona, progress, at_ms)
+        value = {"event_id": event_id, "type": event_type, "customer_id": customer, "occurred_at": at_ms, "data": data}
+        return GeneratedEvent(topic, customer, value)
+
+    def _body(self, customer: str, persona: str, progress: float, at_ms: int) -> tuple[TopicKind, str, dict]:
+        rng = self._random
+        if persona == "cancelling" and progress >= 0.7 and customer not in self._cancelled:
+            self._cancelled.add(customer)
+            return TopicKind.PAYMENTS, "subscription.cancelled", {"reason": "switched vendor"}
+        roll = rng.random()
+        user = f"{customer}-u{rng.randint(1, 8)}"
+        if roll < 0.45:
+            return TopicKind.USAGE, "usage.session", {"user_id": user, "duration_seconds": round(rng.uniform(30, 3600), 1)}
+        if roll < 0.65:
+            return TopicKind.USAGE, "usage.feature", {"user_id": user, "feature": rng.choice(FEATURES), "count": rng.randint(1, 5)}
+        if roll < 0.75:
+            if persona != "healthy" and rng.random() < 0.3:
+                return TopicKind.PURCHASES, "checkout.abandoned", {"cart_value": round(rng.uniform(10, 300), 2)}
+            quantity = rng.randint(1, 3)
+            price = round(rng.uniform(5, 120), 2)
+            return TopicKind.PURCHASES, "purchase.completed", {
+                "order_id": f"o-{self._sequence}",
+                "amount": round(quantity * price, 2),
+                "currency": "EUR",
+                "items": [{"sku": f"sku-{rng.randint(1, 50)}", "category": rng.choice(CATEGORIES), "quantity": quantity, "unit_price": price}],
+            }
+        if roll < 0.85:
+            tickets = self._open_tickets.setdefault(customer, [])
+            if tickets and rng.random() < (0.7 if persona == "healthy" else 0.3):
+                return TopicKind.TICKETS, "ticket.resolved", {"ticket_id": tickets.pop(0)}
+            if rng.random() < 0.35:
+                good = persona == "healthy"
+                score = rng.randint(8, 10) if good else rng.randint(2, 7)
+                return TopicKind.TICKETS, "survey.answered", {"survey": "nps", "score": score}
+            ticket = f"t-{self._sequence}"
+            tickets.append(ticket)
+            priority = rng.choice(("low", "normal", "normal", "high") if persona == "healthy" else ("normal", "high", "urgent"))
+            return TopicKind.TICKETS, "ticket.opened", {"ticket_id": ticket, "priority": priority}
+        invoices = self._invoices.setdefault(customer, [])
+        if invoices and rng.random() < 0.6:
+            invoice = invoices.pop(0)
+            if persona == "payment_trouble" and rng.random() < 0.7:
+                invoices.append(invoice)
+                return TopicKind.PAYMENTS, "payment.failed", {"invoice_id": invoice, "amount": 99.0, "reason": "card_declined"}
+            return TopicKind.PAYMENTS, "payment.succeeded", {"invoice_id": invoice, "amount": 99.0}
+        if rng.random() < 0.2:
+            return TopicKind.PAYMENTS, "subscription.updated", {"mrr": rng.choice((49.0, 99.0, 199.0))}
+        invoice = f"inv-{self._sequence}"
+        invoices.append(invoice)
+        return TopicKind.PAYMENTS, "invoice.issued", {"invoice_id": invoice, "amount": 99.0, "due_at": at_ms + 7 * DAY_MS}
+
+    def timeline(self, total: int, start_ms: int, end_ms: int) -> Iterator[GeneratedEvent]:
+        """``total`` events spread evenly from ``start_ms`` to ``end_ms`` of event time."""
+        for index in range(total):
+            progress = index / max(1, total - 1)
+            yield self.next_event(int(start_ms + progress * (end_ms - start_ms)), progress)
+
+
+async def produce(
+    bootstrap: str,
+    topics: dict[TopicKind, str],
+    customers: int,
+    rate: float,
+    duration: float,
+    history_days: float,
+    seed: int,
+    echo=print,
+) -> int:
+    """Sends rate × duration events to Kafka, paced in wall time; returns how many were sent."""
+    from aiokafka import AIOKafkaProducer
+
+    total = max(1, int(rate * duration))
+    synthesizer = EventSynthesizer(customers, seed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    encoder = msgspec.json.Encoder()
+    history_ms = history_days * DAY_MS
+    started = time.time()
+    try:
+        for index in range(total):
+            target = started + index / rate
+            delay = target - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            progress = index / max(1, total - 1)
+            now_ms = int(time.time() * 1000)
+            at_ms = int(now_ms - history_ms * (1 - progress))
+            event = synthesizer.next_event(at_ms, progress)
+            await producer.send(topics[event.topic], encoder.encode(event.value), key=event.customer_id.encode())
+            if index and index % max(1, int(rate * 5)) == 0:
+                echo(f"  sent {index}/{total} events")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    echo(f"Sent {total} events for {customers} customers in {time.time() - started:.1f} s")
+    return total

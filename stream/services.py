@@ -1,0 +1,246 @@
+"""Starts and stops the real services on this machine: Apache Kafka (KRaft) and Redis.
+
+No Docker: Kafka runs from its Maven Central jars (resolved by services/kafka/pom.xml),
+Redis from Debian's ``redis-server``. Everything binds to 127.0.0.1 and keeps its
+files under ``.data/``. Starting is idempotent: a service that already answers is
+left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.settings import PROJECT_ROOT
+
+KAFKA_DIR = PROJECT_ROOT / "services" / "kafka"
+KAFKA_LIBS = KAFKA_DIR / "target" / "libs"
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServicePaths:
+    root: Path
+
+    @property
+    def kafka(self) -> Path:
+        return self.root / "kafka"
+
+    @property
+    def redis(self) -> Path:
+        return self.root / "redis"
+
+
+def default_paths() -> ServicePaths:
+    return ServicePaths(Path(os.environ.get("HEALTHSCORE_SERVICES_DIR", PROJECT_ROOT / ".data" / "services")))
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_until(predicate, timeout: float, what: str, log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    hint = f"; see {log_file}" if log_file else ""
+    raise ServiceError(f"{what} did not come up within {timeout:.0f} s{hint}")
+
+
+def resolve_kafka_jars(echo=print) -> None:
+    """Downloads the broker's jars with Maven once; later starts reuse them."""
+    if KAFKA_LIBS.is_dir() and any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+        return
+    if shutil.which("mvn") is None:
+        raise ServiceError("Maven (mvn) is needed to fetch Apache Kafka; run scripts/setup.sh")
+    echo("Resolving Apache Kafka from Maven Central (first run only)...")
+    subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies", f"-DoutputDirectory={KAFKA_LIBS}"],
+        check=True,
+    )
+
+
+def _kafka_java(main: str, *args: str, log_dir: Path) -> list[str]:
+    return [
+        "java",
+        "-Xms256m",
+        "-Xmx1g",
+        "-cp",
+        f"{KAFKA_LIBS}/*",
+        f"-Dkafka.logs.dir={log_dir}",
+        f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+        main,
+        *args,
+    ]
+
+
+def _kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=8",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=168",
+            "",
+        ]
+    )
+
+
+def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 9093, echo=print) -> bool:
+    """Returns True if it started a broker, False if one already answered."""
+    if port_answers("127.0.0.1", port):
+        echo(f"Kafka already answers on 127.0.0.1:{port}")
+        return False
+    resolve_kafka_jars(echo)
+    directory = paths.kafka
+    data_dir = directory / "data"
+    log_dir = directory / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    properties = directory / "server.properties"
+    properties.write_text(_kafka_properties(data_dir, port, controller_port))
+    if not (data_dir / "meta.properties").exists():
+        cluster_id = subprocess.run(
+            _kafka_java("kafka.tools.StorageTool", "random-uuid", log_dir=log_dir),
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        subprocess.run(
+            _kafka_java(
+                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(properties), log_dir=log_dir
+            ),
+            check=True,
+            capture_output=True,
+        )
+    stdout = open(log_dir / "stdout.log", "ab")
+    process = subprocess.Popen(
+        _kafka_java("kafka.Kafka", str(properties), log_dir=log_dir),
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (directory / "kafka.pid").write_text(str(process.pid))
+    echo(f"Starting Kafka (pid {process.pid}) on 127.0.0.1:{port}...")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise ServiceError(f"Kafka exited with code {process.returncode}; see {log_dir}")
+        return _kafka_metadata_answers(port)
+
+    _wait_until(ready, 90, "Kafka", log_dir / "server.log")
+    echo("Kafka is up")
+    return True
+
+
+def _kafka_metadata_answers(port: int) -> bool:
+    """The broker is ready when a metadata request lists it (not only when the port opens)."""
+    if not port_answers("127.0.0.1", port):
+        return False
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> bool:
+        client = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
+        try:
+            await client.start()
+            await client.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    return asyncio.run(probe())
+
+
+def start_redis(paths: ServicePaths, port: int = 6379, echo=print) -> bool:
+    if port_answers("127.0.0.1", port):
+        echo(f"Redis already answers on 127.0.0.1:{port}")
+        return False
+    server = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if server is None:
+        raise ServiceError("redis-server is not installed; run scripts/setup.sh (apt-get install redis-server)")
+    directory = paths.redis
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            server,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "yes",
+            "--dir", str(directory),
+            "--pidfile", str(directory / "redis.pid"),
+            "--logfile", str(directory / "redis.log"),
+        ],
+        check=True,
+    )
+    _wait_until(lambda: port_answers("127.0.0.1", port), 15, "Redis", directory / "redis.log")
+    echo(f"Redis is up on 127.0.0.1:{port}")
+    return True
+
+
+def _stop_pidfile(pidfile: Path, name: str, echo=print, timeout: float = 30) -> None:
+    if not pidfile.exists():
+        echo(f"{name}: not started by this project")
+        return
+    pid = int(pidfile.read_text().strip())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        echo(f"{name}: was not running")
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    echo(f"{name}: stopped")
+
+
+def stop_all(paths: ServicePaths, echo=print) -> None:
+    _stop_pidfile(paths.kafka / "kafka.pid", "Kafka", echo)
+    _stop_pidfile(paths.redis / "redis.pid", "Redis", echo)
+
+
+def status(kafka_port: int = 9092, redis_port: int = 6379) -> dict[str, bool]:
+    return {"kafka": port_answers("127.0.0.1", kafka_port), "redis": port_answers("127.0.0.1", redis_port)}

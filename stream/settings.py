@@ -1,0 +1,138 @@
+"""The one settings object: files in config/ overlaid by HEALTHSCORE_* environment variables.
+
+Loaded once at start, validated, frozen, and passed down explicitly. A bad value
+fails fast with an error naming the key. Nested keys are set from the
+environment with a double underscore, e.g. ``HEALTHSCORE_TOPICS__PURCHASES``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from scoring.contract import TopicKind
+from scoring.health import COMPONENTS, ScoringParameters
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "healthscore.toml"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicNames(Frozen):
+    purchases: str = "purchases"
+    usage: str = "product-usage"
+    tickets: str = "tickets"
+    payments: str = "payments"
+    health: str = "customer-health"
+    alerts: str = "churn-alerts"
+
+    def inputs(self) -> dict[str, TopicKind]:
+        """Input topic name -> which stream of the contract it carries."""
+        return {
+            self.purchases: TopicKind.PURCHASES,
+            self.usage: TopicKind.USAGE,
+            self.tickets: TopicKind.TICKETS,
+            self.payments: TopicKind.PAYMENTS,
+        }
+
+    @staticmethod
+    def dead_letter(topic: str) -> str:
+        return f"{topic}.dlq"
+
+
+class ScoringSettings(Frozen):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
+    )
+    healthy_min: float = Field(70.0, ge=0, le=100)
+    at_risk_min: float = Field(40.0, ge=0, le=100)
+    usage_half_life_days: float = Field(7.0, gt=0)
+    purchase_half_life_days: float = Field(45.0, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_nonnegative_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; known: {list(COMPONENTS)}")
+        negative = sorted(name for name, weight in weights.items() if weight < 0)
+        if negative:
+            raise ValueError(f"weight of {negative} is negative")
+        if sum(weights.values()) <= 0:
+            raise ValueError("at least one weight must be positive")
+        return weights
+
+    @model_validator(mode="after")
+    def _bands_ordered(self) -> "ScoringSettings":
+        if self.at_risk_min >= self.healthy_min:
+            raise ValueError(f"at_risk_min ({self.at_risk_min}) must be below healthy_min ({self.healthy_min})")
+        return self
+
+    def parameters(self) -> ScoringParameters:
+        return ScoringParameters(
+            weights=dict(self.weights),
+            healthy_min=self.healthy_min,
+            at_risk_min=self.at_risk_min,
+            usage_half_life_days=self.usage_half_life_days,
+            purchase_half_life_days=self.purchase_half_life_days,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HEALTHSCORE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    app_id: str = "healthscore"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    partitions: int = Field(8, ge=1, le=1024)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "healthscore"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    data_dir: Path = PROJECT_ROOT / ".data" / "worker"
+    topics: TopicNames = TopicNames()
+    max_future_skew_seconds: int = Field(300, ge=0)
+    dedup_capacity: int = Field(64, ge=1, le=4096)
+    log_level: str = "info"
+    scoring: ScoringSettings = ScoringSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("HEALTHSCORE_CONFIG", DEFAULT_CONFIG_FILE))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+
+
+class SettingsError(Exception):
+    """A configuration problem, with every bad key named."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    config_file = Path(os.environ.get("HEALTHSCORE_CONFIG", DEFAULT_CONFIG_FILE))
+    if "HEALTHSCORE_CONFIG" in os.environ and not config_file.is_file():
+        raise SettingsError(f"HEALTHSCORE_CONFIG points to {config_file}, which is not a file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in issue['loc']) or '(top level)'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise SettingsError(f"invalid configuration ({config_file} and HEALTHSCORE_* variables):\n{problems}") from None

@@ -1,0 +1,47 @@
+"""Creates the project's topics with explicit partition counts.
+
+The four input topics must be co-partitioned (same partition count, keyed by
+customer id) because one table holds each customer's state across all four.
+"""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream.settings import Settings, TopicNames
+
+
+class TopicLayoutError(RuntimeError):
+    pass
+
+
+def wanted_topics(settings: Settings) -> list[str]:
+    inputs = list(settings.topics.inputs())
+    return [*inputs, *(TopicNames.dead_letter(name) for name in inputs), settings.topics.health, settings.topics.alerts]
+
+
+async def ensure_topics(settings: Settings, echo=print) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = await admin.describe_topics(wanted_topics(settings))
+        counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        missing = [name for name in wanted_topics(settings) if name not in counts]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, num_partitions=settings.partitions, replication_factor=1) for name in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            echo(f"Created {len(missing)} topic(s) with {settings.partitions} partitions: {', '.join(missing)}")
+        mismatched = {name: count for name, count in counts.items() if name in settings.topics.inputs() and count != settings.partitions}
+        if mismatched:
+            raise TopicLayoutError(
+                f"input topics must all have {settings.partitions} partitions (co-partitioned by customer id); found {mismatched}"
+            )
+        if not missing:
+            echo("All topics exist")
+    finally:
+        await admin.close()
