@@ -27,7 +27,11 @@ from stream.sinks import LatestScoreCache, dead_letter_headers
 log = logging.getLogger("healthscore.worker")
 
 Clock = Callable[[], float]
-RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def raw_schema() -> faust.Schema:
+    """A new raw-bytes schema per topic: Faust mutates a schema shared between channels."""
+    return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
 class IdempotentProducer(faust_aiokafka.Producer):
@@ -63,12 +67,12 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     )
     app.transport.Producer = IdempotentProducer
 
-    source = app.topic(*input_kinds, partitions=settings.partitions, **RAW)
-    health_topic = app.topic(settings.topics.health, partitions=settings.partitions, **RAW)
+    source = app.topic(*input_kinds, partitions=settings.partitions, schema=raw_schema())
+    health_topic = app.topic(settings.topics.health, partitions=settings.partitions, schema=raw_schema())
     dead_letter_topics = {
-        name: app.topic(TopicNames.dead_letter(name), partitions=settings.partitions, **RAW) for name in input_kinds
+        name: app.topic(TopicNames.dead_letter(name), partitions=settings.partitions, schema=raw_schema()) for name in input_kinds
     }
-    states = app.Table("customer-state", default=None, partitions=settings.partitions, **RAW)
+    states = app.Table("customer-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix)
     app.healthscore_cache = cache  # for tests and diagnostics
 
@@ -96,7 +100,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
                 await dead_letter(message, decoded)
             elif message.key is None:
                 # Keyless: send it back keyed, so it lands on its customer's partition.
-                await app.topic(message.topic, **RAW).send(key=decoded.customer_id.encode(), value=message.value)
+                await app.topic(message.topic, schema=raw_schema()).send(key=decoded.customer_id.encode(), value=message.value)
                 metrics.EVENTS.labels(message.topic, "rekeyed").inc()
             else:
                 stored = states.get(message.key)
