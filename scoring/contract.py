@@ -247,6 +247,8 @@ def decode_event(
     try:
         raw = _json_decoder.decode(value)
     except msgspec.DecodeError as error:
+        if "out of range" in str(error):  # e.g. 1e999, which would be infinite
+            return Rejection(RejectReason.INVALID_AMOUNT, f"a number is out of range (infinite): {error}")
         return Rejection(RejectReason.NOT_JSON, f"value is not JSON: {error}")
     if not isinstance(raw, dict):
         return Rejection(RejectReason.NOT_OBJECT, f"value is a JSON {type(raw).__name__}, not an object")

@@ -1,0 +1,188 @@
+"""Real services for integration tests: the project's own Kafka (KRaft) and Redis.
+
+The services are started once per session (idempotently: already running ones
+are reused). Every test session uses its own topic names, consumer group and
+Redis key prefix, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from stream.services import default_paths, start_kafka, start_redis
+from stream.settings import PROJECT_ROOT, Settings, load_settings
+from stream.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    missing = [tool for tool in ("kcat", "redis-server", "java") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"integration tests need {missing}: run scripts/setup.sh", pytrace=False)
+    paths = default_paths()
+    start_redis(paths)
+    start_kafka(paths)
+
+
+@dataclass
+class Namespace:
+    """One isolated set of names: topics, app id, Redis prefix, web port."""
+
+    tag: str
+    env: dict[str, str]
+    settings: Settings
+
+    def topic(self, kind: str) -> str:
+        return getattr(self.settings.topics, kind)
+
+
+def make_namespace(tmp_path: Path, partitions: int = 4) -> Namespace:
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    env = {
+        "HEALTHSCORE_APP_ID": f"healthscore-{tag}",
+        "HEALTHSCORE_PARTITIONS": str(partitions),
+        "HEALTHSCORE_REDIS_KEY_PREFIX": f"hs-{tag}",
+        "HEALTHSCORE_WEB_PORT": str(free_port()),
+        "HEALTHSCORE_DATA_DIR": str(tmp_path / "worker-data"),
+        "HEALTHSCORE_TOPICS__PURCHASES": f"{tag}-purchases",
+        "HEALTHSCORE_TOPICS__USAGE": f"{tag}-product-usage",
+        "HEALTHSCORE_TOPICS__TICKETS": f"{tag}-tickets",
+        "HEALTHSCORE_TOPICS__PAYMENTS": f"{tag}-payments",
+        "HEALTHSCORE_TOPICS__HEALTH": f"{tag}-customer-health",
+        "HEALTHSCORE_TOPICS__ALERTS": f"{tag}-churn-alerts",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        settings = load_settings()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    return Namespace(tag, env, settings)
+
+
+class WorkerProcess:
+    """``healthscore worker`` as a real subprocess, as an operator runs it."""
+
+    def __init__(self, namespace: Namespace, log_path: Path) -> None:
+        self.namespace = namespace
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, **self.namespace.env}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "info"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            if b"[^Worker]: Ready" in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready within {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.namespace.settings.web_port}/metrics"
+
+
+@pytest.fixture
+def namespace(services: None, tmp_path: Path) -> Namespace:
+    return make_namespace(tmp_path)
+
+
+@pytest.fixture
+def worker(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(namespace, tmp_path / "worker.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]]) -> None:
+    """Produces with kcat: one message per (key, value); key None sends no key."""
+    keyed = [(k, v) for k, v in lines if k is not None]
+    keyless = [v for k, v in lines if k is None]
+    if keyed:
+        payload = b"".join(k.encode() + b"\t" + v + b"\n" for k, v in keyed)
+        subprocess.run(
+            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", "-X", "enable.idempotence=true"],
+            input=payload,
+            check=True,
+            timeout=30,
+        )
+    if keyless:
+        subprocess.run(
+            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic], input=b"\n".join(keyless) + b"\n", check=True, timeout=30
+        )
+
+
+def kcat_consume(topic: str, fmt: str = "%k\t%s\n") -> list[str]:
+    """Everything currently on a topic, read with kcat (-e: stop at the end)."""
+    result = subprocess.run(
+        ["kcat", "-C", "-b", "127.0.0.1:9092", "-t", topic, "-o", "beginning", "-e", "-q", "-f", fmt],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return [line for line in result.stdout.decode().split("\n") if line]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}; last value: {last!r}")

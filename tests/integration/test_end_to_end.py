@@ -1,0 +1,118 @@
+"""End to end through the real broker and Redis, with kcat as the outside client."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
+
+pytestmark = pytest.mark.integration
+
+NOW_MS = int(time.time() * 1000)
+HOUR_MS = 3_600_000
+
+
+def event(event_id: str, event_type: str, customer: str, hours_ago: float, data: dict) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "type": event_type,
+            "customer_id": customer,
+            "occurred_at": NOW_MS - int(hours_ago * HOUR_MS),
+            "data": data,
+        }
+    ).encode()
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric.split("{")[0] != name:
+            continue
+        found = metric.partition("{")[2].rstrip("}")
+        if sorted(found.split(",")) == sorted(wanted.split(",")) if wanted else not found:
+            return float(value)
+    return 0.0
+
+
+def test_events_from_kcat_become_scores_dead_letters_and_metrics(namespace: Namespace, worker: WorkerProcess) -> None:
+    purchases, usage, payments = namespace.topic("purchases"), namespace.topic("usage"), namespace.topic("payments")
+    customers = ["acme", "globex", "initech"]
+    kcat_produce(
+        usage,
+        [(c, event(f"{c}-s{i}", "usage.session", c, 48 - i, {"user_id": f"{c}-u{i % 2}", "duration_seconds": 600})) for c in customers for i in range(3)],
+    )
+    kcat_produce(
+        purchases,
+        [
+            ("acme", event("acme-p1", "purchase.completed", "acme", 10, {"order_id": "o1", "amount": 120.0, "currency": "EUR"})),
+            # The same event delivered twice: applied once.
+            ("acme", event("acme-p1", "purchase.completed", "acme", 10, {"order_id": "o1", "amount": 120.0, "currency": "EUR"})),
+            ("globex", b"{this is not json"),
+        ],
+    )
+    kcat_produce(
+        payments,
+        [("initech", event("initech-f1", "payment.failed", "initech", 1, {"invoice_id": "i1", "amount": 99.0, "reason": "card_declined"}))],
+    )
+
+    url = worker.metrics_url
+
+    def all_processed() -> bool:
+        applied = sum(metric_value(url, "healthscore_events_total", topic=t, outcome="applied") for t in (purchases, usage, payments))
+        return applied == 11 and metric_value(url, "healthscore_events_total", topic=purchases, outcome="duplicate") == 1
+
+    wait_for(all_processed, timeout=60, message="every event to be processed")
+    latest: dict[str, dict] = {}
+    for line in kcat_consume(namespace.topic("health")):
+        key, _, value = line.partition("\t")
+        latest[key] = json.loads(value)
+    assert set(latest) == set(customers)
+    for customer, message in latest.items():
+        assert message["customer_id"] == customer
+        assert 0 <= message["score"] <= 100
+        assert message["band"] in {"healthy", "at_risk", "critical"}
+        assert 0 <= message["churn_risk"] <= 1
+        assert message["model_version"]
+        for component in message["components"].values():
+            assert set(component) == {"score", "weight", "contribution"}
+    assert "payments" in latest["initech"]["components"]
+    assert latest["initech"]["components"]["payments"]["score"] < 100
+
+    dead = wait_for(lambda: kcat_consume(f"{purchases}.dlq", "%k\t%s\t%h\n"), timeout=30, message="the dead letter")
+    assert len(dead) == 1
+    key, value, headers = dead[0].split("\t")
+    assert key == "globex" and value == "{this is not json"
+    assert "dlq.error=not_json" in headers and f"dlq.topic={purchases}" in headers and "dlq.offset=" in headers
+    assert "dlq.reason=value is not JSON" in headers
+
+    # acme's purchase: two deliveries, one applied, one duplicate; no second score for it.
+    acme_triggers = [json.loads(line.partition("\t")[2])["trigger_event_id"] for line in kcat_consume(namespace.topic("health")) if line.startswith("acme\t")]
+    assert acme_triggers.count("acme-p1") <= 1
+    assert metric_value(url, "healthscore_events_total", topic=purchases, outcome="applied") == 1
+    assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == 9
+    assert metric_value(url, "healthscore_events_total", topic=purchases, outcome="dead_lettered") == 1
+    assert metric_value(url, "healthscore_dead_letters_total", topic=purchases, reason="not_json") == 1
+    assert metric_value(url, "healthscore_scores_published_total") == len(kcat_consume(namespace.topic("health")))
+    assert metric_value(url, "healthscore_processing_lag_seconds_count") >= 3
+
+    client = redis.Redis.from_url(namespace.settings.redis_url, decode_responses=True)
+    prefix = namespace.settings.redis_key_prefix
+
+    def redis_matches() -> bool:
+        return all(
+            float(client.hget(f"{prefix}:customer:{c}", "score") or -1) == latest[c]["score"] for c in customers
+        )
+
+    wait_for(redis_matches, timeout=20, message="Redis to hold the latest scores")
+    riskiest = client.zrange(f"{prefix}:scores", 0, 0)
+    assert riskiest == [min(customers, key=lambda c: latest[c]["score"])]

@@ -1,0 +1,112 @@
+"""The wire contract: what is accepted, and the reason for everything that is not."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from scoring.contract import (
+    Event,
+    PurchaseCompleted,
+    RejectReason,
+    Rejection,
+    SurveyAnswered,
+    TopicKind,
+    UsageFeature,
+    decode_event,
+)
+
+NOW = 1_790_000_000_000  # 2026-09-21
+SKEW = 300_000
+
+
+def raw(**overrides) -> bytes:
+    body = {
+        "event_id": "e1",
+        "type": "purchase.completed",
+        "customer_id": "acme",
+        "occurred_at": "2026-09-20T10:00:00+02:00",
+        "data": {"order_id": "o1", "amount": 12.5, "currency": "EUR"},
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def decode(value: bytes, key: bytes | None = b"acme", topic: TopicKind | None = TopicKind.PURCHASES):
+    return decode_event(key, value, topic, NOW, SKEW)
+
+
+def test_valid_purchase_decodes_with_event_time_in_milliseconds() -> None:
+    event = decode(raw())
+    assert isinstance(event, Event)
+    assert event.occurred_at_ms == int(datetime(2026, 9, 20, 8, 0, tzinfo=timezone.utc).timestamp() * 1000)
+    assert (event.event_id, event.type, event.customer_id) == ("e1", "purchase.completed", "acme")
+    assert isinstance(event.data, PurchaseCompleted) and event.data.amount == 12.5
+
+
+def test_rfc3339_offset_and_epoch_millis_mean_the_same_instant() -> None:
+    with_offset = decode(raw(occurred_at="2026-09-20T10:00:00+02:00"))
+    utc = decode(raw(occurred_at="2026-09-20T08:00:00Z"))
+    millis = decode(raw(occurred_at=utc.occurred_at_ms))
+    assert with_offset.occurred_at_ms == utc.occurred_at_ms == millis.occurred_at_ms
+
+
+def test_optional_fields_take_their_defaults() -> None:
+    feature = decode(
+        raw(type="usage.feature", data={"user_id": "u", "feature": "reports"}), topic=TopicKind.USAGE
+    )
+    assert isinstance(feature.data, UsageFeature) and feature.data.count == 1
+    survey = decode(raw(type="survey.answered", data={"survey": "nps", "score": 9}), topic=TopicKind.TICKETS)
+    assert isinstance(survey.data, SurveyAnswered) and survey.data.scale is None
+
+
+def test_keyless_message_is_accepted_when_customer_id_is_present() -> None:
+    assert isinstance(decode(raw(), key=None), Event)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "topic", "reason"),
+    [
+        (b"{nope", b"acme", TopicKind.PURCHASES, RejectReason.NOT_JSON),
+        (b"", b"acme", TopicKind.PURCHASES, RejectReason.NOT_JSON),
+        (b"[1, 2]", b"acme", TopicKind.PURCHASES, RejectReason.NOT_OBJECT),
+        (b'"text"', b"acme", TopicKind.PURCHASES, RejectReason.NOT_OBJECT),
+        (raw(event_id=None), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_FIELD),
+        (raw(event_id=""), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_FIELD),
+        (raw(customer_id=7), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_FIELD),
+        (raw(type="purchase.teleported"), b"acme", TopicKind.PURCHASES, RejectReason.UNKNOWN_TYPE),
+        (raw(type="usage.session", data={"user_id": "u", "duration_seconds": 5}), b"acme", TopicKind.PURCHASES, RejectReason.WRONG_TOPIC),
+        (raw(), b"globex", TopicKind.PURCHASES, RejectReason.KEY_MISMATCH),
+        (raw(data={"order_id": "o1", "amount": -1, "currency": "EUR"}), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_AMOUNT),
+        (raw(data={"order_id": "o1", "amount": "12", "currency": "EUR"}), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_AMOUNT),
+        (raw().replace(b'"amount": 12.5', b'"amount": 1e999'), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_AMOUNT),
+        (raw().replace(b'"amount": 12.5', b'"amount": NaN'), b"acme", TopicKind.PURCHASES, RejectReason.NOT_JSON),
+        (raw(data={"order_id": "o1", "currency": "EUR"}), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_FIELD),
+        (raw(occurred_at="yesterday"), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
+        (raw(occurred_at="2026-09-20T10:00:00"), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
+        (raw(occurred_at=1_700_000_000), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
+        (raw(occurred_at=True), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_FIELD),
+        (raw(occurred_at=NOW + SKEW + 60_000), b"acme", TopicKind.PURCHASES, RejectReason.FUTURE_TIMESTAMP),
+        (raw(type="ticket.opened", data={"ticket_id": "t", "priority": "meh"}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "nps", "score": 11}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "csat", "score": 3, "scale": [5, 1]}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="invoice.issued", data={"invoice_id": "i", "amount": 5, "due_at": "soon"}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_TIMESTAMP),
+        (raw(type="subscription.updated", data={"mrr": -5}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_AMOUNT),
+    ],
+)
+def test_bad_input_is_rejected_with_its_reason(value: bytes, key: bytes | None, topic: TopicKind, reason: RejectReason) -> None:
+    result = decode(value, key=key, topic=topic)
+    assert isinstance(result, Rejection), result
+    assert result.reason is reason, result.detail
+    assert result.detail
+
+
+def test_a_timestamp_within_the_allowed_skew_is_accepted() -> None:
+    assert isinstance(decode(raw(occurred_at=NOW + SKEW - 1)), Event)
+
+
+def test_a_mixed_file_accepts_any_type_when_no_topic_is_given() -> None:
+    usage = raw(type="usage.session", data={"user_id": "u", "duration_seconds": 5})
+    assert isinstance(decode(usage, topic=None), Event)
