@@ -115,6 +115,21 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
     )
 
 
+@main.command()
+@click.option("--limit", type=click.IntRange(1), default=None, help="Stop after this many scores (default: run until Ctrl-C).")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest score on the topic instead of new ones only.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.5), default=None, help="Stop when nothing arrives for this many seconds.")
+def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -> None:
+    """Print health scores as they arrive on the customer-health topic."""
+    from stream.watch import watch as run_watch
+
+    settings = _settings()
+    try:
+        asyncio.run(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo))
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     main()

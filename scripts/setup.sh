@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine (Python 3.11,
+# OpenJDK 17 and Maven expected; the rest is installed): Debian's redis-server,
+# kcat and prometheus, a virtualenv with the project, and Apache Kafka's jars
+# from Maven Central. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+command -v kcat >/dev/null || need+=(kcat)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if ((${#need[@]})); then
+  echo "Installing Debian packages: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts a system redis on install; the project runs its own on the same port.
+  if [[ " ${need[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null; then
+    $sudo_cmd systemctl stop redis-server >/dev/null 2>&1 || true
+  fi
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv with $python"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "Installing the project and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[test,fast]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+.venv/bin/python -c "from stream.services import resolve_kafka_jars; resolve_kafka_jars()"
+echo "Setup complete."
