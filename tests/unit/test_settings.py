@@ -1,0 +1,65 @@
+"""Settings: defaults from config/, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.settings import SettingsError, load_settings
+
+
+def test_defaults_come_from_the_config_file() -> None:
+    settings = load_settings()
+    assert settings.topics.purchases == "purchases"
+    assert settings.partitions == 8
+    assert settings.scoring.parameters().weights["usage"] == 0.30
+
+
+def test_environment_overrides_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_TOPICS__PURCHASES", "orders")
+    monkeypatch.setenv("HEALTHSCORE_SCORING__HEALTHY_MIN", "75")
+    settings = load_settings()
+    assert settings.topics.purchases == "orders"
+    assert settings.topics.usage == "product-usage"
+    assert settings.scoring.healthy_min == 75
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(Exception):
+        settings.partitions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named_key"),
+    [
+        ("HEALTHSCORE_PARTITIONS", "zero", "partitions"),
+        ("HEALTHSCORE_PARTITIONS", "0", "partitions"),
+        ("HEALTHSCORE_SCORING__WEIGHTS", '{"usgae": 1}', "scoring.weights"),
+        ("HEALTHSCORE_SCORING__WEIGHTS", '{"usage": -1, "payments": 1}', "scoring.weights"),
+        ("HEALTHSCORE_SCORING__AT_RISK_MIN", "80", "scoring"),
+        ("HEALTHSCORE_WEB_PORT", "70000", "web_port"),
+        ("HEALTHSCORE_NO_SUCH_KEY", "1", None),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named_key: str | None) -> None:
+    monkeypatch.setenv(variable, value)
+    if named_key is None:
+        load_settings()  # unknown environment variables are ignored: they may belong to other tools
+        return
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert f"  {named_key}" in str(error.value)
+
+
+def test_a_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("HEALTHSCORE_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(SettingsError, match="not a file"):
+        load_settings()
+
+
+def test_an_unknown_key_in_the_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    config = tmp_path / "healthscore.toml"
+    config.write_text('partitons = 4\n')
+    monkeypatch.setenv("HEALTHSCORE_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="partitons"):
+        load_settings()
