@@ -16,10 +16,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.contract import Rejection, decode_event
-from scoring.health import has_changed, score_state
+from scoring.contract import Rejection, RejectReason, decode_event
 from scoring.output import encode_json, health_message
-from scoring.state import Outcome, PublishedScore, apply_event, decode_state, encode_state, new_state
+from scoring.pipeline import step
+from scoring.state import Outcome, decode_state, encode_state, new_state
 from stream import metrics
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
@@ -68,6 +68,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     app.transport.Producer = IdempotentProducer
 
     source = app.topic(*input_kinds, partitions=settings.partitions, schema=raw_schema())
+    source_topics = {name: app.topic(name, partitions=settings.partitions, schema=raw_schema()) for name in input_kinds}
     health_topic = app.topic(settings.topics.health, partitions=settings.partitions, schema=raw_schema())
     dead_letter_topics = {
         name: app.topic(TopicNames.dead_letter(name), partitions=settings.partitions, schema=raw_schema()) for name in input_kinds
@@ -91,36 +92,38 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             "Dead-lettered %s[%s]@%s: %s (%s)", message.topic, message.partition, message.offset, reason, rejection.detail
         )
 
+    async def handle(message: faust.types.Message) -> None:
+        decoded = decode_event(message.key, message.value, input_kinds[message.topic], int(clock() * 1000), max_skew_ms)
+        if isinstance(decoded, Rejection):
+            await dead_letter(message, decoded)
+        elif message.key is None:
+            # Keyless: send it back keyed, so it lands on its customer's partition.
+            await source_topics[message.topic].send(key=decoded.customer_id.encode(), value=message.value)
+            metrics.EVENTS.labels(message.topic, "rekeyed").inc()
+        else:
+            stored = states.get(message.key)
+            state = decode_state(stored) if stored is not None else new_state(decoded.customer_id)
+            result = step(state, decoded, parameters, settings.dedup_capacity)
+            metrics.EVENTS.labels(message.topic, result.outcome.value).inc()
+            if result.outcome is Outcome.APPLIED:
+                if result.publish is not None:
+                    now = clock()
+                    payload = health_message(decoded.customer_id, result.publish, int(now * 1000), model_version, decoded.event_id)
+                    await health_topic.send(key=message.key, value=encode_json(payload))
+                    metrics.SCORES_PUBLISHED.inc()
+                    metrics.PROCESSING_LAG.observe(max(0.0, now - decoded.occurred_at_ms / 1000))
+                    cache.offer(payload)
+                states[message.key] = encode_state(state)
+
     @app.agent(source, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
-            decoded = decode_event(message.key, message.value, input_kinds[message.topic], int(clock() * 1000), max_skew_ms)
-            if isinstance(decoded, Rejection):
-                await dead_letter(message, decoded)
-            elif message.key is None:
-                # Keyless: send it back keyed, so it lands on its customer's partition.
-                await app.topic(message.topic, schema=raw_schema()).send(key=decoded.customer_id.encode(), value=message.value)
-                metrics.EVENTS.labels(message.topic, "rekeyed").inc()
-            else:
-                stored = states.get(message.key)
-                state = decode_state(stored) if stored is not None else new_state(decoded.customer_id)
-                outcome = apply_event(state, decoded, settings.dedup_capacity)
-                metrics.EVENTS.labels(message.topic, outcome.value).inc()
-                if outcome is Outcome.APPLIED:
-                    health = score_state(state, state.last_event_ms, parameters)
-                    previous = state.published
-                    if health is not None and has_changed(previous and previous.score, previous and previous.band, health):
-                        state.published = PublishedScore(
-                            health.score, health.band, health.as_of_ms, {n: c.score for n, c in health.components.items()}
-                        )
-                        now = clock()
-                        payload = health_message(decoded.customer_id, health, int(now * 1000), model_version, decoded.event_id)
-                        await health_topic.send(key=message.key, value=encode_json(payload))
-                        metrics.SCORES_PUBLISHED.inc()
-                        metrics.PROCESSING_LAG.observe(max(0.0, now - decoded.occurred_at_ms / 1000))
-                        cache.offer(payload)
-                    states[message.key] = encode_state(state)
+            try:
+                await handle(message)
+            except Exception as error:  # a bug must not stop the stream: park the message and go on
+                log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
+                await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
             metrics.LAST_EVENT_PROCESSED.set(clock())
 
     @app.timer(interval=0.5)
