@@ -105,6 +105,8 @@ class PaymentFailed(msgspec.Struct, frozen=True):
 
 class SubscriptionUpdated(msgspec.Struct, frozen=True):
     mrr: NonNegative
+    #: Optional plan or tier name; selects per-segment weights when configured.
+    plan: str | None = None
 
 
 class SubscriptionCancelled(msgspec.Struct, frozen=True):

@@ -1,9 +1,11 @@
 """From a customer's record to an explained 0-100 health score, at a given time.
 
-This is the first, simple model (docs/model.md): five components, each a
-monotone function onto 0-100, combined by configured weights. A component with
-no data for the customer is left out and its weight spread over the others.
-Time is always a parameter, so decay applies when no event arrives.
+Five components (usage, purchases, support, sentiment, payments), each a
+documented function onto 0-100 that is monotone in its drivers, combined with
+configured weights (per customer segment if configured). A component with no
+data for the customer is left out and its weight spread over the others. Time
+is always a parameter, so decay applies when no event arrives. docs/model.md
+explains every formula and default.
 """
 
 from __future__ import annotations
@@ -12,30 +14,46 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Mapping
 
-from scoring.state import DAY_MS, CustomerState, window
+from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
+from scoring.state import DAY_MS, CustomerState
 
-MODEL_REVISION = "simple-1"
+MODEL_REVISION = "2"
 COMPONENTS = ("usage", "purchases", "support", "sentiment", "payments")
+DEFAULT_WEIGHTS: Mapping[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
+#: Penalty in points per open ticket, by priority (low, normal, high, urgent).
+OPEN_TICKET_PENALTY = (4.0, 8.0, 15.0, 25.0)
 
 
 @dataclass(frozen=True)
 class ScoringParameters:
     """Plain parameters the scoring needs; the worker builds them from its settings."""
 
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
-    )
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    #: plan name → weights for customers on that plan (from ``subscription.updated`` data.plan).
+    segment_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     healthy_min: float = 70.0
     at_risk_min: float = 40.0
     usage_half_life_days: float = 7.0
+    key_features: tuple[str, ...] = ()
     purchase_half_life_days: float = 45.0
+    bgnbd: BgNbdParameters | None = None
+    bgnbd_time_unit_days: float = 1.0
+    purchase_outlook_days: float = 30.0
+    #: Expected purchases in the outlook period at which the purchase-activity signal is 0.5.
+    expected_purchases_midpoint: float = 1.0
+    support_target_resolution_hours: float = 48.0
+    sentiment_half_life_days: float = 90.0
 
     @property
     def model_version(self) -> str:
         """Changes whenever the model revision or any parameter changes."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{MODEL_REVISION}+{digest}"
+
+    def weights_for(self, plan: str | None) -> Mapping[str, float]:
+        return self.segment_weights.get(plan, self.weights) if plan else self.weights
 
 
 @dataclass(frozen=True)
@@ -53,59 +71,154 @@ class HealthScore:
     components: dict[str, ComponentScore]
     as_of_ms: int
     confidence: float
+    #: Change of each component's contribution, in points, since the previous published score.
+    changes: dict[str, float] = field(default_factory=dict)
+    previous_score: float | None = None
 
 
-def _decay(elapsed_ms: float, half_life_days: float) -> float:
+@dataclass(frozen=True)
+class ActivitySums:
+    """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
+
+    activity_7d: int = 0
+    activity_90d: int = 0
+    orders_30d: int = 0
+    orders_90d: int = 0
+    failed_payments_30d: int = 0
+
+
+def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:
+    today = at_ms // DAY_MS
+    activity_7 = activity_90 = orders_30 = orders_90 = failed_30 = 0
+    for bucket in state.days:
+        age = today - bucket.day
+        if age < 0 or age >= 90:
+            continue
+        activity = bucket.sessions + bucket.feature_uses
+        activity_90 += activity
+        orders_90 += bucket.purchases
+        if age < 30:
+            orders_30 += bucket.purchases
+            failed_30 += bucket.payments_failed
+            if age < 7:
+                activity_7 += activity
+    return ActivitySums(activity_7, activity_90, orders_30, orders_90, failed_30)
+
+
+def decay(elapsed_ms: float, half_life_days: float) -> float:
     """1 right after the last activity, halving every half-life."""
     return 0.5 ** (max(0.0, elapsed_ms) / (half_life_days * DAY_MS))
 
 
-def usage_score(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
-    """Recency of product use, times the last 7 days' activity against the 90-day weekly baseline."""
+def _weighted_mean(parts: list[tuple[float, float]]) -> float:
+    total = sum(weight for _, weight in parts)
+    return sum(value * weight for value, weight in parts) / total
+
+
+def usage_score(state: CustomerState, at_ms: int, sums: ActivitySums, parameters: ScoringParameters) -> float | None:
+    """100 × recency × (0.3 + 0.7 × mean of trend, breadth and key-feature adoption)."""
     if not state.last_usage_ms:
         return None
-    recency = _decay(at_ms - state.last_usage_ms, parameters.usage_half_life_days)
-    last_week = sum(b.sessions + b.feature_uses for b in window(state, at_ms, 7))
-    quarter = sum(b.sessions + b.feature_uses for b in window(state, at_ms, 90))
-    baseline_week = quarter / (90 / 7)
-    trend = 1.0 if baseline_week <= 0 else min(1.0, last_week / baseline_week)
-    return 100.0 * recency * (0.5 + 0.5 * trend)
+    recency = decay(at_ms - state.last_usage_ms, parameters.usage_half_life_days)
+    baseline_week = (sums.activity_90d - sums.activity_7d) / (83 / 7)
+    trend = 1.0 if baseline_week <= 0 else min(1.0, sums.activity_7d / baseline_week)
+    today = at_ms // DAY_MS
+    weekly = monthly = 0
+    for last_day in state.users_last_day.values():
+        age = today - last_day
+        if 0 <= age < 30:
+            monthly += 1
+            if age < 7:
+                weekly += 1
+    breadth = weekly / monthly if monthly else 0.0
+    parts = [(trend, 0.5), (breadth, 0.25)]
+    if parameters.key_features:
+        used = sum(1 for f in parameters.key_features if 0 <= today - state.features_last_day.get(f, -(10**9)) < 30)
+        parts.append((used / len(parameters.key_features), 0.25))
+    return 100.0 * recency * (0.3 + 0.7 * _weighted_mean(parts))
 
 
-def purchase_score(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
-    """Purchase recency, decaying with a 45-day half-life."""
+def purchase_history(state: CustomerState, at_ms: int, time_unit_days: float) -> PurchaseHistory:
+    """BG/NBD statistics from the record: purchase days after the first, recency and age."""
+    unit_ms = time_unit_days * DAY_MS
+    first_day = state.first_purchase_ms // DAY_MS
+    last_day = state.last_purchase_ms // DAY_MS
+    repeat = max(0, state.purchase_days - 1)
+    t_x = (last_day - first_day) * DAY_MS / unit_ms if repeat else 0.0
+    age = max(t_x, (at_ms - first_day * DAY_MS) / unit_ms)
+    return PurchaseHistory(repeat, t_x, age)
+
+
+def expected_purchases_next(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
+    """BG/NBD expected purchases in the outlook period, for customers without a subscription."""
+    if parameters.bgnbd is None or not state.last_purchase_ms or state.mrr > 0:
+        return None
+    history = purchase_history(state, at_ms, parameters.bgnbd_time_unit_days)
+    return expected_purchases(parameters.bgnbd, history, parameters.purchase_outlook_days / parameters.bgnbd_time_unit_days)
+
+
+def purchase_score(state: CustomerState, at_ms: int, sums: ActivitySums, parameters: ScoringParameters) -> float | None:
+    """100 × weighted mean of recency (0.5), frequency trend (0.25) and expected purchases (0.25)."""
     if not state.last_purchase_ms:
         return None
-    return 100.0 * _decay(at_ms - state.last_purchase_ms, parameters.purchase_half_life_days)
+    recency = decay(at_ms - state.last_purchase_ms, parameters.purchase_half_life_days)
+    monthly_baseline = sums.orders_90d / 3
+    frequency = 0.0 if monthly_baseline == 0 else min(1.0, sums.orders_30d / monthly_baseline)
+    parts = [(recency, 0.5), (frequency, 0.25)]
+    expected = expected_purchases_next(state, at_ms, parameters)
+    if expected is not None:
+        parts.append((expected / (expected + parameters.expected_purchases_midpoint), 0.25))
+    return 100.0 * _weighted_mean(parts)
 
 
-def support_score(state: CustomerState, at_ms: int) -> float | None:
-    """Falls with open tickets, more for urgent ones, and with reopens."""
-    if not state.open_tickets and not state.tickets_resolved and not state.tickets_reopened:
+def support_score(state: CustomerState, parameters: ScoringParameters) -> float | None:
+    """100 − open-ticket load by priority − slow resolution (up to 20) − reopens (up to 20)."""
+    handled = state.tickets_resolved + state.tickets_reopened
+    if not state.open_tickets and not handled:
         return None
-    penalty = sum(8.0 + 8.0 * ticket.priority for ticket in state.open_tickets)
-    penalty += 10.0 * state.tickets_reopened / max(1, state.tickets_resolved + state.tickets_reopened)
-    return max(0.0, 100.0 - penalty)
+    load = sum(OPEN_TICKET_PENALTY[ticket.priority] for ticket in state.open_tickets)
+    slow = 0.0
+    if state.resolution_seconds:
+        mean_hours = sum(state.resolution_seconds) / len(state.resolution_seconds) / 3600
+        slow = 20.0 * min(1.0, mean_hours / (3 * parameters.support_target_resolution_hours))
+    reopens = 20.0 * (state.tickets_reopened / handled if handled else 0.0)
+    return max(0.0, 100.0 - load - slow - reopens)
 
 
-def sentiment_score(state: CustomerState, at_ms: int) -> float | None:
-    """Mean of the survey answers of the last 90 days, each rescaled onto 0-100."""
-    recent = [s for s in state.surveys if at_ms - s.answered_ms <= 90 * DAY_MS]
-    if not recent:
+def sentiment_score(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
+    """Recency-weighted mean of survey answers on 0-100, pulled toward a neutral 50 as they age.
+
+    Answers lose half their weight every ``sentiment_half_life_days``; a fixed
+    prior of weight 0.25 at 50 points means a customer who stops answering
+    drifts back to neutral: silence is not praise.
+    """
+    answers = [s for s in state.surveys if s.answered_ms <= at_ms]
+    if not answers:
         return None
-    return sum(100.0 * (s.score - s.scale_min) / (s.scale_max - s.scale_min) for s in recent) / len(recent)
+    total = 0.25 * 50.0
+    weights = 0.25
+    for answer in answers:
+        weight = decay(at_ms - answer.answered_ms, parameters.sentiment_half_life_days)
+        total += weight * 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+        weights += weight
+    return total / weights
 
 
-def payment_score(state: CustomerState, at_ms: int) -> float | None:
-    """Zero once cancelled; otherwise falls with failed payments in 30 days and overdue invoices."""
+def payment_score(state: CustomerState, at_ms: int, sums: ActivitySums) -> float | None:
+    """0 once cancelled; else 100 − failures (20 each, up to 60) − overdue (up to 40) − MRR contraction (up to 30)."""
     if not state.has_billing:
         return None
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         return 0.0
-    failed = sum(b.payments_failed for b in window(state, at_ms, 30))
-    overdue = sum(1 for invoice in state.unpaid_invoices if invoice.due_ms < at_ms)
-    contraction = 10.0 if state.previous_mrr > state.mrr else 0.0
-    return max(0.0, 100.0 - 25.0 * failed - 20.0 * overdue - contraction)
+    failures = min(60.0, 20.0 * sums.failed_payments_30d)
+    overdue = 0.0
+    for invoice in state.unpaid_invoices:
+        if invoice.due_ms < at_ms:
+            overdue += 10.0 + (at_ms - invoice.due_ms) / DAY_MS
+    contraction = 0.0
+    if state.previous_mrr > state.mrr:
+        contraction = 30.0 * (state.previous_mrr - state.mrr) / state.previous_mrr
+    return max(0.0, 100.0 - failures - min(40.0, overdue) - contraction)
 
 
 def band_for(score: float, parameters: ScoringParameters) -> str:
@@ -116,43 +229,71 @@ def band_for(score: float, parameters: ScoringParameters) -> str:
     return "critical"
 
 
-def churn_risk_for(score: float) -> float:
-    """Logistic in the score: 0.5 at 45 points, about 0.05 at 75, 0.95 at 15."""
-    return 1.0 / (1.0 + math.exp((score - 45.0) / 10.2))
+def churn_risk_for(score: float, weakest_component: float = 100.0) -> float:
+    """Logistic in the score, raised by the weakest component.
+
+    z = (45 − score) / 10.2 + 1.5 × (1 − weakest / 100) − 0.75. With every
+    component strong, 0.5 is reached near 37 points; one collapsed component
+    adds up to 1.5 to the log-odds. Falls as the score or the weakest component rises.
+    """
+    z = (45.0 - score) / 10.2 + 1.5 * (1.0 - weakest_component / 100.0) - 0.75
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> dict[str, float | None]:
+    sums = activity_sums(state, at_ms)
+    return {
+        "usage": usage_score(state, at_ms, sums, parameters),
+        "purchases": purchase_score(state, at_ms, sums, parameters),
+        "support": support_score(state, parameters),
+        "sentiment": sentiment_score(state, at_ms, parameters),
+        "payments": payment_score(state, at_ms, sums),
+    }
 
 
 def score_state(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> HealthScore | None:
     """The customer's health at ``at_ms``; None while no component has data."""
-    raw = {
-        "usage": usage_score(state, at_ms, parameters),
-        "purchases": purchase_score(state, at_ms, parameters),
-        "support": support_score(state, at_ms),
-        "sentiment": sentiment_score(state, at_ms),
-        "payments": payment_score(state, at_ms),
+    weights = parameters.weights_for(state.plan)
+    present = {
+        name: value
+        for name, value in component_scores(state, at_ms, parameters).items()
+        if value is not None and weights.get(name, 0) > 0
     }
-    present = {name: value for name, value in raw.items() if value is not None and parameters.weights.get(name, 0) > 0}
     if not present:
         return None
-    total_weight = sum(parameters.weights[name] for name in present)
+    total_weight = sum(weights[name] for name in present)
     components: dict[str, ComponentScore] = {}
     composite = 0.0
     for name, value in present.items():
-        weight = parameters.weights[name] / total_weight
-        contribution = weight * value
-        composite += contribution
-        components[name] = ComponentScore(round(value, 2), round(weight, 4), round(contribution, 2))
+        weight = weights[name] / total_weight
+        composite += weight * value
+        components[name] = ComponentScore(round(value, 2), round(weight, 4), round(weight * value, 2))
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
-    all_weight = sum(parameters.weights.get(name, 0) for name in COMPONENTS)
+    all_weight = sum(weights.get(name, 0) for name in COMPONENTS)
     return HealthScore(
         score=round(composite, 2),
         band=band_for(composite, parameters),
-        churn_risk=round(churn_risk_for(composite), 4),
+        churn_risk=round(churn_risk_for(composite, min(present.values())), 4),
         components=components,
         as_of_ms=at_ms,
-        confidence=round(total_weight / all_weight, 4) if all_weight else 0.0,
+        confidence=round(total_weight / all_weight, 4),
     )
+
+
+def explain(previous_contributions: Mapping[str, float] | None, current: HealthScore) -> dict[str, float]:
+    """Each component's change in points of the total since the previous score, largest first.
+
+    A component that appeared counts from 0; one that disappeared counts to 0.
+    """
+    before = previous_contributions or {}
+    names = set(before) | set(current.components)
+    changes = {
+        name: round((current.components[name].contribution if name in current.components else 0.0) - before.get(name, 0.0), 2)
+        for name in names
+    }
+    return dict(sorted(changes.items(), key=lambda item: (-abs(item[1]), item[0])))
 
 
 def has_changed(previous_score: float | None, previous_band: str | None, current: HealthScore) -> bool:

@@ -32,6 +32,8 @@ def health_message(
             for name, c in health.components.items()
         },
         "confidence": health.confidence,
+        "previous_score": health.previous_score,
+        "changes": health.changes,
         "as_of": rfc3339(health.as_of_ms),
         "computed_at": rfc3339(computed_at_ms),
         "model_version": model_version,

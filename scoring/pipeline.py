@@ -7,10 +7,10 @@ the same events give the same scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scoring.contract import Event
-from scoring.health import HealthScore, ScoringParameters, has_changed, score_state
+from scoring.health import HealthScore, ScoringParameters, explain, has_changed, score_state
 from scoring.state import CustomerState, Outcome, PublishedScore, apply_event
 
 
@@ -27,8 +27,13 @@ def rescore(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> 
     previous = state.published
     if health is None or not has_changed(previous and previous.score, previous and previous.band, health):
         return None
+    health = replace(
+        health,
+        changes=explain(previous.contributions if previous else None, health),
+        previous_score=previous.score if previous else None,
+    )
     state.published = PublishedScore(
-        health.score, health.band, health.as_of_ms, {name: c.score for name, c in health.components.items()}
+        health.score, health.band, health.as_of_ms, {name: c.contribution for name, c in health.components.items()}
     )
     return health
 

@@ -94,7 +94,8 @@ class PublishedScore(msgspec.Struct, array_like=True):
     score: float
     band: str
     as_of_ms: int
-    components: dict[str, float] = {}
+    #: component → its contribution in points to the published score
+    contributions: dict[str, float] = {}
 
 
 class CustomerState(msgspec.Struct, array_like=True):
@@ -122,6 +123,7 @@ class CustomerState(msgspec.Struct, array_like=True):
     applied_ids: list[int] = []
     published: PublishedScore | None = None
     events_applied: int = 0
+    plan: str | None = None
 
 
 class Outcome(str, enum.Enum):
@@ -266,6 +268,8 @@ def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAUL
             _bucket(state, day).payments_failed += 1
         case SubscriptionUpdated():
             state.has_billing = True
+            if data.plan:
+                state.plan = data.plan
             if data.mrr != state.mrr:
                 state.previous_mrr = state.mrr
                 state.mrr = data.mrr

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scoring.contract import TopicKind
-from scoring.health import COMPONENTS, ScoringParameters
+from scoring.bgnbd import BgNbdParameters
+from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "healthscore.toml"
@@ -47,27 +48,57 @@ class TopicNames(Frozen):
         return f"{topic}.dlq"
 
 
-class ScoringSettings(Frozen):
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
-    )
-    healthy_min: float = Field(70.0, ge=0, le=100)
-    at_risk_min: float = Field(40.0, ge=0, le=100)
-    usage_half_life_days: float = Field(7.0, gt=0)
-    purchase_half_life_days: float = Field(45.0, gt=0)
+def _check_weights(weights: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(weights) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; known: {list(COMPONENTS)}")
+    negative = sorted(name for name, weight in weights.items() if not weight >= 0)
+    if negative:
+        raise ValueError(f"weight of {negative} is negative")
+    if sum(weights.values()) <= 0:
+        raise ValueError("at least one weight must be positive")
+    return weights
+
+
+class SegmentSettings(Frozen):
+    """Weights for the customers of one plan (``subscription.updated`` data.plan)."""
+
+    weights: dict[str, float]
 
     @field_validator("weights")
     @classmethod
-    def _known_nonnegative_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(weights) - set(COMPONENTS))
-        if unknown:
-            raise ValueError(f"unknown component(s) {unknown}; known: {list(COMPONENTS)}")
-        negative = sorted(name for name, weight in weights.items() if weight < 0)
-        if negative:
-            raise ValueError(f"weight of {negative} is negative")
-        if sum(weights.values()) <= 0:
-            raise ValueError("at least one weight must be positive")
-        return weights
+    def _weights_valid(cls, weights: dict[str, float]) -> dict[str, float]:
+        return _check_weights(weights)
+
+
+class BgNbdSettings(Frozen):
+    """Fitted BG/NBD parameters, as printed by ``healthscore fit-bgnbd``."""
+
+    r: float = Field(gt=0)
+    alpha: float = Field(gt=0)
+    a: float = Field(gt=0)
+    b: float = Field(gt=0)
+    time_unit: Literal["day", "week"] = "day"
+
+
+class ScoringSettings(Frozen):
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    segments: dict[str, SegmentSettings] = Field(default_factory=dict)
+    healthy_min: float = Field(70.0, ge=0, le=100)
+    at_risk_min: float = Field(40.0, ge=0, le=100)
+    usage_half_life_days: float = Field(7.0, gt=0)
+    key_features: tuple[str, ...] = ()
+    purchase_half_life_days: float = Field(45.0, gt=0)
+    purchase_outlook_days: float = Field(30.0, gt=0)
+    expected_purchases_midpoint: float = Field(1.0, gt=0)
+    support_target_resolution_hours: float = Field(48.0, gt=0)
+    sentiment_half_life_days: float = Field(90.0, gt=0)
+    bgnbd: BgNbdSettings | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_valid(cls, weights: dict[str, float]) -> dict[str, float]:
+        return _check_weights(weights)
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> "ScoringSettings":
@@ -76,12 +107,21 @@ class ScoringSettings(Frozen):
         return self
 
     def parameters(self) -> ScoringParameters:
+        bgnbd = self.bgnbd
         return ScoringParameters(
             weights=dict(self.weights),
+            segment_weights={plan: dict(segment.weights) for plan, segment in self.segments.items()},
             healthy_min=self.healthy_min,
             at_risk_min=self.at_risk_min,
             usage_half_life_days=self.usage_half_life_days,
+            key_features=tuple(self.key_features),
             purchase_half_life_days=self.purchase_half_life_days,
+            bgnbd=BgNbdParameters(bgnbd.r, bgnbd.alpha, bgnbd.a, bgnbd.b) if bgnbd else None,
+            bgnbd_time_unit_days=7.0 if bgnbd and bgnbd.time_unit == "week" else 1.0,
+            purchase_outlook_days=self.purchase_outlook_days,
+            expected_purchases_midpoint=self.expected_purchases_midpoint,
+            support_target_resolution_hours=self.support_target_resolution_hours,
+            sentiment_half_life_days=self.sentiment_half_life_days,
         )
 
 

@@ -1,0 +1,298 @@
+"""Customer KPIs, with the formulas customer-success and loyalty teams use.
+
+Every function is pure and takes plain numbers (or the state and the time it
+evaluates at). Rates are percentages (0-100) where the literature states them
+that way. A KPI that is undefined for its inputs (e.g. a rate over zero
+customers) returns ``None`` rather than a misleading 0; an input that is invalid
+(a negative count, a survey scale that is not in use) raises ``ValueError``
+with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from scoring.state import DAY_MS, PRIORITIES, CustomerState, window
+
+
+def _counts(**counts: float) -> None:
+    for name, value in counts.items():
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a non-negative finite number, got {value}")
+
+
+# --- Customer base, per period -------------------------------------------------------
+
+
+def retention_rate(customers_at_start: int, customers_at_end: int, new_customers: int) -> float | None:
+    """(customers at end − new customers) / customers at start × 100.
+
+    1000 at start, 100 new, 1050 at end → 95 %. None when nobody was a customer at the start.
+    """
+    _counts(customers_at_start=customers_at_start, customers_at_end=customers_at_end, new_customers=new_customers)
+    if new_customers > customers_at_end:
+        raise ValueError(f"new_customers ({new_customers}) cannot exceed customers_at_end ({customers_at_end})")
+    if customers_at_start == 0:
+        return None
+    return (customers_at_end - new_customers) / customers_at_start * 100
+
+
+def churn_rate(customers_lost: int, customers_at_start: int) -> float | None:
+    """Customers lost in the period / customers at start × 100 (1000 at start, 50 lost → 5 %)."""
+    _counts(customers_lost=customers_lost, customers_at_start=customers_at_start)
+    if customers_at_start == 0:
+        return None
+    if customers_lost > customers_at_start:
+        raise ValueError(f"customers_lost ({customers_lost}) cannot exceed customers_at_start ({customers_at_start})")
+    return customers_lost / customers_at_start * 100
+
+
+def customer_lifetime(churn_rate_percent: float | None) -> float | None:
+    """Expected lifetime in periods = 1 / churn rate (5 % a period → 20 periods); infinite with no churn."""
+    if churn_rate_percent is None:
+        return None
+    _counts(churn_rate_percent=churn_rate_percent)
+    return math.inf if churn_rate_percent == 0 else 100.0 / churn_rate_percent
+
+
+def net_change(customers_at_start: int, customers_at_end: int) -> int:
+    return customers_at_end - customers_at_start
+
+
+def repurchase_rate(customers_with_two_or_more: int, customers_with_one_or_more: int) -> float | None:
+    """Share (%) of buying customers who bought at least twice in the period."""
+    _counts(two_or_more=customers_with_two_or_more, one_or_more=customers_with_one_or_more)
+    if customers_with_two_or_more > customers_with_one_or_more:
+        raise ValueError("customers with two or more purchases cannot outnumber customers with one or more")
+    if customers_with_one_or_more == 0:
+        return None
+    return customers_with_two_or_more / customers_with_one_or_more * 100
+
+
+def average_basket(revenue: float, orders: int) -> float | None:
+    """Revenue / number of orders."""
+    _counts(revenue=revenue, orders=orders)
+    return None if orders == 0 else revenue / orders
+
+
+def upsell_rate(customers_buying_a_new_category: int, buying_customers: int) -> float | None:
+    """Share (%) of buying customers who bought a product category they had not bought before."""
+    _counts(new_category=customers_buying_a_new_category, buying_customers=buying_customers)
+    if buying_customers == 0:
+        return None
+    return customers_buying_a_new_category / buying_customers * 100
+
+
+def lifetime_value(average_purchase_value: float, purchases_per_period: float, expected_lifetime_periods: float) -> float:
+    """Average purchase value × purchase frequency × expected lifetime (50 € × 3/year × 5 years = 750 €)."""
+    _counts(value=average_purchase_value, frequency=purchases_per_period, lifetime=expected_lifetime_periods)
+    return average_purchase_value * purchases_per_period * expected_lifetime_periods
+
+
+def lifetime_value_from_margin(average_margin_per_period: float, lifetime_periods: float) -> float:
+    """Margin form: average margin per period × lifetime in periods."""
+    _counts(lifetime_periods=lifetime_periods)
+    if not math.isfinite(average_margin_per_period):
+        raise ValueError("average_margin_per_period must be finite")
+    return average_margin_per_period * lifetime_periods
+
+
+def ltv_to_cac(lifetime_value_amount: float, acquisition_cost: float | None) -> float | None:
+    """LTV / CAC; None when no acquisition cost is configured."""
+    if acquisition_cost is None:
+        return None
+    if acquisition_cost <= 0:
+        raise ValueError(f"acquisition_cost must be positive, got {acquisition_cost}")
+    return lifetime_value_amount / acquisition_cost
+
+
+def growth_rate(previous: float, current: float) -> float | None:
+    """(current − previous) / previous × 100, e.g. MRR growth between periods."""
+    _counts(previous=previous, current=current)
+    return None if previous == 0 else (current - previous) / previous * 100
+
+
+def revenue_from_active_customers(revenue_by_customer: dict[str, float], active_customers: Iterable[str]) -> float:
+    """Revenue counted only for customers who are active (not churned) in the period."""
+    active = set(active_customers)
+    return sum(amount for customer, amount in revenue_by_customer.items() if customer in active)
+
+
+def checkout_abandonment_rate(abandoned: int, completed: int) -> float | None:
+    """Abandoned / (abandoned + completed) × 100."""
+    _counts(abandoned=abandoned, completed=completed)
+    total = abandoned + completed
+    return None if total == 0 else abandoned / total * 100
+
+
+# --- Surveys --------------------------------------------------------------------------
+
+#: NPS scale (min, max) → (highest detractor answer, highest passive answer); above is a promoter.
+NPS_SCALES: dict[tuple[int, int], tuple[int, int]] = {
+    (0, 10): (6, 8),
+    (1, 10): (6, 8),
+    (1, 7): (5, 6),
+    (1, 5): (3, 4),
+}
+
+
+def _nps_bands(scale: tuple[float, float]) -> tuple[int, int]:
+    key = (int(scale[0]), int(scale[1]))
+    if key != tuple(scale) or key not in NPS_SCALES:
+        supported = ", ".join(f"{low}-{high}" for low, high in NPS_SCALES)
+        raise ValueError(f"NPS scale {scale[0]}-{scale[1]} is not supported; use one of {supported}")
+    return NPS_SCALES[key]
+
+
+def nps_category(score: float, scale: tuple[float, float] = (0, 10)) -> str:
+    """promoter, passive or detractor for one answer on a supported scale."""
+    detractor_max, passive_max = _nps_bands(scale)
+    if not scale[0] <= score <= scale[1]:
+        raise ValueError(f"NPS answer {score} is outside its scale {scale[0]}-{scale[1]}")
+    if score <= detractor_max:
+        return "detractor"
+    return "passive" if score <= passive_max else "promoter"
+
+
+def net_promoter_score(answers: Sequence[float], scale: tuple[float, float] = (0, 10)) -> float | None:
+    """% promoters − % detractors, from −100 to 100. None without answers."""
+    _nps_bands(scale)
+    if not answers:
+        return None
+    categories = [nps_category(answer, scale) for answer in answers]
+    return (categories.count("promoter") - categories.count("detractor")) / len(answers) * 100
+
+
+def csat(answers: Sequence[float]) -> float | None:
+    """Share (%) of answers of 4 or 5 on a 1-5 scale."""
+    for answer in answers:
+        if not 1 <= answer <= 5:
+            raise ValueError(f"CSAT answer {answer} is outside 1-5")
+    return None if not answers else sum(1 for a in answers if a >= 4) / len(answers) * 100
+
+
+def customer_effort_score(answers: Sequence[float]) -> float | None:
+    """Mean answer on 1-7, higher is easier."""
+    for answer in answers:
+        if not 1 <= answer <= 7:
+            raise ValueError(f"CES answer {answer} is outside 1-7")
+    return None if not answers else sum(answers) / len(answers)
+
+
+def customer_loyalty_index(answers: Sequence[int]) -> float | None:
+    """Each answer on 1-6 maps to 100, 80, 60, 40, 20, 0 points; the index is the mean."""
+    points = []
+    for answer in answers:
+        if answer not in (1, 2, 3, 4, 5, 6):
+            raise ValueError(f"loyalty answer {answer} is not one of 1-6")
+        points.append(100 - 20 * (answer - 1))
+    return None if not points else sum(points) / len(points)
+
+
+# --- Per customer, from the state record ------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Linear-interpolated percentile (fraction 0.9 = p90)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class CustomerKpis:
+    daily_active_users: int
+    weekly_active_users: int
+    monthly_active_users: int
+    stickiness: float | None  # DAU / MAU
+    key_feature_adoption: float | None  # share of configured key features used in 30 days
+    sessions_7d: int
+    sessions_30d: int
+    orders_30d: int
+    revenue_30d: float
+    average_basket_30d: float | None
+    checkout_abandonment_30d: float | None
+    days_since_last_purchase: float | None
+    open_tickets: int
+    urgent_open_tickets: int
+    mean_resolution_hours: float | None
+    p90_resolution_hours: float | None
+    reopen_rate: float | None
+    nps: float | None
+    csat: float | None
+    ces: float | None
+    failed_payments_30d: int
+    overdue_invoices: int
+    max_days_overdue: float
+    mrr: float
+    mrr_growth: float | None
+
+
+def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
+    today = at_ms // DAY_MS
+    return sum(1 for last_day in state.users_last_day.values() if today - days < last_day <= today)
+
+
+def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = ()) -> CustomerKpis:
+    """Everything a customer-success manager reads about one customer, at ``at_ms``."""
+    today = at_ms // DAY_MS
+    last_30 = window(state, at_ms, 30)
+    dau, wau, mau = (_active_users(state, at_ms, days) for days in (1, 7, 30))
+    orders = sum(b.purchases for b in last_30)
+    revenue = sum(b.revenue for b in last_30)
+    adoption = None
+    if key_features:
+        used = sum(1 for f in key_features if today - 30 < state.features_last_day.get(f, -(10**9)) <= today)
+        adoption = used / len(key_features)
+    answers = {"nps": [], "csat": [], "ces": []}
+    for response in state.surveys:
+        if at_ms - response.answered_ms <= 90 * DAY_MS and response.answered_ms <= at_ms:
+            answers[response.survey].append(response)
+    nps_value = None
+    if answers["nps"]:
+        # Answers on different NPS scales are put on 0-10 before categorizing.
+        categories = [
+            nps_category(r.score, (r.scale_min, r.scale_max)) if (int(r.scale_min), int(r.scale_max)) in NPS_SCALES else None
+            for r in answers["nps"]
+        ]
+        known = [c for c in categories if c]
+        if known:
+            nps_value = (known.count("promoter") - known.count("detractor")) / len(known) * 100
+    csat_answers = [1 + 4 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["csat"]]
+    ces_answers = [1 + 6 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["ces"]]
+    resolutions_hours = [seconds / 3600 for seconds in state.resolution_seconds]
+    handled = state.tickets_resolved + state.tickets_reopened
+    overdue = [invoice for invoice in state.unpaid_invoices if invoice.due_ms < at_ms]
+    return CustomerKpis(
+        daily_active_users=dau,
+        weekly_active_users=wau,
+        monthly_active_users=mau,
+        stickiness=dau / mau if mau else None,
+        key_feature_adoption=adoption,
+        sessions_7d=sum(b.sessions for b in window(state, at_ms, 7)),
+        sessions_30d=sum(b.sessions for b in last_30),
+        orders_30d=orders,
+        revenue_30d=revenue,
+        average_basket_30d=average_basket(revenue, orders),
+        checkout_abandonment_30d=checkout_abandonment_rate(sum(b.abandoned_checkouts for b in last_30), orders),
+        days_since_last_purchase=(at_ms - state.last_purchase_ms) / DAY_MS if state.last_purchase_ms else None,
+        open_tickets=len(state.open_tickets),
+        urgent_open_tickets=sum(1 for t in state.open_tickets if t.priority == PRIORITIES.index("urgent")),
+        mean_resolution_hours=sum(resolutions_hours) / len(resolutions_hours) if resolutions_hours else None,
+        p90_resolution_hours=percentile(resolutions_hours, 0.9),
+        reopen_rate=state.tickets_reopened / handled * 100 if handled else None,
+        nps=nps_value,
+        csat=csat(csat_answers),
+        ces=customer_effort_score(ces_answers),
+        failed_payments_30d=sum(b.payments_failed for b in last_30),
+        overdue_invoices=len(overdue),
+        max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
+        mrr=state.mrr,
+        mrr_growth=growth_rate(state.previous_mrr, state.mrr) if state.previous_mrr else None,
+    )
