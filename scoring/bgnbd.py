@@ -154,3 +154,25 @@ def fit(histories: Sequence[PurchaseHistory]) -> FitResult:
             best = result
     r, alpha, a, b = (float(v) for v in np.exp(best.x))
     return FitResult(BgNbdParameters(r, alpha, a, b), -float(best.fun), len(histories))
+
+
+def summarize(
+    purchases: Sequence[tuple[str, int]], calibration_end_ms: int, time_unit_days: float
+) -> dict[str, PurchaseHistory]:
+    """Per-customer (x, t_x, T) from (customer id, purchase time in epoch ms) pairs before the calibration end.
+
+    Purchases on the same UTC day count once, as in the worker's state.
+    """
+    day_ms = 86_400_000
+    unit_ms = time_unit_days * day_ms
+    days: dict[str, set[int]] = {}
+    for customer_id, at_ms in purchases:
+        if at_ms < calibration_end_ms:
+            days.setdefault(customer_id, set()).add(at_ms // day_ms)
+    histories = {}
+    for customer_id, purchase_days in days.items():
+        first, last = min(purchase_days), max(purchase_days)
+        repeat = len(purchase_days) - 1
+        t_x = (last - first) * day_ms / unit_ms if repeat else 0.0
+        histories[customer_id] = PurchaseHistory(repeat, t_x, max(t_x, (calibration_end_ms - first * day_ms) / unit_ms))
+    return histories

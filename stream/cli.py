@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 
@@ -128,6 +131,47 @@ def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -
         asyncio.run(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo))
     except KeyboardInterrupt:
         pass
+
+
+@main.command("fit-bgnbd")
+@click.option("--transactions", "transactions_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with a header and columns customer_id,occurred_at,amount.")
+@click.option("--calibration-end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="YYYY-MM-DD (UTC): only purchases before it are used; customer ages are measured to it.")
+@click.option("--time-unit", type=click.Choice(["day", "week"]), default="week", show_default=True, help="Unit of t_x, T and alpha.")
+def fit_bgnbd(transactions_file: Path, calibration_end: datetime, time_unit: str) -> None:
+    """Fit the BG/NBD purchase model by maximum likelihood and print its parameters as JSON.
+
+    Copy r, alpha, a, b and time_unit into [scoring.bgnbd] of config/healthscore.toml
+    so the worker scores expected purchases for customers without a contract.
+    """
+    from scoring.bgnbd import fit, summarize
+    from stream.transactions import ReadReport, TransactionsError, read_purchases
+
+    report = ReadReport()
+    end_ms = int(calibration_end.replace(tzinfo=timezone.utc).timestamp() * 1000)
+    try:
+        purchases = [(customer, at_ms) for customer, at_ms, _ in read_purchases(transactions_file, report)]
+    except TransactionsError as error:
+        raise click.ClickException(str(error)) from None
+    if report.skipped:
+        click.echo(f"Skipped {report.skipped} of {report.rows} rows: " + "; ".join(report.examples), err=True)
+    histories = list(summarize(purchases, end_ms, 7.0 if time_unit == "week" else 1.0).values())
+    if not histories:
+        raise click.ClickException(f"no purchases before {calibration_end:%Y-%m-%d} in {transactions_file}")
+    result = fit(histories)
+    parameters = result.parameters
+    click.echo(
+        json.dumps(
+            {
+                "r": parameters.r,
+                "alpha": parameters.alpha,
+                "a": parameters.a,
+                "b": parameters.b,
+                "log_likelihood": result.log_likelihood,
+                "customers": result.customers,
+                "time_unit": time_unit,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

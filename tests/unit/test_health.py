@@ -132,3 +132,157 @@ def test_one_more_failed_payment_never_raises_the_score(failures: int) -> None:
         return score_state(state, state.last_event_ms, PARAMETERS).score
 
     assert score_with(failures + 1) <= score_with(failures)
+
+
+# --- Explanation, segments, purchase activity, sentiment, monotonicity ------------------
+
+from dataclasses import replace  # noqa: E402
+
+from scoring.bgnbd import BgNbdParameters  # noqa: E402
+from scoring.contract import InvoiceIssued, SubscriptionUpdated, TicketResolved  # noqa: E402
+from scoring.health import component_scores, explain  # noqa: E402
+from scoring.pipeline import rescore, step  # noqa: E402
+
+
+def test_each_published_score_says_how_much_each_component_moved_it() -> None:
+    state = active_customer()
+    at = state.last_event_ms
+    initial = rescore(state, at, PARAMETERS)
+    assert initial.previous_score is None and initial.changes == {"usage": initial.score}
+    first = step(state, ev("f", at, PaymentFailed("i1", 10.0)), PARAMETERS, 64).publish
+    assert first.previous_score == initial.score
+    assert first.changes["payments"] == pytest.approx(first.components["payments"].contribution, abs=0.01)
+    assert first.changes["usage"] < 0  # usage now carries less of the weight
+    second = step(state, ev("f2", at, PaymentFailed("i1", 10.0)), PARAMETERS, 64).publish
+    assert second.previous_score == first.score
+    assert list(second.changes)[0] == "payments" and second.changes["payments"] < 0
+    # Changes in contributions add up to the change of the score (rounding aside).
+    for later, earlier in ((first, initial), (second, first)):
+        assert sum(later.changes.values()) == pytest.approx(later.score - earlier.score, abs=0.05)
+
+
+def test_explain_orders_by_size_and_counts_appearing_and_vanishing_components() -> None:
+    health = score_state(active_customer(), T0 + 29 * DAY_MS, PARAMETERS)
+    changes = explain({"usage": health.components["usage"].contribution + 9.0, "payments": 18.0}, health)
+    assert changes == {"payments": -18.0, "usage": -9.0}
+
+
+def test_a_score_that_did_not_move_is_not_published_again() -> None:
+    state = active_customer()
+    assert rescore(state, state.last_event_ms, PARAMETERS) is not None
+    assert rescore(state, state.last_event_ms, PARAMETERS) is None
+
+
+def test_customers_on_a_plan_are_weighted_by_their_segment() -> None:
+    parameters = replace(PARAMETERS, segment_weights={"enterprise": {"usage": 0.0, "payments": 1.0}})
+    state = active_customer()
+    at = state.last_event_ms
+    apply_event(state, ev("m", at, SubscriptionUpdated(500.0, plan="enterprise")))
+    apply_event(state, ev("f", at, PaymentFailed("i", 1.0)))
+    enterprise = score_state(state, at, parameters)
+    assert set(enterprise.components) == {"payments"}
+    assert enterprise.score == enterprise.components["payments"].score
+    state.plan = "starter"
+    assert set(score_state(state, at, parameters).components) == {"usage", "payments"}
+
+
+def test_expected_purchases_feed_the_purchase_component_of_non_contract_buyers() -> None:
+    with_model = replace(PARAMETERS, bgnbd=BgNbdParameters(0.243, 4.414, 0.793, 2.426), bgnbd_time_unit_days=7.0)
+    frequent, lapsed = new_state("a"), new_state("b")
+    for week in range(20):
+        apply_event(frequent, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted("o", 10.0, "EUR")))
+    for week in range(3):
+        apply_event(lapsed, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted("o", 10.0, "EUR")))
+    at = T0 + 20 * 7 * DAY_MS
+    assert component_scores(frequent, at, with_model)["purchases"] > component_scores(lapsed, at, with_model)["purchases"]
+    # A subscriber is not a non-contract buyer: no BG/NBD term.
+    apply_event(lapsed, ev("m", T0, SubscriptionUpdated(50.0)))
+    assert component_scores(lapsed, at, with_model)["purchases"] == component_scores(lapsed, at, PARAMETERS)["purchases"]
+
+
+def test_a_customer_who_stops_answering_drifts_back_to_neutral_sentiment() -> None:
+    state = new_state("acme")
+    apply_event(state, ev("n", T0, SurveyAnswered("nps", 10)))
+    scores = [component_scores(state, T0 + days * DAY_MS, PARAMETERS)["sentiment"] for days in (0, 90, 365, 1000)]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == 90.0  # one perfect answer against a prior of 50 with a quarter of its weight
+    assert 50 < scores[-1] < 55
+
+
+def test_slow_resolution_and_reopens_lower_support() -> None:
+    def support_with(resolution_hours: float, reopened: bool) -> float:
+        state = new_state("acme")
+        apply_event(state, ev("o", T0, TicketOpened("t", "normal")))
+        apply_event(state, ev("r", T0 + int(resolution_hours * 3_600_000), TicketResolved("t")))
+        if reopened:
+            apply_event(state, ev("x", T0 + int(resolution_hours * 3_600_000) + 1, TicketOpened("t2", "low")))
+            state.tickets_reopened += 1
+        return component_scores(state, T0 + 10 * DAY_MS, PARAMETERS)["support"]
+
+    assert support_with(2, False) > support_with(100, False) > support_with(100, True)
+
+
+def test_overdue_invoices_weigh_more_the_longer_they_are_overdue() -> None:
+    state = active_customer()
+    at = state.last_event_ms
+    apply_event(state, ev("i", at, InvoiceIssued("inv", 99.0, at + DAY_MS)))
+    scores = [component_scores(state, at + days * DAY_MS, PARAMETERS)["payments"] for days in (0, 2, 10, 40)]
+    assert scores == sorted(scores, reverse=True) and scores[0] == 100 and scores[-1] == 60
+
+
+DRIVERS = {
+    # driver name → (event that worsens it, component it must not raise)
+    "failed payment": (lambda i, at: PaymentFailed("i", 5.0), "payments"),
+    "open urgent ticket": (lambda i, at: TicketOpened(f"t{i}", "urgent"), "support"),
+    "detractor answer": (lambda i, at: SurveyAnswered("nps", 0), "sentiment"),
+    "MRR cut": (lambda i, at: SubscriptionUpdated(max(0.0, 100.0 - 10 * (i + 1))), "payments"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    driver=st.sampled_from(sorted(DRIVERS)),
+    before=st.integers(min_value=0, max_value=4),
+    sessions=st.integers(min_value=1, max_value=30),
+)
+def test_worsening_a_driver_never_raises_its_component_or_the_score(driver: str, before: int, sessions: int) -> None:
+    make, component = DRIVERS[driver]
+    state = new_state("acme")
+    for day in range(sessions):
+        apply_event(state, ev(f"s{day}", T0 + day * DAY_MS, UsageSession("u", 60)))
+    at = state.last_event_ms
+    apply_event(state, ev("m0", at - 1, SubscriptionUpdated(100.0)))
+    apply_event(state, ev("n0", at - 1, SurveyAnswered("nps", 9)))
+    apply_event(state, ev("t0", at - 1, TicketOpened("t-base", "low")))
+    for index in range(before):
+        apply_event(state, ev(f"d{index}", at, make(index, at)))
+    baseline = score_state(state, at, PARAMETERS)
+    apply_event(state, ev("worse", at, make(before, at)))
+    worse = score_state(state, at, PARAMETERS)
+    assert worse.components[component].score <= baseline.components[component].score
+    assert worse.score <= baseline.score
+    assert worse.churn_risk >= baseline.churn_risk
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    usage=st.floats(min_value=0, max_value=100),
+    other=st.floats(min_value=0, max_value=100),
+    bump=st.floats(min_value=0, max_value=50),
+)
+def test_churn_risk_is_monotone_in_score_and_weakest_component(usage: float, other: float, bump: float) -> None:
+    score = (usage + other) / 2
+    weakest = min(usage, other)
+    assert churn_risk_for(min(100, score + bump), weakest) <= churn_risk_for(score, weakest)
+    assert churn_risk_for(score, min(100, weakest + bump)) <= churn_risk_for(score, weakest)
+
+
+def test_model_version_changes_with_any_parameter() -> None:
+    versions = {
+        PARAMETERS.model_version,
+        replace(PARAMETERS, healthy_min=75).model_version,
+        replace(PARAMETERS, weights={**PARAMETERS.weights, "usage": 0.5}).model_version,
+        replace(PARAMETERS, bgnbd=BgNbdParameters(1, 2, 3, 4)).model_version,
+    }
+    assert len(versions) == 4
+    assert PARAMETERS.model_version == ScoringParameters().model_version

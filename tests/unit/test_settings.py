@@ -63,3 +63,31 @@ def test_an_unknown_key_in_the_config_file_is_an_error(monkeypatch: pytest.Monke
     monkeypatch.setenv("HEALTHSCORE_CONFIG", str(config))
     with pytest.raises(SettingsError, match="partitons"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named_key"),
+    [
+        ("HEALTHSCORE_SCORING__BGNBD", '{"r": 0.2, "alpha": 4, "a": 0.8}', "scoring.bgnbd.b"),
+        ("HEALTHSCORE_SCORING__BGNBD", '{"r": -1, "alpha": 4, "a": 0.8, "b": 2}', "scoring.bgnbd.r"),
+        ("HEALTHSCORE_SCORING__BGNBD", '{"r": 1, "alpha": 4, "a": 0.8, "b": 2, "time_unit": "month"}', "scoring.bgnbd.time_unit"),
+        ("HEALTHSCORE_SCORING__SEGMENTS", '{"enterprise": {"weights": {"usage": -2}}}', "scoring.segments.enterprise.weights"),
+        ("HEALTHSCORE_SCORING__USAGE_HALF_LIFE_DAYS", "0", "scoring.usage_half_life_days"),
+    ],
+)
+def test_scoring_model_settings_are_validated(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named_key: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert f"  {named_key}" in str(error.value)
+
+
+def test_fitted_parameters_and_segments_reach_the_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_SCORING__BGNBD", '{"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "time_unit": "week"}')
+    monkeypatch.setenv("HEALTHSCORE_SCORING__SEGMENTS", '{"enterprise": {"weights": {"usage": 1, "payments": 1}}}')
+    parameters = load_settings().scoring.parameters()
+    assert parameters.bgnbd.r == 0.243 and parameters.bgnbd_time_unit_days == 7.0
+    assert parameters.weights_for("enterprise") == {"usage": 1, "payments": 1}
+    assert parameters.weights_for(None) == parameters.weights
+    monkeypatch.delenv("HEALTHSCORE_SCORING__BGNBD")
+    assert parameters.model_version != load_settings().scoring.parameters().model_version

@@ -1,0 +1,192 @@
+"""KPIs: the literature's worked examples, edge cases, and per-customer KPIs from state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scoring import kpis
+from scoring.contract import (
+    CheckoutAbandoned,
+    Event,
+    InvoiceIssued,
+    PaymentFailed,
+    PurchaseCompleted,
+    SubscriptionUpdated,
+    SurveyAnswered,
+    TicketOpened,
+    TicketReopened,
+    TicketResolved,
+    UsageFeature,
+    UsageSession,
+)
+from scoring.state import DAY_MS, apply_event, new_state
+
+T0 = 1_790_000_000_000 // DAY_MS * DAY_MS + 12 * 3_600_000  # noon UTC
+
+
+@pytest.mark.parametrize(
+    ("function", "arguments", "expected"),
+    [
+        (kpis.retention_rate, (1000, 1050, 100), 95.0),
+        (kpis.retention_rate, (0, 10, 10), None),
+        (kpis.retention_rate, (10, 10, 0), 100.0),
+        (kpis.churn_rate, (50, 1000), 5.0),
+        (kpis.churn_rate, (0, 0), None),
+        (kpis.customer_lifetime, (5.0,), 20.0),
+        (kpis.customer_lifetime, (0.0,), math.inf),
+        (kpis.customer_lifetime, (None,), None),
+        (kpis.repurchase_rate, (30, 120), 25.0),
+        (kpis.repurchase_rate, (0, 0), None),
+        (kpis.average_basket, (1500.0, 30), 50.0),
+        (kpis.average_basket, (0.0, 0), None),
+        (kpis.upsell_rate, (12, 48), 25.0),
+        (kpis.upsell_rate, (0, 0), None),
+        (kpis.lifetime_value, (50.0, 3.0, 5.0), 750.0),
+        (kpis.lifetime_value_from_margin, (120.0, 24.0), 2880.0),
+        (kpis.ltv_to_cac, (750.0, 250.0), 3.0),
+        (kpis.ltv_to_cac, (750.0, None), None),
+        (kpis.growth_rate, (1000.0, 1100.0), 10.0),
+        (kpis.growth_rate, (0.0, 100.0), None),
+        (kpis.checkout_abandonment_rate, (30, 70), 30.0),
+        (kpis.checkout_abandonment_rate, (0, 0), None),
+        (kpis.net_change, (1000, 1050), 50),
+    ],
+)
+def test_kpi_formulas(function, arguments, expected) -> None:
+    result = function(*arguments)
+    if expected is None or expected == math.inf:
+        assert result == expected
+    else:
+        assert result == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("function", "arguments", "message"),
+    [
+        (kpis.retention_rate, (100, 50, 60), "cannot exceed"),
+        (kpis.retention_rate, (-1, 50, 0), "non-negative"),
+        (kpis.churn_rate, (60, 50), "cannot exceed"),
+        (kpis.repurchase_rate, (5, 4), "cannot outnumber"),
+        (kpis.ltv_to_cac, (100.0, 0.0), "positive"),
+        (kpis.average_basket, (math.nan, 3), "finite"),
+    ],
+)
+def test_invalid_inputs_raise_a_clear_error(function, arguments, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        function(*arguments)
+
+
+def test_revenue_counts_only_active_customers() -> None:
+    assert kpis.revenue_from_active_customers({"a": 10.0, "b": 5.0, "c": 1.0}, ["a", "c"]) == 11.0
+
+
+@pytest.mark.parametrize(
+    ("answers", "scale", "expected"),
+    [
+        ([10, 9, 8, 7, 6, 0], (0, 10), 0.0),
+        ([10, 10, 9, 3], (0, 10), 50.0),
+        ([0, 1, 2, 3, 4, 5, 6], (0, 10), -100.0),  # all detractors
+        ([10] * 5, (0, 10), 100.0),
+        ([1, 6, 7, 8, 9, 10], (1, 10), 0.0),
+        ([7, 7, 6, 5], (1, 7), 25.0),
+        ([7, 7, 7, 1], (1, 7), 50.0),
+        ([5, 5, 4, 3], (1, 5), 25.0),
+        ([], (0, 10), None),
+    ],
+)
+def test_net_promoter_score_on_every_scale_in_use(answers, scale, expected) -> None:
+    assert kpis.net_promoter_score(answers, scale) == expected
+
+
+@pytest.mark.parametrize("scale", [(0, 5), (1, 100), (0.5, 10)])
+def test_an_nps_scale_not_in_use_is_a_clear_error(scale) -> None:
+    with pytest.raises(ValueError, match="is not supported; use one of 0-10, 1-10, 1-7, 1-5"):
+        kpis.net_promoter_score([3], scale)
+
+
+def test_nps_answer_outside_its_scale_is_an_error() -> None:
+    with pytest.raises(ValueError, match="outside its scale"):
+        kpis.nps_category(11, (0, 10))
+
+
+@pytest.mark.parametrize(
+    ("function", "answers", "expected"),
+    [
+        (kpis.csat, [5, 4, 3, 2], 50.0),
+        (kpis.csat, [1, 1], 0.0),
+        (kpis.csat, [], None),
+        (kpis.customer_effort_score, [7, 5, 3], 5.0),
+        (kpis.customer_effort_score, [], None),
+        (kpis.customer_loyalty_index, [1, 2, 3, 4, 5, 6], 50.0),
+        (kpis.customer_loyalty_index, [1, 1], 100.0),
+        (kpis.customer_loyalty_index, [6], 0.0),
+        (kpis.customer_loyalty_index, [], None),
+    ],
+)
+def test_survey_scores(function, answers, expected) -> None:
+    assert function(answers) == expected
+
+
+@pytest.mark.parametrize(("function", "answer"), [(kpis.csat, 6), (kpis.customer_effort_score, 0), (kpis.customer_loyalty_index, 7)])
+def test_survey_answers_off_the_scale_are_errors(function, answer) -> None:
+    with pytest.raises(ValueError, match="outside|not one of"):
+        function([answer])
+
+
+@pytest.mark.parametrize(("values", "fraction", "expected"), [([1, 2, 3, 4, 5], 0.9, 4.6), ([10], 0.9, 10), ([], 0.9, None), ([1, 3], 0.5, 2)])
+def test_percentile(values, fraction, expected) -> None:
+    assert kpis.percentile(values, fraction) == (pytest.approx(expected) if expected is not None else None)
+
+
+def ev(event_id: str, at: int, data) -> Event:
+    return Event(event_id=event_id, type="x", customer_id="acme", occurred_at_ms=at, data=data)
+
+
+def test_customer_kpis_from_state() -> None:
+    state = new_state("acme")
+    events = [
+        ev("s1", T0 - 20 * DAY_MS, UsageSession("u1", 60)),
+        ev("s2", T0 - 3 * DAY_MS, UsageSession("u2", 60)),
+        ev("s3", T0, UsageSession("u3", 60)),
+        ev("f1", T0, UsageFeature("u3", "reports")),
+        ev("f2", T0 - 40 * DAY_MS, UsageFeature("u1", "alerts")),
+        ev("p1", T0 - 10 * DAY_MS, PurchaseCompleted("o1", 30.0, "EUR")),
+        ev("p2", T0 - 2 * DAY_MS, PurchaseCompleted("o2", 50.0, "EUR")),
+        ev("ab", T0 - 2 * DAY_MS, CheckoutAbandoned(20.0)),
+        ev("t1", T0 - 5 * DAY_MS, TicketOpened("t1", "urgent")),
+        ev("t2", T0 - 5 * DAY_MS, TicketOpened("t2", "low")),
+        ev("r2", T0 - 4 * DAY_MS, TicketResolved("t2")),
+        ev("t3", T0 - 5 * DAY_MS, TicketOpened("t3", "normal")),
+        ev("r3", T0 - 2 * DAY_MS, TicketResolved("t3")),
+        ev("o3", T0 - 1 * DAY_MS, TicketReopened("t3")),
+        ev("n1", T0, SurveyAnswered("nps", 10)),
+        ev("n2", T0, SurveyAnswered("nps", 3)),
+        ev("n3", T0, SurveyAnswered("nps", 7, (1, 7))),
+        ev("c1", T0, SurveyAnswered("csat", 5)),
+        ev("c2", T0, SurveyAnswered("csat", 2)),
+        ev("e1", T0, SurveyAnswered("ces", 6)),
+        ev("i1", T0 - 20 * DAY_MS, InvoiceIssued("inv1", 99.0, T0 - 10 * DAY_MS)),
+        ev("x1", T0 - 9 * DAY_MS, PaymentFailed("inv1", 99.0)),
+        ev("m1", T0 - 30 * DAY_MS, SubscriptionUpdated(100.0)),
+        ev("m2", T0 - 1 * DAY_MS, SubscriptionUpdated(120.0)),
+    ]
+    for event in events:
+        apply_event(state, event)
+    result = kpis.customer_kpis(state, T0, key_features=("reports", "alerts", "exports", "api"))
+    assert (result.daily_active_users, result.weekly_active_users, result.monthly_active_users) == (1, 2, 3)
+    assert result.stickiness == pytest.approx(1 / 3)
+    assert result.key_feature_adoption == 0.25  # alerts was used 40 days ago: outside 30 days
+    assert (result.sessions_7d, result.sessions_30d) == (2, 3)
+    assert (result.orders_30d, result.revenue_30d, result.average_basket_30d) == (2, 80.0, 40.0)
+    assert result.checkout_abandonment_30d == pytest.approx(100 / 3)
+    assert result.days_since_last_purchase == 2.0
+    assert (result.open_tickets, result.urgent_open_tickets) == (2, 1)
+    assert result.mean_resolution_hours == pytest.approx((24 + 72) / 2)
+    assert result.p90_resolution_hours == pytest.approx(24 + 0.9 * 48)
+    assert result.reopen_rate == pytest.approx(100 / 3)
+    assert result.nps == pytest.approx((2 - 1) / 3 * 100)
+    assert result.csat == 50.0 and result.ces == 6.0
+    assert (result.failed_payments_30d, result.overdue_invoices, result.max_days_overdue) == (1, 1, 10.0)
+    assert (result.mrr, result.mrr_growth) == (120.0, pytest.approx(20.0))
