@@ -13,8 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Mapping
+
+import msgspec
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
 from scoring.state import DAY_MS, CustomerState
@@ -55,54 +59,63 @@ class ScoringParameters:
     def weights_for(self, plan: str | None) -> Mapping[str, float]:
         return self.segment_weights.get(plan, self.weights) if plan else self.weights
 
+    @cached_property
+    def _total_weights(self) -> dict[str | None, float]:
+        totals = {plan: sum(weights.get(name, 0) for name in COMPONENTS) for plan, weights in self.segment_weights.items()}
+        totals[None] = sum(self.weights.get(name, 0) for name in COMPONENTS)
+        return totals
 
-@dataclass(frozen=True)
-class ComponentScore:
+    def total_weight_for(self, plan: str | None) -> float:
+        totals = self._total_weights
+        return totals[plan] if plan in totals else totals[None]
+
+
+class ComponentScore(msgspec.Struct, frozen=True):
+    """One component's 0-100 score, its weight after reweighting, and weight × score (unrounded)."""
+
     score: float
     weight: float
     contribution: float
 
 
-@dataclass(frozen=True)
-class HealthScore:
-    score: float
+class HealthScore(msgspec.Struct, frozen=True):
+    score: float  # rounded to 2 decimals: the published value, compared to detect changes
     band: str
     churn_risk: float
     components: dict[str, ComponentScore]
     as_of_ms: int
     confidence: float
     #: Change of each component's contribution, in points, since the previous published score.
-    changes: dict[str, float] = field(default_factory=dict)
+    changes: dict[str, float] = {}
     previous_score: float | None = None
 
 
-@dataclass(frozen=True)
-class ActivitySums:
+class ActivitySums(msgspec.Struct, frozen=True):
     """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
 
-    activity_7d: int = 0
-    activity_90d: int = 0
-    orders_30d: int = 0
-    orders_90d: int = 0
-    failed_payments_30d: int = 0
+    activity_7d: int
+    activity_90d: int
+    orders_30d: int
+    orders_90d: int
+    failed_payments_30d: int
 
 
 def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:
+    counts = state.counts
+    days = counts.days
     today = at_ms // DAY_MS
-    activity_7 = activity_90 = orders_30 = orders_90 = failed_30 = 0
-    for bucket in state.days:
-        age = today - bucket.day
-        if age < 0 or age >= 90:
-            continue
-        activity = bucket.sessions + bucket.feature_uses
-        activity_90 += activity
-        orders_90 += bucket.purchases
-        if age < 30:
-            orders_30 += bucket.purchases
-            failed_30 += bucket.payments_failed
-            if age < 7:
-                activity_7 += activity
-    return ActivitySums(activity_7, activity_90, orders_30, orders_90, failed_30)
+    end = bisect_right(days, today)
+    start_7 = bisect_left(days, today - 6, 0, end)
+    start_30 = bisect_left(days, today - 29, 0, end)
+    start_90 = bisect_left(days, today - 89, 0, end)
+    sessions, features, purchases = counts.sessions, counts.feature_uses, counts.purchases
+    return ActivitySums(
+        activity_7d=sum(sessions[start_7:end]) + sum(features[start_7:end]),
+        activity_90d=sum(sessions[start_90:end]) + sum(features[start_90:end]),
+        orders_30d=sum(purchases[start_30:end]),
+        orders_90d=sum(purchases[start_90:end]),
+        failed_payments_30d=sum(counts.payments_failed[start_30:end]),
+    )
 
 
 def decay(elapsed_ms: float, half_life_days: float) -> float:
@@ -251,34 +264,46 @@ def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParame
     }
 
 
-def score_state(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> HealthScore | None:
-    """The customer's health at ``at_ms``; None while no component has data."""
+def score_state(
+    state: CustomerState,
+    at_ms: int,
+    parameters: ScoringParameters,
+    previous_contributions: Mapping[str, float] | None = None,
+    previous_score: float | None = None,
+) -> HealthScore | None:
+    """The customer's health at ``at_ms``; None while no component has data.
+
+    With the previous score's contributions, the result also carries the change
+    of each component since then (see ``explain``).
+    """
     weights = parameters.weights_for(state.plan)
-    present = {
-        name: value
-        for name, value in component_scores(state, at_ms, parameters).items()
-        if value is not None and weights.get(name, 0) > 0
-    }
+    present = {}
+    total_weight = 0.0
+    for name, value in component_scores(state, at_ms, parameters).items():
+        weight = weights.get(name, 0)
+        if value is not None and weight > 0:
+            present[name] = value
+            total_weight += weight
     if not present:
         return None
-    total_weight = sum(weights[name] for name in present)
     components: dict[str, ComponentScore] = {}
     composite = 0.0
     for name, value in present.items():
         weight = weights[name] / total_weight
         composite += weight * value
-        components[name] = ComponentScore(round(value, 2), round(weight, 4), round(weight * value, 2))
+        components[name] = ComponentScore(value, weight, weight * value)
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
-    all_weight = sum(weights.get(name, 0) for name in COMPONENTS)
     return HealthScore(
         score=round(composite, 2),
         band=band_for(composite, parameters),
         churn_risk=round(churn_risk_for(composite, min(present.values())), 4),
         components=components,
         as_of_ms=at_ms,
-        confidence=round(total_weight / all_weight, 4),
+        confidence=total_weight / parameters.total_weight_for(state.plan),
+        changes=_changes(previous_contributions, components),
+        previous_score=previous_score,
     )
 
 
@@ -287,12 +312,15 @@ def explain(previous_contributions: Mapping[str, float] | None, current: HealthS
 
     A component that appeared counts from 0; one that disappeared counts to 0.
     """
-    before = previous_contributions or {}
-    names = set(before) | set(current.components)
-    changes = {
-        name: round((current.components[name].contribution if name in current.components else 0.0) - before.get(name, 0.0), 2)
-        for name in names
-    }
+    return _changes(previous_contributions, current.components)
+
+
+def _changes(before: Mapping[str, float] | None, components: Mapping[str, ComponentScore]) -> dict[str, float]:
+    before = before or {}
+    changes = {name: component.contribution - before.get(name, 0.0) for name, component in components.items()}
+    for name, contribution in before.items():
+        if name not in components:
+            changes[name] = -contribution
     return dict(sorted(changes.items(), key=lambda item: (-abs(item[1]), item[0])))
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from scoring.state import DAY_MS, PRIORITIES, CustomerState, window
+from scoring.state import DAY_MS, PRIORITIES, CustomerState, window_total
 
 
 def _counts(**counts: float) -> None:
@@ -242,10 +242,9 @@ def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
 def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = ()) -> CustomerKpis:
     """Everything a customer-success manager reads about one customer, at ``at_ms``."""
     today = at_ms // DAY_MS
-    last_30 = window(state, at_ms, 30)
     dau, wau, mau = (_active_users(state, at_ms, days) for days in (1, 7, 30))
-    orders = sum(b.purchases for b in last_30)
-    revenue = sum(b.revenue for b in last_30)
+    orders = window_total(state, "purchases", at_ms, 30)
+    revenue = window_total(state, "revenue_cents", at_ms, 30) / 100
     adoption = None
     if key_features:
         used = sum(1 for f in key_features if today - 30 < state.features_last_day.get(f, -(10**9)) <= today)
@@ -275,12 +274,12 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         monthly_active_users=mau,
         stickiness=dau / mau if mau else None,
         key_feature_adoption=adoption,
-        sessions_7d=sum(b.sessions for b in window(state, at_ms, 7)),
-        sessions_30d=sum(b.sessions for b in last_30),
+        sessions_7d=window_total(state, "sessions", at_ms, 7),
+        sessions_30d=window_total(state, "sessions", at_ms, 30),
         orders_30d=orders,
         revenue_30d=revenue,
         average_basket_30d=average_basket(revenue, orders),
-        checkout_abandonment_30d=checkout_abandonment_rate(sum(b.abandoned_checkouts for b in last_30), orders),
+        checkout_abandonment_30d=checkout_abandonment_rate(window_total(state, "abandoned_checkouts", at_ms, 30), orders),
         days_since_last_purchase=(at_ms - state.last_purchase_ms) / DAY_MS if state.last_purchase_ms else None,
         open_tickets=len(state.open_tickets),
         urgent_open_tickets=sum(1 for t in state.open_tickets if t.priority == PRIORITIES.index("urgent")),
@@ -290,7 +289,7 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         nps=nps_value,
         csat=csat(csat_answers),
         ces=customer_effort_score(ces_answers),
-        failed_payments_30d=sum(b.payments_failed for b in last_30),
+        failed_payments_30d=window_total(state, "payments_failed", at_ms, 30),
         overdue_invoices=len(overdue),
         max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
         mrr=state.mrr,

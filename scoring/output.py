@@ -28,12 +28,12 @@ def health_message(
         "band": health.band,
         "churn_risk": health.churn_risk,
         "components": {
-            name: {"score": c.score, "weight": c.weight, "contribution": c.contribution}
+            name: {"score": round(c.score, 2), "weight": round(c.weight, 4), "contribution": round(c.contribution, 2)}
             for name, c in health.components.items()
         },
-        "confidence": health.confidence,
+        "confidence": round(health.confidence, 4),
         "previous_score": health.previous_score,
-        "changes": health.changes,
+        "changes": {name: round(delta, 2) for name, delta in health.changes.items()},
         "as_of": rfc3339(health.as_of_ms),
         "computed_at": rfc3339(computed_at_ms),
         "model_version": model_version,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from bisect import bisect_left, bisect_right
 
 import msgspec
 
@@ -30,6 +31,7 @@ from scoring.contract import (
     SubscriptionUpdated,
     SurveyAnswered,
     TicketOpened,
+    TopicKind,
     TicketReopened,
     TicketResolved,
     UsageFeature,
@@ -50,22 +52,68 @@ MAX_OPEN_TICKETS = 32
 MAX_RESOLUTIONS = 16
 MAX_SURVEYS = 12
 MAX_INVOICES = 24
-DEFAULT_DEDUP_CAPACITY = 64
+DEFAULT_DEDUP_CAPACITY = 32
+_FINGERPRINT_BYTES = 8
+_STREAMS = tuple(TopicKind)
 
 
-class DayBucket(msgspec.Struct, array_like=True):
-    """Counts for one UTC day of event time."""
+COUNTERS = (
+    "sessions",
+    "feature_uses",
+    "purchases",
+    "revenue_cents",
+    "abandoned_checkouts",
+    "tickets_opened",
+    "payments_failed",
+    "refunds_cents",
+)
 
-    day: int
-    sessions: int = 0
-    session_seconds: float = 0.0
-    feature_uses: int = 0
-    purchases: int = 0
-    revenue: float = 0.0
-    abandoned_checkouts: int = 0
-    tickets_opened: int = 0
-    payments_failed: int = 0
-    refunds: float = 0.0
+
+class DayCounts(msgspec.Struct, array_like=True):
+    """Per-UTC-day counters of event time, in columns.
+
+    ``days`` holds the day numbers (days since 1970-01-01) in ascending order and
+    each counter list is aligned with it. Columns of small integers keep the record
+    small and make window sums C-level slices instead of Python loops.
+    """
+
+    days: list[int] = []
+    sessions: list[int] = []
+    feature_uses: list[int] = []
+    purchases: list[int] = []
+    revenue_cents: list[int] = []
+    abandoned_checkouts: list[int] = []
+    tickets_opened: list[int] = []
+    payments_failed: list[int] = []
+    refunds_cents: list[int] = []
+
+    def add(self, day: int, counter: str, amount: int = 1) -> int:
+        """Adds to one counter of one day; returns the counter's value before."""
+        days = self.days
+        if days and days[-1] == day:
+            index = len(days) - 1
+        else:
+            index = bisect_left(days, day)
+            if index == len(days) or days[index] != day:
+                days.insert(index, day)
+                for name in COUNTERS:
+                    getattr(self, name).insert(index, 0)
+        column = getattr(self, counter)
+        before = column[index]
+        column[index] = before + amount
+        return before
+
+    def total(self, counter: str, first_day: int, last_day: int) -> int:
+        """Sum of one counter over the days first_day..last_day inclusive."""
+        days = self.days
+        return sum(getattr(self, counter)[bisect_left(days, first_day) : bisect_right(days, last_day)])
+
+    def drop_before(self, day: int) -> None:
+        cut = bisect_left(self.days, day)
+        if cut:
+            del self.days[:cut]
+            for name in COUNTERS:
+                del getattr(self, name)[:cut]
 
 
 class OpenTicket(msgspec.Struct, array_like=True):
@@ -102,8 +150,9 @@ class CustomerState(msgspec.Struct, array_like=True):
     customer_id: str
     first_event_ms: int = 0
     last_event_ms: int = 0
-    days: list[DayBucket] = []
-    users_last_day: dict[str, int] = {}
+    counts: DayCounts = msgspec.field(default_factory=DayCounts)
+    #: 32-bit fingerprint of a user id → last UTC day that user was active (ids can be long)
+    users_last_day: dict[int, int] = {}
     features_last_day: dict[str, int] = {}
     last_usage_ms: int = 0
     first_purchase_ms: int = 0
@@ -120,10 +169,14 @@ class CustomerState(msgspec.Struct, array_like=True):
     mrr: float = 0.0
     previous_mrr: float = 0.0
     cancelled_ms: int = 0
-    applied_ids: list[int] = []
+    #: 8-byte fingerprints of the last applied event ids, concatenated
+    applied_ids: bytes = b""
     published: PublishedScore | None = None
     events_applied: int = 0
     plan: str | None = None
+    #: Partition and, per input stream, the last input offset applied: drops redeliveries exactly.
+    source_partition: int = -1
+    source_offsets: list[int] = msgspec.field(default_factory=lambda: [-1, -1, -1, -1])
 
 
 class Outcome(str, enum.Enum):
@@ -148,56 +201,61 @@ def decode_state(raw: bytes) -> CustomerState:
     return _decoder.decode(raw)
 
 
-def event_fingerprint(event_id: str) -> int:
+def event_fingerprint(event_id: str) -> bytes:
     """64-bit digest of an event id: collisions are negligible for the few ids kept."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+    return hashlib.blake2b(event_id.encode(), digest_size=_FINGERPRINT_BYTES).digest()
 
 
-def _bucket(state: CustomerState, day: int) -> DayBucket:
-    days = state.days
-    if days and days[-1].day == day:
-        return days[-1]
-    for index in range(len(days) - 1, -1, -1):
-        if days[index].day == day:
-            return days[index]
-        if days[index].day < day:
-            bucket = DayBucket(day=day)
-            days.insert(index + 1, bucket)
-            return bucket
-    bucket = DayBucket(day=day)
-    days.insert(0, bucket)
-    return bucket
+def user_fingerprint(user_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big")
 
 
-def _prune(state: CustomerState) -> None:
-    oldest_day = state.last_event_ms // DAY_MS - WINDOW_DAYS
-    days = state.days
-    cut = 0
-    while cut < len(days) and days[cut].day <= oldest_day:
-        cut += 1
-    if cut:
-        del days[:cut]
+def _seen(applied: bytes, fingerprint: bytes) -> bool:
+    position = applied.find(fingerprint)
+    while position != -1:
+        if position % _FINGERPRINT_BYTES == 0:
+            return True
+        position = applied.find(fingerprint, position + 1)
+    return False
 
 
-def _remember_last_day(mapping: dict[str, int], key: str, day: int, cap: int) -> None:
+def _remember_last_day(mapping: dict, key: str | int, day: int, cap: int) -> None:
     if mapping.get(key, -1) < day:
         mapping[key] = day
     if len(mapping) > cap:
         del mapping[min(mapping, key=mapping.__getitem__)]
 
 
-def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAULT_DEDUP_CAPACITY) -> Outcome:
-    """Adds one validated event to the customer's record, at most once per event id."""
+def apply_event(
+    state: CustomerState,
+    event: Event,
+    dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
+    source: tuple[TopicKind, int, int] | None = None,
+) -> Outcome:
+    """Adds one validated event to the customer's record, at most once.
+
+    Two guards make it idempotent: the input position ``source`` (stream,
+    partition, offset), which drops any redelivery of a message already
+    applied, and the fingerprints of the last ``dedup_capacity`` event ids,
+    which drop an event sent twice as two messages.
+    """
+    if source is not None:
+        stream, partition, offset = source
+        index = _STREAMS.index(stream)
+        if partition != state.source_partition:
+            state.source_partition = partition
+            state.source_offsets = [-1, -1, -1, -1]
+        elif offset <= state.source_offsets[index]:
+            return Outcome.DUPLICATE
+        state.source_offsets[index] = offset
     fingerprint = event_fingerprint(event.event_id)
-    if fingerprint in state.applied_ids:
+    if _seen(state.applied_ids, fingerprint):
         return Outcome.DUPLICATE
     at = event.occurred_at_ms
     if state.last_event_ms and at <= state.last_event_ms - WINDOW_DAYS * DAY_MS:
         return Outcome.LATE
 
-    state.applied_ids.append(fingerprint)
-    if len(state.applied_ids) > dedup_capacity:
-        del state.applied_ids[: len(state.applied_ids) - dedup_capacity]
+    state.applied_ids = (state.applied_ids + fingerprint)[-dedup_capacity * _FINGERPRINT_BYTES :]
     state.events_applied += 1
     if not state.first_event_ms or at < state.first_event_ms:
         state.first_event_ms = at
@@ -205,25 +263,22 @@ def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAUL
         state.last_event_ms = at
 
     day = at // DAY_MS
+    counts = state.counts
     data = event.data
     match data:
         case UsageSession():
-            bucket = _bucket(state, day)
-            bucket.sessions += 1
-            bucket.session_seconds += data.duration_seconds
-            _remember_last_day(state.users_last_day, data.user_id, day, MAX_USERS)
+            counts.add(day, "sessions")
+            _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
             state.last_usage_ms = max(state.last_usage_ms, at)
         case UsageFeature():
-            _bucket(state, day).feature_uses += data.count
-            _remember_last_day(state.users_last_day, data.user_id, day, MAX_USERS)
+            counts.add(day, "feature_uses", data.count)
+            _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
             _remember_last_day(state.features_last_day, data.feature, day, MAX_FEATURES)
             state.last_usage_ms = max(state.last_usage_ms, at)
         case PurchaseCompleted():
-            bucket = _bucket(state, day)
-            if bucket.purchases == 0:
+            if counts.add(day, "purchases") == 0:
                 state.purchase_days += 1
-            bucket.purchases += 1
-            bucket.revenue += data.amount
+            counts.add(day, "revenue_cents", round(data.amount * 100))
             if not state.first_purchase_ms or at < state.first_purchase_ms:
                 state.first_purchase_ms = at
             state.last_purchase_ms = max(state.last_purchase_ms, at)
@@ -231,11 +286,11 @@ def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAUL
                 if item.category and item.category not in state.categories and len(state.categories) < MAX_CATEGORIES:
                     state.categories.append(item.category)
         case PurchaseRefunded():
-            _bucket(state, day).refunds += data.amount
+            counts.add(day, "refunds_cents", round(data.amount * 100))
         case CheckoutAbandoned():
-            _bucket(state, day).abandoned_checkouts += 1
+            counts.add(day, "abandoned_checkouts")
         case TicketOpened():
-            _bucket(state, day).tickets_opened += 1
+            counts.add(day, "tickets_opened")
             _open_ticket(state, data.ticket_id, at, PRIORITIES.index(data.priority))
         case TicketResolved():
             for ticket in state.open_tickets:
@@ -265,7 +320,7 @@ def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAUL
             state.unpaid_invoices = [i for i in state.unpaid_invoices if i.invoice_id != data.invoice_id]
         case PaymentFailed():
             state.has_billing = True
-            _bucket(state, day).payments_failed += 1
+            counts.add(day, "payments_failed")
         case SubscriptionUpdated():
             state.has_billing = True
             if data.plan:
@@ -278,7 +333,7 @@ def apply_event(state: CustomerState, event: Event, dedup_capacity: int = DEFAUL
         case SubscriptionCancelled():
             state.has_billing = True
             state.cancelled_ms = max(state.cancelled_ms, at)
-    _prune(state)
+    counts.drop_before(state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
     return Outcome.APPLIED
 
 
@@ -289,8 +344,7 @@ def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int) -
     del state.open_tickets[:-MAX_OPEN_TICKETS]
 
 
-def window(state: CustomerState, at_ms: int, days: int) -> list[DayBucket]:
-    """Buckets of the ``days`` UTC days ending with the day of ``at_ms``."""
+def window_total(state: CustomerState, counter: str, at_ms: int, days: int) -> int:
+    """Sum of one day counter over the ``days`` UTC days ending with the day of ``at_ms``."""
     last_day = at_ms // DAY_MS
-    first_day = last_day - days + 1
-    return [bucket for bucket in state.days if first_day <= bucket.day <= last_day]
+    return state.counts.total(counter, last_day - days + 1, last_day)

@@ -93,7 +93,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         )
 
     async def handle(message: faust.types.Message) -> None:
-        decoded = decode_event(message.key, message.value, input_kinds[message.topic], int(clock() * 1000), max_skew_ms)
+        kind = input_kinds[message.topic]
+        decoded = decode_event(message.key, message.value, kind, int(clock() * 1000), max_skew_ms)
         if isinstance(decoded, Rejection):
             await dead_letter(message, decoded)
         elif message.key is None:
@@ -103,7 +104,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         else:
             stored = states.get(message.key)
             state = decode_state(stored) if stored is not None else new_state(decoded.customer_id)
-            result = step(state, decoded, parameters, settings.dedup_capacity)
+            result = step(state, decoded, parameters, settings.dedup_capacity, (kind, message.partition, message.offset))
             metrics.EVENTS.labels(message.topic, result.outcome.value).inc()
             if result.outcome is Outcome.APPLIED:
                 if result.publish is not None:

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT / ".data" / "worker"
     topics: TopicNames = TopicNames()
     max_future_skew_seconds: int = Field(300, ge=0)
-    dedup_capacity: int = Field(64, ge=1, le=4096)
+    dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"
     scoring: ScoringSettings = ScoringSettings()
 

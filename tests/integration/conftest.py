@@ -155,7 +155,7 @@ def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]]) -> None:
     if keyed:
         payload = b"".join(k.encode() + b"\t" + v + b"\n" for k, v in keyed)
         subprocess.run(
-            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", "-X", "enable.idempotence=true"],
+            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", "-X", "enable.idempotence=true", "-X", "partitioner=murmur2_random"],
             input=payload,
             check=True,
             timeout=30,

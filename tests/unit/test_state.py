@@ -18,6 +18,7 @@ from scoring.contract import (
     UsageSession,
 )
 from scoring.state import (
+    COUNTERS,
     DAY_MS,
     MAX_USERS,
     WINDOW_DAYS,
@@ -26,7 +27,7 @@ from scoring.state import (
     decode_state,
     encode_state,
     new_state,
-    window,
+    window_total,
 )
 
 T0 = 1_790_000_000_000
@@ -52,7 +53,7 @@ def test_dedup_memory_is_bounded_and_forgets_the_oldest_ids() -> None:
     state = new_state("acme")
     for index in range(10):
         apply_event(state, session(f"e{index}", T0 + index), dedup_capacity=4)
-    assert len(state.applied_ids) == 4
+    assert len(state.applied_ids) == 4 * 8
     assert apply_event(state, session("e9", T0 + 9), dedup_capacity=4) is Outcome.DUPLICATE
     assert apply_event(state, session("e0", T0), dedup_capacity=4) is Outcome.APPLIED
 
@@ -73,17 +74,19 @@ def test_a_late_event_lands_in_its_own_day_bucket_in_order() -> None:
     apply_event(state, session("b", T0 - 3 * DAY_MS))
     apply_event(state, session("c", T0 - 1 * DAY_MS))
     apply_event(state, session("d", T0 - 3 * DAY_MS))
-    days = [bucket.day for bucket in state.days]
+    days = state.counts.days
     assert days == sorted(days) and len(days) == 3
-    assert [bucket.sessions for bucket in state.days] == [2, 1, 1]
+    assert state.counts.sessions == [2, 1, 1]
+    assert all(len(getattr(state.counts, name)) == 3 for name in COUNTERS)
 
 
 def test_day_buckets_are_pruned_to_the_longest_window() -> None:
     state = new_state("acme")
     for day in range(400):
         apply_event(state, session(f"e{day}", T0 + day * DAY_MS))
-    assert len(state.days) == WINDOW_DAYS
-    assert len(window(state, state.last_event_ms, 7)) == 7
+    assert len(state.counts.days) == WINDOW_DAYS
+    assert window_total(state, "sessions", state.last_event_ms, 7) == 7
+    assert window_total(state, "sessions", state.last_event_ms, 1000) == WINDOW_DAYS
 
 
 def test_state_size_does_not_grow_with_the_number_of_events() -> None:
@@ -96,6 +99,7 @@ def test_state_size_does_not_grow_with_the_number_of_events() -> None:
         if index >= 2000 and index % 500 == 499:  # after the 90-day window has filled
             sizes.append(len(encode_state(state)))
     assert max(sizes) - min(sizes) < 200, sizes
+    assert max(sizes) < 3072, sizes  # a worst case: every cap (users, features, days) full
     assert len(state.users_last_day) == MAX_USERS
 
 
@@ -127,3 +131,17 @@ def test_billing_tracks_unpaid_invoices_failures_mrr_and_cancellation() -> None:
     assert (state.previous_mrr, state.mrr) == (200.0, 150.0)
     apply_event(state, ev("c", T0 + 5, SubscriptionCancelled()))
     assert state.cancelled_ms == T0 + 5
+
+
+def test_a_redelivered_message_is_dropped_by_its_input_offset_even_with_a_new_event_id() -> None:
+    from scoring.contract import TopicKind
+
+    state = new_state("acme")
+    assert apply_event(state, session("a", T0), source=(TopicKind.USAGE, 3, 10)) is Outcome.APPLIED
+    assert apply_event(state, session("b", T0), source=(TopicKind.USAGE, 3, 10)) is Outcome.DUPLICATE
+    assert apply_event(state, session("c", T0), source=(TopicKind.USAGE, 3, 9)) is Outcome.DUPLICATE
+    # Offsets are per stream: the same offset on another topic is another message.
+    assert apply_event(state, session("d", T0), source=(TopicKind.PURCHASES, 3, 10)) is Outcome.APPLIED
+    assert apply_event(state, session("e", T0), source=(TopicKind.USAGE, 3, 11)) is Outcome.APPLIED
+    # Topics re-created with another partition count: positions restart, nothing is wrongly dropped.
+    assert apply_event(state, session("f", T0), source=(TopicKind.USAGE, 5, 0)) is Outcome.APPLIED

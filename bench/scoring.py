@@ -1,0 +1,91 @@
+"""Cost of the model per event, and the size of a customer's state.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python bench/scoring.py
+
+Replays the generator's realistic mix (30 days of history) through the same
+function the worker calls per event: validate the event, decode the stored state,
+apply the event and rescore at event time (``scoring.pipeline.step``), encode the
+state. Reports the mean microseconds per event of each part on one core, and the
+serialized state size per customer (median, p90, max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scoring.contract import decode_event  # noqa: E402
+from scoring.health import ScoringParameters  # noqa: E402
+from scoring.pipeline import step  # noqa: E402
+from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
+from stream.generate import EventSynthesizer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--days", type=float, default=90.0, help="days of event time the events span")
+    args = parser.parse_args()
+
+    end = 1_790_000_000_000
+    synthesizer = EventSynthesizer(args.customers, seed=3)
+    encoder = msgspec.json.Encoder()
+    raw = [
+        (g.customer_id.encode(), encoder.encode(g.value), g.topic)
+        for g in synthesizer.timeline(args.events, end - int(args.days * DAY_MS), end)
+    ]
+    parameters = ScoringParameters()
+    store: dict[bytes, bytes] = {}
+
+    clock = time.perf_counter
+    event_seconds = state_seconds = model_seconds = 0.0
+    published = 0
+    for key, value, topic in raw:
+        t0 = clock()
+        event = decode_event(key, value, topic, end + 1, 300_000)
+        t1 = clock()
+        stored = store.get(key)
+        state = decode_state(stored) if stored is not None else new_state(event.customer_id)
+        t2 = clock()
+        result = step(state, event, parameters, 32)
+        t3 = clock()
+        store[key] = encode_state(state)
+        t4 = clock()
+        published += result.publish is not None
+        event_seconds += t1 - t0
+        state_seconds += (t2 - t1) + (t4 - t3)
+        model_seconds += t3 - t2
+    sizes = sorted(len(value) for value in store.values())
+    result = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "events": args.events,
+        "customers": args.customers,
+        "days": args.days,
+        "apply_and_rescore_microseconds_per_event": model_seconds / args.events * 1e6,
+        "state_decode_and_encode_microseconds_per_event": state_seconds / args.events * 1e6,
+        "event_validation_microseconds_per_event": event_seconds / args.events * 1e6,
+        "scores_published_share": published / args.events,
+        "state_bytes_median": statistics.median(sizes),
+        "state_bytes_p90": sizes[int(len(sizes) * 0.9)],
+        "state_bytes_max": sizes[-1],
+        "events_per_customer_mean": args.events / len(store),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
