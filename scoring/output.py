@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import msgspec
 
+from scoring.alerts import Alert
 from scoring.health import HealthScore
 
 _encoder = msgspec.json.Encoder()
@@ -43,3 +44,22 @@ def health_message(
 
 def encode_json(message: dict) -> bytes:
     return _encoder.encode(message)
+
+
+def alert_message(alert: Alert, raised_at_ms: int, model_version: str) -> dict:
+    """The ``churn-alerts`` message (docs/events.md)."""
+    return {
+        "alert_id": alert.alert_id,
+        "customer_id": alert.customer_id,
+        "rule": alert.rule,
+        "severity": alert.severity,
+        "score": alert.score,
+        "previous_score": alert.previous_score,
+        "band": alert.band,
+        "churn_risk": alert.churn_risk,
+        "reasons": [{"component": r.component, "change": r.change} for r in alert.reasons],
+        "detail": alert.detail,
+        "occurred_at": rfc3339(alert.occurred_at_ms),
+        "raised_at": rfc3339(raised_at_ms),
+        "model_version": model_version,
+    }

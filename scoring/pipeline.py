@@ -1,17 +1,22 @@
 """One step of the per-customer pipeline, shared by the stream worker and replays.
 
-``step`` applies one event and decides whether a new score must be published;
-the caller only moves bytes. Keeping this here means the worker and a replay of
-the same events give the same scores.
+``step`` applies one event; ``sweep`` rescores a customer at a later time with
+no event (inactivity decay, silence). Both decide whether a new score must be
+published and which alerts are raised; the caller only moves bytes. Keeping
+this here means the worker and a replay of the same events give the same
+scores and alerts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from scoring.alerts import AlertDecision, AlertParameters, evaluate
 from scoring.contract import Event, TopicKind
 from scoring.health import HealthScore, ScoringParameters, has_changed, score_state
 from scoring.state import CustomerState, Outcome, PublishedScore, apply_event
+
+NO_ALERTS = AlertDecision()
 
 
 @dataclass(frozen=True)
@@ -19,21 +24,31 @@ class Step:
     outcome: Outcome
     #: A score that changed and must be published, or None.
     publish: HealthScore | None
+    alerts: AlertDecision = field(default=NO_ALERTS)
 
 
-def rescore(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> HealthScore | None:
-    """Scores the customer at ``at_ms``; returns the score if it changed (and records it as published)."""
+def _score_and_alert(
+    state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None
+) -> tuple[HealthScore | None, AlertDecision]:
     previous = state.published
     if previous is None:
         health = score_state(state, at_ms, parameters)
     else:
         health = score_state(state, at_ms, parameters, previous.contributions, previous.score)
-    if health is None or not has_changed(previous and previous.score, previous and previous.band, health):
-        return None
+    if health is None:
+        return None, NO_ALERTS
+    alerts = evaluate(state, health, at_ms, parameters, rules) if rules is not None else NO_ALERTS
+    if not has_changed(previous and previous.score, previous and previous.band, health):
+        return None, alerts
     state.published = PublishedScore(
         health.score, health.band, health.as_of_ms, {name: c.contribution for name, c in health.components.items()}
     )
-    return health
+    return health, alerts
+
+
+def rescore(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> HealthScore | None:
+    """Scores the customer at ``at_ms``; returns the score if it changed (and records it as published)."""
+    return _score_and_alert(state, at_ms, parameters, None)[0]
 
 
 def step(
@@ -42,12 +57,20 @@ def step(
     parameters: ScoringParameters,
     dedup_capacity: int,
     source: tuple[TopicKind, int, int] | None = None,
+    rules: AlertParameters | None = None,
 ) -> Step:
-    """Applies one event, then rescores at the customer's newest event time.
+    """Applies one event, then rescores (and checks the alert rules) at the customer's newest event time.
 
     ``source`` is the message's (stream, partition, offset) when it came from Kafka.
     """
     outcome = apply_event(state, event, dedup_capacity, source)
     if outcome is not Outcome.APPLIED:
         return Step(outcome, None)
-    return Step(outcome, rescore(state, state.last_event_ms, parameters))
+    health, alerts = _score_and_alert(state, state.last_event_ms, parameters, rules)
+    return Step(outcome, health, alerts)
+
+
+def sweep(state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> Step:
+    """Rescores a customer at ``at_ms`` without an event, so decay and silence show."""
+    health, alerts = _score_and_alert(state, max(at_ms, state.last_event_ms), parameters, rules)
+    return Step(Outcome.APPLIED, health, alerts)

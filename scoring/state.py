@@ -177,6 +177,15 @@ class CustomerState(msgspec.Struct, array_like=True):
     #: Partition and, per input stream, the last input offset applied: drops redeliveries exactly.
     source_partition: int = -1
     source_offsets: list[int] = msgspec.field(default_factory=lambda: [-1, -1, -1, -1])
+    #: Distinct days with events, and the moving average of the gap between them (for the silence rule).
+    active_days: int = 0
+    gap_days_mean: float = 0.0
+    #: Alert state: the band as alerting sees it (with hysteresis), open episodes and last alert per rule.
+    alert_band: str | None = None
+    alert_episodes: dict[str, int] = {}
+    alert_last_raised: dict[str, int] = {}
+    #: (day start in ms, highest published score that day) within the sharp-drop window.
+    recent_scores: list[tuple[int, float]] = []
 
 
 class Outcome(str, enum.Enum):
@@ -257,12 +266,18 @@ def apply_event(
 
     state.applied_ids = (state.applied_ids + fingerprint)[-dedup_capacity * _FINGERPRINT_BYTES :]
     state.events_applied += 1
+    day = at // DAY_MS
+    if not state.active_days:
+        state.active_days = 1
+    elif day > state.last_event_ms // DAY_MS:
+        gap = day - state.last_event_ms // DAY_MS
+        state.active_days += 1
+        state.gap_days_mean = gap if state.active_days == 2 else 0.7 * state.gap_days_mean + 0.3 * gap
     if not state.first_event_ms or at < state.first_event_ms:
         state.first_event_ms = at
     if at > state.last_event_ms:
         state.last_event_ms = at
 
-    day = at // DAY_MS
     counts = state.counts
     data = event.data
     match data:

@@ -1,0 +1,193 @@
+"""Alert rules on table-driven scenarios: each fires exactly when it should, once per episode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from scoring.alerts import AlertParameters, alert_id, evaluate
+from scoring.bgnbd import BgNbdParameters
+from scoring.contract import (
+    Event,
+    InvoiceIssued,
+    PaymentFailed,
+    PaymentSucceeded,
+    PurchaseCompleted,
+    SubscriptionCancelled,
+    SubscriptionUpdated,
+    UsageSession,
+)
+from scoring.health import HealthScore, ScoringParameters
+from scoring.pipeline import step, sweep
+from scoring.state import DAY_MS, new_state
+
+T0 = 1_790_000_000_000 // DAY_MS * DAY_MS
+SCORING = ScoringParameters()
+ONLY = {rule: False for rule in ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")}
+
+
+def rules(**enabled) -> AlertParameters:
+    return AlertParameters(**{**ONLY, **enabled})
+
+
+def ev(event_id: str, at: int, data) -> Event:
+    return Event(event_id=event_id, type="x", customer_id="acme", occurred_at_ms=at, data=data)
+
+
+def fake_score(score: float, at: int) -> HealthScore:
+    from scoring.health import band_for
+
+    return HealthScore(score=score, band=band_for(score, SCORING), churn_risk=0.1, components={}, as_of_ms=at, confidence=1.0)
+
+
+@pytest.mark.parametrize(
+    ("scores", "fired"),
+    [
+        ([80, 75, 71], []),  # stays healthy
+        ([80, 65], ["at_risk"]),
+        ([80, 65, 30], ["at_risk", "critical"]),
+        ([80, 30], ["critical"]),  # straight down two bands: one alert, for the band reached
+        ([30, 20], []),  # first score sets the baseline: no transition, no alert
+        ([80, 69, 71, 69, 71, 69], ["at_risk"]),  # wobbling on the edge: hysteresis, no flapping
+        ([80, 69, 76, 69], ["at_risk", "at_risk"]),  # cleared 70 + 5: back to healthy, a new episode
+        ([80, 35, 42, 38, 46, 39], ["critical", "critical"]),  # 46 clears 40 + 5: up to at_risk, then down again
+    ],
+)
+def test_band_downgrade_with_hysteresis(scores: list[float], fired: list[str]) -> None:
+    state = new_state("acme")
+    parameters = rules(band_downgrade=True, cooldown_hours=0)
+    raised = []
+    for index, score in enumerate(scores):
+        decision = evaluate(state, fake_score(score, T0 + index * DAY_MS), T0 + index * DAY_MS, SCORING, parameters)
+        raised += [alert.band for alert in decision.raised]
+    assert raised == fired
+
+
+@pytest.mark.parametrize(
+    ("scores", "fired"),
+    [
+        ([(0, 90), (3, 74)], 1),  # 16 points in 3 days
+        ([(0, 90), (3, 76)], 0),  # 14 points: not enough
+        ([(0, 90), (9, 70)], 0),  # 20 points but over 9 days
+        ([(0, 90), (1, 70), (2, 65), (3, 60)], 1),  # one episode while it stays down
+        ([(0, 90), (1, 70), (2, 85), (3, 60)], 2),  # recovered, then a second drop
+    ],
+)
+def test_sharp_drop_within_the_window(scores: list[tuple[int, float]], fired: int) -> None:
+    state = new_state("acme")
+    parameters = rules(sharp_drop=True, cooldown_hours=0)
+    count = 0
+    for day, score in scores:
+        count += len(evaluate(state, fake_score(score, T0 + day * DAY_MS), T0 + day * DAY_MS, SCORING, parameters).raised)
+    assert count == fired
+
+
+def test_cancellation_alerts_at_once_and_critical_only_once() -> None:
+    state = new_state("acme")
+    parameters = rules(cancellation=True)
+    first = step(state, ev("c", T0, SubscriptionCancelled("price")), SCORING, 32, rules=parameters)
+    assert [(a.rule, a.severity) for a in first.alerts.raised] == [("cancellation", "critical")]
+    assert first.alerts.raised[0].alert_id == alert_id("acme", "cancellation", str(T0))
+    later = step(state, ev("u", T0 + 1000, UsageSession("u", 5)), SCORING, 32, rules=parameters)
+    assert later.alerts.raised == []
+
+
+def test_payment_trouble_after_two_failures_in_30_days() -> None:
+    state = new_state("acme")
+    parameters = rules(payment_trouble=True)
+    assert step(state, ev("f1", T0, PaymentFailed("i", 9.0)), SCORING, 32, rules=parameters).alerts.raised == []
+    second = step(state, ev("f2", T0 + DAY_MS, PaymentFailed("i", 9.0)), SCORING, 32, rules=parameters).alerts.raised
+    assert [a.rule for a in second] == ["payment_trouble"] and "2 failed payments" in second[0].detail
+    assert step(state, ev("f3", T0 + 2 * DAY_MS, PaymentFailed("i", 9.0)), SCORING, 32, rules=parameters).alerts.raised == []
+
+
+def test_payment_trouble_when_an_invoice_is_overdue_too_long() -> None:
+    state = new_state("acme")
+    parameters = rules(payment_trouble=True, payment_overdue_days=7)
+    step(state, ev("i", T0, InvoiceIssued("inv", 99.0, T0 + DAY_MS)), SCORING, 32, rules=parameters)
+    assert sweep(state, T0 + 8 * DAY_MS, SCORING, parameters).alerts.raised == []  # 7 days overdue: not more than 7
+    overdue = sweep(state, T0 + 9 * DAY_MS, SCORING, parameters).alerts.raised
+    assert [a.rule for a in overdue] == ["payment_trouble"] and "8 days overdue" in overdue[0].detail
+    step(state, ev("p", T0 + 10 * DAY_MS, PaymentSucceeded("inv", 99.0)), SCORING, 32, rules=parameters)
+    assert "payment_trouble" not in state.alert_episodes
+
+
+def subscriber_active_every(days_between: int, active_days: int):
+    state = new_state("acme")
+    step(state, ev("m", T0, SubscriptionUpdated(99.0)), SCORING, 32)
+    for index in range(active_days):
+        step(state, ev(f"s{index}", T0 + index * days_between * DAY_MS, UsageSession("u", 60)), SCORING, 32)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("days_between", "silent_days", "fires"),
+    [
+        (1, 2.5, False),  # daily user, 2.5 days silent: under the 3-day minimum
+        (1, 3.5, True),
+        (5, 10, False),  # usually every 5 days: 15 days is the limit
+        (5, 16, True),
+    ],
+)
+def test_silence_relative_to_the_customers_own_usual_gap(days_between: int, silent_days: float, fires: bool) -> None:
+    state = subscriber_active_every(days_between, 6)
+    last = state.last_event_ms
+    result = sweep(state, last + int(silent_days * DAY_MS), SCORING, rules(silence=True))
+    assert [a.rule for a in result.alerts.raised] == (["silence"] if fires else [])
+
+
+def test_silence_needs_a_live_subscription() -> None:
+    state = subscriber_active_every(1, 6)
+    step(state, ev("c", state.last_event_ms, SubscriptionCancelled()), SCORING, 32)
+    assert sweep(state, state.last_event_ms + 10 * DAY_MS, SCORING, rules(silence=True)).alerts.raised == []
+
+
+def test_purchase_activity_for_buyers_without_a_contract() -> None:
+    scoring = replace(SCORING, bgnbd=BgNbdParameters(0.243, 4.414, 0.793, 2.426), bgnbd_time_unit_days=7.0)
+    parameters = rules(purchase_activity=True, purchase_activity_min_expected=0.2)
+    state = new_state("acme")
+    for week in range(4):
+        step(state, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted("o", 10.0, "EUR")), scoring, 32, rules=parameters)
+    assert state.alert_episodes.get("purchase_activity") is None
+    quiet = sweep(state, state.last_event_ms + 200 * DAY_MS, scoring, parameters).alerts.raised
+    assert [a.rule for a in quiet] == ["purchase_activity"] and "expected purchases" in quiet[0].detail
+
+
+def test_a_second_episode_inside_the_cooldown_is_suppressed_and_reported() -> None:
+    state = new_state("acme")
+    parameters = rules(band_downgrade=True, cooldown_hours=24)
+    outcomes = []
+    for hours, score in [(0, 80), (1, 65), (2, 80), (3, 65), (30, 80), (31, 65)]:
+        decision = evaluate(state, fake_score(score, T0 + hours * 3_600_000), T0 + hours * 3_600_000, SCORING, parameters)
+        outcomes.append((len(decision.raised), len(decision.suppressed)))
+    assert outcomes == [(0, 0), (1, 0), (0, 0), (0, 1), (0, 0), (1, 0)]
+
+
+def test_every_rule_can_be_switched_off() -> None:
+    state = new_state("acme")
+    step(state, ev("c", T0, SubscriptionCancelled()), SCORING, 32, rules=rules())
+    assert sweep(state, T0 + 30 * DAY_MS, SCORING, rules()).alerts.raised == []
+
+
+def test_reprocessing_the_same_events_yields_the_same_alert_ids() -> None:
+    def run() -> list[str]:
+        state = new_state("acme")
+        ids = []
+        for index, data in enumerate([UsageSession("u", 60), PaymentFailed("i", 5.0), PaymentFailed("i", 5.0), SubscriptionCancelled()]):
+            result = step(state, ev(f"e{index}", T0 + index * 3_600_000, data), SCORING, 32, rules=AlertParameters())
+            ids += [alert.alert_id for alert in result.alerts.raised]
+        return ids
+
+    first = run()
+    assert first and first == run()
+
+
+def test_an_alert_says_why() -> None:
+    state = subscriber_active_every(1, 10)
+    parameters = AlertParameters()
+    sweep(state, state.last_event_ms, SCORING, parameters)
+    result = step(state, ev("c", state.last_event_ms + 1, SubscriptionCancelled()), SCORING, 32, rules=parameters)
+    alert = next(a for a in result.alerts.raised if a.rule == "cancellation")
+    assert alert.reasons and alert.reasons[0].component == "payments" and alert.reasons[0].change < 0
+    assert alert.previous_score is not None and alert.score < alert.previous_score
