@@ -324,6 +324,13 @@ def _changes(before: Mapping[str, float] | None, components: Mapping[str, Compon
     return dict(sorted(changes.items(), key=lambda item: (-abs(item[1]), item[0])))
 
 
-def has_changed(previous_score: float | None, previous_band: str | None, current: HealthScore) -> bool:
-    """A score is republished when its rounded value or its band moves."""
-    return previous_score is None or previous_score != current.score or previous_band != current.band
+def has_changed(
+    previous_score: float | None,
+    previous_band: str | None,
+    current: HealthScore,
+    previous_components: Mapping[str, float] | None = None,
+) -> bool:
+    """A score is republished when its rounded value, its band or the set of components with data moves."""
+    if previous_score is None or previous_score != current.score or previous_band != current.band:
+        return True
+    return previous_components is not None and previous_components.keys() != current.components.keys()

@@ -38,7 +38,7 @@ def _score_and_alert(
     if health is None:
         return None, NO_ALERTS
     alerts = evaluate(state, health, at_ms, parameters, rules) if rules is not None else NO_ALERTS
-    if not has_changed(previous and previous.score, previous and previous.band, health):
+    if previous is not None and not has_changed(previous.score, previous.band, health, previous.contributions):
         return None, alerts
     state.published = PublishedScore(
         health.score, health.band, health.as_of_ms, {name: c.contribution for name, c in health.components.items()}

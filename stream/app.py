@@ -1,8 +1,12 @@
 """The Faust app: topics, the customer-state table, the agent, timers and web pages.
 
-This module only wires: decode and validate (scoring.contract), apply and score
-(scoring.state, scoring.health), publish, count. Values travel as raw bytes:
-Faust never decodes them (it would ack undecodable messages silently).
+This module only wires: decode and validate (scoring.contract), apply, score and
+check alert rules (scoring.pipeline), publish, count. Values travel as raw
+bytes: Faust never decodes them (it would ack undecodable messages silently).
+
+One agent reads the four input topics and the sweep-tick topic, so every change
+to a customer's record happens in one place, in order, inside Faust's stream
+iteration (where its changelog writes are allowed).
 """
 
 from __future__ import annotations
@@ -12,21 +16,29 @@ import time
 from typing import Callable
 
 import faust
+import msgspec
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.contract import Rejection, RejectReason, decode_event
-from scoring.output import encode_json, health_message
-from scoring.pipeline import step
-from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream import metrics
+from scoring.output import alert_message, encode_json, health_message
+from scoring.pipeline import Step, step, sweep
+from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
+from stream import metrics, web
+from stream.alert_ledger import AlertLedger
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
 
 log = logging.getLogger("healthscore.worker")
 
 Clock = Callable[[], float]
+
+
+class SweepTick(msgspec.Struct, frozen=True):
+    """Rescore the customers of this partition at ``at_ms``, in key order after ``after``."""
+
+    at_ms: int
+    started_at: float
+    after: str | None = None
 
 
 def raw_schema() -> faust.Schema:
@@ -43,19 +55,23 @@ class IdempotentProducer(faust_aiokafka.Producer):
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     parameters = settings.scoring.parameters()
+    rules = settings.alerts.parameters()
     model_version = parameters.model_version
     input_kinds = settings.topics.inputs()
+    sweep_topic_name = settings.topics.sweep
     max_skew_ms = settings.max_future_skew_seconds * 1000
+    partitions = settings.partitions
 
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         datadir=str(settings.data_dir),
-        topic_partitions=settings.partitions,
+        topic_partitions=partitions,
         topic_replication_factor=1,
-        topic_allow_declare=True,
         producer_acks=-1,
+        broker_commit_interval=settings.commit_interval_seconds,
+        broker_session_timeout=settings.session_timeout_seconds,
         consumer_auto_offset_reset="earliest",
         web_host=settings.web_host,
         web_bind=settings.web_host,
@@ -67,15 +83,38 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     )
     app.transport.Producer = IdempotentProducer
 
-    source = app.topic(*input_kinds, partitions=settings.partitions, schema=raw_schema())
-    source_topics = {name: app.topic(name, partitions=settings.partitions, schema=raw_schema()) for name in input_kinds}
-    health_topic = app.topic(settings.topics.health, partitions=settings.partitions, schema=raw_schema())
-    dead_letter_topics = {
-        name: app.topic(TopicNames.dead_letter(name), partitions=settings.partitions, schema=raw_schema()) for name in input_kinds
-    }
-    states = app.Table("customer-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, partitions=partitions, schema=raw_schema())
+
+    source = app.topic(*input_kinds, sweep_topic_name, partitions=partitions, schema=raw_schema())
+    input_topics = {name: topic(name) for name in input_kinds}
+    sweep_topic = topic(sweep_topic_name)
+    health_topic = topic(settings.topics.health)
+    alerts_topic = topic(settings.topics.alerts)
+    dead_letter_topics = {name: topic(TopicNames.dead_letter(name)) for name in [*input_kinds, sweep_topic_name]}
+
+    # Which customers live on which partition, for the sweep: filled as records are
+    # written and as the table is restored from its changelog.
+    keys_by_partition: dict[int, set[bytes]] = {}
+
+    async def index_changelog(event: faust.EventT) -> None:
+        keys_by_partition.setdefault(event.message.partition, set()).add(event.message.key)
+
+    states = app.Table(
+        "customer-state",
+        default=None,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        on_changelog_event=index_changelog,
+    )
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix)
+    ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
     app.healthscore_cache = cache  # for tests and diagnostics
+
+    @app.on_partitions_assigned.connect
+    async def forget_published_alerts(sender: faust.App, assigned: set, **kwargs: object) -> None:
+        ledger.forget_all()
 
     async def dead_letter(message: faust.types.Message, rejection: Rejection) -> None:
         reason = rejection.reason.value
@@ -92,48 +131,123 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             "Dead-lettered %s[%s]@%s: %s (%s)", message.topic, message.partition, message.offset, reason, rejection.detail
         )
 
-    async def handle(message: faust.types.Message) -> None:
+    async def publish(key: bytes, partition: int, customer_id: str, result: Step, trigger: str | None, event_ms: int) -> None:
+        """Sends a changed score and any new alerts; records that they were sent."""
+        now = clock()
+        if result.publish is not None:
+            payload = health_message(customer_id, result.publish, int(now * 1000), model_version, trigger)
+            await health_topic.send(key=key, value=encode_json(payload))
+            metrics.SCORES_PUBLISHED.inc()
+            metrics.PROCESSING_LAG.observe(max(0.0, now - event_ms / 1000))
+            cache.offer(payload)
+        for alert in result.alerts.raised:
+            if await ledger.is_published(partition, alert.alert_id):
+                metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
+                continue
+            message = alert_message(alert, int(now * 1000), model_version)
+            await alerts_topic.send(key=key, value=encode_json(message), partition=partition)
+            ledger.record(partition, alert.alert_id)
+            metrics.ALERTS_RAISED.labels(alert.rule, alert.severity).inc()
+            cache.offer_alert(message)
+        for rule, severity in result.alerts.suppressed:
+            metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
+
+    def load(key: bytes, customer_id: str) -> CustomerState:
+        stored = states.get(key)
+        return decode_state(stored) if stored is not None else new_state(customer_id)
+
+    def save(key: bytes, partition: int, state: CustomerState) -> None:
+        states[key] = encode_state(state)
+        keys_by_partition.setdefault(partition, set()).add(key)
+
+    async def handle_event(message: faust.types.Message) -> None:
         kind = input_kinds[message.topic]
         decoded = decode_event(message.key, message.value, kind, int(clock() * 1000), max_skew_ms)
         if isinstance(decoded, Rejection):
             await dead_letter(message, decoded)
         elif message.key is None:
             # Keyless: send it back keyed, so it lands on its customer's partition.
-            await source_topics[message.topic].send(key=decoded.customer_id.encode(), value=message.value)
+            await input_topics[message.topic].send(key=decoded.customer_id.encode(), value=message.value)
             metrics.EVENTS.labels(message.topic, "rekeyed").inc()
         else:
-            stored = states.get(message.key)
-            state = decode_state(stored) if stored is not None else new_state(decoded.customer_id)
-            result = step(state, decoded, parameters, settings.dedup_capacity, (kind, message.partition, message.offset))
+            state = load(message.key, decoded.customer_id)
+            source_position = (kind, message.partition, message.offset)
+            result = step(state, decoded, parameters, settings.dedup_capacity, source_position, rules)
             metrics.EVENTS.labels(message.topic, result.outcome.value).inc()
             if result.outcome is Outcome.APPLIED:
-                if result.publish is not None:
-                    now = clock()
-                    payload = health_message(decoded.customer_id, result.publish, int(now * 1000), model_version, decoded.event_id)
-                    await health_topic.send(key=message.key, value=encode_json(payload))
-                    metrics.SCORES_PUBLISHED.inc()
-                    metrics.PROCESSING_LAG.observe(max(0.0, now - decoded.occurred_at_ms / 1000))
-                    cache.offer(payload)
-                states[message.key] = encode_state(state)
+                save(message.key, message.partition, state)
+                await publish(message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
+
+    async def handle_tick(message: faust.types.Message) -> None:
+        try:
+            tick = msgspec.json.decode(message.value, type=SweepTick)
+        except (msgspec.DecodeError, TypeError) as error:
+            await dead_letter(message, Rejection(RejectReason.INVALID_FIELD, f"not a sweep tick: {error}"))
+            return
+        partition = message.partition
+        after = tick.after.encode() if tick.after is not None else b""
+        pending = sorted(key for key in keys_by_partition.get(partition, ()) if key > after)
+        chunk = pending[: settings.sweep_chunk_size]
+        for key in chunk:
+            stored = states.get(key)
+            if stored is None:
+                continue
+            state = decode_state(stored)
+            result = sweep(state, tick.at_ms, parameters, rules)
+            save(key, partition, state)
+            await publish(key, partition, state.customer_id, result, None, tick.at_ms)
+        metrics.SWEEP_CUSTOMERS.inc(len(chunk))
+        if len(pending) > len(chunk):
+            # Let the stream have its turn, then continue where this step stopped.
+            next_tick = SweepTick(tick.at_ms, tick.started_at, chunk[-1].decode())
+            await sweep_topic.send(value=msgspec.json.encode(next_tick), partition=partition)
+        else:
+            metrics.SWEEP_DURATION.observe(max(0.0, clock() - tick.started_at))
 
     @app.agent(source, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
             try:
-                await handle(message)
+                if message.topic == sweep_topic_name:
+                    await handle_tick(message)
+                else:
+                    await handle_event(message)
             except Exception as error:  # a bug must not stop the stream: park the message and go on
                 log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
                 await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
             metrics.LAST_EVENT_PROCESSED.set(clock())
 
+    @app.timer(interval=settings.sweep_interval_seconds)
+    async def start_sweep() -> None:
+        """Each worker sweeps the partitions it owns, at the current time."""
+        now = clock()
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == sweep_topic_name)
+        for partition in owned:
+            await sweep_topic.send(value=msgspec.json.encode(SweepTick(int(now * 1000), now)), partition=partition)
+        if owned:
+            log.info("Sweep started for %s partition(s)", len(owned))
+
     @app.timer(interval=0.5)
     async def flush_cache() -> None:
         await cache.flush()
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
+    web.register(app, cache, settings.redis_key_prefix)
     return app
+
+
+async def request_sweep(settings: Settings, at_ms: int, now: float) -> int:
+    """Asks every partition's owner to sweep at ``at_ms`` (``healthscore sweep``); returns the partition count."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        partitions = await producer.partitions_for(settings.topics.sweep)
+        for partition in sorted(partitions):
+            await producer.send_and_wait(
+                settings.topics.sweep, msgspec.json.encode(SweepTick(at_ms, now)), partition=partition
+            )
+    finally:
+        await producer.stop()
+    return len(partitions)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -131,6 +132,32 @@ def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -
         asyncio.run(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo))
     except KeyboardInterrupt:
         pass
+
+
+@main.command("sweep")
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    help="Event time to rescore at: RFC 3339 (2026-11-22T10:00:00Z) or epoch milliseconds. Default: now.",
+)
+def sweep_command(at_text: str | None) -> None:
+    """Ask the running workers to rescore every customer now (or at --at), without waiting
+    for the periodic sweep: inactivity decay and silence alerts are applied and changed
+    scores published."""
+    from scoring.contract import Rejection, parse_timestamp_ms
+    from stream.app import request_sweep
+
+    settings = _settings()
+    now = time.time()
+    at_ms = int(now * 1000)
+    if at_text is not None:
+        parsed = parse_timestamp_ms(int(at_text) if at_text.lstrip("-").isdigit() else at_text, "--at")
+        if isinstance(parsed, Rejection):
+            raise click.BadParameter(parsed.detail, param_hint="--at")
+        at_ms = parsed
+    count = asyncio.run(request_sweep(settings, at_ms, now))
+    click.echo(f"Sweep requested on {count} partition(s) at {datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat()}")
 
 
 @main.command("fit-bgnbd")

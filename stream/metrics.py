@@ -43,3 +43,32 @@ REDIS_WRITE_FAILURES = Counter(
     "Failed attempts to write latest scores to Redis (the batch is retried).",
     registry=REGISTRY,
 )
+ALERTS_RAISED = Counter(
+    "healthscore_alerts_raised",
+    "Churn-risk alerts published, by rule and severity.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+ALERTS_SUPPRESSED = Counter(
+    "healthscore_alerts_suppressed",
+    "Alerts held back by the per-customer cooldown, by rule and severity.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+ALERTS_ALREADY_PUBLISHED = Counter(
+    "healthscore_alerts_already_published",
+    "Alerts not sent again because their alert_id was already on the alerts topic (after a crash or rebalance).",
+    ["rule"],
+    registry=REGISTRY,
+)
+SWEEP_DURATION = Histogram(
+    "healthscore_sweep_duration_seconds",
+    "Wall-clock time of one sweep of one partition, from its tick to its last customer.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+    registry=REGISTRY,
+)
+SWEEP_CUSTOMERS = Counter(
+    "healthscore_sweep_customers",
+    "Customers rescored by the sweep.",
+    registry=REGISTRY,
+)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scoring.contract import TopicKind
+from scoring.alerts import AlertParameters
 from scoring.bgnbd import BgNbdParameters
 from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
 
@@ -33,6 +34,8 @@ class TopicNames(Frozen):
     payments: str = "payments"
     health: str = "customer-health"
     alerts: str = "churn-alerts"
+    #: Internal: sweep ticks, one per partition, co-partitioned with the inputs.
+    sweep: str = "healthscore-sweep"
 
     def inputs(self) -> dict[str, TopicKind]:
         """Input topic name -> which stream of the contract it carries."""
@@ -125,6 +128,30 @@ class ScoringSettings(Frozen):
         )
 
 
+class AlertSettings(Frozen):
+    """Thresholds of the alert rules (docs/alerts.md); each rule can be switched off."""
+
+    band_downgrade: bool = True
+    hysteresis_points: float = Field(5.0, ge=0, le=50)
+    sharp_drop: bool = True
+    sharp_drop_points: float = Field(15.0, gt=0, le=100)
+    sharp_drop_window_days: float = Field(7.0, gt=0, le=90)
+    purchase_activity: bool = True
+    purchase_activity_min_expected: float = Field(0.2, gt=0)
+    payment_trouble: bool = True
+    payment_failures_30d: int = Field(2, ge=1)
+    payment_overdue_days: float = Field(7.0, ge=0)
+    cancellation: bool = True
+    silence: bool = True
+    silence_gap_multiplier: float = Field(3.0, ge=1)
+    silence_min_days: float = Field(3.0, gt=0)
+    silence_min_active_days: int = Field(3, ge=2)
+    cooldown_hours: float = Field(24.0, ge=0)
+
+    def parameters(self) -> AlertParameters:
+        return AlertParameters(**self.model_dump())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALTHSCORE_",
@@ -146,6 +173,17 @@ class Settings(BaseSettings):
     dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"
     scoring: ScoringSettings = ScoringSettings()
+    alerts: AlertSettings = AlertSettings()
+    #: How often consumed offsets are committed; a crash reprocesses at most this much (idempotently).
+    commit_interval_seconds: float = Field(2.8, gt=0)
+    #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
+    session_timeout_seconds: float = Field(60.0, ge=6, le=300)
+    #: How often each worker rescans its customers at the current time (inactivity, silence).
+    sweep_interval_seconds: float = Field(3600.0, ge=1)
+    #: Customers rescored per sweep step before the stream gets its turn again.
+    sweep_chunk_size: int = Field(500, ge=1, le=100_000)
+    #: Alerts read back from the end of each alerts partition on assignment, to never publish one twice.
+    alert_tail_messages: int = Field(10_000, ge=0)
 
     @classmethod
     def settings_customise_sources(

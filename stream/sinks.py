@@ -23,6 +23,14 @@ def scores_key(prefix: str) -> str:
     return f"{prefix}:scores"
 
 
+def alerts_key(prefix: str, customer_id: str) -> str:
+    """List of the customer's most recent alerts (JSON), newest first."""
+    return f"{prefix}:alerts:{customer_id}"
+
+
+RECENT_ALERTS = 20
+
+
 class LatestScoreCache:
     """Keeps the latest score per customer in Redis, off the hot path.
 
@@ -36,21 +44,35 @@ class LatestScoreCache:
         self._client = redis_asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._prefix = prefix
         self._pending: dict[str, dict[str, Any]] = {}
+        self._pending_alerts: list[dict[str, Any]] = []
         self._healthy = True
+
+    @property
+    def client(self) -> redis_asyncio.Redis:
+        return self._client
 
     def offer(self, message: dict[str, Any]) -> None:
         self._pending[message["customer_id"]] = message
 
+    def offer_alert(self, message: dict[str, Any]) -> None:
+        if len(self._pending_alerts) < 100_000:  # bounded while Redis is away; Kafka has them all
+            self._pending_alerts.append(message)
+
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._pending_alerts)
 
     async def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._pending_alerts:
             return
         batch, self._pending = self._pending, {}
+        alerts, self._pending_alerts = self._pending_alerts, []
         try:
             async with self._client.pipeline(transaction=False) as pipe:
+                for alert in alerts:
+                    key = alerts_key(self._prefix, alert["customer_id"])
+                    pipe.lpush(key, msgspec.json.encode(alert))
+                    pipe.ltrim(key, 0, RECENT_ALERTS - 1)
                 for customer_id, message in batch.items():
                     pipe.hset(
                         customer_key(self._prefix, customer_id),
@@ -62,14 +84,18 @@ class LatestScoreCache:
                             "computed_at": message["computed_at"],
                             "model_version": message["model_version"],
                             "components": msgspec.json.encode(message["components"]),
+                            "changes": msgspec.json.encode(message["changes"]),
+                            "confidence": message["confidence"],
                         },
                     )
-                pipe.zadd(scores_key(self._prefix), {cid: m["score"] for cid, m in batch.items()})
+                if batch:
+                    pipe.zadd(scores_key(self._prefix), {cid: m["score"] for cid, m in batch.items()})
                 await pipe.execute()
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
             for customer_id, message in batch.items():
                 self._pending.setdefault(customer_id, message)
+            self._pending_alerts[:0] = alerts
             if self._healthy:
                 log.warning("Redis write failed, will retry (%s pending): %s", len(self._pending), error)
             self._healthy = False

@@ -16,9 +16,14 @@ class TopicLayoutError(RuntimeError):
     pass
 
 
+def consumed_topics(settings: Settings) -> list[str]:
+    """Topics the worker reads: the four inputs and its sweep ticks, all co-partitioned."""
+    return [*settings.topics.inputs(), settings.topics.sweep]
+
+
 def wanted_topics(settings: Settings) -> list[str]:
-    inputs = list(settings.topics.inputs())
-    return [*inputs, *(TopicNames.dead_letter(name) for name in inputs), settings.topics.health, settings.topics.alerts]
+    consumed = consumed_topics(settings)
+    return [*consumed, *(TopicNames.dead_letter(name) for name in consumed), settings.topics.health, settings.topics.alerts]
 
 
 async def ensure_topics(settings: Settings, echo=print) -> None:
@@ -36,7 +41,9 @@ async def ensure_topics(settings: Settings, echo=print) -> None:
             except TopicAlreadyExistsError:
                 pass
             echo(f"Created {len(missing)} topic(s) with {settings.partitions} partitions: {', '.join(missing)}")
-        mismatched = {name: count for name, count in counts.items() if name in settings.topics.inputs() and count != settings.partitions}
+        mismatched = {
+            name: count for name, count in counts.items() if name in consumed_topics(settings) and count != settings.partitions
+        }
         if mismatched:
             raise TopicLayoutError(
                 f"input topics must all have {settings.partitions} partitions (co-partitioned by customer id); found {mismatched}"

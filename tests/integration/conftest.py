@@ -70,6 +70,7 @@ def make_namespace(tmp_path: Path, partitions: int = 4) -> Namespace:
         "HEALTHSCORE_TOPICS__PAYMENTS": f"{tag}-payments",
         "HEALTHSCORE_TOPICS__HEALTH": f"{tag}-customer-health",
         "HEALTHSCORE_TOPICS__ALERTS": f"{tag}-churn-alerts",
+        "HEALTHSCORE_TOPICS__SWEEP": f"{tag}-sweep",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -95,6 +96,7 @@ class WorkerProcess:
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, **self.namespace.env}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "info"],
@@ -108,7 +110,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            if b"[^Worker]: Ready" in self.log_path.read_bytes():
+            if b"[^Worker]: Ready" in self.log_path.read_bytes()[offset:]:
                 return
             time.sleep(0.2)
         raise AssertionError(f"worker not ready within {timeout} s:\n{self.log_tail()}")
@@ -164,6 +166,19 @@ def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]]) -> None:
         subprocess.run(
             ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic], input=b"\n".join(keyless) + b"\n", check=True, timeout=30
         )
+
+
+def healthscore(namespace: Namespace, *args: str) -> subprocess.CompletedProcess:
+    """Runs a ``healthscore`` subcommand in the namespace's configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **namespace.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
 
 
 def kcat_consume(topic: str, fmt: str = "%k\t%s\n") -> list[str]:

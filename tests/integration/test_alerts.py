@@ -1,0 +1,197 @@
+"""Alerts and the sweep through the real broker and Redis: silence, cooldown, crash, lookups."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    Namespace,
+    WorkerProcess,
+    healthscore,
+    kcat_consume,
+    kcat_produce,
+    wait_for,
+)
+from tests.integration.test_end_to_end import metric_value
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+NOW_MS = int(time.time() * 1000)
+
+
+def event(event_id: str, event_type: str, customer: str, at_ms: int, data: dict) -> bytes:
+    return json.dumps(
+        {"event_id": event_id, "type": event_type, "customer_id": customer, "occurred_at": at_ms, "data": data}
+    ).encode()
+
+
+def alerts_on_topic(namespace: Namespace) -> list[dict]:
+    return [json.loads(line.partition("\t")[2]) for line in kcat_consume(namespace.topic("alerts"))]
+
+
+def scores_of(namespace: Namespace, customer: str) -> list[dict]:
+    return [json.loads(value) for key, _, value in (line.partition("\t") for line in kcat_consume(namespace.topic("health"))) if key == customer]
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namespace: Namespace, worker: WorkerProcess) -> None:
+    # A subscriber who used the product every day for two weeks, then stopped 10 days ago.
+    start = NOW_MS - 24 * DAY_MS
+    kcat_produce(namespace.topic("payments"), [("quiet", event("quiet-m", "subscription.updated", "quiet", start, {"mrr": 99.0}))])
+    kcat_produce(
+        namespace.topic("usage"),
+        [("quiet", event(f"quiet-s{day}", "usage.session", "quiet", start + day * DAY_MS, {"user_id": "u1", "duration_seconds": 900})) for day in range(14)],
+    )
+    url = worker.metrics_url
+    wait_for(lambda: metric_value(url, "healthscore_events_total", topic=namespace.topic("usage"), outcome="applied") == 14, message="events applied")
+    time.sleep(1)
+    last_event_score = scores_of(namespace, "quiet")[-1]  # the latest score published on an event
+    assert last_event_score["trigger_event_id"].startswith("quiet-")
+    assert not [a for a in alerts_on_topic(namespace) if a["rule"] == "silence"]
+
+    healthscore(namespace, "sweep")  # no new event: only time has passed
+
+    swept = wait_for(lambda: [s for s in scores_of(namespace, "quiet") if s["trigger_event_id"] is None], message="a score from the sweep")[-1]
+    assert swept["score"] < last_event_score["score"]
+    assert swept["components"]["usage"]["score"] < last_event_score["components"]["usage"]["score"]
+    assert swept["changes"]["usage"] < 0
+    silence = wait_for(lambda: [a for a in alerts_on_topic(namespace) if a["rule"] == "silence"], message="the silence alert")
+    assert len(silence) == 1
+    alert = silence[0]
+    assert alert["customer_id"] == "quiet" and alert["severity"] == "warning"
+    assert set(alert) >= {"alert_id", "rule", "severity", "score", "previous_score", "band", "churn_risk", "reasons", "occurred_at", "raised_at", "model_version"}
+    assert alert["reasons"] and alert["reasons"][0]["component"] == "usage"
+    wait_for(lambda: metric_value(url, "healthscore_sweep_customers_total") >= 1, message="the sweep counted")
+    assert metric_value(url, "healthscore_alerts_raised_total", rule="silence", severity="warning") == 1
+
+    # A second sweep at the same time changes nothing and raises nothing new.
+    healthscore(namespace, "sweep")
+    time.sleep(3)
+    assert len([a for a in alerts_on_topic(namespace) if a["rule"] == "silence"]) == 1
+
+
+def test_cooldown_suppresses_a_repeat_and_counts_it(namespace: Namespace, worker: WorkerProcess) -> None:
+    payments = namespace.topic("payments")
+    base = NOW_MS - 3 * 3_600_000
+    kcat_produce(
+        payments,
+        [
+            ("fickle", event("f-1", "subscription.updated", "fickle", base, {"mrr": 50.0})),
+            ("fickle", event("f-2", "subscription.cancelled", "fickle", base + 60_000, {"reason": "price"})),
+            ("fickle", event("f-3", "subscription.updated", "fickle", base + 120_000, {"mrr": 50.0})),
+            ("fickle", event("f-4", "subscription.cancelled", "fickle", base + 180_000, {"reason": "price"})),
+        ],
+    )
+    url = worker.metrics_url
+    wait_for(
+        lambda: metric_value(url, "healthscore_alerts_suppressed_total", rule="cancellation", severity="critical") == 1,
+        message="the second cancellation to be suppressed",
+    )
+    cancellations = [a for a in alerts_on_topic(namespace) if a["rule"] == "cancellation"]
+    assert len(cancellations) == 1 and cancellations[0]["severity"] == "critical"
+    assert metric_value(url, "healthscore_alerts_raised_total", rule="cancellation", severity="critical") == 1
+
+
+def test_lookups_for_people_and_tools(namespace: Namespace, worker: WorkerProcess) -> None:
+    usage, payments = namespace.topic("usage"), namespace.topic("payments")
+    kcat_produce(usage, [(c, event(f"{c}-s", "usage.session", c, NOW_MS - 3_600_000, {"user_id": "u", "duration_seconds": 60})) for c in ("fine", "shaky")])
+    kcat_produce(
+        payments,
+        [("shaky", event(f"shaky-f{i}", "payment.failed", "shaky", NOW_MS - 1800_000 + i, {"invoice_id": "i1", "amount": 10.0})) for i in range(3)],
+    )
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 and r[1]["count"] == 2 else None)(get_json(f"{base}/customers/at-risk?limit=10")), message="two customers in Redis")
+    assert [c["customer_id"] for c in body["customers"]] == ["shaky", "fine"]
+    assert body["customers"][0]["score"] < body["customers"][1]["score"]
+
+    def shaky_with_alert():
+        status, found = get_json(f"{base}/customers/shaky/health")
+        return found if status == 200 and found["recent_alerts"] else None
+
+    health = wait_for(shaky_with_alert, message="shaky's health with its alert")
+    assert health["band"] in {"healthy", "at_risk", "critical"} and "payments" in health["components"]
+    assert health["recent_alerts"][0]["rule"] == "payment_trouble"
+    status, missing = get_json(f"{base}/customers/nobody/health")
+    assert status == 404 and "unknown customer" in missing["error"]
+    status, bad = get_json(f"{base}/customers/at-risk?limit=abc")
+    assert status == 400 and "limit" in bad["error"]
+
+
+@pytest.mark.parametrize("lose_changelog", [False, True], ids=["state-restored", "state-lost"])
+def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespace: Namespace, tmp_path: Path, lose_changelog: bool) -> None:
+    """SIGKILL right after the alert is out, before offsets are committed: the restarted
+    worker reprocesses the events. With its state restored from the changelog it knows the
+    events; with the changelog lost (the worst case: the alert got out, the state did not)
+    it raises the alerts again and must find them on the topic and not send them twice."""
+    namespace.env["HEALTHSCORE_COMMIT_INTERVAL_SECONDS"] = "120"
+    namespace.env["HEALTHSCORE_SESSION_TIMEOUT_SECONDS"] = "6"
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    payments = namespace.topic("payments")
+    try:
+        kcat_produce(
+            payments,
+            [
+                ("doomed", event("d-1", "subscription.updated", "doomed", NOW_MS - 60_000, {"mrr": 80.0})),
+                ("doomed", event("d-2", "subscription.cancelled", "doomed", NOW_MS - 30_000, {})),
+            ],
+        )
+        before = wait_for(
+            lambda: [a for a in alerts_on_topic(namespace) if a["rule"] == "cancellation"], timeout=60, interval=0.05, message="the cancellation alert"
+        )
+        time.sleep(1)  # let every alert of that event reach the topic
+        worker.kill()  # SIGKILL: no flush, no commit, no goodbye
+        assert worker.process.returncode == -9
+        published_before = alerts_on_topic(namespace)
+        if lose_changelog:
+            delete_topic(f"{namespace.settings.app_id}-customer-state-changelog")
+
+        worker.start()
+        url = worker.metrics_url
+        wait_for(
+            lambda: metric_value(url, "healthscore_events_total", topic=payments, outcome="applied")
+            + metric_value(url, "healthscore_events_total", topic=payments, outcome="duplicate") == 2,
+            timeout=60,
+            message="the restarted worker to reprocess both events",
+        )
+        time.sleep(2)
+        after = alerts_on_topic(namespace)
+        ids = [a["alert_id"] for a in after]
+        assert len(ids) == len(set(ids)), f"an alert was published twice: {after}"
+        assert sorted(ids) == sorted(a["alert_id"] for a in published_before)
+        assert before[0]["alert_id"] in ids
+        skipped = metric_value(url, "healthscore_alerts_already_published_total", rule="cancellation")
+        assert skipped == (1 if lose_changelog else 0)
+    finally:
+        worker.stop()
+
+
+def delete_topic(name: str) -> None:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+        await admin.start()
+        try:
+            await admin.delete_topics([name])
+        finally:
+            await admin.close()
+
+    asyncio.run(delete())
+    time.sleep(2)
