@@ -2,7 +2,7 @@
 
 Run on demand (not part of the test suite):
 
-    .venv/bin/python bench/scoring.py
+    .venv/bin/python bench/model_cost.py
 
 Replays the generator's realistic mix (30 days of history) through the same
 function the worker calls per event: validate the event, decode the stored state,

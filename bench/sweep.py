@@ -1,0 +1,158 @@
+"""How long one sweep of N customers takes (run on demand, not in the test suite).
+
+    .venv/bin/python bench/sweep.py --customers 100000            # in the real worker
+    .venv/bin/python bench/sweep.py --customers 100000 --model    # the model alone
+
+Worker mode: loads two events per customer (a subscription and a session, 30 days
+ago) into fresh topics, runs ``healthscore worker`` until all are applied, then
+requests a sweep at the current time and measures until every partition reports
+its sweep done (``healthscore_sweep_duration_seconds``). Model mode: the same
+customers' records swept by ``scoring.pipeline.sweep`` in one process, without Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scoring.alerts import AlertParameters  # noqa: E402
+from scoring.contract import Event, SubscriptionUpdated, UsageSession  # noqa: E402
+from scoring.health import ScoringParameters  # noqa: E402
+from scoring.pipeline import step, sweep  # noqa: E402
+from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
+from stream.app import request_sweep  # noqa: E402
+from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.settings import load_settings  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+from throughput import namespace_env, process_stats, read_metrics  # noqa: E402
+
+
+def customer_events(index: int, at_ms: int) -> list[tuple[str, dict]]:
+    customer = f"c{index:07d}"
+    return [
+        ("payments", {"event_id": f"{customer}-m", "type": "subscription.updated", "customer_id": customer, "occurred_at": at_ms, "data": {"mrr": 49.0}}),
+        ("usage", {"event_id": f"{customer}-s", "type": "usage.session", "customer_id": customer, "occurred_at": at_ms + 60_000, "data": {"user_id": "u", "duration_seconds": 300}}),
+    ]
+
+
+def model_mode(customers: int) -> dict:
+    scoring, rules = ScoringParameters(), AlertParameters()
+    at = int(time.time() * 1000) - 30 * DAY_MS
+    store = {}
+    for index in range(customers):
+        state = new_state(f"c{index:07d}")
+        step(state, Event("m", "subscription.updated", state.customer_id, at, SubscriptionUpdated(49.0)), scoring, 32, rules=rules)
+        step(state, Event("s", "usage.session", state.customer_id, at + 60_000, UsageSession("u", 300)), scoring, 32, rules=rules)
+        store[state.customer_id] = encode_state(state)
+    now = int(time.time() * 1000)
+    started = time.perf_counter()
+    published = alerts = 0
+    for key, raw in store.items():
+        state = decode_state(raw)
+        result = sweep(state, now, scoring, rules)
+        published += result.publish is not None
+        alerts += len(result.alerts.raised)
+        store[key] = encode_state(state)
+    seconds = time.perf_counter() - started
+    return {"mode": "model", "customers": customers, "seconds": seconds, "scores_changed": published, "alerts": alerts}
+
+
+async def load(settings, customers: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    names = {"payments": settings.topics.payments, "usage": settings.topics.usage}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    at = int(time.time() * 1000) - 30 * DAY_MS
+    pending = []
+    try:
+        for index in range(customers):
+            for topic, value in customer_events(index, at):
+                pending.append(await producer.send(names[topic], msgspec.json.encode(value), key=value["customer_id"].encode()))
+            if len(pending) > 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def worker_mode(customers: int, partitions: int) -> dict:
+    start_redis(default_paths())
+    start_kafka(default_paths())
+    tag = f"s{uuid.uuid4().hex[:6]}"
+    port = 16067
+    env = namespace_env(tag, partitions, port)
+    os.environ.update(env)
+    settings = load_settings()
+    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    print(f"Loading {2 * customers} events for {customers} customers...")
+    asyncio.run(load(settings, customers))
+    log = open(ROOT / ".data" / "bench-sweep-worker.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    try:
+        print("Waiting for the worker to apply them...")
+        while True:
+            time.sleep(1)
+            try:
+                metrics = read_metrics(port)
+            except OSError:
+                continue
+            applied = sum(v for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
+            if applied >= 2 * customers:
+                break
+        rss_before = process_stats(process.pid)[1]
+        print("Sweeping...")
+        requested = time.perf_counter()
+        asyncio.run(request_sweep(settings, int(time.time() * 1000), time.time()))
+        while True:
+            time.sleep(0.2)
+            metrics = read_metrics(port)
+            if metrics.get("healthscore_sweep_duration_seconds_count", 0) >= partitions:
+                break
+        seconds = time.perf_counter() - requested
+        return {
+            "mode": "worker",
+            "customers": customers,
+            "partitions": partitions,
+            "seconds": seconds,
+            "slowest_partition_seconds_sum": metrics.get("healthscore_sweep_duration_seconds_sum"),
+            "customers_swept": metrics.get("healthscore_sweep_customers_total"),
+            "scores_published": metrics.get("healthscore_scores_published_total"),
+            "alerts_raised": sum(v for k, v in metrics.items() if k.startswith("healthscore_alerts_raised_total{")),
+            "worker_rss_bytes": rss_before,
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--model", action="store_true", help="sweep the model alone, without Kafka")
+    args = parser.parse_args()
+    result = model_mode(args.customers) if args.model else worker_mode(args.customers, args.partitions)
+    result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
