@@ -28,7 +28,11 @@ class Step:
 
 
 def _score_and_alert(
-    state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None
+    state: CustomerState,
+    at_ms: int,
+    parameters: ScoringParameters,
+    rules: AlertParameters | None,
+    min_change: float = 0.0,
 ) -> tuple[HealthScore | None, AlertDecision]:
     previous = state.published
     if previous is None:
@@ -39,6 +43,8 @@ def _score_and_alert(
         return None, NO_ALERTS
     alerts = evaluate(state, health, at_ms, parameters, rules) if rules is not None else NO_ALERTS
     if previous is not None and not has_changed(previous.score, previous.band, health, previous.contributions):
+        return None, alerts
+    if previous is not None and previous.band == health.band and abs(health.score - previous.score) < min_change:
         return None, alerts
     state.published = PublishedScore(
         health.score, health.band, health.as_of_ms, {name: c.contribution for name, c in health.components.items()}
@@ -70,7 +76,18 @@ def step(
     return Step(outcome, health, alerts)
 
 
-def sweep(state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> Step:
-    """Rescores a customer at ``at_ms`` without an event, so decay and silence show."""
-    health, alerts = _score_and_alert(state, max(at_ms, state.last_event_ms), parameters, rules)
+def sweep(
+    state: CustomerState,
+    at_ms: int,
+    parameters: ScoringParameters,
+    rules: AlertParameters | None,
+    min_change: float = 1.0,
+) -> Step:
+    """Rescores a customer at ``at_ms`` without an event, so decay and silence show.
+
+    Time alone moves scores a little all the time; a sweep publishes a score only
+    when its band changed or it moved by at least ``min_change`` points since the
+    last published one (alerts are checked either way).
+    """
+    health, alerts = _score_and_alert(state, max(at_ms, state.last_event_ms), parameters, rules, min_change)
     return Step(Outcome.APPLIED, health, alerts)

@@ -193,7 +193,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             if stored is None:
                 continue
             state = decode_state(stored)
-            result = sweep(state, tick.at_ms, parameters, rules)
+            result = sweep(state, tick.at_ms, parameters, rules, settings.sweep_min_score_change)
             save(key, partition, state)
             await publish(key, partition, state.customer_id, result, None, tick.at_ms)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))

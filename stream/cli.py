@@ -107,9 +107,26 @@ def topics() -> None:
     help="Days of simulated history compressed into the run (event time ends at now); 0 for live events.",
 )
 @click.option("--seed", default=7, show_default=True, help="Random seed: the same seed gives the same customers and events.")
-def generate(customers: int, rate: float, duration: float, history_days: float, seed: int) -> None:
+@click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write the history to this JSON Lines file instead of Kafka (rate × duration events, or --events).")
+@click.option("--events", "event_count", default=None, type=click.IntRange(1), help="With --output: how many events.")
+@click.option("--labels", "labels_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="With --output: where to write the ground-truth churn labels (customer_id,churned_at); default FILE.labels.csv.")
+def generate(customers: int, rate: float, duration: float, history_days: float, seed: int, output_path: Path | None, event_count: int | None, labels_path: Path | None) -> None:
     """Produce realistic events to the four input topics: healthy customers,
-    slowly disengaging ones, payment trouble and cancellations."""
+    slowly disengaging ones, payment trouble and cancellations.
+
+    With --output, write the same kind of history to a file instead, spanning
+    --history-days of event time and ending now, with the churn labels beside it,
+    so `healthscore replay` and `healthscore backtest` run out of the box."""
+    if output_path is not None:
+        from stream.generate import write_history
+
+        labels = labels_path or output_path.with_name(output_path.name + ".labels.csv")
+        total = event_count or max(1, int(rate * duration))
+        end_ms = int(time.time() * 1000)
+        start_ms = end_ms - int(max(history_days, 1.0) * 86_400_000)
+        written, churned = write_history(str(output_path), str(labels), customers, total, start_ms, end_ms, seed)
+        click.echo(f"Wrote {written} events for {customers} customers to {output_path}; {churned} churned customers in {labels}")
+        return
     from stream.generate import produce
 
     settings = _settings()
@@ -132,6 +149,48 @@ def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -
         asyncio.run(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo))
     except KeyboardInterrupt:
         pass
+
+
+def _parse_time(text: str, option: str) -> int:
+    from scoring.contract import Rejection, parse_timestamp_ms
+
+    parsed = parse_timestamp_ms(int(text) if text.lstrip("-").isdigit() else text, option)
+    if isinstance(parsed, Rejection):
+        try:  # a plain date or a date-time without offset, read as UTC
+            from stream.transactions import parse_time_ms
+
+            return parse_time_ms(text)
+        except ValueError:
+            raise click.BadParameter(parsed.detail, param_hint=option) from None
+    return parsed
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON Lines in the wire contract's shape, or a CSV with a header customer_id,occurred_at,amount (purchases).")
+@click.option("--as-of", "as_of", default=None, help="Stop at this event time (RFC 3339, YYYY-MM-DD or epoch ms) and also write each customer's final score at it.")
+@click.option("--output", "output_path", default="-", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True), help="Where to write the JSON Lines (default: standard output).")
+@click.option("--sweep-every", type=click.FloatRange(min=0), default=None, help="Seconds of event time between inactivity sweeps (default: replay_sweep_interval_seconds from the config, one day; 0: no sweep).")
+@click.option("--rejects", "rejects_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write the lines that did not validate here, with line number and reason.")
+def replay(input_path: Path, as_of: str | None, output_path: Path, sweep_every: float | None, rejects_path: Path | None) -> None:
+    """Replay history through the same state, scoring and alert code as the worker, in
+    event-time order, with the inactivity sweep run in event time. No Kafka needed.
+
+    Writes JSON Lines: {"kind": "score", ...} (the customer-health message),
+    {"kind": "alert", ...} (the churn-alerts message) and, with --as-of,
+    {"kind": "final", customer_id, score, band, churn_risk, ...} per customer.
+    computed_at and raised_at are the event time, so the same input gives the same output.
+    """
+    from stream.replay_command import run_replay
+
+    settings = _settings()
+    as_of_ms = _parse_time(as_of, "--as-of") if as_of else None
+    echo = lambda text: click.echo(text, err=True)  # noqa: E731
+    if str(output_path) == "-":
+        summary = run_replay(settings, input_path, sys.stdout.buffer, as_of_ms, sweep_every, rejects_path, echo)
+    else:
+        with open(output_path, "wb") as output:
+            summary = run_replay(settings, input_path, output, as_of_ms, sweep_every, rejects_path, echo)
+    echo(json.dumps(summary))
 
 
 @main.command("sweep")

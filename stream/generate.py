@@ -39,28 +39,56 @@ class EventSynthesizer:
         self._random = random.Random(seed)
         self._seed = seed
         self._sequence = 0
-        self.personas = {
-            f"cust-{index:05d}": self._random.choices(PERSONAS, PERSONA_SHARES)[0] for index in range(customers)
-        }
+        rng = self._random
+        self.personas: dict[str, str] = {}
+        #: Progress (0 = start of the run, 1 = end) at which a customer is gone; absent: retained.
+        self.churn_progress: dict[str, float] = {}
+        self._decline_start: dict[str, float] = {}
+        for index in range(customers):
+            customer = f"cust-{index:05d}"
+            persona = rng.choices(PERSONAS, PERSONA_SHARES)[0]
+            self.personas[customer] = persona
+            if persona == "disengaging":
+                start = rng.uniform(0.1, 0.7)
+                self._decline_start[customer] = start
+                self.churn_progress[customer] = start + rng.uniform(0.15, 0.35)
+            elif persona == "cancelling":
+                self.churn_progress[customer] = rng.uniform(0.3, 0.95)
         self._ids = list(self.personas)
         self._open_tickets: dict[str, list[str]] = {}
         self._invoices: dict[str, list[str]] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, int] = {}
 
-    def _activity(self, persona: str, progress: float) -> float:
+    def _activity(self, customer: str, persona: str, progress: float) -> float:
+        churn = self.churn_progress.get(customer)
         if persona == "disengaging":
-            return max(0.05, 1.0 - progress)
+            start = self._decline_start[customer]
+            if progress <= start:
+                return 1.0
+            return max(0.0, 1.0 - (progress - start) / (churn - start))
         if persona == "cancelling":
-            return 1.0 if progress < 0.7 else 0.1
+            return 1.0 if progress < churn or customer not in self._cancelled else 0.0
         return 1.0
+
+    def churned_at(self, start_ms: int, end_ms: int) -> dict[str, int]:
+        """Ground truth: when each churning customer was gone (cancellation, or activity reaching zero)."""
+        gone = {}
+        for customer, progress in self.churn_progress.items():
+            at = self._cancelled.get(customer, int(start_ms + progress * (end_ms - start_ms)))
+            if progress <= 1.0:
+                gone[customer] = at
+        return gone
 
     def next_event(self, at_ms: int, progress: float) -> GeneratedEvent:
         rng = self._random
-        for _ in range(6):
+        for _ in range(50):
             customer = rng.choice(self._ids)
             persona = self.personas[customer]
-            if rng.random() <= self._activity(persona, progress):
+            if rng.random() < self._activity(customer, persona, progress):
                 break
+        else:
+            customer = next(c for c in self._ids if self.personas[c] == "healthy") if "healthy" in self.personas.values() else customer
+            persona = self.personas[customer]
         self._sequence += 1
         event_id = f"gen-{self._seed}-{self._sequence}"
         topic, event_type, data = self._body(customer, persona, progress, at_ms)
@@ -69,8 +97,8 @@ class EventSynthesizer:
 
     def _body(self, customer: str, persona: str, progress: float, at_ms: int) -> tuple[TopicKind, str, dict]:
         rng = self._random
-        if persona == "cancelling" and progress >= 0.7 and customer not in self._cancelled:
-            self._cancelled.add(customer)
+        if persona == "cancelling" and progress >= self.churn_progress[customer] and customer not in self._cancelled:
+            self._cancelled[customer] = at_ms
             return TopicKind.PAYMENTS, "subscription.cancelled", {"reason": "switched vendor"}
         roll = rng.random()
         user = f"{customer}-u{rng.randint(1, 8)}"
@@ -159,3 +187,34 @@ async def produce(
         await producer.stop()
     echo(f"Sent {total} events for {customers} customers in {time.time() - started:.1f} s")
     return total
+
+
+def write_history(
+    path: str,
+    labels_path: str,
+    customers: int,
+    events: int,
+    start_ms: int,
+    end_ms: int,
+    seed: int,
+    progress=None,
+) -> tuple[int, int]:
+    """Writes the same synthetic history as JSON Lines, and its ground-truth churn labels as CSV.
+
+    Returns (events written, churned customers).
+    """
+    from scoring.output import rfc3339
+
+    synthesizer = EventSynthesizer(customers, seed)
+    encoder = msgspec.json.Encoder()
+    with open(path, "wb") as out:
+        for index, generated in enumerate(synthesizer.timeline(events, start_ms, end_ms)):
+            out.write(encoder.encode(generated.value) + b"\n")
+            if progress is not None and index % 10_000 == 0:
+                progress(index)
+    churned = synthesizer.churned_at(start_ms, end_ms)
+    with open(labels_path, "w") as out:
+        out.write("customer_id,churned_at\n")
+        for customer, at in sorted(churned.items()):
+            out.write(f"{customer},{rfc3339(at)}\n")
+    return events, len(churned)

@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(60.0, ge=6, le=300)
     #: How often each worker rescans its customers at the current time (inactivity, silence).
     sweep_interval_seconds: float = Field(3600.0, ge=1)
+    #: A sweep publishes a customer's score only if its band changed or it moved at least this much.
+    sweep_min_score_change: float = Field(1.0, ge=0)
+    #: Event time between sweeps in `healthscore replay` and `backtest` (each costs one rescoring per customer).
+    replay_sweep_interval_seconds: float = Field(86400.0, ge=0)
     #: Customers rescored per sweep step before the stream gets its turn again.
     sweep_chunk_size: int = Field(500, ge=1, le=100_000)
     #: Alerts read back from the end of each alerts partition on assignment, to never publish one twice.

@@ -18,13 +18,19 @@ class TransactionsError(ValueError):
 @dataclass
 class ReadReport:
     rows: int = 0
-    skipped: int = 0
-    examples: list[str] = field(default_factory=list)
+    #: (line number, reason) of every row that could not be used
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def skip(self, line: int, reason: str) -> None:
-        self.skipped += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"line {line}: {reason}")
+        self.rejected.append((line, reason))
+
+    @property
+    def skipped(self) -> int:
+        return len(self.rejected)
+
+    @property
+    def examples(self) -> list[str]:
+        return [f"line {line}: {reason}" for line, reason in self.rejected[:5]]
 
 
 def parse_time_ms(text: str) -> int:
