@@ -193,6 +193,32 @@ def replay(input_path: Path, as_of: str | None, output_path: Path, sweep_every: 
     echo(json.dumps(summary))
 
 
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="History: JSON Lines (wire contract) or a purchase CSV customer_id,occurred_at,amount.")
+@click.option("--labels", "labels_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV customer_id,churned_at. Without it, churn means no purchase within the horizon.")
+@click.option("--as-of", "as_of", required=True, help="Score every customer at this time from the history before it (RFC 3339, YYYY-MM-DD or epoch ms).")
+@click.option("--horizon", "horizon_days", required=True, type=click.FloatRange(min=0, min_open=True), help="Days after --as-of in which a churn counts.")
+@click.option("--top-k", type=click.IntRange(1), default=None, help="k for precision and lift at the top k (default: 10 %% of the customers).")
+@click.option("--report", "report_path", default="backtest-report.html", show_default=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML report (ROC, calibration, score distributions).")
+def backtest(input_path: Path, labels_path: Path | None, as_of: str, horizon_days: float, top_k: int | None, report_path: Path) -> None:
+    """Check the model on history: score everyone at --as-of, compare with who churned
+    within --horizon days, against simple baselines (recency only, RFM).
+
+    Prints a JSON summary (ROC AUC, precision and recall of the at_risk + critical
+    bands, precision and lift at the top k, median lead time from first alert to
+    churn) and writes an HTML report with the plots.
+    """
+    from stream.backtest_command import BacktestError, run_backtest
+
+    settings = _settings()
+    as_of_ms = _parse_time(as_of, "--as-of")
+    try:
+        summary = run_backtest(settings, input_path, labels_path, as_of_ms, horizon_days, top_k, report_path, lambda t: click.echo(t, err=True))
+    except BacktestError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(summary, indent=2))
+
+
 @main.command("sweep")
 @click.option(
     "--at",

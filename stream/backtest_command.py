@@ -1,0 +1,230 @@
+"""``healthscore backtest``: does a low score come before churn, and how early?
+
+Replays history up to ``as_of`` through the worker's own pipeline, scores every
+customer at ``as_of``, and compares with who churned within the horizon: from a
+labels file (customer_id, churned_at), or, without one, "no purchase within the
+horizon" among customers who had bought before. Baselines (recency only, RFM)
+run on the same customers, so a user sees what the model adds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import asdict
+from pathlib import Path
+
+from scoring import backtest as metrics
+from scoring.alerts import Alert
+from scoring.contract import PurchaseCompleted
+from scoring.output import rfc3339
+from scoring.replay import AlertRaised, Replayer
+from scoring.state import DAY_MS
+from stream.history import read_history
+from stream.settings import Settings
+from stream.transactions import parse_time_ms
+
+
+class BacktestError(ValueError):
+    pass
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    import csv
+
+    labels: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not {"customer_id", "churned_at"} <= set(reader.fieldnames or []):
+            raise BacktestError(f"{path}: the header must name customer_id,churned_at")
+        for row in reader:
+            try:
+                labels[row["customer_id"].strip()] = parse_time_ms(row["churned_at"])
+            except (ValueError, AttributeError):
+                raise BacktestError(f"{path} line {reader.line_num}: churned_at {row['churned_at']!r} is not a date") from None
+    return labels
+
+
+def run_backtest(
+    settings: Settings,
+    input_path: Path,
+    labels_path: Path | None,
+    as_of_ms: int,
+    horizon_days: float,
+    top_k: int | None,
+    report_path: Path | None,
+    echo,
+) -> dict:
+    history = read_history(input_path)
+    if history.rejected:
+        echo(f"{len(history.rejected)} of {history.read} lines rejected and left out (run `healthscore replay --rejects FILE` to see them)")
+    horizon_ms = int(horizon_days * DAY_MS)
+    parameters = settings.scoring.parameters()
+    replayer = Replayer(
+        parameters,
+        settings.alerts.parameters(),
+        settings.dedup_capacity,
+        int(settings.replay_sweep_interval_seconds * 1000) or None,
+        settings.sweep_min_score_change,
+    )
+    first_alert: dict[str, Alert] = {}
+    lookback_ms = as_of_ms - 90 * DAY_MS
+    for item in replayer.run(history.events, until_ms=as_of_ms):
+        if isinstance(item, AlertRaised) and item.alert.occurred_at_ms >= lookback_ms:
+            first_alert.setdefault(item.alert.customer_id, item.alert)
+
+    if labels_path is not None:
+        labels = read_labels(labels_path)
+        population = [c for c in sorted(replayer.states) if labels.get(c, as_of_ms + 1) > as_of_ms]
+        churned_at = {c: labels[c] for c in population if c in labels and labels[c] <= as_of_ms + horizon_ms}
+        label_source = "labels file"
+    else:
+        bought_after = {
+            e.customer_id for e in history.events if isinstance(e.data, PurchaseCompleted) and as_of_ms < e.occurred_at_ms <= as_of_ms + horizon_ms
+        }
+        population = [c for c in sorted(replayer.states) if replayer.states[c].last_purchase_ms]
+        churned_at = {c: as_of_ms + horizon_ms for c in population if c not in bought_after}
+        label_source = "no purchase within the horizon"
+    if not population:
+        raise BacktestError(f"no customer has history before {rfc3339(as_of_ms)}")
+
+    finals = {final.customer_id: final.health for final in replayer.final_scores(as_of_ms)}
+    population = [c for c in population if c in finals]
+    churned = [c in churned_at for c in population]
+    k = top_k or max(1, round(0.1 * len(population)))
+    model_risk = [finals[c].churn_risk for c in population]
+    states = [replayer.states[c] for c in population]
+    recency_days = [(as_of_ms - s.last_event_ms) / DAY_MS for s in states]
+    first_day = as_of_ms // DAY_MS - 89
+    frequency = [sum(s.counts.total(name, first_day, as_of_ms // DAY_MS) for name in ("sessions", "feature_uses", "purchases")) for s in states]
+    monetary = [s.counts.total("revenue_cents", first_day, as_of_ms // DAY_MS) / 100 + 3 * s.mrr for s in states]
+    rankings = {
+        "model": model_risk,
+        "recency": recency_days,
+        "rfm": metrics.rfm_risk(recency_days, frequency, monetary),
+    }
+    flagged = [finals[c].band in ("at_risk", "critical") for c in population]
+    bands = metrics.precision_recall(flagged, churned)
+    leads = [
+        (churned_at[c] - first_alert[c].occurred_at_ms) / DAY_MS for c in population if c in churned_at and c in first_alert
+    ]
+    summary = {
+        "as_of": rfc3339(as_of_ms),
+        "horizon_days": horizon_days,
+        "labels": label_source,
+        "customers": len(population),
+        "churned": sum(churned),
+        "base_rate": round(sum(churned) / len(population), 4),
+        "k": k,
+        "model": {
+            **{key: _round(value) for key, value in asdict(metrics.ranking_quality(model_risk, churned, k)).items()},
+            "at_risk_or_critical": {"precision": _round(bands.precision), "recall": _round(bands.recall), "flagged": bands.flagged},
+        },
+        "baselines": {
+            name: {key: _round(value) for key, value in asdict(metrics.ranking_quality(risks, churned, k)).items()}
+            for name, risks in rankings.items()
+            if name != "model"
+        },
+        "lead_time_days": {
+            "median": _round(metrics.median_or_none(leads)),
+            "alerted_churners": len(leads),
+            "churners": sum(churned),
+        },
+        "model_version": parameters.model_version,
+    }
+    if report_path is not None:
+        write_report(report_path, summary, rankings, churned, [finals[c].score for c in population])
+        summary["report"] = str(report_path)
+    return summary
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _figure_png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_report(path: Path, summary: dict, rankings: dict[str, list[float]], churned: list[bool], scores: list[float]) -> None:
+    """A self-contained HTML page: metrics table, ROC curves, calibration, score distributions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {}
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    for name, risks in rankings.items():
+        points = metrics.roc_curve(risks, churned)
+        auc = metrics.roc_auc(risks, churned)
+        axis.plot([p[0] for p in points], [p[1] for p in points], label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="random")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title("ROC: who churned within the horizon")
+    axis.legend(loc="lower right")
+    images["roc"] = _figure_png(figure)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    bins = metrics.calibration(rankings["model"], churned)
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfectly calibrated")
+    axis.plot([b[0] for b in bins], [b[1] for b in bins], marker="o", label="model churn_risk")
+    for predicted, observed, count in bins:
+        axis.annotate(str(count), (predicted, observed), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axis.set_xlabel("predicted churn risk (mean of bin)")
+    axis.set_ylabel("observed churn rate")
+    axis.set_title("Calibration (labels: customers per bin)")
+    axis.legend(loc="upper left")
+    images["calibration"] = _figure_png(figure)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    edges = list(range(0, 105, 5))
+    axis.hist([s for s, c in zip(scores, churned) if not c], bins=edges, alpha=0.6, label="retained", density=True)
+    axis.hist([s for s, c in zip(scores, churned) if c], bins=edges, alpha=0.6, label="churned", density=True)
+    axis.set_xlabel("health score at as-of")
+    axis.set_ylabel("share of customers")
+    axis.set_title("Score distribution: churned vs retained")
+    axis.legend()
+    images["distribution"] = _figure_png(figure)
+    plt.close(figure)
+
+    def row(name: str, values: dict) -> str:
+        cells = "".join(f"<td>{'' if values.get(key) is None else f'{values[key]:.3f}'}</td>" for key in ("roc_auc", "precision_at_k", "lift_at_k"))
+        return f"<tr><th>{html.escape(name)}</th>{cells}</tr>"
+
+    model = summary["model"]
+    bands = model["at_risk_or_critical"]
+    lead = summary["lead_time_days"]
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Health score backtest, as of {html.escape(summary['as_of'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+th{{text-align:left}}img{{max-width:100%}}.figures{{display:flex;flex-wrap:wrap;gap:1em}}</style></head>
+<body>
+<h1>Health score backtest</h1>
+<p>Scored {summary['customers']} customers at <b>{html.escape(summary['as_of'])}</b> from their history before it;
+{summary['churned']} churned within {summary['horizon_days']:g} days (base rate {summary['base_rate']:.1%}; labels: {html.escape(summary['labels'])}).
+Model version <code>{html.escape(summary['model_version'])}</code>.</p>
+<h2>Ranking quality</h2>
+<table><tr><th></th><th>ROC AUC</th><th>precision at top {summary['k']}</th><th>lift at top {summary['k']}</th></tr>
+{row('health model (churn_risk)', model)}
+{''.join(row(name + ' baseline', values) for name, values in summary['baselines'].items())}
+</table>
+<p>Customers in the at_risk or critical band: {bands['flagged']} flagged, precision
+{'' if bands['precision'] is None else f"{bands['precision']:.3f}"}, recall {'' if bands['recall'] is None else f"{bands['recall']:.3f}"}.</p>
+<p>Alerted churners: {lead['alerted_churners']} of {lead['churners']}; median lead time from the first alert (in the 90 days before as-of) to churn:
+{'n/a' if lead['median'] is None else f"{lead['median']:.1f} days"}.</p>
+<div class="figures">
+<img alt="ROC curves of the model and the baselines" src="data:image/png;base64,{images['roc']}">
+<img alt="Calibration of churn_risk" src="data:image/png;base64,{images['calibration']}">
+<img alt="Score distribution of churned and retained customers" src="data:image/png;base64,{images['distribution']}">
+</div>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
