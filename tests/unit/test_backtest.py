@@ -1,0 +1,122 @@
+"""Backtest metrics on hand-computed cases, and the command end to end with its HTML report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scoring import backtest as m
+from stream.cli import main
+from stream.generate import write_history
+
+# Five customers: risks and who churned.
+RISKS = [0.9, 0.8, 0.4, 0.3, 0.1]
+CHURNED = [True, False, True, False, False]
+
+
+def test_roc_auc_by_hand() -> None:
+    # Pairs (churner, retained) ranked right: 0.9 beats 0.8, 0.3, 0.1 (3); 0.4 beats 0.3, 0.1 (2): 5 of 6.
+    assert m.roc_auc(RISKS, CHURNED) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize(
+    ("risks", "churned", "expected"),
+    [
+        ([0.5, 0.5], [True, False], 0.5),  # a tie counts half
+        ([1, 0], [True, False], 1.0),
+        ([0, 1], [True, False], 0.0),
+        ([0.2, 0.3], [True, True], None),  # one class only: undefined
+    ],
+)
+def test_roc_auc_edges(risks, churned, expected) -> None:
+    assert m.roc_auc(risks, churned) == expected
+
+
+def test_roc_curve_by_hand() -> None:
+    assert m.roc_curve(RISKS, CHURNED) == [(0, 0), (0, 0.5), (1 / 3, 0.5), (1 / 3, 1.0), (2 / 3, 1.0), (1.0, 1.0)]
+
+
+def test_precision_recall_lift_by_hand() -> None:
+    flagged = [risk >= 0.4 for risk in RISKS]
+    result = m.precision_recall(flagged, CHURNED)
+    assert (result.precision, result.recall, result.flagged) == (pytest.approx(2 / 3), 1.0, 3)
+    assert m.precision_at_k(RISKS, CHURNED, 2) == 0.5
+    assert m.lift_at_k(RISKS, CHURNED, 2) == pytest.approx(0.5 / 0.4)
+    assert m.precision_at_k(RISKS, CHURNED, 0) is None
+
+
+def test_calibration_bins_by_hand() -> None:
+    assert m.calibration([0.05, 0.08, 0.95], [False, True, True]) == [(pytest.approx(0.065), 0.5, 2), (0.95, 1.0, 1)]
+
+
+def test_rfm_scores_recent_frequent_big_spenders_as_safest() -> None:
+    risk = m.rfm_risk(recency_days=[1, 50, 2, 80, 3], frequency=[40, 1, 30, 0, 20], monetary=[500, 5, 300, 0, 100])
+    assert risk.index(min(risk)) == 0 and risk.index(max(risk)) == 3
+    assert m.quintile_scores([1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_backtest_command_prints_a_summary_and_writes_a_readable_report(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    labels = tmp_path / "labels.csv"
+    end = 1_790_000_000_000
+    write_history(str(history), str(labels), customers=300, events=25_000, start_ms=end - 150 * 86_400_000, end_ms=end, seed=12)
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(
+        main,
+        ["backtest", "--input", str(history), "--labels", str(labels), "--as-of", "2026-08-01", "--horizon", "30", "--report", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["customers"] > 0 and 0 < summary["churned"] < summary["customers"]
+    assert set(summary["baselines"]) == {"recency", "rfm"}
+    assert 0.5 < summary["model"]["roc_auc"] <= 1.0
+    assert summary["lead_time_days"]["churners"] == summary["churned"]
+    page = report.read_text()
+    assert "<title>Health score backtest" in page and "ROC AUC" in page
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.images) == 3
+    for source in parser.images:
+        data = base64.b64decode(re.sub(r"^data:image/png;base64,", "", source))
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_without_labels_churn_means_no_purchase_within_the_horizon(tmp_path: Path) -> None:
+    orders = tmp_path / "orders.csv"
+    rows = ["customer_id,occurred_at,amount"]
+    for customer in range(40):
+        for month in range(1, 7 if customer % 2 else 9):  # odd customers stop buying after June
+            rows.append(f"c{customer},2026-{month:02d}-{1 + customer % 27:02d},{10 + customer}")
+    orders.write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(
+        main, ["backtest", "--input", str(orders), "--as-of", "2026-07-01", "--horizon", "60", "--report", str(tmp_path / "r.html")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["labels"] == "no purchase within the horizon"
+    assert (summary["customers"], summary["churned"]) == (40, 20)
+
+
+def test_labels_file_problems_are_clear(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    write_history(str(history), str(tmp_path / "l.csv"), customers=5, events=50, start_ms=1_780_000_000_000, end_ms=1_790_000_000_000, seed=1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer,when\nx,y\n")
+    result = CliRunner().invoke(main, ["backtest", "--input", str(history), "--labels", str(bad), "--as-of", "2026-09-01", "--horizon", "30"])
+    assert result.exit_code == 1 and "customer_id,churned_at" in result.output
