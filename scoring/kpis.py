@@ -11,7 +11,7 @@ with a message saying what is wrong.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from scoring.state import DAY_MS, PRIORITIES, CustomerState, window_total
@@ -295,3 +295,81 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         mrr=state.mrr,
         mrr_growth=growth_rate(state.previous_mrr, state.mrr) if state.previous_mrr else None,
     )
+
+
+# --- The fleet, per period: counts and sums that add up across workers ----------------
+
+
+@dataclass
+class FleetTotals:
+    """Counts and sums over the customers one worker owns, for the trailing period.
+
+    Each worker exports its part; Prometheus sums the parts and the dashboards
+    compute the ratios (churn rate = lost / active at period start, and so on), so
+    several workers add up correctly. Aggregation shape: ``FleetTotals(at, days)``,
+    then ``add(state)`` per customer.
+    """
+
+    at_ms: int
+    period_days: int = 30
+    customers: int = 0
+    active: int = 0
+    active_at_period_start: int = 0
+    new_in_period: int = 0
+    lost_in_period: int = 0
+    buyers: int = 0
+    repeat_buyers: int = 0
+    bands: dict[str, int] = field(default_factory=lambda: {"healthy": 0, "at_risk": 0, "critical": 0})
+    nps: dict[str, int] = field(default_factory=lambda: {"promoter": 0, "passive": 0, "detractor": 0})
+    csat_satisfied: int = 0
+    csat_answers: int = 0
+    ces_sum: float = 0.0
+    ces_answers: int = 0
+    resolution_seconds_sum: float = 0.0
+    resolutions: int = 0
+    mrr: float = 0.0
+
+    def add(self, state: CustomerState) -> None:
+        at = self.at_ms
+        period_ms = self.period_days * DAY_MS
+        start = at - period_ms
+        today = at // DAY_MS
+        start_day = start // DAY_MS
+        self.customers += 1
+        active_now = state.last_event_ms >= start
+        cancelled_in_period = bool(state.cancelled_ms) and start <= state.cancelled_ms <= at
+        counts = state.counts
+        was_active_before = state.first_event_ms < start and (
+            any(counts.total(name, start_day - self.period_days, start_day - 1) for name in COUNTERS_FOR_ACTIVITY)
+            or start - period_ms <= state.last_event_ms < start
+        )
+        self.active += active_now and not (state.cancelled_ms and state.cancelled_ms <= at)
+        self.new_in_period += state.first_event_ms >= start
+        if was_active_before:
+            self.active_at_period_start += 1
+            self.lost_in_period += (not active_now) or cancelled_in_period
+        orders = counts.total("purchases", start_day + 1, today)
+        self.buyers += orders >= 1
+        self.repeat_buyers += orders >= 2
+        if state.published is not None:
+            self.bands[state.published.band] = self.bands.get(state.published.band, 0) + 1
+        for response in state.surveys:
+            if not start <= response.answered_ms <= at:
+                continue
+            scale = (response.scale_min, response.scale_max)
+            share = (response.score - response.scale_min) / (response.scale_max - response.scale_min)
+            if response.survey == "nps" and (int(scale[0]), int(scale[1])) in NPS_SCALES:
+                self.nps[nps_category(response.score, scale)] += 1
+            elif response.survey == "csat":
+                self.csat_answers += 1
+                self.csat_satisfied += 1 + 4 * share >= 4
+            elif response.survey == "ces":
+                self.ces_answers += 1
+                self.ces_sum += 1 + 6 * share
+        self.resolution_seconds_sum += sum(state.resolution_seconds)
+        self.resolutions += len(state.resolution_seconds)
+        if state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at):
+            self.mrr += state.mrr
+
+
+COUNTERS_FOR_ACTIVITY = ("sessions", "feature_uses", "purchases", "tickets_opened", "payments_failed")

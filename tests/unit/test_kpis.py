@@ -190,3 +190,34 @@ def test_customer_kpis_from_state() -> None:
     assert result.csat == 50.0 and result.ces == 6.0
     assert (result.failed_payments_30d, result.overdue_invoices, result.max_days_overdue) == (1, 1, 10.0)
     assert (result.mrr, result.mrr_growth) == (120.0, pytest.approx(20.0))
+
+
+def test_fleet_totals_count_the_period() -> None:
+    at = T0
+    fleet = kpis.FleetTotals(at_ms=at, period_days=30)
+    steady, lost, new, cancelled = (new_state(c) for c in ("steady", "lost", "new", "cancelled"))
+    for state, days in ((steady, (45, 10)), (lost, (50, 40)), (new, (5,)), (cancelled, (45, 20))):
+        for index, day in enumerate(days):
+            apply_event(state, ev(f"{state.customer_id}-{index}", at - day * DAY_MS, UsageSession("u", 60)))
+    apply_event(cancelled, ev("m", at - 44 * DAY_MS, SubscriptionUpdated(100.0)))
+    apply_event(steady, ev("m2", at - 44 * DAY_MS, SubscriptionUpdated(50.0)))
+    from scoring.contract import SubscriptionCancelled
+
+    apply_event(cancelled, ev("c", at - 3 * DAY_MS, SubscriptionCancelled()))
+    apply_event(steady, ev("p1", at - 5 * DAY_MS, PurchaseCompleted("o", 5.0, "EUR")))
+    apply_event(steady, ev("p2", at - 2 * DAY_MS, PurchaseCompleted("o", 5.0, "EUR")))
+    apply_event(new, ev("p3", at - 2 * DAY_MS, PurchaseCompleted("o", 5.0, "EUR")))
+    apply_event(steady, ev("n", at - DAY_MS, SurveyAnswered("nps", 10)))
+    apply_event(new, ev("n2", at - DAY_MS, SurveyAnswered("nps", 3)))
+    apply_event(new, ev("c1", at - DAY_MS, SurveyAnswered("csat", 4)))
+    for state in (steady, lost, new, cancelled):
+        fleet.add(state)
+    assert (fleet.customers, fleet.active, fleet.new_in_period) == (4, 2, 1)
+    assert (fleet.active_at_period_start, fleet.lost_in_period) == (3, 2)  # lost went quiet, cancelled cancelled
+    # Churn rate 2 / 3, retention (2 active − 1 new) / 3: computed from these in PromQL.
+    assert kpis.churn_rate(fleet.lost_in_period, fleet.active_at_period_start) == pytest.approx(200 / 3)
+    assert kpis.retention_rate(fleet.active_at_period_start, fleet.active, fleet.new_in_period) == pytest.approx(100 / 3)
+    assert (fleet.buyers, fleet.repeat_buyers) == (2, 1)
+    assert fleet.nps == {"promoter": 1, "passive": 0, "detractor": 1}
+    assert (fleet.csat_satisfied, fleet.csat_answers) == (1, 1)
+    assert fleet.mrr == 50.0
