@@ -52,6 +52,7 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
         "HEALTHSCORE_TOPICS__PAYMENTS": f"{tag}-payments",
         "HEALTHSCORE_TOPICS__HEALTH": f"{tag}-customer-health",
         "HEALTHSCORE_TOPICS__ALERTS": f"{tag}-churn-alerts",
+        "HEALTHSCORE_TOPICS__SWEEP": f"{tag}-sweep",
     }
 
 

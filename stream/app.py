@@ -11,6 +11,7 @@ iteration (where its changelog writes are allowed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -20,6 +21,7 @@ import msgspec
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from scoring.contract import Rejection, RejectReason, decode_event
+from scoring.kpis import FleetTotals
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import Step, step, sweep
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
@@ -139,6 +141,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             await health_topic.send(key=key, value=encode_json(payload))
             metrics.SCORES_PUBLISHED.inc()
             metrics.PROCESSING_LAG.observe(max(0.0, now - event_ms / 1000))
+            metrics.SCORE.observe(result.publish.score)
+            metrics.CHURN_RISK.observe(result.publish.churn_risk)
             cache.offer(payload)
         for alert in result.alerts.raised:
             if await ledger.is_published(partition, alert.alert_id):
@@ -232,8 +236,59 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     async def flush_cache() -> None:
         await cache.flush()
 
+    @app.timer(interval=settings.fleet_metrics_interval_seconds)
+    async def export_fleet_metrics() -> None:
+        """Fleet KPIs from the records this worker owns, and its consumer lag (read-only)."""
+        consumer = app.consumer
+        assignment = consumer.assignment()
+        lag = dict.fromkeys(input_kinds, 0)
+        for tp in assignment:
+            if tp.topic in lag:
+                read = consumer._read_offset.get(tp)  # last offset handed to the stream
+                lag[tp.topic] += max(0, consumer.highwater(tp) - (read + 1 if read is not None else 0))
+        for name, records in lag.items():
+            metrics.CONSUMER_LAG.labels(name).set(records)
+        owned = {tp.partition for tp in assignment if tp.topic == sweep_topic_name}
+        totals = FleetTotals(int(clock() * 1000), settings.fleet_period_days)
+        for partition in owned:
+            for index, key in enumerate(list(keys_by_partition.get(partition, ()))):
+                stored = states.get(key)
+                if stored is not None:
+                    totals.add(decode_state(stored))
+                if index % 1000 == 999:
+                    await asyncio.sleep(0)  # let the stream run
+        publish_fleet(totals)
+
     web.register(app, cache, settings.redis_key_prefix)
+    metrics.initialize([*input_kinds, sweep_topic_name])
+    for name in input_kinds:
+        metrics.CONSUMER_LAG.labels(name)
     return app
+
+
+def publish_fleet(totals: FleetTotals) -> None:
+    for band, count in totals.bands.items():
+        metrics.CUSTOMERS_BY_BAND.labels(band).set(count)
+    for state, count in (
+        ("total", totals.customers),
+        ("active", totals.active),
+        ("active_at_period_start", totals.active_at_period_start),
+        ("new_in_period", totals.new_in_period),
+        ("lost_in_period", totals.lost_in_period),
+    ):
+        metrics.FLEET_CUSTOMERS.labels(state).set(count)
+    metrics.FLEET_BUYERS.labels("one_or_more").set(totals.buyers)
+    metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
+    for category, count in totals.nps.items():
+        metrics.FLEET_SURVEY_ANSWERS.labels("nps", category).set(count)
+    metrics.FLEET_SURVEY_ANSWERS.labels("csat", "satisfied").set(totals.csat_satisfied)
+    metrics.FLEET_SURVEY_ANSWERS.labels("csat", "all").set(totals.csat_answers)
+    metrics.FLEET_SURVEY_ANSWERS.labels("ces", "all").set(totals.ces_answers)
+    metrics.FLEET_CES_SCORE_SUM.set(totals.ces_sum)
+    metrics.FLEET_RESOLUTION_SECONDS_SUM.set(totals.resolution_seconds_sum)
+    metrics.FLEET_RESOLUTIONS.set(totals.resolutions)
+    metrics.FLEET_MRR.set(totals.mrr)
+    metrics.FLEET_PERIOD_DAYS.set(totals.period_days)
 
 
 async def request_sweep(settings: Settings, at_ms: int, now: float) -> int:

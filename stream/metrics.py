@@ -72,3 +72,69 @@ SWEEP_CUSTOMERS = Counter(
     "Customers rescored by the sweep.",
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "healthscore_consumer_lag_records",
+    "Records behind the end of the input topics, over the partitions this worker owns.",
+    ["topic"],
+    registry=REGISTRY,
+)
+SCORE = Histogram(
+    "healthscore_score",
+    "Published health scores (0-100).",
+    buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+    registry=REGISTRY,
+)
+CHURN_RISK = Histogram(
+    "healthscore_churn_risk",
+    "Churn risk (0-1) of published scores.",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    registry=REGISTRY,
+)
+# Fleet KPIs over the trailing period, as counts and sums of the customers this worker
+# owns: Prometheus sums the workers, dashboards compute the ratios.
+CUSTOMERS_BY_BAND = Gauge("healthscore_customers", "Customers per band of their latest score.", ["band"], registry=REGISTRY)
+FLEET_CUSTOMERS = Gauge(
+    "healthscore_fleet_customers",
+    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period.",
+    ["state"],
+    registry=REGISTRY,
+)
+FLEET_BUYERS = Gauge(
+    "healthscore_fleet_buyers",
+    "Customers who bought in the trailing period: one_or_more, two_or_more purchases.",
+    ["purchases"],
+    registry=REGISTRY,
+)
+FLEET_SURVEY_ANSWERS = Gauge(
+    "healthscore_fleet_survey_answers",
+    "Survey answers in the trailing period: nps by promoter/passive/detractor, csat by satisfied/all, ces all.",
+    ["survey", "category"],
+    registry=REGISTRY,
+)
+FLEET_CES_SCORE_SUM = Gauge("healthscore_fleet_ces_score_sum", "Sum of CES answers (1-7) in the trailing period.", registry=REGISTRY)
+FLEET_RESOLUTION_SECONDS_SUM = Gauge(
+    "healthscore_fleet_resolution_seconds_sum", "Sum of recent ticket resolution times.", registry=REGISTRY
+)
+FLEET_RESOLUTIONS = Gauge("healthscore_fleet_resolutions", "Recent resolved tickets counted in the sum.", registry=REGISTRY)
+FLEET_MRR = Gauge("healthscore_fleet_mrr", "Monthly recurring revenue of subscribed, not cancelled customers.", registry=REGISTRY)
+FLEET_PERIOD_DAYS = Gauge("healthscore_fleet_period_days", "Length of the trailing period of the fleet KPIs.", registry=REGISTRY)
+
+
+def initialize(consumed_topics: list[str]) -> None:
+    """Creates every labelled series at 0, so rates and dashboards show 0 rather than nothing."""
+    from scoring.alerts import RULES
+    from scoring.contract import RejectReason
+    from scoring.state import Outcome
+
+    for topic in consumed_topics:
+        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed"]:
+            EVENTS.labels(topic, outcome)
+        for reason in RejectReason:
+            DEAD_LETTERS.labels(topic, reason.value)
+    for rule in RULES:
+        ALERTS_ALREADY_PUBLISHED.labels(rule)
+        for severity in ("warning", "critical"):
+            ALERTS_RAISED.labels(rule, severity)
+            ALERTS_SUPPRESSED.labels(rule, severity)
+    for band in ("healthy", "at_risk", "critical"):
+        CUSTOMERS_BY_BAND.labels(band)

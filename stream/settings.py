@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     sweep_min_score_change: float = Field(1.0, ge=0)
     #: Event time between sweeps in `healthscore replay` and `backtest` (each costs one rescoring per customer).
     replay_sweep_interval_seconds: float = Field(86400.0, ge=0)
+    #: How often fleet KPIs and consumer lag are recomputed for /metrics.
+    fleet_metrics_interval_seconds: float = Field(60.0, ge=0.5)
+    #: Trailing period of the fleet KPIs (churn, retention, NPS, ...).
+    fleet_period_days: int = Field(30, ge=1, le=60)
     #: Customers rescored per sweep step before the stream gets its turn again.
     sweep_chunk_size: int = Field(500, ge=1, le=100_000)
     #: Alerts read back from the end of each alerts partition on assignment, to never publish one twice.
