@@ -14,7 +14,7 @@ SERVICES = COMPOSE["services"]
 
 
 def test_the_stack_has_every_part() -> None:
-    assert {"kafka", "redis", "topics", "worker", "generator"} <= set(SERVICES)
+    assert {"kafka", "redis", "topics", "worker", "generator", "prometheus", "grafana"} <= set(SERVICES)
 
 
 def test_images_are_pinned() -> None:
@@ -57,3 +57,13 @@ def test_partitions_and_ports_match_the_local_defaults() -> None:
     assert int(environment["HEALTHSCORE_PARTITIONS"]) == settings.partitions
     assert f"127.0.0.1:{settings.web_port}:6066" in SERVICES["worker"]["ports"]
     assert "127.0.0.1:9092:9092" in SERVICES["kafka"]["ports"]
+
+
+def test_prometheus_and_grafana_use_the_files_in_config() -> None:
+    mounts = [volume.split(":")[0] for name in ("prometheus", "grafana") for volume in SERVICES[name]["volumes"]]
+    for mount in mounts:
+        assert (PROJECT_ROOT / mount).exists(), mount
+    assert "./config/prometheus/rules.yml" in mounts
+    assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    scrape = yaml.safe_load((PROJECT_ROOT / "config/prometheus/prometheus.docker.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker:6066"]
