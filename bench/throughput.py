@@ -33,27 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from stream.generate import EventSynthesizer  # noqa: E402
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
+from stream.settings import isolated_environment, load_settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 
 DAY_MS = 86_400_000
 
 
 def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
-    return {
-        "HEALTHSCORE_APP_ID": f"bench-{tag}",
-        "HEALTHSCORE_PARTITIONS": str(partitions),
-        "HEALTHSCORE_REDIS_KEY_PREFIX": f"bench-{tag}",
-        "HEALTHSCORE_WEB_PORT": str(port),
-        "HEALTHSCORE_DATA_DIR": str(ROOT / ".data" / f"bench-{tag}"),
-        "HEALTHSCORE_TOPICS__PURCHASES": f"{tag}-purchases",
-        "HEALTHSCORE_TOPICS__USAGE": f"{tag}-product-usage",
-        "HEALTHSCORE_TOPICS__TICKETS": f"{tag}-tickets",
-        "HEALTHSCORE_TOPICS__PAYMENTS": f"{tag}-payments",
-        "HEALTHSCORE_TOPICS__HEALTH": f"{tag}-customer-health",
-        "HEALTHSCORE_TOPICS__ALERTS": f"{tag}-churn-alerts",
-        "HEALTHSCORE_TOPICS__SWEEP": f"{tag}-sweep",
-    }
+    return isolated_environment(tag, partitions, port, ROOT / ".data" / f"bench-{tag}")
 
 
 async def load_events(settings, events: int, customers: int) -> None:

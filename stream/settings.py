@@ -222,3 +222,19 @@ def load_settings(**overrides: Any) -> Settings:
             for issue in error.errors()
         )
         raise SettingsError(f"invalid configuration ({config_file} and HEALTHSCORE_* variables):\n{problems}") from None
+
+
+def isolated_environment(tag: str, partitions: int, web_port: int, data_dir: Path) -> dict[str, str]:
+    """HEALTHSCORE_* variables for a run that shares the broker and Redis but nothing else:
+    its own app id (consumer group, changelog), topics, Redis prefix, web port and data.
+    Used by the integration tests and the benchmarks; every topic is covered, new ones too."""
+    environment = {
+        "HEALTHSCORE_APP_ID": f"healthscore-{tag}",
+        "HEALTHSCORE_PARTITIONS": str(partitions),
+        "HEALTHSCORE_REDIS_KEY_PREFIX": f"hs-{tag}",
+        "HEALTHSCORE_WEB_PORT": str(web_port),
+        "HEALTHSCORE_DATA_DIR": str(data_dir),
+    }
+    for field, default in TopicNames().model_dump().items():
+        environment[f"HEALTHSCORE_TOPICS__{field.upper()}"] = f"{tag}-{default}"
+    return environment

@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from stream.services import default_paths, start_kafka, start_redis
-from stream.settings import PROJECT_ROOT, Settings, load_settings
+from stream.settings import PROJECT_ROOT, Settings, isolated_environment, load_settings
 from stream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -58,20 +58,7 @@ class Namespace:
 
 def make_namespace(tmp_path: Path, partitions: int = 4) -> Namespace:
     tag = f"t{uuid.uuid4().hex[:8]}"
-    env = {
-        "HEALTHSCORE_APP_ID": f"healthscore-{tag}",
-        "HEALTHSCORE_PARTITIONS": str(partitions),
-        "HEALTHSCORE_REDIS_KEY_PREFIX": f"hs-{tag}",
-        "HEALTHSCORE_WEB_PORT": str(free_port()),
-        "HEALTHSCORE_DATA_DIR": str(tmp_path / "worker-data"),
-        "HEALTHSCORE_TOPICS__PURCHASES": f"{tag}-purchases",
-        "HEALTHSCORE_TOPICS__USAGE": f"{tag}-product-usage",
-        "HEALTHSCORE_TOPICS__TICKETS": f"{tag}-tickets",
-        "HEALTHSCORE_TOPICS__PAYMENTS": f"{tag}-payments",
-        "HEALTHSCORE_TOPICS__HEALTH": f"{tag}-customer-health",
-        "HEALTHSCORE_TOPICS__ALERTS": f"{tag}-churn-alerts",
-        "HEALTHSCORE_TOPICS__SWEEP": f"{tag}-sweep",
-    }
+    env = isolated_environment(tag, partitions, free_port(), tmp_path / "worker-data")
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
