@@ -120,12 +120,9 @@ def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:
 
 def decay(elapsed_ms: float, half_life_days: float) -> float:
     """1 right after the last activity, halving every half-life."""
-    return 0.5 ** (max(0.0, elapsed_ms) / (half_life_days * DAY_MS))
-
-
-def _weighted_mean(parts: list[tuple[float, float]]) -> float:
-    total = sum(weight for _, weight in parts)
-    return sum(value * weight for value, weight in parts) / total
+    if elapsed_ms <= 0:
+        return 1.0
+    return 0.5 ** (elapsed_ms / (half_life_days * DAY_MS))
 
 
 def usage_score(state: CustomerState, at_ms: int, sums: ActivitySums, parameters: ScoringParameters) -> float | None:
@@ -144,11 +141,12 @@ def usage_score(state: CustomerState, at_ms: int, sums: ActivitySums, parameters
             if age < 7:
                 weekly += 1
     breadth = weekly / monthly if monthly else 0.0
-    parts = [(trend, 0.5), (breadth, 0.25)]
     if parameters.key_features:
         used = sum(1 for f in parameters.key_features if 0 <= today - state.features_last_day.get(f, -(10**9)) < 30)
-        parts.append((used / len(parameters.key_features), 0.25))
-    return 100.0 * recency * (0.3 + 0.7 * _weighted_mean(parts))
+        mean = 0.5 * trend + 0.25 * breadth + 0.25 * used / len(parameters.key_features)
+    else:
+        mean = (0.5 * trend + 0.25 * breadth) / 0.75
+    return 100.0 * recency * (0.3 + 0.7 * mean)
 
 
 def purchase_history(state: CustomerState, at_ms: int, time_unit_days: float) -> PurchaseHistory:
@@ -177,11 +175,11 @@ def purchase_score(state: CustomerState, at_ms: int, sums: ActivitySums, paramet
     recency = decay(at_ms - state.last_purchase_ms, parameters.purchase_half_life_days)
     monthly_baseline = sums.orders_90d / 3
     frequency = 0.0 if monthly_baseline == 0 else min(1.0, sums.orders_30d / monthly_baseline)
-    parts = [(recency, 0.5), (frequency, 0.25)]
     expected = expected_purchases_next(state, at_ms, parameters)
-    if expected is not None:
-        parts.append((expected / (expected + parameters.expected_purchases_midpoint), 0.25))
-    return 100.0 * _weighted_mean(parts)
+    if expected is None:
+        return 100.0 * (0.5 * recency + 0.25 * frequency) / 0.75
+    activity = expected / (expected + parameters.expected_purchases_midpoint)
+    return 100.0 * (0.5 * recency + 0.25 * frequency + 0.25 * activity)
 
 
 def support_score(state: CustomerState, parameters: ScoringParameters) -> float | None:
@@ -277,28 +275,32 @@ def score_state(
     of each component since then (see ``explain``).
     """
     weights = parameters.weights_for(state.plan)
-    present = {}
+    present = []
     total_weight = 0.0
     for name, value in component_scores(state, at_ms, parameters).items():
         weight = weights.get(name, 0)
         if value is not None and weight > 0:
-            present[name] = value
+            present.append((name, value, weight))
             total_weight += weight
     if not present:
         return None
     components: dict[str, ComponentScore] = {}
     composite = 0.0
-    for name, value in present.items():
-        weight = weights[name] / total_weight
-        composite += weight * value
-        components[name] = ComponentScore(value, weight, weight * value)
+    weakest = 100.0
+    for name, value, weight in present:
+        share = weight / total_weight
+        contribution = share * value
+        composite += contribution
+        components[name] = ComponentScore(value, share, contribution)
+        if value < weakest:
+            weakest = value
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
     return HealthScore(
         score=round(composite, 2),
         band=band_for(composite, parameters),
-        churn_risk=round(churn_risk_for(composite, min(present.values())), 4),
+        churn_risk=round(churn_risk_for(composite, weakest), 4),
         components=components,
         as_of_ms=at_ms,
         confidence=total_weight / parameters.total_weight_for(state.plan),
