@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from scoring.health import HealthScore, ScoringParameters, activity_sums, band_for, expected_purchases_next
-from scoring.state import DAY_MS, CustomerState
+from scoring.health import HealthScore, ScoringParameters, band_for, expected_purchases_next
+from scoring.state import DAY_MS, CustomerState, window_total
 
 RULES = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
 BAND_RANK = {"healthy": 0, "at_risk": 1, "critical": 2}
@@ -110,7 +110,7 @@ def _conditions(
             else None
         )
     if rules.payment_trouble:
-        failures = activity_sums(state, at_ms).failed_payments_30d
+        failures = window_total(state, "payments_failed", at_ms, 30)
         overdue_days = max(((at_ms - invoice.due_ms) / DAY_MS for invoice in state.unpaid_invoices), default=0.0)
         problems = []
         if failures >= rules.payment_failures_30d:
