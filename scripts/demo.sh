@@ -30,6 +30,7 @@ fi
 echo "Generating 30 days of history for 200 customers, compressed into 20 s..."
 $hs generate --customers 200 --rate 300 --duration 20 --history-days 30 --seed "${SEED:-$RANDOM}" &
 generator=$!
+sleep 12  # let some history build up: early scores are all "healthy"
 echo "Scores as they arrive (customer, score, band, churn risk, components):"
 $hs watch --limit 40
 wait "$generator"
@@ -38,5 +39,10 @@ echo
 echo "The 10 riskiest customers, from Redis (ZRANGE healthscore:scores 0 9 WITHSCORES):"
 redis-cli -h 127.0.0.1 ZRANGE healthscore:scores 0 9 WITHSCORES | paste - -
 echo
-echo "Worker metrics (http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics):"
-curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics" | grep -E "^healthscore_(events_total|scores_published_total|dead_letters_total)" || true
+echo "Worker metrics that moved (all of them: http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics):"
+curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics" \
+  | grep -E "^healthscore_(events_total|scores_published_total|dead_letters_total|alerts_raised_total|alerts_suppressed_total)" \
+  | grep -v " 0.0$" || true
+echo
+echo "Lookups: curl -s 127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"
+curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"; echo
