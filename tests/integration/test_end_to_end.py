@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -116,3 +117,29 @@ def test_events_from_kcat_become_scores_dead_letters_and_metrics(namespace: Name
     wait_for(redis_matches, timeout=20, message="Redis to hold the latest scores")
     riskiest = client.zrange(f"{prefix}:scores", 0, 0)
     assert riskiest == [min(customers, key=lambda c: latest[c]["score"])]
+
+
+def test_redis_down_does_not_stop_the_kafka_output(services: None, tmp_path) -> None:
+    from tests.integration.conftest import free_port, make_namespace
+
+    namespace = make_namespace(tmp_path)
+    namespace.env["HEALTHSCORE_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        kcat_produce(
+            namespace.topic("usage"),
+            [(c, event(f"{c}-1", "usage.session", c, 1, {"user_id": "u", "duration_seconds": 60})) for c in ("alpha", "beta")],
+        )
+        scored = wait_for(lambda: {line.partition("\t")[0] for line in kcat_consume(namespace.topic("health"))} >= {"alpha", "beta"}, message="scores on Kafka")
+        assert scored
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_redis_write_failures_total") >= 1, message="Redis failures counted")
+        port = namespace.settings.web_port
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/at-risk", timeout=5)
+            raise AssertionError("expected 503")
+        except urllib.error.HTTPError as error:
+            assert error.code == 503 and "Redis is unavailable" in json.loads(error.read())["error"]
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
