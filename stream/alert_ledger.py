@@ -50,8 +50,8 @@ class AlertLedger:
         if self._tail == 0:
             return found
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
         try:
+            await consumer.start()
             tp = TopicPartition(self._topic, partition)
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]

@@ -296,8 +296,8 @@ async def request_sweep(settings: Settings, at_ms: int, now: float) -> int:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         partitions = await producer.partitions_for(settings.topics.sweep)
         for partition in sorted(partitions):
             await producer.send_and_wait(

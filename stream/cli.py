@@ -15,6 +15,24 @@ import click
 from stream.settings import Settings, SettingsError, load_settings
 
 
+def _run_kafka(coroutine, settings: Settings):
+    """Runs a coroutine that talks to Kafka; an unreachable broker is a clear error, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries would repeat what we say once
+    try:
+        return asyncio.run(coroutine)
+    except UnknownTopicOrPartitionError:
+        raise click.ClickException(
+            f"a topic is missing on {settings.kafka_bootstrap}: create them with `healthscore topics`"
+        ) from None
+    except KafkaConnectionError:
+        raise click.ClickException(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: start it with `healthscore services start` "
+            "or point HEALTHSCORE_KAFKA_BOOTSTRAP at your brokers"
+        ) from None
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
@@ -90,7 +108,8 @@ def topics() -> None:
     from stream.topics import TopicLayoutError, ensure_topics
 
     try:
-        asyncio.run(ensure_topics(_settings(), echo=click.echo))
+        settings = _settings()
+        _run_kafka(ensure_topics(settings, echo=click.echo), settings)
     except TopicLayoutError as error:
         raise click.ClickException(str(error)) from None
 
@@ -131,9 +150,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
 
     settings = _settings()
     topic_names = {kind: name for name, kind in settings.topics.inputs().items()}
-    asyncio.run(
-        produce(settings.kafka_bootstrap, topic_names, customers, rate, duration, history_days, seed, echo=click.echo)
-    )
+    _run_kafka(produce(settings.kafka_bootstrap, topic_names, customers, rate, duration, history_days, seed, echo=click.echo), settings)
 
 
 @main.command()
@@ -146,7 +163,7 @@ def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -
 
     settings = _settings()
     try:
-        asyncio.run(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo))
+        _run_kafka(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo), settings)
     except KeyboardInterrupt:
         pass
 
@@ -241,7 +258,7 @@ def sweep_command(at_text: str | None) -> None:
         if isinstance(parsed, Rejection):
             raise click.BadParameter(parsed.detail, param_hint="--at")
         at_ms = parsed
-    count = asyncio.run(request_sweep(settings, at_ms, now))
+    count = _run_kafka(request_sweep(settings, at_ms, now), settings)
     click.echo(f"Sweep requested on {count} partition(s) at {datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat()}")
 
 

@@ -165,11 +165,11 @@ async def produce(
     total = max(1, int(rate * duration))
     synthesizer = EventSynthesizer(customers, seed)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
-    await producer.start()
     encoder = msgspec.json.Encoder()
     history_ms = history_days * DAY_MS
     started = time.time()
     try:
+        await producer.start()
         for index in range(total):
             target = started + index / rate
             delay = target - time.time()

@@ -28,8 +28,8 @@ def wanted_topics(settings: Settings) -> list[str]:
 
 async def ensure_topics(settings: Settings, echo=print) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
-    await admin.start()
     try:
+        await admin.start()
         existing = await admin.describe_topics(wanted_topics(settings))
         counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
         missing = [name for name in wanted_topics(settings) if name not in counts]

@@ -26,10 +26,10 @@ async def watch(bootstrap: str, topic: str, limit: int | None, from_beginning: b
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
     )
-    await consumer.start()
     shown = 0
     last_seen = time.monotonic()
     try:
+        await consumer.start()
         while limit is None or shown < limit:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():

@@ -1,0 +1,42 @@
+"""The command line: help on every subcommand, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from stream.cli import main
+
+SUBCOMMANDS = ["worker", "services", "topics", "generate", "watch", "sweep", "replay", "backtest", "fit-bgnbd"]
+
+
+def test_every_subcommand_is_listed_and_explains_itself() -> None:
+    overview = CliRunner().invoke(main, ["--help"])
+    assert overview.exit_code == 0
+    for name in SUBCOMMANDS:
+        assert name in overview.output
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output and len(result.output) > 150, name
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["topics"], ["sweep"], ["watch", "--limit", "1"], ["generate", "--duration", "1", "--rate", "2"]])
+def test_an_unreachable_broker_is_a_clear_error(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_KAFKA_BOOTSTRAP", f"127.0.0.1:{unused_port()}")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert "cannot reach Kafka at 127.0.0.1:" in result.output and "healthscore services start" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_configuration_stops_every_command_with_the_key_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_PARTITIONS", "many")
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1 and "partitions" in result.output and "invalid configuration" in result.output
