@@ -16,6 +16,7 @@ import logging
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,16 @@ class AlertLedger:
         self._known.clear()
 
     async def is_published(self, partition: int, alert_id: str) -> bool:
+        """Whether this id is already on the topic. If the tail cannot be read, answers no
+        (and tries again next time): a repeat that consumers can drop by alert_id is better
+        than a lost alert."""
         known = self._known.get(partition)
         if known is None:
-            known = self._known[partition] = await self._read_tail(partition)
+            try:
+                known = self._known[partition] = await self._read_tail(partition)
+            except (KafkaError, OSError) as error:
+                log.warning("Could not read back %s[%s] (%s); publishing without the check", self._topic, partition, error)
+                return False
         return alert_id in known
 
     def record(self, partition: int, alert_id: str) -> None:
