@@ -79,6 +79,9 @@ class AlertDecision(msgspec.Struct, frozen=True):
     suppressed: list[tuple[str, str]] = []
 
 
+NO_DECISION = AlertDecision()
+
+
 def alert_id(customer_id: str, rule: str, episode: str) -> str:
     """Deterministic per episode of one rule for one customer."""
     return hashlib.sha256(f"{customer_id}\x1f{rule}\x1f{episode}".encode()).hexdigest()[:32]
@@ -96,7 +99,10 @@ def _conditions(
     found: dict[str, tuple[str, str] | None] = {}
     if rules.sharp_drop:
         since = at_ms - rules.sharp_drop_window_days * DAY_MS
-        peak = max((score for day_ms, score in state.recent_scores if day_ms >= since), default=None)
+        peak = None
+        for day_ms, score in state.recent_scores:
+            if day_ms >= since and (peak is None or score > peak):
+                peak = score
         found["sharp_drop"] = (
             ("warning", f"score fell {peak - health.score:.1f} points from {peak:.1f} within {rules.sharp_drop_window_days:g} days")
             if peak is not None and peak - health.score >= rules.sharp_drop_points
@@ -171,6 +177,8 @@ def evaluate(
             opened.append((rule, str(at_ms), *holds))
 
     _remember_score(state, health, at_ms, rules)
+    if not opened:
+        return NO_DECISION
 
     raised: list[Alert] = []
     suppressed: list[tuple[str, str]] = []
@@ -203,10 +211,12 @@ def evaluate(
 def _remember_score(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters) -> None:
     """Keeps the highest score of each day within the sharp-drop window."""
     day_start = at_ms // DAY_MS * DAY_MS
-    recent = [entry for entry in state.recent_scores if entry[0] >= at_ms - rules.sharp_drop_window_days * DAY_MS]
-    if recent and recent[-1][0] == day_start:
+    recent = state.recent_scores
+    if recent and recent[-1][0] == day_start:  # the usual case: another score today
         if health.score > recent[-1][1]:
             recent[-1] = (day_start, health.score)
-    else:
-        recent.append((day_start, health.score))
+        return
+    since = at_ms - rules.sharp_drop_window_days * DAY_MS
+    recent = [entry for entry in recent if entry[0] >= since]
+    recent.append((day_start, health.score))
     state.recent_scores = recent[-16:]
