@@ -1,14 +1,16 @@
-"""Throughput of the worker against a plain aiokafka decode-only consumer, same broker, same run.
+"""Throughput of the worker against its ceiling, floor and peer, same broker, same run.
 
 Run on demand (not part of the test suite):
 
     .venv/bin/python bench/throughput.py --events 100000
 
 It starts the project's Kafka and Redis if needed, loads N generated events into
-fresh topics, then (1) drains them with a plain aiokafka consumer that only
-decodes the JSON (the ceiling), and (2) runs ``healthscore worker`` on the same
-topics until every event is counted in its /metrics. It prints a table and
-writes it as JSON under bench/results/.
+fresh topics, then drains them with (1) a plain aiokafka consumer that only
+decodes the JSON (the ceiling), (2) a naive Faust agent that decodes and updates
+one table key per event (the floor), (3) Quix Streams keeping a per-customer
+count in its state (the Python peer), and (4) ``healthscore worker``, until every
+event is counted in its /metrics. It prints a table and writes it as JSON under
+bench/results/. (2) and (3) live in bench/peers.py.
 """
 
 from __future__ import annotations
@@ -94,7 +96,16 @@ async def plain_consumer(settings, events: int) -> dict:
         elapsed = time.perf_counter() - started
     finally:
         await consumer.stop()
-    return {"name": "plain aiokafka, JSON decode only", "events": seen, "seconds": elapsed, "events_per_second": seen / elapsed, "cpu_seconds": time.process_time() - cpu_start}
+    import resource
+
+    return {
+        "name": "plain aiokafka, JSON decode only",
+        "events": seen,
+        "seconds": elapsed,
+        "events_per_second": seen / elapsed,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def read_metrics(port: int) -> dict[str, float]:
@@ -158,12 +169,57 @@ def run_worker(env: dict[str, str], port: int, events: int, timeout: float) -> d
         process.wait(timeout=30)
 
 
+def run_peer(peer: str, settings, events: int, timeout: float) -> dict:
+    """Runs one comparison consumer (bench/peers.py) in its own process; CPU and peak RSS from its rusage."""
+    import resource
+    import select
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen(
+        [
+            sys.executable, str(ROOT / "bench" / "peers.py"), peer,
+            "--bootstrap", settings.kafka_bootstrap,
+            "--topics", ",".join(settings.topics.inputs()),
+            "--events", str(events),
+            "--partitions", str(settings.partitions),
+        ],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=open(ROOT / ".data" / f"bench-{peer}.log", "wb"), stdin=subprocess.DEVNULL,
+    )
+    result = None
+    deadline = time.monotonic() + timeout
+    while result is None and time.monotonic() < deadline and process.poll() is None:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline().decode().strip()
+            if line.startswith("{"):
+                result = json.loads(line)
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result is None:
+        return {"name": peer, "error": f"did not finish {events} events; see .data/bench-{peer}.log"}
+    names = {"naive-faust": "naive Faust agent, table update per event", "quixstreams": "Quix Streams, per-customer state"}
+    return {
+        "name": names[peer],
+        "events": result["events"],
+        "seconds": result["seconds"],
+        "events_per_second": result["events"] / result["seconds"],
+        "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "rss_bytes": after.ru_maxrss * 1024,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000, help="events to load and process (default 100000)")
     parser.add_argument("--customers", type=int, default=10_000, help="distinct customers (default 10000)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
-    parser.add_argument("--timeout", type=float, default=900, help="give up on the worker after this many seconds")
+    parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
+    parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
     args = parser.parse_args()
 
     paths = default_paths()
@@ -179,15 +235,24 @@ def main() -> None:
     asyncio.run(load_events(settings, args.events, args.customers))
     print("Running the plain aiokafka consumer...")
     plain = asyncio.run(plain_consumer(settings, args.events))
+    peers = []
+    if not args.skip_peers:
+        for peer in ("naive-faust", "quixstreams"):
+            print(f"Running {peer}...")
+            peers.append(run_peer(peer, settings, args.events, args.timeout))
     print("Running the worker...")
     worker = run_worker(env, port, args.events, args.timeout)
-    rows = [plain, worker]
+    failed = [row for row in peers if "error" in row]
+    for row in failed:
+        print(f"{row['name']}: {row['error']}")
+    rows = [plain, *[row for row in peers if "error" not in row], worker]
     ceiling = plain["events_per_second"]
-    print(f"\n{'consumer':<40} {'events':>8} {'seconds':>8} {'events/s':>10} {'vs plain':>9} {'CPU s':>7}")
+    print(f"\n{'consumer':<44} {'events':>8} {'seconds':>8} {'events/s':>10} {'vs plain':>9} {'CPU s':>7} {'RSS MB':>7}")
     for row in rows:
         row["ratio_to_plain"] = row["events_per_second"] / ceiling
-        print(f"{row['name']:<40} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f}")
-    print(f"worker RSS at the end: {worker['rss_bytes'] / 1e6:.0f} MB, scores published: {worker['scores_published']:.0f}")
+        rss = f"{row['rss_bytes'] / 1e6:.0f}" if "rss_bytes" in row else "-"
+        print(f"{row['name']:<44} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f} {rss:>7}")
+    print(f"worker scores published: {worker['scores_published']:.0f}")
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
