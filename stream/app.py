@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Callable
 
 import faust
@@ -24,11 +25,13 @@ from scoring.contract import Rejection, RejectReason, decode_event
 from scoring.kpis import FleetTotals
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import Step, step, sweep
-from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
+from scoring.state import Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
+from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
+from stream.working_set import WorkingSet
 
 log = logging.getLogger("healthscore.worker")
 
@@ -82,13 +85,18 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         web_metrics_enabled=False,
         stream_wait_empty=False,
         table_cleanup_interval=3600.0,
+        stream_buffer_maxsize=settings.stream_buffer_events,
+        broker_max_poll_records=settings.fetch_max_records,
     )
     app.transport.Producer = IdempotentProducer
+    app.transport.Consumer = DirectDeliveryConsumer
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=partitions, schema=raw_schema())
 
-    source = app.topic(*input_kinds, sweep_topic_name, partitions=partitions, schema=raw_schema())
+    source = BatchingTopic(
+        app, topics=[*input_kinds, sweep_topic_name], partitions=partitions, schema=raw_schema(), batch_limit=settings.batch_max_events
+    )
     input_topics = {name: topic(name) for name in input_kinds}
     sweep_topic = topic(sweep_topic_name)
     health_topic = topic(settings.topics.health)
@@ -156,15 +164,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         for rule, severity in result.alerts.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
-    def load(key: bytes, customer_id: str) -> CustomerState:
-        stored = states.get(key)
-        return decode_state(stored) if stored is not None else new_state(customer_id)
-
-    def save(key: bytes, partition: int, state: CustomerState) -> None:
-        states[key] = encode_state(state)
-        keys_by_partition.setdefault(partition, set()).add(key)
-
-    async def handle_event(message: faust.types.Message) -> None:
+    async def handle_event(message: faust.types.Message, working: WorkingSet, counts: Counter) -> None:
         kind = input_kinds[message.topic]
         decoded = decode_event(message.key, message.value, kind, int(clock() * 1000), max_skew_ms)
         if isinstance(decoded, Rejection):
@@ -172,17 +172,20 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         elif message.key is None:
             # Keyless: send it back keyed, so it lands on its customer's partition.
             await input_topics[message.topic].send(key=decoded.customer_id.encode(), value=message.value)
-            metrics.EVENTS.labels(message.topic, "rekeyed").inc()
+            counts[message.topic, "rekeyed"] += 1
         else:
-            state = load(message.key, decoded.customer_id)
             source_position = (kind, message.partition, message.offset)
-            result = step(state, decoded, parameters, settings.dedup_capacity, source_position, rules)
-            metrics.EVENTS.labels(message.topic, result.outcome.value).inc()
+            result = working.run(
+                message.key,
+                message.partition,
+                decoded.customer_id,
+                lambda state: step(state, decoded, parameters, settings.dedup_capacity, source_position, rules),
+            )
+            counts[message.topic, result.outcome.value] += 1
             if result.outcome is Outcome.APPLIED:
-                save(message.key, message.partition, state)
                 await publish(message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
 
-    async def handle_tick(message: faust.types.Message) -> None:
+    async def handle_tick(message: faust.types.Message, working: WorkingSet) -> None:
         try:
             tick = msgspec.json.decode(message.value, type=SweepTick)
         except (msgspec.DecodeError, TypeError) as error:
@@ -193,13 +196,11 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         pending = sorted(key for key in keys_by_partition.get(partition, ()) if key > after)
         chunk = pending[: settings.sweep_chunk_size]
         for key in chunk:
-            stored = states.get(key)
-            if stored is None:
-                continue
-            state = decode_state(stored)
-            result = sweep(state, tick.at_ms, parameters, rules, settings.sweep_min_score_change)
-            save(key, partition, state)
-            await publish(key, partition, state.customer_id, result, None, tick.at_ms)
+            customer_id = key.decode()
+            result = working.run(
+                key, partition, customer_id, lambda state: sweep(state, tick.at_ms, parameters, rules, settings.sweep_min_score_change)
+            )
+            await publish(key, partition, customer_id, result, None, tick.at_ms)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))
         if len(pending) > len(chunk):
             # Let the stream have its turn, then continue where this step stopped.
@@ -210,16 +211,25 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @app.agent(source, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            try:
-                if message.topic == sweep_topic_name:
-                    await handle_tick(message)
-                else:
-                    await handle_event(message)
-            except Exception as error:  # a bug must not stop the stream: park the message and go on
-                log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
-                await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
+        """Applies each batch of records (stream/batching.py), then writes each changed record once."""
+        async for batch in stream:
+            events = batch.current(app)
+            working = WorkingSet(states, keys_by_partition)
+            counts: Counter = Counter()
+            for event in events:
+                message = event.message
+                try:
+                    if message.topic == sweep_topic_name:
+                        await handle_tick(message, working)
+                    else:
+                        await handle_event(message, working, counts)
+                except Exception as error:  # a bug must not stop the stream: park the message and go on
+                    log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
+                    await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
+            working.write_back()
+            EventBatch.ack(events, app)
+            for (topic_name, outcome), count in counts.items():
+                metrics.EVENTS.labels(topic_name, outcome).inc(count)
             metrics.LAST_EVENT_PROCESSED.set(clock())
 
     @app.timer(interval=settings.sweep_interval_seconds)

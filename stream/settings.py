@@ -192,6 +192,22 @@ class Settings(BaseSettings):
     sweep_chunk_size: int = Field(500, ge=1, le=100_000)
     #: Alerts read back from the end of each alerts partition on assignment, to never publish one twice.
     alert_tail_messages: int = Field(10_000, ge=0)
+    #: Most records handed to the agent at once; bigger batches amortise more, smaller ones cut latency.
+    batch_max_events: int = Field(2_000, ge=1, le=100_000)
+    #: Records buffered between the consumer and the agent (Faust's stream_buffer_maxsize). Fetching a
+    #: partition pauses near this, so one fetch (broker_max_poll_records) must stay well below it.
+    stream_buffer_events: int = Field(20_000, ge=100, le=1_000_000)
+    #: Most records one fetch returns (Faust's broker_max_poll_records).
+    fetch_max_records: int = Field(2_000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_fetch(self) -> "Settings":
+        if self.fetch_max_records * 4 > self.stream_buffer_events:
+            raise ValueError(
+                f"stream_buffer_events ({self.stream_buffer_events}) must be at least 4 x fetch_max_records"
+                f" ({self.fetch_max_records}), or a fetch can fill the buffer and stall delivery"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
