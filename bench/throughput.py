@@ -127,7 +127,7 @@ def process_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def run_worker(env: dict[str, str], port: int, events: int, timeout: float) -> dict:
+def run_worker(env: dict[str, str], port: int, events: int, timeout: float, profile: Path | None = None) -> dict:
     log_path = ROOT / ".data" / "bench-worker.log"
     log = open(log_path, "wb")
     process = subprocess.Popen(
@@ -136,6 +136,7 @@ def run_worker(env: dict[str, str], port: int, events: int, timeout: float) -> d
     )
     try:
         started = None
+        spy = None
         deadline = time.monotonic() + timeout
         done = 0.0
         cpu_at_start = 0.0
@@ -151,6 +152,12 @@ def run_worker(env: dict[str, str], port: int, events: int, timeout: float) -> d
             if started is None and done > 0:
                 started = time.perf_counter() - 0.1
                 cpu_at_start = process_stats(process.pid)[0]
+                if profile is not None:
+                    # py-spy samples the running worker until it exits; the file opens in speedscope.app.
+                    spy = subprocess.Popen(
+                        ["py-spy", "record", "--pid", str(process.pid), "--format", "speedscope", "--output", str(profile)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
             if done >= events:
                 break
         elapsed = time.perf_counter() - started
@@ -163,10 +170,15 @@ def run_worker(env: dict[str, str], port: int, events: int, timeout: float) -> d
             "cpu_seconds": cpu - cpu_at_start,
             "rss_bytes": rss,
             "scores_published": metrics.get("healthscore_scores_published_total", 0),
+            "batches": metrics.get("healthscore_batch_events_count", 0),
+            "mean_batch_events": metrics.get("healthscore_batch_events_sum", 0) / max(1.0, metrics.get("healthscore_batch_events_count", 0)),
+            "batch_seconds": metrics.get("healthscore_batch_duration_seconds_sum", 0),
         }
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if spy is not None:
+            spy.wait(timeout=60)
 
 
 def run_peer(peer: str, settings, events: int, timeout: float) -> dict:
@@ -220,6 +232,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
     parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
+    parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this speedscope file")
     args = parser.parse_args()
 
     paths = default_paths()
@@ -241,7 +254,7 @@ def main() -> None:
             print(f"Running {peer}...")
             peers.append(run_peer(peer, settings, args.events, args.timeout))
     print("Running the worker...")
-    worker = run_worker(env, port, args.events, args.timeout)
+    worker = run_worker(env, port, args.events, args.timeout, args.profile)
     failed = [row for row in peers if "error" in row]
     for row in failed:
         print(f"{row['name']}: {row['error']}")
@@ -252,7 +265,10 @@ def main() -> None:
         row["ratio_to_plain"] = row["events_per_second"] / ceiling
         rss = f"{row['rss_bytes'] / 1e6:.0f}" if "rss_bytes" in row else "-"
         print(f"{row['name']:<44} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f} {rss:>7}")
-    print(f"worker scores published: {worker['scores_published']:.0f}")
+    print(
+        f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"
+        f" {worker['mean_batch_events']:.0f} records on average, {worker['batch_seconds']:.1f} s inside them"
+    )
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",

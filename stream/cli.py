@@ -62,7 +62,11 @@ def worker(loglevel: str | None) -> None:
 
     settings = _settings()
     app = build_app(settings)
-    faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False).execute_from_commandline()
+    runner = faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False)
+    # Faust's startup spinner, shown at --loglevel warning and above, sets the root logger to
+    # DEBUG so that every debug call spins it: a log record per message sent. Not here.
+    runner.spinner = None
+    runner.execute_from_commandline()
 
 
 @main.group()

@@ -33,6 +33,18 @@ PROCESSING_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
     registry=REGISTRY,
 )
+BATCH_EVENTS = Histogram(
+    "healthscore_batch_events",
+    "Records handed to the agent at once (small batches under load mean per-record overhead).",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+    registry=REGISTRY,
+)
+BATCH_DURATION = Histogram(
+    "healthscore_batch_duration_seconds",
+    "Time to process one batch of records, writes and sends included.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 LAST_EVENT_PROCESSED = Gauge(
     "healthscore_last_event_processed_timestamp_seconds",
     "Wall-clock time the worker last finished processing an input message.",

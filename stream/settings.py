@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     stream_buffer_events: int = Field(20_000, ge=100, le=1_000_000)
     #: Most records one fetch returns (Faust's broker_max_poll_records).
     fetch_max_records: int = Field(2_000, ge=1, le=100_000)
+    #: Producer batch per partition (Faust's producer_max_batch_size); below the broker's message.max.bytes.
+    producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
+    #: How long the producer waits to fill a batch (Faust's producer_linger).
+    producer_linger_seconds: float = Field(0.005, ge=0, le=1)
 
     @model_validator(mode="after")
     def _buffer_holds_a_fetch(self) -> "Settings":
