@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
 
 import msgspec
 
@@ -12,8 +12,19 @@ from scoring.health import HealthScore
 _encoder = msgspec.json.Encoder()
 
 
+_seconds_text: dict[int, str] = {}
+
+
 def rfc3339(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds and a Z. Formatting dominated the message cost, so each second's
+    text is remembered (a worker formats the same few seconds over and over)."""
+    seconds, milliseconds = divmod(epoch_ms, 1000)
+    text = _seconds_text.get(seconds)
+    if text is None:
+        if len(_seconds_text) >= 4096:
+            _seconds_text.clear()
+        text = _seconds_text[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{milliseconds:03d}Z"
 
 
 def health_message(

@@ -19,7 +19,6 @@ from typing import Callable
 
 import faust
 import msgspec
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from scoring.contract import Rejection, RejectReason, decode_event
 from scoring.kpis import FleetTotals
@@ -29,6 +28,7 @@ from scoring.state import Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
 from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
+from stream.outputs import IdempotentProducer, Outputs
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
 from stream.working_set import WorkingSet
@@ -49,13 +49,6 @@ class SweepTick(msgspec.Struct, frozen=True):
 def raw_schema() -> faust.Schema:
     """A new raw-bytes schema per topic: Faust mutates a schema shared between channels."""
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-
-class IdempotentProducer(faust_aiokafka.Producer):
-    """acks=all and idempotence always, not only inside transactions."""
-
-    def _settings_extra(self) -> dict:
-        return {"acks": "all", "enable_idempotence": True}
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
@@ -103,8 +96,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     )
     input_topics = {name: topic(name) for name in input_kinds}
     sweep_topic = topic(sweep_topic_name)
-    health_topic = topic(settings.topics.health)
-    alerts_topic = topic(settings.topics.alerts)
+    health_topic_name = topic(settings.topics.health).get_topic_name()
+    alerts_topic_name = topic(settings.topics.alerts).get_topic_name()
     dead_letter_topics = {name: topic(TopicNames.dead_letter(name)) for name in [*input_kinds, sweep_topic_name]}
 
     # Which customers live on which partition, for the sweep: filled as records are
@@ -122,6 +115,25 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         value_type=bytes,
         on_changelog_event=index_changelog,
     )
+    changelog_topic_name = states.changelog_topic.get_topic_name()
+    producer: IdempotentProducer = app.producer  # type: ignore[assignment]
+
+    # Scores go to the customer's input partition number when the health topic has as many
+    # partitions as the inputs (as `healthscore topics` creates it): the same partition the
+    # documented murmur2 partitioner gives the key, without hashing every key again.
+    health_partitions: list[int] = []
+
+    async def health_partition(key: bytes, source_partition: int) -> int:
+        if not health_partitions:
+            health_partitions.append(await producer.partition_count(health_topic_name))
+        if health_partitions[0] == partitions:
+            return source_partition
+        return producer.key_partition(health_topic_name, key).partition
+
+    def persisted(partition: int, offset: int) -> None:
+        """As Faust's own changelog callback: a disk store resumes recovery after this offset."""
+        states.data.set_persisted_offset(faust.types.TP(changelog_topic_name, partition), offset)
+
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix)
     ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
     app.healthscore_cache = cache  # for tests and diagnostics
@@ -145,13 +157,14 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             "Dead-lettered %s[%s]@%s: %s (%s)", message.topic, message.partition, message.offset, reason, rejection.detail
         )
 
-    async def publish(key: bytes, partition: int, customer_id: str, result: Step, trigger: str | None, event_ms: int) -> None:
-        """Sends a changed score and any new alerts; records that they were sent."""
+    async def publish(
+        outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step, trigger: str | None, event_ms: int
+    ) -> None:
+        """Queues a changed score and any new alerts (sent at the end of the batch); records that they were sent."""
         now = clock()
         if result.publish is not None:
             payload = health_message(customer_id, result.publish, int(now * 1000), model_version, trigger)
-            await health_topic.send(key=key, value=encode_json(payload))
-            metrics.SCORES_PUBLISHED.inc()
+            outputs.add(health_topic_name, await health_partition(key, partition), key, encode_json(payload))
             metrics.PROCESSING_LAG.observe(max(0.0, now - event_ms / 1000))
             metrics.SCORE.observe(result.publish.score)
             metrics.CHURN_RISK.observe(result.publish.churn_risk)
@@ -161,14 +174,14 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
                 continue
             message = alert_message(alert, int(now * 1000), model_version)
-            await alerts_topic.send(key=key, value=encode_json(message), partition=partition)
+            outputs.add(alerts_topic_name, partition, key, encode_json(message))
             ledger.record(partition, alert.alert_id)
             metrics.ALERTS_RAISED.labels(alert.rule, alert.severity).inc()
             cache.offer_alert(message)
         for rule, severity in result.alerts.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
-    async def handle_event(message: faust.types.Message, working: WorkingSet, counts: Counter) -> None:
+    async def handle_event(message: faust.types.Message, working: WorkingSet, outputs: Outputs, counts: Counter) -> None:
         kind = input_kinds[message.topic]
         decoded = decode_event(message.key, message.value, kind, int(clock() * 1000), max_skew_ms)
         if isinstance(decoded, Rejection):
@@ -187,9 +200,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             )
             counts[message.topic, result.outcome.value] += 1
             if result.outcome is Outcome.APPLIED:
-                await publish(message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
+                await publish(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
 
-    async def handle_tick(message: faust.types.Message, working: WorkingSet) -> None:
+    async def handle_tick(message: faust.types.Message, working: WorkingSet, outputs: Outputs) -> None:
         try:
             tick = msgspec.json.decode(message.value, type=SweepTick)
         except (msgspec.DecodeError, TypeError) as error:
@@ -204,7 +217,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             result = working.run(
                 key, partition, customer_id, lambda state: sweep(state, tick.at_ms, parameters, rules, settings.sweep_min_score_change)
             )
-            await publish(key, partition, customer_id, result, None, tick.at_ms)
+            await publish(outputs, key, partition, customer_id, result, None, tick.at_ms)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))
         if len(pending) > len(chunk):
             # Let the stream have its turn, then continue where this step stopped.
@@ -220,18 +233,21 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             started = time.perf_counter()
             events = batch.current(app)
             working = WorkingSet(states, keys_by_partition)
+            outputs = Outputs()
             counts: Counter = Counter()
             for event in events:
                 message = event.message
                 try:
                     if message.topic == sweep_topic_name:
-                        await handle_tick(message, working)
+                        await handle_tick(message, working, outputs)
                     else:
-                        await handle_event(message, working, counts)
+                        await handle_event(message, working, outputs, counts)
                 except Exception as error:  # a bug must not stop the stream: park the message and go on
                     log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
                     await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
-            working.write_back()
+            working.write_back(outputs, changelog_topic_name)
+            metrics.SCORES_PUBLISHED.inc(outputs.count(health_topic_name))
+            await outputs.send(producer, {changelog_topic_name: persisted})
             EventBatch.ack(events, app)
             for (topic_name, outcome), count in counts.items():
                 metrics.EVENTS.labels(topic_name, outcome).inc(count)
@@ -277,7 +293,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         publish_fleet(totals)
 
     web.register(app, cache, settings.redis_key_prefix)
-    metrics.initialize([*input_kinds, sweep_topic_name])
+    metrics.initialize([*input_kinds, sweep_topic_name], [health_topic_name, alerts_topic_name, changelog_topic_name])
     for name in input_kinds:
         metrics.CONSUMER_LAG.labels(name)
     return app

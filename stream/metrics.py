@@ -33,6 +33,12 @@ PROCESSING_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
     registry=REGISTRY,
 )
+PUBLISH_FAILURES = Counter(
+    "healthscore_publish_failures",
+    "Messages the producer could not deliver after its retries, by topic (scores, alerts, changelog).",
+    ["topic"],
+    registry=REGISTRY,
+)
 BATCH_EVENTS = Histogram(
     "healthscore_batch_events",
     "Records handed to the agent at once (small batches under load mean per-record overhead).",
@@ -132,7 +138,7 @@ FLEET_MRR = Gauge("healthscore_fleet_mrr", "Monthly recurring revenue of subscri
 FLEET_PERIOD_DAYS = Gauge("healthscore_fleet_period_days", "Length of the trailing period of the fleet KPIs.", registry=REGISTRY)
 
 
-def initialize(consumed_topics: list[str]) -> None:
+def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | list[str] = ()) -> None:
     """Creates every labelled series at 0, so rates and dashboards show 0 rather than nothing."""
     from scoring.alerts import RULES
     from scoring.contract import RejectReason
@@ -148,5 +154,7 @@ def initialize(consumed_topics: list[str]) -> None:
         for severity in ("warning", "critical"):
             ALERTS_RAISED.labels(rule, severity)
             ALERTS_SUPPRESSED.labels(rule, severity)
+    for topic in produced_topics:
+        PUBLISH_FAILURES.labels(topic)
     for band in ("healthy", "at_risk", "critical"):
         CUSTOMERS_BY_BAND.labels(band)

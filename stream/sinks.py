@@ -30,6 +30,54 @@ def alerts_key(prefix: str, customer_id: str) -> str:
 
 RECENT_ALERTS = 20
 
+#: Customers (or alerts) per script call, so Redis is never blocked for long.
+FLUSH_CHUNK = 2000
+
+_encoder = msgspec.json.Encoder()
+
+#: The hash fields of ``HGETALL <prefix>:customer:<id>`` (README), in row order after the id.
+SCORE_FIELDS = ("score", "band", "churn_risk", "as_of", "computed_at", "model_version", "components", "changes", "confidence")
+
+# Writes the rows of one flush: the customer hash, the sorted set by score, the recent
+# alerts list. Keys are built from ARGV, so this needs a single Redis (not a cluster).
+WRITE_SCRIPT = """
+local prefix = ARGV[1]
+local fields = {'score', 'band', 'churn_risk', 'as_of', 'computed_at', 'model_version', 'components', 'changes', 'confidence'}
+local keep = tonumber(ARGV[4]) - 1
+for _, alert in ipairs(cjson.decode(ARGV[3])) do
+  local key = prefix .. ':alerts:' .. alert[1]
+  redis.call('LPUSH', key, alert[2])
+  redis.call('LTRIM', key, 0, keep)
+end
+local scores = prefix .. ':scores'
+for _, row in ipairs(cjson.decode(ARGV[2])) do
+  local mapping = {}
+  for index, name in ipairs(fields) do
+    mapping[2 * index - 1] = name
+    mapping[2 * index] = row[index + 1]
+  end
+  redis.call('HSET', prefix .. ':customer:' .. row[1], unpack(mapping))
+  redis.call('ZADD', scores, row[2], row[1])
+end
+return 0
+"""
+
+
+def _score_row(customer_id: str, message: dict[str, Any]) -> list[str]:
+    """The customer's hash values as Redis stores them (strings, numbers as Python prints them)."""
+    return [
+        customer_id,
+        repr(message["score"]),
+        message["band"],
+        repr(message["churn_risk"]),
+        message["as_of"],
+        message["computed_at"],
+        message["model_version"],
+        _encoder.encode(message["components"]).decode(),
+        _encoder.encode(message["changes"]).decode(),
+        repr(message["confidence"]),
+    ]
+
 
 class LatestScoreCache:
     """Keeps the latest score per customer in Redis, off the hot path.
@@ -46,6 +94,7 @@ class LatestScoreCache:
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_alerts: list[dict[str, Any]] = []
         self._healthy = True
+        self._script = self._client.register_script(WRITE_SCRIPT)
 
     @property
     def client(self) -> redis_asyncio.Redis:
@@ -68,29 +117,14 @@ class LatestScoreCache:
         batch, self._pending = self._pending, {}
         alerts, self._pending_alerts = self._pending_alerts, []
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for alert in alerts:
-                    key = alerts_key(self._prefix, alert["customer_id"])
-                    pipe.lpush(key, msgspec.json.encode(alert))
-                    pipe.ltrim(key, 0, RECENT_ALERTS - 1)
-                for customer_id, message in batch.items():
-                    pipe.hset(
-                        customer_key(self._prefix, customer_id),
-                        mapping={
-                            "score": message["score"],
-                            "band": message["band"],
-                            "churn_risk": message["churn_risk"],
-                            "as_of": message["as_of"],
-                            "computed_at": message["computed_at"],
-                            "model_version": message["model_version"],
-                            "components": msgspec.json.encode(message["components"]),
-                            "changes": msgspec.json.encode(message["changes"]),
-                            "confidence": message["confidence"],
-                        },
-                    )
-                if batch:
-                    pipe.zadd(scores_key(self._prefix), {cid: m["score"] for cid, m in batch.items()})
-                await pipe.execute()
+            for start in range(0, max(len(alerts), 1), FLUSH_CHUNK):
+                chunk = alerts[start : start + FLUSH_CHUNK]
+                if chunk:
+                    await self._write(b"[]", _encoder.encode([[a["customer_id"], _encoder.encode(a).decode()] for a in chunk]))
+            customers = list(batch.items())
+            for start in range(0, len(customers), FLUSH_CHUNK):
+                rows = [_score_row(customer_id, message) for customer_id, message in customers[start : start + FLUSH_CHUNK]]
+                await self._write(_encoder.encode(rows), b"[]")
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
             for customer_id, message in batch.items():
@@ -103,6 +137,11 @@ class LatestScoreCache:
         if not self._healthy:
             log.info("Redis writes recovered")
         self._healthy = True
+
+    async def _write(self, scores: bytes, alerts: bytes) -> None:
+        """One round trip: Redis unpacks the rows itself (redis-py packs each argument in Python,
+        which cost more per customer than scoring it)."""
+        await self._script(args=[self._prefix, scores, alerts, RECENT_ALERTS])
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from scoring.pipeline import Step
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
+from stream.outputs import Outputs
 
 Action = Callable[[CustomerState], Step]
 
@@ -65,17 +66,17 @@ class WorkingSet:
     def states(self) -> Iterator[CustomerState]:
         return (record.state for record in self._records.values())
 
-    def write_back(self) -> int:
-        """One table write (and changelog message, to the key's partition) per changed record."""
+    def write_back(self, outputs: Outputs, changelog_topic: str) -> int:
+        """One table write, and one changelog record to the key's partition, per changed record."""
         table = self._table
         written = 0
         for key, record in self._records.items():
             if not record.dirty:
                 continue
             encoded = encode_state(record.state)
-            # Table.__setitem__ needs Faust's current event; a batch has none, so the
-            # write names its partition itself (the source partition, as Faust would).
-            table.send_changelog(record.partition, key, encoded)
+            # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
+            # the changelog record goes to the source partition, as Faust would send it.
+            outputs.add(changelog_topic, record.partition, key, encoded)
             table.data[key] = encoded
             self._keys_by_partition.setdefault(record.partition, set()).add(key)
             written += 1
