@@ -12,6 +12,7 @@ iteration (where its changelog writes are allowed).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter
@@ -229,6 +230,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     @app.agent(source, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
         """Applies each batch of records (stream/batching.py), then writes each changed record once."""
+        # Everything alive now (modules, Faust's services) lives as long as the worker: without
+        # this, each full collection walked it all again, about 15 % of the processing time.
+        gc.freeze()
         async for batch in stream:
             started = time.perf_counter()
             events = batch.current(app)
