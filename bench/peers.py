@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -42,8 +43,10 @@ def naive_faust(bootstrap: str, topics: list[str], events: int, partitions: int)
             if seen["n"] == 1:
                 seen["first"] = time.perf_counter()
             if seen["n"] == events:
-                print(json.dumps({"events": events, "seconds": time.perf_counter() - seen["first"]}), flush=True)
-                await app.stop()
+                # Faust's worker redirects print() to its log: write to the real stdout.
+                os.write(1, (json.dumps({"events": events, "seconds": time.perf_counter() - seen["first"]}) + "\n").encode())
+                # Not app.stop(): stopping raced the group's rebalance and never returned.
+                os._exit(0)
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
     app.main()

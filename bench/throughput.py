@@ -45,6 +45,19 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
     return isolated_environment(tag, partitions, port, ROOT / ".data" / f"bench-{tag}")
 
 
+def settings_for(env: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return load_settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 async def load_events(settings, events: int, customers: int) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -127,58 +140,196 @@ def process_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def run_worker(env: dict[str, str], port: int, events: int, timeout: float, profile: Path | None = None) -> dict:
-    log_path = ROOT / ".data" / "bench-worker.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
+def start_worker(env: dict[str, str], port: int, name: str) -> subprocess.Popen:
+    log = open(ROOT / ".data" / f"bench-{name}.log", "wb")
+    return subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=ROOT, env={**os.environ, **env, "HEALTHSCORE_WEB_PORT": str(port)},
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
+
+
+def stop_workers(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_workers(
+    env: dict[str, str], ports: list[int], events: int, timeout: float, profile: Path | None = None, feed=None
+) -> dict:
+    """Drains the loaded events with len(ports) workers in one group; the clock runs from the
+    first event any of them processed until all are counted in their /metrics.
+
+    With ``feed``, the topics start empty: once every worker answers and the group has
+    settled, ``feed()`` loads the events (so no worker starts alone before the others join).
+    """
+    processes = [start_worker(env, port, f"worker-{index}") for index, port in enumerate(ports)]
+    spy = None
+    fed_at = None
     try:
+        if feed is not None:
+            up_by = time.monotonic() + 120
+            while True:
+                try:
+                    [read_metrics(port) for port in ports]
+                    break
+                except OSError:
+                    if time.monotonic() > up_by:
+                        raise SystemExit("the workers did not come up within 120 s; see .data/bench-worker-*.log")
+                    time.sleep(0.5)
+            time.sleep(15)  # the group's rebalances as members join
+            fed_at = time.perf_counter()
+            feed()
         started = None
-        spy = None
         deadline = time.monotonic() + timeout
         done = 0.0
         cpu_at_start = 0.0
+        snapshots: list[dict[str, float]] = []
         while time.monotonic() < deadline:
             time.sleep(0.2)
-            if process.poll() is not None:
-                raise SystemExit(f"worker exited early; see {log_path}")
+            if any(process.poll() is not None for process in processes):
+                raise SystemExit("a worker exited early; see .data/bench-worker-*.log")
             try:
-                metrics = read_metrics(port)
+                snapshots = [read_metrics(port) for port in ports]
             except OSError:
                 continue
-            done = sum(v for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
+            done = sum(v for metrics in snapshots for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
             if started is None and done > 0:
-                started = time.perf_counter() - 0.1
-                cpu_at_start = process_stats(process.pid)[0]
+                # Fed while running: the clock starts with the feed (processing overlaps it).
+                started = fed_at if fed_at is not None else time.perf_counter() - 0.1
+                cpu_at_start = sum(process_stats(process.pid)[0] for process in processes)
                 if profile is not None:
                     # py-spy samples the running worker until it exits; the file opens in speedscope.app.
                     spy = subprocess.Popen(
-                        ["py-spy", "record", "--pid", str(process.pid), "--format", "speedscope", "--output", str(profile)],
+                        ["py-spy", "record", "--pid", str(processes[0].pid), "--format", "speedscope", "--output", str(profile)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
             if done >= events:
                 break
+        if started is None:
+            raise SystemExit(f"the worker(s) processed nothing in {timeout:.0f} s; see .data/bench-worker-*.log")
         elapsed = time.perf_counter() - started
-        cpu, rss = process_stats(process.pid)
+        stats = [process_stats(process.pid) for process in processes]
+
+        def total(name: str) -> float:
+            return sum(metrics.get(name, 0) for metrics in snapshots)
+
         return {
-            "name": "healthscore worker (full pipeline)",
+            "name": "healthscore worker (full pipeline)" if len(ports) == 1 else f"{len(ports)} healthscore workers",
+            "workers": len(ports),
             "events": int(done),
             "seconds": elapsed,
             "events_per_second": done / elapsed,
-            "cpu_seconds": cpu - cpu_at_start,
-            "rss_bytes": rss,
-            "scores_published": metrics.get("healthscore_scores_published_total", 0),
-            "batches": metrics.get("healthscore_batch_events_count", 0),
-            "mean_batch_events": metrics.get("healthscore_batch_events_sum", 0) / max(1.0, metrics.get("healthscore_batch_events_count", 0)),
-            "batch_seconds": metrics.get("healthscore_batch_duration_seconds_sum", 0),
+            "cpu_seconds": sum(cpu for cpu, _ in stats) - cpu_at_start,
+            "rss_bytes": max(rss for _, rss in stats),
+            "scores_published": total("healthscore_scores_published_total"),
+            "batches": total("healthscore_batch_events_count"),
+            "mean_batch_events": total("healthscore_batch_events_sum") / max(1.0, total("healthscore_batch_events_count")),
+            "batch_seconds": total("healthscore_batch_duration_seconds_sum"),
         }
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_workers(processes)
         if spy is not None:
             spy.wait(timeout=60)
+
+
+async def measure_latency(settings, env: dict[str, str], port: int, rate: int, seconds: float, customers: int) -> dict:
+    """Feeds one worker `rate` events/s stamped with the time they are sent, and measures, for
+    each score it publishes, event time -> the broker's append time on the health topic."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    health = settings.topics.health
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        # The broker stamps each score as it is appended: "on the topic", not "handed to the producer".
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, health, {"message.timestamp.type": "LogAppendTime"})])
+    finally:
+        await admin.close()
+    process = start_worker(env, port, "worker-latency")
+    names = {kind: name for name, kind in settings.topics.inputs().items()}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1, acks=1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=50)
+    await producer.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(health, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        synthesizer = EventSynthesizer(customers, seed=23)
+        encoder = msgspec.json.Encoder()
+        sent_at: dict[str, int] = {}
+        latencies: list[float] = []
+        decoder = msgspec.json.Decoder()
+
+        async def collect(until: float) -> None:
+            while time.monotonic() < until:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        trigger = decoder.decode(record.value).get("trigger_event_id")
+                        if trigger in sent_at:
+                            latencies.append(record.timestamp - sent_at.pop(trigger))
+
+        # Warm up until the worker has its partitions and answers, then measure.
+        ready_by = time.monotonic() + 120
+        while time.monotonic() < ready_by:
+            await asyncio.sleep(0.5)
+            try:
+                if sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{")) > 0:
+                    break
+            except OSError:
+                pass
+            generated = synthesizer.next_event(int(time.time() * 1000), 0.5)
+            await producer.send(names[generated.topic], encoder.encode(generated.value), key=generated.customer_id.encode())
+        else:
+            raise SystemExit("the worker did not start processing within 120 s; see .data/bench-worker-latency.log")
+        await collect(time.monotonic() + 2)
+        collector = asyncio.create_task(collect(time.monotonic() + seconds + 5))
+        tick = 0.01
+        per_tick = rate * tick
+        owed = 0.0
+        sent = 0
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            owed += per_tick
+            while owed >= 1:
+                now_ms = int(time.time() * 1000)
+                generated = synthesizer.next_event(now_ms, 0.5)
+                sent_at[generated.value["event_id"]] = now_ms
+                await producer.send(names[generated.topic], encoder.encode(generated.value), key=generated.customer_id.encode())
+                owed -= 1
+                sent += 1
+            next_tick = start + (round((time.monotonic() - start) / tick) + 1) * tick
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        elapsed = time.monotonic() - start
+        await collector
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        stop_workers([process])
+    if not latencies:
+        raise SystemExit("no score of the measured events reached the health topic")
+    latencies.sort()
+
+    def percentile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {
+        "name": f"healthscore worker at {rate} events/s",
+        "topic": health,
+        "offered_events_per_second": sent / elapsed,
+        "scores_measured": len(latencies),
+        "latency_ms": {"p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99), "max": latencies[-1]},
+    }
 
 
 def run_peer(peer: str, settings, events: int, timeout: float) -> dict:
@@ -232,6 +383,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
     parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
+    parser.add_argument("--workers", type=int, default=2, help="also drain the events with this many workers (default 2; 1: skip)")
+    parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
+    parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
     parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this speedscope file")
     args = parser.parse_args()
 
@@ -254,17 +408,60 @@ def main() -> None:
             print(f"Running {peer}...")
             peers.append(run_peer(peer, settings, args.events, args.timeout))
     print("Running the worker...")
-    worker = run_worker(env, port, args.events, args.timeout, args.profile)
+    worker = run_workers(env, [port], args.events, args.timeout, args.profile)
+    scaled = None
+    if args.workers > 1:
+        print(f"Running {args.workers} workers on fresh topics (events loaded once they have joined)...")
+        group_tag = f"{tag}x{args.workers}"
+        group_env = namespace_env(group_tag, args.partitions, port)
+        group_settings = settings_for(group_env)
+        asyncio.run(ensure_topics(group_settings, echo=lambda _: None))
+        scaled = run_workers(
+            group_env, [port + 1 + index for index in range(args.workers)], args.events, args.timeout,
+            feed=lambda: asyncio.run(load_events(group_settings, args.events, args.customers)),
+        )
+        # One worker under the same conditions (joined first, events loaded while it runs).
+        single_tag = f"{tag}x1"
+        single_env = namespace_env(single_tag, args.partitions, port)
+        single_settings = settings_for(single_env)
+        asyncio.run(ensure_topics(single_settings, echo=lambda _: None))
+        scaled["one_worker_same_conditions"] = run_workers(
+            single_env, [port + 5], args.events, args.timeout,
+            feed=lambda: asyncio.run(load_events(single_settings, args.events, args.customers)),
+        )["events_per_second"]
+    latency = None
+    if args.latency_rate:
+        print(f"Measuring latency at {args.latency_rate} events/s for {args.latency_seconds:.0f} s...")
+        # Fresh topics: no backlog, so the worker runs at the offered rate from the start.
+        latency_env = namespace_env(f"{tag}l", args.partitions, port + 10)
+        latency_settings = settings_for(latency_env)
+        asyncio.run(ensure_topics(latency_settings, echo=lambda _: None))
+        latency = asyncio.run(
+            measure_latency(latency_settings, latency_env, port + 10, args.latency_rate, args.latency_seconds, args.customers)
+        )
     failed = [row for row in peers if "error" in row]
     for row in failed:
         print(f"{row['name']}: {row['error']}")
-    rows = [plain, *[row for row in peers if "error" not in row], worker]
+    rows = [plain, *[row for row in peers if "error" not in row], worker, *([scaled] if scaled else [])]
     ceiling = plain["events_per_second"]
     print(f"\n{'consumer':<44} {'events':>8} {'seconds':>8} {'events/s':>10} {'vs plain':>9} {'CPU s':>7} {'RSS MB':>7}")
     for row in rows:
         row["ratio_to_plain"] = row["events_per_second"] / ceiling
         rss = f"{row['rss_bytes'] / 1e6:.0f}" if "rss_bytes" in row else "-"
         print(f"{row['name']:<44} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f} {rss:>7}")
+    if scaled:
+        single = scaled["one_worker_same_conditions"]
+        print(
+            f"{scaled['workers']} workers: {scaled['events_per_second']:.0f} events/s; one worker fed the same way:"
+            f" {single:.0f} events/s; ratio {scaled['events_per_second'] / single:.2f}x"
+        )
+    if latency:
+        lat = latency["latency_ms"]
+        print(
+            f"latency, event time -> score on {latency['topic']} at {latency['offered_events_per_second']:.0f} events/s:"
+            f" p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms"
+            f" ({latency['scores_measured']} scores)"
+        )
     print(
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"
         f" {worker['mean_batch_events']:.0f} records on average, {worker['batch_seconds']:.1f} s inside them"
@@ -276,6 +473,7 @@ def main() -> None:
         "customers": args.customers,
         "partitions": args.partitions,
         "rows": rows,
+        "latency": latency,
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,10 @@ class Outputs:
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
         self._by_topic.setdefault(topic, {}).setdefault(partition, []).append((key, value))
 
+    def pending(self, topic: str) -> dict[int, list[tuple[bytes | None, bytes]]]:
+        """The records queued for one topic, by partition, in production order."""
+        return self._by_topic.get(topic, {})
+
     def count(self, topic: str) -> int:
         return sum(len(records) for records in self._by_topic.get(topic, {}).values())
 

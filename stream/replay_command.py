@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ def run_replay(
         if rejects_path is not None:
             write_rejects(rejects_path, history.rejected)
             echo(f"Rejected lines written to {rejects_path}")
+    # The history (a million events are millions of objects) lives until the end: left to the
+    # garbage collector, every full collection walked all of it again.
+    gc.freeze()
     parameters = settings.scoring.parameters()
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds

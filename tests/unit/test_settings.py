@@ -91,3 +91,16 @@ def test_fitted_parameters_and_segments_reach_the_scoring(monkeypatch: pytest.Mo
     assert parameters.weights_for(None) == parameters.weights
     monkeypatch.delenv("HEALTHSCORE_SCORING__BGNBD")
     assert parameters.model_version != load_settings().scoring.parameters().model_version
+
+
+def test_a_buffer_smaller_than_four_fetches_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_FETCH_MAX_RECORDS", "5000")
+    monkeypatch.setenv("HEALTHSCORE_STREAM_BUFFER_EVENTS", "10000")
+    with pytest.raises(SettingsError, match="stream_buffer_events"):
+        load_settings()
+
+
+def test_throughput_settings_have_their_defaults() -> None:
+    settings = load_settings()
+    assert settings.batch_max_events == 2000
+    assert settings.stream_buffer_events >= 4 * settings.fetch_max_records

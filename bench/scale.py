@@ -1,0 +1,172 @@
+"""Memory per customer and restart time of one worker (run on demand, not in the test suite).
+
+    .venv/bin/python bench/scale.py                       # 10,000 and 100,000 customers
+    .venv/bin/python bench/scale.py --customers 100000
+
+For each size: fresh topics, the generator's mix (``--events-per-customer`` events per
+customer over 30 days), one ``healthscore worker`` until every event is applied, then
+its resident memory (RSS). An idle worker's RSS (no customers) is measured first, so
+the report shows both RSS / customers and (RSS - idle) / customers.
+
+Restart: after the largest size, the worker is stopped (SIGTERM) and started again
+with the same consumer group and changelog; the clock runs from starting the process
+until it has processed a new event sent right after the start. That includes
+restoring every customer's record from the changelog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+from throughput import (  # noqa: E402
+    load_events,
+    namespace_env,
+    process_stats,
+    read_metrics,
+    settings_for,
+    start_worker,
+    stop_workers,
+)
+
+
+def events_done(port: int) -> float:
+    return sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{"))
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}; see .data/bench-*.log")
+
+
+def idle_rss(partitions: int, port: int) -> int:
+    env = namespace_env(f"i{uuid.uuid4().hex[:6]}", partitions, port)
+    asyncio.run(ensure_topics(settings_for(env), echo=lambda _: None))
+    process = start_worker(env, port, "scale-idle")
+    try:
+        wait_until(lambda: read_metrics(port) is not None, 120, "the idle worker")
+        time.sleep(10)
+        return process_stats(process.pid)[1]
+    finally:
+        stop_workers([process])
+
+
+async def send_probe(settings) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        customer = f"probe-{uuid.uuid4().hex[:8]}"
+        value = {
+            "event_id": f"{customer}-1", "type": "usage.session", "customer_id": customer,
+            "occurred_at": int(time.time() * 1000), "data": {"user_id": "u", "duration_seconds": 60},
+        }
+        await producer.send_and_wait(settings.topics.usage, msgspec.json.encode(value), key=customer.encode())
+    finally:
+        await producer.stop()
+
+
+def measure(customers: int, per_customer: int, partitions: int, port: int, restart: bool, timeout: float) -> dict:
+    env = namespace_env(f"m{uuid.uuid4().hex[:6]}", partitions, port)
+    settings = settings_for(env)
+    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    events = customers * per_customer
+    print(f"Loading {events} events for {customers} customers...")
+    asyncio.run(load_events(settings, events, customers))
+    process = start_worker(env, port, f"scale-{customers}")
+    try:
+        started = time.perf_counter()
+        print("Waiting for the worker to apply them...")
+        wait_until(lambda: events_done(port) >= events, timeout, f"{events} events")
+        seconds = time.perf_counter() - started
+        time.sleep(2)
+        metrics = read_metrics(port)
+        rss = process_stats(process.pid)[1]
+    finally:
+        stop_workers([process])
+    result = {
+        "customers": customers,
+        "events": events,
+        "customers_with_state": int(metrics.get("healthscore_fleet_customers{state=\"total\"}", 0)) or None,
+        "seconds_to_apply": seconds,
+        "rss_bytes": rss,
+    }
+    if restart:
+        print("Restarting the worker (same group and changelog)...")
+        begun = time.perf_counter()
+        process = start_worker(env, port, f"scale-{customers}-restart")
+        try:
+            asyncio.run(send_probe(settings))
+            wait_until(lambda: events_done(port) >= 1, timeout, "the restarted worker to process an event")
+            result["restart_seconds"] = time.perf_counter() - begun
+            result["rss_after_restart_bytes"] = process_stats(process.pid)[1]
+        finally:
+            stop_workers([process])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, action="append", help="customer count (repeatable; default 10000 and 100000)")
+    parser.add_argument("--events-per-customer", type=int, default=5, help="events per customer (default 5)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+    args = parser.parse_args()
+    sizes = sorted(args.customers or [10_000, 100_000])
+
+    start_redis(default_paths())
+    start_kafka(default_paths())
+    port = 16080
+    print("Measuring an idle worker...")
+    idle = idle_rss(args.partitions, port)
+    rows = [measure(n, args.events_per_customer, args.partitions, port, n == sizes[-1], args.timeout) for n in sizes]
+    print(f"\nidle worker RSS: {idle / 1e6:.0f} MB")
+    print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'RSS MB':>7} {'B/customer':>11} {'(RSS-idle)/customer':>20}")
+    for row in rows:
+        row["rss_per_customer_bytes"] = row["rss_bytes"] / row["customers"]
+        row["rss_above_idle_per_customer_bytes"] = (row["rss_bytes"] - idle) / row["customers"]
+        print(
+            f"{row['customers']:>10} {row['events']:>9} {row['seconds_to_apply']:>8.1f} {row['rss_bytes'] / 1e6:>7.0f}"
+            f" {row['rss_per_customer_bytes']:>11.0f} {row['rss_above_idle_per_customer_bytes']:>20.0f}"
+        )
+        if "restart_seconds" in row:
+            print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s")
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "idle_rss_bytes": idle,
+        "rows": rows,
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"scale-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

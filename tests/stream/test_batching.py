@@ -1,0 +1,131 @@
+"""Batches: how records reach the agent, how a batch's state is written back, how outputs are grouped.
+
+No broker here: the queue and the working set are exercised directly; the agent as a
+whole runs against the real Kafka in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mode.utils.queues import FlowControlEvent
+
+from scoring.alerts import AlertParameters
+from scoring.contract import TopicKind, decode_event
+from scoring.health import ScoringParameters
+from scoring.pipeline import step
+from scoring.state import Outcome, decode_state, encode_state, new_state
+from stream.batching import BatchQueue, EventBatch
+from stream.outputs import Outputs
+from stream.working_set import WorkingSet
+
+END_MS = 1_790_000_000_000
+PARAMETERS = ScoringParameters()
+RULES = AlertParameters()
+
+
+class Table:
+    """What WorkingSet uses of a Faust table: ``get`` and the store under ``data``."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+
+def usage(customer: str, event_id: str, at_ms: int):
+    raw = (
+        '{"event_id":"%s","type":"usage.session","customer_id":"%s","occurred_at":%d,'
+        '"data":{"user_id":"u1","duration_seconds":60}}' % (event_id, customer, at_ms)
+    ).encode()
+    event = decode_event(customer.encode(), raw, TopicKind.USAGE, END_MS, 300_000)
+    assert not hasattr(event, "reason"), event
+    return event
+
+
+def apply(event, offset: int):
+    return lambda state: step(state, event, PARAMETERS, 32, (TopicKind.USAGE, 0, offset), RULES)
+
+
+def test_queue_hands_over_everything_buffered_as_one_batch() -> None:
+    async def scenario() -> list[list[int]]:
+        queue = BatchQueue(maxsize=100, flow_control=FlowControlEvent(), batch_limit=3)
+        for item in range(5):
+            queue.put_nowait(item)
+        first = await queue.get()
+        second = queue.get_nowait()
+        return [list(first), list(second)]
+
+    assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4]]
+
+
+def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
+    async def scenario() -> int:
+        flow_control = FlowControlEvent()
+        flow_control.resume()  # Faust resumes it once partitions are assigned
+        queue = BatchQueue(maxsize=2, flow_control=flow_control, batch_limit=10)
+        queue.put_nowait("a")
+        queue.put_nowait("b")
+        waiting = [asyncio.create_task(queue.put(item)) for item in ("c", "d")]
+        await asyncio.sleep(0)
+        assert isinstance(queue.get_nowait(), EventBatch)
+        await asyncio.wait_for(asyncio.gather(*waiting), timeout=1)
+        return queue.qsize()
+
+    assert asyncio.run(scenario()) == 2
+
+
+def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_final_state() -> None:
+    table = Table()
+    working = WorkingSet(table, {})
+    outputs = Outputs()
+    results = [working.run(b"acme", 3, "acme", apply(usage("acme", f"e{i}", END_MS - 3_600_000 + i * 60_000), i)) for i in range(3)]
+    working.run(b"beta", 3, "beta", apply(usage("beta", "b1", END_MS - 1000), 10))
+    assert [result.outcome for result in results] == [Outcome.APPLIED] * 3
+
+    assert working.write_back(outputs, "changelog") == 2
+    records = outputs.pending("changelog")[3]
+    assert [key for key, _ in records] == [b"acme", b"beta"]
+    acme = decode_state(table.data[b"acme"])
+    assert acme.events_applied == 3
+    assert records[0][1] == table.data[b"acme"]
+
+
+def test_the_next_batch_starts_from_what_the_table_holds() -> None:
+    table = Table()
+    working = WorkingSet(table, {})
+    working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
+    working.write_back(Outputs(), "changelog")
+    again = working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
+    assert again.outcome is Outcome.DUPLICATE
+    assert working.write_back(Outputs(), "changelog") == 0  # nothing changed, nothing written
+
+
+def test_a_failing_step_leaves_no_half_applied_change() -> None:
+    table = Table()
+    stored = new_state("acme")
+    table.data[b"acme"] = encode_state(stored)
+    working = WorkingSet(table, {})
+    working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
+
+    def broken(state):
+        state.events_applied += 100
+        state.mrr = 999.0
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        working.run(b"acme", 0, "acme", broken)
+    working.write_back(Outputs(), "changelog")
+    after = decode_state(table.data[b"acme"])
+    assert after.events_applied == 1
+    assert after.mrr == 0.0
+
+
+def test_outputs_keep_production_order_per_topic_and_partition() -> None:
+    outputs = Outputs()
+    for index, (topic, partition) in enumerate([("health", 1), ("alerts", 1), ("health", 0), ("health", 1)]):
+        outputs.add(topic, partition, b"k", str(index).encode())
+    assert outputs.count("health") == 3
+    assert outputs.pending("health") == {1: [(b"k", b"0"), (b"k", b"3")], 0: [(b"k", b"2")]}
