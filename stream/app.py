@@ -28,6 +28,7 @@ from scoring.pipeline import Step, step, sweep
 from scoring.state import Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
+from stream.memory import release_free_memory
 from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
 from stream.outputs import IdempotentProducer, Outputs
 from stream.settings import Settings, TopicNames
@@ -268,6 +269,10 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             await sweep_topic.send(value=msgspec.json.encode(SweepTick(int(now * 1000), now)), partition=partition)
         if owned:
             log.info("Sweep started for %s partition(s)", len(owned))
+
+    @app.timer(interval=15.0)
+    async def give_back_memory() -> None:
+        release_free_memory()
 
     @app.timer(interval=0.5)
     async def flush_cache() -> None:

@@ -59,8 +59,10 @@ def worker(loglevel: str | None) -> None:
     import faust
 
     from stream.app import build_app
+    from stream.memory import tune_allocator
 
     settings = _settings()
+    tune_allocator()
     app = build_app(settings)
     runner = faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False)
     # Faust's startup spinner, shown at --loglevel warning and above, sets the root logger to
