@@ -92,11 +92,16 @@ def usual_gap_days(state: CustomerState) -> float | None:
     return state.gap_days_mean if state.active_days >= 2 else None
 
 
+#: When a lasting condition holds: its severity, and its detail as a template and values,
+#: formatted only when an episode opens (a condition usually holds for many events).
+Holding = tuple[str, str, tuple]
+
+
 def _conditions(
     state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters
-) -> dict[str, tuple[str, str] | None]:
-    """rule → (severity, detail) when its lasting condition holds now, else None."""
-    found: dict[str, tuple[str, str] | None] = {}
+) -> dict[str, Holding | None]:
+    """rule → (severity, detail template, values) when its lasting condition holds now, else None."""
+    found: dict[str, Holding | None] = {}
     if rules.sharp_drop:
         since = at_ms - rules.sharp_drop_window_days * DAY_MS
         peak = None
@@ -104,33 +109,41 @@ def _conditions(
             if day_ms >= since and (peak is None or score > peak):
                 peak = score
         found["sharp_drop"] = (
-            ("warning", f"score fell {peak - health.score:.1f} points from {peak:.1f} within {rules.sharp_drop_window_days:g} days")
+            (
+                "warning",
+                "score fell {:.1f} points from {:.1f} within {:g} days",
+                (peak - health.score, peak, rules.sharp_drop_window_days),
+            )
             if peak is not None and peak - health.score >= rules.sharp_drop_points
             else None
         )
     if rules.purchase_activity:
         expected = expected_purchases_next(state, at_ms, scoring)
         found["purchase_activity"] = (
-            ("warning", f"expected purchases in the next {scoring.purchase_outlook_days:g} days: {expected:.2f}")
+            ("warning", "expected purchases in the next {:g} days: {:.2f}", (scoring.purchase_outlook_days, expected))
             if expected is not None and expected < rules.purchase_activity_min_expected
             else None
         )
     if rules.payment_trouble:
         failures = window_total(state, "payments_failed", at_ms, 30)
         overdue_days = max(((at_ms - invoice.due_ms) / DAY_MS for invoice in state.unpaid_invoices), default=0.0)
-        problems = []
-        if failures >= rules.payment_failures_30d:
-            problems.append(f"{failures} failed payments in 30 days")
-        if overdue_days > rules.payment_overdue_days:
-            problems.append(f"an invoice {overdue_days:.0f} days overdue")
-        found["payment_trouble"] = ("warning", " and ".join(problems)) if problems else None
+        failing = failures >= rules.payment_failures_30d
+        overdue = overdue_days > rules.payment_overdue_days
+        if failing and overdue:
+            found["payment_trouble"] = ("warning", "{} failed payments in 30 days and an invoice {:.0f} days overdue", (failures, overdue_days))
+        elif failing:
+            found["payment_trouble"] = ("warning", "{} failed payments in 30 days", (failures,))
+        elif overdue:
+            found["payment_trouble"] = ("warning", "an invoice {:.0f} days overdue", (overdue_days,))
+        else:
+            found["payment_trouble"] = None
     if rules.silence:
         gap = usual_gap_days(state)
         subscribed = state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at_ms)
         silent_days = (at_ms - state.last_event_ms) / DAY_MS
         limit = max(rules.silence_min_days, rules.silence_gap_multiplier * (gap or 0.0))
         found["silence"] = (
-            ("warning", f"no events for {silent_days:.1f} days; usually every {gap:.1f} days")
+            ("warning", "no events for {:.1f} days; usually every {:.1f} days", (silent_days, gap))
             if gap is not None and state.active_days >= rules.silence_min_active_days and subscribed and silent_days > limit
             else None
         )
@@ -174,7 +187,8 @@ def evaluate(
             state.alert_episodes.pop(rule, None)
         elif rule not in state.alert_episodes:
             state.alert_episodes[rule] = at_ms
-            opened.append((rule, str(at_ms), *holds))
+            severity, template, values = holds
+            opened.append((rule, str(at_ms), severity, template.format(*values)))
 
     _remember_score(state, health, at_ms, rules)
     if not opened:

@@ -34,6 +34,7 @@ def health_message(
     model_version: str,
     trigger_event_id: str | None,
 ) -> dict:
+    as_of = rfc3339(health.as_of_ms)
     return {
         "customer_id": customer_id,
         "score": health.score,
@@ -46,8 +47,8 @@ def health_message(
         "confidence": round(health.confidence, 4),
         "previous_score": health.previous_score,
         "changes": {name: round(delta, 2) for name, delta in health.changes.items()},
-        "as_of": rfc3339(health.as_of_ms),
-        "computed_at": rfc3339(computed_at_ms),
+        "as_of": as_of,
+        "computed_at": as_of if computed_at_ms == health.as_of_ms else rfc3339(computed_at_ms),
         "model_version": model_version,
         "trigger_event_id": trigger_event_id,
     }

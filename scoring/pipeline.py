@@ -9,7 +9,7 @@ scores and alerts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from scoring.alerts import AlertDecision, AlertParameters, evaluate
 from scoring.contract import Event, TopicKind
@@ -19,12 +19,11 @@ from scoring.state import CustomerState, Outcome, PublishedScore, apply_event
 NO_ALERTS = AlertDecision()
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(msgspec.Struct, frozen=True):
     outcome: Outcome
     #: A score that changed and must be published, or None.
     publish: HealthScore | None
-    alerts: AlertDecision = field(default=NO_ALERTS)
+    alerts: AlertDecision = NO_ALERTS
 
 
 def _score_and_alert(
@@ -74,6 +73,16 @@ def step(
         return Step(outcome, None)
     health, alerts = _score_and_alert(state, state.last_event_ms, parameters, rules)
     return Step(outcome, health, alerts)
+
+
+def due_for_sweep(state: CustomerState, at_ms: int, silent_for_ms: int) -> bool:
+    """A sweep rescores silent customers: those without an event for at least ``silent_for_ms``.
+
+    A customer with a recent event was scored at that event; rescoring it moments
+    later (most customers of an active history, every sweep) would cost a full
+    rescoring for a change of a fraction of a point.
+    """
+    return at_ms - state.last_event_ms >= silent_for_ms
 
 
 def sweep(

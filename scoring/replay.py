@@ -1,37 +1,35 @@
 """Replaying history through the worker's own per-customer pipeline, with event time as the clock.
 
 The events must come sorted by event time. Between events, the inactivity sweep
-runs at every multiple of the sweep period (as the worker's hourly sweep would),
-so decay and silence show in the history exactly as they would have live. No
+runs at every multiple of the sweep period (as the worker's hourly sweep would) and
+rescores the customers silent for at least one period, so decay and silence show
+in the history as they would have live. No
 Kafka, no wall clock: the same input gives the same output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 from typing import Iterable, Iterator
 
 from scoring.alerts import Alert, AlertParameters
 from scoring.contract import Event
 from scoring.health import HealthScore, ScoringParameters, score_state
-from scoring.pipeline import Step, step, sweep
+from scoring.pipeline import Step, due_for_sweep, step, sweep
 from scoring.state import CustomerState, Outcome, new_state
 
 
-@dataclass(frozen=True)
-class ScoreChanged:
+class ScoreChanged(msgspec.Struct, frozen=True):
     customer_id: str
     health: HealthScore
     trigger_event_id: str | None  # None: the sweep
 
 
-@dataclass(frozen=True)
-class AlertRaised:
+class AlertRaised(msgspec.Struct, frozen=True):
     alert: Alert
 
 
-@dataclass(frozen=True)
-class FinalScore:
+class FinalScore(msgspec.Struct, frozen=True):
     customer_id: str
     health: HealthScore
 
@@ -69,7 +67,8 @@ class Replayer:
             sweep_at = self._next_sweep_ms
             self.sweeps += 1
             for customer_id, state in self.states.items():
-                yield from self._outputs(customer_id, sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change), None)
+                if due_for_sweep(state, sweep_at, self.sweep_every_ms):
+                    yield from self._outputs(customer_id, sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change), None)
             self._next_sweep_ms += self.sweep_every_ms
 
     def run(self, events: Iterable[Event], until_ms: int | None = None) -> Iterator[ScoreChanged | AlertRaised]:

@@ -24,8 +24,8 @@ import msgspec
 from scoring.contract import Rejection, RejectReason, decode_event
 from scoring.kpis import FleetTotals
 from scoring.output import alert_message, encode_json, health_message
-from scoring.pipeline import Step, step, sweep
-from scoring.state import Outcome, decode_state
+from scoring.pipeline import Step, due_for_sweep, step, sweep
+from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
 from stream.memory import release_free_memory
@@ -60,6 +60,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     input_kinds = settings.topics.inputs()
     sweep_topic_name = settings.topics.sweep
     max_skew_ms = settings.max_future_skew_seconds * 1000
+    sweep_silence_ms = int(settings.sweep_interval_seconds * 1000)
     partitions = settings.partitions
 
     app = faust.App(
@@ -204,6 +205,12 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             if result.outcome is Outcome.APPLIED:
                 await publish(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
 
+    def swept(state: CustomerState, at_ms: int) -> Step | None:
+        """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched."""
+        if not due_for_sweep(state, at_ms, sweep_silence_ms):
+            return None
+        return sweep(state, at_ms, parameters, rules, settings.sweep_min_score_change)
+
     async def handle_tick(message: faust.types.Message, working: WorkingSet, outputs: Outputs) -> None:
         try:
             tick = msgspec.json.decode(message.value, type=SweepTick)
@@ -216,10 +223,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         chunk = pending[: settings.sweep_chunk_size]
         for key in chunk:
             customer_id = key.decode()
-            result = working.run(
-                key, partition, customer_id, lambda state: sweep(state, tick.at_ms, parameters, rules, settings.sweep_min_score_change)
-            )
-            await publish(outputs, key, partition, customer_id, result, None, tick.at_ms)
+            result = working.run(key, partition, customer_id, lambda state: swept(state, tick.at_ms))
+            if result is not None:
+                await publish(outputs, key, partition, customer_id, result, None, tick.at_ms)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))
         if len(pending) > len(chunk):
             # Let the stream have its turn, then continue where this step stopped.

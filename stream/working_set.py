@@ -16,7 +16,8 @@ from scoring.pipeline import Step
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
 from stream.outputs import Outputs
 
-Action = Callable[[CustomerState], Step]
+#: A pure step on the record; None when it left the record as it was.
+Action = Callable[[CustomerState], Step | None]
 
 
 @dataclass
@@ -36,10 +37,7 @@ class WorkingSet:
         self._keys_by_partition = keys_by_partition
         self._records: dict[bytes, _Record] = {}
 
-    def stored(self, key: bytes) -> bool:
-        return key in self._records or self._table.get(key) is not None
-
-    def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step:
+    def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
 
         If it raises, the record is rebuilt as it was before the action (from the
@@ -59,7 +57,7 @@ class WorkingSet:
                 earlier(record.state)
             raise
         record.actions.append(action)
-        if result.outcome is Outcome.APPLIED:
+        if result is not None and result.outcome is Outcome.APPLIED:
             record.dirty = True
         return result
 
