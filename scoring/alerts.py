@@ -104,10 +104,7 @@ def _conditions(
     found: dict[str, Holding | None] = {}
     if rules.sharp_drop:
         since = at_ms - rules.sharp_drop_window_days * DAY_MS
-        peak = None
-        for day_ms, score in state.recent_scores:
-            if day_ms >= since and (peak is None or score > peak):
-                peak = score
+        peak = max((score for day_ms, score in state.recent_scores if day_ms >= since), default=None)
         found["sharp_drop"] = (
             (
                 "warning",
@@ -126,7 +123,9 @@ def _conditions(
         )
     if rules.payment_trouble:
         failures = window_total(state, "payments_failed", at_ms, 30)
-        overdue_days = max(((at_ms - invoice.due_ms) / DAY_MS for invoice in state.unpaid_invoices), default=0.0)
+        overdue_days = (
+            (at_ms - min(invoice.due_ms for invoice in state.unpaid_invoices)) / DAY_MS if state.unpaid_invoices else 0.0
+        )
         failing = failures >= rules.payment_failures_30d
         overdue = overdue_days > rules.payment_overdue_days
         if failing and overdue:
