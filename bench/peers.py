@@ -22,7 +22,7 @@ def naive_faust(bootstrap: str, topics: list[str], events: int, partitions: int)
     import faust
 
     app = faust.App(
-        f"naive-{uuid.uuid4().hex[:6]}",
+        f"naive-{topics[0].split('-')[0]}-{uuid.uuid4().hex[:6]}",  # the run's tag: bench cleanup finds it
         broker=f"kafka://{bootstrap}",
         store="memory://",
         topic_partitions=partitions,

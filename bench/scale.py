@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 from throughput import (  # noqa: E402
+    delete_topics_of,
     load_events,
     namespace_env,
     process_stats,
@@ -44,6 +45,15 @@ from throughput import (  # noqa: E402
     start_worker,
     stop_workers,
 )
+
+
+#: The namespaces this run created, for deleting their topics at the end.
+TAGS: list[str] = []
+
+
+def new_tag(prefix: str) -> str:
+    TAGS.append(f"{prefix}{uuid.uuid4().hex[:6]}")
+    return TAGS[-1]
 
 
 def events_done(port: int) -> float:
@@ -63,7 +73,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 def idle_rss(partitions: int, port: int) -> int:
-    env = namespace_env(f"i{uuid.uuid4().hex[:6]}", partitions, port)
+    env = namespace_env(new_tag("i"), partitions, port)
     asyncio.run(ensure_topics(settings_for(env), echo=lambda _: None))
     process = start_worker(env, port, "scale-idle")
     try:
@@ -91,7 +101,7 @@ async def send_probe(settings) -> None:
 
 
 def measure(customers: int, per_customer: int, partitions: int, port: int, restart: bool, timeout: float) -> dict:
-    env = namespace_env(f"m{uuid.uuid4().hex[:6]}", partitions, port)
+    env = namespace_env(new_tag("m"), partitions, port)
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings, echo=lambda _: None))
     events = customers * per_customer
@@ -166,6 +176,8 @@ def main() -> None:
     path = out / f"scale-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"written to {path}")
+    deleted = sum(asyncio.run(delete_topics_of("127.0.0.1:9092", tag)) for tag in TAGS)
+    print(f"deleted the run's {deleted} topics")
 
 
 if __name__ == "__main__":

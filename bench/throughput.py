@@ -45,6 +45,21 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
     return isolated_environment(tag, partitions, port, ROOT / ".data" / f"bench-{tag}")
 
 
+async def delete_topics_of(bootstrap: str, tag: str) -> int:
+    """Every topic a run created (its own, Faust's changelogs, the peers'): their names hold the tag."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [topic for topic in await admin.list_topics() if tag in topic]
+        for start in range(0, len(doomed), 100):
+            await admin.delete_topics(doomed[start : start + 100])
+        return len(doomed)
+    finally:
+        await admin.close()
+
+
 def settings_for(env: dict[str, str]):
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -386,6 +401,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="also drain the events with this many workers (default 2; 1: skip)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
     parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
+    parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
     parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this speedscope file")
     args = parser.parse_args()
 
@@ -480,6 +496,9 @@ def main() -> None:
     path = out / f"throughput-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"written to {path}")
+    if not args.keep_topics:
+        deleted = asyncio.run(delete_topics_of(settings.kafka_bootstrap, tag))
+        print(f"deleted the run's {deleted} topics (--keep-topics keeps them)")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,13 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         key_type=bytes,
         value_type=bytes,
         on_changelog_event=index_changelog,
+        # Restart time is the time to read the changelog back: small segments let Kafka's
+        # compaction keep it near one record per customer instead of one per batch.
+        extra_topic_configs={
+            "segment.bytes": settings.changelog_segment_bytes,
+            "min.cleanable.dirty.ratio": 0.2,
+        },
+        recovery_buffer_size=10_000,
     )
     changelog_topic_name = states.changelog_topic.get_topic_name()
     producer: IdempotentProducer = app.producer  # type: ignore[assignment]
@@ -124,11 +131,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     # Scores go to the customer's input partition number when the health topic has as many
     # partitions as the inputs (as `healthscore topics` creates it): the same partition the
     # documented murmur2 partitioner gives the key, without hashing every key again.
-    health_partitions: list[int] = []
+    health_partitions: list[int] = []  # learnt when the agent starts
 
-    async def health_partition(key: bytes, source_partition: int) -> int:
-        if not health_partitions:
-            health_partitions.append(await producer.partition_count(health_topic_name))
+    def health_partition(key: bytes, source_partition: int) -> int:
         if health_partitions[0] == partitions:
             return source_partition
         return producer.key_partition(health_topic_name, key).partition
@@ -167,11 +172,13 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         now = clock()
         if result.publish is not None:
             payload = health_message(customer_id, result.publish, int(now * 1000), model_version, trigger)
-            outputs.add(health_topic_name, await health_partition(key, partition), key, encode_json(payload))
+            outputs.add(health_topic_name, health_partition(key, partition), key, encode_json(payload))
             metrics.PROCESSING_LAG.observe(max(0.0, now - event_ms / 1000))
             metrics.SCORE.observe(result.publish.score)
             metrics.CHURN_RISK.observe(result.publish.churn_risk)
             cache.offer(payload)
+        if not result.alerts.raised and not result.alerts.suppressed:
+            return
         for alert in result.alerts.raised:
             if await ledger.is_published(partition, alert.alert_id):
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
@@ -240,6 +247,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         # Everything alive now (modules, Faust's services) lives as long as the worker: without
         # this, each full collection walked it all again, about 15 % of the processing time.
         gc.freeze()
+        if not health_partitions:
+            health_partitions.append(await producer.partition_count(health_topic_name))
         async for batch in stream:
             started = time.perf_counter()
             events = batch.current(app)

@@ -250,9 +250,10 @@ def backtest(input_path: Path, labels_path: Path | None, as_of: str, horizon_day
     help="Event time to rescore at: RFC 3339 (2026-11-22T10:00:00Z) or epoch milliseconds. Default: now.",
 )
 def sweep_command(at_text: str | None) -> None:
-    """Ask the running workers to rescore every customer now (or at --at), without waiting
-    for the periodic sweep: inactivity decay and silence alerts are applied and changed
-    scores published."""
+    """Ask the running workers to rescore their silent customers now (or at --at), without
+    waiting for the periodic sweep: customers without an event for at least
+    sweep_interval_seconds get inactivity decay and silence alerts, and changed scores
+    are published."""
     from scoring.contract import Rejection, parse_timestamp_ms
     from stream.app import request_sweep
 

@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     stream_buffer_events: int = Field(20_000, ge=100, le=1_000_000)
     #: Most records one fetch returns (Faust's broker_max_poll_records).
     fetch_max_records: int = Field(2_000, ge=1, le=100_000)
+    #: Segment size of the state changelog (set when the worker creates it): compaction only
+    #: cleans closed segments, and restart time grows with what is left to read back.
+    changelog_segment_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
     #: Producer batch per partition (Faust's producer_max_batch_size); below the broker's message.max.bytes.
     producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
     #: How long the producer waits to fill a batch (Faust's producer_linger).

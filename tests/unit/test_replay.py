@@ -104,3 +104,42 @@ def test_csv_rows_in_another_order_give_the_same_result(tmp_path: Path) -> None:
 def test_a_bad_as_of_is_a_clear_error(history: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "--input", str(history), "--as-of", "someday"])
     assert result.exit_code == 2 and "--as-of" in result.output
+
+
+@pytest.mark.parametrize(
+    ("silent_ms", "period_ms", "due"),
+    [
+        (0, DAY_MS, False),
+        (DAY_MS - 1, DAY_MS, False),
+        (DAY_MS, DAY_MS, True),
+        (5 * DAY_MS, DAY_MS, True),
+        (3_600_000, 3_600_000, True),
+        (3_599_999, 3_600_000, False),
+    ],
+)
+def test_a_sweep_rescores_only_customers_silent_for_a_period(silent_ms: int, period_ms: int, due: bool) -> None:
+    from scoring.pipeline import due_for_sweep
+    from scoring.state import new_state
+
+    state = new_state("acme")
+    state.last_event_ms = END_MS
+    assert due_for_sweep(state, END_MS + silent_ms, period_ms) is due
+
+
+def test_sweep_scores_come_only_from_silent_customers(history: Path) -> None:
+    """Every score the sweep publishes (no trigger event) is at least a day after that customer's previous event."""
+    lines, _ = replay("--input", str(history))
+    last_event: dict[str, int] = {}
+    from scoring.contract import parse_timestamp_ms
+
+    swept = 0
+    for line in lines:
+        if line["kind"] != "score":
+            continue
+        at = parse_timestamp_ms(line["as_of"], "as_of")
+        if line["trigger_event_id"] is None:
+            swept += 1
+            assert at - last_event[line["customer_id"]] >= DAY_MS
+        else:
+            last_event[line["customer_id"]] = at
+    assert swept > 0
