@@ -104,7 +104,10 @@ def _conditions(
     found: dict[str, Holding | None] = {}
     if rules.sharp_drop:
         since = at_ms - rules.sharp_drop_window_days * DAY_MS
-        peak = max((score for day_ms, score in state.recent_scores if day_ms >= since), default=None)
+        peak = None
+        for day_ms, score in state.recent_scores:
+            if day_ms >= since and (peak is None or score > peak):
+                peak = score
         found["sharp_drop"] = (
             (
                 "warning",

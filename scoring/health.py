@@ -323,7 +323,11 @@ def _changes(before: Mapping[str, float] | None, components: Mapping[str, Compon
     for name, contribution in before.items():
         if name not in components:
             changes[name] = -contribution
-    return dict(sorted(changes.items(), key=lambda item: (-abs(item[1]), item[0])))
+    return dict(sorted(changes.items(), key=_largest_first))
+
+
+def _largest_first(item: tuple[str, float]) -> tuple[float, str]:
+    return (-abs(item[1]), item[0])
 
 
 def has_changed(
