@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from math import floor
 
 import msgspec
 
@@ -12,19 +13,27 @@ from scoring.health import HealthScore
 _encoder = msgspec.json.Encoder()
 
 
-_seconds_text: dict[int, str] = {}
+_day_text: dict[int, str] = {}
 
 
 def rfc3339(epoch_ms: int) -> str:
-    """UTC with milliseconds and a Z. Formatting dominated the message cost, so each second's
-    text is remembered (a worker formats the same few seconds over and over)."""
+    """UTC with milliseconds and a Z. Formatting dominated the message cost, so each day's
+    date text is remembered and the time of day is plain arithmetic."""
     seconds, milliseconds = divmod(epoch_ms, 1000)
-    text = _seconds_text.get(seconds)
-    if text is None:
-        if len(_seconds_text) >= 4096:
-            _seconds_text.clear()
-        text = _seconds_text[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{text}.{milliseconds:03d}Z"
+    day, second_of_day = divmod(seconds, 86_400)
+    date = _day_text.get(day)
+    if date is None:
+        if len(_day_text) >= 4096:
+            _day_text.clear()
+        date = _day_text[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+    hour, rest = divmod(second_of_day, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{milliseconds:03d}Z"
+
+
+# Message values are rounded half up to the published precision with floor(x·10^n + 0.5)/10^n:
+# the same as round() except within a rounding error of an exact tie, and five times
+# cheaper (a score message has twenty of them).
 
 
 def health_message(
@@ -41,12 +50,16 @@ def health_message(
         "band": health.band,
         "churn_risk": health.churn_risk,
         "components": {
-            name: {"score": round(c.score, 2), "weight": round(c.weight, 4), "contribution": round(c.contribution, 2)}
+            name: {
+                "score": floor(c.score * 100.0 + 0.5) / 100.0,
+                "weight": floor(c.weight * 10_000.0 + 0.5) / 10_000.0,
+                "contribution": floor(c.contribution * 100.0 + 0.5) / 100.0,
+            }
             for name, c in health.components.items()
         },
-        "confidence": round(health.confidence, 4),
+        "confidence": floor(health.confidence * 10_000.0 + 0.5) / 10_000.0,
         "previous_score": health.previous_score,
-        "changes": {name: round(delta, 2) for name, delta in health.changes.items()},
+        "changes": {name: floor(delta * 100.0 + 0.5) / 100.0 for name, delta in health.changes.items()},
         "as_of": as_of,
         "computed_at": as_of if computed_at_ms == health.as_of_ms else rfc3339(computed_at_ms),
         "model_version": model_version,

@@ -68,7 +68,9 @@ class Replayer:
             self.sweeps += 1
             for customer_id, state in self.states.items():
                 if due_for_sweep(state, sweep_at, self.sweep_every_ms):
-                    yield from self._outputs(customer_id, sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change), None)
+                    result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
+                    if result.publish is not None or result.alerts.raised:
+                        yield from self._outputs(customer_id, result, None)
             self._next_sweep_ms += self.sweep_every_ms
 
     def run(self, events: Iterable[Event], until_ms: int | None = None) -> Iterator[ScoreChanged | AlertRaised]:
@@ -85,7 +87,10 @@ class Replayer:
                 state = self.states[event.customer_id] = new_state(event.customer_id)
             result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
             self.outcomes[result.outcome] += 1
-            yield from self._outputs(event.customer_id, result, event.event_id)
+            if result.publish is not None:
+                yield ScoreChanged(event.customer_id, result.publish, event.event_id)
+            for alert in result.alerts.raised:
+                yield AlertRaised(alert)
         if until_ms is not None:
             yield from self._sweep_until(until_ms)
 

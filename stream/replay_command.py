@@ -55,7 +55,7 @@ def run_replay(
     scores = alerts = 0
     buffer = bytearray()
     with progress_bar(len(history.events), " events", "replaying") as bar:
-        applied_before = 0
+        applied_before = since_update = 0
         for item in replayer.run(history.events, until_ms=as_of_ms):
             if isinstance(item, ScoreChanged):
                 scores += 1
@@ -72,8 +72,10 @@ def run_replay(
             if len(buffer) > 1 << 20:
                 output.write(buffer)
                 buffer.clear()
-            applied = sum(replayer.outcomes.values())
-            if applied - applied_before >= 10_000:
+            since_update += 1
+            if since_update >= 10_000:
+                since_update = 0
+                applied = sum(replayer.outcomes.values())
                 bar.update(applied - applied_before)
                 applied_before = applied
         bar.update(sum(replayer.outcomes.values()) - applied_before)

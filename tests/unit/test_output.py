@@ -34,3 +34,22 @@ def test_rfc3339_matches_the_standard_library(epoch_ms: int) -> None:
 def test_the_same_second_twice_gives_the_same_text() -> None:
     assert rfc3339(1_790_000_000_001) == rfc3339(1_790_000_000_001)
     assert rfc3339(1_790_000_000_001) != rfc3339(1_790_000_001_001)
+
+
+@given(st.floats(min_value=-200, max_value=200, allow_nan=False))
+def test_message_values_are_rounded_to_the_published_precision(value: float) -> None:
+    from scoring.health import ComponentScore, HealthScore
+    from scoring.output import health_message
+
+    health = HealthScore(
+        score=50.0, band="at_risk", churn_risk=0.2, components={"usage": ComponentScore(value, 0.5, value / 2)},
+        as_of_ms=0, confidence=0.5, changes={"usage": value},
+    )
+    message = health_message("acme", health, 0, "v", None)
+    shown = message["components"]["usage"]["score"]
+    assert abs(shown - value) <= 0.005 + 1e-9
+    assert abs(shown * 100 - round(shown * 100)) < 1e-6
+    assert message["changes"]["usage"] == shown
+    # round() agrees except within a rounding error of an exact tie
+    if abs(abs(value * 100) % 1 - 0.5) > 1e-6:
+        assert shown == round(value, 2)
