@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
@@ -44,6 +40,7 @@ from throughput import (  # noqa: E402
     settings_for,
     start_worker,
     stop_workers,
+    write_result,
 )
 
 
@@ -165,17 +162,7 @@ def main() -> None:
         )
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s")
-    result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "idle_rss_bytes": idle,
-        "rows": rows,
-    }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scale-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"written to {path}")
+    write_result("scale", {"idle_rss_bytes": idle, "rows": rows})
     deleted = sum(asyncio.run(delete_topics_of("127.0.0.1:9092", tag)) for tag in TAGS)
     print(f"deleted the run's {deleted} topics")
 

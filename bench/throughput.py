@@ -60,6 +60,22 @@ async def delete_topics_of(bootstrap: str, tag: str) -> int:
         await admin.close()
 
 
+def write_result(kind: str, result: dict) -> Path:
+    """bench/results/<kind>-<UTC time>.json, stamped with the date and the machine."""
+    now = datetime.now(timezone.utc)
+    stamped = {
+        "date": now.isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        **result,
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}-{now:%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(stamped, indent=2))
+    print(f"written to {path}")
+    return path
+
+
 def settings_for(env: dict[str, str]):
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -482,20 +498,10 @@ def main() -> None:
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"
         f" {worker['mean_batch_events']:.0f} records on average, {worker['batch_seconds']:.1f} s inside them"
     )
-    result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "events": args.events,
-        "customers": args.customers,
-        "partitions": args.partitions,
-        "rows": rows,
-        "latency": latency,
-    }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"throughput-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"written to {path}")
+    write_result(
+        "throughput",
+        {"events": args.events, "customers": args.customers, "partitions": args.partitions, "rows": rows, "latency": latency},
+    )
     if not args.keep_topics:
         deleted = asyncio.run(delete_topics_of(settings.kafka_bootstrap, tag))
         print(f"deleted the run's {deleted} topics (--keep-topics keeps them)")
