@@ -5,8 +5,10 @@ check alert rules (scoring.pipeline), publish, count. Values travel as raw
 bytes: Faust never decodes them (it would ack undecodable messages silently).
 
 One agent reads the four input topics and the sweep-tick topic, so every change
-to a customer's record happens in one place, in order, inside Faust's stream
-iteration (where its changelog writes are allowed).
+to a customer's record happens in one place, in order. Records reach it in batches
+(stream/batching.py); a batch's changed records are written back once, with their
+changelog records, and its messages acked after that (stream/working_set.py); its
+scores, alerts and changelog records leave as producer batches (stream/outputs.py).
 """
 
 from __future__ import annotations
