@@ -278,13 +278,16 @@ def score_state(
     present = []
     total_weight = 0.0
     for name, value in component_scores(state, at_ms, parameters).items():
-        weight = weights.get(name, 0)
-        if value is not None and weight > 0:
-            present.append((name, value, weight))
-            total_weight += weight
+        if value is not None:
+            weight = weights.get(name, 0)
+            if weight > 0:
+                present.append((name, value, weight))
+                total_weight += weight
     if not present:
         return None
     components: dict[str, ComponentScore] = {}
+    changes: dict[str, float] = {}
+    before = previous_contributions or {}
     composite = 0.0
     weakest = 100.0
     for name, value, weight in present:
@@ -292,8 +295,12 @@ def score_state(
         contribution = share * value
         composite += contribution
         components[name] = ComponentScore(value, share, contribution)
+        changes[name] = contribution - before.get(name, 0.0)
         if value < weakest:
             weakest = value
+    for name, contribution in before.items():
+        if name not in components:
+            changes[name] = -contribution
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
@@ -304,7 +311,7 @@ def score_state(
         components=components,
         as_of_ms=at_ms,
         confidence=total_weight / parameters.total_weight_for(state.plan),
-        changes=_changes(previous_contributions, components),
+        changes=dict(sorted(changes.items(), key=_largest_first)),
         previous_score=previous_score,
     )
 
