@@ -10,7 +10,7 @@ offset whose state change is not in the changelog.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from scoring.pipeline import Step
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
@@ -60,9 +60,6 @@ class WorkingSet:
         if result is not None and result.outcome is Outcome.APPLIED:
             record.dirty = True
         return result
-
-    def states(self) -> Iterator[CustomerState]:
-        return (record.state for record in self._records.values())
 
     def write_back(self, outputs: Outputs, changelog_topic: str) -> int:
         """One table write, and one changelog record to the key's partition, per changed record."""
