@@ -81,7 +81,8 @@ class Replayer:
                 break
             if self._next_sweep_ms is None and self.sweep_every_ms:
                 self._next_sweep_ms = (at // self.sweep_every_ms + 1) * self.sweep_every_ms
-            yield from self._sweep_until(at)
+            if self._next_sweep_ms is not None and self._next_sweep_ms <= at:
+                yield from self._sweep_until(at)
             state = self.states.get(event.customer_id)
             if state is None:
                 state = self.states[event.customer_id] = new_state(event.customer_id)
