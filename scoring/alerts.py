@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from operator import itemgetter
 
 import msgspec
 
@@ -93,9 +92,6 @@ def usual_gap_days(state: CustomerState) -> float | None:
     return state.gap_days_mean if state.active_days >= 2 else None
 
 
-_day_of = itemgetter(0)
-_score_of = itemgetter(1)
-
 #: When a lasting condition holds: its severity, and its detail as a template and values,
 #: formatted only when an episode opens (a condition usually holds for many events).
 Holding = tuple[str, str, tuple]
@@ -108,13 +104,10 @@ def _conditions(
     found: dict[str, Holding | None] = {}
     if rules.sharp_drop:
         since = at_ms - rules.sharp_drop_window_days * DAY_MS
-        recent = state.recent_scores
-        if not recent:
-            peak = None
-        elif min(map(_day_of, recent)) >= since:  # the usual case: all within the window
-            peak = max(map(_score_of, recent))
-        else:
-            peak = max((score for day_ms, score in recent if day_ms >= since), default=None)
+        peak = None
+        for day_ms, score in state.recent_scores:
+            if day_ms >= since and (peak is None or score > peak):
+                peak = score
         found["sharp_drop"] = (
             (
                 "warning",
