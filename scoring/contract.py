@@ -222,10 +222,19 @@ def parse_timestamp_ms(value: str | int, field: str) -> int | Rejection:
     return millis
 
 
+_CHECKED_NUMBERS = ("amount", "cart_value", "mrr", "duration_seconds", "score")
+#: Payload type -> which of the checked number fields it has (looked up once per type, not per event).
+_NUMBER_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _amount_problem(data: object) -> str | None:
     """Names the first money field that is NaN or infinite (JSON can carry 1e999)."""
-    for name in ("amount", "cart_value", "mrr", "duration_seconds", "score"):
-        value = getattr(data, name, None)
+    kind = type(data)
+    names = _NUMBER_FIELDS.get(kind)
+    if names is None:
+        names = _NUMBER_FIELDS[kind] = tuple(name for name in _CHECKED_NUMBERS if hasattr(data, name))
+    for name in names:
+        value = getattr(data, name)
         if isinstance(value, float) and not math.isfinite(value):
             return name
     for item in getattr(data, "items", ()):
