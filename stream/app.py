@@ -30,8 +30,8 @@ from scoring.pipeline import Step, due_for_sweep, step, sweep
 from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
-from stream.memory import release_free_memory
 from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
+from stream.memory import release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
@@ -179,8 +179,6 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             metrics.SCORE.observe(result.publish.score)
             metrics.CHURN_RISK.observe(result.publish.churn_risk)
             cache.offer(payload)
-        if not result.alerts.raised and not result.alerts.suppressed:
-            return
         for alert in result.alerts.raised:
             if await ledger.is_published(partition, alert.alert_id):
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()

@@ -19,9 +19,8 @@ under ``stream_buffer_maxsize``), so records are delivered with a plain ``await`
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
 import asyncio
+from typing import Any, Iterator
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
