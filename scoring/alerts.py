@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import msgspec
 
 from scoring.health import HealthScore, ScoringParameters, band_for, expected_purchases_next
 from scoring.state import DAY_MS, CustomerState, window_total
+from scoring.structs import NO_DECISION, Alert, AlertDecision, Reason
+
+__all__ = ["NO_DECISION", "Alert", "AlertDecision", "Reason"]
 
 RULES = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
 BAND_RANK = {"healthy": 0, "at_risk": 1, "critical": 2}
@@ -52,34 +54,6 @@ class AlertParameters:
 
     def enabled(self, rule: str) -> bool:
         return bool(getattr(self, rule))
-
-
-class Reason(msgspec.Struct, frozen=True):
-    component: str
-    change: float
-
-
-class Alert(msgspec.Struct, frozen=True):
-    alert_id: str
-    customer_id: str
-    rule: str
-    severity: str  # info | warning | critical
-    score: float
-    previous_score: float | None
-    band: str
-    churn_risk: float
-    reasons: list[Reason]
-    occurred_at_ms: int
-    detail: str
-
-
-class AlertDecision(msgspec.Struct, frozen=True):
-    raised: list[Alert] = []
-    #: (rule, severity) of alerts held back by the cooldown
-    suppressed: list[tuple[str, str]] = []
-
-
-NO_DECISION = AlertDecision()
 
 
 def alert_id(customer_id: str, rule: str, episode: str) -> str:

@@ -152,6 +152,7 @@ def fit(histories: Sequence[PurchaseHistory]) -> FitResult:
         result = minimize(negative_log_likelihood, np.array(start), method="L-BFGS-B")
         if best is None or result.fun < best.fun:
             best = result
+    assert best is not None
     r, alpha, a, b = (float(v) for v in np.exp(best.x))
     return FitResult(BgNbdParameters(r, alpha, a, b), -float(best.fun), len(histories))
 

@@ -290,7 +290,7 @@ def decode_event(
         return Rejection(RejectReason.FUTURE_TIMESTAMP, f"occurred_at is {seconds_ahead} s in the future")
 
     try:
-        data = msgspec.convert(envelope.data, payload_type)
+        data: EventData = msgspec.convert(envelope.data, payload_type)
     except msgspec.ValidationError as error:
         message = str(error)
         path = _ERROR_PATH.search(message)

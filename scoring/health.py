@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Mapping
 
-import msgspec
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
 from scoring.state import DAY_MS, CustomerState
+from scoring.structs import ActivitySums, ComponentScore, HealthScore
+
+__all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
 MODEL_REVISION = "2"
 COMPONENTS = ("usage", "purchases", "support", "sentiment", "payments")
@@ -61,43 +63,13 @@ class ScoringParameters:
 
     @cached_property
     def _total_weights(self) -> dict[str | None, float]:
-        totals = {plan: sum(weights.get(name, 0) for name in COMPONENTS) for plan, weights in self.segment_weights.items()}
+        totals: dict[str | None, float] = {plan: sum(weights.get(name, 0) for name in COMPONENTS) for plan, weights in self.segment_weights.items()}
         totals[None] = sum(self.weights.get(name, 0) for name in COMPONENTS)
         return totals
 
     def total_weight_for(self, plan: str | None) -> float:
         totals = self._total_weights
         return totals[plan] if plan in totals else totals[None]
-
-
-class ComponentScore(msgspec.Struct, frozen=True):
-    """One component's 0-100 score, its weight after reweighting, and weight × score (unrounded)."""
-
-    score: float
-    weight: float
-    contribution: float
-
-
-class HealthScore(msgspec.Struct, frozen=True):
-    score: float  # rounded to 2 decimals: the published value, compared to detect changes
-    band: str
-    churn_risk: float
-    components: dict[str, ComponentScore]
-    as_of_ms: int
-    confidence: float
-    #: Change of each component's contribution, in points, since the previous published score.
-    changes: dict[str, float] = {}
-    previous_score: float | None = None
-
-
-class ActivitySums(msgspec.Struct, frozen=True):
-    """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
-
-    activity_7d: int
-    activity_90d: int
-    orders_30d: int
-    orders_90d: int
-    failed_payments_30d: int
 
 
 def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:

@@ -9,21 +9,16 @@ scores and alerts.
 
 from __future__ import annotations
 
-import msgspec
 
 from scoring.alerts import AlertDecision, AlertParameters, evaluate
 from scoring.contract import Event, TopicKind
 from scoring.health import HealthScore, ScoringParameters, has_changed, score_state
 from scoring.state import CustomerState, Outcome, PublishedScore, apply_event
+from scoring.structs import NO_DECISION, Step
 
-NO_ALERTS = AlertDecision()
+__all__ = ["Step"]
 
-
-class Step(msgspec.Struct, frozen=True):
-    outcome: Outcome
-    #: A score that changed and must be published, or None.
-    publish: HealthScore | None
-    alerts: AlertDecision = NO_ALERTS
+NO_ALERTS = NO_DECISION
 
 
 def _score_and_alert(

@@ -9,29 +9,16 @@ Kafka, no wall clock: the same input gives the same output.
 
 from __future__ import annotations
 
-import msgspec
 from typing import Iterable, Iterator
 
-from scoring.alerts import Alert, AlertParameters
+from scoring.alerts import AlertParameters
 from scoring.contract import Event
-from scoring.health import HealthScore, ScoringParameters, score_state
+from scoring.health import ScoringParameters, score_state
 from scoring.pipeline import Step, due_for_sweep, step, sweep
 from scoring.state import CustomerState, Outcome, new_state
+from scoring.structs import AlertRaised, FinalScore, ScoreChanged
 
-
-class ScoreChanged(msgspec.Struct, frozen=True):
-    customer_id: str
-    health: HealthScore
-    trigger_event_id: str | None  # None: the sweep
-
-
-class AlertRaised(msgspec.Struct, frozen=True):
-    alert: Alert
-
-
-class FinalScore(msgspec.Struct, frozen=True):
-    customer_id: str
-    health: HealthScore
+__all__ = ["AlertRaised", "FinalScore", "ScoreChanged", "Replayer"]
 
 
 class Replayer:

@@ -5,17 +5,14 @@ The record is an aggregation with the shape initialize / add / result:
 ``event_id``), and ``scoring.health.score_state`` turns it into a result at a
 given time. Rolling windows are kept as day buckets in event time, pruned to
 the longest window, so memory depends on the window length and not on the
-number of events. The record is serialized with msgpack as positional arrays
-(``array_like``) to keep it small; new fields are only ever appended, with
-defaults, so old changelog records still decode.
+number of events. The record's structs are declared in ``scoring.structs``.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import zlib
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 
 import msgspec
 
@@ -39,6 +36,18 @@ from scoring.contract import (
     UsageSession,
     parse_timestamp_ms,
 )
+from scoring.structs import (
+    COUNTERS,
+    CustomerState,
+    DayCounts,
+    OpenTicket,
+    Outcome,
+    PublishedScore,
+    SurveyResponse,
+    UnpaidInvoice,
+)
+
+__all__ = ["COUNTERS", "CustomerState", "DayCounts", "OpenTicket", "Outcome", "PublishedScore", "SurveyResponse", "UnpaidInvoice"]
 
 DAY_MS = 86_400_000
 #: The longest rolling window; events older than this (behind the customer's latest event) are late.
@@ -58,143 +67,6 @@ _FINGERPRINT_BYTES = 8
 _STREAMS = tuple(TopicKind)
 
 
-COUNTERS = (
-    "sessions",
-    "feature_uses",
-    "purchases",
-    "revenue_cents",
-    "abandoned_checkouts",
-    "tickets_opened",
-    "payments_failed",
-    "refunds_cents",
-)
-
-
-class DayCounts(msgspec.Struct, array_like=True):
-    """Per-UTC-day counters of event time, in columns.
-
-    ``days`` holds the day numbers (days since 1970-01-01) in ascending order and
-    each counter list is aligned with it. Columns of small integers keep the record
-    small and make window sums C-level slices instead of Python loops.
-    """
-
-    days: list[int] = []
-    sessions: list[int] = []
-    feature_uses: list[int] = []
-    purchases: list[int] = []
-    revenue_cents: list[int] = []
-    abandoned_checkouts: list[int] = []
-    tickets_opened: list[int] = []
-    payments_failed: list[int] = []
-    refunds_cents: list[int] = []
-
-    def add(self, day: int, counter: str, amount: int = 1) -> int:
-        """Adds to one counter of one day; returns the counter's value before."""
-        days = self.days
-        if days and days[-1] == day:
-            index = len(days) - 1
-        else:
-            index = bisect_left(days, day)
-            if index == len(days) or days[index] != day:
-                days.insert(index, day)
-                for name in COUNTERS:
-                    getattr(self, name).insert(index, 0)
-        column = getattr(self, counter)
-        before = column[index]
-        column[index] = before + amount
-        return before
-
-    def total(self, counter: str, first_day: int, last_day: int) -> int:
-        """Sum of one counter over the days first_day..last_day inclusive."""
-        days = self.days
-        return sum(getattr(self, counter)[bisect_left(days, first_day) : bisect_right(days, last_day)])
-
-    def drop_before(self, day: int) -> None:
-        cut = bisect_left(self.days, day)
-        if cut:
-            del self.days[:cut]
-            for name in COUNTERS:
-                del getattr(self, name)[:cut]
-
-
-class OpenTicket(msgspec.Struct, array_like=True):
-    ticket_id: str
-    opened_ms: int
-    priority: int  # index into PRIORITIES
-
-
-class SurveyResponse(msgspec.Struct, array_like=True):
-    survey: str
-    score: float
-    scale_min: float
-    scale_max: float
-    answered_ms: int
-
-
-class UnpaidInvoice(msgspec.Struct, array_like=True):
-    invoice_id: str
-    amount: float
-    due_ms: int
-
-
-class PublishedScore(msgspec.Struct, array_like=True):
-    """What was last published for this customer, to detect changes and explain deltas."""
-
-    score: float
-    band: str
-    as_of_ms: int
-    #: component → its contribution in points to the published score
-    contributions: dict[str, float] = {}
-
-
-class CustomerState(msgspec.Struct, array_like=True):
-    customer_id: str
-    first_event_ms: int = 0
-    last_event_ms: int = 0
-    counts: DayCounts = msgspec.field(default_factory=DayCounts)
-    #: 32-bit fingerprint of a user id → last UTC day that user was active (ids can be long)
-    users_last_day: dict[int, int] = {}
-    features_last_day: dict[str, int] = {}
-    last_usage_ms: int = 0
-    first_purchase_ms: int = 0
-    last_purchase_ms: int = 0
-    purchase_days: int = 0
-    categories: list[str] = []
-    open_tickets: list[OpenTicket] = []
-    tickets_resolved: int = 0
-    tickets_reopened: int = 0
-    resolution_seconds: list[float] = []
-    surveys: list[SurveyResponse] = []
-    unpaid_invoices: list[UnpaidInvoice] = []
-    has_billing: bool = False
-    mrr: float = 0.0
-    previous_mrr: float = 0.0
-    cancelled_ms: int = 0
-    #: 8-byte fingerprints of the last applied event ids, concatenated
-    applied_ids: bytes = b""
-    published: PublishedScore | None = None
-    events_applied: int = 0
-    plan: str | None = None
-    #: Partition and, per input stream, the last input offset applied: drops redeliveries exactly.
-    source_partition: int = -1
-    source_offsets: list[int] = msgspec.field(default_factory=lambda: [-1, -1, -1, -1])
-    #: Distinct days with events, and the moving average of the gap between them (for the silence rule).
-    active_days: int = 0
-    gap_days_mean: float = 0.0
-    #: Alert state: the band as alerting sees it (with hysteresis), open episodes and last alert per rule.
-    alert_band: str | None = None
-    alert_episodes: dict[str, int] = {}
-    alert_last_raised: dict[str, int] = {}
-    #: (day start in ms, highest published score that day) within the sharp-drop window.
-    recent_scores: list[tuple[int, float]] = []
-
-
-class Outcome(str, enum.Enum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    LATE = "late"
-
-
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CustomerState)
 
@@ -209,6 +81,31 @@ def encode_state(state: CustomerState) -> bytes:
 
 def decode_state(raw: bytes) -> CustomerState:
     return _decoder.decode(raw)
+
+
+def add_count(counts: DayCounts, day: int, counter: str, amount: int = 1) -> int:
+    """Adds to one counter of one day; returns the counter's value before."""
+    days = counts.days
+    if days and days[-1] == day:
+        index = len(days) - 1
+    else:
+        index = bisect_left(days, day)
+        if index == len(days) or days[index] != day:
+            days.insert(index, day)
+            for name in COUNTERS:
+                getattr(counts, name).insert(index, 0)
+    column: list[int] = getattr(counts, counter)
+    before = column[index]
+    column[index] = before + amount
+    return before
+
+
+def drop_days_before(counts: DayCounts, day: int) -> None:
+    cut = bisect_left(counts.days, day)
+    if cut:
+        del counts.days[:cut]
+        for name in COUNTERS:
+            del getattr(counts, name)[:cut]
 
 
 def event_fingerprint(event_id: str) -> bytes:
@@ -284,18 +181,18 @@ def apply_event(
     data = event.data
     match data:
         case UsageSession():
-            counts.add(day, "sessions")
+            add_count(counts, day, "sessions")
             _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
             state.last_usage_ms = max(state.last_usage_ms, at)
         case UsageFeature():
-            counts.add(day, "feature_uses", data.count)
+            add_count(counts, day, "feature_uses", data.count)
             _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
             _remember_last_day(state.features_last_day, data.feature, day, MAX_FEATURES)
             state.last_usage_ms = max(state.last_usage_ms, at)
         case PurchaseCompleted():
-            if counts.add(day, "purchases") == 0:
+            if add_count(counts, day, "purchases") == 0:
                 state.purchase_days += 1
-            counts.add(day, "revenue_cents", round(data.amount * 100))
+            add_count(counts, day, "revenue_cents", round(data.amount * 100))
             if not state.first_purchase_ms or at < state.first_purchase_ms:
                 state.first_purchase_ms = at
             state.last_purchase_ms = max(state.last_purchase_ms, at)
@@ -303,11 +200,11 @@ def apply_event(
                 if item.category and item.category not in state.categories and len(state.categories) < MAX_CATEGORIES:
                     state.categories.append(item.category)
         case PurchaseRefunded():
-            counts.add(day, "refunds_cents", round(data.amount * 100))
+            add_count(counts, day, "refunds_cents", round(data.amount * 100))
         case CheckoutAbandoned():
-            counts.add(day, "abandoned_checkouts")
+            add_count(counts, day, "abandoned_checkouts")
         case TicketOpened():
-            counts.add(day, "tickets_opened")
+            add_count(counts, day, "tickets_opened")
             _open_ticket(state, data.ticket_id, at, PRIORITIES.index(data.priority))
         case TicketResolved():
             for ticket in state.open_tickets:
@@ -337,7 +234,7 @@ def apply_event(
             state.unpaid_invoices = [i for i in state.unpaid_invoices if i.invoice_id != data.invoice_id]
         case PaymentFailed():
             state.has_billing = True
-            counts.add(day, "payments_failed")
+            add_count(counts, day, "payments_failed")
         case SubscriptionUpdated():
             state.has_billing = True
             if data.plan:
@@ -350,7 +247,7 @@ def apply_event(
         case SubscriptionCancelled():
             state.has_billing = True
             state.cancelled_ms = max(state.cancelled_ms, at)
-    counts.drop_before(state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
+    drop_days_before(counts, state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
     return Outcome.APPLIED
 
 

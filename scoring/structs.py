@@ -1,0 +1,211 @@
+"""The model's values: the customer record, scores, alerts and per-event results.
+
+They are msgspec structs, declared here and nowhere else because the modules
+that compute with them (state, health, alerts, pipeline, replay, output) are
+compiled with mypyc, which cannot compile classes with a metaclass such as
+msgspec's. Those modules import (and re-export) them from here.
+
+The record (``CustomerState`` and its parts) is serialized with msgpack as
+positional arrays (``array_like``) to keep it small; new fields are only ever
+appended, with defaults, so old changelog records still decode.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_left, bisect_right
+
+import msgspec
+
+COUNTERS = (
+    "sessions",
+    "feature_uses",
+    "purchases",
+    "revenue_cents",
+    "abandoned_checkouts",
+    "tickets_opened",
+    "payments_failed",
+    "refunds_cents",
+)
+
+
+class DayCounts(msgspec.Struct, array_like=True):
+    """Per-UTC-day counters of event time, in columns.
+
+    ``days`` holds the day numbers (days since 1970-01-01) in ascending order and
+    each counter list is aligned with it. Columns of small integers keep the record
+    small and make window sums C-level slices instead of Python loops.
+    """
+
+    days: list[int] = []
+    sessions: list[int] = []
+    feature_uses: list[int] = []
+    purchases: list[int] = []
+    revenue_cents: list[int] = []
+    abandoned_checkouts: list[int] = []
+    tickets_opened: list[int] = []
+    payments_failed: list[int] = []
+    refunds_cents: list[int] = []
+
+    def total(self, counter: str, first_day: int, last_day: int) -> int:
+        """Sum of one counter over the days first_day..last_day inclusive."""
+        days = self.days
+        return sum(getattr(self, counter)[bisect_left(days, first_day) : bisect_right(days, last_day)])
+
+
+class OpenTicket(msgspec.Struct, array_like=True):
+    ticket_id: str
+    opened_ms: int
+    priority: int  # index into PRIORITIES
+
+
+class SurveyResponse(msgspec.Struct, array_like=True):
+    survey: str
+    score: float
+    scale_min: float
+    scale_max: float
+    answered_ms: int
+
+
+class UnpaidInvoice(msgspec.Struct, array_like=True):
+    invoice_id: str
+    amount: float
+    due_ms: int
+
+
+class PublishedScore(msgspec.Struct, array_like=True):
+    """What was last published for this customer, to detect changes and explain deltas."""
+
+    score: float
+    band: str
+    as_of_ms: int
+    #: component → its contribution in points to the published score
+    contributions: dict[str, float] = {}
+
+
+class CustomerState(msgspec.Struct, array_like=True):
+    customer_id: str
+    first_event_ms: int = 0
+    last_event_ms: int = 0
+    counts: DayCounts = msgspec.field(default_factory=DayCounts)
+    #: 32-bit fingerprint of a user id → last UTC day that user was active (ids can be long)
+    users_last_day: dict[int, int] = {}
+    features_last_day: dict[str, int] = {}
+    last_usage_ms: int = 0
+    first_purchase_ms: int = 0
+    last_purchase_ms: int = 0
+    purchase_days: int = 0
+    categories: list[str] = []
+    open_tickets: list[OpenTicket] = []
+    tickets_resolved: int = 0
+    tickets_reopened: int = 0
+    resolution_seconds: list[float] = []
+    surveys: list[SurveyResponse] = []
+    unpaid_invoices: list[UnpaidInvoice] = []
+    has_billing: bool = False
+    mrr: float = 0.0
+    previous_mrr: float = 0.0
+    cancelled_ms: int = 0
+    #: 8-byte fingerprints of the last applied event ids, concatenated
+    applied_ids: bytes = b""
+    published: PublishedScore | None = None
+    events_applied: int = 0
+    plan: str | None = None
+    #: Partition and, per input stream, the last input offset applied: drops redeliveries exactly.
+    source_partition: int = -1
+    source_offsets: list[int] = msgspec.field(default_factory=lambda: [-1, -1, -1, -1])
+    #: Distinct days with events, and the moving average of the gap between them (for the silence rule).
+    active_days: int = 0
+    gap_days_mean: float = 0.0
+    #: Alert state: the band as alerting sees it (with hysteresis), open episodes and last alert per rule.
+    alert_band: str | None = None
+    alert_episodes: dict[str, int] = {}
+    alert_last_raised: dict[str, int] = {}
+    #: (day start in ms, highest published score that day) within the sharp-drop window.
+    recent_scores: list[tuple[int, float]] = []
+
+
+class ComponentScore(msgspec.Struct, frozen=True):
+    """One component's 0-100 score, its weight after reweighting, and weight × score (unrounded)."""
+
+    score: float
+    weight: float
+    contribution: float
+
+
+class HealthScore(msgspec.Struct, frozen=True):
+    score: float  # rounded to 2 decimals: the published value, compared to detect changes
+    band: str
+    churn_risk: float
+    components: dict[str, ComponentScore]
+    as_of_ms: int
+    confidence: float
+    #: Change of each component's contribution, in points, since the previous published score.
+    changes: dict[str, float] = {}
+    previous_score: float | None = None
+
+
+class ActivitySums(msgspec.Struct, frozen=True):
+    """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
+
+    activity_7d: int
+    activity_90d: int
+    orders_30d: int
+    orders_90d: int
+    failed_payments_30d: int
+
+
+class Reason(msgspec.Struct, frozen=True):
+    component: str
+    change: float
+
+
+class Alert(msgspec.Struct, frozen=True):
+    alert_id: str
+    customer_id: str
+    rule: str
+    severity: str  # info | warning | critical
+    score: float
+    previous_score: float | None
+    band: str
+    churn_risk: float
+    reasons: list[Reason]
+    occurred_at_ms: int
+    detail: str
+
+
+class AlertDecision(msgspec.Struct, frozen=True):
+    raised: list[Alert] = []
+    #: (rule, severity) of alerts held back by the cooldown
+    suppressed: list[tuple[str, str]] = []
+
+
+NO_DECISION = AlertDecision()
+
+
+class Outcome(str, enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+class Step(msgspec.Struct, frozen=True):
+    outcome: Outcome
+    #: A score that changed and must be published, or None.
+    publish: HealthScore | None
+    alerts: AlertDecision = NO_DECISION
+
+
+class ScoreChanged(msgspec.Struct, frozen=True):
+    customer_id: str
+    health: HealthScore
+    trigger_event_id: str | None  # None: the sweep
+
+
+class AlertRaised(msgspec.Struct, frozen=True):
+    alert: Alert
+
+
+class FinalScore(msgspec.Struct, frozen=True):
+    customer_id: str
+    health: HealthScore
