@@ -98,7 +98,9 @@ def _conditions(
             if expected is not None and expected < rules.purchase_activity_min_expected
             else None
         )
-    if rules.payment_trouble:
+    if rules.payment_trouble and not state.has_billing:  # no payment events: nothing to check
+        found["payment_trouble"] = None
+    elif rules.payment_trouble:
         failures = window_total(state, "payments_failed", at_ms, 30)
         overdue_days = (
             (at_ms - min(invoice.due_ms for invoice in state.unpaid_invoices)) / DAY_MS if state.unpaid_invoices else 0.0

@@ -15,7 +15,6 @@ import json
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from typing import Mapping
 
 
@@ -61,32 +60,32 @@ class ScoringParameters:
     def weights_for(self, plan: str | None) -> Mapping[str, float]:
         return self.segment_weights.get(plan, self.weights) if plan else self.weights
 
-    @cached_property
-    def _total_weights(self) -> dict[str | None, float]:
-        totals: dict[str | None, float] = {plan: sum(weights.get(name, 0) for name in COMPONENTS) for plan, weights in self.segment_weights.items()}
-        totals[None] = sum(self.weights.get(name, 0) for name in COMPONENTS)
-        return totals
-
-    def total_weight_for(self, plan: str | None) -> float:
-        totals = self._total_weights
-        return totals[plan] if plan in totals else totals[None]
-
 
 def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:
+    """One pass over the day buckets of the last 90 days (a loop the compiled module runs in C)."""
     counts = state.counts
     days = counts.days
     today = at_ms // DAY_MS
     end = bisect_right(days, today)
-    start_7 = bisect_left(days, today - 6, 0, end)
-    start_30 = bisect_left(days, today - 29, 0, end)
-    start_90 = bisect_left(days, today - 89, 0, end)
-    sessions, features, purchases = counts.sessions, counts.feature_uses, counts.purchases
+    sessions, features, purchases, failed = counts.sessions, counts.feature_uses, counts.purchases, counts.payments_failed
+    activity_7d = activity_90d = orders_30d = orders_90d = failed_30d = 0
+    for index in range(bisect_left(days, today - 89, 0, end), end):
+        activity = sessions[index] + features[index]
+        orders = purchases[index]
+        activity_90d += activity
+        orders_90d += orders
+        age = today - days[index]
+        if age < 30:
+            orders_30d += orders
+            failed_30d += failed[index]
+            if age < 7:
+                activity_7d += activity
     return ActivitySums(
-        activity_7d=sum(sessions[start_7:end]) + sum(features[start_7:end]),
-        activity_90d=sum(sessions[start_90:end]) + sum(features[start_90:end]),
-        orders_30d=sum(purchases[start_30:end]),
-        orders_90d=sum(purchases[start_90:end]),
-        failed_payments_30d=sum(counts.payments_failed[start_30:end]),
+        activity_7d=activity_7d,
+        activity_90d=activity_90d,
+        orders_30d=orders_30d,
+        orders_90d=orders_90d,
+        failed_payments_30d=failed_30d,
     )
 
 
@@ -247,18 +246,27 @@ def score_state(
     of each component since then (see ``explain``).
     """
     weights = parameters.weights_for(state.plan)
-    present = []
+    sums = activity_sums(state, at_ms)
+    values = (
+        usage_score(state, at_ms, sums, parameters),
+        purchase_score(state, at_ms, sums, parameters),
+        support_score(state, parameters),
+        sentiment_score(state, at_ms, parameters),
+        payment_score(state, at_ms, sums),
+    )
+    present: list[tuple[str, float, float]] = []
     total_weight = 0.0
-    for name, value in component_scores(state, at_ms, parameters).items():
-        if value is not None:
-            weight = weights.get(name, 0)
-            if weight > 0:
-                present.append((name, value, weight))
-                total_weight += weight
+    all_weights = 0.0
+    for name, value in zip(COMPONENTS, values):
+        weight = weights.get(name, 0)
+        all_weights += weight
+        if value is not None and weight > 0:
+            present.append((name, value, weight))
+            total_weight += weight
     if not present:
         return None
     components: dict[str, ComponentScore] = {}
-    changes: dict[str, float] = {}
+    changes: list[tuple[float, str, float]] = []  # (−|change|, component, change): largest first once sorted
     before = previous_contributions or {}
     composite = 0.0
     weakest = 100.0
@@ -267,12 +275,14 @@ def score_state(
         contribution = share * value
         composite += contribution
         components[name] = ComponentScore(value, share, contribution)
-        changes[name] = contribution - before.get(name, 0.0)
+        change = contribution - before.get(name, 0.0)
+        changes.append((-abs(change), name, change))
         if value < weakest:
             weakest = value
     for name, contribution in before.items():
         if name not in components:
-            changes[name] = -contribution
+            changes.append((-abs(contribution), name, -contribution))
+    changes.sort()
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
@@ -282,8 +292,8 @@ def score_state(
         churn_risk=round(churn_risk_for(composite, weakest), 4),
         components=components,
         as_of_ms=at_ms,
-        confidence=total_weight / parameters.total_weight_for(state.plan),
-        changes=dict(sorted(changes.items(), key=_largest_first)),
+        confidence=total_weight / all_weights,
+        changes={name: change for _, name, change in changes},
         previous_score=previous_score,
     )
 

@@ -13,20 +13,24 @@ from scoring.health import HealthScore
 _encoder = msgspec.json.Encoder()
 
 
-_minute_text: dict[int, str] = {}
+_day_text: dict[int, str] = {}
+_MINUTES = [f"{minute // 60:02d}:{minute % 60:02d}:" for minute in range(1440)]
+_SECONDS = [f"{second:02d}." for second in range(60)]
+_MILLISECONDS = [f"{millisecond:03d}Z" for millisecond in range(1000)]
 
 
 def rfc3339(epoch_ms: int) -> str:
     """UTC with milliseconds and a Z. Formatting dominated the message cost, so each
-    minute's text is remembered (events come roughly in time order)."""
-    seconds, milliseconds = divmod(epoch_ms, 1000)
-    minute, second = divmod(seconds, 60)
-    text = _minute_text.get(minute)
+    day's date is remembered and the time of day is put together from tables."""
+    seconds, millisecond = divmod(epoch_ms, 1000)
+    day, second_of_day = divmod(seconds, 86400)
+    text = _day_text.get(day)
     if text is None:
-        if len(_minute_text) >= 4096:
-            _minute_text.clear()
-        text = _minute_text[minute] = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute * 60))
-    return f"{text}{second:02d}.{milliseconds:03d}Z"
+        if len(_day_text) >= 4096:
+            _day_text.clear()
+        text = _day_text[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+    minute, second = divmod(second_of_day, 60)
+    return text + _MINUTES[minute] + _SECONDS[second] + _MILLISECONDS[millisecond]
 
 
 # Message values are rounded half up to the published precision with floor(x·10^n + 0.5)/10^n:

@@ -30,14 +30,24 @@ if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv with $python"
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "Installing the project and its dependencies into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test,fast]"
+  # The build's warnings go to a log; shown when the install fails.
+  .venv/bin/pip install -q -e ".[test,fast]" 2>.venv/install.log || { cat .venv/install.log >&2; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# The model's compiled modules (setup.py): rebuilt when a source changed since they were built.
+model=$(.venv/bin/python -c "import scoring.compiled as c; print(c.status)" 2>/dev/null)
+if [[ "$model" == *"changed since it was compiled"* ]]; then
+  echo "Recompiling the model (a source in scoring/ changed)"
+  .venv/bin/pip install -q --no-deps -e . 2>.venv/install.log || { cat .venv/install.log >&2; exit 1; }
+  model=$(.venv/bin/python -c "import scoring.compiled as c; print(c.status)")
+fi
+echo "Model: $model"
 
 .venv/bin/python -c "from stream.services import resolve_kafka_jars; resolve_kafka_jars()"
 echo "Setup complete."

@@ -269,6 +269,22 @@ def sweep_command(at_text: str | None) -> None:
     click.echo(f"Sweep requested on {count} partition(s) at {datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat()}")
 
 
+@main.command()
+def version() -> None:
+    """Print the version, and whether the model runs compiled (mypyc) or as pure Python."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    import scoring.compiled
+    from scoring.health import MODEL_REVISION
+
+    try:
+        installed = package_version("healthscore")
+    except PackageNotFoundError:
+        installed = "not installed"
+    click.echo(f"healthscore {installed}, model revision {MODEL_REVISION}, {scoring.compiled.status}")
+
+
 @main.command("fit-bgnbd")
 @click.option("--transactions", "transactions_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with a header and columns customer_id,occurred_at,amount.")
 @click.option("--calibration-end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="YYYY-MM-DD (UTC): only purchases before it are used; customer ages are measured to it.")

@@ -10,6 +10,8 @@ from typing import IO
 
 import msgspec
 
+import scoring.compiled
+
 from scoring.output import alert_message, health_message, rfc3339
 from scoring.replay import AlertRaised, Replayer, ScoreChanged
 from stream.history import read_history, write_rejects
@@ -109,6 +111,7 @@ def run_replay(
         "alerts": alerts,
         "final_scores": finals,
         "seconds": round(seconds, 2),
+        "model": scoring.compiled.status,
         "events_per_second": round(sum(replayer.outcomes.values()) / seconds) if seconds else None,
     }
     return summary
