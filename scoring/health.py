@@ -26,7 +26,7 @@ __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
 MODEL_REVISION = "2"
 COMPONENTS = ("usage", "purchases", "support", "sentiment", "payments")
-DEFAULT_WEIGHTS: Mapping[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
+DEFAULT_WEIGHTS: dict[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
 #: Penalty in points per open ticket, by priority (low, normal, high, urgent).
 OPEN_TICKET_PENALTY = (4.0, 8.0, 15.0, 25.0)
 
@@ -35,9 +35,10 @@ OPEN_TICKET_PENALTY = (4.0, 8.0, 15.0, 25.0)
 class ScoringParameters:
     """Plain parameters the scoring needs; the worker builds them from its settings."""
 
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    # dicts, not Mappings: the compiled model reads them with direct dict lookups
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     #: plan name → weights for customers on that plan (from ``subscription.updated`` data.plan).
-    segment_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    segment_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     healthy_min: float = 70.0
     at_risk_min: float = 40.0
     usage_half_life_days: float = 7.0
@@ -57,7 +58,7 @@ class ScoringParameters:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{MODEL_REVISION}+{digest}"
 
-    def weights_for(self, plan: str | None) -> Mapping[str, float]:
+    def weights_for(self, plan: str | None) -> dict[str, float]:
         return self.segment_weights.get(plan, self.weights) if plan else self.weights
 
 
@@ -237,7 +238,7 @@ def score_state(
     state: CustomerState,
     at_ms: int,
     parameters: ScoringParameters,
-    previous_contributions: Mapping[str, float] | None = None,
+    previous_contributions: dict[str, float] | None = None,
     previous_score: float | None = None,
 ) -> HealthScore | None:
     """The customer's health at ``at_ms``; None while no component has data.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 import msgspec
 
@@ -261,4 +261,9 @@ def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int) -
 def window_total(state: CustomerState, counter: str, at_ms: int, days: int) -> int:
     """Sum of one day counter over the ``days`` UTC days ending with the day of ``at_ms``."""
     last_day = at_ms // DAY_MS
-    return state.counts.total(counter, last_day - days + 1, last_day)
+    day_numbers = state.counts.days
+    column: list[int] = getattr(state.counts, counter)
+    total = 0
+    for index in range(bisect_left(day_numbers, last_day - days + 1), bisect_right(day_numbers, last_day)):
+        total += column[index]
+    return total
