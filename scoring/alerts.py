@@ -11,6 +11,8 @@ record, so it is restored with the state after a crash or a rebalance.
 
 from __future__ import annotations
 
+from typing import Final
+
 import hashlib
 from dataclasses import dataclass
 
@@ -21,9 +23,9 @@ from scoring.structs import NO_DECISION, Alert, AlertDecision, Reason
 
 __all__ = ["NO_DECISION", "Alert", "AlertDecision", "Reason"]
 
-RULES = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
-BAND_RANK = {"healthy": 0, "at_risk": 1, "critical": 2}
-HOUR_MS = 3_600_000
+RULES: Final = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
+BAND_RANK: Final = {"healthy": 0, "at_risk": 1, "critical": 2}
+HOUR_MS: Final = 3_600_000
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from scipy.special import hyp2f1
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,14 @@ def _odds_dropped(parameters: BgNbdParameters, history: PurchaseHistory) -> floa
     x = history.x
     log_ratio = (r + x) * (math.log(alpha + history.T) - math.log(alpha + history.t_x))
     return a / (b + x - 1) * math.exp(min(log_ratio, 700.0))
+
+
+def hyp2f1(a: float, b: float, c: float, z: float) -> float:
+    """Gauss's hypergeometric function (scipy's), imported on first use: scipy costs
+    about a second to import, and most processes never fit or use BG/NBD."""
+    from scipy.special import hyp2f1 as scipy_hyp2f1
+
+    return float(scipy_hyp2f1(a, b, c, z))
 
 
 def probability_alive(parameters: BgNbdParameters, history: PurchaseHistory) -> float:

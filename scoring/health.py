@@ -15,7 +15,7 @@ import json
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import Final, Mapping
 
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
@@ -24,11 +24,11 @@ from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
-MODEL_REVISION = "2"
-COMPONENTS = ("usage", "purchases", "support", "sentiment", "payments")
+MODEL_REVISION: Final = "2"
+COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments")
 DEFAULT_WEIGHTS: dict[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
 #: Penalty in points per open ticket, by priority (low, normal, high, urgent).
-OPEN_TICKET_PENALTY = (4.0, 8.0, 15.0, 25.0)
+OPEN_TICKET_PENALTY: Final = (4.0, 8.0, 15.0, 25.0)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ number of events. The record's structs are declared in ``scoring.structs``.
 
 from __future__ import annotations
 
+from typing import Final
+
 import hashlib
 import zlib
 from bisect import bisect_left, bisect_right
@@ -49,21 +51,21 @@ from scoring.structs import (
 
 __all__ = ["COUNTERS", "CustomerState", "DayCounts", "OpenTicket", "Outcome", "PublishedScore", "SurveyResponse", "UnpaidInvoice"]
 
-DAY_MS = 86_400_000
+DAY_MS: Final = 86_400_000
 #: The longest rolling window; events older than this (behind the customer's latest event) are late.
-WINDOW_DAYS = 90
-PRIORITIES = ("low", "normal", "high", "urgent")
+WINDOW_DAYS: Final = 90
+PRIORITIES: Final = ("low", "normal", "high", "urgent")
 
 # Caps that keep one record bounded whatever a customer sends.
-MAX_USERS = 64
-MAX_FEATURES = 48
-MAX_CATEGORIES = 24
-MAX_OPEN_TICKETS = 32
-MAX_RESOLUTIONS = 16
-MAX_SURVEYS = 12
-MAX_INVOICES = 24
-DEFAULT_DEDUP_CAPACITY = 32
-_FINGERPRINT_BYTES = 8
+MAX_USERS: Final = 64
+MAX_FEATURES: Final = 48
+MAX_CATEGORIES: Final = 24
+MAX_OPEN_TICKETS: Final = 32
+MAX_RESOLUTIONS: Final = 16
+MAX_SURVEYS: Final = 12
+MAX_INVOICES: Final = 24
+DEFAULT_DEDUP_CAPACITY: Final = 32
+_FINGERPRINT_BYTES: Final = 8
 _STREAMS = tuple(TopicKind)
 
 
