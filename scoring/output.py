@@ -9,6 +9,7 @@ import msgspec
 
 from scoring.alerts import Alert
 from scoring.health import HealthScore
+from scoring.structs import ComponentMessage, HealthMessage
 
 _encoder = msgspec.json.Encoder()
 
@@ -44,32 +45,32 @@ def health_message(
     computed_at_ms: int,
     model_version: str,
     trigger_event_id: str | None,
-) -> dict:
+) -> HealthMessage:
     as_of = rfc3339(health.as_of_ms)
-    return {
-        "customer_id": customer_id,
-        "score": health.score,
-        "band": health.band,
-        "churn_risk": health.churn_risk,
-        "components": {
-            name: {
-                "score": floor(c.score * 100.0 + 0.5) / 100.0,
-                "weight": floor(c.weight * 10_000.0 + 0.5) / 10_000.0,
-                "contribution": floor(c.contribution * 100.0 + 0.5) / 100.0,
-            }
+    return HealthMessage(
+        customer_id,
+        health.score,
+        health.band,
+        health.churn_risk,
+        {
+            name: ComponentMessage(
+                floor(c.score * 100.0 + 0.5) / 100.0,
+                floor(c.weight * 10_000.0 + 0.5) / 10_000.0,
+                floor(c.contribution * 100.0 + 0.5) / 100.0,
+            )
             for name, c in health.components.items()
         },
-        "confidence": floor(health.confidence * 10_000.0 + 0.5) / 10_000.0,
-        "previous_score": health.previous_score,
-        "changes": {name: floor(delta * 100.0 + 0.5) / 100.0 for name, delta in health.changes.items()},
-        "as_of": as_of,
-        "computed_at": as_of if computed_at_ms == health.as_of_ms else rfc3339(computed_at_ms),
-        "model_version": model_version,
-        "trigger_event_id": trigger_event_id,
-    }
+        floor(health.confidence * 10_000.0 + 0.5) / 10_000.0,
+        health.previous_score,
+        {name: floor(delta * 100.0 + 0.5) / 100.0 for name, delta in health.changes.items()},
+        as_of,
+        as_of if computed_at_ms == health.as_of_ms else rfc3339(computed_at_ms),
+        model_version,
+        trigger_event_id,
+    )
 
 
-def encode_json(message: dict) -> bytes:
+def encode_json(message: dict | HealthMessage) -> bytes:
     return _encoder.encode(message)
 
 

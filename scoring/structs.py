@@ -209,3 +209,32 @@ class AlertRaised(msgspec.Struct, frozen=True):
 class FinalScore(msgspec.Struct, frozen=True):
     customer_id: str
     health: HealthScore
+
+
+class ComponentMessage(msgspec.Struct):
+    """One component in the ``customer-health`` message, rounded for publication."""
+
+    score: float
+    weight: float
+    contribution: float
+
+
+class HealthMessage(msgspec.Struct):
+    """The ``customer-health`` message (docs/events.md); fields in wire order.
+
+    A struct rather than a dict: it is built and encoded once per published score,
+    and msgspec encodes a struct without hashing its keys.
+    """
+
+    customer_id: str
+    score: float
+    band: str
+    churn_risk: float
+    components: dict[str, ComponentMessage]
+    confidence: float
+    previous_score: float | None
+    changes: dict[str, float]
+    as_of: str
+    computed_at: str
+    model_version: str
+    trigger_event_id: str | None

@@ -9,6 +9,7 @@ import msgspec
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
+from scoring.structs import HealthMessage
 from stream import metrics
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,19 @@ return 0
 """
 
 
-def _score_row(customer_id: str, message: dict[str, Any]) -> list[str]:
+def _score_row(customer_id: str, message: HealthMessage) -> list[str]:
     """The customer's hash values as Redis stores them (strings, numbers as Python prints them)."""
     return [
         customer_id,
-        repr(message["score"]),
-        message["band"],
-        repr(message["churn_risk"]),
-        message["as_of"],
-        message["computed_at"],
-        message["model_version"],
-        _encoder.encode(message["components"]).decode(),
-        _encoder.encode(message["changes"]).decode(),
-        repr(message["confidence"]),
+        repr(message.score),
+        message.band,
+        repr(message.churn_risk),
+        message.as_of,
+        message.computed_at,
+        message.model_version,
+        _encoder.encode(message.components).decode(),
+        _encoder.encode(message.changes).decode(),
+        repr(message.confidence),
     ]
 
 
@@ -91,7 +92,7 @@ class LatestScoreCache:
     def __init__(self, url: str, prefix: str) -> None:
         self._client = redis_asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._prefix = prefix
-        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, HealthMessage] = {}
         self._pending_alerts: list[dict[str, Any]] = []
         self._healthy = True
         self._script = self._client.register_script(WRITE_SCRIPT)
@@ -100,8 +101,8 @@ class LatestScoreCache:
     def client(self) -> redis_asyncio.Redis:
         return self._client
 
-    def offer(self, message: dict[str, Any]) -> None:
-        self._pending[message["customer_id"]] = message
+    def offer(self, message: HealthMessage) -> None:
+        self._pending[message.customer_id] = message
 
     def offer_alert(self, message: dict[str, Any]) -> None:
         if len(self._pending_alerts) < 100_000:  # bounded while Redis is away; Kafka has them all

@@ -46,10 +46,10 @@ def test_message_values_are_rounded_to_the_published_precision(value: float) -> 
         as_of_ms=0, confidence=0.5, changes={"usage": value},
     )
     message = health_message("acme", health, 0, "v", None)
-    shown = message["components"]["usage"]["score"]
+    shown = message.components["usage"].score
     assert abs(shown - value) <= 0.005 + 1e-9
     assert abs(shown * 100 - round(shown * 100)) < 1e-6
-    assert message["changes"]["usage"] == shown
+    assert message.changes["usage"] == shown
     # round() agrees except within a rounding error of an exact tie
     if abs(abs(value * 100) % 1 - 0.5) > 1e-6:
         assert shown == round(value, 2)
