@@ -238,7 +238,7 @@ def run_workers(
                 if profile is not None:
                     # py-spy samples the running worker until it exits; the file opens in speedscope.app.
                     spy = subprocess.Popen(
-                        ["py-spy", "record", "--pid", str(processes[0].pid), "--format", "speedscope", "--output", str(profile)],
+                        ["py-spy", "record", *(["--native"] if profile.suffix == ".txt" else []), "--pid", str(processes[0].pid), "--format", "raw" if profile.suffix == ".txt" else "speedscope", "--output", str(profile)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
             if done >= events:
@@ -418,7 +418,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
     parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
-    parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this speedscope file")
+    parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this file: speedscope, or collapsed stacks when it ends in .txt")
     args = parser.parse_args()
 
     paths = default_paths()

@@ -5,6 +5,10 @@ that compute with them (state, health, alerts, pipeline, replay, output) are
 compiled with mypyc, which cannot compile classes with a metaclass such as
 msgspec's. Those modules import (and re-export) them from here.
 
+All are declared ``gc=False``: they hold data, never a reference cycle, so the
+garbage collector need not track them (the worker keeps thousands alive per
+batch; tracked, they made collections a sixth of its time).
+
 The record (``CustomerState`` and its parts) is serialized with msgpack as
 positional arrays (``array_like``) to keep it small; new fields are only ever
 appended, with defaults, so old changelog records still decode.
@@ -29,7 +33,7 @@ COUNTERS = (
 )
 
 
-class DayCounts(msgspec.Struct, array_like=True):
+class DayCounts(msgspec.Struct, array_like=True, gc=False):
     """Per-UTC-day counters of event time, in columns.
 
     ``days`` holds the day numbers (days since 1970-01-01) in ascending order and
@@ -53,13 +57,13 @@ class DayCounts(msgspec.Struct, array_like=True):
         return sum(getattr(self, counter)[bisect_left(days, first_day) : bisect_right(days, last_day)])
 
 
-class OpenTicket(msgspec.Struct, array_like=True):
+class OpenTicket(msgspec.Struct, array_like=True, gc=False):
     ticket_id: str
     opened_ms: int
     priority: int  # index into PRIORITIES
 
 
-class SurveyResponse(msgspec.Struct, array_like=True):
+class SurveyResponse(msgspec.Struct, array_like=True, gc=False):
     survey: str
     score: float
     scale_min: float
@@ -67,13 +71,13 @@ class SurveyResponse(msgspec.Struct, array_like=True):
     answered_ms: int
 
 
-class UnpaidInvoice(msgspec.Struct, array_like=True):
+class UnpaidInvoice(msgspec.Struct, array_like=True, gc=False):
     invoice_id: str
     amount: float
     due_ms: int
 
 
-class PublishedScore(msgspec.Struct, array_like=True):
+class PublishedScore(msgspec.Struct, array_like=True, gc=False):
     """What was last published for this customer, to detect changes and explain deltas."""
 
     score: float
@@ -83,7 +87,7 @@ class PublishedScore(msgspec.Struct, array_like=True):
     contributions: dict[str, float] = {}
 
 
-class CustomerState(msgspec.Struct, array_like=True):
+class CustomerState(msgspec.Struct, array_like=True, gc=False):
     customer_id: str
     first_event_ms: int = 0
     last_event_ms: int = 0
@@ -125,7 +129,7 @@ class CustomerState(msgspec.Struct, array_like=True):
     recent_scores: list[tuple[int, float]] = []
 
 
-class ComponentScore(msgspec.Struct, frozen=True):
+class ComponentScore(msgspec.Struct, frozen=True, gc=False):
     """One component's 0-100 score, its weight after reweighting, and weight × score (unrounded)."""
 
     score: float
@@ -133,7 +137,7 @@ class ComponentScore(msgspec.Struct, frozen=True):
     contribution: float
 
 
-class HealthScore(msgspec.Struct, frozen=True):
+class HealthScore(msgspec.Struct, frozen=True, gc=False):
     score: float  # rounded to 2 decimals: the published value, compared to detect changes
     band: str
     churn_risk: float
@@ -145,7 +149,7 @@ class HealthScore(msgspec.Struct, frozen=True):
     previous_score: float | None = None
 
 
-class ActivitySums(msgspec.Struct, frozen=True):
+class ActivitySums(msgspec.Struct, frozen=True, gc=False):
     """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
 
     activity_7d: int
@@ -155,12 +159,12 @@ class ActivitySums(msgspec.Struct, frozen=True):
     failed_payments_30d: int
 
 
-class Reason(msgspec.Struct, frozen=True):
+class Reason(msgspec.Struct, frozen=True, gc=False):
     component: str
     change: float
 
 
-class Alert(msgspec.Struct, frozen=True):
+class Alert(msgspec.Struct, frozen=True, gc=False):
     alert_id: str
     customer_id: str
     rule: str
@@ -174,7 +178,7 @@ class Alert(msgspec.Struct, frozen=True):
     detail: str
 
 
-class AlertDecision(msgspec.Struct, frozen=True):
+class AlertDecision(msgspec.Struct, frozen=True, gc=False):
     raised: list[Alert] = []
     #: (rule, severity) of alerts held back by the cooldown
     suppressed: list[tuple[str, str]] = []
@@ -189,29 +193,29 @@ class Outcome(str, enum.Enum):
     LATE = "late"
 
 
-class Step(msgspec.Struct, frozen=True):
+class Step(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
     #: A score that changed and must be published, or None.
     publish: HealthScore | None
     alerts: AlertDecision = NO_DECISION
 
 
-class ScoreChanged(msgspec.Struct, frozen=True):
+class ScoreChanged(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     health: HealthScore
     trigger_event_id: str | None  # None: the sweep
 
 
-class AlertRaised(msgspec.Struct, frozen=True):
+class AlertRaised(msgspec.Struct, frozen=True, gc=False):
     alert: Alert
 
 
-class FinalScore(msgspec.Struct, frozen=True):
+class FinalScore(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     health: HealthScore
 
 
-class ComponentMessage(msgspec.Struct):
+class ComponentMessage(msgspec.Struct, gc=False):
     """One component in the ``customer-health`` message, rounded for publication."""
 
     score: float
@@ -219,7 +223,7 @@ class ComponentMessage(msgspec.Struct):
     contribution: float
 
 
-class HealthMessage(msgspec.Struct):
+class HealthMessage(msgspec.Struct, gc=False):
     """The ``customer-health`` message (docs/events.md); fields in wire order.
 
     A struct rather than a dict: it is built and encoded once per published score,

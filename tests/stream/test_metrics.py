@@ -1,0 +1,42 @@
+"""The batched histogram exposes exactly what prometheus_client's Histogram would."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from stream.metrics import BatchedHistogram
+
+BUCKETS = (0.1, 0.5, 1, 2.5, 10)
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    # prometheus_client's own histogram also exports a _created timestamp: not ours to compare.
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+@given(st.lists(st.lists(st.floats(min_value=-5, max_value=50, allow_nan=False), max_size=20), max_size=5))
+def test_batched_histogram_matches_prometheus_client(batches: list[list[float]]) -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchedHistogram("example_seconds", "An example.", BUCKETS, ours)
+    reference = Histogram("example_seconds", "An example.", buckets=BUCKETS, registry=theirs)
+    for batch in batches:
+        batched.observe_many(batch)
+        for value in batch:
+            reference.observe(value)
+    ours_lines, theirs_lines = _exposition(ours), _exposition(theirs)
+    assert [line for line in ours_lines if "_sum" not in line] == [line for line in theirs_lines if "_sum" not in line]
+    # the sum may differ in the last bits: ours adds the batch with fsum
+    ours_sum = float(next(line for line in ours_lines if line.startswith("example_seconds_sum")).split()[-1])
+    theirs_sum = float(next(line for line in theirs_lines if line.startswith("example_seconds_sum")).split()[-1])
+    assert abs(ours_sum - theirs_sum) <= 1e-9 * max(1.0, abs(theirs_sum))
+
+
+def test_a_value_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    registry = CollectorRegistry()
+    histogram = BatchedHistogram("bound_seconds", "Bounds.", BUCKETS, registry)
+    histogram.observe_many([0.5, 0.5000001])
+    assert registry.get_sample_value("bound_seconds_bucket", {"le": "0.5"}) == 1
+    assert registry.get_sample_value("bound_seconds_bucket", {"le": "1.0"}) == 2
+    assert registry.get_sample_value("bound_seconds_count") == 2
