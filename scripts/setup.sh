@@ -6,7 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+
 need=()
+# A C compiler and Python's headers: setup.py compiles the model with mypyc (pure Python without them).
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+"$python" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+  || need+=("$(basename "$(readlink -f "$(command -v "$python")")")-dev")
 command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v kcat >/dev/null || need+=(kcat)
 command -v prometheus >/dev/null || need+=(prometheus)
@@ -24,8 +31,6 @@ if ((${#need[@]})); then
   fi
 fi
 
-python=${PYTHON:-python3.11}
-command -v "$python" >/dev/null || python=python3
 if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv with $python"
   "$python" -m venv .venv
