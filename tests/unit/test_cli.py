@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from stream.cli import main
 
-SUBCOMMANDS = ["worker", "services", "topics", "generate", "watch", "sweep", "replay", "backtest", "fit-bgnbd"]
+SUBCOMMANDS = ["worker", "services", "topics", "generate", "watch", "sweep", "replay", "backtest", "fit-bgnbd", "version"]
 
 
 def test_every_subcommand_is_listed_and_explains_itself() -> None:
@@ -19,6 +19,16 @@ def test_every_subcommand_is_listed_and_explains_itself() -> None:
         assert name in overview.output
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output and len(result.output) > 150, name
+
+
+def test_version_says_how_the_model_runs() -> None:
+    import scoring.compiled
+    from scoring.health import MODEL_REVISION
+
+    result = CliRunner().invoke(main, ["version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("healthscore ")
+    assert f"model revision {MODEL_REVISION}, {scoring.compiled.status}" in result.output
 
 
 def unused_port() -> int:
