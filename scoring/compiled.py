@@ -59,7 +59,10 @@ status = "pure Python (not compiled)"
 def guard() -> None:
     global status
     if not all(_has_extension(name) for name in COMPILED_MODULES):
-        status = "pure Python (not compiled: HEALTHSCORE_PURE_PYTHON at install, or no C compiler)"
+        status = (
+            "pure Python (not compiled: no C compiler, HEALTHSCORE_PURE_PYTHON at install, or mypyc failed; "
+            "`pip install -v -e .` shows why)"
+        )
         return
     if os.environ.get(PURE_PYTHON_VARIABLE):
         reason = f"{PURE_PYTHON_VARIABLE} is set"
