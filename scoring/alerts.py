@@ -11,11 +11,9 @@ record, so it is restored with the state after a crash or a rebalance.
 
 from __future__ import annotations
 
-from typing import Final
-
 import hashlib
 from dataclasses import dataclass
-
+from typing import Final
 
 from scoring.health import HealthScore, ScoringParameters, band_for, expected_purchases_next
 from scoring.state import DAY_MS, CustomerState, window_total

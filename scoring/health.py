@@ -17,7 +17,6 @@ from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
 from typing import Final, Mapping
 
-
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
 from scoring.state import DAY_MS, CustomerState
 from scoring.structs import ActivitySums, ComponentScore, HealthScore
@@ -223,15 +222,20 @@ def churn_risk_for(score: float, weakest_component: float = 100.0) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> dict[str, float | None]:
+def _component_values(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> tuple[float | None, ...]:
+    """Each component's score (None without data), in the order of COMPONENTS."""
     sums = activity_sums(state, at_ms)
-    return {
-        "usage": usage_score(state, at_ms, sums, parameters),
-        "purchases": purchase_score(state, at_ms, sums, parameters),
-        "support": support_score(state, parameters),
-        "sentiment": sentiment_score(state, at_ms, parameters),
-        "payments": payment_score(state, at_ms, sums),
-    }
+    return (
+        usage_score(state, at_ms, sums, parameters),
+        purchase_score(state, at_ms, sums, parameters),
+        support_score(state, parameters),
+        sentiment_score(state, at_ms, parameters),
+        payment_score(state, at_ms, sums),
+    )
+
+
+def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> dict[str, float | None]:
+    return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters)))
 
 
 def score_state(
@@ -247,14 +251,7 @@ def score_state(
     of each component since then (see ``explain``).
     """
     weights = parameters.weights_for(state.plan)
-    sums = activity_sums(state, at_ms)
-    values = (
-        usage_score(state, at_ms, sums, parameters),
-        purchase_score(state, at_ms, sums, parameters),
-        support_score(state, parameters),
-        sentiment_score(state, at_ms, parameters),
-        payment_score(state, at_ms, sums),
-    )
+    values = _component_values(state, at_ms, parameters)
     present: list[tuple[str, float, float]] = []
     total_weight = 0.0
     all_weights = 0.0
@@ -267,7 +264,7 @@ def score_state(
     if not present:
         return None
     components: dict[str, ComponentScore] = {}
-    changes: list[tuple[float, str, float]] = []  # (−|change|, component, change): largest first once sorted
+    changes: list[tuple[float, str, float]] = []
     before = previous_contributions or {}
     composite = 0.0
     weakest = 100.0
@@ -283,7 +280,6 @@ def score_state(
     for name, contribution in before.items():
         if name not in components:
             changes.append((-abs(contribution), name, -contribution))
-    changes.sort()
     composite = min(100.0, max(0.0, composite))
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         composite = min(composite, parameters.at_risk_min - 0.01)
@@ -294,7 +290,7 @@ def score_state(
         components=components,
         as_of_ms=at_ms,
         confidence=total_weight / all_weights,
-        changes={name: change for _, name, change in changes},
+        changes=_largest_first(changes),
         previous_score=previous_score,
     )
 
@@ -309,15 +305,20 @@ def explain(previous_contributions: Mapping[str, float] | None, current: HealthS
 
 def _changes(before: Mapping[str, float] | None, components: Mapping[str, ComponentScore]) -> dict[str, float]:
     before = before or {}
-    changes = {name: component.contribution - before.get(name, 0.0) for name, component in components.items()}
+    changes: list[tuple[float, str, float]] = []
+    for name, component in components.items():
+        change = component.contribution - before.get(name, 0.0)
+        changes.append((-abs(change), name, change))
     for name, contribution in before.items():
         if name not in components:
-            changes[name] = -contribution
-    return dict(sorted(changes.items(), key=_largest_first))
+            changes.append((-abs(contribution), name, -contribution))
+    return _largest_first(changes)
 
 
-def _largest_first(item: tuple[str, float]) -> tuple[float, str]:
-    return (-abs(item[1]), item[0])
+def _largest_first(changes: list[tuple[float, str, float]]) -> dict[str, float]:
+    """(−|change|, component, change) entries → component: change, largest first (ties by name)."""
+    changes.sort()
+    return {name: change for _, name, change in changes}
 
 
 def has_changed(

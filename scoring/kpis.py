@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from scoring.state import DAY_MS, PRIORITIES, CustomerState, window_total
+from scoring.state import DAY_MS, PRIORITIES, CustomerState, day_total, window_total
 
 
 def _counts(**counts: float) -> None:
@@ -340,7 +340,7 @@ class FleetTotals:
         cancelled_in_period = bool(state.cancelled_ms) and start <= state.cancelled_ms <= at
         counts = state.counts
         was_active_before = state.first_event_ms < start and (
-            any(counts.total(name, start_day - self.period_days, start_day - 1) for name in COUNTERS_FOR_ACTIVITY)
+            any(day_total(counts, name, start_day - self.period_days, start_day - 1) for name in COUNTERS_FOR_ACTIVITY)
             or start - period_ms <= state.last_event_ms < start
         )
         self.active += active_now and not (state.cancelled_ms and state.cancelled_ms <= at)
@@ -348,7 +348,7 @@ class FleetTotals:
         if was_active_before:
             self.active_at_period_start += 1
             self.lost_in_period += (not active_now) or cancelled_in_period
-        orders = counts.total("purchases", start_day + 1, today)
+        orders = day_total(counts, "purchases", start_day + 1, today)
         self.buyers += orders >= 1
         self.repeat_buyers += orders >= 2
         if state.published is not None:

@@ -9,7 +9,6 @@ scores and alerts.
 
 from __future__ import annotations
 
-
 from scoring.alerts import AlertDecision, AlertParameters, evaluate
 from scoring.contract import Event, TopicKind
 from scoring.health import HealthScore, ScoringParameters, has_changed, score_state

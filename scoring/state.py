@@ -10,11 +10,10 @@ number of events. The record's structs are declared in ``scoring.structs``.
 
 from __future__ import annotations
 
-from typing import Final
-
 import hashlib
 import zlib
 from bisect import bisect_left, bisect_right
+from typing import Final
 
 import msgspec
 
@@ -263,9 +262,13 @@ def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int) -
 def window_total(state: CustomerState, counter: str, at_ms: int, days: int) -> int:
     """Sum of one day counter over the ``days`` UTC days ending with the day of ``at_ms``."""
     last_day = at_ms // DAY_MS
-    day_numbers = state.counts.days
-    column: list[int] = getattr(state.counts, counter)
+    return day_total(state.counts, counter, last_day - days + 1, last_day)
+
+
+def day_total(counts: DayCounts, counter: str, first_day: int, last_day: int) -> int:
+    """Sum of one counter over the days first_day..last_day inclusive."""
+    column: list[int] = getattr(counts, counter)
     total = 0
-    for index in range(bisect_left(day_numbers, last_day - days + 1), bisect_right(day_numbers, last_day)):
+    for index in range(bisect_left(counts.days, first_day), bisect_right(counts.days, last_day)):
         total += column[index]
     return total

@@ -17,7 +17,6 @@ appended, with defaults, so old changelog records still decode.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left, bisect_right
 
 import msgspec
 
@@ -38,7 +37,7 @@ class DayCounts(msgspec.Struct, array_like=True, gc=False):
 
     ``days`` holds the day numbers (days since 1970-01-01) in ascending order and
     each counter list is aligned with it. Columns of small integers keep the record
-    small and make window sums C-level slices instead of Python loops.
+    small; ``scoring.state.day_total`` and ``scoring.health.activity_sums`` sum them.
     """
 
     days: list[int] = []
@@ -50,11 +49,6 @@ class DayCounts(msgspec.Struct, array_like=True, gc=False):
     tickets_opened: list[int] = []
     payments_failed: list[int] = []
     refunds_cents: list[int] = []
-
-    def total(self, counter: str, first_day: int, last_day: int) -> int:
-        """Sum of one counter over the days first_day..last_day inclusive."""
-        days = self.days
-        return sum(getattr(self, counter)[bisect_left(days, first_day) : bisect_right(days, last_day)])
 
 
 class OpenTicket(msgspec.Struct, array_like=True, gc=False):

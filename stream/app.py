@@ -14,7 +14,6 @@ scores, alerts and changelog records leave as producer batches (stream/outputs.p
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections import Counter
@@ -31,13 +30,12 @@ from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
 from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
-from stream.memory import release_free_memory
+from stream.memory import collect_garbage_rarely, release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
 from stream.working_set import WorkingSet
 
-GC_YOUNG_THRESHOLD = 100_000
 log = logging.getLogger("healthscore.worker")
 
 Clock = Callable[[], float]
@@ -257,13 +255,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     @app.agent(source, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
         """Applies each batch of records (stream/batching.py), then writes each changed record once."""
-        # Everything alive now (modules, Faust's services) lives as long as the worker: without
-        # this, each full collection walked it all again, about 15 % of the processing time.
-        gc.freeze()
-        # A batch allocates hundreds of thousands of objects, none in a reference cycle, and
-        # keeps thousands alive until its end (records, outputs): at the default thresholds
-        # the collector ran every 700 allocations and took a sixth of the worker's time.
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
+        # Everything alive now (modules, Faust's services) lives as long as the worker.
+        collect_garbage_rarely()
         if not health_partitions:
             health_partitions.append(await producer.partition_count(health_topic_name))
         async for batch in stream:

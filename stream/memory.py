@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -47,3 +48,15 @@ def release_free_memory() -> None:
     """Gives the free pages at the top and inside the heaps back to the system (glibc ``malloc_trim``)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def collect_garbage_rarely() -> None:
+    """Freezes what is alive now and makes the collector run 140 times less often.
+
+    Call once the long-lived objects exist (the worker's services, a replay's history).
+    The per-event objects form no reference cycles, so collecting finds nothing while it
+    walks everything alive: at the default threshold (every 700 allocations) that took a
+    sixth of the worker's time and a few percent of a replay's.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)

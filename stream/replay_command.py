@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import scoring.compiled
 from scoring.output import alert_message, health_message, rfc3339
 from scoring.replay import AlertRaised, Replayer, ScoreChanged
 from stream.history import read_history, write_rejects
+from stream.memory import collect_garbage_rarely
 from stream.settings import Settings
 
 
@@ -44,11 +44,8 @@ def run_replay(
         if rejects_path is not None:
             write_rejects(rejects_path, history.rejected)
             echo(f"Rejected lines written to {rejects_path}")
-    # The history (a million events are millions of objects) lives until the end: left to the
-    # garbage collector, every full collection walked all of it again.
-    gc.freeze()
-    # The replay makes no reference cycles per event: collecting 100 times less often is a free 1 %.
-    gc.set_threshold(100_000, 50, 100)
+    # The history (a million events are millions of objects) lives until the end.
+    collect_garbage_rarely()
     parameters = settings.scoring.parameters()
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds
