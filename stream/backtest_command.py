@@ -20,7 +20,7 @@ from scoring.alerts import Alert
 from scoring.contract import PurchaseCompleted
 from scoring.output import rfc3339
 from scoring.replay import AlertRaised, Replayer
-from scoring.state import DAY_MS
+from scoring.state import DAY_MS, day_total
 from stream.history import read_history
 from stream.settings import Settings
 from stream.transactions import parse_time_ms
@@ -97,8 +97,8 @@ def run_backtest(
     states = [replayer.states[c] for c in population]
     recency_days = [(as_of_ms - s.last_event_ms) / DAY_MS for s in states]
     first_day = as_of_ms // DAY_MS - 89
-    frequency = [sum(s.counts.total(name, first_day, as_of_ms // DAY_MS) for name in ("sessions", "feature_uses", "purchases")) for s in states]
-    monetary = [s.counts.total("revenue_cents", first_day, as_of_ms // DAY_MS) / 100 + 3 * s.mrr for s in states]
+    frequency = [sum(day_total(s.counts, name, first_day, as_of_ms // DAY_MS) for name in ("sessions", "feature_uses", "purchases")) for s in states]
+    monetary = [day_total(s.counts, "revenue_cents", first_day, as_of_ms // DAY_MS) / 100 + 3 * s.mrr for s in states]
     rankings = {
         "model": model_risk,
         "recency": recency_days,
