@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -191,6 +192,13 @@ def stop_workers(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def py_spy() -> Path | None:
+    """py-spy from this interpreter's environment (the bench extra), else from PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = beside if beside.exists() else shutil.which("py-spy")
+    return Path(found) if found else None
+
+
 def run_workers(
     env: dict[str, str], ports: list[int], events: int, timeout: float, profile: Path | None = None, feed=None
 ) -> dict:
@@ -238,7 +246,7 @@ def run_workers(
                 if profile is not None:
                     # py-spy samples the running worker until it exits; the file opens in speedscope.app.
                     spy = subprocess.Popen(
-                        ["py-spy", "record", *(["--native"] if profile.suffix == ".txt" else []), "--pid", str(processes[0].pid), "--format", "raw" if profile.suffix == ".txt" else "speedscope", "--output", str(profile)],
+                        [str(py_spy()), "record", *(["--native"] if profile.suffix == ".txt" else []), "--pid", str(processes[0].pid), "--format", "raw" if profile.suffix == ".txt" else "speedscope", "--output", str(profile)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
             if done >= events:
@@ -420,6 +428,8 @@ def main() -> None:
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
     parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this file: speedscope, or collapsed stacks when it ends in .txt")
     args = parser.parse_args()
+    if args.profile is not None and py_spy() is None:
+        parser.error("--profile needs py-spy: pip install -e '.[bench]'")
 
     paths = default_paths()
     start_redis(paths)

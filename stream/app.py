@@ -184,21 +184,21 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         """Queues a changed score and any new alerts (sent at the end of the batch); records that they were sent."""
         now = clock()
         if result.publish is not None:
-            payload = health_message(customer_id, result.publish, int(now * 1000), model_version, trigger)
-            outputs.add(health_topic_name, health_partition(key, partition), key, encode_json(payload))
+            encoded = encode_json(health_message(customer_id, result.publish, int(now * 1000), model_version, trigger))
+            outputs.add(health_topic_name, health_partition(key, partition), key, encoded)
             lags.append(max(0.0, now - event_ms / 1000))
             published_scores.append(result.publish.score)
             published_risks.append(result.publish.churn_risk)
-            cache.offer(payload)
+            cache.offer(customer_id, encoded)
         for alert in result.alerts.raised:
             if await ledger.is_published(partition, alert.alert_id):
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
                 continue
-            message = alert_message(alert, int(now * 1000), model_version)
-            outputs.add(alerts_topic_name, partition, key, encode_json(message))
+            encoded_alert = encode_json(alert_message(alert, int(now * 1000), model_version))
+            outputs.add(alerts_topic_name, partition, key, encoded_alert)
             ledger.record(partition, alert.alert_id)
             metrics.ALERTS_RAISED.labels(alert.rule, alert.severity).inc()
-            cache.offer_alert(message)
+            cache.offer_alert(customer_id, encoded_alert)
         for rule, severity in result.alerts.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Any
 
 import msgspec
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
-from scoring.structs import HealthMessage
 from stream import metrics
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ def alerts_key(prefix: str, customer_id: str) -> str:
 
 RECENT_ALERTS = 20
 
-#: Customers (or alerts) per script call, so Redis is never blocked for long.
+#: Customers (or alerts) per script call: about 10 ms of Redis time, so it is never blocked for long.
 FLUSH_CHUNK = 2000
 
 _encoder = msgspec.json.Encoder()
@@ -64,8 +63,26 @@ return 0
 """
 
 
-def _score_row(customer_id: str, message: HealthMessage) -> list[str]:
+class _StoredScore(msgspec.Struct):
+    """What Redis keeps of a ``customer-health`` message: the explanation stays as it was encoded."""
+
+    score: float
+    band: str
+    churn_risk: float
+    components: msgspec.Raw
+    confidence: float
+    changes: msgspec.Raw
+    as_of: str
+    computed_at: str
+    model_version: str
+
+
+_stored_score = msgspec.json.Decoder(_StoredScore)
+
+
+def _score_row(customer_id: str, encoded: bytes) -> list[str]:
     """The customer's hash values as Redis stores them (strings, numbers as Python prints them)."""
+    message = _stored_score.decode(encoded)
     return [
         customer_id,
         repr(message.score),
@@ -74,17 +91,30 @@ def _score_row(customer_id: str, message: HealthMessage) -> list[str]:
         message.as_of,
         message.computed_at,
         message.model_version,
-        _encoder.encode(message.components).decode(),
-        _encoder.encode(message.changes).decode(),
+        bytes(message.components).decode(),
+        bytes(message.changes).decode(),
         repr(message.confidence),
     ]
+
+
+def _take(pending: dict[str, bytes], count: int) -> dict[str, bytes]:
+    """Removes and returns the ``count`` oldest entries (all of them when there are fewer)."""
+    if len(pending) <= count:
+        taken = dict(pending)
+        pending.clear()
+        return taken
+    taken = dict(itertools.islice(pending.items(), count))
+    for customer_id in taken:
+        del pending[customer_id]
+    return taken
 
 
 class LatestScoreCache:
     """Keeps the latest score per customer in Redis, off the hot path.
 
-    The stream only records the newest message per customer in memory; a timer
-    flushes them in one pipeline. If Redis is down, pending scores stay (one per
+    The stream hands over each published message as the bytes it sent to Kafka; only
+    the newest per customer is kept. A timer writes them in chunks, one script call
+    each, until none is left. If Redis is down, pending scores stay (one per
     customer, so memory is bounded by the customers seen) and are retried; the
     Kafka output never waits for Redis.
     """
@@ -92,52 +122,63 @@ class LatestScoreCache:
     def __init__(self, url: str, prefix: str) -> None:
         self._client = redis_asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._prefix = prefix
-        self._pending: dict[str, HealthMessage] = {}
-        self._pending_alerts: list[dict[str, Any]] = []
+        self._pending: dict[str, bytes] = {}
+        self._pending_alerts: list[tuple[str, bytes]] = []
         self._healthy = True
+        self._flushing = False
         self._script = self._client.register_script(WRITE_SCRIPT)
 
     @property
     def client(self) -> redis_asyncio.Redis:
         return self._client
 
-    def offer(self, message: HealthMessage) -> None:
-        self._pending[message.customer_id] = message
+    def offer(self, customer_id: str, encoded_message: bytes) -> None:
+        """The customer's newest ``customer-health`` message, as published."""
+        self._pending[customer_id] = encoded_message
 
-    def offer_alert(self, message: dict[str, Any]) -> None:
+    def offer_alert(self, customer_id: str, encoded_alert: bytes) -> None:
         if len(self._pending_alerts) < 100_000:  # bounded while Redis is away; Kafka has them all
-            self._pending_alerts.append(message)
+            self._pending_alerts.append((customer_id, encoded_alert))
 
     @property
     def pending(self) -> int:
         return len(self._pending) + len(self._pending_alerts)
 
     async def flush(self) -> None:
-        if not self._pending and not self._pending_alerts:
+        """Writes everything pending, a chunk per round trip; a flush already running does it."""
+        if self._flushing:
             return
-        batch, self._pending = self._pending, {}
-        alerts, self._pending_alerts = self._pending_alerts, []
+        self._flushing = True
         try:
-            for start in range(0, max(len(alerts), 1), FLUSH_CHUNK):
-                chunk = alerts[start : start + FLUSH_CHUNK]
-                if chunk:
-                    await self._write(b"[]", _encoder.encode([[a["customer_id"], _encoder.encode(a).decode()] for a in chunk]))
-            customers = list(batch.items())
-            for start in range(0, len(customers), FLUSH_CHUNK):
-                rows = [_score_row(customer_id, message) for customer_id, message in customers[start : start + FLUSH_CHUNK]]
-                await self._write(_encoder.encode(rows), b"[]")
+            while self._pending_alerts or self._pending:
+                if not await self._flush_chunk():
+                    return
+        finally:
+            self._flushing = False
+
+    async def _flush_chunk(self) -> bool:
+        """Alerts first, then scores; on failure puts them back (newer offers win) and says False."""
+        alerts = self._pending_alerts[:FLUSH_CHUNK]
+        del self._pending_alerts[:FLUSH_CHUNK]
+        scores = _take(self._pending, FLUSH_CHUNK) if not alerts else {}
+        try:
+            if alerts:
+                await self._write(b"[]", _encoder.encode([[customer_id, encoded.decode()] for customer_id, encoded in alerts]))
+            else:
+                await self._write(_encoder.encode([_score_row(customer_id, encoded) for customer_id, encoded in scores.items()]), b"[]")
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
-            for customer_id, message in batch.items():
-                self._pending.setdefault(customer_id, message)
+            for customer_id, encoded in scores.items():
+                self._pending.setdefault(customer_id, encoded)
             self._pending_alerts[:0] = alerts
             if self._healthy:
-                log.warning("Redis write failed, will retry (%s pending): %s", len(self._pending), error)
+                log.warning("Redis write failed, will retry (%s pending): %s", self.pending, error)
             self._healthy = False
-            return
+            return False
         if not self._healthy:
             log.info("Redis writes recovered")
         self._healthy = True
+        return True
 
     async def _write(self, scores: bytes, alerts: bytes) -> None:
         """One round trip: Redis unpacks the rows itself (redis-py packs each argument in Python,

@@ -1,0 +1,105 @@
+"""The latest score per customer in the real Redis: what the worker's cache writes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import msgspec
+import pytest
+import redis
+
+from scoring.output import encode_json
+from scoring.structs import ComponentMessage, HealthMessage
+from stream import metrics
+from stream.settings import load_settings
+from stream.sinks import FLUSH_CHUNK, SCORE_FIELDS, LatestScoreCache, alerts_key, customer_key, scores_key
+
+pytestmark = pytest.mark.integration
+
+
+def message(customer_id: str, score: float, computed_at: str = "2026-11-23T10:00:00.000Z") -> HealthMessage:
+    return HealthMessage(
+        customer_id=customer_id,
+        score=score,
+        band="healthy" if score >= 70 else "at_risk",
+        churn_risk=round(1 - score / 100, 4),
+        components={
+            "usage": ComponentMessage(score=score, weight=0.4, contribution=round(score * 0.4, 2)),
+            "payments": ComponentMessage(score=100.0, weight=0.6, contribution=60.0),
+        },
+        confidence=0.75,
+        previous_score=None,
+        changes={"usage": -1.25, "payments": 0.0},
+        as_of="2026-11-23T09:59:59.000Z",
+        computed_at=computed_at,
+        model_version="test-model",
+        trigger_event_id="e-1",
+    )
+
+
+def expected_hash(sent: HealthMessage) -> dict[str, str]:
+    """The documented hash (README): numbers as Python prints them, the explanation as JSON."""
+    values = {
+        "score": repr(sent.score),
+        "band": sent.band,
+        "churn_risk": repr(sent.churn_risk),
+        "as_of": sent.as_of,
+        "computed_at": sent.computed_at,
+        "model_version": sent.model_version,
+        "components": msgspec.json.encode(sent.components).decode(),
+        "changes": msgspec.json.encode(sent.changes).decode(),
+        "confidence": repr(sent.confidence),
+    }
+    assert set(values) == set(SCORE_FIELDS)
+    return values
+
+
+def test_every_pending_score_and_alert_lands_newest_first(services: None) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    customers = [f"c-{index:05d}" for index in range(FLUSH_CHUNK * 2 + 17)]  # more than one script call
+
+    async def run() -> None:
+        cache = LatestScoreCache(settings.redis_url, prefix)
+        try:
+            for index, customer in enumerate(customers):
+                cache.offer(customer, encode_json(message(customer, 50.0, "2026-11-23T09:00:00.000Z")))
+                cache.offer(customer, encode_json(message(customer, float(index % 100) + 0.25)))  # the newest wins
+            for number in range(3):
+                cache.offer_alert("c-00001", encode_json({"alert_id": f"a{number}", "customer_id": "c-00001"}))
+            await cache.flush()
+            assert cache.pending == 0
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    for index in (0, 1, FLUSH_CHUNK, len(customers) - 1):
+        customer = customers[index]
+        assert client.hgetall(customer_key(prefix, customer)) == expected_hash(message(customer, float(index % 100) + 0.25))
+    assert client.zcard(scores_key(prefix)) == len(customers)
+    assert client.zrange(scores_key(prefix), 0, 0, withscores=True)[0][1] == 0.25
+    recent = [msgspec.json.decode(alert)["alert_id"] for alert in client.lrange(alerts_key(prefix, "c-00001"), 0, -1)]
+    assert recent == ["a2", "a1", "a0"]
+
+
+def test_scores_wait_while_redis_is_away_and_newer_ones_replace_them(services: None) -> None:
+    failures = metrics.REDIS_WRITE_FAILURES._value.get()
+
+    async def run() -> None:
+        cache = LatestScoreCache("redis://127.0.0.1:1/0", "away")  # nothing listens on port 1
+        try:
+            cache.offer("c-1", encode_json(message("c-1", 10.0)))
+            cache.offer_alert("c-1", b'{"alert_id":"a"}')
+            await cache.flush()
+            assert cache.pending == 2
+            cache.offer("c-1", encode_json(message("c-1", 20.0)))
+            await cache.flush()
+            assert cache.pending == 2
+            assert msgspec.json.decode(cache._pending["c-1"])["score"] == 20.0
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    assert metrics.REDIS_WRITE_FAILURES._value.get() == failures + 2
