@@ -4,11 +4,13 @@ Run on demand (not part of the test suite):
 
     .venv/bin/python bench/model_cost.py
 
-Replays the generator's realistic mix (30 days of history) through the same
-function the worker calls per event: validate the event, decode the stored state,
-apply the event and rescore at event time (``scoring.pipeline.step``), encode the
-state. Reports the mean microseconds per event of each part on one core, and the
-serialized state size per customer (median, p90, max).
+Replays the generator's realistic mix through what the worker does per event, with
+the configured alert rules and dedup capacity: validate the event, decode the stored
+state, apply the event, rescore and check the alert rules at event time
+(``scoring.pipeline.step``), build and encode the score message when the score
+changed, encode the state. Reports the mean microseconds per event of each part on one
+core, their sum as the events/s one core could reach with no Kafka at all (the
+ceiling for the worker), and the serialized state size per customer (median, p90, max).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scoring import compiled  # noqa: E402
 from scoring.contract import decode_event  # noqa: E402
-from scoring.health import ScoringParameters  # noqa: E402
+from scoring.output import encode_json, health_message  # noqa: E402
 from scoring.pipeline import step  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
 from stream.generate import EventSynthesizer  # noqa: E402
+from stream.memory import collect_garbage_rarely  # noqa: E402
+from stream.settings import load_settings  # noqa: E402
 
 
 def main() -> None:
@@ -47,27 +52,37 @@ def main() -> None:
         (g.customer_id.encode(), encoder.encode(g.value), g.topic)
         for g in synthesizer.timeline(args.events, end - int(args.days * DAY_MS), end)
     ]
-    parameters = ScoringParameters()
+    collect_garbage_rarely()  # as the worker does once started
+    settings = load_settings()
+    parameters = settings.scoring.parameters()
+    rules = settings.alerts.parameters()
+    model_version = parameters.model_version  # a digest of the parameters: the worker computes it once
     store: dict[bytes, bytes] = {}
 
     clock = time.perf_counter
-    event_seconds = state_seconds = model_seconds = 0.0
-    published = 0
-    for key, value, topic in raw:
+    event_seconds = state_seconds = model_seconds = message_seconds = 0.0
+    published = alerts = 0
+    for offset, (key, value, topic) in enumerate(raw):
         t0 = clock()
         event = decode_event(key, value, topic, end + 1, 300_000)
         t1 = clock()
         stored = store.get(key)
         state = decode_state(stored) if stored is not None else new_state(event.customer_id)
         t2 = clock()
-        result = step(state, event, parameters, 32)
+        result = step(state, event, parameters, settings.dedup_capacity, (topic, 0, offset), rules)
         t3 = clock()
-        store[key] = encode_state(state)
+        if result.publish is not None:
+            encode_json(health_message(event.customer_id, result.publish, end, model_version, event.event_id))
+            published += 1
         t4 = clock()
-        published += result.publish is not None
+        store[key] = encode_state(state)
+        t5 = clock()
+        alerts += len(result.alerts.raised)
         event_seconds += t1 - t0
-        state_seconds += (t2 - t1) + (t4 - t3)
+        state_seconds += (t2 - t1) + (t5 - t4)
         model_seconds += t3 - t2
+        message_seconds += t4 - t3
+    total_seconds = event_seconds + state_seconds + model_seconds + message_seconds
     sizes = sorted(len(value) for value in store.values())
     result = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -75,10 +90,15 @@ def main() -> None:
         "events": args.events,
         "customers": args.customers,
         "days": args.days,
-        "apply_and_rescore_microseconds_per_event": model_seconds / args.events * 1e6,
+        "model": compiled.status,
+        "apply_rescore_and_alert_rules_microseconds_per_event": model_seconds / args.events * 1e6,
         "state_decode_and_encode_microseconds_per_event": state_seconds / args.events * 1e6,
         "event_validation_microseconds_per_event": event_seconds / args.events * 1e6,
+        "score_message_microseconds_per_event": message_seconds / args.events * 1e6,
+        "total_microseconds_per_event": total_seconds / args.events * 1e6,
+        "events_per_second_on_one_core_without_kafka": args.events / total_seconds,
         "scores_published_share": published / args.events,
+        "alerts_raised": alerts,
         "state_bytes_median": statistics.median(sizes),
         "state_bytes_p90": sizes[int(len(sizes) * 0.9)],
         "state_bytes_max": sizes[-1],

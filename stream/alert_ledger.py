@@ -7,12 +7,14 @@ rebalance, the ledger reads back the tail of the alerts topic's matching
 partition (alerts are written to the same partition number as their customer's
 input) and remembers the ids it finds; the worker skips any alert whose id is
 there. Alert ids are deterministic per episode, so this catches exactly the
-repeats.
+repeats. In memory it keeps as many ids per partition as it reads back (the
+newest), so a long-running worker does not collect every alert it ever sent.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,12 +27,35 @@ class _AlertId(msgspec.Struct):
     alert_id: str
 
 
+class _RecentIds:
+    """The newest ``limit`` ids added, with constant-time membership."""
+
+    def __init__(self, limit: int) -> None:
+        self._order: deque[str] = deque()
+        self._members: set[str] = set()
+        self._limit = limit
+
+    def add(self, alert_id: str) -> None:
+        if alert_id in self._members:
+            return
+        self._order.append(alert_id)
+        self._members.add(alert_id)
+        while len(self._order) > self._limit:
+            self._members.discard(self._order.popleft())
+
+    def __contains__(self, alert_id: object) -> bool:
+        return alert_id in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
 class AlertLedger:
     def __init__(self, bootstrap: str, topic: str, tail_messages: int) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._tail = tail_messages
-        self._known: dict[int, set[str]] = {}
+        self._known: dict[int, _RecentIds] = {}
         self._decoder = msgspec.json.Decoder(_AlertId)
 
     def forget_all(self) -> None:
@@ -51,10 +76,13 @@ class AlertLedger:
         return alert_id in known
 
     def record(self, partition: int, alert_id: str) -> None:
-        self._known.setdefault(partition, set()).add(alert_id)
+        known = self._known.get(partition)
+        if known is None:
+            known = self._known[partition] = _RecentIds(self._tail)
+        known.add(alert_id)
 
-    async def _read_tail(self, partition: int) -> set[str]:
-        found: set[str] = set()
+    async def _read_tail(self, partition: int) -> _RecentIds:
+        found = _RecentIds(self._tail)
         if self._tail == 0:
             return found
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)

@@ -6,8 +6,9 @@ bytes: Faust never decodes them (it would ack undecodable messages silently).
 
 One agent reads the four input topics and the sweep-tick topic, so every change
 to a customer's record happens in one place, in order. Records reach it in batches
-(stream/batching.py); a batch's changed records are written back once, with their
-changelog records, and its messages acked after that (stream/working_set.py); its
+(stream/batching.py); a batch's changed records are written back (with their
+changelog records) as they fall out of use, and its messages acked after the last
+one (stream/working_set.py); its
 scores, alerts and changelog records leave as producer batches (stream/outputs.py).
 """
 
@@ -262,8 +263,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         async for batch in stream:
             started = time.perf_counter()
             events = batch.current(app)
-            working = WorkingSet(states, keys_by_partition)
             outputs = Outputs()
+            working = WorkingSet(states, keys_by_partition, outputs, changelog_topic_name)
             counts: Counter = Counter()
             for event in events:
                 message = event.message
@@ -275,7 +276,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
                 except Exception as error:  # a bug must not stop the stream: park the message and go on
                     log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
                     await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
-            working.write_back(outputs, changelog_topic_name)
+            working.write_back()
             metrics.SCORES_PUBLISHED.inc(outputs.count(health_topic_name))
             observe_published()
             await outputs.send(producer, {changelog_topic_name: persisted})

@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     fleet_period_days: int = Field(30, ge=1, le=60)
     #: Customers rescored per sweep step before the stream gets its turn again.
     sweep_chunk_size: int = Field(500, ge=1, le=100_000)
-    #: Alerts read back from the end of each alerts partition on assignment, to never publish one twice.
+    #: Alerts read back from the end of each alerts partition on assignment (and as many remembered
+    #: per partition while running), to never publish one twice.
     alert_tail_messages: int = Field(10_000, ge=0)
     #: Most records handed to the agent at once; bigger batches amortise more, smaller ones cut latency.
     batch_max_events: int = Field(2_000, ge=1, le=100_000)

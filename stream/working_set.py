@@ -1,14 +1,20 @@
-"""The customer records one batch touches: decoded once, written back once.
+"""The customer records one batch touches: decoded once, written back once while in use.
 
-A customer with several events in a batch is decoded from the table on its first
-event and encoded (one table write, one changelog message) after the batch, not
-once per event. The batch's messages are acked only after ``write_back``, and
-Faust flushes the producer before it commits offsets, so a crash never commits an
-offset whose state change is not in the changelog.
+A customer with several events close together in a batch is decoded from the table
+on its first event and encoded (one table write, one changelog message) once, not
+once per event. Only the most recently used records stay decoded: the others are
+written back as soon as more than ``DECODED_RECORDS`` are open, while their objects
+are still in the CPU cache. Keeping a whole 2,000-event batch decoded until its end
+(about 10 MB of objects) cost a quarter more per event than writing records back
+in small groups (measured with the bench mix, no broker). The batch's messages are
+acked only after ``write_back``, and Faust flushes the producer before it commits
+offsets, so a crash never commits an offset whose state change is not in the
+changelog.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +24,9 @@ from stream.outputs import Outputs
 
 #: A pure step on the record; None when it left the record as it was.
 Action = Callable[[CustomerState], Step | None]
+
+#: Records kept decoded at once; the least recently used beyond this are written back.
+DECODED_RECORDS = 64
 
 
 @dataclass
@@ -30,12 +39,22 @@ class _Record:
 
 
 class WorkingSet:
-    """Decoded records of the current batch, keyed by the table key."""
+    """Decoded records of the current batch, keyed by the table key, least recently used first."""
 
-    def __init__(self, table: Any, keys_by_partition: dict[int, set[bytes]]) -> None:
+    def __init__(
+        self,
+        table: Any,
+        keys_by_partition: dict[int, set[bytes]],
+        outputs: Outputs,
+        changelog_topic: str,
+        capacity: int = DECODED_RECORDS,
+    ) -> None:
         self._table = table
         self._keys_by_partition = keys_by_partition
-        self._records: dict[bytes, _Record] = {}
+        self._outputs = outputs
+        self._changelog_topic = changelog_topic
+        self._capacity = capacity
+        self._records: OrderedDict[bytes, _Record] = OrderedDict()
 
     def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
@@ -46,9 +65,13 @@ class WorkingSet:
         """
         record = self._records.get(key)
         if record is None:
+            if len(self._records) >= self._capacity:
+                self._write(*self._records.popitem(last=False))
             stored = self._table.get(key)
             state = decode_state(stored) if stored is not None else new_state(customer_id)
             record = self._records[key] = _Record(partition, stored, state)
+        else:
+            self._records.move_to_end(key)
         try:
             result = action(record.state)
         except BaseException:
@@ -61,19 +84,22 @@ class WorkingSet:
             record.dirty = True
         return result
 
-    def write_back(self, outputs: Outputs, changelog_topic: str) -> int:
-        """One table write, and one changelog record to the key's partition, per changed record."""
-        table = self._table
+    def write_back(self) -> int:
+        """Writes every changed record still open; returns how many were written by this call."""
         written = 0
         for key, record in self._records.items():
-            if not record.dirty:
-                continue
-            encoded = encode_state(record.state)
-            # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
-            # the changelog record goes to the source partition, as Faust would send it.
-            outputs.add(changelog_topic, record.partition, key, encoded)
-            table.data[key] = encoded
-            self._keys_by_partition.setdefault(record.partition, set()).add(key)
-            written += 1
+            written += self._write(key, record)
         self._records.clear()
         return written
+
+    def _write(self, key: bytes, record: _Record) -> int:
+        """One table write, and one changelog record to the key's partition, if the record changed."""
+        if not record.dirty:
+            return 0
+        encoded = encode_state(record.state)
+        # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
+        # the changelog record goes to the source partition, as Faust would send it.
+        self._outputs.add(self._changelog_topic, record.partition, key, encoded)
+        self._table.data[key] = encoded
+        self._keys_by_partition.setdefault(record.partition, set()).add(key)
+        return 1

@@ -79,13 +79,13 @@ def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
 
 def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_final_state() -> None:
     table = Table()
-    working = WorkingSet(table, {})
     outputs = Outputs()
+    working = WorkingSet(table, {}, outputs, "changelog")
     results = [working.run(b"acme", 3, "acme", apply(usage("acme", f"e{i}", END_MS - 3_600_000 + i * 60_000), i)) for i in range(3)]
     working.run(b"beta", 3, "beta", apply(usage("beta", "b1", END_MS - 1000), 10))
     assert [result.outcome for result in results] == [Outcome.APPLIED] * 3
 
-    assert working.write_back(outputs, "changelog") == 2
+    assert working.write_back() == 2
     records = outputs.pending("changelog")[3]
     assert [key for key, _ in records] == [b"acme", b"beta"]
     acme = decode_state(table.data[b"acme"])
@@ -95,19 +95,44 @@ def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_fina
 
 def test_the_next_batch_starts_from_what_the_table_holds() -> None:
     table = Table()
-    working = WorkingSet(table, {})
+    working = WorkingSet(table, {}, Outputs(), "changelog")
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
-    working.write_back(Outputs(), "changelog")
+    working.write_back()
     again = working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
     assert again.outcome is Outcome.DUPLICATE
-    assert working.write_back(Outputs(), "changelog") == 0  # nothing changed, nothing written
+    assert working.write_back() == 0  # nothing changed, nothing written
+
+
+def test_beyond_its_capacity_the_least_recently_used_record_is_written_back_first() -> None:
+    table = Table()
+    outputs = Outputs()
+    keys_by_partition: dict[int, set[bytes]] = {}
+    working = WorkingSet(table, keys_by_partition, outputs, "changelog", capacity=2)
+    at = END_MS - 3_600_000
+    working.run(b"acme", 0, "acme", apply(usage("acme", "a1", at), 1))
+    working.run(b"beta", 1, "beta", apply(usage("beta", "b1", at), 2))
+    working.run(b"acme", 0, "acme", apply(usage("acme", "a2", at + 1000), 3))  # acme is now the most recent
+    assert table.data == {}
+    working.run(b"cora", 0, "cora", apply(usage("cora", "c1", at), 4))  # a third record: beta goes
+    assert list(table.data) == [b"beta"]
+    assert outputs.pending("changelog") == {1: [(b"beta", table.data[b"beta"])]}
+    assert keys_by_partition == {1: {b"beta"}}
+    # beta again in the same batch: continues from what was written, and is written again.
+    again = working.run(b"beta", 1, "beta", apply(usage("beta", "b2", at + 2000), 5))
+    assert again.outcome is Outcome.APPLIED
+    assert list(table.data) == [b"beta", b"acme"]  # acme, least recently used, made room
+    assert decode_state(table.data[b"acme"]).events_applied == 2
+    assert working.write_back() == 2
+    assert decode_state(table.data[b"beta"]).events_applied == 2
+    assert [key for key, _ in outputs.pending("changelog")[1]] == [b"beta", b"beta"]
+    assert [key for key, _ in outputs.pending("changelog")[0]] == [b"acme", b"cora"]
 
 
 def test_a_failing_step_leaves_no_half_applied_change() -> None:
     table = Table()
     stored = new_state("acme")
     table.data[b"acme"] = encode_state(stored)
-    working = WorkingSet(table, {})
+    working = WorkingSet(table, {}, Outputs(), "changelog")
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
 
     def broken(state):
@@ -117,7 +142,7 @@ def test_a_failing_step_leaves_no_half_applied_change() -> None:
 
     with pytest.raises(RuntimeError):
         working.run(b"acme", 0, "acme", broken)
-    working.write_back(Outputs(), "changelog")
+    working.write_back()
     after = decode_state(table.data[b"acme"])
     assert after.events_applied == 1
     assert after.mrr == 0.0
