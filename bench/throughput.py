@@ -9,8 +9,12 @@ fresh topics, then drains them with (1) a plain aiokafka consumer that only
 decodes the JSON (the ceiling), (2) a naive Faust agent that decodes and updates
 one table key per event (the floor), (3) Quix Streams keeping a per-customer
 count in its state (the Python peer), and (4) ``healthscore worker``, until every
-event is counted in its /metrics. It prints a table and writes it as JSON under
-bench/results/. (2) and (3) live in bench/peers.py.
+event is counted in its /metrics. Before all that it measures the latency from event
+time to the score on the health topic at a fixed rate (on a quiet broker), and after
+it the scaling: two workers in one group against one worker, each on three times the
+events loaded before they start, over the stretch where every worker is busy. It
+prints a table and writes it as JSON under bench/results/. (2) and (3) live in
+bench/peers.py.
 """
 
 from __future__ import annotations
@@ -200,32 +204,12 @@ def py_spy() -> Path | None:
     return Path(found) if found else None
 
 
-def run_workers(
-    env: dict[str, str], ports: list[int], events: int, timeout: float, profile: Path | None = None, feed=None
-) -> dict:
+def run_workers(env: dict[str, str], ports: list[int], events: int, timeout: float, profile: Path | None = None) -> dict:
     """Drains the loaded events with len(ports) workers in one group; the clock runs from the
-    first event any of them processed until all are counted in their /metrics.
-
-    With ``feed``, the topics start empty: once every worker answers and the group has
-    settled, ``feed()`` loads the events (so no worker starts alone before the others join).
-    """
+    first event any of them processed until all are counted in their /metrics."""
     processes = [start_worker(env, port, f"worker-{index}") for index, port in enumerate(ports)]
     spy = None
-    fed_at = None
     try:
-        if feed is not None:
-            up_by = time.monotonic() + 120
-            while True:
-                try:
-                    [read_metrics(port) for port in ports]
-                    break
-                except OSError:
-                    if time.monotonic() > up_by:
-                        raise SystemExit("the workers did not come up within 120 s; see .data/bench-worker-*.log")
-                    time.sleep(0.5)
-            time.sleep(15)  # the group's rebalances as members join
-            fed_at = time.perf_counter()
-            feed()
         started = None
         deadline = time.monotonic() + timeout
         done = 0.0
@@ -241,8 +225,7 @@ def run_workers(
                 continue
             done = sum(v for metrics in snapshots for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
             if started is None and done > 0:
-                # Fed while running: the clock starts with the feed (processing overlaps it).
-                started = fed_at if fed_at is not None else time.perf_counter() - 0.1
+                started = time.perf_counter() - 0.1
                 cpu_at_start = sum(process_stats(process.pid)[0] for process in processes)
                 if profile is not None:
                     # py-spy samples the running worker until it exits; the file opens in speedscope.app.
@@ -277,6 +260,53 @@ def run_workers(
         stop_workers(processes)
         if spy is not None:
             spy.wait(timeout=60)
+
+
+def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float) -> dict:
+    """Events/s of len(ports) workers in one group while every one of them is processing.
+
+    The events are loaded before the workers start, so no feed shares the cores with
+    them. Each worker's /metrics is read every 0.5 s; the rate is taken over the longest
+    stretch in which every worker's count grew in every interval: after the group has
+    settled (a worker that joins first works alone until the rebalance) and before the
+    first worker runs out of events.
+    """
+    processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}") for index, port in enumerate(ports)]
+    samples: list[tuple[float, list[float]]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if any(process.poll() is not None for process in processes):
+                raise SystemExit("a worker exited early; see .data/bench-scaling-*.log")
+            try:
+                counts = [
+                    sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{")) for port in ports
+                ]
+            except OSError:
+                continue
+            samples.append((time.perf_counter(), counts))
+            if sum(counts) >= events:
+                break
+    finally:
+        stop_workers(processes)
+    stretch: list[int] = []
+    longest: list[int] = []
+    for index in range(1, len(samples)):
+        if all(now > before for now, before in zip(samples[index][1], samples[index - 1][1])):
+            stretch = stretch + [index] if stretch else [index - 1, index]
+            longest = max(longest, stretch, key=len)
+        else:
+            stretch = []
+    if len(longest) < 5:
+        raise SystemExit(f"{len(ports)} worker(s) were never all busy for 2 s; load more events (--events)")
+    (first_time, first_counts), (last_time, last_counts) = samples[longest[0]], samples[longest[-1]]
+    return {
+        "workers": len(ports),
+        "seconds_measured": last_time - first_time,
+        "events_measured": sum(last_counts) - sum(first_counts),
+        "events_per_second": (sum(last_counts) - sum(first_counts)) / (last_time - first_time),
+    }
 
 
 async def measure_latency(settings, env: dict[str, str], port: int, rate: int, seconds: float, customers: int) -> dict:
@@ -427,7 +457,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
     parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
-    parser.add_argument("--workers", type=int, default=2, help="also drain the events with this many workers (default 2; 1: skip)")
+    parser.add_argument("--workers", type=int, default=2, help="scaling: this many workers in one group against one (default 2; 1: skip)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
     parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
@@ -472,28 +502,19 @@ def main() -> None:
     worker = run_workers(env, [port], args.events, args.timeout, args.profile)
     scaled = None
     if args.workers > 1:
-        print(f"Running {args.workers} workers on fresh topics (events loaded once they have joined)...")
-        group_tag = f"{tag}x{args.workers}"
-        group_env = namespace_env(group_tag, args.partitions, port)
-        group_settings = settings_for(group_env)
-        asyncio.run(ensure_topics(group_settings, echo=lambda _: None))
-        scaled = run_workers(
-            group_env, [port + 1 + index for index in range(args.workers)], args.events, args.timeout,
-            feed=lambda: asyncio.run(load_events(group_settings, args.events, args.customers)),
-        )
-        # One worker under the same conditions (joined first, events loaded while it runs).
-        single_tag = f"{tag}x1"
-        single_env = namespace_env(single_tag, args.partitions, port)
-        single_settings = settings_for(single_env)
-        asyncio.run(ensure_topics(single_settings, echo=lambda _: None))
-        scaled["one_worker_same_conditions"] = run_workers(
-            single_env, [port + 5], args.events, args.timeout,
-            feed=lambda: asyncio.run(load_events(single_settings, args.events, args.customers)),
-        )["events_per_second"]
+        print(f"Scaling: {args.workers} workers, then one, each on {3 * args.events} events loaded before they start...")
+        rates = []
+        for count in (args.workers, 1):
+            scaling_env = namespace_env(f"{tag}x{count}", args.partitions, port)
+            scaling_settings = settings_for(scaling_env)
+            asyncio.run(ensure_topics(scaling_settings, echo=lambda _: None))
+            asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
+            rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
+        scaled = {"group": rates[0], "one_worker": rates[1], "ratio": rates[0]["events_per_second"] / rates[1]["events_per_second"]}
     failed = [row for row in peers if "error" in row]
     for row in failed:
         print(f"{row['name']}: {row['error']}")
-    rows = [plain, *[row for row in peers if "error" not in row], worker, *([scaled] if scaled else [])]
+    rows = [plain, *[row for row in peers if "error" not in row], worker]
     ceiling = plain["events_per_second"]
     print(f"\n{'consumer':<44} {'events':>8} {'seconds':>8} {'events/s':>10} {'vs plain':>9} {'CPU s':>7} {'RSS MB':>7}")
     for row in rows:
@@ -501,10 +522,11 @@ def main() -> None:
         rss = f"{row['rss_bytes'] / 1e6:.0f}" if "rss_bytes" in row else "-"
         print(f"{row['name']:<44} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f} {rss:>7}")
     if scaled:
-        single = scaled["one_worker_same_conditions"]
+        group, one = scaled["group"], scaled["one_worker"]
         print(
-            f"{scaled['workers']} workers: {scaled['events_per_second']:.0f} events/s; one worker fed the same way:"
-            f" {single:.0f} events/s; ratio {scaled['events_per_second'] / single:.2f}x"
+            f"scaling, all busy: {group['workers']} workers {group['events_per_second']:.0f} events/s"
+            f" (over {group['seconds_measured']:.1f} s), one worker {one['events_per_second']:.0f} events/s"
+            f" (over {one['seconds_measured']:.1f} s); ratio {scaled['ratio']:.2f}x"
         )
     if latency:
         lat = latency["latency_ms"]
@@ -519,7 +541,7 @@ def main() -> None:
     )
     write_result(
         "throughput",
-        {"events": args.events, "customers": args.customers, "partitions": args.partitions, "rows": rows, "latency": latency},
+        {"events": args.events, "customers": args.customers, "partitions": args.partitions, "rows": rows, "scaling": scaled, "latency": latency},
     )
     if not args.keep_topics:
         deleted = asyncio.run(delete_topics_of(settings.kafka_bootstrap, tag))
