@@ -15,6 +15,7 @@ import logging
 from typing import Callable
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 
 from stream import metrics
 
@@ -24,8 +25,28 @@ log = logging.getLogger(__name__)
 Delivered = Callable[[int, int], None]
 
 
+class PendingCountBuffer(ProducerBuffer):
+    """Faust's producer buffer, sized without a settings lookup.
+
+    Faust's conductor asks for the buffer's size before it delivers every record
+    (``wait_until_ebb``), and Faust's property reads ``app.conf.producer_threaded``
+    each time: 2 % of the worker's time in a py-spy profile. Used only without the
+    threaded producer (the worker never enables it).
+    """
+
+    @property
+    def size(self) -> int:
+        return len(self.pending._queue)  # type: ignore[union-attr]
+
+
 class IdempotentProducer(faust_aiokafka.Producer):
     """acks=all and idempotence always (not only inside transactions), and batch sends."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if not self.app.conf.producer_threaded:
+            self.buffer = PendingCountBuffer(loop=self.loop, beacon=self.beacon)
+            self.buffer.app = self.app
 
     def _settings_extra(self) -> dict:
         return {"acks": "all", "enable_idempotence": True}

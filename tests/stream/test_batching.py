@@ -16,7 +16,7 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchQueue, EventBatch
+from stream.batching import BatchingTopic, BatchQueue, EventBatch
 from stream.outputs import Outputs
 from stream.working_set import WorkingSet
 
@@ -154,3 +154,38 @@ def test_outputs_keep_production_order_per_topic_and_partition() -> None:
         outputs.add(topic, partition, b"k", str(index).encode())
     assert outputs.count("health") == 3
     assert outputs.pending("health") == {1: [(b"k", b"0"), (b"k", b"3")], 0: [(b"k", b"2")]}
+
+
+def test_raw_topics_make_the_event_from_the_message_as_is_and_others_keep_faust_decoding() -> None:
+    import faust
+    from faust.types import TP, Message
+
+    from stream.app import raw_schema
+
+    app = faust.App("test-decode", broker="kafka://127.0.0.1:1", store="memory://")
+    raw = BatchingTopic(app, topics=["events"], schema=raw_schema())
+    faust_raw = faust.Topic(app, topics=["events"], schema=raw_schema())
+    as_json = BatchingTopic(app, topics=["other"], schema=faust.Schema(key_serializer="raw", value_serializer="json"))
+    message = Message("events", 0, 7, 0.0, 0, [("h", b"v")], b"acme", b'{"a": 1}', None, tp=TP("events", 0))
+
+    async def decode() -> tuple:
+        return await raw.decode(message), await faust_raw.decode(message), await as_json.decode(message, propagate=True)
+
+    ours, faust_event, json_event = asyncio.run(decode())
+    assert (ours.key, ours.value, ours.headers, ours.message) == (faust_event.key, faust_event.value, faust_event.headers, faust_event.message)
+    assert (ours.key, ours.value, ours.message) == (b"acme", b'{"a": 1}', message)
+    assert json_event.value == {"a": 1}
+
+
+def test_the_producer_buffer_counts_its_pending_sends() -> None:
+    import faust
+
+    from stream.outputs import IdempotentProducer, PendingCountBuffer
+
+    app = faust.App("test-buffer", broker="kafka://127.0.0.1:1", store="memory://")
+    app.transport.Producer = IdempotentProducer
+    buffer = app.producer.buffer
+    assert isinstance(buffer, PendingCountBuffer) and buffer.app is app
+    assert buffer.size == 0
+    buffer.pending.put_nowait(object())
+    assert buffer.size == 1
