@@ -67,7 +67,9 @@ class WorkingSet:
         if record is None:
             if len(self._records) >= self._capacity:
                 self._write(*self._records.popitem(last=False))
-            stored = self._table.get(key)
+            # The store itself, as for writes: Faust's Table.get adds only its sensor hook
+            # (the worker has no sensors), at 1 us per call against 0.2 us.
+            stored = self._table.data.get(key)
             state = decode_state(stored) if stored is not None else new_state(customer_id)
             record = self._records[key] = _Record(partition, stored, state)
         else:

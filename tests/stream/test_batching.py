@@ -26,13 +26,10 @@ RULES = AlertParameters()
 
 
 class Table:
-    """What WorkingSet uses of a Faust table: ``get`` and the store under ``data``."""
+    """What WorkingSet uses of a Faust table: the store under ``data``."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
 
 
 def usage(customer: str, event_id: str, at_ms: int):
