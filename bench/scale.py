@@ -33,6 +33,7 @@ from stream.services import default_paths, start_kafka, start_redis  # noqa: E40
 from stream.topics import ensure_topics  # noqa: E402
 from throughput import (  # noqa: E402
     delete_topics_of,
+    events_done,
     load_events,
     namespace_env,
     process_stats,
@@ -51,10 +52,6 @@ TAGS: list[str] = []
 def new_tag(prefix: str) -> str:
     TAGS.append(f"{prefix}{uuid.uuid4().hex[:6]}")
     return TAGS[-1]
-
-
-def events_done(port: int) -> float:
-    return sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{"))
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

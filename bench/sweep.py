@@ -37,7 +37,7 @@ from stream.app import request_sweep  # noqa: E402
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
-from throughput import namespace_env, process_stats, read_metrics  # noqa: E402
+from throughput import events_counted, namespace_env, process_stats, read_metrics  # noqa: E402
 
 
 def customer_events(index: int, at_ms: int) -> list[tuple[str, dict]]:
@@ -114,7 +114,7 @@ def worker_mode(customers: int, partitions: int) -> dict:
                 metrics = read_metrics(port)
             except OSError:
                 continue
-            applied = sum(v for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
+            applied = events_counted(metrics)
             if applied >= 2 * customers:
                 break
         rss_before = process_stats(process.pid)[1]

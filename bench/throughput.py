@@ -168,6 +168,15 @@ def read_metrics(port: int) -> dict[str, float]:
     return values
 
 
+def events_counted(metrics: dict[str, float]) -> float:
+    """Every input record a worker has finished with, whatever the outcome (its /metrics)."""
+    return sum(v for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
+
+
+def events_done(port: int) -> float:
+    return events_counted(read_metrics(port))
+
+
 def process_stats(pid: int) -> tuple[float, int]:
     """CPU seconds and resident bytes of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -223,7 +232,7 @@ def run_workers(env: dict[str, str], ports: list[int], events: int, timeout: flo
                 snapshots = [read_metrics(port) for port in ports]
             except OSError:
                 continue
-            done = sum(v for metrics in snapshots for k, v in metrics.items() if k.startswith("healthscore_events_total{"))
+            done = sum(events_counted(metrics) for metrics in snapshots)
             if started is None and done > 0:
                 started = time.perf_counter() - 0.1
                 cpu_at_start = sum(process_stats(process.pid)[0] for process in processes)
@@ -280,9 +289,7 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
             if any(process.poll() is not None for process in processes):
                 raise SystemExit("a worker exited early; see .data/bench-scaling-*.log")
             try:
-                counts = [
-                    sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{")) for port in ports
-                ]
+                counts = [events_done(port) for port in ports]
             except OSError:
                 continue
             samples.append((time.perf_counter(), counts))
@@ -354,7 +361,7 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         while time.monotonic() < ready_by:
             await asyncio.sleep(0.5)
             try:
-                if sum(v for k, v in read_metrics(port).items() if k.startswith("healthscore_events_total{")) > 0:
+                if events_done(port) > 0:
                     break
             except OSError:
                 pass
