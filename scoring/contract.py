@@ -243,6 +243,36 @@ def _amount_problem(data: object) -> str | None:
     return None
 
 
+def _typed_envelopes(types: dict[str, type]) -> msgspec.json.Decoder:
+    """One decoder for a whole message of any of these event types, tagged by ``type``.
+
+    Valid messages (nearly all of them) are decoded and type-checked in one pass in
+    C; anything it refuses is decoded again step by step to name the reason.
+    """
+    envelopes = []
+    for name, payload_type in types.items():
+        required = any(field.required for field in msgspec.structs.fields(payload_type))
+        data_field = ("data", payload_type) if required else ("data", payload_type, msgspec.field(default_factory=payload_type))
+        envelopes.append(
+            msgspec.defstruct(
+                f"_{payload_type.__name__}Envelope",
+                [("event_id", NonEmpty), ("customer_id", NonEmpty), ("occurred_at", Union[str, int]), data_field],
+                tag=name,
+                tag_field="type",
+                frozen=True,
+            )
+        )
+    return msgspec.json.Decoder(Union[tuple(envelopes)])  # type: ignore[arg-type]
+
+
+_TYPED_DECODERS: dict[TopicKind | None, msgspec.json.Decoder] = {
+    kind: _typed_envelopes(
+        {name: payload for name, (topic, payload) in EVENT_TYPES.items() if kind is None or topic is kind}
+    )
+    for kind in [None, *TopicKind]
+}
+
+
 def decode_event(
     key: bytes | None,
     value: bytes | None,
@@ -257,6 +287,19 @@ def decode_event(
     """
     if value is None:
         return Rejection(RejectReason.NOT_JSON, "empty value (tombstone)")
+    try:
+        typed = _TYPED_DECODERS[topic].decode(value)
+    except (msgspec.DecodeError, TypeError):
+        return _decode_rejected(key, value, topic, now_ms, max_future_skew_ms)
+    return _checked(
+        key, typed.event_id, type(typed).__struct_config__.tag, typed.customer_id, typed.occurred_at, typed.data, now_ms, max_future_skew_ms
+    )
+
+
+def _decode_rejected(
+    key: bytes | None, value: bytes, topic: TopicKind | None, now_ms: int, max_future_skew_ms: int
+) -> Event | Rejection:
+    """Decodes step by step a message the typed decoder refused, to say why."""
     try:
         raw = _json_decoder.decode(value)
     except msgspec.DecodeError as error:
@@ -279,16 +322,12 @@ def decode_event(
             RejectReason.WRONG_TOPIC,
             f"{envelope.type} belongs on {expected_topic.value}, not {topic.value}",
         )
-    if key is not None and key != envelope.customer_id.encode():
-        return Rejection(RejectReason.KEY_MISMATCH, "message key differs from customer_id")
-
-    occurred_at = parse_timestamp_ms(envelope.occurred_at, "occurred_at")
+    key_problem = _key_problem(key, envelope.customer_id)
+    if key_problem is not None:
+        return key_problem
+    occurred_at = _occurred_at_ms(envelope.occurred_at, now_ms, max_future_skew_ms)
     if isinstance(occurred_at, Rejection):
         return occurred_at
-    if occurred_at > now_ms + max_future_skew_ms:
-        seconds_ahead = (occurred_at - now_ms) // 1000
-        return Rejection(RejectReason.FUTURE_TIMESTAMP, f"occurred_at is {seconds_ahead} s in the future")
-
     try:
         data: EventData = msgspec.convert(envelope.data, payload_type)
     except msgspec.ValidationError as error:
@@ -297,6 +336,42 @@ def decode_event(
         money = path is not None and path.group(1).split(".")[-1] in _MONEY_FIELDS
         reason = RejectReason.INVALID_AMOUNT if money else RejectReason.INVALID_FIELD
         return Rejection(reason, f"data: {message}")
+    return _checked(key, envelope.event_id, envelope.type, envelope.customer_id, occurred_at, data, now_ms, max_future_skew_ms)
+
+
+def _key_problem(key: bytes | None, customer_id: str) -> Rejection | None:
+    if key is not None and key != customer_id.encode():
+        return Rejection(RejectReason.KEY_MISMATCH, "message key differs from customer_id")
+    return None
+
+
+def _occurred_at_ms(occurred_at: str | int, now_ms: int, max_future_skew_ms: int) -> int | Rejection:
+    parsed = parse_timestamp_ms(occurred_at, "occurred_at")
+    if isinstance(parsed, Rejection):
+        return parsed
+    if parsed > now_ms + max_future_skew_ms:
+        seconds_ahead = (parsed - now_ms) // 1000
+        return Rejection(RejectReason.FUTURE_TIMESTAMP, f"occurred_at is {seconds_ahead} s in the future")
+    return parsed
+
+
+def _checked(
+    key: bytes | None,
+    event_id: str,
+    event_type: str,
+    customer_id: str,
+    occurred_at: str | int,
+    data: EventData,
+    now_ms: int,
+    max_future_skew_ms: int,
+) -> Event | Rejection:
+    """The checks a schema cannot express, in the order the reasons are documented."""
+    key_problem = _key_problem(key, customer_id)
+    if key_problem is not None:
+        return key_problem
+    occurred_at_ms = _occurred_at_ms(occurred_at, now_ms, max_future_skew_ms)
+    if isinstance(occurred_at_ms, Rejection):
+        return occurred_at_ms
     bad_number = _amount_problem(data)
     if bad_number is not None:
         return Rejection(RejectReason.INVALID_AMOUNT, f"data.{bad_number} is not a finite number")
@@ -312,10 +387,4 @@ def decode_event(
         if isinstance(due, Rejection):
             return due
 
-    return Event(
-        event_id=envelope.event_id,
-        type=envelope.type,
-        customer_id=envelope.customer_id,
-        occurred_at_ms=occurred_at,
-        data=data,
-    )
+    return Event(event_id=event_id, type=event_type, customer_id=customer_id, occurred_at_ms=occurred_at_ms, data=data)

@@ -6,8 +6,11 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring.contract import (
+    EVENT_TYPES,
     Event,
     PurchaseCompleted,
     RejectReason,
@@ -15,8 +18,10 @@ from scoring.contract import (
     SurveyAnswered,
     TopicKind,
     UsageFeature,
+    _decode_rejected,
     decode_event,
 )
+from stream.generate import EventSynthesizer
 
 NOW = 1_790_000_000_000  # 2026-09-21
 SKEW = 300_000
@@ -110,3 +115,54 @@ def test_a_timestamp_within_the_allowed_skew_is_accepted() -> None:
 def test_a_mixed_file_accepts_any_type_when_no_topic_is_given() -> None:
     usage = raw(type="usage.session", data={"user_id": "u", "duration_seconds": 5})
     assert isinstance(decode(usage, topic=None), Event)
+
+
+# The typed decoder is the fast path for valid messages; anything it refuses is decoded
+# step by step. Both must agree on every message: same event, or same rejection.
+_field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=2_000_000_000_000),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(["", "x", "low", "urgent", "nps", "csat", "EUR", "2026-09-20T08:00:00Z", "2026-09-20T08:00:00"]),
+    st.lists(st.integers(min_value=0, max_value=10), max_size=2),
+    st.fixed_dictionaries({"sku": st.just("s"), "quantity": st.integers(0, 3), "unit_price": st.floats(0, 5)}).map(lambda item: [item]),
+)
+_data_fields = [
+    "order_id", "amount", "currency", "items", "cart_value", "user_id", "duration_seconds", "feature", "count",
+    "ticket_id", "priority", "survey", "score", "scale", "invoice_id", "due_at", "reason", "mrr", "plan",
+]
+
+
+#: Valid messages of every type, as the generator makes them (the base that mutations start from).
+_VALID = [
+    (generated.customer_id.encode(), generated.value)
+    for generated in EventSynthesizer(50, seed=11).timeline(600, NOW - 20 * 86_400_000, NOW)
+]
+
+
+@st.composite
+def messages(draw) -> tuple[bytes | None, bytes]:
+    """Mostly valid messages, and valid ones with one thing wrong."""
+    key, valid = draw(st.sampled_from(_VALID))
+    body = {**valid, "data": dict(valid.get("data", {}))}
+    mutation = draw(st.sampled_from(["none", "none", "data", "drop", "envelope", "key"]))
+    if mutation == "data":
+        body["data"][draw(st.sampled_from(_data_fields))] = draw(_field_values)
+    elif mutation == "drop":
+        field = draw(st.sampled_from(["event_id", "type", "occurred_at", "data", "customer_id", *body["data"]]))
+        (body if field in body else body["data"]).pop(field, None)
+    elif mutation == "envelope":
+        body[draw(st.sampled_from(["event_id", "type", "customer_id", "occurred_at"]))] = draw(
+            st.one_of(_field_values, st.sampled_from([*EVENT_TYPES, "no.such.type", NOW + SKEW * 10]))
+        )
+    elif mutation == "key":
+        key = draw(st.sampled_from([None, b"someone-else"]))
+    return key, json.dumps(body).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages(), st.sampled_from([None, *TopicKind]))
+def test_the_fast_path_and_the_step_by_step_decode_agree(message: tuple[bytes | None, bytes], topic: TopicKind | None) -> None:
+    key, value = message
+    assert decode_event(key, value, topic, NOW, SKEW) == _decode_rejected(key, value, topic, NOW, SKEW)
