@@ -22,6 +22,7 @@ from typing import Callable
 
 import faust
 import msgspec
+from aiokafka.structs import ConsumerRecord
 
 from scoring.contract import Rejection, RejectReason, decode_event
 from scoring.kpis import FleetTotals
@@ -30,7 +31,7 @@ from scoring.pipeline import Step, due_for_sweep, step, sweep
 from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
-from stream.batching import BatchingTopic, DirectDeliveryConsumer, EventBatch
+from stream.batching import BatchingTopic, BulkDeliveryConsumer
 from stream.memory import collect_garbage_rarely, release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
 from stream.settings import Settings, TopicNames
@@ -91,7 +92,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         producer_linger=settings.producer_linger_seconds,
     )
     app.transport.Producer = IdempotentProducer
-    app.transport.Consumer = DirectDeliveryConsumer
+    app.transport.Consumer = BulkDeliveryConsumer
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=partitions, schema=raw_schema())
@@ -152,7 +153,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     async def forget_published_alerts(sender: faust.App, assigned: set, **kwargs: object) -> None:
         ledger.forget_all()
 
-    async def dead_letter(message: faust.types.Message, rejection: Rejection) -> None:
+    async def dead_letter(message: ConsumerRecord, rejection: Rejection) -> None:
         reason = rejection.reason.value
         await dead_letter_topics[message.topic].send(
             key=message.key,
@@ -203,7 +204,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         for rule, severity in result.alerts.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
-    async def handle_event(message: faust.types.Message, working: WorkingSet, outputs: Outputs, counts: Counter) -> None:
+    async def handle_event(message: ConsumerRecord, working: WorkingSet, outputs: Outputs, counts: Counter) -> None:
         kind = input_kinds[message.topic]
         decoded = decode_event(message.key, message.value, kind, int(clock() * 1000), max_skew_ms)
         if isinstance(decoded, Rejection):
@@ -230,7 +231,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             return None
         return sweep(state, at_ms, parameters, rules, settings.sweep_min_score_change)
 
-    async def handle_tick(message: faust.types.Message, working: WorkingSet, outputs: Outputs) -> None:
+    async def handle_tick(message: ConsumerRecord, working: WorkingSet, outputs: Outputs) -> None:
         try:
             tick = msgspec.json.decode(message.value, type=SweepTick)
         except (msgspec.DecodeError, TypeError) as error:
@@ -262,12 +263,11 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             health_partitions.append(await producer.partition_count(health_topic_name))
         async for batch in stream:
             started = time.perf_counter()
-            events = batch.current(app)
+            batch = batch.current(app)
             outputs = Outputs()
             working = WorkingSet(states, keys_by_partition, outputs, changelog_topic_name)
             counts: Counter = Counter()
-            for event in events:
-                message = event.message
+            for message in batch:
                 try:
                     if message.topic == sweep_topic_name:
                         await handle_tick(message, working, outputs)
@@ -280,11 +280,11 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             metrics.SCORES_PUBLISHED.inc(outputs.count(health_topic_name))
             observe_published()
             await outputs.send(producer, {changelog_topic_name: persisted})
-            EventBatch.ack(events, app)
+            batch.ack(app)
             for (topic_name, outcome), count in counts.items():
                 metrics.EVENTS.labels(topic_name, outcome).inc(count)
             metrics.LAST_EVENT_PROCESSED.set(clock())
-            metrics.BATCH_EVENTS.observe(len(events))
+            metrics.BATCH_EVENTS.observe(len(batch))
             metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
     @app.timer(interval=settings.sweep_interval_seconds)

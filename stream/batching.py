@@ -1,126 +1,201 @@
-"""Records enter the agent in batches, not one at a time.
+"""Records enter the agent as whole fetches, not one at a time.
 
-Faust hands a stream one event per iteration: several event-loop turns and task
-switches per record, which caps an agent that does nothing at a few thousand
-events per second here. The conductor still decodes each record into an event
-and puts it on the channel's queue (so Faust's partition assignment, flow control
-and back-pressure are untouched); this queue hands the stream everything that has
-arrived in one go. The stream then yields an :class:`EventBatch`, a value that is
-not an event, so Faust neither tracks nor acks it: :class:`EventBatch` does both,
-for each event, once the agent has finished with the whole batch.
+Faust hands a stream one event per iteration, and before that makes a Message and
+an Event per record, routes each through the conductor and tracks and acks each
+one: several event-loop turns, task switches and a dozen small objects per record,
+which caps an agent that does nothing at a few thousand events per second here.
 
-:class:`DirectDeliveryConsumer` removes the other per-record cost: Faust's fetch
-loop wraps the delivery of every record in ``wait_first`` (two new tasks and
-several loop turns per record) so that a delivery blocked on a full buffer cannot
-outlive a rebalance. Here a delivery only blocks when a single fetch overfills the
-buffer, which the worker's settings rule out (``broker_max_poll_records`` well
-under ``stream_buffer_maxsize``), so records are delivered with a plain ``await``.
+For the agent's own topics (:class:`BatchingTopic`) the consumer instead puts each
+partition's fetched aiokafka records on the channel's queue as one
+:class:`RecordRun`, with Faust's flow control and back-pressure (pause fetching a
+partition when the buffer is nearly full, resume when it has drained) applied per
+run, and the queue hands the stream everything buffered as one
+:class:`RecordBatch`. Faust neither tracks nor acks such a value: the batch does,
+once the agent has finished with it, by marking the offset range of each of its
+runs as acked in Faust's own bookkeeping, so Faust's commits (after it has flushed
+the producer) advance exactly as if every record had been acked one by one. Any
+other topic the consumer reads (table changelogs during recovery) takes Faust's
+per-record path unchanged.
+
+Faust's fetch loop also wraps each record's delivery in ``wait_first`` (two new
+tasks and several loop turns per record) so that a delivery blocked on a full buffer
+cannot outlive a rebalance. A delivery here only blocks when the buffer is full,
+which the worker's settings make rare (``broker_max_poll_records`` well under
+``stream_buffer_maxsize``), and the loop checks for a rebalance between runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator, Sequence
 
 import faust
+from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import EventT
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
 
 
-class EventBatch:
-    """The events that arrived since the agent last looked, in arrival order."""
+class RecordRun:
+    """Records of one partition from one fetch, in offset order.
 
-    __slots__ = ("events",)
+    ``first_offset`` is the first offset the run accounts for: it can lie before the
+    first record's, when offsets in between hold no record for the consumer
+    (transaction markers, compacted records); acking the run acks those too, as
+    Faust's gap tracking would.
+    """
 
-    def __init__(self, events: list[EventT]) -> None:
-        self.events = events
+    __slots__ = ("tp", "records", "first_offset", "generation_id")
+
+    def __init__(self, tp: TP, records: Sequence[ConsumerRecord], first_offset: int, generation_id: int) -> None:
+        self.tp = tp
+        self.records = records
+        self.first_offset = first_offset
+        self.generation_id = generation_id
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.records)
 
-    def __iter__(self) -> Iterator[EventT]:
-        return iter(self.events)
+    def split(self, count: int) -> tuple[RecordRun, RecordRun]:
+        """The first ``count`` records, and the rest; together they account for the same offsets."""
+        head = self.records[:count]
+        return (
+            RecordRun(self.tp, head, self.first_offset, self.generation_id),
+            RecordRun(self.tp, self.records[count:], head[-1].offset + 1, self.generation_id),
+        )
 
-    def current(self, app: faust.App) -> list[EventT]:
-        """The events of the current consumer generation; stale ones are acked and dropped.
 
-        Faust skips (and acks) records fetched before a rebalance in the same way: the
-        partition's new owner reads them again from the committed offset.
+class RecordBatch:
+    """The runs that arrived since the agent last looked, in arrival order.
+
+    While the agent works on it, the batch sits in Faust's set of unacked messages, so
+    anything that waits for the streams to finish (``Consumer.wait_empty``) waits for it.
+    """
+
+    __slots__ = ("runs", "acked", "__weakref__")
+
+    def __init__(self, runs: list[RecordRun]) -> None:
+        self.runs = runs
+        self.acked = False
+
+    @property
+    def refcount(self) -> int:
+        """Faust logs this for messages it is waiting for."""
+        return len(self)
+
+    def __len__(self) -> int:
+        return sum(len(run.records) for run in self.runs)
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        for run in self.runs:
+            yield from run.records
+
+    def current(self, app: faust.App) -> RecordBatch:
+        """The runs of the current consumer generation, tracked until :meth:`ack`.
+
+        Runs fetched before a rebalance are dropped without an ack: after every
+        rebalance Faust seeks each partition back to its committed offset, so they are
+        read again, by this worker or by the partition's new owner.
+        """
+        generation = app.consumer_generation_id
+        runs = self.runs if app.flow_control.is_active() else []
+        batch = RecordBatch([run for run in runs if run.generation_id == generation])
+        app.consumer._unacked_messages.add(batch)
+        # What Faust's stream sensor records per event; its consumer thread logs a partition
+        # whose stream has not taken anything for a while as stuck.
+        inbound = app.monitor.stream_inbound_time
+        now = time.monotonic()
+        for run in batch.runs:
+            inbound[run.tp] = now
+        return batch
+
+    def ack(self, app: faust.App) -> None:
+        """Done with every record: their offsets may be committed (Faust flushes the producer first).
+
+        If a rebalance happened meanwhile, nothing is acked: the partitions may belong
+        to another worker now, and re-reading from the committed offset is safe.
         """
         consumer = app.consumer
-        generation = app.consumer_generation_id
-        active = app.flow_control.is_active()
-        current = []
-        for event in self.events:
-            message = event.message
-            if active and message.generation_id == generation:
-                consumer.track_message(message)
-                current.append(event)
-            else:
-                message.ack(consumer)
-        return current
+        with ack_lock:
+            if not self.acked and app.consumer_generation_id == self._generation():
+                for run in self.runs:
+                    _ack_range(consumer, run.tp, run.first_offset, run.records[-1].offset)
+            self.acked = True
+            consumer._unacked_messages.discard(self)
+            notify(consumer._waiting_for_ack)
 
-    @staticmethod
-    def ack(events: list[EventT], app: faust.App) -> None:
-        """Done with these events: their offsets may be committed (after the producer is flushed)."""
-        consumer = app.consumer
-        for event in events:
-            event.message.ack(consumer)
+    def _generation(self) -> int | None:
+        return self.runs[0].generation_id if self.runs else None
+
+
+def _ack_range(consumer: Any, tp: TP, first: int, last: int) -> None:
+    """What ``Consumer.ack`` does for each offset from ``first`` to ``last``, at once."""
+    committed = consumer._committed_offset[tp]
+    if committed is not None:
+        first = max(first, committed)
+    if first > last:
+        return
+    fresh = set(range(first, last + 1))
+    index = consumer._acked_index[tp]
+    fresh.difference_update(index)
+    index.update(fresh)
+    consumer._acked[tp].extend(fresh)
+    consumer._n_acked += len(fresh)
 
 
 class BatchQueue(ThrowableQueue):
-    """A channel queue whose ``get`` returns every buffered event as one :class:`EventBatch`.
+    """A channel queue of :class:`RecordRun` values whose ``get`` returns them all as one :class:`RecordBatch`.
 
-    Its size still counts events, so Faust's back-pressure (pause fetching a
-    partition when the buffer is nearly full) works as before.
+    Its size counts records, not runs, so Faust's back-pressure thresholds (pause a
+    partition at 80 % of ``stream_buffer_maxsize``, resume at 40 %) mean what they say.
     """
 
     def __init__(self, *args: Any, batch_limit: int, **kwargs: Any) -> None:
+        self._records = 0
         super().__init__(*args, **kwargs)
         self.batch_limit = batch_limit
 
-    def _get(self) -> EventBatch:  # type: ignore[override]
+    def qsize(self) -> int:
+        return self._records
+
+    def _put(self, run: RecordRun) -> None:  # type: ignore[override]
+        self._queue.append(run)  # type: ignore[attr-defined]
+        self._records += len(run.records)
+
+    def _get(self) -> RecordBatch:  # type: ignore[override]
         buffered = self._queue  # type: ignore[attr-defined]
-        if len(buffered) <= self.batch_limit:
-            events = list(buffered)
-            buffered.clear()
-        else:
-            events = [buffered.popleft() for _ in range(self.batch_limit)]
+        runs: list[RecordRun] = []
+        room = self.batch_limit
+        while buffered and room > 0:
+            run = buffered.popleft()
+            if len(run.records) > room:
+                run, rest = run.split(room)
+                buffered.appendleft(rest)
+            runs.append(run)
+            room -= len(run.records)
+        self._records -= self.batch_limit - room
         # Wake every producer that waited on a full queue, not only the first.
         while self._putters and not self.full():  # type: ignore[attr-defined]
             self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         # Resume fetching paused partitions now, not on the next get.
         self.maybe_endorse_pressure_drop()
-        return EventBatch(events)
+        return RecordBatch(runs)
+
+    def clear(self) -> None:
+        super().clear()
+        self._records = 0
 
 
 class BatchingTopic(faust.Topic):
-    """A topic whose iterator (the agent's channel) yields :class:`EventBatch` values."""
+    """A topic whose iterator (the agent's channel) yields :class:`RecordBatch` values."""
 
     def __init__(self, *args: Any, batch_limit: int = 2000, **kwargs: Any) -> None:
         self.batch_limit = batch_limit
         super().__init__(*args, **kwargs)
-
-    def _compile_decode(self) -> None:
-        """With raw keys and values (the worker's), the event is made from the message as is.
-
-        That is what Faust's raw schema returns (``App.create_event``), without its
-        serializer and settings lookups per record (half of Faust's per-record delivery
-        in a py-spy profile).
-        """
-        schema = self.schema
-        if schema.key_serializer != "raw" or schema.value_serializer != "raw":
-            super()._compile_decode()
-            return
-        app = self.app
-        event_type = app.conf.Event
-
-        async def decode(message: Any, *, propagate: bool = False) -> EventT:
-            return event_type(app, message.key, message.value, message.headers, message)
-
-        self.decode = decode  # type: ignore[method-assign]
 
     def _clone_args(self) -> dict:
         return {**super()._clone_args(), "batch_limit": self.batch_limit}
@@ -137,38 +212,94 @@ class BatchingTopic(faust.Topic):
             )
         return self._queue
 
+    async def deliver_run(self, run: RecordRun, on_pressure_high: Callable[[], None], on_pressure_drop: Callable[[], None]) -> bool:
+        """What Faust's conductor does for each record, once for the run; False if a rebalance dropped it."""
+        app = self.app
+        await app.flow_control.acquire()  # suspended during a rebalance
+        await app.producer.buffer.wait_until_ebb()  # the agent's own sends are not piling up
+        queue = self.queue
+        if not queue.full():
+            queue.put_nowait_enhanced(run, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop)
+            return True
+        if queue.in_pressure_high_state(on_pressure_drop):  # registers the resume, as put_nowait_enhanced does
+            on_pressure_high()
+        # In a task of its own, as Faust's conductor does: a rebalance clears the queue and
+        # cancels its waiting producers, which must not cancel the fetch loop.
+        put = asyncio.ensure_future(queue.put(run))
+        await asyncio.wait([put])
+        return not put.cancelled() and put.exception() is None
 
-class DirectDeliveryConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, delivering each fetched record with a plain ``await``."""
+
+class BulkDeliveryConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, handing each partition's fetched records to a :class:`BatchingTopic` at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pressure_callbacks: dict[TP, tuple[Callable[[], None], Callable[[], None]]] = {}
+
+    def _bulk_channel(self, tp: TP) -> BatchingTopic | None:
+        """The one channel reading this partition, if it takes whole runs."""
+        channels = self.app.topics._tp_index.get(tp)
+        if channels is not None and len(channels) == 1:
+            (channel,) = channels
+            if isinstance(channel, BatchingTopic) and self.app.topics.acks_enabled_for(tp.topic):
+                return channel
+        return None
+
+    def _pressure(self, tp: TP) -> tuple[Callable[[], None], Callable[[], None]]:
+        """The partition's callbacks for the queue (the same objects each time: the queue keeps them in a set)."""
+        callbacks = self._pressure_callbacks.get(tp)
+        if callbacks is None:
+            on_topic_buffer_full = self.app.sensors.on_topic_buffer_full
+
+            def on_pressure_high() -> None:
+                on_topic_buffer_full(tp)
+                self.on_buffer_full(tp)
+
+            def on_pressure_drop() -> None:
+                self.on_buffer_drop(tp)
+
+            callbacks = self._pressure_callbacks[tp] = (on_pressure_high, on_pressure_drop)
+        return callbacks
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by every integration test
-        """Faust's fetch loop (``Consumer._drain_messages``) without ``wait_first`` per record."""
-        callback = self.callback
+        """Faust's fetch loop (``Consumer._drain_messages`` and ``getmany``), a partition's records at a time."""
+        app = self.app
         read_offsets = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
         suspended = self.suspend_flow.is_set
-        commit_every = self._commit_every
         try:
             while not (self._stopped.is_set() or fetcher._stopped.is_set()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                fetched = self.getmany(timeout=1.0)
+                records, active_partitions = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
-                if self.should_stop:
+                if records is None or self.should_stop:
                     continue
-                async for tp, message in fetched:
-                    if suspended():
-                        break  # a rebalance began: getmany's records are stale
-                    offset = message.offset
+                if not self.flow_active:
+                    await self._seek_back()
+                    continue
+                generation = app.consumer_generation_id
+                for fetched_tp, fetched in records.items():
+                    tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
+                    if suspended() or app.consumer_generation_id != generation:
+                        break  # a rebalance began: these records are stale
+                    if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
+                        continue
                     read = read_offsets[tp]
-                    if read is not None and offset < read:
-                        continue  # already handed to the stream
-                    if read and offset - read > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, read + 1, offset)
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    await callback(message)
-                    read_offsets[tp] = offset
+                    if read is not None and fetched and fetched[0].offset < read:
+                        fetched = [record for record in fetched if record.offset >= read]  # already handed over
+                    if not fetched:
+                        continue
+                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    channel = self._bulk_channel(tp)
+                    if channel is None:
+                        await self._deliver_one_by_one(tp, fetched)
+                        continue
+                    first = fetched[0].offset if read is None else min(fetched[0].offset, read + 1)
+                    if await channel.deliver_run(RecordRun(tp, fetched, first, generation), *self._pressure(tp)):
+                        read_offsets[tp] = fetched[-1].offset
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -183,3 +314,24 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver_one_by_one(self, tp: TP, fetched: Sequence[ConsumerRecord]) -> None:
+        """Faust's own per-record path, for topics no :class:`BatchingTopic` reads alone."""
+        read_offsets = self._read_offset
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        for record in fetched:
+            if self.suspend_flow.is_set():
+                return
+            read = read_offsets[tp]
+            offset = record.offset
+            if read and offset - read > 1 and acks_enabled:
+                await self._add_gap(tp, read + 1, offset)
+            await self.callback(self._to_message(tp, record))
+            read_offsets[tp] = offset
+
+    async def _seek_back(self) -> None:
+        """As Faust's ``getmany`` does when records arrive while the flow is stopped."""
+        try:
+            await self.perform_seek()
+        except Exception as error:
+            self.log.warning(f"exception performing seek when flow not active {error}")

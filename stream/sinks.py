@@ -189,13 +189,13 @@ class LatestScoreCache:
         await self._client.aclose()
 
 
-def dead_letter_headers(topic: str, partition: int, offset: int, timestamp: float | None, reason: str, detail: str) -> list[tuple[str, bytes]]:
-    """Headers naming where the message came from and why it was refused."""
+def dead_letter_headers(topic: str, partition: int, offset: int, timestamp_ms: int | None, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """Headers naming where the message came from (its Kafka timestamp in epoch ms) and why it was refused."""
     return [
         ("dlq.topic", topic.encode()),
         ("dlq.partition", str(partition).encode()),
         ("dlq.offset", str(offset).encode()),
-        ("dlq.timestamp", str(int((timestamp or 0) * 1000)).encode()),
+        ("dlq.timestamp", str(timestamp_ms or 0).encode()),
         ("dlq.error", reason.encode()),
         ("dlq.reason", detail[:1000].encode()),
     ]

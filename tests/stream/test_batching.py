@@ -7,8 +7,15 @@ whole runs against the real Kafka in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
+from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent
 
 from scoring.alerts import AlertParameters
@@ -16,7 +23,7 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchingTopic, BatchQueue, EventBatch
+from stream.batching import BatchQueue, RecordBatch, RecordRun
 from stream.outputs import Outputs
 from stream.working_set import WorkingSet
 
@@ -46,16 +53,33 @@ def apply(event, offset: int):
     return lambda state: step(state, event, PARAMETERS, 32, (TopicKind.USAGE, 0, offset), RULES)
 
 
-def test_queue_hands_over_everything_buffered_as_one_batch() -> None:
-    async def scenario() -> list[list[int]]:
-        queue = BatchQueue(maxsize=100, flow_control=FlowControlEvent(), batch_limit=3)
-        for item in range(5):
-            queue.put_nowait(item)
-        first = await queue.get()
-        second = queue.get_nowait()
-        return [list(first), list(second)]
+def record(offset: int, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord("usage", partition, offset, 0, 0, b"acme", b"{}", None, 0, 2, [])
 
-    assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4]]
+
+def run(offsets: list[int], first: int | None = None, partition: int = 0, generation: int = 1) -> RecordRun:
+    records = [record(offset, partition) for offset in offsets]
+    return RecordRun(TP("usage", partition), records, offsets[0] if first is None else first, generation)
+
+
+def test_queue_hands_over_every_buffered_run_as_one_batch_and_splits_at_the_limit() -> None:
+    async def scenario() -> tuple[list[list[int]], list[list[int]], int, int]:
+        queue = BatchQueue(maxsize=100, flow_control=FlowControlEvent(), batch_limit=5)
+        queue.put_nowait(run([0, 1, 2]))
+        queue.put_nowait(run([10, 12, 13, 14], first=3, partition=1))
+        assert queue.qsize() == 7  # records, not runs
+        first = await queue.get()
+        left = queue.qsize()
+        second = queue.get_nowait()
+        offsets = [[message.offset for message in batch] for batch in (first, second)]
+        accounted = [[(r.first_offset, r.records[-1].offset) for r in batch.runs] for batch in (first, second)]
+        return offsets, accounted, left, queue.qsize()
+
+    offsets, accounted, left, at_end = asyncio.run(scenario())
+    assert offsets == [[0, 1, 2, 10, 12], [13, 14]]
+    # The split run still accounts for every offset once: 3-12 (a gap, 10 and 12), then 13-14.
+    assert accounted == [[(0, 2), (3, 12)], [(13, 14)]]
+    assert (left, at_end) == (2, 0)
 
 
 def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
@@ -63,15 +87,72 @@ def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
         flow_control = FlowControlEvent()
         flow_control.resume()  # Faust resumes it once partitions are assigned
         queue = BatchQueue(maxsize=2, flow_control=flow_control, batch_limit=10)
-        queue.put_nowait("a")
-        queue.put_nowait("b")
-        waiting = [asyncio.create_task(queue.put(item)) for item in ("c", "d")]
+        queue.put_nowait(run([0]))
+        queue.put_nowait(run([1]))
+        assert queue.full()
+        waiting = [asyncio.create_task(queue.put(run([offset]))) for offset in (2, 3)]
         await asyncio.sleep(0)
-        assert isinstance(queue.get_nowait(), EventBatch)
+        assert isinstance(queue.get_nowait(), RecordBatch)
         await asyncio.wait_for(asyncio.gather(*waiting), timeout=1)
         return queue.qsize()
 
     assert asyncio.run(scenario()) == 2
+
+
+class FakeApp:
+    """What a batch reads of Faust's app: the generation, the flow, and the consumer's ack bookkeeping."""
+
+    def __init__(self, committed: int | None = None) -> None:
+        self.consumer_generation_id = 1
+        self.flow_control = FlowControlEvent(initially_suspended=False)
+        self.monitor = SimpleNamespace(stream_inbound_time={})
+        self.consumer = SimpleNamespace(
+            _unacked_messages=weakref.WeakSet(),
+            _committed_offset=defaultdict(lambda: committed),
+            _acked=defaultdict(list),
+            _acked_index=defaultdict(set),
+            _gap=defaultdict(IntervalTree),
+            _n_acked=0,
+            _waiting_for_ack=None,
+        )
+
+    def commit_offset(self, tp: TP) -> int | None:
+        """The offset Faust's own commit would take from this bookkeeping."""
+        return FaustConsumer._new_offset(self.consumer, tp)
+
+
+def test_acking_a_batch_lets_faust_commit_past_its_last_record_gaps_included() -> None:
+    app = FakeApp()
+    batch = RecordBatch([run([0, 1, 2]), run([5, 6], first=3), run([0, 1], partition=1)]).current(app)
+    assert batch in app.consumer._unacked_messages  # Faust's wait_empty waits for it
+    assert set(app.monitor.stream_inbound_time) == {TP("usage", 0), TP("usage", 1)}  # not reported as stuck
+    assert app.commit_offset(TP("usage", 0)) is None
+    batch.ack(app)
+    assert batch not in app.consumer._unacked_messages
+    assert app.consumer._n_acked == 9
+    assert app.commit_offset(TP("usage", 0)) == 7
+    assert app.commit_offset(TP("usage", 1)) == 2
+
+
+def test_offsets_below_the_committed_one_are_not_acked_again() -> None:
+    app = FakeApp(committed=4)
+    RecordBatch([run([2, 3, 4, 5])]).current(app).ack(app)
+    assert sorted(app.consumer._acked[TP("usage", 0)]) == [4, 5]
+    assert app.commit_offset(TP("usage", 0)) == 6
+
+
+def test_runs_from_before_a_rebalance_are_dropped_unacked() -> None:
+    app = FakeApp()
+    stale = RecordBatch([run([0, 1], generation=0), run([0, 1], partition=1)]).current(app)
+    assert [message.partition for message in stale] == [1, 1]
+    app.flow_control.suspend()
+    assert len(RecordBatch([run([2])]).current(app)) == 0  # mid-rebalance: nothing is current
+    app.flow_control.resume()
+    in_flight = RecordBatch([run([2, 3])]).current(app)
+    app.consumer_generation_id = 2  # a rebalance while the agent worked on it
+    in_flight.ack(app)
+    assert app.commit_offset(TP("usage", 0)) is None
+    assert in_flight not in app.consumer._unacked_messages
 
 
 def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_final_state() -> None:
@@ -153,27 +234,6 @@ def test_outputs_keep_production_order_per_topic_and_partition() -> None:
     assert outputs.pending("health") == {1: [(b"k", b"0"), (b"k", b"3")], 0: [(b"k", b"2")]}
 
 
-def test_raw_topics_make_the_event_from_the_message_as_is_and_others_keep_faust_decoding() -> None:
-    import faust
-    from faust.types import TP, Message
-
-    from stream.app import raw_schema
-
-    app = faust.App("test-decode", broker="kafka://127.0.0.1:1", store="memory://")
-    raw = BatchingTopic(app, topics=["events"], schema=raw_schema())
-    faust_raw = faust.Topic(app, topics=["events"], schema=raw_schema())
-    as_json = BatchingTopic(app, topics=["other"], schema=faust.Schema(key_serializer="raw", value_serializer="json"))
-    message = Message("events", 0, 7, 0.0, 0, [("h", b"v")], b"acme", b'{"a": 1}', None, tp=TP("events", 0))
-
-    async def decode() -> tuple:
-        return await raw.decode(message), await faust_raw.decode(message), await as_json.decode(message, propagate=True)
-
-    ours, faust_event, json_event = asyncio.run(decode())
-    assert (ours.key, ours.value, ours.headers, ours.message) == (faust_event.key, faust_event.value, faust_event.headers, faust_event.message)
-    assert (ours.key, ours.value, ours.message) == (b"acme", b'{"a": 1}', message)
-    assert json_event.value == {"a": 1}
-
-
 def test_the_producer_buffer_counts_its_pending_sends() -> None:
     import faust
 
@@ -186,3 +246,28 @@ def test_the_producer_buffer_counts_its_pending_sends() -> None:
     assert buffer.size == 0
     buffer.pending.put_nowait(object())
     assert buffer.size == 1
+
+
+def test_a_run_that_waits_for_room_pauses_its_partition_and_resumes_it_once_the_agent_takes_a_batch() -> None:
+    import faust
+
+    from stream.app import raw_schema
+    from stream.batching import BatchingTopic
+
+    async def scenario() -> tuple[list[str], bool, list[int]]:
+        app = faust.App("test-deliver", broker="kafka://127.0.0.1:1", store="memory://")
+        app.flow_control.resume()  # as after a rebalance
+        topic = BatchingTopic(app, topics=["usage"], schema=raw_schema(), maxsize=2, batch_limit=10)
+        calls: list[str] = []
+        pressure = (lambda: calls.append("pause"), lambda: calls.append("resume"))
+        assert await topic.deliver_run(run([0, 1]), *pressure)  # the queue is full now
+        waiting = asyncio.ensure_future(topic.deliver_run(run([2]), *pressure))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and calls == ["pause"]
+        taken = topic.queue.get_nowait()
+        delivered = await asyncio.wait_for(waiting, timeout=1)
+        return calls, delivered, [message.offset for message in taken] + [message.offset for message in topic.queue.get_nowait()]
+
+    calls, delivered, offsets = asyncio.run(scenario())
+    assert calls == ["pause", "resume"]
+    assert delivered and offsets == [0, 1, 2]
