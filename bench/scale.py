@@ -127,6 +127,7 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
             asyncio.run(send_probe(settings))
             wait_until(lambda: events_done(port) >= 1, timeout, "the restarted worker to process an event")
             result["restart_seconds"] = time.perf_counter() - begun
+            result["changelog_records_restored"] = int(read_metrics(port).get("healthscore_changelog_records_restored_total", 0))
             result["rss_after_restart_bytes"] = process_stats(process.pid)[1]
         finally:
             stop_workers([process])
@@ -158,7 +159,7 @@ def main() -> None:
             f" {row['rss_per_customer_bytes']:>11.0f} {row['rss_above_idle_per_customer_bytes']:>20.0f}"
         )
         if "restart_seconds" in row:
-            print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s")
+            print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
     write_result("scale", {"idle_rss_bytes": idle, "rows": rows})
     deleted = sum(asyncio.run(delete_topics_of("127.0.0.1:9092", tag)) for tag in TAGS)
     print(f"deleted the run's {deleted} topics")

@@ -34,6 +34,7 @@ from stream.alert_ledger import AlertLedger
 from stream.batching import BatchingTopic, BulkDeliveryConsumer
 from stream.memory import collect_garbage_rarely, release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
+from stream.recovery import GroupedRecoveryTableManager
 from stream.settings import Settings, TopicNames
 from stream.sinks import LatestScoreCache, dead_letter_headers
 from stream.working_set import WorkingSet
@@ -90,6 +91,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         # the 16 KB default, every ~15 score messages cost a round trip.
         producer_max_batch_size=settings.producer_batch_bytes,
         producer_linger=settings.producer_linger_seconds,
+        # Restart time is the time to read the changelog back: in groups (stream/recovery.py).
+        TableManager=GroupedRecoveryTableManager,
     )
     app.transport.Producer = IdempotentProducer
     app.transport.Consumer = BulkDeliveryConsumer
@@ -112,6 +115,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     async def index_changelog(event: faust.EventT) -> None:
         keys_by_partition.setdefault(event.message.partition, set()).add(event.message.key)
+        metrics.CHANGELOG_RECORDS_RESTORED.inc()
 
     states = app.Table(
         "customer-state",

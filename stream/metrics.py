@@ -132,6 +132,11 @@ SWEEP_CUSTOMERS = Counter(
     "Customers rescored by the sweep.",
     registry=REGISTRY,
 )
+CHANGELOG_RECORDS_RESTORED = Counter(
+    "healthscore_changelog_records_restored",
+    "Customer-state changelog records read back into the table (restart, rebalance, standby); restart time grows with it.",
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "healthscore_consumer_lag_records",
     "Records behind the end of the input topics, over the partitions this worker owns.",
