@@ -163,6 +163,10 @@ class BatchQueue(ThrowableQueue):
         return self._records
 
     def _put(self, run: RecordRun) -> None:  # type: ignore[override]
+        if not isinstance(run, RecordRun):
+            # Faust's conductor delivers single events to a channel that shares its
+            # partitions with another; this queue only takes whole runs.
+            raise TypeError(f"a BatchingTopic must be the only reader of its topics; got {type(run).__name__}")
         self._queue.append(run)  # type: ignore[attr-defined]
         self._records += len(run.records)
 

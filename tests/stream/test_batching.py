@@ -271,3 +271,9 @@ def test_a_run_that_waits_for_room_pauses_its_partition_and_resumes_it_once_the_
     calls, delivered, offsets = asyncio.run(scenario())
     assert calls == ["pause", "resume"]
     assert delivered and offsets == [0, 1, 2]
+
+
+def test_the_batch_queue_refuses_single_events_with_a_clear_error() -> None:
+    queue = BatchQueue(maxsize=10, flow_control=FlowControlEvent(), batch_limit=5)
+    with pytest.raises(TypeError, match="only reader"):
+        queue.put_nowait(record(0))
