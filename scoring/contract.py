@@ -178,7 +178,7 @@ class RejectReason(str, enum.Enum):
     INVALID_AMOUNT = "invalid_amount"
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
-    #: Not the producer's fault: applying the event raised. Parked so the stream goes on; report it as a bug.
+    #: Not the producer's fault: validating or applying the event raised. Parked so the stream goes on; report it as a bug.
     PROCESSING_ERROR = "processing_error"
 
 
