@@ -92,7 +92,8 @@ def _conditions(
             else None
         )
     if rules.purchase_activity:
-        expected = expected_purchases_next(state, at_ms, scoring)
+        # Scoring computed it for the same moment (BG/NBD costs several µs a call).
+        expected = health.expected_purchases if health.as_of_ms == at_ms else expected_purchases_next(state, at_ms, scoring)
         found["purchase_activity"] = (
             ("warning", "expected purchases in the next {:g} days: {:.2f}", (scoring.purchase_outlook_days, expected))
             if expected is not None and expected < rules.purchase_activity_min_expected

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 
@@ -81,12 +81,20 @@ def _odds_dropped(parameters: BgNbdParameters, history: PurchaseHistory) -> floa
     return a / (b + x - 1) * math.exp(min(log_ratio, 700.0))
 
 
-def hyp2f1(a: float, b: float, c: float, z: float) -> float:
-    """Gauss's hypergeometric function (scipy's), imported on first use: scipy costs
-    about a second to import, and most processes never fit or use BG/NBD."""
-    from scipy.special import hyp2f1 as scipy_hyp2f1
+_scipy_hyp2f1: Callable[[float, float, float, float], float] | None = None
 
-    return float(scipy_hyp2f1(a, b, c, z))
+
+def hyp2f1(a: float, b: float, c: float, z: float) -> float:
+    """Gauss's hypergeometric function, scipy's, imported on first use: scipy costs about
+    a second to import, and most processes never fit or use BG/NBD. Its Cython-level
+    function, not the ufunc: the same code at 0.4 µs a call instead of 1.6 µs, and the
+    worker calls it for every event of a customer who buys without a contract."""
+    global _scipy_hyp2f1
+    if _scipy_hyp2f1 is None:
+        from scipy.special.cython_special import hyp2f1 as scipy_hyp2f1
+
+        _scipy_hyp2f1 = scipy_hyp2f1
+    return _scipy_hyp2f1(a, b, c, z)
 
 
 def probability_alive(parameters: BgNbdParameters, history: PurchaseHistory) -> float:

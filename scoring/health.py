@@ -139,14 +139,16 @@ def expected_purchases_next(state: CustomerState, at_ms: int, parameters: Scorin
     return expected_purchases(parameters.bgnbd, history, parameters.purchase_outlook_days / parameters.bgnbd_time_unit_days)
 
 
-def purchase_score(state: CustomerState, at_ms: int, sums: ActivitySums, parameters: ScoringParameters) -> float | None:
-    """100 × weighted mean of recency (0.5), frequency trend (0.25) and expected purchases (0.25)."""
+def purchase_score(
+    state: CustomerState, at_ms: int, sums: ActivitySums, parameters: ScoringParameters, expected: float | None
+) -> float | None:
+    """100 × weighted mean of recency (0.5), frequency trend (0.25) and expected purchases
+    (0.25), ``expected`` being ``expected_purchases_next`` at ``at_ms``."""
     if not state.last_purchase_ms:
         return None
     recency = decay(at_ms - state.last_purchase_ms, parameters.purchase_half_life_days)
     monthly_baseline = sums.orders_90d / 3
     frequency = 0.0 if monthly_baseline == 0 else min(1.0, sums.orders_30d / monthly_baseline)
-    expected = expected_purchases_next(state, at_ms, parameters)
     if expected is None:
         return 100.0 * (0.5 * recency + 0.25 * frequency) / 0.75
     activity = expected / (expected + parameters.expected_purchases_midpoint)
@@ -222,12 +224,14 @@ def churn_risk_for(score: float, weakest_component: float = 100.0) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def _component_values(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> tuple[float | None, ...]:
+def _component_values(
+    state: CustomerState, at_ms: int, parameters: ScoringParameters, expected: float | None
+) -> tuple[float | None, ...]:
     """Each component's score (None without data), in the order of COMPONENTS."""
     sums = activity_sums(state, at_ms)
     return (
         usage_score(state, at_ms, sums, parameters),
-        purchase_score(state, at_ms, sums, parameters),
+        purchase_score(state, at_ms, sums, parameters, expected),
         support_score(state, parameters),
         sentiment_score(state, at_ms, parameters),
         payment_score(state, at_ms, sums),
@@ -235,7 +239,8 @@ def _component_values(state: CustomerState, at_ms: int, parameters: ScoringParam
 
 
 def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> dict[str, float | None]:
-    return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters)))
+    expected = expected_purchases_next(state, at_ms, parameters)
+    return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters, expected)))
 
 
 def score_state(
@@ -251,7 +256,8 @@ def score_state(
     of each component since then (see ``explain``).
     """
     weights = parameters.weights_for(state.plan)
-    values = _component_values(state, at_ms, parameters)
+    expected = expected_purchases_next(state, at_ms, parameters)
+    values = _component_values(state, at_ms, parameters, expected)
     present: list[tuple[str, float, float]] = []
     total_weight = 0.0
     all_weights = 0.0
@@ -292,6 +298,7 @@ def score_state(
         confidence=total_weight / all_weights,
         changes=_largest_first(changes),
         previous_score=previous_score,
+        expected_purchases=expected,
     )
 
 

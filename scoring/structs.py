@@ -141,6 +141,9 @@ class HealthScore(msgspec.Struct, frozen=True, gc=False):
     #: Change of each component's contribution, in points, since the previous published score.
     changes: dict[str, float] = {}
     previous_score: float | None = None
+    #: BG/NBD expected purchases in the outlook period at ``as_of_ms`` (None without a fitted
+    #: model or for subscribers): the alert rules reuse it instead of computing it again.
+    expected_purchases: float | None = None
 
 
 class ActivitySums(msgspec.Struct, frozen=True, gc=False):

@@ -191,3 +191,23 @@ def test_an_alert_says_why() -> None:
     alert = next(a for a in result.alerts.raised if a.rule == "cancellation")
     assert alert.reasons and alert.reasons[0].component == "payments" and alert.reasons[0].change < 0
     assert alert.previous_score is not None and alert.score < alert.previous_score
+
+
+def test_purchase_activity_uses_the_expectation_computed_for_the_score() -> None:
+    """BG/NBD is computed once per event: the score carries it and the rule reads it from there."""
+    from msgspec.structs import replace as replace_struct
+
+    from scoring.health import expected_purchases_next, score_state
+    from scoring.state import decode_state, encode_state
+
+    scoring = replace(SCORING, bgnbd=BgNbdParameters(0.243, 4.414, 0.793, 2.426), bgnbd_time_unit_days=7.0)
+    parameters = rules(purchase_activity=True, purchase_activity_min_expected=0.2)
+    state = new_state("acme")
+    for week in range(4):
+        step(state, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted("o", 10.0, "EUR")), scoring, 32)
+    at = state.last_event_ms
+    health = score_state(state, at, scoring)
+    assert health is not None and health.expected_purchases == expected_purchases_next(state, at, scoring) > 0.2
+    assert evaluate(decode_state(encode_state(state)), health, at, scoring, parameters).raised == []
+    told_quiet = replace_struct(health, expected_purchases=0.01)
+    assert [a.rule for a in evaluate(decode_state(encode_state(state)), told_quiet, at, scoring, parameters).raised] == ["purchase_activity"]

@@ -154,3 +154,18 @@ def test_fit_bgnbd_refuses_a_file_without_the_columns(tmp_path) -> None:
     result = CliRunner().invoke(main, ["fit-bgnbd", "--transactions", str(path), "--calibration-end", "2026-01-05"])
     assert result.exit_code != 0
     assert "missing customer_id, occurred_at, amount" in result.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    x=st.integers(min_value=0, max_value=60),
+    z=st.floats(min_value=-50.0, max_value=0.999),
+)
+def test_hyp2f1_is_scipys(x: int, z: float) -> None:
+    """The model calls scipy's Cython-level hyp2f1 (cheaper per call): the ufunc's values."""
+    from scipy.special import hyp2f1 as ufunc
+
+    from scoring.bgnbd import hyp2f1
+
+    a, b, c = CDNOW.r + x, CDNOW.b + x, CDNOW.a + CDNOW.b + x - 1
+    assert hyp2f1(a, b, c, z) == pytest.approx(float(ufunc(a, b, c, z)), rel=1e-12, nan_ok=True)
