@@ -291,7 +291,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             counts: Counter = Counter()
             # The whole batch is validated before any of it is applied: one pass of the JSON
             # decoder and the contract checks, then one of the model, each with its code and
-            # data warm (bench/throughput.py, ten interleaved pairs: 9 faster, median +7 %).
+            # data warm (bench/throughput.py, ten interleaved pairs: 8 faster, median +7 %).
             now_ms = int(clock() * 1000)
             validated = validate_batch(batch, input_kinds, now_ms, max_skew_ms)
             for message, decoded in zip(batch, validated):
