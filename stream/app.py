@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Callable, Iterable, Mapping
+from typing import Awaitable, Callable, Iterable, Mapping
 
 import faust
 import msgspec
@@ -202,18 +202,23 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             histogram.observe_many(values)
             values.clear()
 
-    async def publish(
+    def queue_score(
         outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step, trigger: str | None, event_ms: int
     ) -> None:
-        """Queues a changed score and any new alerts (sent at the end of the batch); records that they were sent."""
+        """Queues a changed score (sent at the end of the batch)."""
+        if result.publish is None:
+            return
         now = clock()
-        if result.publish is not None:
-            encoded = encode_json(health_message(customer_id, result.publish, int(now * 1000), model_version, trigger))
-            outputs.add(health_topic_name, health_partition(key, partition), key, encoded)
-            lags.append(max(0.0, now - event_ms / 1000))
-            published_scores.append(result.publish.score)
-            published_risks.append(result.publish.churn_risk)
-            cache.offer(customer_id, encoded)
+        encoded = encode_json(health_message(customer_id, result.publish, int(now * 1000), model_version, trigger))
+        outputs.add(health_topic_name, health_partition(key, partition), key, encoded)
+        lags.append(max(0.0, now - event_ms / 1000))
+        published_scores.append(result.publish.score)
+        published_risks.append(result.publish.churn_risk)
+        cache.offer(customer_id, encoded)
+
+    async def queue_alerts(outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step) -> None:
+        """Queues new alerts (sent at the end of the batch) unless already on the topic; records that they were sent."""
+        now = clock()
         for alert in result.alerts.raised:
             if await ledger.is_published(partition, alert.alert_id):
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
@@ -226,26 +231,34 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         for rule, severity in result.alerts.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
-    async def handle_event(
+    async def rekey(message: ConsumerRecord, event: Event, counts: Counter) -> None:
+        """A keyless event goes back keyed, so it lands on its customer's partition."""
+        await input_topics[message.topic].send(key=event.customer_id.encode(), value=message.value)
+        counts[message.topic, "rekeyed"] += 1
+
+    def handle_event(
         message: ConsumerRecord, decoded: Event | Rejection, working: WorkingSet, outputs: Outputs, counts: Counter
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Applies one event. What must wait on Kafka (a dead letter, a rekeyed event, alerts) is
+        returned to be awaited: most events need none, and a coroutine per event costs."""
         if isinstance(decoded, Rejection):
-            await dead_letter(message, decoded)
-        elif message.key is None:
-            # Keyless: send it back keyed, so it lands on its customer's partition.
-            await input_topics[message.topic].send(key=decoded.customer_id.encode(), value=message.value)
-            counts[message.topic, "rekeyed"] += 1
-        else:
-            source_position = (input_kinds[message.topic], message.partition, message.offset)
-            result = working.run(
-                message.key,
-                message.partition,
-                decoded.customer_id,
-                lambda state: step(state, decoded, parameters, settings.dedup_capacity, source_position, rules),
-            )
-            counts[message.topic, result.outcome._value_] += 1  # not .value: Enum's property costs 0.5 us
-            if result.outcome is Outcome.APPLIED:
-                await publish(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
+            return dead_letter(message, decoded)
+        if message.key is None:
+            return rekey(message, decoded, counts)
+        source_position = (input_kinds[message.topic], message.partition, message.offset)
+        result = working.run(
+            message.key,
+            message.partition,
+            decoded.customer_id,
+            lambda state: step(state, decoded, parameters, settings.dedup_capacity, source_position, rules),
+        )
+        counts[message.topic, result.outcome._value_] += 1  # not .value: Enum's property costs 0.5 us
+        if result.outcome is not Outcome.APPLIED:
+            return None
+        queue_score(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
+        if result.alerts.raised or result.alerts.suppressed:
+            return queue_alerts(outputs, message.key, message.partition, decoded.customer_id, result)
+        return None
 
     def swept(state: CustomerState, at_ms: int) -> Step | None:
         """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched."""
@@ -267,7 +280,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             customer_id = key.decode()
             result = working.run(key, partition, customer_id, lambda state: swept(state, tick.at_ms))
             if result is not None:
-                await publish(outputs, key, partition, customer_id, result, None, tick.at_ms)
+                queue_score(outputs, key, partition, customer_id, result, None, tick.at_ms)
+                await queue_alerts(outputs, key, partition, customer_id, result)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))
         if len(pending) > len(chunk):
             # Let the stream have its turn, then continue where this step stopped.
@@ -299,7 +313,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
                     if decoded is None:
                         await handle_tick(message, working, outputs)
                     else:
-                        await handle_event(message, decoded, working, outputs, counts)
+                        waiting = handle_event(message, decoded, working, outputs, counts)
+                        if waiting is not None:
+                            await waiting
                 except Exception as error:  # a bug must not stop the stream: park the message and go on
                     log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
                     await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))

@@ -100,7 +100,13 @@ class Outputs:
         self._by_topic: dict[str, dict[int, list[tuple[bytes | None, bytes]]]] = {}
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
-        self._by_topic.setdefault(topic, {}).setdefault(partition, []).append((key, value))
+        partitions = self._by_topic.get(topic)
+        if partitions is None:
+            partitions = self._by_topic[topic] = {}
+        records = partitions.get(partition)
+        if records is None:
+            records = partitions[partition] = []
+        records.append((key, value))
 
     def pending(self, topic: str) -> dict[int, list[tuple[bytes | None, bytes]]]:
         """The records queued for one topic, by partition, in production order."""

@@ -29,7 +29,7 @@ Action = Callable[[CustomerState], Step | None]
 DECODED_RECORDS = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     partition: int
     stored: bytes | None
