@@ -6,10 +6,10 @@ bytes: Faust never decodes them (it would ack undecodable messages silently).
 
 One agent reads the four input topics and the sweep-tick topic, so every change
 to a customer's record happens in one place, in order. Records reach it in batches
-(stream/batching.py); a batch's changed records are written back (with their
-changelog records) as they fall out of use, and its messages acked after the last
-one (stream/working_set.py); its
-scores, alerts and changelog records leave as producer batches (stream/outputs.py).
+(stream/batching.py); a batch is validated as a whole, then applied; its changed
+records are written back (with their changelog records) as they fall out of use,
+and its messages acked after the last one (stream/working_set.py); its scores,
+alerts and changelog records leave as producer batches (stream/outputs.py).
 """
 
 from __future__ import annotations
