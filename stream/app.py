@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, Iterable, Mapping
 import faust
 import msgspec
 from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 
 from scoring.contract import Event, Rejection, RejectReason, TopicKind, decode_event
 from scoring.kpis import FleetTotals
@@ -73,6 +74,23 @@ def validate_batch(
             log.exception("Failed to validate %s[%s]@%s", message.topic, message.partition, message.offset)
             validated.append(Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
     return validated
+
+
+def consumer_lag(
+    assignment: Iterable[TP], read_offsets: Mapping[TP, int | None], highwater: Callable[[TP], int | None], topics: Iterable[str]
+) -> dict[str, int]:
+    """Records on each input topic not yet handed to the stream. A partition not fetched
+    yet has no known high-water mark (None until the first fetch answers) and counts 0."""
+    lag = dict.fromkeys(topics, 0)
+    for tp in assignment:
+        if tp.topic not in lag:
+            continue
+        end = highwater(tp)
+        if end is None:
+            continue
+        read = read_offsets.get(tp)  # the last offset handed to the stream
+        lag[tp.topic] += max(0, end - (read + 1 if read is not None else 0))
+    return lag
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
@@ -352,14 +370,17 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @app.timer(interval=settings.fleet_metrics_interval_seconds)
     async def export_fleet_metrics() -> None:
-        """Fleet KPIs from the records this worker owns, and its consumer lag (read-only)."""
+        """Fleet KPIs from the records this worker owns, and its consumer lag (read-only).
+        Observability must never stop the stream: a failure here is logged and retried next time."""
+        try:
+            await export_fleet_metrics_once()
+        except Exception:
+            log.exception("Exporting fleet metrics failed; retrying in %s s", settings.fleet_metrics_interval_seconds)
+
+    async def export_fleet_metrics_once() -> None:
         consumer = app.consumer
         assignment = consumer.assignment()
-        lag = dict.fromkeys(input_kinds, 0)
-        for tp in assignment:
-            if tp.topic in lag:
-                read = consumer._read_offset.get(tp)  # last offset handed to the stream
-                lag[tp.topic] += max(0, consumer.highwater(tp) - (read + 1 if read is not None else 0))
+        lag = consumer_lag(assignment, consumer._read_offset, consumer.highwater, input_kinds)
         for name, records in lag.items():
             metrics.CONSUMER_LAG.labels(name).set(records)
         owned = {tp.partition for tp in assignment if tp.topic == sweep_topic_name}

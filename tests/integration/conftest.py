@@ -179,7 +179,9 @@ def kcat_consume(topic: str, fmt: str = "%k\t%s\n") -> list[str]:
     return [line for line in result.stdout.decode().split("\n") if line]
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str = "condition"):
+def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str = "condition", explain=None):
+    """Poll until ``predicate`` is truthy. ``explain`` (a callable returning text, such as
+    a worker's log tail) is added to the failure, so a flake in CI can be diagnosed."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -187,4 +189,5 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}; last value: {last!r}")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}; last value: {last!r}{detail}")

@@ -167,6 +167,7 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespa
             + metric_value(url, "healthscore_events_total", topic=payments, outcome="duplicate") == 2,
             timeout=60,
             message="the restarted worker to reprocess both events",
+            explain=lambda: events_metrics(url) + "\n--- worker log ---\n" + worker.log_tail(120),
         )
         time.sleep(2)
         after = alerts_on_topic(namespace)
@@ -178,6 +179,15 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespa
         assert skipped == (1 if lose_changelog else 0)
     finally:
         worker.stop()
+
+
+def events_metrics(url: str) -> str:
+    """The worker's input counters, to show in a failure what it did consume."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError as error:
+        return f"/metrics unreachable: {error}"
+    return "\n".join(line for line in text.splitlines() if line.startswith("healthscore_events_total") and not line.endswith(" 0.0"))
 
 
 def delete_topic(name: str) -> None:

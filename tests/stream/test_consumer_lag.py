@@ -1,0 +1,29 @@
+"""The lag gauge: computed from what the consumer knows, including what it does not know yet."""
+
+from __future__ import annotations
+
+import pytest
+from faust.types import TP
+
+from stream.app import consumer_lag
+
+USAGE_0, USAGE_1, PAYMENTS_0, SWEEP_0 = TP("usage", 0), TP("usage", 1), TP("payments", 0), TP("sweep", 0)
+
+
+@pytest.mark.parametrize(
+    ("highwaters", "read_offsets", "expected"),
+    [
+        # Nothing handed over yet: everything up to the high-water mark is lag.
+        ({USAGE_0: 10, USAGE_1: 5, PAYMENTS_0: 0}, {}, {"usage": 15, "payments": 0}),
+        # Offset 9 handed over, high-water 10: caught up.
+        ({USAGE_0: 10, USAGE_1: 5, PAYMENTS_0: 3}, {USAGE_0: 9, USAGE_1: 1, PAYMENTS_0: None}, {"usage": 3, "payments": 3}),
+        # Just assigned, no fetch answered yet: the high-water mark is unknown (None), not a crash.
+        ({USAGE_0: None, USAGE_1: 7, PAYMENTS_0: None}, {USAGE_1: 3}, {"usage": 3, "payments": 0}),
+        # A stale high-water mark below the read position is no negative lag.
+        ({USAGE_0: 4, USAGE_1: 0, PAYMENTS_0: 0}, {USAGE_0: 8}, {"usage": 0, "payments": 0}),
+    ],
+)
+def test_lag_per_input_topic(highwaters, read_offsets, expected) -> None:
+    assignment = [*highwaters, SWEEP_0]  # the sweep topic is not an input: never counted
+    lag = consumer_lag(assignment, read_offsets, lambda tp: {**highwaters, SWEEP_0: 99}[tp], ["usage", "payments"])
+    assert lag == expected
