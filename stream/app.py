@@ -93,6 +93,15 @@ def consumer_lag(
     return lag
 
 
+async def logged_on_failure(job: Callable[[], Awaitable[None]], what: str, retry_seconds: float) -> None:
+    """Runs a timer's job. An exception escaping a Faust timer stops the whole worker, and
+    a sweep or a metrics export is worth less than the stream: it is logged and retried."""
+    try:
+        await job()
+    except Exception:
+        log.exception("%s failed; retrying in %s s", what, retry_seconds)
+
+
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     parameters = settings.scoring.parameters()
     rules = settings.alerts.parameters()
@@ -350,6 +359,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @app.timer(interval=settings.sweep_interval_seconds)
     async def start_sweep() -> None:
+        await logged_on_failure(start_sweep_once, "Starting a sweep", settings.sweep_interval_seconds)
+
+    async def start_sweep_once() -> None:
         """Each worker sweeps the partitions it owns, at the current time."""
         now = clock()
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == sweep_topic_name)
@@ -370,14 +382,10 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @app.timer(interval=settings.fleet_metrics_interval_seconds)
     async def export_fleet_metrics() -> None:
-        """Fleet KPIs from the records this worker owns, and its consumer lag (read-only).
-        Observability must never stop the stream: a failure here is logged and retried next time."""
-        try:
-            await export_fleet_metrics_once()
-        except Exception:
-            log.exception("Exporting fleet metrics failed; retrying in %s s", settings.fleet_metrics_interval_seconds)
+        await logged_on_failure(export_fleet_metrics_once, "Exporting fleet metrics", settings.fleet_metrics_interval_seconds)
 
     async def export_fleet_metrics_once() -> None:
+        """Fleet KPIs from the records this worker owns, and its consumer lag (read-only)."""
         consumer = app.consumer
         assignment = consumer.assignment()
         lag = consumer_lag(assignment, consumer._read_offset, consumer.highwater, input_kinds)

@@ -1,11 +1,14 @@
-"""The lag gauge: computed from what the consumer knows, including what it does not know yet."""
+"""The worker's timers: they must never stop the stream."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import pytest
 from faust.types import TP
 
-from stream.app import consumer_lag
+from stream.app import consumer_lag, logged_on_failure
 
 USAGE_0, USAGE_1, PAYMENTS_0, SWEEP_0 = TP("usage", 0), TP("usage", 1), TP("payments", 0), TP("sweep", 0)
 
@@ -27,3 +30,28 @@ def test_lag_per_input_topic(highwaters, read_offsets, expected) -> None:
     assignment = [*highwaters, SWEEP_0]  # the sweep topic is not an input: never counted
     lag = consumer_lag(assignment, read_offsets, lambda tp: {**highwaters, SWEEP_0: 99}[tp], ["usage", "payments"])
     assert lag == expected
+
+
+def test_a_failing_timer_job_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken() -> None:
+        raise RuntimeError("broker unreachable")
+
+    with caplog.at_level(logging.ERROR, logger="healthscore.worker"):
+        asyncio.run(logged_on_failure(broken, "Starting a sweep", 30))
+    assert "Starting a sweep failed; retrying in 30 s" in caplog.text
+    assert "broker unreachable" in caplog.text  # the traceback is kept
+
+
+def test_a_timer_job_runs_and_cancellation_still_stops_it() -> None:
+    ran: list[str] = []
+
+    async def works() -> None:
+        ran.append("yes")
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    asyncio.run(logged_on_failure(works, "job", 1))
+    assert ran == ["yes"]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(logged_on_failure(cancelled, "job", 1))
