@@ -44,13 +44,28 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--days", type=float, default=90.0, help="days of event time the events span")
     args = parser.parse_args()
+    print(json.dumps(measure(args.events, args.customers, args.days), indent=2))
 
+
+#: The probe the throughput and compare benches run to tell how fast the machine is at
+#: that moment: the model alone, no I/O, so its figure moves only with the CPU (this
+#: shared VM has run the same code at 47 and at 96 us per event on the same day).
+SPEED_PROBE = {"events": 20_000, "customers": 2_000, "days": 30.0}
+
+
+def speed_probe(repeats: int = 3) -> float:
+    """Microseconds per event of the model alone (:data:`SPEED_PROBE`), the median of a few
+    runs: the machine's speed moves by tens of percent from one second to the next."""
+    return statistics.median(measure(**SPEED_PROBE)["total_microseconds_per_event"] for _ in range(repeats))
+
+
+def measure(events: int, customers: int, days: float) -> dict:
     end = 1_790_000_000_000
-    synthesizer = EventSynthesizer(args.customers, seed=3)
+    synthesizer = EventSynthesizer(customers, seed=3)
     encoder = msgspec.json.Encoder()
     raw = [
         (g.customer_id.encode(), encoder.encode(g.value), g.topic)
-        for g in synthesizer.timeline(args.events, end - int(args.days * DAY_MS), end)
+        for g in synthesizer.timeline(events, end - int(days * DAY_MS), end)
     ]
     collect_garbage_rarely()  # as the worker does once started
     settings = load_settings()
@@ -84,27 +99,26 @@ def main() -> None:
         message_seconds += t4 - t3
     total_seconds = event_seconds + state_seconds + model_seconds + message_seconds
     sizes = sorted(len(value) for value in store.values())
-    result = {
+    return {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
-        "events": args.events,
-        "customers": args.customers,
-        "days": args.days,
+        "events": events,
+        "customers": customers,
+        "days": days,
         "model": compiled.status,
-        "apply_rescore_and_alert_rules_microseconds_per_event": model_seconds / args.events * 1e6,
-        "state_decode_and_encode_microseconds_per_event": state_seconds / args.events * 1e6,
-        "event_validation_microseconds_per_event": event_seconds / args.events * 1e6,
-        "score_message_microseconds_per_event": message_seconds / args.events * 1e6,
-        "total_microseconds_per_event": total_seconds / args.events * 1e6,
-        "events_per_second_on_one_core_without_kafka": args.events / total_seconds,
-        "scores_published_share": published / args.events,
+        "apply_rescore_and_alert_rules_microseconds_per_event": model_seconds / events * 1e6,
+        "state_decode_and_encode_microseconds_per_event": state_seconds / events * 1e6,
+        "event_validation_microseconds_per_event": event_seconds / events * 1e6,
+        "score_message_microseconds_per_event": message_seconds / events * 1e6,
+        "total_microseconds_per_event": total_seconds / events * 1e6,
+        "events_per_second_on_one_core_without_kafka": events / total_seconds,
+        "scores_published_share": published / events,
         "alerts_raised": alerts,
         "state_bytes_median": statistics.median(sizes),
         "state_bytes_p90": sizes[int(len(sizes) * 0.9)],
         "state_bytes_max": sizes[-1],
-        "events_per_customer_mean": args.events / len(store),
+        "events_per_customer_mean": events / len(store),
     }
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

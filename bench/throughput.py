@@ -39,6 +39,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model_cost import speed_probe  # noqa: E402  (bench/ is the script's directory)
 from stream.generate import EventSynthesizer  # noqa: E402
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import isolated_environment, load_settings  # noqa: E402
@@ -479,6 +480,8 @@ def main() -> None:
     if args.profile is not None and py_spy() is None:
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
 
+    print("Speed probe (the model alone, no I/O)...")
+    probe_before = speed_probe()
     paths = default_paths()
     start_redis(paths)
     start_kafka(paths)
@@ -524,6 +527,8 @@ def main() -> None:
             asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
             rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
         scaled = {"group": rates[0], "one_worker": rates[1], "ratio": rates[0]["events_per_second"] / rates[1]["events_per_second"]}
+    print("Speed probe again...")
+    probe = {"before": probe_before, "after": speed_probe()}
     failed = [row for row in peers if "error" in row]
     for row in failed:
         print(f"{row['name']}: {row['error']}")
@@ -552,9 +557,21 @@ def main() -> None:
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"
         f" {worker['mean_batch_events']:.0f} records on average, {worker['batch_seconds']:.1f} s inside them"
     )
+    print(
+        f"speed probe: the model alone took {probe['before']:.1f} us/event before the run and {probe['after']:.1f} after"
+        " (bench/model_cost.py; compare runs only at similar probe figures)"
+    )
     write_result(
         "throughput",
-        {"events": args.events, "customers": args.customers, "partitions": args.partitions, "rows": rows, "scaling": scaled, "latency": latency},
+        {
+            "events": args.events,
+            "customers": args.customers,
+            "partitions": args.partitions,
+            "rows": rows,
+            "scaling": scaled,
+            "latency": latency,
+            "speed_probe_microseconds_per_event": probe,
+        },
     )
     if not args.keep_topics:
         deleted = asyncio.run(delete_topics_of(settings.kafka_bootstrap, tag))
