@@ -15,6 +15,7 @@ alerts and changelog records leave as producer batches (stream/outputs.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -93,13 +94,30 @@ def consumer_lag(
     return lag
 
 
-async def logged_on_failure(job: Callable[[], Awaitable[None]], what: str, retry_seconds: float) -> None:
+TimerJob = Callable[[], Awaitable[None]]
+
+
+async def logged_on_failure(job: TimerJob, what: str, retry_seconds: float) -> None:
     """Runs a timer's job. An exception escaping a Faust timer stops the whole worker, and
-    a sweep or a metrics export is worth less than the stream: it is logged and retried."""
+    a sweep, a metrics export or a cache flush is worth less than the stream: it is logged
+    and retried."""
     try:
         await job()
     except Exception:
         log.exception("%s failed; retrying in %s s", what, retry_seconds)
+
+
+def guarded_timer(app: faust.App, interval: float, what: str) -> Callable[[TimerJob], TimerJob]:
+    """``app.timer`` for every timer of the worker, each run through :func:`logged_on_failure`."""
+
+    def register(job: TimerJob) -> TimerJob:
+        @functools.wraps(job)
+        async def run() -> None:
+            await logged_on_failure(job, what, interval)
+
+        return app.timer(interval=interval)(run)
+
+    return register
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
@@ -357,11 +375,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             metrics.BATCH_EVENTS.observe(len(batch))
             metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
-    @app.timer(interval=settings.sweep_interval_seconds)
+    @guarded_timer(app, settings.sweep_interval_seconds, "Starting a sweep")
     async def start_sweep() -> None:
-        await logged_on_failure(start_sweep_once, "Starting a sweep", settings.sweep_interval_seconds)
-
-    async def start_sweep_once() -> None:
         """Each worker sweeps the partitions it owns, at the current time."""
         now = clock()
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == sweep_topic_name)
@@ -370,21 +385,18 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         if owned:
             log.info("Sweep started for %s partition(s)", len(owned))
 
-    @app.timer(interval=2.0)
+    @guarded_timer(app, 2.0, "Releasing free memory")
     async def give_back_memory() -> None:
         """glibc keeps freed heap pages until trimmed: 8-15 MB every 4 s while processing
         100k customers, returned in 1-3 ms."""
         release_free_memory()
 
-    @app.timer(interval=0.5)
+    @guarded_timer(app, 0.5, "Writing scores to Redis")
     async def flush_cache() -> None:
         await cache.flush()
 
-    @app.timer(interval=settings.fleet_metrics_interval_seconds)
+    @guarded_timer(app, settings.fleet_metrics_interval_seconds, "Exporting fleet metrics")
     async def export_fleet_metrics() -> None:
-        await logged_on_failure(export_fleet_metrics_once, "Exporting fleet metrics", settings.fleet_metrics_interval_seconds)
-
-    async def export_fleet_metrics_once() -> None:
         """Fleet KPIs from the records this worker owns, and its consumer lag (read-only)."""
         consumer = app.consumer
         assignment = consumer.assignment()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -198,8 +199,6 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
     """Commits offset 0 on every partition of ``topic`` for ``group``. The broker takes a
     commit from outside the group only once the group is empty, that is once the killed
     member's session has expired, so this retries until then."""
-    import asyncio
-
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
     from aiokafka.structs import OffsetAndMetadata
@@ -226,8 +225,6 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
 
 
 def delete_topic(name: str) -> None:
-    import asyncio
-
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def delete() -> None:

@@ -8,7 +8,7 @@ import logging
 import pytest
 from faust.types import TP
 
-from stream.app import consumer_lag, logged_on_failure
+from stream.app import consumer_lag, guarded_timer, logged_on_failure
 
 USAGE_0, USAGE_1, PAYMENTS_0, SWEEP_0 = TP("usage", 0), TP("usage", 1), TP("payments", 0), TP("sweep", 0)
 
@@ -55,3 +55,31 @@ def test_a_timer_job_runs_and_cancellation_still_stops_it() -> None:
     assert ran == ["yes"]
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(logged_on_failure(cancelled, "job", 1))
+
+
+class RecordingApp:
+    """Stands in for faust.App.timer: records what was registered, at which interval."""
+
+    def __init__(self) -> None:
+        self.timers: dict[str, tuple[float, object]] = {}
+
+    def timer(self, interval: float):
+        def register(fun):
+            self.timers[fun.__name__] = (interval, fun)
+            return fun
+
+        return register
+
+
+def test_every_guarded_timer_is_registered_with_its_interval_and_survives_its_job(caplog: pytest.LogCaptureFixture) -> None:
+    app = RecordingApp()
+
+    @guarded_timer(app, 0.5, "Writing scores to Redis")  # type: ignore[arg-type]
+    async def flush_cache() -> None:
+        raise ValueError("not JSON")
+
+    interval, registered = app.timers["flush_cache"]
+    assert interval == 0.5
+    with caplog.at_level(logging.ERROR, logger="healthscore.worker"):
+        asyncio.run(registered())  # type: ignore[operator]
+    assert "Writing scores to Redis failed; retrying in 0.5 s" in caplog.text
