@@ -33,14 +33,16 @@ import urllib.request
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Iterable
 
 import msgspec
+from aiokafka.partitioner import DefaultPartitioner
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model_cost import speed_probe  # noqa: E402  (bench/ is the script's directory)
-from stream.generate import EventSynthesizer  # noqa: E402
+from stream.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import isolated_environment, load_settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
@@ -317,6 +319,50 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     }
 
 
+class _Trigger(msgspec.Struct):
+    trigger_event_id: str | None = None
+
+
+def split_around_time(value: dict, encoder: msgspec.json.Encoder) -> tuple[bytes, bytes]:
+    """The event's JSON before and after its ``occurred_at`` value."""
+    head = {name: value[name] for name in ("event_id", "type", "customer_id")}
+    return encoder.encode(head)[:-1] + b',"occurred_at":', b',"data":' + encoder.encode(value["data"]) + b"}"
+
+
+class _PlannedFeed:
+    """Events encoded ahead of a latency run, each split around its ``occurred_at`` value, so
+    that sending one costs a byte join and a batch append."""
+
+    def __init__(self, events: Iterable[GeneratedEvent], topic_names: dict, partitions: int) -> None:
+        encoder = msgspec.json.Encoder()
+        partitioner = DefaultPartitioner()
+        all_partitions = list(range(partitions))
+        self.planned: list[tuple[str, int, bytes, str, bytes, bytes]] = []
+        for generated in events:
+            value = generated.value
+            key = generated.customer_id.encode()
+            before, after = split_around_time(value, encoder)
+            topic = topic_names[generated.topic]
+            self.planned.append((topic, partitioner(key, all_partitions, all_partitions), key, value["event_id"], before, after))
+
+    async def send(self, producer: Any, first: int, end: int, sent_at: dict[str, int]) -> None:
+        """Stamps events ``first`` to ``end`` (exclusive) with the time now and sends them."""
+        now_ms = int(time.time() * 1000)
+        stamp = b"%d" % now_ms
+        batches: dict[tuple[str, int], Any] = {}
+        for topic, partition, key, event_id, before, after in self.planned[first:end]:
+            builder = batches.get((topic, partition))
+            if builder is None:
+                builder = batches[topic, partition] = producer.create_batch()
+            sent_at[event_id] = now_ms
+            if builder.append(key=key, value=before + stamp + after, timestamp=None) is None:
+                await producer.send_batch(builder, topic, partition=partition)
+                builder = batches[topic, partition] = producer.create_batch()
+                builder.append(key=key, value=before + stamp + after, timestamp=None)
+        for (topic, partition), builder in batches.items():
+            await producer.send_batch(builder, topic, partition=partition)
+
+
 async def measure_latency(settings, env: dict[str, str], port: int, rate: int, seconds: float, customers: int) -> dict:
     """Feeds one worker `rate` events/s stamped with the time they are sent, and measures, for
     each score it publishes, event time -> the broker's append time on the health topic."""
@@ -334,7 +380,7 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         await admin.close()
     process = start_worker(env, port, "worker-latency")
     names = {kind: name for name, kind in settings.topics.inputs().items()}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=50)
     await producer.start()
     await consumer.start()
@@ -346,14 +392,14 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         encoder = msgspec.json.Encoder()
         sent_at: dict[str, int] = {}
         latencies: list[float] = []
-        decoder = msgspec.json.Decoder()
+        decoder = msgspec.json.Decoder(_Trigger)  # skips the rest of each score message
 
         async def collect(until: float) -> None:
             while time.monotonic() < until:
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        trigger = decoder.decode(record.value).get("trigger_event_id")
+                        trigger = decoder.decode(record.value).trigger_event_id
                         if trigger in sent_at:
                             latencies.append(record.timestamp - sent_at.pop(trigger))
 
@@ -371,30 +417,27 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         else:
             raise SystemExit("the worker did not start processing within 120 s; see .data/bench-worker-latency.log")
         await collect(time.monotonic() + 2)
-        # Generated beforehand and only stamped when sent: generating them on the fly kept the
-        # feed below the asked rate on a slow machine (it shares the cores with the worker).
+        # Generated and encoded beforehand, only stamped when sent, and sent as one producer
+        # batch per partition per tick: the feed shares the two cores with the worker and the
+        # broker, and encoding and sending each event on the fly took a third of a core at
+        # 5,000 events/s (2026-11-23), CPU the worker then lacked.
         planned = int(rate * seconds) + rate
-        base_ms = int(time.time() * 1000)
-        feed = [
-            (names[generated.topic], generated.customer_id.encode(), generated.value)
-            for generated in (synthesizer.next_event(base_ms, 0.5) for _ in range(planned))
-        ]
+        feed = _PlannedFeed(
+            (synthesizer.next_event(int(time.time() * 1000), 0.5) for _ in range(planned)), names, settings.partitions
+        )
         collector = asyncio.create_task(collect(time.monotonic() + seconds + 5))
         tick = 0.01
         sent = 0
+        cpu_start = time.process_time()
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             # Whatever is due by now, so a slow turn of the loop is caught up, not lost.
             due = min(planned, int(rate * (time.monotonic() - start)))
-            while sent < due:
-                topic, key, value = feed[sent]
-                now_ms = int(time.time() * 1000)
-                value["occurred_at"] = now_ms
-                sent_at[value["event_id"]] = now_ms
-                await producer.send(topic, encoder.encode(value), key=key)
-                sent += 1
+            await feed.send(producer, sent, due, sent_at)
+            sent = due
             await asyncio.sleep(tick)
         elapsed = time.monotonic() - start
+        feed_cpu = time.process_time() - cpu_start  # the feed's and the collector's
         await collector
     finally:
         await producer.stop()
@@ -412,6 +455,7 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         "topic": health,
         "offered_events_per_second": sent / elapsed,
         "scores_measured": len(latencies),
+        "feed_cpu_share": feed_cpu / elapsed,
         "latency_ms": {"p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99), "max": latencies[-1]},
     }
 
@@ -551,7 +595,7 @@ def main() -> None:
         print(
             f"latency, event time -> score on {latency['topic']} at {latency['offered_events_per_second']:.0f} events/s:"
             f" p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms"
-            f" ({latency['scores_measured']} scores)"
+            f" ({latency['scores_measured']} scores; the feed used {latency['feed_cpu_share']:.0%} of a core)"
         )
     print(
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"

@@ -6,6 +6,9 @@ customer id) because one table holds each customer's state across all four.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -14,6 +17,10 @@ from stream.settings import Settings, TopicNames
 
 class TopicLayoutError(RuntimeError):
     pass
+
+
+#: How long topics just created may take to have a leader for every partition.
+LEADERS_TIMEOUT_SECONDS = 30.0
 
 
 def consumed_topics(settings: Settings) -> list[str]:
@@ -40,6 +47,7 @@ async def ensure_topics(settings: Settings, echo=print) -> None:
                 )
             except TopicAlreadyExistsError:
                 pass
+            await wait_for_leaders(admin, missing, LEADERS_TIMEOUT_SECONDS)
             echo(f"Created {len(missing)} topic(s) with {settings.partitions} partitions: {', '.join(missing)}")
         mismatched = {
             name: count for name, count in counts.items() if name in consumed_topics(settings) and count != settings.partitions
@@ -52,3 +60,34 @@ async def ensure_topics(settings: Settings, echo=print) -> None:
             echo("All topics exist")
     finally:
         await admin.close()
+
+
+def leaderless(described: list[dict]) -> list[str]:
+    """Topics of an admin ``describe_topics`` answer that are unknown or have a partition without a leader."""
+    return [
+        topic["topic"]
+        for topic in described
+        if topic.get("error_code", 0) != 0
+        or not topic["partitions"]
+        or any(partition["leader"] < 0 for partition in topic["partitions"])
+    ]
+
+
+async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Returns once every partition of these topics has a leader.
+
+    Kafka answers ``create_topics`` before that (seconds later on a broker that has just
+    started): a client writing at once would retry meanwhile, logging each retry as an
+    error ("Topic ... not found in cluster metadata").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = leaderless(await admin.describe_topics(names))
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            raise TopicLayoutError(
+                f"{len(waiting)} topic(s) created but still without a leader after {timeout:g} s: {', '.join(waiting)};"
+                " is the broker healthy?"
+            )
+        await asyncio.sleep(0.1)

@@ -21,3 +21,32 @@ def test_help_explains_the_script(script: str) -> None:
     shown = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "usage:" in shown.stdout
+
+
+def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent() -> None:
+    """bench/throughput.py encodes the feed beforehand and only splices in the send time."""
+    import importlib.util
+
+    import msgspec
+
+    from scoring.contract import Event, decode_event
+    from stream.generate import EventSynthesizer
+
+    spec = importlib.util.spec_from_file_location("throughput_bench", BENCH / "throughput.py")
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(BENCH))
+    try:
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(BENCH))
+    encoder = msgspec.json.Encoder()
+    sent_ms = 1_790_000_000_123
+    synthesizer = EventSynthesizer(50, seed=5)
+    for _ in range(200):
+        generated = synthesizer.next_event(1_700_000_000_000, 0.5)
+        before, after = bench.split_around_time(generated.value, encoder)
+        value = before + b"%d" % sent_ms + after
+        assert msgspec.json.decode(value) == {**generated.value, "occurred_at": sent_ms}
+        event = decode_event(generated.customer_id.encode(), value, generated.topic, sent_ms, 0)
+        assert isinstance(event, Event) and event.occurred_at_ms == sent_ms
