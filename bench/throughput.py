@@ -381,7 +381,10 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
     process = start_worker(env, port, "worker-latency")
     names = {kind: name for name, kind in settings.topics.inputs().items()}
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=50)
+    # Scores are timed by the broker (LogAppendTime), so the collector can fetch in large, cheap steps.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=250, fetch_min_bytes=256 * 1024
+    )
     await producer.start()
     await consumer.start()
     try:
