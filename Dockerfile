@@ -10,7 +10,7 @@ COPY config ./config
 # faster per event); without one it would install as pure Python.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --no-cache-dir ".[fast]" \
+    && pip install --no-cache-dir . \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
     && healthscore version
 ENV HEALTHSCORE_WEB_HOST=0.0.0.0 \
