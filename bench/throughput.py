@@ -361,10 +361,11 @@ class _PlannedFeed:
             if builder is None:
                 builder = batches[topic, partition] = producer.create_batch()
             sent_at[event_id] = now_ms
-            if builder.append(key=key, value=before + stamp + after, timestamp=None) is None:
+            value = before + stamp + after
+            if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
                 await producer.send_batch(builder, topic, partition=partition)
                 builder = batches[topic, partition] = producer.create_batch()
-                builder.append(key=key, value=before + stamp + after, timestamp=None)
+                builder.append(key=key, value=value, timestamp=None)
         for (topic, partition), builder in batches.items():
             await producer.send_batch(builder, topic, partition=partition)
 
