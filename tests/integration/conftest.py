@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +107,25 @@ class WorkerProcess:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def what_it_waits_on(self, settle_seconds: float = 3.0) -> str:
+        """Where each of the worker's threads and asyncio tasks is, one line each: for a test
+        that times out on a worker that looks alive but does nothing. Uses mode's own
+        SIGUSR1 handler, which writes every thread's and task's stack to the worker's log."""
+        if self.process is None or self.process.poll() is not None:
+            return "(worker not running)"
+        start = self.log_path.stat().st_size
+        self.process.send_signal(signal.SIGUSR1)
+        deadline, size = time.monotonic() + settle_seconds, start
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            grown = self.log_path.stat().st_size
+            if grown > start and grown == size:
+                break
+            size = grown
+        with open(self.log_path, "rb") as log:
+            log.seek(start)
+            return summarize_stack_dump(log.read().decode(errors="replace"))
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -122,6 +143,38 @@ class WorkerProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.namespace.settings.web_port}/metrics"
+
+
+_FRAME = re.compile(r'^  File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)', re.MULTILINE)
+
+
+def _short_path(path: str) -> str:
+    """A frame's file relative to the project, site-packages or the standard library."""
+    for anchor in ("site-packages/", f"python{sys.version_info.major}.{sys.version_info.minor}/"):
+        if anchor in path:
+            return path.split(anchor)[-1]
+    return path.removeprefix(str(PROJECT_ROOT) + "/")
+
+
+def summarize_stack_dump(dump: str) -> str:
+    """mode's dump (thread stacks, then task stacks, each with its local variables) as one
+    line per thread or task, innermost frame first."""
+
+    def frames(block: str) -> str:
+        found = [
+            f"{match['function']} ({_short_path(match['path'])}:{match['line']})"
+            for match in _FRAME.finditer(block)
+        ]
+        return " <- ".join(reversed(found[-6:])) or "(no frames)"
+
+    lines = []
+    for thread in re.split(r"^THREAD ", dump, flags=re.MULTILINE)[1:]:
+        name, _, rest = thread.partition("\n")
+        stack, _, tasks = rest.partition("\nTASKS\n")
+        lines.append(f"thread {name}: {frames(stack.split('LOCAL VARIABLES')[0])}")
+        for task in tasks.split("Stack for <Task ")[1:]:
+            lines.append(f"  task: {frames(task)}")
+    return "\n".join(lines) if lines else f"(no stack dump in the log; it printed {len(dump)} characters)"
 
 
 @pytest.fixture

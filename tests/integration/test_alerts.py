@@ -172,7 +172,17 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespa
             + metric_value(url, "healthscore_events_total", topic=payments, outcome="duplicate") == 2,
             timeout=60,
             message="the restarted worker to reprocess both events",
-            explain=lambda: events_metrics(url) + "\n--- worker log ---\n" + worker.log_tail(120),
+            explain=lambda: "\n".join(
+                [
+                    events_metrics(url),
+                    "--- the group's committed offsets / the topic's end offsets ---",
+                    group_offsets(namespace.settings.app_id, payments, namespace.settings.partitions),
+                    "--- worker log ---",
+                    worker.log_tail(100),
+                    "--- where the worker's threads and tasks wait ---",
+                    worker.what_it_waits_on(),
+                ]
+            ),
         )
         time.sleep(2)
         after = alerts_on_topic(namespace)
@@ -222,6 +232,27 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
             await consumer.stop()
 
     asyncio.run(rewind())
+
+
+def group_offsets(group: str, topic: str, partitions: int) -> str:
+    """Per partition, the group's committed offset and the topic's end offset, for a failure message."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> str:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, partition) for partition in range(partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            return ", ".join([f"[{tp.partition}] {await consumer.committed(tp)}/{ends[tp]}" for tp in tps])
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(read())
+    except Exception as error:  # only a diagnostic: never hide the real failure behind it
+        return f"could not read: {error!r}"
 
 
 def delete_topic(name: str) -> None:
