@@ -22,15 +22,25 @@ tasks and several loop turns per record) so that a delivery blocked on a full bu
 cannot outlive a rebalance. A delivery here only blocks when the buffer is full,
 which the worker's settings make rare (``broker_max_poll_records`` well under
 ``stream_buffer_maxsize``), and the loop checks for a rebalance between runs.
+
+Fetched records that never reach the agent are fetched again (:class:`Refetches`).
+Faust clears the stream buffers whenever flow resumes, and it resumes flow once more
+at the end of a table recovery, after it has sought the partitions to their committed
+offsets: runs fetched in between were dropped while the consumer's position stayed
+past them (and aiokafka does not seek at all to a committed offset of 0), so those
+events were silently skipped until the next rebalance, or lost once a later commit
+passed them. The same holds for a run whose wait for room in a full buffer is
+cancelled, and for records of a partition Faust had paused when they arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import faust
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -38,6 +48,8 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
+
+from stream import metrics
 
 
 class RecordRun:
@@ -147,6 +159,37 @@ def _ack_range(consumer: Any, tp: TP, first: int, last: int) -> None:
     consumer._n_acked += len(fresh)
 
 
+class Refetches:
+    """Partitions whose fetched records were dropped before the agent took them, each
+    with the earliest offset to fetch again from.
+
+    Per partition, runs reach the buffer in offset order, so everything before the
+    earliest dropped run went to the agent. A rebalance starts every partition again
+    from its committed offset, so what was dropped in an older consumer generation
+    needs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TP, tuple[int, int]] = {}  # partition -> (generation, offset)
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._pending
+
+    def add(self, tp: TP, offset: int, generation: int) -> None:
+        known = self._pending.get(tp)
+        if known is None or known[0] < generation or (known[0] == generation and offset < known[1]):
+            self._pending[tp] = (generation, offset)
+
+    def take(self, generation: int, assigned: Iterable[TP]) -> dict[TP, int]:
+        """The seeks still due (this generation, partitions still assigned); forgets them all."""
+        pending, self._pending = self._pending, {}
+        assigned = set(assigned)
+        return {tp: offset for tp, (dropped_in, offset) in pending.items() if dropped_in == generation and tp in assigned}
+
+
 class BatchQueue(ThrowableQueue):
     """A channel queue of :class:`RecordRun` values whose ``get`` returns them all as one :class:`RecordBatch`.
 
@@ -154,10 +197,13 @@ class BatchQueue(ThrowableQueue):
     partition at 80 % of ``stream_buffer_maxsize``, resume at 40 %) mean what they say.
     """
 
-    def __init__(self, *args: Any, batch_limit: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, batch_limit: int, on_dropped: Callable[[list[RecordRun]], None] | None = None, **kwargs: Any
+    ) -> None:
         self._records = 0
         super().__init__(*args, **kwargs)
         self.batch_limit = batch_limit
+        self.on_dropped = on_dropped
 
     def qsize(self) -> int:
         return self._records
@@ -190,8 +236,12 @@ class BatchQueue(ThrowableQueue):
         return RecordBatch(runs)
 
     def clear(self) -> None:
+        """Faust clears the buffer when flow resumes; the runs it held are reported to be fetched again."""
+        dropped = list(self._queue)  # type: ignore[attr-defined]
         super().clear()
         self._records = 0
+        if dropped and self.on_dropped is not None:
+            self.on_dropped(dropped)
 
 
 class BatchingTopic(faust.Topic):
@@ -213,8 +263,15 @@ class BatchingTopic(faust.Topic):
                 flow_control=self.app.flow_control,
                 clear_on_resume=True,
                 batch_limit=self.batch_limit,
+                on_dropped=self._fetch_again,
             )
         return self._queue
+
+    def _fetch_again(self, runs: list[RecordRun]) -> None:
+        consumer = self.app.consumer
+        if isinstance(consumer, BulkDeliveryConsumer):
+            for run in runs:
+                consumer.fetch_again(run.tp, run.first_offset, run.generation_id, len(run.records))
 
     async def deliver_run(self, run: RecordRun, on_pressure_high: Callable[[], None], on_pressure_drop: Callable[[], None]) -> bool:
         """What Faust's conductor does for each record, once for the run; False if a rebalance dropped it."""
@@ -240,6 +297,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pressure_callbacks: dict[TP, tuple[Callable[[], None], Callable[[], None]]] = {}
+        self.refetches = Refetches()
 
     def _bulk_channel(self, tp: TP) -> BatchingTopic | None:
         """The one channel reading this partition, if it takes whole runs."""
@@ -274,6 +332,8 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         try:
             while not (self._stopped.is_set() or fetcher._stopped.is_set()):
                 self.diag.set_flag(CONSUMER_FETCHING)
+                if self.refetches:
+                    await self._seek_back_to_dropped()
                 records, active_partitions = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
                 if records is None or self.should_stop:
@@ -286,21 +346,28 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                     tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
                     if suspended() or app.consumer_generation_id != generation:
                         break  # a rebalance began: these records are stale
-                    if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
-                        continue
+                    if tp in self.refetches:
+                        continue  # fetched before the seek back: they come again
                     read = read_offsets[tp]
                     if read is not None and fetched and fetched[0].offset < read:
                         fetched = [record for record in fetched if record.offset >= read]  # already handed over
                     if not fetched:
                         continue
-                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     channel = self._bulk_channel(tp)
+                    if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
+                        if channel is not None:  # paused meanwhile: our position is past these
+                            self.fetch_again(tp, fetched[0].offset, generation, len(fetched))
+                        continue
+                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if channel is None:
                         await self._deliver_one_by_one(tp, fetched)
                         continue
                     first = fetched[0].offset if read is None else min(fetched[0].offset, read + 1)
-                    if await channel.deliver_run(RecordRun(tp, fetched, first, generation), *self._pressure(tp)):
+                    run = RecordRun(tp, fetched, first, generation)
+                    if await channel.deliver_run(run, *self._pressure(tp)):
                         read_offsets[tp] = fetched[-1].offset
+                    else:  # the buffer was cleared while the run waited for room
+                        self.fetch_again(tp, first, generation, len(fetched))
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -318,6 +385,32 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def fetch_again(self, tp: TP, offset: int, generation: int, records: int) -> None:
+        """Records from ``offset`` on were dropped before the agent took them: fetch them again."""
+        if generation == self.app.consumer_generation_id:
+            metrics.RECORDS_FETCHED_AGAIN.labels(tp.topic).inc(records)
+        self.refetches.add(tp, offset, generation)
+
+    async def _seek_back_to_dropped(self) -> None:
+        """Seeks each partition with dropped records back to the first of them."""
+        due = self.refetches.take(self.app.consumer_generation_id, self.assignment())
+        if not due:
+            return
+        self.log.info("Fetching again %s partition(s) whose records were dropped before processing", len(due))
+        try:
+            await self.seek_wait(due)
+        except IllegalStateError:
+            return  # no longer assigned: a rebalance is under way and starts them again from their commits
+        except asyncio.TimeoutError:
+            generation = self.app.consumer_generation_id
+            for tp, offset in due.items():
+                self.refetches.add(tp, offset, generation)  # tried again on the next turn
+            self.log.warning("Seeking back %s partition(s) timed out; trying again", len(due))
+            return
+        for tp, offset in due.items():
+            # What the fetch loop reads as the last offset handed over.
+            self._read_offset[tp] = offset - 1 if offset > 0 else None
 
     async def _deliver_one_by_one(self, tp: TP, fetched: Sequence[ConsumerRecord]) -> None:
         """Faust's own per-record path, for topics no :class:`BatchingTopic` reads alone."""

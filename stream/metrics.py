@@ -137,6 +137,13 @@ CHANGELOG_RECORDS_RESTORED = Counter(
     "Customer-state changelog records read back into the table (restart, rebalance, standby); restart time grows with it.",
     registry=REGISTRY,
 )
+RECORDS_FETCHED_AGAIN = Counter(
+    "healthscore_records_fetched_again",
+    "Input records dropped from the stream buffer before processing (Faust clears it when flow resumes, "
+    "as at the end of a recovery) and fetched again, by topic; without this they were skipped.",
+    ["topic"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "healthscore_consumer_lag_records",
     "Records behind the end of the input topics, over the partitions this worker owns.",
@@ -192,6 +199,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
     from scoring.state import Outcome
 
     for topic in consumed_topics:
+        RECORDS_FETCHED_AGAIN.labels(topic)
         for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed"]:
             EVENTS.labels(topic, outcome)
         for reason in RejectReason:

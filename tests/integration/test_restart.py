@@ -68,3 +68,46 @@ def test_a_restarted_worker_reads_every_record_back_and_knows_every_event_it_app
         assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == 0
     finally:
         worker.stop()
+
+
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"
+
+
+def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(namespace: Namespace, tmp_path: Path) -> None:
+    """At the end of a recovery Faust seeks to the committed offsets and only then resumes
+    flow, which clears the stream buffer. Records the consumer handed over in between were
+    dropped while its position stayed past them: a restart under load skipped them. The
+    fault-injection module holds the worker in that window for a second, with a backlog
+    large enough to keep the agent busy, so runs are still buffered when it is cleared."""
+    namespace.env["PYTHONPATH"] = str(FAULT_INJECTION)
+    namespace.env["FAULT_SEEK_DELAY_SECONDS"] = "3"
+    usage = namespace.topic("usage")
+    now_ms = int(time.time() * 1000)
+    customers = [f"c{index:03d}" for index in range(64)]
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    try:
+        # Some state first, so the restart has a changelog to recover.
+        kcat_produce(usage, [(customer, usage_event(f"{customer}-first", customer, now_ms - 3_600_000)) for customer in customers])
+        worker.start()
+        url = worker.metrics_url
+        wait_for(lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(customers), message="the first events applied")
+        worker.stop()
+
+        backlog = [
+            (customer, usage_event(f"{customer}-{index}", customer, now_ms - 3_000_000 + index * 1000))
+            for index in range(200)
+            for customer in customers
+        ]
+        kcat_produce(usage, backlog)
+        worker.start()
+        wait_for(
+            lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog),
+            timeout=90,
+            message="every event of the backlog applied",
+            explain=lambda: f"fetched again: {metric_value(url, 'healthscore_records_fetched_again_total', topic=usage)}\n" + worker.log_tail(40),
+        )
+        # The window was hit (otherwise this test proves nothing), and nothing was applied twice.
+        assert metric_value(url, "healthscore_records_fetched_again_total", topic=usage) > 0
+        assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog)
+    finally:
+        worker.stop()

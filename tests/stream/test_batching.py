@@ -23,7 +23,7 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchQueue, RecordBatch, RecordRun
+from stream.batching import BatchQueue, RecordBatch, RecordRun, Refetches
 from stream.outputs import Outputs
 from stream.working_set import WorkingSet
 
@@ -97,6 +97,46 @@ def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
         return queue.qsize()
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_runs_cleared_from_the_queue_are_reported_to_be_fetched_again() -> None:
+    """Faust clears the buffer whenever flow resumes; a run it held must not vanish unnoticed."""
+    dropped: list[RecordRun] = []
+    flow_control = FlowControlEvent(initially_suspended=False)
+    queue = BatchQueue(maxsize=100, flow_control=flow_control, clear_on_resume=True, batch_limit=10, on_dropped=dropped.extend)
+    held = [run([4, 5]), run([7], partition=1), run([6])]
+    for value in held:
+        queue.put_nowait(value)
+    flow_control.resume()  # what Faust does at the end of a recovery
+    assert dropped == held
+    assert queue.qsize() == 0
+    flow_control.resume()  # an empty buffer reports nothing
+    assert dropped == held
+
+
+P0, P1 = TP("usage", 0), TP("usage", 1)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "generation", "assigned", "seeks"),
+    [
+        pytest.param([], 3, {P0}, {}, id="nothing dropped"),
+        pytest.param([(P0, 40, 3), (P0, 10, 3), (P0, 25, 3)], 3, {P0}, {P0: 10}, id="the earliest dropped offset per partition"),
+        pytest.param([(P0, 10, 3), (P1, 7, 3)], 3, {P0, P1}, {P0: 10, P1: 7}, id="each partition on its own"),
+        pytest.param([(P0, 10, 2)], 3, {P0}, {}, id="an older generation: the rebalance starts from the commit"),
+        pytest.param([(P0, 5, 2), (P0, 30, 3)], 3, {P0}, {P0: 30}, id="a newer generation replaces an older one"),
+        pytest.param([(P0, 30, 3), (P0, 5, 2)], 3, {P0}, {P0: 30}, id="an older generation never replaces a newer one"),
+        pytest.param([(P0, 10, 3), (P1, 7, 3)], 3, {P1}, {P1: 7}, id="a partition no longer assigned"),
+    ],
+)
+def test_refetches_seek_each_partition_back_to_its_first_dropped_offset(dropped, generation, assigned, seeks) -> None:
+    refetches = Refetches()
+    for tp, offset, dropped_in in dropped:
+        refetches.add(tp, offset, dropped_in)
+    assert bool(refetches) == bool(dropped)
+    assert all(tp in refetches for tp, _, _ in dropped)
+    assert refetches.take(generation, assigned) == seeks
+    assert not refetches and refetches.take(generation, assigned) == {}
 
 
 class FakeApp:

@@ -1,0 +1,52 @@
+"""Fault injection for a worker started by an integration test (on its PYTHONPATH only).
+
+At the end of a table recovery Faust seeks the partitions to their committed offsets,
+then resumes flow, which clears the stream buffers. Records fetched in between, still
+in the buffer because the agent was busy, used to be skipped. The window is a few
+milliseconds long. With ``FAULT_SEEK_DELAY_SECONDS`` set, once Faust has sought, the
+agent is kept from taking anything from its buffer until flow resumes, and the seek
+returns only once fetched records wait in the buffer (or that many seconds have
+passed): a test with a backlog lands in the window every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+_delay = float(os.environ.get("FAULT_SEEK_DELAY_SECONDS", "0"))
+
+if _delay > 0:
+    from faust.transport import consumer as _consumer
+    from mode.utils.queues import FlowControlEvent
+
+    from stream.batching import BatchQueue
+
+    _holding = False
+    _perform_seek = _consumer.Consumer.perform_seek
+    _resume = FlowControlEvent.resume
+    _empty = BatchQueue.empty
+
+    async def _perform_seek_then_wait_for_buffered_records(self: _consumer.Consumer) -> None:
+        global _holding
+        await _perform_seek(self)
+        _holding = True  # the agent is busy, as under load
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _delay
+        while loop.time() < deadline and not any(queue.qsize() for queue in self.app.flow_control._queues):
+            await asyncio.sleep(0.001)
+
+    def _resume_then_let_the_agent_go(self: FlowControlEvent) -> None:
+        global _holding
+        _resume(self)
+        _holding = False
+        for queue in self._queues:
+            if isinstance(queue, BatchQueue):
+                queue._wakeup_next(queue._getters)  # type: ignore[attr-defined]
+
+    def _empty_while_held(self: BatchQueue) -> bool:
+        return _holding or _empty(self)
+
+    _consumer.Consumer.perform_seek = _perform_seek_then_wait_for_buffered_records  # type: ignore[method-assign]
+    FlowControlEvent.resume = _resume_then_let_the_agent_go  # type: ignore[method-assign]
+    BatchQueue.empty = _empty_while_held  # type: ignore[method-assign]
