@@ -175,8 +175,10 @@ class Refetches:
     def __bool__(self) -> bool:
         return bool(self._pending)
 
-    def __contains__(self, tp: object) -> bool:
-        return tp in self._pending
+    def waiting(self, tp: TP, generation: int) -> bool:
+        """Whether records of ``tp`` fetched in ``generation`` predate a seek back still due."""
+        known = self._pending.get(tp)
+        return known is not None and known[0] == generation
 
     def add(self, tp: TP, offset: int, generation: int) -> None:
         known = self._pending.get(tp)
@@ -346,7 +348,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                     tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
                     if suspended() or app.consumer_generation_id != generation:
                         break  # a rebalance began: these records are stale
-                    if tp in self.refetches:
+                    if self.refetches.waiting(tp, generation):
                         continue  # fetched before the seek back: they come again
                     read = read_offsets[tp]
                     if read is not None and fetched and fetched[0].offset < read:
@@ -387,10 +389,11 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     def fetch_again(self, tp: TP, offset: int, generation: int, records: int) -> None:
-        """Records from ``offset`` on were dropped before the agent took them: fetch them again."""
+        """Records from ``offset`` on were dropped before the agent took them: fetch them again.
+        Records of an older generation need nothing: the rebalance starts from the commits."""
         if generation == self.app.consumer_generation_id:
             metrics.RECORDS_FETCHED_AGAIN.labels(tp.topic).inc(records)
-        self.refetches.add(tp, offset, generation)
+            self.refetches.add(tp, offset, generation)
 
     async def _seek_back_to_dropped(self) -> None:
         """Seeks each partition with dropped records back to the first of them."""

@@ -23,7 +23,7 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchQueue, RecordBatch, RecordRun, Refetches
+from stream.batching import BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
 from stream.outputs import Outputs
 from stream.working_set import WorkingSet
 
@@ -134,9 +134,23 @@ def test_refetches_seek_each_partition_back_to_its_first_dropped_offset(dropped,
     for tp, offset, dropped_in in dropped:
         refetches.add(tp, offset, dropped_in)
     assert bool(refetches) == bool(dropped)
-    assert all(tp in refetches for tp, _, _ in dropped)
+    # Records fetched in the current generation wait only where a seek back of that generation is due.
+    latest: dict[TP, int] = {}
+    for tp, _, dropped_in in dropped:
+        latest[tp] = max(latest.get(tp, dropped_in), dropped_in)
+    assert {tp for tp in (P0, P1) if refetches.waiting(tp, generation)} == {tp for tp, dropped_in in latest.items() if dropped_in == generation}
     assert refetches.take(generation, assigned) == seeks
     assert not refetches and refetches.take(generation, assigned) == {}
+
+
+def test_only_records_dropped_in_the_current_generation_are_fetched_again() -> None:
+    """A run left over from before a rebalance must not hold back the partition's new records."""
+    consumer = SimpleNamespace(app=SimpleNamespace(consumer_generation_id=3), refetches=Refetches())
+    BulkDeliveryConsumer.fetch_again(consumer, P0, 10, 2, records=5)  # type: ignore[arg-type]
+    assert not consumer.refetches and not consumer.refetches.waiting(P0, 3)
+    BulkDeliveryConsumer.fetch_again(consumer, P0, 12, 3, records=5)  # type: ignore[arg-type]
+    assert consumer.refetches.waiting(P0, 3)
+    assert consumer.refetches.take(3, {P0}) == {P0: 12}
 
 
 class FakeApp:
