@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Namespace, WorkerProcess, kcat_produce, wait_for
+from tests.integration.conftest import Namespace, WorkerProcess, free_port, kcat_produce, wait_for
 from tests.integration.test_end_to_end import metric_value
 
 pytestmark = pytest.mark.integration
@@ -111,3 +112,50 @@ def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(nam
         assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog)
     finally:
         worker.stop()
+
+
+def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(namespace: Namespace, tmp_path: Path) -> None:
+    """A second worker joins while the first works through a backlog: the partitions that
+    move are read again from their committed offsets and their records from the
+    changelog. Between them the two workers apply every event once: none skipped, none
+    applied twice (an event read again counts as a duplicate)."""
+    usage = namespace.topic("usage")
+    now_ms = int(time.time() * 1000)
+    customers = [f"c{index:03d}" for index in range(64)]
+    backlog = [
+        (customer, usage_event(f"{customer}-{index}", customer, now_ms - 3_000_000 + index * 1000))
+        for index in range(2000)
+        for customer in customers
+    ]
+    kcat_produce(usage, backlog)
+    port = free_port()
+    second_namespace = dataclasses.replace(
+        namespace,
+        env={**namespace.env, "HEALTHSCORE_WEB_PORT": str(port), "HEALTHSCORE_DATA_DIR": str(tmp_path / "second-data")},
+        settings=namespace.settings.model_copy(update={"web_port": port}),
+    )
+    first = WorkerProcess(namespace, tmp_path / "first.log")
+    second = WorkerProcess(second_namespace, tmp_path / "second.log")
+    workers = [first, second]
+
+    def applied() -> float:
+        started = [worker for worker in workers if worker.process is not None]
+        return sum(metric_value(worker.metrics_url, "healthscore_events_total", topic=usage, outcome="applied") for worker in started)
+
+    try:
+        first.start()
+        wait_for(lambda: applied() >= 500, timeout=60, interval=0.1, message="the first worker under way")
+        second.start()
+        wait_for(
+            lambda: applied() >= len(backlog),
+            timeout=120,
+            message="every event applied by one of the two workers",
+            explain=lambda: f"applied {applied()}\n--- first ---\n{first.log_tail(30)}\n--- second ---\n{second.log_tail(30)}",
+        )
+        time.sleep(3)  # anything applied a second time would show by now
+        by_worker = [metric_value(worker.metrics_url, "healthscore_events_total", topic=usage, outcome="applied") for worker in workers]
+        assert sum(by_worker) == len(backlog)
+        assert all(by_worker), f"the second worker joined too late to share the work: {by_worker}"
+    finally:
+        for worker in workers:
+            worker.stop()
