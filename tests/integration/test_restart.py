@@ -78,8 +78,9 @@ def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(nam
     """At the end of a recovery Faust seeks to the committed offsets and only then resumes
     flow, which clears the stream buffer. Records the consumer handed over in between were
     dropped while its position stayed past them: a restart under load skipped them. The
-    fault-injection module holds the worker in that window for a second, with a backlog
-    large enough to keep the agent busy, so runs are still buffered when it is cleared."""
+    fault-injection module keeps the agent from taking anything after the seek until flow
+    resumes, as an agent busy with a backlog would, and lets the seek return once fetched
+    records wait in the buffer: the clear drops them every time."""
     namespace.env["PYTHONPATH"] = str(FAULT_INJECTION)
     namespace.env["FAULT_SEEK_DELAY_SECONDS"] = "3"
     usage = namespace.topic("usage")
