@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -205,20 +206,31 @@ def events_metrics(url: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.startswith("healthscore_events_total") and not line.endswith(" 0.0"))
 
 
+@contextlib.asynccontextmanager
+async def assigned_outside_the_group(group: str, topic: str, partitions: int):
+    """A consumer with ``group``'s id that is assigned every partition of ``topic`` without
+    joining the group: it reads and commits the group's offsets. Yields it and the partitions."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
+        consumer.assign(partitions_of_topic)
+        yield consumer, partitions_of_topic
+    finally:
+        await consumer.stop()
+
+
 def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: float = 60) -> None:
     """Commits offset 0 on every partition of ``topic`` for ``group``. The broker takes a
     commit from outside the group only once the group is empty, that is once the killed
     member's session has expired, so this retries until then."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
     from aiokafka.structs import OffsetAndMetadata
 
     async def rewind() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
-            consumer.assign(partitions_of_topic)
+        async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
             deadline = time.monotonic() + timeout
             while True:
                 try:
@@ -228,26 +240,17 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
                     if time.monotonic() > deadline:
                         raise AssertionError(f"could not rewind {group} on {topic} within {timeout} s: {error!r}") from error
                     await asyncio.sleep(0.5)
-        finally:
-            await consumer.stop()
 
     asyncio.run(rewind())
 
 
 def group_offsets(group: str, topic: str, partitions: int) -> str:
     """Per partition, the group's committed offset and the topic's end offset, for a failure message."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def read() -> str:
-        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, partition) for partition in range(partitions)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            return ", ".join([f"[{tp.partition}] {await consumer.committed(tp)}/{ends[tp]}" for tp in tps])
-        finally:
-            await consumer.stop()
+        async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
+            ends = await consumer.end_offsets(partitions_of_topic)
+            return ", ".join([f"[{tp.partition}] {await consumer.committed(tp)}/{ends[tp]}" for tp in partitions_of_topic])
 
     try:
         return asyncio.run(read())
