@@ -148,6 +148,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         web_metrics_enabled=False,
         stream_wait_empty=False,
         table_cleanup_interval=3600.0,
+        table_standby_replicas=settings.standby_replicas,
         stream_buffer_maxsize=settings.stream_buffer_events,
         broker_max_poll_records=settings.fetch_max_records,
         # aiokafka waits for a partition's batch to be on the broker once it is full: with

@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
     #: How long the producer waits to fill a batch (Faust's producer_linger).
     producer_linger_seconds: float = Field(0.005, ge=0, le=1)
+    #: Other workers that also read each state partition's changelog (Faust's table_standby_replicas).
+    #: With the in-memory store such a copy is never used (a partition that moves is read back from
+    #: its changelog's start, and the copy is dropped after each recovery), so 0: it costs only CPU.
+    standby_replicas: int = Field(0, ge=0, le=16)
 
     @model_validator(mode="after")
     def _buffer_holds_a_fetch(self) -> "Settings":

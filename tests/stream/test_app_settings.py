@@ -1,0 +1,31 @@
+"""The worker's settings reach the Faust app it builds (no broker needed to build one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.app import build_app
+from stream.settings import Settings
+
+
+def test_no_standby_replicas_by_default() -> None:
+    """With the in-memory store a standby copy is never used, and reading another worker's
+    changelog cost each of two workers a share of its CPU (bench/throughput.py scaling)."""
+    assert Settings().standby_replicas == 0
+    assert build_app(Settings()).conf.table_standby_replicas == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "faust_setting", "expected"),
+    [
+        ("standby_replicas", 1, "table_standby_replicas", 1),
+        ("stream_buffer_events", 40_000, "stream_buffer_maxsize", 40_000),
+        ("fetch_max_records", 500, "broker_max_poll_records", 500),
+        ("producer_batch_bytes", 65_536, "producer_max_batch_size", 65_536),
+        ("producer_linger_seconds", 0.02, "producer_linger", 0.02),
+        ("commit_interval_seconds", 1.5, "broker_commit_interval", 1.5),
+    ],
+)
+def test_a_setting_reaches_faust(setting: str, value: object, faust_setting: str, expected: object) -> None:
+    app = build_app(Settings(**{setting: value}))
+    assert getattr(app.conf, faust_setting) == expected
