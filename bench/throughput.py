@@ -12,7 +12,8 @@ count in its state (the Python peer), and (4) ``healthscore worker``, until ever
 event is counted in its /metrics. Before all that it measures the latency from event
 time to the score on the health topic at a fixed rate (on a quiet broker), and after
 it the scaling: two workers in one group against one worker, each on three times the
-events loaded before they start, over the stretch where every worker is busy. It
+events loaded before they start, over the stretch where every worker is busy
+(``--scaling-rounds N`` alternates the two N times and reports the median ratio). It
 prints a table and writes it as JSON under bench/results/. (2) and (3) live in
 bench/peers.py.
 """
@@ -280,6 +281,24 @@ def run_workers(env: dict[str, str], ports: list[int], events: int, timeout: flo
             spy.wait(timeout=60)
 
 
+def scaling_summary(rounds: list[tuple[dict, dict]]) -> dict:
+    """The scaling result from rounds of (group, one worker) measured back to back.
+
+    Each round's ratio compares two phases minutes apart, on a machine whose speed can
+    halve within that time; the median ratio is reported, with the round it came from
+    (the lower middle one for an even count) as ``group`` and ``one_worker``.
+    """
+    ratios = [group["events_per_second"] / one["events_per_second"] for group, one in rounds]
+    middle = sorted(range(len(rounds)), key=ratios.__getitem__)[(len(rounds) - 1) // 2]
+    group, one = rounds[middle]
+    return {
+        "group": group,
+        "one_worker": one,
+        "ratio": ratios[middle],
+        "rounds": [{"group": g, "one_worker": o, "ratio": ratio} for (g, o), ratio in zip(rounds, ratios)],
+    }
+
+
 def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float) -> dict:
     """Events/s of len(ports) workers in one group while every one of them is processing.
 
@@ -526,11 +545,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
     parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
     parser.add_argument("--workers", type=int, default=2, help="scaling: this many workers in one group against one (default 2; 1: skip)")
+    parser.add_argument(
+        "--scaling-rounds", type=int, default=1,
+        help="scaling: measure the group and one worker this many times, alternately, and report the median"
+        " of the rounds' ratios (default 1; this VM's speed drifts within minutes, so 3 or more to judge the target)",
+    )
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
     parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
     parser.add_argument("--profile", type=Path, help="record the worker with py-spy (pip install py-spy) into this file: speedscope, or collapsed stacks when it ends in .txt")
     args = parser.parse_args()
+    if args.scaling_rounds < 1:
+        parser.error("--scaling-rounds must be at least 1")
     if args.profile is not None and py_spy() is None:
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
 
@@ -572,15 +598,23 @@ def main() -> None:
     worker = run_workers(env, [port], args.events, args.timeout, args.profile)
     scaled = None
     if args.workers > 1:
-        print(f"Scaling: {args.workers} workers, then one, each on {3 * args.events} events loaded before they start...")
-        rates = []
-        for count in (args.workers, 1):
-            scaling_env = namespace_env(f"{tag}x{count}", args.partitions, port)
-            scaling_settings = settings_for(scaling_env)
-            asyncio.run(ensure_topics(scaling_settings, echo=lambda _: None))
-            asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
-            rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
-        scaled = {"group": rates[0], "one_worker": rates[1], "ratio": rates[0]["events_per_second"] / rates[1]["events_per_second"]}
+        print(
+            f"Scaling: {args.workers} workers, then one, each on {3 * args.events} events loaded before they start"
+            f" ({args.scaling_rounds} round(s))..."
+        )
+        rounds = []
+        for round_number in range(args.scaling_rounds):
+            rates = []
+            for count in (args.workers, 1):
+                scaling_env = namespace_env(f"{tag}x{count}r{round_number}", args.partitions, port)
+                scaling_settings = settings_for(scaling_env)
+                asyncio.run(ensure_topics(scaling_settings, echo=lambda _: None))
+                asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
+                rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
+            rounds.append((rates[0], rates[1]))
+            if args.scaling_rounds > 1:
+                print(f"  round {round_number + 1}: {rates[0]['events_per_second']:.0f} / {rates[1]['events_per_second']:.0f} events/s")
+        scaled = scaling_summary(rounds)
     print("Speed probe again...")
     probe = {"before": probe_before, "after": speed_probe()}
     failed = [row for row in peers if "error" in row]
@@ -595,10 +629,15 @@ def main() -> None:
         print(f"{row['name']:<44} {row['events']:>8} {row['seconds']:>8.2f} {row['events_per_second']:>10.0f} {row['ratio_to_plain']:>8.3f}x {row['cpu_seconds']:>7.1f} {rss:>7}")
     if scaled:
         group, one = scaled["group"], scaled["one_worker"]
+        round_ratios = ", ".join(f"{entry['ratio']:.2f}" for entry in scaled["rounds"])
         print(
             f"scaling, all busy: {group['workers']} workers {group['events_per_second']:.0f} events/s"
             f" (over {group['seconds_measured']:.1f} s), one worker {one['events_per_second']:.0f} events/s"
             f" (over {one['seconds_measured']:.1f} s); ratio {scaled['ratio']:.2f}x"
+            + (
+                f"; the median of {len(scaled['rounds'])} rounds' ratios ({round_ratios})"
+                if len(scaled["rounds"]) > 1 else ""
+            )
         )
     if latency:
         lat = latency["latency_ms"]

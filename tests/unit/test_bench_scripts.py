@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,15 +25,8 @@ def test_help_explains_the_script(script: str) -> None:
     assert "usage:" in shown.stdout
 
 
-def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent() -> None:
-    """bench/throughput.py encodes the feed beforehand and only splices in the send time."""
-    import importlib.util
-
-    import msgspec
-
-    from scoring.contract import Event, decode_event
-    from stream.generate import EventSynthesizer
-
+def throughput_bench() -> ModuleType:
+    """bench/throughput.py as a module (bench/ is a directory of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("throughput_bench", BENCH / "throughput.py")
     assert spec is not None and spec.loader is not None
     sys.path.insert(0, str(BENCH))
@@ -40,6 +35,17 @@ def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent
         spec.loader.exec_module(bench)
     finally:
         sys.path.remove(str(BENCH))
+    return bench
+
+
+def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent() -> None:
+    """bench/throughput.py encodes the feed beforehand and only splices in the send time."""
+    import msgspec
+
+    from scoring.contract import Event, decode_event
+    from stream.generate import EventSynthesizer
+
+    bench = throughput_bench()
     encoder = msgspec.json.Encoder()
     sent_ms = 1_790_000_000_123
     synthesizer = EventSynthesizer(50, seed=5)
@@ -50,3 +56,22 @@ def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent
         assert msgspec.json.decode(value) == {**generated.value, "occurred_at": sent_ms}
         event = decode_event(generated.customer_id.encode(), value, generated.topic, sent_ms, 0)
         assert isinstance(event, Event) and event.occurred_at_ms == sent_ms
+
+
+@pytest.mark.parametrize(
+    ("rates", "ratio", "chosen"),
+    [
+        # One round: its own ratio.
+        ([(9000, 5000)], 1.8, 0),
+        # Three rounds: the middle ratio (1.5), from the round it came from, not the mean (1.6).
+        ([(9000, 5000), (6000, 5000), (7500, 5000)], 1.5, 2),
+        # Two rounds: the lower of the two.
+        ([(8000, 4000), (6000, 4000)], 1.5, 1),
+    ],
+)
+def test_scaling_reports_the_median_round(rates: list[tuple[int, int]], ratio: float, chosen: int) -> None:
+    rounds = [({"events_per_second": group}, {"events_per_second": one}) for group, one in rates]
+    summary = throughput_bench().scaling_summary(rounds)
+    assert summary["ratio"] == pytest.approx(ratio)
+    assert summary["group"] is rounds[chosen][0] and summary["one_worker"] is rounds[chosen][1]
+    assert [entry["ratio"] for entry in summary["rounds"]] == pytest.approx([group / one for group, one in rates])
