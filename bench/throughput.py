@@ -299,6 +299,26 @@ def scaling_summary(rounds: list[tuple[dict, dict]]) -> dict:
     }
 
 
+def describe_phase(rate: dict) -> str:
+    """One scaling phase: its rate, and where the CPU went over the stretch measured."""
+    services = "".join(
+        f", {name} {rate[f'{name}_cores']:.2f} cores" for name in ("broker", "redis") if rate.get(f"{name}_cores") is not None
+    )
+    return (
+        f"{rate['workers']} worker(s) {rate['events_per_second']:.0f} events/s"
+        f" ({rate['worker_cores']:.2f} cores, {rate['worker_cpu_microseconds_per_event']:.0f} us of CPU per event{services})"
+    )
+
+
+def service_pid(pidfile: Path) -> int | None:
+    """A service's process if the project started it here (`healthscore services start`)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}/stat").exists() else None
+
+
 def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float) -> dict:
     """Events/s of len(ports) workers in one group while every one of them is processing.
 
@@ -306,10 +326,14 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     them. Each worker's /metrics is read every 0.5 s; the rate is taken over the longest
     stretch in which every worker's count grew in every interval: after the group has
     settled (a worker that joins first works alone until the rebalance) and before the
-    first worker runs out of events.
+    first worker runs out of events. Over the same stretch it takes the workers' CPU time
+    per event and the cores the broker and Redis used (when the project started them), to
+    tell a worker that costs more per event in a group from one left less CPU.
     """
     processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}") for index, port in enumerate(ports)]
-    samples: list[tuple[float, list[float]]] = []
+    paths = default_paths()
+    services = {"broker": service_pid(paths.kafka / "kafka.pid"), "redis": service_pid(paths.redis / "redis.pid")}
+    samples: list[tuple[float, list[float], float, dict[str, float]]] = []
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -320,7 +344,9 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
                 counts = [events_done(port) for port in ports]
             except OSError:
                 continue
-            samples.append((time.perf_counter(), counts))
+            worker_cpu = sum(process_stats(process.pid)[0] for process in processes)
+            service_cpu = {name: process_stats(pid)[0] for name, pid in services.items() if pid is not None}
+            samples.append((time.perf_counter(), counts, worker_cpu, service_cpu))
             if sum(counts) >= events:
                 break
     finally:
@@ -335,12 +361,23 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
             stretch = []
     if len(longest) < 5:
         raise SystemExit(f"{len(ports)} worker(s) were never all busy for 2 s; load more events (--events)")
-    (first_time, first_counts), (last_time, last_counts) = samples[longest[0]], samples[longest[-1]]
+    first_time, first_counts, first_worker_cpu, first_service_cpu = samples[longest[0]]
+    last_time, last_counts, last_worker_cpu, last_service_cpu = samples[longest[-1]]
+    seconds = last_time - first_time
+    measured = sum(last_counts) - sum(first_counts)
+    service_cores = {
+        name: (last_service_cpu[name] - first_service_cpu[name]) / seconds if name in first_service_cpu else None
+        for name in services
+    }
     return {
         "workers": len(ports),
-        "seconds_measured": last_time - first_time,
-        "events_measured": sum(last_counts) - sum(first_counts),
-        "events_per_second": (sum(last_counts) - sum(first_counts)) / (last_time - first_time),
+        "seconds_measured": seconds,
+        "events_measured": measured,
+        "events_per_second": measured / seconds,
+        "worker_cores": (last_worker_cpu - first_worker_cpu) / seconds,
+        "worker_cpu_microseconds_per_event": (last_worker_cpu - first_worker_cpu) / measured * 1e6,
+        "broker_cores": service_cores["broker"],
+        "redis_cores": service_cores["redis"],
     }
 
 
@@ -612,8 +649,7 @@ def main() -> None:
                 asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
                 rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
             rounds.append((rates[0], rates[1]))
-            if args.scaling_rounds > 1:
-                print(f"  round {round_number + 1}: {rates[0]['events_per_second']:.0f} / {rates[1]['events_per_second']:.0f} events/s")
+            print(f"  round {round_number + 1}: " + " against ".join(describe_phase(rate) for rate in rates))
         scaled = scaling_summary(rounds)
     print("Speed probe again...")
     probe = {"before": probe_before, "after": speed_probe()}

@@ -392,7 +392,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         100k customers, returned in 1-3 ms."""
         release_free_memory()
 
-    @guarded_timer(app, 0.5, "Writing scores to Redis")
+    @guarded_timer(app, settings.redis_flush_interval_seconds, "Writing scores to Redis")
     async def flush_cache() -> None:
         await cache.flush()
 

@@ -207,6 +207,8 @@ class Settings(BaseSettings):
     producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
     #: How long the producer waits to fill a batch (Faust's producer_linger).
     producer_linger_seconds: float = Field(0.005, ge=0, le=1)
+    #: How often the latest scores go to Redis: a customer scored twice in between is written once.
+    redis_flush_interval_seconds: float = Field(0.5, gt=0, le=60)
     #: Other workers that also read each state partition's changelog (Faust's table_standby_replicas).
     #: With the in-memory store such a copy is never used (a partition that moves is read back from
     #: its changelog's start, and the copy is dropped after each recovery), so 0: it costs only CPU.

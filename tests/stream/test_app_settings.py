@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faust
 import pytest
 
 from stream.app import build_app
@@ -29,3 +30,22 @@ def test_no_standby_replicas_by_default() -> None:
 def test_a_setting_reaches_faust(setting: str, value: object, faust_setting: str, expected: object) -> None:
     app = build_app(Settings(**{setting: value}))
     assert getattr(app.conf, faust_setting) == expected
+
+
+def test_scores_go_to_redis_at_the_configured_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    intervals: dict[str, float] = {}
+    register_timer = faust.App.timer
+
+    def recording_timer(self: faust.App, interval: float, **options: object):  # type: ignore[no-untyped-def]
+        register = register_timer(self, interval, **options)
+
+        def recorded(job):  # type: ignore[no-untyped-def]
+            intervals[job.__name__] = interval
+            return register(job)
+
+        return recorded
+
+    monkeypatch.setattr(faust.App, "timer", recording_timer)
+    build_app(Settings(redis_flush_interval_seconds=2.0))
+    assert intervals["flush_cache"] == 2.0
+    assert Settings().redis_flush_interval_seconds == 0.5
