@@ -63,8 +63,8 @@ def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent
     [
         # One round: its own ratio.
         ([(9000, 5000)], 1.8, 0),
-        # Three rounds: the middle ratio (1.5), from the round it came from, not the mean (1.6).
-        ([(9000, 5000), (6000, 5000), (7500, 5000)], 1.5, 2),
+        # Three rounds: the middle ratio (1.4), from the round it came from, not the mean (1.5).
+        ([(9500, 5000), (6000, 5000), (7000, 5000)], 1.4, 2),
         # Two rounds: the lower of the two.
         ([(8000, 4000), (6000, 4000)], 1.5, 1),
     ],
