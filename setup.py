@@ -6,6 +6,10 @@ of a replay goes through them. When they cannot be built (no C compiler, or
 HEALTHSCORE_PURE_PYTHON=1 at install time) the package installs as pure Python
 and works the same, only slower; ``healthscore version`` says which one runs.
 
+The Rust kernel (native/, ``scoring._kernel``) is built the same way when cargo is on
+the PATH: optional, not used by the worker yet, tested against the model by
+tests/unit/test_kernel.py.
+
 Next to the extensions, ``scoring/_compiled_sources.py`` records a digest of
 each compiled source, so that an edited module is never shadowed by a stale
 extension (see ``scoring/__init__.py``).
@@ -51,4 +55,17 @@ def compiled_extensions() -> list:
     return extensions
 
 
-setup(ext_modules=compiled_extensions())
+def rust_extensions() -> list:
+    """The kernel in native/, when a Rust toolchain is here (scripts/setup.sh checks it is)."""
+    if os.environ.get("HEALTHSCORE_PURE_PYTHON"):
+        return []
+    try:
+        from setuptools_rust import Binding, RustExtension
+    except ImportError:  # a build without the build requirements (--no-build-isolation)
+        print("setuptools-rust is not installed: building without the Rust kernel", file=sys.stderr)
+        return []
+    # debug=False: an editable install (pip install -e) would otherwise build it unoptimized.
+    return [RustExtension("scoring._kernel", path="native/Cargo.toml", binding=Binding.PyO3, optional=True, debug=False)]
+
+
+setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions())

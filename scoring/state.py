@@ -172,7 +172,8 @@ def apply_event(
     elif day > state.last_event_ms // DAY_MS:
         gap = day - state.last_event_ms // DAY_MS
         state.active_days += 1
-        state.gap_days_mean = gap if state.active_days == 2 else 0.7 * state.gap_days_mean + 0.3 * gap
+        # float(): the field is a float; an int would be written to the record as one.
+        state.gap_days_mean = float(gap) if state.active_days == 2 else 0.7 * state.gap_days_mean + 0.3 * gap
     if not state.first_event_ms or at < state.first_event_ms:
         state.first_event_ms = at
     if at > state.last_event_ms:

@@ -35,14 +35,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv with $python"
   "$python" -m venv .venv
 fi
+# The Rust kernel (native/) is built by the same install where cargo is (rustup's default place too).
+[ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH"
+kernel_stamp=.venv/.kernel-$(cat native/Cargo.toml native/Cargo.lock native/src/*.rs | sha256sum | cut -c1-16)
 stamp=.venv/.installed-$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "Installing the project and its dependencies into .venv"
   .venv/bin/pip install -q --upgrade pip
   # The build's warnings go to a log; shown when the install fails.
   .venv/bin/pip install -q -e ".[test]" 2>.venv/install.log || { cat .venv/install.log >&2; exit 1; }
-  rm -f .venv/.installed-*
-  touch "$stamp"
+  rm -f .venv/.installed-* .venv/.kernel-*
+  touch "$stamp" "$kernel_stamp"
 fi
 
 # The model's compiled modules (setup.py): rebuilt when a source changed since they were built.
@@ -53,6 +56,18 @@ if [[ "$model" == *"changed since it was compiled"* ]]; then
   model=$(.venv/bin/python -c "import scoring.compiled as c; print(c.status)")
 fi
 echo "Model: $model"
+
+if command -v cargo >/dev/null; then
+  if [ ! -f "$kernel_stamp" ]; then
+    echo "Rebuilding the Rust kernel (native/ changed)"
+    .venv/bin/pip install -q --no-deps -e . 2>.venv/install.log || { cat .venv/install.log >&2; exit 1; }
+    rm -f .venv/.kernel-*
+    touch "$kernel_stamp"
+  fi
+  echo "Kernel: $(.venv/bin/python -c 'from scoring import kernel; print("built" if kernel.available() else "NOT built (see .venv/install.log)")')"
+else
+  echo "Kernel: not built (no cargo on PATH); the worker does not use it yet"
+fi
 
 .venv/bin/python -c "from stream.services import resolve_kafka_jars; resolve_kafka_jars()"
 echo "Setup complete."

@@ -1,0 +1,294 @@
+//! `scoring.health.score_state` without BG/NBD, operation for operation: the same
+//! IEEE operations in the same order give the same doubles (Python 3.11's `sum` of
+//! floats is plain left-to-right addition, `**` and `math.exp` are the C library's).
+
+use crate::apply::{py_max, py_min, DAY_MS};
+use crate::state::*;
+
+pub const COMPONENTS: [&str; 5] = ["usage", "purchases", "support", "sentiment", "payments"];
+const OPEN_TICKET_PENALTY: [f64; 4] = [4.0, 8.0, 15.0, 25.0];
+
+extern "C" {
+    // The C library's, as CPython's float ** and math.exp call them.
+    fn pow(base: f64, exponent: f64) -> f64;
+    fn exp(value: f64) -> f64;
+}
+
+pub struct Parameters {
+    pub weights: Vec<(String, f64)>,
+    pub segment_weights: Vec<(String, Vec<(String, f64)>)>,
+    pub healthy_min: f64,
+    pub at_risk_min: f64,
+    pub usage_half_life_days: f64,
+    pub key_features: Vec<String>,
+    pub purchase_half_life_days: f64,
+    pub support_target_resolution_hours: f64,
+    pub sentiment_half_life_days: f64,
+}
+
+impl Parameters {
+    fn weights_for(&self, plan: &Option<String>) -> &[(String, f64)] {
+        if let Some(plan) = plan {
+            if !plan.is_empty() {
+                if let Some((_, weights)) = self.segment_weights.iter().find(|(name, _)| name == plan) {
+                    return weights;
+                }
+            }
+        }
+        &self.weights
+    }
+}
+
+pub struct Component {
+    pub name: &'static str,
+    pub score: f64,
+    pub weight: f64,
+    pub contribution: f64,
+}
+
+pub struct HealthScore {
+    pub score: f64,
+    pub band: &'static str,
+    pub churn_risk: f64,
+    pub components: Vec<Component>,
+    pub as_of_ms: i64,
+    pub confidence: f64,
+    pub changes: Vec<(String, f64)>,
+}
+
+struct ActivitySums {
+    activity_7d: i64,
+    activity_90d: i64,
+    orders_30d: i64,
+    orders_90d: i64,
+    failed_payments_30d: i64,
+}
+
+fn activity_sums(state: &CustomerState, at_ms: i64) -> ActivitySums {
+    let counts = &state.counts;
+    let days = &counts.days;
+    let today = at_ms.div_euclid(DAY_MS);
+    let end = days.partition_point(|day| *day <= today);
+    let start = days[..end].partition_point(|day| *day < today - 89);
+    let mut sums = ActivitySums { activity_7d: 0, activity_90d: 0, orders_30d: 0, orders_90d: 0, failed_payments_30d: 0 };
+    for index in start..end {
+        let activity = counts.columns[SESSIONS][index] + counts.columns[FEATURE_USES][index];
+        let orders = counts.columns[PURCHASES][index];
+        sums.activity_90d += activity;
+        sums.orders_90d += orders;
+        let age = today - days[index];
+        if age < 30 {
+            sums.orders_30d += orders;
+            sums.failed_payments_30d += counts.columns[PAYMENTS_FAILED][index];
+            if age < 7 {
+                sums.activity_7d += activity;
+            }
+        }
+    }
+    sums
+}
+
+fn decay(elapsed_ms: i64, half_life_days: f64) -> f64 {
+    if elapsed_ms <= 0 {
+        return 1.0;
+    }
+    // black_box: LLVM would turn pow(0.5, x) into exp2(-x), which rounds differently.
+    unsafe { pow(std::hint::black_box(0.5), elapsed_ms as f64 / (half_life_days * DAY_MS as f64)) }
+}
+
+fn usage_score(state: &CustomerState, at_ms: i64, sums: &ActivitySums, parameters: &Parameters) -> Option<f64> {
+    if state.last_usage_ms == 0 {
+        return None;
+    }
+    let recency = decay(at_ms - state.last_usage_ms, parameters.usage_half_life_days);
+    let baseline_week = (sums.activity_90d - sums.activity_7d) as f64 / (83.0 / 7.0);
+    let trend = if baseline_week <= 0.0 { 1.0 } else { py_min(1.0, sums.activity_7d as f64 / baseline_week) };
+    let today = at_ms.div_euclid(DAY_MS);
+    let (mut weekly, mut monthly) = (0i64, 0i64);
+    for (_, last_day) in &state.users_last_day {
+        let age = today - last_day;
+        if (0..30).contains(&age) {
+            monthly += 1;
+            if age < 7 {
+                weekly += 1;
+            }
+        }
+    }
+    let breadth = if monthly != 0 { weekly as f64 / monthly as f64 } else { 0.0 };
+    let mean = if !parameters.key_features.is_empty() {
+        let used = parameters
+            .key_features
+            .iter()
+            .filter(|feature| {
+                let last = state.features_last_day.iter().find(|(name, _)| name == *feature).map_or(-1_000_000_000, |(_, day)| *day);
+                (0..30).contains(&(today - last))
+            })
+            .count();
+        0.5 * trend + 0.25 * breadth + 0.25 * used as f64 / parameters.key_features.len() as f64
+    } else {
+        (0.5 * trend + 0.25 * breadth) / 0.75
+    };
+    Some(100.0 * recency * (0.3 + 0.7 * mean))
+}
+
+fn purchase_score(state: &CustomerState, at_ms: i64, sums: &ActivitySums, parameters: &Parameters) -> Option<f64> {
+    if state.last_purchase_ms == 0 {
+        return None;
+    }
+    let recency = decay(at_ms - state.last_purchase_ms, parameters.purchase_half_life_days);
+    let monthly_baseline = sums.orders_90d as f64 / 3.0;
+    let frequency = if monthly_baseline == 0.0 { 0.0 } else { py_min(1.0, sums.orders_30d as f64 / monthly_baseline) };
+    Some(100.0 * (0.5 * recency + 0.25 * frequency) / 0.75)
+}
+
+fn support_score(state: &CustomerState, parameters: &Parameters) -> Option<f64> {
+    let handled = state.tickets_resolved + state.tickets_reopened;
+    if state.open_tickets.is_empty() && handled == 0 {
+        return None;
+    }
+    let mut load = 0.0;
+    for ticket in &state.open_tickets {
+        load += OPEN_TICKET_PENALTY[ticket.priority as usize];
+    }
+    let mut slow = 0.0;
+    if !state.resolution_seconds.is_empty() {
+        let mut total = 0.0;
+        for seconds in &state.resolution_seconds {
+            total += seconds;
+        }
+        let mean_hours = total / state.resolution_seconds.len() as f64 / 3600.0;
+        slow = 20.0 * py_min(1.0, mean_hours / (3.0 * parameters.support_target_resolution_hours));
+    }
+    let reopens = 20.0 * if handled != 0 { state.tickets_reopened as f64 / handled as f64 } else { 0.0 };
+    Some(py_max(0.0, 100.0 - load - slow - reopens))
+}
+
+fn sentiment_score(state: &CustomerState, at_ms: i64, parameters: &Parameters) -> Option<f64> {
+    let mut total = 0.25 * 50.0;
+    let mut weights = 0.25;
+    let mut any = false;
+    for answer in state.surveys.iter().filter(|answer| answer.answered_ms <= at_ms) {
+        any = true;
+        let weight = decay(at_ms - answer.answered_ms, parameters.sentiment_half_life_days);
+        total += weight * 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min);
+        weights += weight;
+    }
+    if any { Some(total / weights) } else { None }
+}
+
+fn payment_score(state: &CustomerState, at_ms: i64, sums: &ActivitySums) -> Option<f64> {
+    if !state.has_billing {
+        return None;
+    }
+    if state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
+        return Some(0.0);
+    }
+    let failures = py_min(60.0, 20.0 * sums.failed_payments_30d as f64);
+    let mut overdue = 0.0;
+    for invoice in &state.unpaid_invoices {
+        if invoice.due_ms < at_ms {
+            overdue += 10.0 + (at_ms - invoice.due_ms) as f64 / DAY_MS as f64;
+        }
+    }
+    let mut contraction = 0.0;
+    if state.previous_mrr > state.mrr {
+        contraction = 30.0 * (state.previous_mrr - state.mrr) / state.previous_mrr;
+    }
+    Some(py_max(0.0, 100.0 - failures - py_min(40.0, overdue) - contraction))
+}
+
+pub fn band_for(score: f64, parameters: &Parameters) -> &'static str {
+    if score >= parameters.healthy_min {
+        "healthy"
+    } else if score >= parameters.at_risk_min {
+        "at_risk"
+    } else {
+        "critical"
+    }
+}
+
+fn churn_risk_for(score: f64, weakest_component: f64) -> f64 {
+    let z = (45.0 - score) / 10.2 + 1.5 * (1.0 - weakest_component / 100.0) - 0.75;
+    1.0 / (1.0 + unsafe { exp(-z) })
+}
+
+/// Python's `round(x, digits)`: the correctly rounded decimal (ties to even), read back.
+pub fn py_round(value: f64, digits: usize) -> f64 {
+    if !value.is_finite() {
+        return value;
+    }
+    format!("{value:.digits$}").parse().unwrap_or(value)
+}
+
+/// (−|change|, name) ascending, as `scoring.health._largest_first` sorts its tuples.
+fn largest_first(mut changes: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    changes.sort_by(|a, b| (-a.1.abs()).partial_cmp(&-b.1.abs()).unwrap_or(std::cmp::Ordering::Equal).then_with(|| a.0.cmp(&b.0)));
+    changes
+}
+
+pub fn score_state(
+    state: &CustomerState,
+    at_ms: i64,
+    parameters: &Parameters,
+    previous_contributions: Option<&[(String, f64)]>,
+) -> Option<HealthScore> {
+    let weights = parameters.weights_for(&state.plan);
+    let sums = activity_sums(state, at_ms);
+    let values = [
+        usage_score(state, at_ms, &sums, parameters),
+        purchase_score(state, at_ms, &sums, parameters),
+        support_score(state, parameters),
+        sentiment_score(state, at_ms, parameters),
+        payment_score(state, at_ms, &sums),
+    ];
+    let mut present: Vec<(&'static str, f64, f64)> = Vec::with_capacity(5);
+    let mut total_weight = 0.0;
+    let mut all_weights = 0.0;
+    for (name, value) in COMPONENTS.iter().zip(values) {
+        let weight = weights.iter().find(|(known, _)| known == name).map_or(0.0, |(_, weight)| *weight);
+        all_weights += weight;
+        if let Some(value) = value {
+            if weight > 0.0 {
+                present.push((name, value, weight));
+                total_weight += weight;
+            }
+        }
+    }
+    if present.is_empty() {
+        return None;
+    }
+    let before = previous_contributions.unwrap_or(&[]);
+    let mut components = Vec::with_capacity(present.len());
+    let mut changes = Vec::with_capacity(present.len() + before.len());
+    let mut composite = 0.0;
+    let mut weakest = 100.0;
+    for (name, value, weight) in present {
+        let share = weight / total_weight;
+        let contribution = share * value;
+        composite += contribution;
+        components.push(Component { name, score: value, weight: share, contribution });
+        let earlier = before.iter().find(|(known, _)| known == name).map_or(0.0, |(_, contribution)| *contribution);
+        changes.push((name.to_owned(), contribution - earlier));
+        if value < weakest {
+            weakest = value;
+        }
+    }
+    for (name, contribution) in before {
+        if !components.iter().any(|component| component.name == name) {
+            changes.push((name.clone(), -contribution));
+        }
+    }
+    composite = py_min(100.0, py_max(0.0, composite));
+    if state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
+        composite = py_min(composite, parameters.at_risk_min - 0.01);
+    }
+    Some(HealthScore {
+        score: py_round(composite, 2),
+        band: band_for(composite, parameters),
+        churn_risk: py_round(churn_risk_for(composite, weakest), 4),
+        components,
+        as_of_ms: at_ms,
+        confidence: total_weight / all_weights,
+        changes: largest_first(changes),
+    })
+}

@@ -1,0 +1,417 @@
+//! The customer record of `scoring.structs.CustomerState`, field for field, and its
+//! msgpack form (positional arrays; a record shorter than today's takes the defaults
+//! of the fields appended since, as msgspec does).
+
+use crate::msgpack::{Reader, Result, Writer};
+
+/// The day counters, in the order of `scoring.structs.COUNTERS`.
+pub const COUNTERS: usize = 8;
+pub const SESSIONS: usize = 0;
+pub const FEATURE_USES: usize = 1;
+pub const PURCHASES: usize = 2;
+pub const REVENUE_CENTS: usize = 3;
+pub const ABANDONED_CHECKOUTS: usize = 4;
+pub const TICKETS_OPENED: usize = 5;
+pub const PAYMENTS_FAILED: usize = 6;
+pub const REFUNDS_CENTS: usize = 7;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DayCounts {
+    pub days: Vec<i64>,
+    pub columns: [Vec<i64>; COUNTERS],
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenTicket {
+    pub ticket_id: String,
+    pub opened_ms: i64,
+    pub priority: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SurveyResponse {
+    pub survey: String,
+    pub score: f64,
+    pub scale_min: f64,
+    pub scale_max: f64,
+    pub answered_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnpaidInvoice {
+    pub invoice_id: String,
+    pub amount: f64,
+    pub due_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedScore {
+    pub score: f64,
+    pub band: String,
+    pub as_of_ms: i64,
+    /// Python dicts keep insertion order, and so does this.
+    pub contributions: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomerState {
+    pub customer_id: String,
+    pub first_event_ms: i64,
+    pub last_event_ms: i64,
+    pub counts: DayCounts,
+    pub users_last_day: Vec<(i64, i64)>,
+    pub features_last_day: Vec<(String, i64)>,
+    pub last_usage_ms: i64,
+    pub first_purchase_ms: i64,
+    pub last_purchase_ms: i64,
+    pub purchase_days: i64,
+    pub categories: Vec<String>,
+    pub open_tickets: Vec<OpenTicket>,
+    pub tickets_resolved: i64,
+    pub tickets_reopened: i64,
+    pub resolution_seconds: Vec<f64>,
+    pub surveys: Vec<SurveyResponse>,
+    pub unpaid_invoices: Vec<UnpaidInvoice>,
+    pub has_billing: bool,
+    pub mrr: f64,
+    pub previous_mrr: f64,
+    pub cancelled_ms: i64,
+    pub applied_ids: Vec<u8>,
+    pub published: Option<PublishedScore>,
+    pub events_applied: i64,
+    pub plan: Option<String>,
+    pub source_partition: i64,
+    pub source_offsets: Vec<i64>,
+    pub active_days: i64,
+    pub gap_days_mean: f64,
+    pub alert_band: Option<String>,
+    pub alert_episodes: Vec<(String, i64)>,
+    pub alert_last_raised: Vec<(String, i64)>,
+    pub recent_scores: Vec<(i64, f64)>,
+}
+
+impl CustomerState {
+    pub fn new(customer_id: &str) -> Self {
+        CustomerState {
+            customer_id: customer_id.to_owned(),
+            first_event_ms: 0,
+            last_event_ms: 0,
+            counts: DayCounts::default(),
+            users_last_day: Vec::new(),
+            features_last_day: Vec::new(),
+            last_usage_ms: 0,
+            first_purchase_ms: 0,
+            last_purchase_ms: 0,
+            purchase_days: 0,
+            categories: Vec::new(),
+            open_tickets: Vec::new(),
+            tickets_resolved: 0,
+            tickets_reopened: 0,
+            resolution_seconds: Vec::new(),
+            surveys: Vec::new(),
+            unpaid_invoices: Vec::new(),
+            has_billing: false,
+            mrr: 0.0,
+            previous_mrr: 0.0,
+            cancelled_ms: 0,
+            applied_ids: Vec::new(),
+            published: None,
+            events_applied: 0,
+            plan: None,
+            source_partition: -1,
+            source_offsets: vec![-1, -1, -1, -1],
+            active_days: 0,
+            gap_days_mean: 0.0,
+            alert_band: None,
+            alert_episodes: Vec::new(),
+            alert_last_raised: Vec::new(),
+            recent_scores: Vec::new(),
+        }
+    }
+}
+
+/// A struct encoded as an array: its field count, and whether the record is short of a field.
+struct Fields {
+    present: usize,
+    next: usize,
+}
+
+impl Fields {
+    fn open(reader: &mut Reader, declared: usize, required: usize, what: &'static str) -> Result<Self> {
+        let present = reader.array()?;
+        if present < required || present > declared {
+            return Err(what);
+        }
+        Ok(Fields { present, next: 0 })
+    }
+
+    /// Whether the next field is in the record (else it keeps its default).
+    fn has(&mut self) -> bool {
+        self.next += 1;
+        self.next <= self.present
+    }
+}
+
+fn int_list(reader: &mut Reader) -> Result<Vec<i64>> {
+    let length = reader.array()?;
+    let mut values = Vec::with_capacity(length);
+    for _ in 0..length {
+        values.push(reader.int()?);
+    }
+    Ok(values)
+}
+
+fn string_int_map(reader: &mut Reader) -> Result<Vec<(String, i64)>> {
+    let length = reader.map()?;
+    (0..length).map(|_| Ok((reader.string()?, reader.int()?))).collect()
+}
+
+fn optional_string(reader: &mut Reader) -> Result<Option<String>> {
+    Ok(if reader.nil()? { None } else { Some(reader.string()?) })
+}
+
+fn read_counts(reader: &mut Reader) -> Result<DayCounts> {
+    let mut fields = Fields::open(reader, 1 + COUNTERS, 0, "DayCounts of an unknown length")?;
+    let mut counts = DayCounts::default();
+    if fields.has() {
+        counts.days = int_list(reader)?;
+    }
+    for column in counts.columns.iter_mut() {
+        if fields.has() {
+            *column = int_list(reader)?;
+        }
+    }
+    Ok(counts)
+}
+
+fn read_published(reader: &mut Reader) -> Result<Option<PublishedScore>> {
+    if reader.nil()? {
+        return Ok(None);
+    }
+    let mut fields = Fields::open(reader, 4, 3, "a PublishedScore of an unknown length")?;
+    fields.has();
+    let score = reader.float()?;
+    fields.has();
+    let band = reader.string()?;
+    fields.has();
+    let as_of_ms = reader.int()?;
+    let mut contributions = Vec::new();
+    if fields.has() {
+        let length = reader.map()?;
+        for _ in 0..length {
+            contributions.push((reader.string()?, reader.float()?));
+        }
+    }
+    Ok(Some(PublishedScore { score, band, as_of_ms, contributions }))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
+    let reader = &mut Reader::new(bytes);
+    let mut fields = Fields::open(reader, 33, 1, "a CustomerState of an unknown length")?;
+    fields.has();
+    let mut state = CustomerState::new(&reader.string()?);
+    macro_rules! field {
+        ($target:expr, $read:expr) => {
+            if fields.has() {
+                $target = $read;
+            }
+        };
+    }
+    field!(state.first_event_ms, reader.int()?);
+    field!(state.last_event_ms, reader.int()?);
+    field!(state.counts, read_counts(reader)?);
+    field!(state.users_last_day, {
+        let length = reader.map()?;
+        (0..length).map(|_| Ok((reader.int()?, reader.int()?))).collect::<Result<_>>()?
+    });
+    field!(state.features_last_day, string_int_map(reader)?);
+    field!(state.last_usage_ms, reader.int()?);
+    field!(state.first_purchase_ms, reader.int()?);
+    field!(state.last_purchase_ms, reader.int()?);
+    field!(state.purchase_days, reader.int()?);
+    field!(state.categories, {
+        let length = reader.array()?;
+        (0..length).map(|_| reader.string()).collect::<Result<_>>()?
+    });
+    field!(state.open_tickets, {
+        let length = reader.array()?;
+        let mut tickets = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 3, 3, "an OpenTicket of an unknown length")?;
+            tickets.push(OpenTicket { ticket_id: reader.string()?, opened_ms: reader.int()?, priority: reader.int()? });
+        }
+        tickets
+    });
+    field!(state.tickets_resolved, reader.int()?);
+    field!(state.tickets_reopened, reader.int()?);
+    field!(state.resolution_seconds, {
+        let length = reader.array()?;
+        (0..length).map(|_| reader.float()).collect::<Result<_>>()?
+    });
+    field!(state.surveys, {
+        let length = reader.array()?;
+        let mut surveys = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 5, 5, "a SurveyResponse of an unknown length")?;
+            surveys.push(SurveyResponse {
+                survey: reader.string()?,
+                score: reader.float()?,
+                scale_min: reader.float()?,
+                scale_max: reader.float()?,
+                answered_ms: reader.int()?,
+            });
+        }
+        surveys
+    });
+    field!(state.unpaid_invoices, {
+        let length = reader.array()?;
+        let mut invoices = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 3, 3, "an UnpaidInvoice of an unknown length")?;
+            invoices.push(UnpaidInvoice { invoice_id: reader.string()?, amount: reader.float()?, due_ms: reader.int()? });
+        }
+        invoices
+    });
+    field!(state.has_billing, reader.boolean()?);
+    field!(state.mrr, reader.float()?);
+    field!(state.previous_mrr, reader.float()?);
+    field!(state.cancelled_ms, reader.int()?);
+    field!(state.applied_ids, reader.binary()?);
+    field!(state.published, read_published(reader)?);
+    field!(state.events_applied, reader.int()?);
+    field!(state.plan, optional_string(reader)?);
+    field!(state.source_partition, reader.int()?);
+    field!(state.source_offsets, int_list(reader)?);
+    field!(state.active_days, reader.int()?);
+    field!(state.gap_days_mean, reader.float()?);
+    field!(state.alert_band, optional_string(reader)?);
+    field!(state.alert_episodes, string_int_map(reader)?);
+    field!(state.alert_last_raised, string_int_map(reader)?);
+    field!(state.recent_scores, {
+        let length = reader.array()?;
+        let mut scores = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 2, 2, "a recent score of an unknown length")?;
+            scores.push((reader.int()?, reader.float()?));
+        }
+        scores
+    });
+    if !reader.at_end() {
+        return Err("bytes after the record");
+    }
+    Ok(state)
+}
+
+fn write_int_list(writer: &mut Writer, values: &[i64]) {
+    writer.array(values.len());
+    for value in values {
+        writer.int(*value);
+    }
+}
+
+fn write_string_int_map(writer: &mut Writer, entries: &[(String, i64)]) {
+    writer.map(entries.len());
+    for (key, value) in entries {
+        writer.string(key);
+        writer.int(*value);
+    }
+}
+
+fn write_optional_string(writer: &mut Writer, value: &Option<String>) {
+    match value {
+        Some(text) => writer.string(text),
+        None => writer.nil(),
+    }
+}
+
+pub fn encode(state: &CustomerState) -> Vec<u8> {
+    let mut writer = Writer::with_capacity(256 + 24 * state.counts.days.len());
+    let w = &mut writer;
+    w.array(33);
+    w.string(&state.customer_id);
+    w.int(state.first_event_ms);
+    w.int(state.last_event_ms);
+    w.array(1 + COUNTERS);
+    write_int_list(w, &state.counts.days);
+    for column in &state.counts.columns {
+        write_int_list(w, column);
+    }
+    w.map(state.users_last_day.len());
+    for (user, day) in &state.users_last_day {
+        w.int(*user);
+        w.int(*day);
+    }
+    write_string_int_map(w, &state.features_last_day);
+    w.int(state.last_usage_ms);
+    w.int(state.first_purchase_ms);
+    w.int(state.last_purchase_ms);
+    w.int(state.purchase_days);
+    w.array(state.categories.len());
+    for category in &state.categories {
+        w.string(category);
+    }
+    w.array(state.open_tickets.len());
+    for ticket in &state.open_tickets {
+        w.array(3);
+        w.string(&ticket.ticket_id);
+        w.int(ticket.opened_ms);
+        w.int(ticket.priority);
+    }
+    w.int(state.tickets_resolved);
+    w.int(state.tickets_reopened);
+    w.array(state.resolution_seconds.len());
+    for seconds in &state.resolution_seconds {
+        w.float(*seconds);
+    }
+    w.array(state.surveys.len());
+    for survey in &state.surveys {
+        w.array(5);
+        w.string(&survey.survey);
+        w.float(survey.score);
+        w.float(survey.scale_min);
+        w.float(survey.scale_max);
+        w.int(survey.answered_ms);
+    }
+    w.array(state.unpaid_invoices.len());
+    for invoice in &state.unpaid_invoices {
+        w.array(3);
+        w.string(&invoice.invoice_id);
+        w.float(invoice.amount);
+        w.int(invoice.due_ms);
+    }
+    w.boolean(state.has_billing);
+    w.float(state.mrr);
+    w.float(state.previous_mrr);
+    w.int(state.cancelled_ms);
+    w.binary(&state.applied_ids);
+    match &state.published {
+        None => w.nil(),
+        Some(published) => {
+            w.array(4);
+            w.float(published.score);
+            w.string(&published.band);
+            w.int(published.as_of_ms);
+            w.map(published.contributions.len());
+            for (name, contribution) in &published.contributions {
+                w.string(name);
+                w.float(*contribution);
+            }
+        }
+    }
+    w.int(state.events_applied);
+    write_optional_string(w, &state.plan);
+    w.int(state.source_partition);
+    write_int_list(w, &state.source_offsets);
+    w.int(state.active_days);
+    w.float(state.gap_days_mean);
+    write_optional_string(w, &state.alert_band);
+    write_string_int_map(w, &state.alert_episodes);
+    write_string_int_map(w, &state.alert_last_raised);
+    w.array(state.recent_scores.len());
+    for (day_ms, score) in &state.recent_scores {
+        w.array(2);
+        w.int(*day_ms);
+        w.float(*score);
+    }
+    writer.bytes
+}

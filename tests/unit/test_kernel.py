@@ -1,0 +1,276 @@
+"""The Rust kernel (scoring/kernel.py, native/) against the model it must equal.
+
+Differential: the same validated events go through ``scoring.pipeline.step`` (without
+alert rules, which the kernel does not cover yet) and through the kernel; the records
+must come out byte for byte the same and the scores field for field, to the last bit
+of every float.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scoring import kernel
+from scoring.compiled import PURE_PYTHON_VARIABLE
+from scoring.contract import Event, TopicKind, decode_event
+from scoring.health import ScoringParameters
+from scoring.pipeline import step
+from scoring.state import DAY_MS, decode_state, encode_state, new_state
+from stream.generate import EventSynthesizer
+
+T0 = 1_790_000_000_000
+DEDUP_CAPACITY = 32
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
+
+
+@pytest.mark.skipif(bool(os.environ.get(PURE_PYTHON_VARIABLE)), reason=f"{PURE_PYTHON_VARIABLE} is set")
+def test_the_kernel_is_built_where_cargo_is() -> None:
+    # scripts/setup.sh installs with cargo present (this project's machines have it).
+    if shutil.which("cargo") is None:
+        pytest.skip("no Rust toolchain on this machine")
+    assert kernel.available()
+
+
+def score_row(health: Any) -> tuple:
+    """A HealthScore as the kernel returns it."""
+    return (
+        health.score,
+        health.band,
+        health.churn_risk,
+        [(name, c.score, c.weight, c.contribution) for name, c in health.components.items()],
+        health.as_of_ms,
+        health.confidence,
+        list(health.changes.items()),
+    )
+
+
+class Both:
+    """Runs every event through the model and the kernel, each with its own store, and compares."""
+
+    def __init__(self, parameters: ScoringParameters) -> None:
+        self.parameters = parameters
+        self.kernel = kernel.build(parameters)
+        self.model_store: dict[bytes, bytes] = {}
+        self.kernel_store: dict[bytes, bytes] = {}
+        self.published = 0
+
+    def apply(self, value: bytes, event: Event, topic: TopicKind, partition: int, offset: int) -> None:
+        key = event.customer_id.encode()
+        stored = self.model_store.get(key)
+        state = decode_state(stored) if stored is not None else new_state(event.customer_id)
+        expected = step(state, event, self.parameters, DEDUP_CAPACITY, (topic, partition, offset), None)
+        self.model_store[key] = encode_state(state)
+
+        outcome, record, score = self.kernel.step(
+            self.kernel_store.get(key),
+            event.customer_id,
+            value,
+            event.occurred_at_ms,
+            kernel.due_ms(event.data, event.occurred_at_ms),
+            (kernel.STREAM_INDEX[topic], partition, offset),
+            DEDUP_CAPACITY,
+        )
+        self.kernel_store[key] = record
+        assert outcome == expected.outcome.value, event
+        assert record == self.model_store[key], (event, decode_state(record), state)
+        if expected.publish is None:
+            assert score is None, event
+        else:
+            self.published += 1
+            assert score is not None, event
+            row = (score[0], score[1], score[2], [tuple(c) for c in score[3]], score[4], score[5], [tuple(c) for c in score[6]])
+            assert row == score_row(expected.publish), event
+        # The kernel scores a stored record at any time as the model does.
+        if expected.publish is not None:
+            later = event.occurred_at_ms + 5 * DAY_MS
+            health_later = self.kernel.score(record, later)
+            from scoring.health import score_state
+
+            again = decode_state(record)
+            model_later = score_state(again, later, self.parameters, again.published.contributions if again.published else None)
+            assert (health_later is None) == (model_later is None)
+            if model_later is not None:
+                assert (health_later[0], health_later[1], health_later[2], health_later[5]) == (
+                    model_later.score, model_later.band, model_later.churn_risk, model_later.confidence,
+                )
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        ScoringParameters(),
+        ScoringParameters(
+            key_features=("reports", "api"),
+            segment_weights={"enterprise": {"usage": 0.5, "purchases": 0.0, "support": 0.3, "sentiment": 0.1, "payments": 0.1}},
+            usage_half_life_days=3.0,
+        ),
+    ],
+    ids=["defaults", "key-features-and-segments"],
+)
+def test_the_generators_mix_gives_the_same_records_and_scores(parameters: ScoringParameters) -> None:
+    both = Both(parameters)
+    synthesizer = EventSynthesizer(150, seed=11)
+    encoder = msgspec.json.Encoder()
+    for offset, generated in enumerate(synthesizer.timeline(6000, T0 - 60 * DAY_MS, T0)):
+        value = encoder.encode(generated.value)
+        event = decode_event(generated.customer_id.encode(), value, generated.topic, T0 + 1, 300_000)
+        assert isinstance(event, Event)
+        both.apply(value, event, TopicKind(generated.topic), 0, offset)
+    assert both.published > 1000
+
+
+# Events of every type for a couple of customers, with few distinct ids and times spread
+# over more than the 90-day window: duplicates, redeliveries, late events, reopened and
+# resolved tickets, invoices paid and unpaid, plans with segment weights, cancellations.
+EVENT_TYPES = [
+    ("purchase.completed", TopicKind.PURCHASES),
+    ("purchase.refunded", TopicKind.PURCHASES),
+    ("checkout.abandoned", TopicKind.PURCHASES),
+    ("usage.session", TopicKind.USAGE),
+    ("usage.feature", TopicKind.USAGE),
+    ("ticket.opened", TopicKind.TICKETS),
+    ("ticket.resolved", TopicKind.TICKETS),
+    ("ticket.reopened", TopicKind.TICKETS),
+    ("survey.answered", TopicKind.TICKETS),
+    ("invoice.issued", TopicKind.PAYMENTS),
+    ("payment.succeeded", TopicKind.PAYMENTS),
+    ("payment.failed", TopicKind.PAYMENTS),
+    ("subscription.updated", TopicKind.PAYMENTS),
+    ("subscription.cancelled", TopicKind.PAYMENTS),
+]
+small_ids = st.sampled_from(["a", "b", "c", "reports", "api"])
+amounts = st.one_of(st.integers(0, 500), st.floats(0, 10_000, allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def payloads(draw: st.DrawFn, event_type: str, at_ms: int) -> dict:
+    if event_type == "purchase.completed":
+        items = draw(st.lists(st.fixed_dictionaries({"sku": small_ids, "quantity": st.integers(1, 3), "unit_price": amounts}, optional={"category": st.one_of(st.none(), small_ids, st.just(""))}), max_size=3))
+        return {"order_id": draw(small_ids), "amount": draw(amounts), "currency": "EUR", "items": items}
+    if event_type == "purchase.refunded":
+        return {"order_id": draw(small_ids), "amount": draw(amounts)}
+    if event_type == "checkout.abandoned":
+        return draw(st.sampled_from([{}, {"cart_value": 12.5}]))
+    if event_type == "usage.session":
+        return {"user_id": draw(small_ids), "duration_seconds": draw(amounts)}
+    if event_type == "usage.feature":
+        payload = {"user_id": draw(small_ids), "feature": draw(small_ids)}
+        if draw(st.booleans()):
+            payload["count"] = draw(st.integers(1, 50))
+        return payload
+    if event_type == "ticket.opened":
+        return {"ticket_id": draw(small_ids), "priority": draw(st.sampled_from(["low", "normal", "high", "urgent"]))}
+    if event_type in ("ticket.resolved", "ticket.reopened"):
+        return {"ticket_id": draw(small_ids)}
+    if event_type == "survey.answered":
+        survey = draw(st.sampled_from(["nps", "csat", "ces"]))
+        if draw(st.booleans()):
+            return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10]}
+        low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}[survey]
+        return {"survey": survey, "score": draw(st.integers(low, high))}
+    if event_type == "invoice.issued":
+        due = at_ms + draw(st.integers(-40, 40)) * DAY_MS
+        return {"invoice_id": draw(small_ids), "amount": draw(amounts), "due_at": draw(st.sampled_from([due, "2026-09-01T10:00:00+02:00"]))}
+    if event_type in ("payment.succeeded", "payment.failed"):
+        return {"invoice_id": draw(small_ids), "amount": draw(amounts)}
+    if event_type == "subscription.updated":
+        payload: dict = {"mrr": draw(st.sampled_from([0, 49, 99.5, 300]))}
+        plan = draw(st.sampled_from([None, "", "enterprise", "starter"]))
+        if plan is not None:
+            payload["plan"] = plan
+        return payload
+    return draw(st.sampled_from([{}, {"reason": "price"}]))
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]:
+    messages = []
+    offsets = {kind: 0 for kind in TopicKind}
+    for _ in range(draw(st.integers(1, 40))):
+        event_type, topic = draw(st.sampled_from(EVENT_TYPES))
+        at_ms = T0 - draw(st.integers(0, 120 * 24)) * 3_600_000 - draw(st.integers(0, 3_599_999))
+        customer = draw(st.sampled_from(["cust-1", "cust-2"]))
+        value = msgspec.json.encode(
+            {
+                "event_id": f"evt-{draw(st.integers(0, 30))}",
+                "type": event_type,
+                "customer_id": customer,
+                "occurred_at": at_ms,
+                "data": draw(payloads(event_type, at_ms)),
+            }
+        )
+        event = decode_event(customer.encode(), value, topic, T0 + 1, 300_000)
+        assert isinstance(event, Event), event
+        # Mostly the next offset; sometimes a redelivery, sometimes another partition.
+        offsets[topic] += draw(st.sampled_from([1, 1, 1, 0, -1]))
+        messages.append((value, event, topic, draw(st.sampled_from([0, 0, 0, 1])), offsets[topic]))
+    return messages
+
+
+@needs_kernel
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=histories(), with_segments=st.booleans())
+def test_any_history_gives_the_same_records_and_scores(history: list, with_segments: bool) -> None:
+    parameters = ScoringParameters(
+        key_features=("reports",) if with_segments else (),
+        segment_weights={"enterprise": {"usage": 0.6, "support": 0.4}} if with_segments else {},
+    )
+    both = Both(parameters)
+    for value, event, topic, partition, offset in history:
+        both.apply(value, event, topic, partition, offset)
+
+
+@needs_kernel
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32])
+def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
+    state = new_state("acme")
+    state.last_event_ms = T0
+    state.mrr = 49.0
+    full = msgspec.msgpack.decode(encode_state(state))
+    older = msgspec.msgpack.encode(full[:fields])
+    assert kernel.build(ScoringParameters()).roundtrip(older) == encode_state(decode_state(older))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "stored",
+    [b"", b"\x90", b"\xc0", msgspec.msgpack.encode(["acme"] + [0] * 40), msgspec.msgpack.encode(["acme", "not a time"]), encode_state(new_state("acme")) + b"\x00"],
+    ids=["empty", "no-customer", "nil", "too-long", "wrong-type", "trailing-bytes"],
+)
+def test_a_record_the_model_could_not_have_written_is_refused_with_a_reason(stored: bytes) -> None:
+    with pytest.raises(ValueError):
+        kernel.build(ScoringParameters()).roundtrip(stored)
+
+
+@needs_kernel
+def test_bgnbd_is_refused_rather_than_left_out() -> None:
+    from scoring.bgnbd import BgNbdParameters
+
+    parameters = ScoringParameters(bgnbd=BgNbdParameters(r=0.24, alpha=4.4, a=0.79, b=2.4))
+    assert not kernel.supports(parameters)
+    with pytest.raises(ValueError, match="BG/NBD"):
+        kernel.build(parameters)
+
+
+@needs_kernel
+def test_the_kernel_bench_measures_both_paths_on_the_same_events() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "kernel_cost.py"
+    spec = importlib.util.spec_from_file_location("kernel_cost_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(events=600, customers=30, days=30.0, rounds=2)
+    assert result["events"] == 600
+    assert len(result["model_microseconds_per_event"]) == len(result["kernel_microseconds_per_event"]) == 2
+    assert result["kernel_speedup"] == result["model_median"] / result["kernel_median"] > 0
