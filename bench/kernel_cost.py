@@ -7,16 +7,16 @@ Run on demand (not part of the test suite):
 Replays the generator's realistic mix, already validated, through what the kernel
 covers today, both ways, each with its own store of records:
 
-- the model: decode the stored record (msgspec), ``scoring.pipeline.step`` without
-  alert rules (apply, rescore, decide whether the score changed), encode the record;
-- the kernel: one call that parses the event's JSON, decodes the record, applies,
-  rescores, decides and encodes (records and scores equal to the model's:
-  tests/unit/test_kernel.py).
+- the model: decode the stored record (msgspec), ``scoring.pipeline.step`` with the
+  configured alert rules (apply, rescore, check the rules, decide whether the score
+  changed), build and encode the score and alert messages, encode the record;
+- the kernel: one call that parses the event's JSON and does all of that (records and
+  messages byte-identical to the model's: tests/unit/test_kernel.py).
 
 The two run alternately ``--rounds`` times (this VM's speed drifts by tens of percent
 within minutes) and the median of each is reported, with the ratio of the medians.
-Alert rules, the score message and event validation are not in the kernel yet, so
-this is not yet the worker's saving: ``bench/model_cost.py`` gives the cost of those.
+Event validation is not in the kernel (``bench/model_cost.py`` gives its cost), nor is
+anything the worker does around the model (Kafka, Redis, metrics).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from scoring import compiled, kernel  # noqa: E402
 from scoring.contract import Event, TopicKind, decode_event  # noqa: E402
+from scoring.output import alert_message, encode_json, health_message  # noqa: E402
 from scoring.pipeline import step  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
 from stream.generate import EventSynthesizer  # noqa: E402
@@ -58,20 +60,25 @@ def events_of(count: int, customers: int, days: float) -> list[tuple[bytes, byte
     return rows
 
 
-def model_seconds(rows: list, parameters: object, dedup_capacity: int) -> float:
+def model_seconds(rows: list, parameters: Any, rules: Any, dedup_capacity: int) -> float:
     store: dict[bytes, bytes] = {}
+    version = parameters.model_version
     started = time.perf_counter()
     for key, _, event, topic, offset in rows:
         stored = store.get(key)
         state = decode_state(stored) if stored is not None else new_state(event.customer_id)
-        step(state, event, parameters, dedup_capacity, (topic, 0, offset), None)
+        result = step(state, event, parameters, dedup_capacity, (topic, 0, offset), rules)
+        if result.publish is not None:
+            encode_json(health_message(event.customer_id, result.publish, END_MS, version, event.event_id))
+        for alert in result.alerts.raised:
+            encode_json(alert_message(alert, END_MS, version))
         store[key] = encode_state(state)
     return time.perf_counter() - started
 
 
-def kernel_seconds(rows: list, native: object, dedup_capacity: int) -> float:
+def kernel_seconds(rows: list, native: Any, dedup_capacity: int) -> float:
     store: dict[bytes, bytes] = {}
-    run = native.step  # type: ignore[attr-defined]
+    run = native.step
     # What the caller would look up per event anyway (the stream index, an invoice's due time).
     prepared = [
         (key, value, event.customer_id, event.occurred_at_ms, kernel.due_ms(event.data, event.occurred_at_ms), (kernel.STREAM_INDEX[topic], 0, offset))
@@ -79,19 +86,20 @@ def kernel_seconds(rows: list, native: object, dedup_capacity: int) -> float:
     ]
     started = time.perf_counter()
     for key, value, customer_id, occurred_at_ms, due, source in prepared:
-        store[key] = run(store.get(key), customer_id, value, occurred_at_ms, due, source, dedup_capacity)[1]
+        store[key] = run(store.get(key), customer_id, value, occurred_at_ms, due, source, dedup_capacity, END_MS)[1]
     return time.perf_counter() - started
 
 
 def measure(events: int, customers: int, days: float, rounds: int) -> dict:
     settings = load_settings()
     parameters = settings.scoring.parameters()
-    native = kernel.build(parameters)
+    rules = settings.alerts.parameters()
+    native = kernel.build(parameters, rules)
     rows = events_of(events, customers, days)
     collect_garbage_rarely()  # as the worker does once started
     model_runs, kernel_runs = [], []
     for _ in range(rounds):
-        model_runs.append(model_seconds(rows, parameters, settings.dedup_capacity) / len(rows) * 1e6)
+        model_runs.append(model_seconds(rows, parameters, rules, settings.dedup_capacity) / len(rows) * 1e6)
         kernel_runs.append(kernel_seconds(rows, native, settings.dedup_capacity) / len(rows) * 1e6)
     model, native_cost = statistics.median(model_runs), statistics.median(kernel_runs)
     return {
@@ -124,7 +132,7 @@ def main() -> None:
         parser.error("the configured model uses BG/NBD, which the kernel does not compute yet")
     result = measure(args.events, args.customers, args.days, args.rounds)
     print(
-        f"model (decode, step without alerts, encode): {result['model_median']:.1f} us/event; "
+        f"model (decode, step with alert rules, messages, encode): {result['model_median']:.1f} us/event; "
         f"kernel: {result['kernel_median']:.1f} us/event; {result['kernel_speedup']:.1f}x "
         f"(medians of {args.rounds} alternating rounds, {result['events']} events, {args.customers} customers)"
     )

@@ -1,11 +1,11 @@
 """The Rust kernel (native/, built as ``scoring._kernel``): the per-event path of the model
 without Python objects, for the worker's throughput (issue 7).
 
-A feasibility step, not used by the worker yet. It covers applying an event, rescoring
-and deciding whether the score changed, for models without BG/NBD; alert rules, the
-score message and event validation are still to come. This module (``scoring/``) stays
-the reference: tests/unit/test_kernel.py proves the kernel gives the same records,
-byte for byte, and the same scores, and ``bench/kernel_cost.py`` measures both.
+It covers ``scoring.pipeline.step`` for models without BG/NBD: apply the event, rescore,
+check the alert rules, decide whether the score changed, and the score and alert
+messages (``scoring.output``). Event validation stays in Python (``scoring.contract``).
+``scoring/`` stays the reference: tests/unit/test_kernel.py proves the kernel gives the
+same records and messages, byte for byte, and ``bench/kernel_cost.py`` measures both.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from scoring.contract import InvoiceIssued, TopicKind, parse_timestamp_ms
+from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters
 
 try:
@@ -33,8 +34,9 @@ def supports(parameters: ScoringParameters) -> bool:
     return parameters.bgnbd is None
 
 
-def build(parameters: ScoringParameters) -> Any:
-    """The kernel for these parameters; ValueError when it cannot compute them."""
+def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -> Any:
+    """The kernel for these parameters and alert rules (None: no alerts, as
+    ``scoring.pipeline.step`` without rules); ValueError when it cannot compute them."""
     if _kernel is None:
         raise ValueError("the Rust kernel is not built (scripts/setup.sh builds it where cargo is installed)")
     if not supports(parameters):
@@ -49,6 +51,8 @@ def build(parameters: ScoringParameters) -> Any:
         parameters.purchase_half_life_days,
         parameters.support_target_resolution_hours,
         parameters.sentiment_half_life_days,
+        rules,
+        parameters.model_version,
     )
 
 

@@ -54,6 +54,7 @@ pub struct HealthScore {
     pub as_of_ms: i64,
     pub confidence: f64,
     pub changes: Vec<(String, f64)>,
+    pub previous_score: Option<f64>,
 }
 
 struct ActivitySums {
@@ -231,6 +232,7 @@ pub fn score_state(
     at_ms: i64,
     parameters: &Parameters,
     previous_contributions: Option<&[(String, f64)]>,
+    previous_score: Option<f64>,
 ) -> Option<HealthScore> {
     let weights = parameters.weights_for(&state.plan);
     let sums = activity_sums(state, at_ms);
@@ -290,5 +292,6 @@ pub fn score_state(
         as_of_ms: at_ms,
         confidence: total_weight / all_weights,
         changes: largest_first(changes),
+        previous_score,
     })
 }

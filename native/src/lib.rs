@@ -2,8 +2,10 @@
 //! by the worker yet. Each part is proven equal to `scoring/` by the differential tests
 //! in tests/unit/test_kernel.py; `scoring/` stays the reference.
 
+mod alerts;
 mod apply;
 mod health;
+mod message;
 mod msgpack;
 mod state;
 
@@ -13,6 +15,7 @@ use pyo3::types::PyBytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use alerts::AlertParameters;
 use apply::{Data, Event, Item, Outcome};
 use health::{HealthScore, Parameters};
 use state::{CustomerState, PublishedScore};
@@ -110,16 +113,25 @@ fn has_changed(previous: &PublishedScore, current: &HealthScore) -> bool {
         || current.components.iter().any(|component| !previous.contributions.iter().any(|(name, _)| name == component.name))
 }
 
-/// The scoring parameters, built once from `scoring.health.ScoringParameters` (without BG/NBD).
+/// A published score as the worker needs it: the message's bytes, the score and the churn risk.
+type Published<'py> = (Bound<'py, PyBytes>, f64, f64);
+/// A raised alert: its id (for the ledger of alerts already out), rule, severity and message.
+type Raised<'py> = (String, &'static str, &'static str, Bound<'py, PyBytes>);
+type StepResult<'py> = (&'static str, Bound<'py, PyBytes>, Option<Published<'py>>, Vec<Raised<'py>>, Vec<(&'static str, &'static str)>);
+
+/// The parameters, built once (`scoring/kernel.py` from the worker's settings; without BG/NBD).
 #[pyclass(frozen)]
 struct Kernel {
     parameters: Parameters,
+    rules: Option<AlertParameters>,
+    model_version: String,
 }
 
 #[pymethods]
 impl Kernel {
     #[new]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version))]
     fn new(
         weights: Vec<(String, f64)>,
         segment_weights: Vec<(String, Vec<(String, f64)>)>,
@@ -130,8 +142,33 @@ impl Kernel {
         purchase_half_life_days: f64,
         support_target_resolution_hours: f64,
         sentiment_half_life_days: f64,
-    ) -> Self {
-        Kernel {
+        rules: Option<&Bound<'_, PyAny>>,
+        model_version: String,
+    ) -> PyResult<Self> {
+        let rules = match rules {
+            None => None,
+            Some(rules) => Some(AlertParameters {
+                band_downgrade: rules.getattr("band_downgrade")?.extract()?,
+                hysteresis_points: rules.getattr("hysteresis_points")?.extract()?,
+                sharp_drop: rules.getattr("sharp_drop")?.extract()?,
+                sharp_drop_points: rules.getattr("sharp_drop_points")?.extract()?,
+                sharp_drop_window_days: rules.getattr("sharp_drop_window_days")?.extract()?,
+                sharp_drop_window_text: rules.py().eval(c"lambda days: format(days, 'g')", None, None)?.call1((rules.getattr("sharp_drop_window_days")?,))?.extract()?,
+                purchase_activity: rules.getattr("purchase_activity")?.extract()?,
+                payment_trouble: rules.getattr("payment_trouble")?.extract()?,
+                payment_failures_30d: rules.getattr("payment_failures_30d")?.extract()?,
+                payment_overdue_days: rules.getattr("payment_overdue_days")?.extract()?,
+                cancellation: rules.getattr("cancellation")?.extract()?,
+                silence: rules.getattr("silence")?.extract()?,
+                silence_gap_multiplier: rules.getattr("silence_gap_multiplier")?.extract()?,
+                silence_min_days: rules.getattr("silence_min_days")?.extract()?,
+                silence_min_active_days: rules.getattr("silence_min_active_days")?.extract()?,
+                cooldown_hours: rules.getattr("cooldown_hours")?.extract()?,
+            }),
+        };
+        Ok(Kernel {
+            rules,
+            model_version,
             parameters: Parameters {
                 weights,
                 segment_weights,
@@ -143,7 +180,7 @@ impl Kernel {
                 support_target_resolution_hours,
                 sentiment_half_life_days,
             },
-        }
+        })
     }
 
     /// The record decoded and encoded again (what a change of nothing must give back).
@@ -158,14 +195,17 @@ impl Kernel {
     fn score(&self, stored: &[u8], at_ms: i64) -> PyResult<Option<ScoreRow>> {
         let state = state::decode(stored).map_err(PyValueError::new_err)?;
         let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
-        Ok(health::score_state(&state, at_ms, &self.parameters, previous).map(score_row))
+        let previous_score = state.published.as_ref().map(|published| published.score);
+        Ok(health::score_state(&state, at_ms, &self.parameters, previous, previous_score).map(score_row))
     }
 
-    /// `scoring.pipeline.step` without alert rules: apply one validated event, rescore at
-    /// the customer's newest event time, record the score if it changed. Returns the
-    /// outcome, the record's new bytes and the changed score (or None).
+    /// `scoring.pipeline.step`: apply one validated event, rescore at the customer's
+    /// newest event time, check the alert rules, record the score if it changed. Returns
+    /// the outcome, the record's new bytes, the published score (message, score, churn
+    /// risk) or None, the alerts raised (id, rule, severity, message) and the rules whose
+    /// alert the cooldown held back (rule, severity). Messages are stamped `computed_at_ms`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (stored, customer_id, value, occurred_at_ms, due_ms, source, dedup_capacity))]
+    #[pyo3(signature = (stored, customer_id, value, occurred_at_ms, due_ms, source, dedup_capacity, computed_at_ms))]
     fn step<'py>(
         &self,
         py: Python<'py>,
@@ -176,15 +216,27 @@ impl Kernel {
         due_ms: Option<i64>,
         source: Option<(usize, i64, i64)>,
         dedup_capacity: usize,
-    ) -> PyResult<(&'static str, Bound<'py, PyBytes>, Option<ScoreRow>)> {
+        computed_at_ms: i64,
+    ) -> PyResult<StepResult<'py>> {
         let event = parse_event(value, occurred_at_ms, due_ms).map_err(PyValueError::new_err)?;
         let mut state = decode_or_new(stored, customer_id)?;
         let outcome = apply::apply_event(&mut state, &event, dedup_capacity, source);
         let mut published = None;
+        let mut raised = Vec::new();
+        let mut suppressed = Vec::new();
         if outcome == Outcome::Applied {
             let at_ms = state.last_event_ms;
             let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
-            if let Some(health) = health::score_state(&state, at_ms, &self.parameters, previous) {
+            let previous_score = state.published.as_ref().map(|published| published.score);
+            if let Some(health) = health::score_state(&state, at_ms, &self.parameters, previous, previous_score) {
+                if let Some(rules) = &self.rules {
+                    let decision = alerts::evaluate(&mut state, &health, at_ms, &self.parameters, rules);
+                    for alert in &decision.raised {
+                        let message = message::alert_message(alert, computed_at_ms, &self.model_version);
+                        raised.push((alert.alert_id.clone(), alert.rule, alert.severity, PyBytes::new(py, &message)));
+                    }
+                    suppressed = decision.suppressed;
+                }
                 if state.published.as_ref().is_none_or(|previous| has_changed(previous, &health)) {
                     state.published = Some(PublishedScore {
                         score: health.score,
@@ -192,11 +244,12 @@ impl Kernel {
                         as_of_ms: health.as_of_ms,
                         contributions: health.components.iter().map(|c| (c.name.to_owned(), c.contribution)).collect(),
                     });
-                    published = Some(score_row(health));
+                    let message = message::health_message(customer_id, &health, computed_at_ms, &self.model_version, Some(&event.event_id));
+                    published = Some((PyBytes::new(py, &message), health.score, health.churn_risk));
                 }
             }
         }
-        Ok((outcome.name(), PyBytes::new(py, &state::encode(&state)), published))
+        Ok((outcome.name(), PyBytes::new(py, &state::encode(&state)), published, raised, suppressed))
     }
 }
 

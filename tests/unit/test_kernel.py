@@ -1,9 +1,9 @@
 """The Rust kernel (scoring/kernel.py, native/) against the model it must equal.
 
-Differential: the same validated events go through ``scoring.pipeline.step`` (without
-alert rules, which the kernel does not cover yet) and through the kernel; the records
-must come out byte for byte the same and the scores field for field, to the last bit
-of every float.
+Differential: the same validated events go through ``scoring.pipeline.step`` with the
+alert rules and ``scoring.output``'s messages, and through the kernel; the records, the
+score messages and the alert messages must come out byte for byte the same, and the
+scores field for field, to the last bit of every float.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring import kernel
+from scoring.alerts import AlertParameters
 from scoring.compiled import PURE_PYTHON_VARIABLE
 from scoring.contract import Event, TopicKind, decode_event
-from scoring.health import ScoringParameters
+from scoring.health import ScoringParameters, score_state
+from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import step
 from scoring.state import DAY_MS, decode_state, encode_state, new_state
 from stream.generate import EventSynthesizer
@@ -39,7 +41,7 @@ def test_the_kernel_is_built_where_cargo_is() -> None:
 
 
 def score_row(health: Any) -> tuple:
-    """A HealthScore as the kernel returns it."""
+    """A HealthScore as the kernel's ``score`` returns it."""
     return (
         health.score,
         health.band,
@@ -54,21 +56,25 @@ def score_row(health: Any) -> tuple:
 class Both:
     """Runs every event through the model and the kernel, each with its own store, and compares."""
 
-    def __init__(self, parameters: ScoringParameters) -> None:
+    def __init__(self, parameters: ScoringParameters, rules: AlertParameters | None = AlertParameters()) -> None:
         self.parameters = parameters
-        self.kernel = kernel.build(parameters)
+        self.rules = rules
+        self.kernel = kernel.build(parameters, rules)
         self.model_store: dict[bytes, bytes] = {}
         self.kernel_store: dict[bytes, bytes] = {}
         self.published = 0
+        self.alerts = 0
+        self.suppressed = 0
 
     def apply(self, value: bytes, event: Event, topic: TopicKind, partition: int, offset: int) -> None:
         key = event.customer_id.encode()
         stored = self.model_store.get(key)
         state = decode_state(stored) if stored is not None else new_state(event.customer_id)
-        expected = step(state, event, self.parameters, DEDUP_CAPACITY, (topic, partition, offset), None)
+        expected = step(state, event, self.parameters, DEDUP_CAPACITY, (topic, partition, offset), self.rules)
         self.model_store[key] = encode_state(state)
+        computed_at_ms = event.occurred_at_ms + 1234  # the worker stamps its clock; any time will do
 
-        outcome, record, score = self.kernel.step(
+        outcome, record, published, raised, suppressed = self.kernel.step(
             self.kernel_store.get(key),
             event.customer_id,
             value,
@@ -76,30 +82,34 @@ class Both:
             kernel.due_ms(event.data, event.occurred_at_ms),
             (kernel.STREAM_INDEX[topic], partition, offset),
             DEDUP_CAPACITY,
+            computed_at_ms,
         )
         self.kernel_store[key] = record
         assert outcome == expected.outcome.value, event
         assert record == self.model_store[key], (event, decode_state(record), state)
+        version = self.parameters.model_version
         if expected.publish is None:
-            assert score is None, event
+            assert published is None, event
         else:
             self.published += 1
-            assert score is not None, event
-            row = (score[0], score[1], score[2], [tuple(c) for c in score[3]], score[4], score[5], [tuple(c) for c in score[6]])
-            assert row == score_row(expected.publish), event
+            assert published is not None, event
+            message = encode_json(health_message(event.customer_id, expected.publish, computed_at_ms, version, event.event_id))
+            assert published == (message, expected.publish.score, expected.publish.churn_risk), event
+        assert raised == [
+            (alert.alert_id, alert.rule, alert.severity, encode_json(alert_message(alert, computed_at_ms, version)))
+            for alert in expected.alerts.raised
+        ], event
+        assert suppressed == list(expected.alerts.suppressed), event
+        self.alerts += len(raised)
+        self.suppressed += len(suppressed)
         # The kernel scores a stored record at any time as the model does.
         if expected.publish is not None:
             later = event.occurred_at_ms + 5 * DAY_MS
-            health_later = self.kernel.score(record, later)
-            from scoring.health import score_state
-
             again = decode_state(record)
-            model_later = score_state(again, later, self.parameters, again.published.contributions if again.published else None)
-            assert (health_later is None) == (model_later is None)
-            if model_later is not None:
-                assert (health_later[0], health_later[1], health_later[2], health_later[5]) == (
-                    model_later.score, model_later.band, model_later.churn_risk, model_later.confidence,
-                )
+            previous = again.published
+            model_later = score_state(again, later, self.parameters, previous.contributions, previous.score) if previous else None
+            health_later = self.kernel.score(record, later)
+            assert health_later == (score_row(model_later) if model_later is not None else None), event
 
 
 @needs_kernel
@@ -115,7 +125,7 @@ class Both:
     ],
     ids=["defaults", "key-features-and-segments"],
 )
-def test_the_generators_mix_gives_the_same_records_and_scores(parameters: ScoringParameters) -> None:
+def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameters: ScoringParameters) -> None:
     both = Both(parameters)
     synthesizer = EventSynthesizer(150, seed=11)
     encoder = msgspec.json.Encoder()
@@ -125,6 +135,7 @@ def test_the_generators_mix_gives_the_same_records_and_scores(parameters: Scorin
         assert isinstance(event, Event)
         both.apply(value, event, TopicKind(generated.topic), 0, offset)
     assert both.published > 1000
+    assert both.alerts > 50
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
@@ -217,15 +228,36 @@ def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]
 
 @needs_kernel
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=histories(), with_segments=st.booleans())
-def test_any_history_gives_the_same_records_and_scores(history: list, with_segments: bool) -> None:
+@given(history=histories(), with_segments=st.booleans(), rules=st.sampled_from([None, AlertParameters(), AlertParameters(hysteresis_points=0.0, sharp_drop_points=2.0, sharp_drop_window_days=2.5, payment_failures_30d=1, payment_overdue_days=0.5, cooldown_hours=0.0, band_downgrade=False)]))
+def test_any_history_gives_the_same_records_messages_and_scores(history: list, with_segments: bool, rules: AlertParameters | None) -> None:
     parameters = ScoringParameters(
         key_features=("reports",) if with_segments else (),
         segment_weights={"enterprise": {"usage": 0.6, "support": 0.4}} if with_segments else {},
     )
-    both = Both(parameters)
+    both = Both(parameters, rules)
     for value, event, topic, partition, offset in history:
         both.apply(value, event, topic, partition, offset)
+
+
+@needs_kernel
+def test_an_alert_held_back_by_the_cooldown_is_reported_the_same() -> None:
+    # Cancelled, resubscribed, cancelled again within the 24-hour cooldown: the second
+    # cancellation opens a new episode whose alert is held back.
+    both = Both(ScoringParameters())
+    history = [
+        ("subscription.updated", {"mrr": 99}, 0),
+        ("subscription.cancelled", {}, 3_600_000),
+        ("subscription.updated", {"mrr": 99}, 7_200_000),
+        ("subscription.cancelled", {}, 10_800_000),
+    ]
+    for offset, (event_type, data, after_ms) in enumerate(history):
+        value = msgspec.json.encode(
+            {"event_id": f"e{offset}", "type": event_type, "customer_id": "acme", "occurred_at": T0 - DAY_MS + after_ms, "data": data}
+        )
+        event = decode_event(b"acme", value, TopicKind.PAYMENTS, T0, 300_000)
+        assert isinstance(event, Event)
+        both.apply(value, event, TopicKind.PAYMENTS, 0, offset)
+    assert both.suppressed >= 1  # the model and the kernel agreed on each one (Both.apply)
 
 
 @needs_kernel

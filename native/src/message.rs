@@ -1,0 +1,232 @@
+//! The `customer-health` and `churn-alerts` messages as `scoring.output` builds them and
+//! msgspec encodes them: fields in the same order, floats in the same shortest form
+//! (Ryu's, which is msgspec's: `0.00001`, `1e-7`, `1e16`), strings escaped the same way.
+
+use crate::alerts::Alert;
+use crate::health::HealthScore;
+
+pub struct Json {
+    pub bytes: Vec<u8>,
+}
+
+impl Json {
+    pub fn new() -> Self {
+        Json { bytes: Vec::with_capacity(512) }
+    }
+
+    fn raw(&mut self, text: &str) {
+        self.bytes.extend_from_slice(text.as_bytes());
+    }
+
+    fn key(&mut self, name: &str) {
+        self.string(name);
+        self.bytes.push(b':');
+    }
+
+    pub fn string(&mut self, text: &str) {
+        self.bytes.push(b'"');
+        for &byte in text.as_bytes() {
+            match byte {
+                b'"' => self.raw("\\\""),
+                b'\\' => self.raw("\\\\"),
+                b'\n' => self.raw("\\n"),
+                b'\r' => self.raw("\\r"),
+                b'\t' => self.raw("\\t"),
+                0x08 => self.raw("\\b"),
+                0x0c => self.raw("\\f"),
+                0x00..=0x1f => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    self.raw("\\u00");
+                    self.bytes.push(HEX[usize::from(byte >> 4)]);
+                    self.bytes.push(HEX[usize::from(byte & 0x0f)]);
+                }
+                _ => self.bytes.push(byte),
+            }
+        }
+        self.bytes.push(b'"');
+    }
+
+    pub fn float(&mut self, value: f64) {
+        if value.is_finite() {
+            self.raw(ryu::Buffer::new().format_finite(value));
+        } else {
+            self.raw("null"); // msgspec writes NaN and infinities as null
+        }
+    }
+
+    fn optional_float(&mut self, value: Option<f64>) {
+        match value {
+            Some(value) => self.float(value),
+            None => self.raw("null"),
+        }
+    }
+
+    fn optional_string(&mut self, value: Option<&str>) {
+        match value {
+            Some(text) => self.string(text),
+            None => self.raw("null"),
+        }
+    }
+}
+
+/// `floor(x · 10^n + 0.5) / 10^n`, as `scoring.output` rounds message values.
+fn half_up(value: f64, scale: f64) -> f64 {
+    (value * scale + 0.5).floor() / scale
+}
+
+/// UTC with milliseconds and a Z (`scoring.output.rfc3339`).
+pub fn rfc3339(epoch_ms: i64) -> String {
+    let seconds = epoch_ms.div_euclid(1000);
+    let millisecond = epoch_ms.rem_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millisecond:03}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+pub fn health_message(
+    customer_id: &str,
+    health: &HealthScore,
+    computed_at_ms: i64,
+    model_version: &str,
+    trigger_event_id: Option<&str>,
+) -> Vec<u8> {
+    let as_of = rfc3339(health.as_of_ms);
+    let json = &mut Json::new();
+    json.raw("{");
+    json.key("customer_id");
+    json.string(customer_id);
+    json.raw(",");
+    json.key("score");
+    json.float(health.score);
+    json.raw(",");
+    json.key("band");
+    json.string(health.band);
+    json.raw(",");
+    json.key("churn_risk");
+    json.float(health.churn_risk);
+    json.raw(",");
+    json.key("components");
+    json.raw("{");
+    for (index, component) in health.components.iter().enumerate() {
+        if index > 0 {
+            json.raw(",");
+        }
+        json.key(component.name);
+        json.raw("{");
+        json.key("score");
+        json.float(half_up(component.score, 100.0));
+        json.raw(",");
+        json.key("weight");
+        json.float(half_up(component.weight, 10_000.0));
+        json.raw(",");
+        json.key("contribution");
+        json.float(half_up(component.contribution, 100.0));
+        json.raw("}");
+    }
+    json.raw("},");
+    json.key("confidence");
+    json.float(half_up(health.confidence, 10_000.0));
+    json.raw(",");
+    json.key("previous_score");
+    json.optional_float(health.previous_score);
+    json.raw(",");
+    json.key("changes");
+    json.raw("{");
+    for (index, (name, change)) in health.changes.iter().enumerate() {
+        if index > 0 {
+            json.raw(",");
+        }
+        json.key(name);
+        json.float(half_up(*change, 100.0));
+    }
+    json.raw("},");
+    json.key("as_of");
+    json.string(&as_of);
+    json.raw(",");
+    json.key("computed_at");
+    if computed_at_ms == health.as_of_ms {
+        json.string(&as_of);
+    } else {
+        json.string(&rfc3339(computed_at_ms));
+    }
+    json.raw(",");
+    json.key("model_version");
+    json.string(model_version);
+    json.raw(",");
+    json.key("trigger_event_id");
+    json.optional_string(trigger_event_id);
+    json.raw("}");
+    std::mem::take(&mut json.bytes)
+}
+
+pub fn alert_message(alert: &Alert, raised_at_ms: i64, model_version: &str) -> Vec<u8> {
+    let json = &mut Json::new();
+    json.raw("{");
+    json.key("alert_id");
+    json.string(&alert.alert_id);
+    json.raw(",");
+    json.key("customer_id");
+    json.string(&alert.customer_id);
+    json.raw(",");
+    json.key("rule");
+    json.string(alert.rule);
+    json.raw(",");
+    json.key("severity");
+    json.string(alert.severity);
+    json.raw(",");
+    json.key("score");
+    json.float(alert.score);
+    json.raw(",");
+    json.key("previous_score");
+    json.optional_float(alert.previous_score);
+    json.raw(",");
+    json.key("band");
+    json.string(alert.band);
+    json.raw(",");
+    json.key("churn_risk");
+    json.float(alert.churn_risk);
+    json.raw(",");
+    json.key("reasons");
+    json.raw("[");
+    for (index, (component, change)) in alert.reasons.iter().enumerate() {
+        if index > 0 {
+            json.raw(",");
+        }
+        json.raw("{");
+        json.key("component");
+        json.string(component);
+        json.raw(",");
+        json.key("change");
+        json.float(*change);
+        json.raw("}");
+    }
+    json.raw("],");
+    json.key("detail");
+    json.string(&alert.detail);
+    json.raw(",");
+    json.key("occurred_at");
+    json.string(&rfc3339(alert.occurred_at_ms));
+    json.raw(",");
+    json.key("raised_at");
+    json.string(&rfc3339(raised_at_ms));
+    json.raw(",");
+    json.key("model_version");
+    json.string(model_version);
+    json.raw("}");
+    std::mem::take(&mut json.bytes)
+}
