@@ -19,14 +19,17 @@ import functools
 import logging
 import time
 from collections import Counter
-from typing import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import faust
 import msgspec
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
+from scoring import kernel
+from scoring.alerts import AlertParameters
 from scoring.contract import Event, Rejection, RejectReason, TopicKind, decode_event
+from scoring.health import ScoringParameters
 from scoring.kpis import FleetTotals
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import Step, due_for_sweep, step, sweep
@@ -120,9 +123,25 @@ def guarded_timer(app: faust.App, interval: float, what: str) -> Callable[[Timer
     return register
 
 
+def native_kernel_for(settings: Settings, parameters: ScoringParameters, rules: AlertParameters) -> Any | None:
+    """The Rust kernel when the settings ask for it, it is built and it computes this model."""
+    if not settings.native_kernel:
+        why = "native_kernel = false"
+    elif not kernel.available():
+        why = "the Rust kernel is not built"
+    elif not kernel.supports(parameters):
+        why = "the Rust kernel does not compute BG/NBD yet"
+    else:
+        log.info("Each event goes through the Rust kernel")
+        return kernel.build(parameters, rules)
+    log.info("Each event goes through the Python model (%s)", why)
+    return None
+
+
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     parameters = settings.scoring.parameters()
     rules = settings.alerts.parameters()
+    native = native_kernel_for(settings, parameters, rules)
     model_version = parameters.model_version
     input_kinds = settings.topics.inputs()
     sweep_topic_name = settings.topics.sweep
@@ -248,34 +267,52 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             histogram.observe_many(values)
             values.clear()
 
+    def publish_score(
+        outputs: Outputs, key: bytes, partition: int, customer_id: str, encoded: bytes, score: float, churn_risk: float, event_ms: int, now: float
+    ) -> None:
+        """Queues a changed score's message (sent at the end of the batch)."""
+        outputs.add(health_topic_name, health_partition(key, partition), key, encoded)
+        lags.append(max(0.0, now - event_ms / 1000))
+        published_scores.append(score)
+        published_risks.append(churn_risk)
+        cache.offer(customer_id, encoded)
+
     def queue_score(
         outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step, trigger: str | None, event_ms: int
     ) -> None:
-        """Queues a changed score (sent at the end of the batch)."""
         if result.publish is None:
             return
         now = clock()
         encoded = encode_json(health_message(customer_id, result.publish, int(now * 1000), model_version, trigger))
-        outputs.add(health_topic_name, health_partition(key, partition), key, encoded)
-        lags.append(max(0.0, now - event_ms / 1000))
-        published_scores.append(result.publish.score)
-        published_risks.append(result.publish.churn_risk)
-        cache.offer(customer_id, encoded)
+        publish_score(outputs, key, partition, customer_id, encoded, result.publish.score, result.publish.churn_risk, event_ms, now)
+
+    async def publish_alerts(
+        outputs: Outputs,
+        key: bytes,
+        partition: int,
+        customer_id: str,
+        raised: Iterable[tuple[str, str, str, bytes]],
+        suppressed: Iterable[tuple[str, str]],
+    ) -> None:
+        """Queues new alerts, (id, rule, severity, message), unless already on the topic; records that they were sent."""
+        for alert_id, rule, severity, encoded in raised:
+            if await ledger.is_published(partition, alert_id):
+                metrics.ALERTS_ALREADY_PUBLISHED.labels(rule).inc()
+                continue
+            outputs.add(alerts_topic_name, partition, key, encoded)
+            ledger.record(partition, alert_id)
+            metrics.ALERTS_RAISED.labels(rule, severity).inc()
+            cache.offer_alert(customer_id, encoded)
+        for rule, severity in suppressed:
+            metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
     async def queue_alerts(outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step) -> None:
-        """Queues new alerts (sent at the end of the batch) unless already on the topic; records that they were sent."""
-        now = clock()
-        for alert in result.alerts.raised:
-            if await ledger.is_published(partition, alert.alert_id):
-                metrics.ALERTS_ALREADY_PUBLISHED.labels(alert.rule).inc()
-                continue
-            encoded_alert = encode_json(alert_message(alert, int(now * 1000), model_version))
-            outputs.add(alerts_topic_name, partition, key, encoded_alert)
-            ledger.record(partition, alert.alert_id)
-            metrics.ALERTS_RAISED.labels(alert.rule, alert.severity).inc()
-            cache.offer_alert(customer_id, encoded_alert)
-        for rule, severity in result.alerts.suppressed:
-            metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
+        now_ms = int(clock() * 1000)
+        raised = [
+            (alert.alert_id, alert.rule, alert.severity, encode_json(alert_message(alert, now_ms, model_version)))
+            for alert in result.alerts.raised
+        ]
+        await publish_alerts(outputs, key, partition, customer_id, raised, result.alerts.suppressed)
 
     async def rekey(message: ConsumerRecord, event: Event, counts: Counter) -> None:
         """A keyless event goes back keyed, so it lands on its customer's partition."""
@@ -291,6 +328,13 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             return dead_letter(message, decoded)
         if message.key is None:
             return rekey(message, decoded, counts)
+        if native is not None:
+            return handle_natively(message, decoded, working, outputs, counts)
+        return handle_in_python(message, decoded, working, outputs, counts)
+
+    def handle_in_python(
+        message: ConsumerRecord, decoded: Event, working: WorkingSet, outputs: Outputs, counts: Counter
+    ) -> Awaitable[None] | None:
         source_position = (input_kinds[message.topic], message.partition, message.offset)
         result = working.run(
             message.key,
@@ -304,6 +348,37 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         queue_score(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
         if result.alerts.raised or result.alerts.suppressed:
             return queue_alerts(outputs, message.key, message.partition, decoded.customer_id, result)
+        return None
+
+    def handle_natively(
+        message: ConsumerRecord, decoded: Event, working: WorkingSet, outputs: Outputs, counts: Counter
+    ) -> Awaitable[None] | None:
+        """handle_in_python through the Rust kernel (the same records and messages, byte for
+        byte); an event it cannot take (a record or payload it cannot read) goes the Python way."""
+        now = clock()
+        source_position = (kernel.STREAM_INDEX[input_kinds[message.topic]], message.partition, message.offset)
+
+        def run(stored: bytes | None) -> tuple[bytes | None, tuple]:
+            outcome, record, published, raised, suppressed = native.step(
+                stored, decoded.customer_id, message.value, decoded.occurred_at_ms, kernel.due_ms(decoded.data, decoded.occurred_at_ms),
+                source_position, settings.dedup_capacity, int(now * 1000),
+            )
+            return (record if outcome == "applied" else None), (outcome, published, raised, suppressed)
+
+        try:
+            outcome, published, raised, suppressed = working.run_native(message.key, message.partition, run)
+        except ValueError as error:
+            metrics.KERNEL_FALLBACKS.inc()
+            log.debug("The kernel could not take %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+            return handle_in_python(message, decoded, working, outputs, counts)
+        counts[message.topic, outcome] += 1
+        if outcome != "applied":
+            return None
+        if published is not None:
+            encoded, score, churn_risk = published
+            publish_score(outputs, message.key, message.partition, decoded.customer_id, encoded, score, churn_risk, decoded.occurred_at_ms, now)
+        if raised or suppressed:
+            return publish_alerts(outputs, message.key, message.partition, decoded.customer_id, raised, suppressed)
         return None
 
     def swept(state: CustomerState, at_ms: int) -> Step | None:

@@ -137,6 +137,11 @@ CHANGELOG_RECORDS_RESTORED = Counter(
     "Customer-state changelog records read back into the table (restart, rebalance, standby); restart time grows with it.",
     registry=REGISTRY,
 )
+KERNEL_FALLBACKS = Counter(
+    "healthscore_kernel_fallbacks",
+    "Events the Rust kernel could not take (a record or payload it cannot read) and the Python model applied instead.",
+    registry=REGISTRY,
+)
 RECORDS_FETCHED_AGAIN = Counter(
     "healthscore_records_fetched_again",
     "Input records dropped from the stream buffer before processing (Faust clears it when flow resumes, "

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     #: With the in-memory store such a copy is never used (a partition that moves is read back from
     #: its changelog's start, and the copy is dropped after each recovery), so 0: it costs only CPU.
     standby_replicas: int = Field(0, ge=0, le=16)
+    #: Run each event through the Rust kernel (native/, scoring/kernel.py) where it is built
+    #: and computes the configured model (no BG/NBD); false: always the Python model.
+    native_kernel: bool = True
 
     @model_validator(mode="after")
     def _buffer_holds_a_fetch(self) -> "Settings":

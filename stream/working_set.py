@@ -10,13 +10,17 @@ in small groups (measured with the bench mix, no broker). The batch's messages a
 acked only after ``write_back``, and Faust flushes the producer before it commits
 offsets, so a crash never commits an offset whose state change is not in the
 changelog.
+
+The Rust kernel works on the stored bytes instead (``run_native``): its new record goes
+into the table at once and its changelog record is sent at ``write_back``, with the
+newest value of each key whichever path changed it last.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from scoring.pipeline import Step
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
@@ -27,6 +31,11 @@ Action = Callable[[CustomerState], Step | None]
 
 #: Records kept decoded at once; the least recently used beyond this are written back.
 DECODED_RECORDS = 64
+
+Result = TypeVar("Result")
+#: A pure step on the stored bytes (None: no record yet): the new bytes, or None when
+#: unchanged, and what the caller wants back.
+NativeAction = Callable[[bytes | None], tuple[bytes | None, Result]]
 
 
 @dataclass(slots=True)
@@ -55,6 +64,7 @@ class WorkingSet:
         self._changelog_topic = changelog_topic
         self._capacity = capacity
         self._records: OrderedDict[bytes, _Record] = OrderedDict()
+        self._changed_natively: dict[bytes, int] = {}  # key -> partition
 
     def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
@@ -86,12 +96,30 @@ class WorkingSet:
             record.dirty = True
         return result
 
+    def run_native(self, key: bytes, partition: int, action: NativeAction[Result]) -> Result:
+        """Runs ``action`` on the customer's stored bytes; a raising action changes nothing."""
+        open_record = self._records.pop(key, None)
+        if open_record is not None:  # decoded by an earlier step of this batch: store it first
+            self._write(key, open_record)
+        data = self._table.data
+        record, result = action(data.get(key))
+        if record is not None:
+            data[key] = record
+            self._changed_natively[key] = partition
+        return result
+
     def write_back(self) -> int:
         """Writes every changed record still open; returns how many were written by this call."""
         written = 0
         for key, record in self._records.items():
             written += self._write(key, record)
         self._records.clear()
+        data = self._table.data
+        for key, partition in self._changed_natively.items():
+            self._outputs.add(self._changelog_topic, partition, key, data[key])
+            self._keys_by_partition.setdefault(partition, set()).add(key)
+            written += 1
+        self._changed_natively.clear()
         return written
 
     def _write(self, key: bytes, record: _Record) -> int:

@@ -183,7 +183,11 @@ def namespace(services: None, tmp_path: Path) -> Namespace:
 
 
 @pytest.fixture
-def worker(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
+def worker(namespace: Namespace, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+    """A started worker; parametrized indirectly with "python", it runs the Python model
+    instead of the Rust kernel (the default where the kernel is built)."""
+    if getattr(request, "param", None) == "python":
+        namespace.env["HEALTHSCORE_NATIVE_KERNEL"] = "false"
     process = WorkerProcess(namespace, tmp_path / "worker.log")
     process.start()
     yield process

@@ -42,7 +42,14 @@ async def produce_file(namespace: Namespace, path: Path) -> int:
     return count
 
 
-def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, worker: WorkerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker", ["default", "python"], indirect=True)
+def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, worker: WorkerProcess, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # The replay runs the Python model: the worker must agree with it through the Rust kernel
+    # (where it is built, as in CI) and through the Python model.
+    from scoring import kernel
+
+    expected_path = "Python model" if request.node.callspec.params["worker"] == "python" or not kernel.available() else "Rust kernel"
+    assert f"Each event goes through the {expected_path}" in worker.log_path.read_text()
     history = tmp_path / "history.jsonl"
     end = int(time.time() * 1000) - 3_600_000
     write_history(str(history), str(tmp_path / "labels.csv"), customers=120, events=4000, start_ms=end - 40 * DAY_MS, end_ms=end, seed=9)

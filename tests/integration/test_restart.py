@@ -119,7 +119,11 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
     """A second worker joins while the first works through a backlog: the partitions that
     move are read again from their committed offsets and their records from the
     changelog. Between them the two workers apply every event once: none skipped, none
-    applied twice (an event read again counts as a duplicate)."""
+    applied twice (an event read again counts as a duplicate).
+
+    The first runs the Python model and the second the Rust kernel (where it is built):
+    the records one writes, the other reads after the rebalance. The Python model is
+    also slow enough that the backlog still waits when the second has started."""
     usage = namespace.topic("usage")
     now_ms = int(time.time() * 1000)
     customers = [f"c{index:03d}" for index in range(64)]
@@ -135,7 +139,8 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
         env={**namespace.env, "HEALTHSCORE_WEB_PORT": str(port), "HEALTHSCORE_DATA_DIR": str(tmp_path / "second-data")},
         settings=namespace.settings.model_copy(update={"web_port": port}),
     )
-    first = WorkerProcess(namespace, tmp_path / "first.log")
+    python_namespace = dataclasses.replace(namespace, env={**namespace.env, "HEALTHSCORE_NATIVE_KERNEL": "false"})
+    first = WorkerProcess(python_namespace, tmp_path / "first.log")
     second = WorkerProcess(second_namespace, tmp_path / "second.log")
     workers = [first, second]
 

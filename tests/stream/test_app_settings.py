@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import faust
 import pytest
 
@@ -49,3 +51,26 @@ def test_scores_go_to_redis_at_the_configured_interval(monkeypatch: pytest.Monke
     build_app(Settings(redis_flush_interval_seconds=2.0))
     assert intervals["flush_cache"] == 2.0
     assert Settings().redis_flush_interval_seconds == 0.5
+
+
+def test_the_worker_runs_the_rust_kernel_where_it_can_and_says_which_model_runs(caplog: pytest.LogCaptureFixture) -> None:
+    from scoring import kernel
+    from scoring.bgnbd import BgNbdParameters
+    from stream.app import native_kernel_for
+
+    settings = Settings()
+    parameters, rules = settings.scoring.parameters(), settings.alerts.parameters()
+    assert settings.native_kernel is True
+    with caplog.at_level("INFO", logger="healthscore.worker"):
+        assert native_kernel_for(settings.model_copy(update={"native_kernel": False}), parameters, rules) is None
+        bgnbd = dataclasses.replace(parameters, bgnbd=BgNbdParameters(r=0.24, alpha=4.4, a=0.79, b=2.4))
+        assert native_kernel_for(settings, bgnbd, rules) is None
+        chosen = native_kernel_for(settings, parameters, rules)
+    assert (chosen is not None) == kernel.available()
+    assert [record.getMessage() for record in caplog.records] == [
+        "Each event goes through the Python model (native_kernel = false)",
+        "Each event goes through the Python model (the Rust kernel does not compute BG/NBD yet)"
+        if kernel.available()
+        else "Each event goes through the Python model (the Rust kernel is not built)",
+        "Each event goes through the Rust kernel" if kernel.available() else "Each event goes through the Python model (the Rust kernel is not built)",
+    ]

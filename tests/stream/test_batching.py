@@ -331,3 +331,52 @@ def test_the_batch_queue_refuses_single_events_with_a_clear_error() -> None:
     queue = BatchQueue(maxsize=10, flow_control=FlowControlEvent(), batch_limit=5)
     with pytest.raises(TypeError, match="only reader"):
         queue.put_nowait(record(0))
+
+
+def native_step(event_id: str, at_ms: int, offset: int):
+    """A NativeAction through the Rust kernel, as the worker's handle_natively builds it."""
+    from scoring import kernel
+
+    native = kernel.build(PARAMETERS, RULES)
+    raw = (
+        '{"event_id":"%s","type":"usage.session","customer_id":"acme","occurred_at":%d,'
+        '"data":{"user_id":"u1","duration_seconds":60}}' % (event_id, at_ms)
+    ).encode()
+
+    def run(stored: bytes | None) -> tuple[bytes | None, str]:
+        outcome, record, *_ = native.step(stored, "acme", raw, at_ms, None, (1, 0, offset), 32, END_MS)
+        return (record if outcome == "applied" else None), outcome
+
+    return run
+
+
+@pytest.mark.skipif(not __import__("scoring.kernel").kernel.available(), reason="the Rust kernel is not built")
+def test_a_record_changed_by_the_kernel_and_by_the_model_in_one_batch_ends_with_every_change() -> None:
+    table = Table()
+    outputs = Outputs()
+    keys_by_partition: dict[int, set[bytes]] = {}
+    working = WorkingSet(table, keys_by_partition, outputs, "changelog")
+    at = END_MS - 3_600_000
+    working.run(b"acme", 0, "acme", apply(usage("acme", "e1", at), 1))  # decoded, still open
+    assert working.run_native(b"acme", 0, native_step("e2", at + 1000, 2)) == "applied"  # stores the open record first
+    assert working.run_native(b"acme", 0, native_step("e2", at + 1000, 3)) == "duplicate"
+    working.run(b"acme", 0, "acme", apply(usage("acme", "e3", at + 2000), 4))  # the model continues from the kernel's record
+    assert working.write_back() == 2
+    assert decode_state(table.data[b"acme"]).events_applied == 3
+    # The last changelog record of the key is the newest value.
+    assert outputs.pending("changelog")[0][-1] == (b"acme", table.data[b"acme"])
+    assert keys_by_partition == {0: {b"acme"}}
+
+
+def test_a_failing_native_step_changes_nothing() -> None:
+    table = Table()
+    table.data[b"acme"] = b"stored"
+    working = WorkingSet(table, {}, Outputs(), "changelog")
+
+    def unreadable(stored: bytes | None) -> tuple[bytes | None, str]:
+        raise ValueError("a record the kernel cannot read")
+
+    with pytest.raises(ValueError):
+        working.run_native(b"acme", 0, unreadable)
+    assert table.data == {b"acme": b"stored"}
+    assert working.write_back() == 0
