@@ -25,7 +25,13 @@ impl Json {
 
     pub fn string(&mut self, text: &str) {
         self.bytes.push(b'"');
-        for &byte in text.as_bytes() {
+        let bytes = text.as_bytes();
+        if !bytes.iter().any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\') {
+            self.bytes.extend_from_slice(bytes); // nearly always: nothing to escape
+            self.bytes.push(b'"');
+            return;
+        }
+        for &byte in bytes {
             match byte {
                 b'"' => self.raw("\\\""),
                 b'\\' => self.raw("\\\\"),
@@ -90,12 +96,30 @@ pub fn rfc3339(epoch_ms: i64) -> String {
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
     let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millisecond:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millisecond:03}Z",
+            second_of_day / 3600,
+            second_of_day % 3600 / 60,
+            second_of_day % 60
+        );
+    }
+    // Two per score message: digits written directly rather than through format!.
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for position in (at..at + width).rev() {
+            text[position] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second_of_day / 3600);
+    put(14, 2, second_of_day % 3600 / 60);
+    put(17, 2, second_of_day % 60);
+    put(20, 3, millisecond);
+    String::from_utf8(text.to_vec()).expect("ASCII digits")
 }
 
 pub fn health_message(
