@@ -8,6 +8,7 @@ mod health;
 mod message;
 mod msgpack;
 mod state;
+mod validate;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use alerts::AlertParameters;
-use apply::{Data, Event, Item, Outcome};
+use apply::{Data, Event, Outcome};
 use health::{HealthScore, Parameters};
 use state::{CustomerState, PublishedScore};
 
@@ -29,63 +30,17 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize, Default)]
-struct Payload {
-    #[serde(default)]
-    amount: f64,
-    #[serde(default)]
-    items: Vec<Item>,
-    #[serde(default)]
-    user_id: String,
-    #[serde(default)]
-    feature: String,
-    #[serde(default)]
-    count: Option<i64>,
-    #[serde(default)]
-    ticket_id: String,
-    #[serde(default)]
-    priority: String,
-    #[serde(default)]
-    survey: String,
-    #[serde(default)]
-    score: f64,
-    #[serde(default)]
-    scale: Option<(f64, f64)>,
-    #[serde(default)]
-    invoice_id: String,
-    #[serde(default)]
-    mrr: f64,
-    #[serde(default)]
-    plan: Option<String>,
-}
-
+/// An event `scoring.contract` accepted, read again for `step`: an error (the Python model
+/// applies it then) only for what the kernel does not read (validate.rs declines it too).
 fn parse_event(value: &[u8], occurred_at_ms: i64, due_ms: Option<i64>) -> Result<Event, String> {
     let envelope: Envelope = serde_json::from_slice(value).map_err(|error| error.to_string())?;
-    let payload: Payload = match envelope.data {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|error| error.to_string())?,
-        None => Payload::default(),
+    let data = match (envelope.data, envelope.kind) {
+        (Some(raw), kind) => validate::payload(kind, raw, due_ms),
+        (None, "checkout.abandoned") => Some(Data::CheckoutAbandoned),
+        (None, "subscription.cancelled") => Some(Data::SubscriptionCancelled),
+        (None, _) => None,
     };
-    let data = match envelope.kind {
-        "purchase.completed" => Data::PurchaseCompleted { amount: payload.amount, items: payload.items },
-        "purchase.refunded" => Data::PurchaseRefunded { amount: payload.amount },
-        "checkout.abandoned" => Data::CheckoutAbandoned,
-        "usage.session" => Data::UsageSession { user_id: payload.user_id },
-        "usage.feature" => Data::UsageFeature { user_id: payload.user_id, feature: payload.feature, count: payload.count.unwrap_or(1) },
-        "ticket.opened" => Data::TicketOpened { ticket_id: payload.ticket_id, priority: payload.priority },
-        "ticket.resolved" => Data::TicketResolved { ticket_id: payload.ticket_id },
-        "ticket.reopened" => Data::TicketReopened { ticket_id: payload.ticket_id },
-        "survey.answered" => Data::SurveyAnswered { survey: payload.survey, score: payload.score, scale: payload.scale },
-        "invoice.issued" => Data::InvoiceIssued {
-            invoice_id: payload.invoice_id,
-            amount: payload.amount,
-            due_ms: due_ms.ok_or("invoice.issued needs its due time")?,
-        },
-        "payment.succeeded" => Data::PaymentSucceeded { invoice_id: payload.invoice_id },
-        "payment.failed" => Data::PaymentFailed,
-        "subscription.updated" => Data::SubscriptionUpdated { mrr: payload.mrr, plan: payload.plan },
-        "subscription.cancelled" => Data::SubscriptionCancelled,
-        other => return Err(format!("unknown event type {other:?}")),
-    };
+    let data = data.ok_or_else(|| format!("the kernel does not read this {} payload", envelope.kind))?;
     Ok(Event { event_id: envelope.event_id, occurred_at_ms, data })
 }
 
@@ -199,11 +154,12 @@ impl Kernel {
         Ok(health::score_state(&state, at_ms, &self.parameters, previous, previous_score).map(score_row))
     }
 
-    /// `scoring.pipeline.step`: apply one validated event, rescore at the customer's
-    /// newest event time, check the alert rules, record the score if it changed. Returns
-    /// the outcome, the record's new bytes, the published score (message, score, churn
-    /// risk) or None, the alerts raised (id, rule, severity, message) and the rules whose
-    /// alert the cooldown held back (rule, severity). Messages are stamped `computed_at_ms`.
+    /// `scoring.pipeline.step` of one event that `scoring.contract` accepted: apply it,
+    /// rescore at the customer's newest event time, check the alert rules, record the score
+    /// if it changed. Returns the outcome, the record's new bytes, the published score
+    /// (message, score, churn risk) or None, the alerts raised (id, rule, severity, message)
+    /// and the rules whose alert the cooldown held back (rule, severity). Messages are
+    /// stamped `computed_at_ms`.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (stored, customer_id, value, occurred_at_ms, due_ms, source, dedup_capacity, computed_at_ms))]
     fn step<'py>(
@@ -219,8 +175,50 @@ impl Kernel {
         computed_at_ms: i64,
     ) -> PyResult<StepResult<'py>> {
         let event = parse_event(value, occurred_at_ms, due_ms).map_err(PyValueError::new_err)?;
+        self.run(py, stored, customer_id, &event, source, dedup_capacity, computed_at_ms)
+    }
+
+    /// `step` of a raw message, validated here when `scoring.contract` surely accepts it
+    /// (src/validate.rs): (customer id, event time, and what `step` returns); None when
+    /// the kernel leaves the message to `scoring.contract`, which names any reason to refuse it.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stored, key, value, stream, now_ms, max_future_skew_ms, partition, offset, dedup_capacity, computed_at_ms))]
+    fn step_raw<'py>(
+        &self,
+        py: Python<'py>,
+        stored: Option<&[u8]>,
+        key: &[u8],
+        value: &[u8],
+        stream: usize,
+        now_ms: i64,
+        max_future_skew_ms: i64,
+        partition: i64,
+        offset: i64,
+        dedup_capacity: usize,
+        computed_at_ms: i64,
+    ) -> PyResult<Option<(String, i64, StepResult<'py>)>> {
+        let Some((event, customer_id)) = validate::accepted(key, value, stream, now_ms, max_future_skew_ms) else {
+            return Ok(None);
+        };
+        let result = self.run(py, stored, &customer_id, &event, Some((stream, partition, offset)), dedup_capacity, computed_at_ms)?;
+        Ok(Some((customer_id, event.occurred_at_ms, result)))
+    }
+}
+
+impl Kernel {
+    #[allow(clippy::too_many_arguments)]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        stored: Option<&[u8]>,
+        customer_id: &str,
+        event: &Event,
+        source: Option<(usize, i64, i64)>,
+        dedup_capacity: usize,
+        computed_at_ms: i64,
+    ) -> PyResult<StepResult<'py>> {
         let mut state = decode_or_new(stored, customer_id)?;
-        let outcome = apply::apply_event(&mut state, &event, dedup_capacity, source);
+        let outcome = apply::apply_event(&mut state, event, dedup_capacity, source);
         let mut published = None;
         let mut raised = Vec::new();
         let mut suppressed = Vec::new();

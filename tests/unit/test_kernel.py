@@ -306,3 +306,109 @@ def test_the_kernel_bench_measures_both_paths_on_the_same_events() -> None:
     assert result["events"] == 600
     assert len(result["model_microseconds_per_event"]) == len(result["kernel_microseconds_per_event"]) == 2
     assert result["kernel_speedup"] == result["model_median"] / result["kernel_median"] > 0
+
+
+# The kernel validates raw messages itself when the contract surely accepts them
+# (native/src/validate.rs) and declines the rest. It must never accept what the contract
+# refuses, must read what it accepts as the contract does, and must take the usual case.
+NOW_MS = T0 + 1
+SKEW_MS = 300_000
+ODD_VALUES = [
+    None, True, False, -1, 0, 1.5, -0.0, 10**20, "", "x" * 300, "é" * 256, [], {}, [0, 10], "low", "nps", [["a", 1, 2.0]], [{"sku": "a", "quantity": 1, "unit_price": 1}],
+    "2026-01-01T10:00:00Z", "2026-01-01 10:00:00+00:00", "1999-12-31T23:59:59Z", "2026-01-01T10:00:00.1234567+01:00",
+    "2026-02-30T10:00:00Z", "2026-01-01T10:00:00+24:00", 946_684_799_999, T0 + SKEW_MS + 2, "usage.session", "payment.failed",
+]
+
+
+def message_of(event_type: str, customer: str, at: object, data: object, event_id: str = "e1") -> dict:
+    return {"event_id": event_id, "type": event_type, "customer_id": customer, "occurred_at": at, "data": data}
+
+
+@st.composite
+def timestamps(draw: st.DrawFn) -> object:
+    """Event times as producers send them: epoch ms, or RFC 3339 with a fraction and an offset."""
+    at_ms = T0 - draw(st.integers(0, 100 * DAY_MS))
+    if draw(st.booleans()):
+        return at_ms
+    import datetime as dt
+
+    offset = dt.timedelta(minutes=draw(st.sampled_from([0, 60, -330, 345, -720, 840])))
+    moment = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone(offset)).replace(microsecond=draw(st.integers(0, 999_999)))
+    text = moment.isoformat(timespec=draw(st.sampled_from(["seconds", "milliseconds", "microseconds"])))
+    return text.replace("+00:00", "Z") if draw(st.booleans()) else text
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
+    """Valid messages of every type, and the same broken in one place."""
+    event_type, topic = draw(st.sampled_from(EVENT_TYPES))
+    at = draw(timestamps())
+    body = message_of(event_type, "cust-1", at, draw(payloads(event_type, T0 - DAY_MS)))
+    key = b"cust-1"
+    mutation = draw(st.sampled_from(["none", "none", "envelope", "data", "drop", "key", "topic", "bytes"]))
+    if mutation == "envelope":
+        body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
+    elif mutation == "data" and isinstance(body["data"], dict):
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items"]))] = draw(st.sampled_from(ODD_VALUES))
+    elif mutation == "drop":
+        target = body if draw(st.booleans()) or not body["data"] else body["data"]
+        del target[draw(st.sampled_from(sorted(target)))]
+    elif mutation == "key":
+        key = draw(st.sampled_from([b"cust-2", b"", b"cust-1 "]))
+    elif mutation == "topic":
+        topic = draw(st.sampled_from(list(TopicKind)))
+    value = msgspec.json.encode(body)
+    if mutation == "bytes":
+        as_array = msgspec.json.encode(list(body.values()))  # serde would read a struct from an array
+        value = draw(st.sampled_from([value[:-1], value + b"x", value.replace(b'"event_id"', b'"event_id":"again","event_id"', 1), b"[]", b"null", as_array]))
+    if mutation == "data" and isinstance(body.get("data"), dict) and draw(st.booleans()):
+        body["data"] = list(body["data"].values())  # likewise the payload, and each item
+        value = msgspec.json.encode(body)
+    return key, value, topic
+
+
+@needs_kernel
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=messages())
+def test_the_kernel_accepts_only_what_the_contract_accepts_and_reads_it_the_same(message: tuple[bytes, bytes, TopicKind]) -> None:
+    key, value, topic = message
+    native = kernel.build(ScoringParameters(), AlertParameters())
+    taken = native.step_raw(None, key, value, kernel.STREAM_INDEX[topic], NOW_MS, SKEW_MS, 0, 7, DEDUP_CAPACITY, NOW_MS)
+    expected = decode_event(key, value, topic, NOW_MS, SKEW_MS)
+    if taken is None:
+        return  # left to the contract, which decides and names the reason
+    assert isinstance(expected, Event), (expected, value)
+    customer_id, occurred_at_ms, result = taken
+    assert (customer_id, occurred_at_ms) == (expected.customer_id, expected.occurred_at_ms)
+    validated_here = native.step(
+        None, expected.customer_id, value, expected.occurred_at_ms, kernel.due_ms(expected.data, expected.occurred_at_ms),
+        (kernel.STREAM_INDEX[topic], 0, 7), DEDUP_CAPACITY, NOW_MS,
+    )
+    assert result == validated_here  # and step is held equal to the model above
+
+
+@needs_kernel
+def test_the_kernel_validates_every_message_of_the_generators_mix_itself() -> None:
+    native = kernel.build(ScoringParameters(), AlertParameters())
+    encoder = msgspec.json.Encoder()
+    declined = 0
+    for offset, generated in enumerate(EventSynthesizer(50, seed=5).timeline(3000, T0 - 30 * DAY_MS, T0)):
+        key, value = generated.customer_id.encode(), encoder.encode(generated.value)
+        taken = native.step_raw(None, key, value, kernel.STREAM_INDEX[TopicKind(generated.topic)], NOW_MS, SKEW_MS, 0, offset, DEDUP_CAPACITY, NOW_MS)
+        declined += taken is None
+    assert declined == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "at",
+    ["2026-11-20T09:30:00Z", "2026-11-20T09:30:00+01:00", "2026-11-20T09:30:00.5-05:30", "2024-02-29T23:59:59.999999Z", "2026-11-20T09:30:00.123Z"],
+)
+def test_an_rfc3339_event_time_is_read_to_the_same_millisecond(at: str) -> None:
+    native = kernel.build(ScoringParameters(), None)
+    value = msgspec.json.encode(message_of("usage.session", "acme", at, {"user_id": "u1", "duration_seconds": 3}))
+    now_ms = 1_900_000_000_000
+    taken = native.step_raw(None, b"acme", value, kernel.STREAM_INDEX[TopicKind.USAGE], now_ms, SKEW_MS, 0, 1, DEDUP_CAPACITY, now_ms)
+    expected = decode_event(b"acme", value, TopicKind.USAGE, now_ms, SKEW_MS)
+    assert taken is not None and isinstance(expected, Event)
+    assert taken[1] == expected.occurred_at_ms
