@@ -22,8 +22,6 @@ anything the worker does around the model (Kafka, Redis, metrics).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +32,7 @@ import msgspec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from scoring import compiled, kernel  # noqa: E402
 from scoring.contract import Event, TopicKind, decode_event  # noqa: E402
@@ -43,6 +42,7 @@ from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa:
 from stream.generate import EventSynthesizer  # noqa: E402
 from stream.memory import collect_garbage_rarely  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
+from throughput import write_result  # noqa: E402
 
 END_MS = 1_790_000_000_000
 
@@ -103,8 +103,6 @@ def measure(events: int, customers: int, days: float, rounds: int) -> dict:
         kernel_runs.append(kernel_seconds(rows, native, settings.dedup_capacity) / len(rows) * 1e6)
     model, native_cost = statistics.median(model_runs), statistics.median(kernel_runs)
     return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}",
         "model": compiled.status,
         "events": len(rows),
         "customers": customers,
@@ -136,10 +134,7 @@ def main() -> None:
         f"kernel: {result['kernel_median']:.1f} us/event; {result['kernel_speedup']:.1f}x "
         f"(medians of {args.rounds} alternating rounds, {result['events']} events, {args.customers} customers)"
     )
-    out = ROOT / "bench" / "results" / f"kernel-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    print(f"written to {write_result('kernel', result)}")
 
 
 if __name__ == "__main__":

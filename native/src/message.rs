@@ -23,6 +23,19 @@ impl Json {
         self.bytes.push(b':');
     }
 
+    /// `"name":"text",` (every field but an object's last is followed by a comma).
+    fn string_field(&mut self, name: &str, text: &str) {
+        self.key(name);
+        self.string(text);
+        self.bytes.push(b',');
+    }
+
+    fn float_field(&mut self, name: &str, value: f64) {
+        self.key(name);
+        self.float(value);
+        self.bytes.push(b',');
+    }
+
     pub fn string(&mut self, text: &str) {
         self.bytes.push(b'"');
         let bytes = text.as_bytes();
@@ -132,18 +145,10 @@ pub fn health_message(
     let as_of = rfc3339(health.as_of_ms);
     let json = &mut Json::new();
     json.raw("{");
-    json.key("customer_id");
-    json.string(customer_id);
-    json.raw(",");
-    json.key("score");
-    json.float(health.score);
-    json.raw(",");
-    json.key("band");
-    json.string(health.band);
-    json.raw(",");
-    json.key("churn_risk");
-    json.float(health.churn_risk);
-    json.raw(",");
+    json.string_field("customer_id", customer_id);
+    json.float_field("score", health.score);
+    json.string_field("band", health.band);
+    json.float_field("churn_risk", health.churn_risk);
     json.key("components");
     json.raw("{");
     for (index, component) in health.components.iter().enumerate() {
@@ -152,20 +157,14 @@ pub fn health_message(
         }
         json.key(component.name);
         json.raw("{");
-        json.key("score");
-        json.float(half_up(component.score, 100.0));
-        json.raw(",");
-        json.key("weight");
-        json.float(half_up(component.weight, 10_000.0));
-        json.raw(",");
+        json.float_field("score", half_up(component.score, 100.0));
+        json.float_field("weight", half_up(component.weight, 10_000.0));
         json.key("contribution");
         json.float(half_up(component.contribution, 100.0));
         json.raw("}");
     }
     json.raw("},");
-    json.key("confidence");
-    json.float(half_up(health.confidence, 10_000.0));
-    json.raw(",");
+    json.float_field("confidence", half_up(health.confidence, 10_000.0));
     json.key("previous_score");
     json.optional_float(health.previous_score);
     json.raw(",");
@@ -179,19 +178,10 @@ pub fn health_message(
         json.float(half_up(*change, 100.0));
     }
     json.raw("},");
-    json.key("as_of");
-    json.string(&as_of);
-    json.raw(",");
-    json.key("computed_at");
-    if computed_at_ms == health.as_of_ms {
-        json.string(&as_of);
-    } else {
-        json.string(&rfc3339(computed_at_ms));
-    }
-    json.raw(",");
-    json.key("model_version");
-    json.string(model_version);
-    json.raw(",");
+    json.string_field("as_of", &as_of);
+    let computed_at = if computed_at_ms == health.as_of_ms { as_of.clone() } else { rfc3339(computed_at_ms) };
+    json.string_field("computed_at", &computed_at);
+    json.string_field("model_version", model_version);
     json.key("trigger_event_id");
     json.optional_string(trigger_event_id);
     json.raw("}");
@@ -201,30 +191,16 @@ pub fn health_message(
 pub fn alert_message(alert: &Alert, raised_at_ms: i64, model_version: &str) -> Vec<u8> {
     let json = &mut Json::new();
     json.raw("{");
-    json.key("alert_id");
-    json.string(&alert.alert_id);
-    json.raw(",");
-    json.key("customer_id");
-    json.string(&alert.customer_id);
-    json.raw(",");
-    json.key("rule");
-    json.string(alert.rule);
-    json.raw(",");
-    json.key("severity");
-    json.string(alert.severity);
-    json.raw(",");
-    json.key("score");
-    json.float(alert.score);
-    json.raw(",");
+    json.string_field("alert_id", &alert.alert_id);
+    json.string_field("customer_id", &alert.customer_id);
+    json.string_field("rule", alert.rule);
+    json.string_field("severity", alert.severity);
+    json.float_field("score", alert.score);
     json.key("previous_score");
     json.optional_float(alert.previous_score);
     json.raw(",");
-    json.key("band");
-    json.string(alert.band);
-    json.raw(",");
-    json.key("churn_risk");
-    json.float(alert.churn_risk);
-    json.raw(",");
+    json.string_field("band", alert.band);
+    json.float_field("churn_risk", alert.churn_risk);
     json.key("reasons");
     json.raw("[");
     for (index, (component, change)) in alert.reasons.iter().enumerate() {
@@ -232,23 +208,15 @@ pub fn alert_message(alert: &Alert, raised_at_ms: i64, model_version: &str) -> V
             json.raw(",");
         }
         json.raw("{");
-        json.key("component");
-        json.string(component);
-        json.raw(",");
+        json.string_field("component", component);
         json.key("change");
         json.float(*change);
         json.raw("}");
     }
     json.raw("],");
-    json.key("detail");
-    json.string(&alert.detail);
-    json.raw(",");
-    json.key("occurred_at");
-    json.string(&rfc3339(alert.occurred_at_ms));
-    json.raw(",");
-    json.key("raised_at");
-    json.string(&rfc3339(raised_at_ms));
-    json.raw(",");
+    json.string_field("detail", &alert.detail);
+    json.string_field("occurred_at", &rfc3339(alert.occurred_at_ms));
+    json.string_field("raised_at", &rfc3339(raised_at_ms));
     json.key("model_version");
     json.string(model_version);
     json.raw("}");
