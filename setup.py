@@ -7,8 +7,8 @@ HEALTHSCORE_PURE_PYTHON=1 at install time) the package installs as pure Python
 and works the same, only slower; ``healthscore version`` says which one runs.
 
 The Rust kernel (native/, ``scoring._kernel``) is built the same way when cargo is on
-the PATH: optional, not used by the worker yet, tested against the model by
-tests/unit/test_kernel.py.
+the PATH: optional (without it the worker runs the Python model), held equal to the
+model by tests/unit/test_kernel.py.
 
 Next to the extensions, ``scoring/_compiled_sources.py`` records a digest of
 each compiled source, so that an edited module is never shadowed by a stale

@@ -66,7 +66,7 @@ if command -v cargo >/dev/null; then
   fi
   echo "Kernel: $(.venv/bin/python -c 'from scoring import kernel; print("built" if kernel.available() else "NOT built (see .venv/install.log)")')"
 else
-  echo "Kernel: not built (no cargo on PATH); the worker does not use it yet"
+  echo "Kernel: not built (no cargo on PATH); the worker runs the Python model, slower"
 fi
 
 .venv/bin/python -c "from stream.services import resolve_kafka_jars; resolve_kafka_jars()"
