@@ -3,7 +3,8 @@ without Python objects, for the worker's throughput (issue 7).
 
 It covers ``scoring.pipeline.step`` for models without BG/NBD: apply the event, rescore,
 check the alert rules, decide whether the score changed, and the score and alert
-messages (``scoring.output``). Event validation stays in Python (``scoring.contract``).
+messages (``scoring.output``); ``step_raw`` also validates the message when
+``scoring.contract`` surely accepts it, and declines the rest to it.
 ``scoring/`` stays the reference: tests/unit/test_kernel.py proves the kernel gives the
 same records and messages, byte for byte, and ``bench/kernel_cost.py`` measures both.
 """

@@ -1,6 +1,6 @@
-//! The model's per-event path in Rust (`scoring._kernel`): a feasibility step, not used
-//! by the worker yet. Each part is proven equal to `scoring/` by the differential tests
-//! in tests/unit/test_kernel.py; `scoring/` stays the reference.
+//! The model's per-event path in Rust (`scoring._kernel`), which the worker runs for each
+//! event where it is built (README, "The Rust kernel"). Each part is held equal to
+//! `scoring/`, the reference, by the differential tests in tests/unit/test_kernel.py.
 
 mod alerts;
 mod apply;
