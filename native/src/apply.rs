@@ -2,7 +2,6 @@
 
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
-use serde::Deserialize;
 
 use crate::state::*;
 
@@ -18,9 +17,7 @@ const MAX_SURVEYS: usize = 12;
 const MAX_INVOICES: usize = 24;
 const FINGERPRINT_BYTES: usize = 8;
 
-#[derive(Deserialize)]
 pub struct Item {
-    #[serde(default)]
     pub category: Option<String>,
 }
 

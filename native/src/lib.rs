@@ -13,36 +13,11 @@ mod validate;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use alerts::AlertParameters;
-use apply::{Data, Event, Outcome};
+use apply::{Event, Outcome};
 use health::{HealthScore, Parameters};
 use state::{CustomerState, PublishedScore};
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    event_id: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-/// An event `scoring.contract` accepted, read again for `step`: an error (the Python model
-/// applies it then) only for what the kernel does not read (validate.rs declines it too).
-fn parse_event(value: &[u8], occurred_at_ms: i64, due_ms: Option<i64>) -> Result<Event, String> {
-    let envelope: Envelope = serde_json::from_slice(value).map_err(|error| error.to_string())?;
-    let data = match (envelope.data, envelope.kind) {
-        (Some(raw), kind) => validate::payload(kind, raw, due_ms),
-        (None, "checkout.abandoned") => Some(Data::CheckoutAbandoned),
-        (None, "subscription.cancelled") => Some(Data::SubscriptionCancelled),
-        (None, _) => None,
-    };
-    let data = data.ok_or_else(|| format!("the kernel does not read this {} payload", envelope.kind))?;
-    Ok(Event { event_id: envelope.event_id, occurred_at_ms, data })
-}
 
 fn decode_or_new(stored: Option<&[u8]>, customer_id: &str) -> PyResult<CustomerState> {
     match stored {
@@ -174,7 +149,7 @@ impl Kernel {
         dedup_capacity: usize,
         computed_at_ms: i64,
     ) -> PyResult<StepResult<'py>> {
-        let event = parse_event(value, occurred_at_ms, due_ms).map_err(PyValueError::new_err)?;
+        let event = validate::read_accepted(value, occurred_at_ms, due_ms).map_err(PyValueError::new_err)?;
         self.run(py, stored, customer_id, &event, source, dedup_capacity, computed_at_ms)
     }
 

@@ -377,6 +377,20 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
     })
 }
 
+/// An event `scoring.contract` accepted, with the event time and due time it read: an error
+/// (the Python model applies it then) only for a payload `accepted` would decline too.
+pub fn read_accepted(value: &[u8], occurred_at_ms: i64, due_ms: Option<i64>) -> Result<Event, String> {
+    let envelope: Envelope = serde_json::from_slice(value).map_err(|error| error.to_string())?;
+    let data = match (envelope.data, envelope.kind) {
+        (Some(raw), kind) => payload(kind, raw, due_ms),
+        (None, "checkout.abandoned") => Some(Data::CheckoutAbandoned),
+        (None, "subscription.cancelled") => Some(Data::SubscriptionCancelled),
+        (None, _) => None,
+    };
+    let data = data.ok_or_else(|| format!("the kernel does not read this {} payload", envelope.kind))?;
+    Ok(Event { event_id: envelope.event_id, occurred_at_ms, data })
+}
+
 /// The event, and its customer, when the contract surely accepts the message as it is on
 /// `stream` (the index of its `TopicKind`) with key `key`; None leaves it to `scoring.contract`.
 pub fn accepted(key: &[u8], value: &[u8], stream: usize, now_ms: i64, max_future_skew_ms: i64) -> Option<(Event, String)> {
