@@ -182,7 +182,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         TableManager=GroupedRecoveryTableManager,
     )
     app.transport.Producer = IdempotentProducer
-    app.transport.Consumer = BulkDeliveryConsumer
+    app.transport.Consumer = type(
+        "BulkDeliveryConsumer", (BulkDeliveryConsumer,), {"fetch_max_wait_ms": round(settings.fetch_max_wait_seconds * 1000)}
+    )
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=partitions, schema=raw_schema())

@@ -7,10 +7,8 @@ which caps an agent that does nothing at a few thousand events per second here.
 
 For the agent's own topics (:class:`BatchingTopic`) the consumer instead puts each
 partition's fetched aiokafka records on the channel's queue as one
-:class:`RecordRun`, with Faust's flow control and back-pressure (pause fetching a
-partition when the buffer is nearly full, resume when it has drained) applied per
-run, and the queue hands the stream everything buffered as one
-:class:`RecordBatch`. Faust neither tracks nor acks such a value: the batch does,
+:class:`RecordRun`, with Faust's flow control applied per run, and the queue hands
+the stream everything buffered as one :class:`RecordBatch`. Faust neither tracks nor acks such a value: the batch does,
 once the agent has finished with it, by marking the offset range of each of its
 runs as acked in Faust's own bookkeeping, so Faust's commits (after it has flushed
 the producer) advance exactly as if every record had been acked one by one. Any
@@ -31,6 +29,14 @@ past them (and aiokafka does not seek at all to a committed offset of 0), so tho
 events were silently skipped until the next rebalance, or lost once a later commit
 passed them. The same holds for a run whose wait for room in a full buffer is
 cancelled, and for records of a partition Faust had paused when they arrived.
+
+Back-pressure is the fetch loop waiting for room in the queue, not Faust's pausing
+of single partitions at 80 % of the buffer: every input partition feeds this one
+queue, so a paused partition only left its fetched records in aiokafka's buffer,
+out of reach, while the agent drained the queue, and Faust's next ``getmany`` saw
+the partition resumed only after its one-second wait for other records ran out.
+In a backlog that starved the agent for half of the time (bench/throughput.py,
+2026-11-30: 26,000 events/s, the worker at half a core; 34,600 without pausing).
 """
 
 from __future__ import annotations
@@ -195,8 +201,8 @@ class Refetches:
 class BatchQueue(ThrowableQueue):
     """A channel queue of :class:`RecordRun` values whose ``get`` returns them all as one :class:`RecordBatch`.
 
-    Its size counts records, not runs, so Faust's back-pressure thresholds (pause a
-    partition at 80 % of ``stream_buffer_maxsize``, resume at 40 %) mean what they say.
+    Its size counts records, not runs, so ``stream_buffer_maxsize`` means records: the
+    fetch loop waits for room once that many are buffered.
     """
 
     def __init__(
@@ -233,8 +239,6 @@ class BatchQueue(ThrowableQueue):
         # Wake every producer that waited on a full queue, not only the first.
         while self._putters and not self.full():  # type: ignore[attr-defined]
             self._wakeup_next(self._putters)  # type: ignore[attr-defined]
-        # Resume fetching paused partitions now, not on the next get.
-        self.maybe_endorse_pressure_drop()
         return RecordBatch(runs)
 
     def clear(self) -> None:
@@ -275,17 +279,19 @@ class BatchingTopic(faust.Topic):
             for run in runs:
                 consumer.fetch_again(run.tp, run.first_offset, run.generation_id, len(run.records))
 
-    async def deliver_run(self, run: RecordRun, on_pressure_high: Callable[[], None], on_pressure_drop: Callable[[], None]) -> bool:
-        """What Faust's conductor does for each record, once for the run; False if a rebalance dropped it."""
+    async def deliver_run(self, run: RecordRun) -> bool:
+        """What Faust's conductor does for each record, once for the run; False if a rebalance dropped it.
+
+        Waits while the queue is full, with the partition left active (see the module's docstring).
+        """
         app = self.app
         await app.flow_control.acquire()  # suspended during a rebalance
         await app.producer.buffer.wait_until_ebb()  # the agent's own sends are not piling up
         queue = self.queue
         if not queue.full():
-            queue.put_nowait_enhanced(run, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop)
+            queue.force_put_nowait(run)
             return True
-        if queue.in_pressure_high_state(on_pressure_drop):  # registers the resume, as put_nowait_enhanced does
-            on_pressure_high()
+        app.sensors.on_topic_buffer_full(run.tp)
         # In a task of its own, as Faust's conductor does: a rebalance clears the queue and
         # cancels its waiting producers, which must not cancel the fetch loop.
         put = asyncio.ensure_future(queue.put(run))
@@ -293,12 +299,27 @@ class BatchingTopic(faust.Topic):
         return not put.cancelled() and put.exception() is None
 
 
+class FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the consumer's own fetch wait instead of Faust's fixed 1.5 s."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read when aiokafka builds its fetcher, on start.
+        consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms
+        return consumer
+
+
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, handing each partition's fetched records to a :class:`BatchingTopic` at once."""
 
+    #: Longest the broker holds a fetch that finds no new record (settings.fetch_max_wait_seconds).
+    fetch_max_wait_ms: int = 100
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pressure_callbacks: dict[TP, tuple[Callable[[], None], Callable[[], None]]] = {}
         self.refetches = Refetches()
 
     def _bulk_channel(self, tp: TP) -> BatchingTopic | None:
@@ -309,22 +330,6 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             if isinstance(channel, BatchingTopic) and self.app.topics.acks_enabled_for(tp.topic):
                 return channel
         return None
-
-    def _pressure(self, tp: TP) -> tuple[Callable[[], None], Callable[[], None]]:
-        """The partition's callbacks for the queue (the same objects each time: the queue keeps them in a set)."""
-        callbacks = self._pressure_callbacks.get(tp)
-        if callbacks is None:
-            on_topic_buffer_full = self.app.sensors.on_topic_buffer_full
-
-            def on_pressure_high() -> None:
-                on_topic_buffer_full(tp)
-                self.on_buffer_full(tp)
-
-            def on_pressure_drop() -> None:
-                self.on_buffer_drop(tp)
-
-            callbacks = self._pressure_callbacks[tp] = (on_pressure_high, on_pressure_drop)
-        return callbacks
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by every integration test
         """Faust's fetch loop (``Consumer._drain_messages`` and ``getmany``), a partition's records at a time."""
@@ -366,7 +371,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                         continue
                     first = fetched[0].offset if read is None else min(fetched[0].offset, read + 1)
                     run = RecordRun(tp, fetched, first, generation)
-                    if await channel.deliver_run(run, *self._pressure(tp)):
+                    if await channel.deliver_run(run):
                         read_offsets[tp] = fetched[-1].offset
                     else:  # the buffer was cleared while the run waited for room
                         self.fetch_again(tp, first, generation, len(fetched))

@@ -200,6 +200,10 @@ class Settings(BaseSettings):
     stream_buffer_events: int = Field(20_000, ge=100, le=1_000_000)
     #: Most records one fetch returns (Faust's broker_max_poll_records).
     fetch_max_records: int = Field(2_000, ge=1, le=100_000)
+    #: Longest the broker holds a fetch that finds no new record (Faust fixes 1.5 s). aiokafka has one
+    #: fetch per broker in flight: in a backlog, a fetch for partitions already read to their end held
+    #: back the next records of all the others for that long.
+    fetch_max_wait_seconds: float = Field(0.1, ge=0.01, le=1.5)
     #: Segment size of the state changelog (set when the worker creates it): compaction only
     #: cleans closed segments, and restart time grows with what is left to read back.
     changelog_segment_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)

@@ -122,8 +122,9 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
     applied twice (an event read again counts as a duplicate).
 
     The first runs the Python model and the second the Rust kernel (where it is built):
-    the records one writes, the other reads after the rebalance. The Python model is
-    also slow enough that the backlog still waits when the second has started."""
+    the records one writes, the other reads after the rebalance. The first also takes
+    its records ten at a time, so the backlog still waits when the second has joined
+    (with whole fetches it was done before that: 2026-11-30)."""
     usage = namespace.topic("usage")
     now_ms = int(time.time() * 1000)
     customers = [f"c{index:03d}" for index in range(64)]
@@ -139,7 +140,8 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
         env={**namespace.env, "HEALTHSCORE_WEB_PORT": str(port), "HEALTHSCORE_DATA_DIR": str(tmp_path / "second-data")},
         settings=namespace.settings.model_copy(update={"web_port": port}),
     )
-    python_namespace = dataclasses.replace(namespace, env={**namespace.env, "HEALTHSCORE_NATIVE_KERNEL": "false"})
+    slow_env = {"HEALTHSCORE_NATIVE_KERNEL": "false", "HEALTHSCORE_BATCH_MAX_EVENTS": "10", "HEALTHSCORE_FETCH_MAX_RECORDS": "10"}
+    python_namespace = dataclasses.replace(namespace, env={**namespace.env, **slow_env})
     first = WorkerProcess(python_namespace, tmp_path / "first.log")
     second = WorkerProcess(second_namespace, tmp_path / "second.log")
     workers = [first, second]

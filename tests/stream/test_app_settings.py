@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import faust
@@ -74,3 +75,19 @@ def test_the_worker_runs_the_rust_kernel_where_it_can_and_says_which_model_runs(
         else "Each event goes through the Python model (the Rust kernel is not built)",
         "Each event goes through the Rust kernel" if kernel.available() else "Each event goes through the Python model (the Rust kernel is not built)",
     ]
+
+
+def test_the_fetch_wait_reaches_aiokafka_instead_of_fausts_fixed_one_and_a_half_seconds() -> None:
+    """aiokafka sends one fetch per broker at a time: while partitions read to their end wait in
+    one, every other partition waits too (stream/batching.py, FetchTunedConsumerThread)."""
+
+    async def fetch_wait_ms(settings: Settings) -> int:
+        app = build_app(settings)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer._client.close()
+
+    assert asyncio.run(fetch_wait_ms(Settings())) == 100
+    assert asyncio.run(fetch_wait_ms(Settings(fetch_max_wait_seconds=0.25))) == 250
