@@ -214,9 +214,27 @@ fn churn_risk_for(score: f64, weakest_component: f64) -> f64 {
 }
 
 /// Python's `round(x, digits)`: the correctly rounded decimal (ties to even), read back.
+///
+/// Directly when `x·10^digits` is clearly on one side of a half: its integer part, rounded,
+/// divided by `10^digits` (both exact, so the division gives the double nearest the decimal,
+/// as Python's parse does). Otherwise, near a tie, through the exact decimal string: the
+/// product's rounding error could decide the side. The string way alone took a tenth of the
+/// kernel's time (perf, 2026-11-30).
 pub fn py_round(value: f64, digits: usize) -> f64 {
     if !value.is_finite() {
         return value;
+    }
+    const POWERS: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    if let Some(&scale) = POWERS.get(digits) {
+        let scaled = value * scale; // within |scaled|·2^-53 of the exact product
+        if scaled.abs() < 1e15 {
+            let whole = scaled.floor();
+            let fraction = scaled - whole; // exact near a half
+            if (fraction - 0.5).abs() > scaled.abs() * f64::EPSILON * 4.0 + f64::MIN_POSITIVE {
+                let rounded = (if fraction > 0.5 { whole + 1.0 } else { whole }) / scale;
+                return if rounded == 0.0 { 0.0f64.copysign(value) } else { rounded };
+            }
+        }
     }
     format!("{value:.digits$}").parse().unwrap_or(value)
 }

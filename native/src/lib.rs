@@ -226,8 +226,15 @@ impl Kernel {
     }
 }
 
+/// Python's `round(value, digits)` as the kernel computes it (for the tests).
+#[pyfunction]
+fn py_round(value: f64, digits: usize) -> f64 {
+    health::py_round(value, digits)
+}
+
 #[pymodule]
 fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
+    module.add_function(wrap_pyfunction!(py_round, module)?)?;
     Ok(())
 }

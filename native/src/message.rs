@@ -11,7 +11,7 @@ pub struct Json {
 
 impl Json {
     pub fn new() -> Self {
-        Json { bytes: Vec::with_capacity(512) }
+        Json { bytes: Vec::with_capacity(1024) }
     }
 
     fn raw(&mut self, text: &str) {

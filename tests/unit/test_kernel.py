@@ -8,6 +8,7 @@ scores field for field, to the last bit of every float.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from typing import Any
@@ -412,3 +413,28 @@ def test_an_rfc3339_event_time_is_read_to_the_same_millisecond(at: str) -> None:
     expected = decode_event(b"acme", value, TopicKind.USAGE, now_ms, SKEW_MS)
     assert taken is not None and isinstance(expected, Event)
     assert taken[1] == expected.occurred_at_ms
+
+
+def _near_tie(whole: int, digits: int, side: int) -> tuple[float, int]:
+    """``whole.00…05`` rounded to the digit before its 5, or the float just below or above it."""
+    tie = float(f"{whole}.{'0' * digits}5")
+    return (tie if side == 0 else math.nextafter(tie, side * math.inf)), digits + 1
+
+
+def _round_cases() -> st.SearchStrategy[tuple[float, int]]:
+    """Any float, and decimals on or next to a tie, where the shortcut must step aside."""
+    anywhere = st.tuples(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=0, max_value=6))
+    near_ties = st.builds(_near_tie, st.integers(min_value=-(10**6), max_value=10**6), st.integers(min_value=0, max_value=5), st.sampled_from([-1, 0, 1]))
+    scores = st.tuples(st.floats(min_value=-200, max_value=200), st.sampled_from([2, 4]))
+    return st.one_of(anywhere, near_ties, scores)
+
+
+@needs_kernel
+@settings(max_examples=3000, deadline=None)
+@given(case=_round_cases())
+def test_the_kernels_rounding_is_pythons_round_to_the_bit(case: tuple[float, int]) -> None:
+    """Scores and risks are rounded in the kernel without a decimal string where no tie is near."""
+    from scoring._kernel import py_round
+
+    value, digits = case
+    assert repr(py_round(value, digits)) == repr(round(value, digits))
