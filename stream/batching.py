@@ -8,12 +8,12 @@ which caps an agent that does nothing at a few thousand events per second here.
 For the agent's own topics (:class:`BatchingTopic`) the consumer instead puts each
 partition's fetched aiokafka records on the channel's queue as one
 :class:`RecordRun`, with Faust's flow control applied per run, and the queue hands
-the stream everything buffered as one :class:`RecordBatch`. Faust neither tracks nor acks such a value: the batch does,
-once the agent has finished with it, by marking the offset range of each of its
-runs as acked in Faust's own bookkeeping, so Faust's commits (after it has flushed
-the producer) advance exactly as if every record had been acked one by one. Any
-other topic the consumer reads (table changelogs during recovery) takes Faust's
-per-record path unchanged.
+the stream everything buffered as one :class:`RecordBatch`. Faust neither tracks nor
+acks such a value: the batch does, once the agent has finished with it, by marking
+the offset range of each of its runs as acked in Faust's own bookkeeping, so Faust's
+commits (after it has flushed the producer) advance exactly as if every record had
+been acked one by one. Any other topic the consumer reads (table changelogs during
+recovery) takes Faust's per-record path unchanged.
 
 Faust's fetch loop also wraps each record's delivery in ``wait_first`` (two new
 tasks and several loop turns per record) so that a delivery blocked on a full buffer
