@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 
 import msgspec
 import redis.asyncio as redis_asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from stream import metrics
 
@@ -33,34 +34,42 @@ RECENT_ALERTS = 20
 #: Customers (or alerts) per script call: about 10 ms of Redis time, so it is never blocked for long.
 FLUSH_CHUNK = 2000
 
-_encoder = msgspec.json.Encoder()
 
 #: The hash fields of ``HGETALL <prefix>:customer:<id>`` (README), in row order after the id.
 SCORE_FIELDS = ("score", "band", "churn_risk", "as_of", "computed_at", "model_version", "components", "changes", "confidence")
 
-# Writes the rows of one flush: the customer hash, the sorted set by score, the recent
-# alerts list. Keys are built from ARGV, so this needs a single Redis (not a cluster).
-WRITE_SCRIPT = """
+# Writes the rows of one flush: the recent alerts lists, the customer hashes, the sorted set
+# by score. The rows come as plain arguments: ARGV = prefix, alerts kept per customer, the
+# number of alerts, then (customer id, alert JSON) per alert, then the SCORE_FIELDS of each
+# customer after its id. Redis spent two thirds of the script's time decoding the rows from
+# one JSON argument (its JSON holding the explanation's JSON as escaped strings) and a third
+# in HSET and ZADD (INFO commandstats, bench/throughput.py, 2026-11-30). Keys are built from
+# ARGV, so this needs a single Redis (not a cluster).
+_HSET_FIELDS = ", ".join(f"'{name}', ARGV[index + {position}]" for position, name in enumerate(SCORE_FIELDS, 1))
+WRITE_SCRIPT = f"""
 local prefix = ARGV[1]
-local fields = {'score', 'band', 'churn_risk', 'as_of', 'computed_at', 'model_version', 'components', 'changes', 'confidence'}
-local keep = tonumber(ARGV[4]) - 1
-for _, alert in ipairs(cjson.decode(ARGV[3])) do
-  local key = prefix .. ':alerts:' .. alert[1]
-  redis.call('LPUSH', key, alert[2])
+local keep = tonumber(ARGV[2]) - 1
+local index = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local key = prefix .. ':alerts:' .. ARGV[index]
+  redis.call('LPUSH', key, ARGV[index + 1])
   redis.call('LTRIM', key, 0, keep)
+  index = index + 2
 end
 local scores = prefix .. ':scores'
-for _, row in ipairs(cjson.decode(ARGV[2])) do
-  local mapping = {}
-  for index, name in ipairs(fields) do
-    mapping[2 * index - 1] = name
-    mapping[2 * index] = row[index + 1]
-  end
-  redis.call('HSET', prefix .. ':customer:' .. row[1], unpack(mapping))
-  redis.call('ZADD', scores, row[2], row[1])
+while index <= #ARGV do
+  redis.call('HSET', prefix .. ':customer:' .. ARGV[index], {_HSET_FIELDS})
+  redis.call('ZADD', scores, ARGV[index + 1], ARGV[index])
+  index = index + {len(SCORE_FIELDS) + 1}
 end
 return 0
 """
+_WRITE_SCRIPT_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest().encode()
+
+
+def _bulk(value: bytes) -> bytes:
+    """One argument in the Redis protocol (RESP)."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 class _StoredScore(msgspec.Struct):
@@ -80,21 +89,35 @@ class _StoredScore(msgspec.Struct):
 _stored_score = msgspec.json.Decoder(_StoredScore)
 
 
-def _score_row(customer_id: str, encoded: bytes) -> list[str]:
-    """The customer's hash values as Redis stores them (strings, numbers as Python prints them)."""
+_ROW = b"$%d\r\n%b\r\n" * (len(SCORE_FIELDS) + 1)
+
+
+def _score_arguments(customer_id: str, encoded: bytes) -> bytes:
+    """The customer's id and hash values as script arguments (numbers as Python prints them)."""
     message = _stored_score.decode(encoded)
-    return [
-        customer_id,
-        repr(message.score),
-        message.band,
-        repr(message.churn_risk),
-        message.as_of,
-        message.computed_at,
-        message.model_version,
-        bytes(message.components).decode(),
-        bytes(message.changes).decode(),
-        repr(message.confidence),
-    ]
+    values = (
+        customer_id.encode(),
+        repr(message.score).encode(),
+        message.band.encode(),
+        repr(message.churn_risk).encode(),
+        message.as_of.encode(),
+        message.computed_at.encode(),
+        message.model_version.encode(),
+        bytes(message.components),
+        bytes(message.changes),
+        repr(message.confidence).encode(),
+    )
+    return _ROW % tuple(part for value in values for part in (len(value), value))
+
+
+def _script_call(prefix: str, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> list[bytes]:
+    """EVALSHA of the write script with these rows, packed here: redis-py packs each argument
+    in Python, which cost more per customer than scoring it."""
+    arguments = [_bulk(prefix.encode()), _bulk(str(RECENT_ALERTS).encode()), _bulk(str(len(alerts)).encode())]
+    arguments += [_bulk(customer_id.encode()) + _bulk(encoded) for customer_id, encoded in alerts]
+    arguments += [_score_arguments(customer_id, encoded) for customer_id, encoded in scores.items()]
+    count = 3 + 2 * len(alerts) + (len(SCORE_FIELDS) + 1) * len(scores)
+    return [b"*%d\r\n" % (count + 3), _bulk(b"EVALSHA"), _bulk(_WRITE_SCRIPT_SHA), _bulk(b"0"), *arguments]
 
 
 def _take(pending: dict[str, bytes], count: int) -> dict[str, bytes]:
@@ -126,7 +149,6 @@ class LatestScoreCache:
         self._pending_alerts: list[tuple[str, bytes]] = []
         self._healthy = True
         self._flushing = False
-        self._script = self._client.register_script(WRITE_SCRIPT)
 
     @property
     def client(self) -> redis_asyncio.Redis:
@@ -162,10 +184,7 @@ class LatestScoreCache:
         del self._pending_alerts[:FLUSH_CHUNK]
         scores = _take(self._pending, FLUSH_CHUNK) if not alerts else {}
         try:
-            if alerts:
-                await self._write(b"[]", _encoder.encode([[customer_id, encoded.decode()] for customer_id, encoded in alerts]))
-            else:
-                await self._write(_encoder.encode([_score_row(customer_id, encoded) for customer_id, encoded in scores.items()]), b"[]")
+            await self._write(_script_call(self._prefix, alerts, scores))
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
             for customer_id, encoded in scores.items():
@@ -180,10 +199,20 @@ class LatestScoreCache:
         self._healthy = True
         return True
 
-    async def _write(self, scores: bytes, alerts: bytes) -> None:
-        """One round trip: Redis unpacks the rows itself (redis-py packs each argument in Python,
-        which cost more per customer than scoring it)."""
-        await self._script(args=[self._prefix, scores, alerts, RECENT_ALERTS])
+    async def _write(self, command: list[bytes]) -> None:
+        """One round trip; the script is loaded first when Redis does not know it (a restart, SCRIPT FLUSH)."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(command)
+            try:
+                await connection.read_response()
+            except NoScriptError:
+                await self._client.script_load(WRITE_SCRIPT)
+                await connection.send_packed_command(command)
+                await connection.read_response()
+        finally:
+            await pool.release(connection)
 
     async def close(self) -> None:
         await self._client.aclose()
