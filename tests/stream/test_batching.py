@@ -11,6 +11,7 @@ import weakref
 from collections import defaultdict
 from types import SimpleNamespace
 
+import faust
 import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -233,6 +234,23 @@ def test_the_next_batch_starts_from_what_the_table_holds() -> None:
     again = working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
     assert again.outcome is Outcome.DUPLICATE
     assert working.write_back() == 0  # nothing changed, nothing written
+
+
+def test_records_are_read_and_written_in_the_dict_under_fausts_memory_store() -> None:
+    """Faust's in-memory store wraps a dict; the working set uses the dict itself (and a
+    store without one as it is), so both paths see one and the same records."""
+    app = faust.App("test-store", broker="kafka://127.0.0.1:1", store="memory://")
+    table = app.Table("customer-state", default=None, key_type=bytes, value_type=bytes)
+    store = table.data
+    assert isinstance(store.data, dict)
+
+    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
+    working.write_back()
+    assert decode_state(store[b"acme"]).events_applied == 1
+    assert store.data[b"acme"] == store[b"acme"]
+    again = WorkingSet(table, {}, Outputs(), "changelog")
+    assert again.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.DUPLICATE
 
 
 def test_beyond_its_capacity_the_least_recently_used_record_is_written_back_first() -> None:
