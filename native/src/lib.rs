@@ -10,6 +10,10 @@ mod msgpack;
 mod state;
 mod validate;
 
+/// The kernel allocates and frees a record's strings and lists on every call.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
