@@ -95,19 +95,22 @@ _ROW = b"$%d\r\n%b\r\n" * (len(SCORE_FIELDS) + 1)
 def _score_arguments(customer_id: str, encoded: bytes) -> bytes:
     """The customer's id and hash values as script arguments (numbers as Python prints them)."""
     message = _stored_score.decode(encoded)
-    values = (
-        customer_id.encode(),
-        repr(message.score).encode(),
-        message.band.encode(),
-        repr(message.churn_risk).encode(),
-        message.as_of.encode(),
-        message.computed_at.encode(),
-        message.model_version.encode(),
-        bytes(message.components),
-        bytes(message.changes),
-        repr(message.confidence).encode(),
+    customer = customer_id.encode()
+    score = repr(message.score).encode()
+    band = message.band.encode()
+    churn_risk = repr(message.churn_risk).encode()
+    as_of = message.as_of.encode()
+    computed_at = message.computed_at.encode()
+    model_version = message.model_version.encode()
+    components = bytes(message.components)
+    changes = bytes(message.changes)
+    confidence = repr(message.confidence).encode()
+    # One formatting of ten (length, value) pairs: a loop over the values took half as long again.
+    return _ROW % (
+        len(customer), customer, len(score), score, len(band), band, len(churn_risk), churn_risk,
+        len(as_of), as_of, len(computed_at), computed_at, len(model_version), model_version,
+        len(components), components, len(changes), changes, len(confidence), confidence,
     )
-    return _ROW % tuple(part for value in values for part in (len(value), value))
 
 
 def _script_call(prefix: str, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> list[bytes]:
