@@ -105,23 +105,28 @@ def test_scores_wait_while_redis_is_away_and_newer_ones_replace_them(services: N
     assert metrics.REDIS_WRITE_FAILURES._value.get() == failures + 2
 
 
+def offer_one_and_flush(url: str, prefix: str, sent: HealthMessage) -> int:
+    """One cache, one score offered and flushed; what is still pending after the flush."""
+
+    async def run() -> int:
+        cache = LatestScoreCache(url, prefix)
+        try:
+            cache.offer(sent.customer_id, encode_json(sent))
+            await cache.flush()
+            return cache.pending
+        finally:
+            await cache.close()
+
+    return asyncio.run(run())
+
+
 def test_scores_are_written_after_redis_forgot_the_script(services: None) -> None:
     """After a Redis restart or SCRIPT FLUSH the cache loads its script again and writes."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.script_flush()
-
-    async def run() -> int:
-        cache = LatestScoreCache(settings.redis_url, prefix)
-        try:
-            cache.offer("c-1", encode_json(message("c-1", 42.5)))
-            await cache.flush()
-            return cache.pending
-        finally:
-            await cache.close()
-
-    assert asyncio.run(run()) == 0
+    assert offer_one_and_flush(settings.redis_url, prefix, message("c-1", 42.5)) == 0
     assert client.hgetall(customer_key(prefix, "c-1")) == expected_hash(message("c-1", 42.5))
 
 
@@ -132,16 +137,6 @@ def test_a_write_redis_refuses_stays_pending_and_is_counted(services: None) -> N
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.set(customer_key(prefix, "c-1"), "not a hash")
     failures = metrics.REDIS_WRITE_FAILURES._value.get()
-
-    async def run() -> int:
-        cache = LatestScoreCache(settings.redis_url, prefix)
-        try:
-            cache.offer("c-1", encode_json(message("c-1", 42.5)))
-            await cache.flush()
-            return cache.pending
-        finally:
-            await cache.close()
-
-    assert asyncio.run(run()) == 1
+    assert offer_one_and_flush(settings.redis_url, prefix, message("c-1", 42.5)) == 1
     assert metrics.REDIS_WRITE_FAILURES._value.get() == failures + 1
     assert client.get(customer_key(prefix, "c-1")) == "not a hash"
