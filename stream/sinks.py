@@ -67,9 +67,12 @@ return 0
 _WRITE_SCRIPT_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest().encode()
 
 
+#: One argument in the Redis protocol (RESP), from its length and bytes.
+_BULK = b"$%d\r\n%b\r\n"
+
+
 def _bulk(value: bytes) -> bytes:
-    """One argument in the Redis protocol (RESP)."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
+    return _BULK % (len(value), value)
 
 
 class _StoredScore(msgspec.Struct):
@@ -89,7 +92,7 @@ class _StoredScore(msgspec.Struct):
 _stored_score = msgspec.json.Decoder(_StoredScore)
 
 
-_ROW = b"$%d\r\n%b\r\n" * (len(SCORE_FIELDS) + 1)
+_ROW = _BULK * (len(SCORE_FIELDS) + 1)
 
 
 def _score_arguments(customer_id: str, encoded: bytes) -> bytes:
