@@ -238,7 +238,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         """As Faust's own changelog callback: a disk store resumes recovery after this offset."""
         states.data.set_persisted_offset(faust.types.TP(changelog_topic_name, partition), offset)
 
-    cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix)
+    cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
     app.healthscore_cache = cache  # for tests and diagnostics
 
@@ -467,6 +467,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         async for batch in stream:
             started = time.perf_counter()
             batch = batch.current(app)
+            cache.catching_up(len(batch) >= settings.batch_max_events)
             outputs = Outputs()
             working = WorkingSet(states, keys_by_partition, outputs, changelog_topic_name)
             counts: Counter = Counter()
@@ -516,7 +517,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @guarded_timer(app, settings.redis_flush_interval_seconds, "Writing scores to Redis")
     async def flush_cache() -> None:
-        await cache.flush()
+        if cache.flush_due(time.monotonic()):
+            await cache.flush()
 
     @guarded_timer(app, settings.fleet_metrics_interval_seconds, "Exporting fleet metrics")
     async def export_fleet_metrics() -> None:

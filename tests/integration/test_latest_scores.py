@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import msgspec
@@ -140,3 +141,36 @@ def test_a_write_redis_refuses_stays_pending_and_is_counted(services: None) -> N
     assert offer_one_and_flush(settings.redis_url, prefix, message("c-1", 42.5)) == 1
     assert metrics.REDIS_WRITE_FAILURES._value.get() == failures + 1
     assert client.get(customer_key(prefix, "c-1")) == "not a hash"
+
+
+def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_full_cache(services: None) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    async def run() -> None:
+        cache = LatestScoreCache(settings.redis_url, prefix, backlog_interval_seconds=60, backlog_pending_limit=3)
+        try:
+            now = time.monotonic()
+            assert cache.flush_due(now)  # live: every timer tick
+            cache.catching_up(True)
+            assert not cache.flush_due(now)
+            assert cache.flush_due(now + 61)  # the backlog interval since the last flush (here: since it started)
+            for customer in ("c-1", "c-2"):
+                cache.offer(customer, encode_json(message(customer, 40.0)))
+            assert not cache.flush_due(time.monotonic())
+            cache.offer("c-3", encode_json(message("c-3", 41.0)))
+            assert cache.flush_due(time.monotonic())  # as many waiting as the limit: memory comes first
+            await cache.flush()
+            assert cache.pending == 0
+            cache.offer("c-4", encode_json(message("c-4", 42.0)))
+            assert not cache.flush_due(time.monotonic())  # flushed just now
+            cache.catching_up(False)
+            assert cache.flush_due(time.monotonic())  # caught up: the next tick writes it
+            await cache.flush()
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    assert client.zcard(scores_key(prefix)) == 4
+    assert client.hgetall(customer_key(prefix, "c-3")) == expected_hash(message("c-3", 41.0))
