@@ -182,9 +182,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         TableManager=GroupedRecoveryTableManager,
     )
     app.transport.Producer = IdempotentProducer
-    app.transport.Consumer = type(
-        "BulkDeliveryConsumer", (BulkDeliveryConsumer,), {"fetch_max_wait_ms": round(settings.fetch_max_wait_seconds * 1000)}
-    )
+    app.transport.Consumer = BulkDeliveryConsumer.waiting_at_most(settings.fetch_max_wait_seconds)
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=partitions, schema=raw_schema())

@@ -315,6 +315,11 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     #: Longest the broker holds a fetch that finds no new record (settings.fetch_max_wait_seconds).
     fetch_max_wait_ms: int = 100
 
+    @classmethod
+    def waiting_at_most(cls, seconds: float) -> type["BulkDeliveryConsumer"]:
+        """This class with its fetch wait set: Faust makes the consumer from the class itself."""
+        return type(cls.__name__, (cls,), {"fetch_max_wait_ms": round(seconds * 1000)})
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
