@@ -39,6 +39,10 @@ FLUSH_CHUNK = 2000
 #: messages), so a backlog over many customers is not held in memory for the longer interval.
 BACKLOG_PENDING_LIMIT = 20_000
 
+#: A worker that has not started a full batch for this long is no longer catching up (its
+#: backlog ended and no batch came since to say so).
+BACKLOG_QUIET_SECONDS = 1.0
+
 
 #: The hash fields of ``HGETALL <prefix>:customer:<id>`` (README), in row order after the id.
 SCORE_FIELDS = ("score", "band", "churn_risk", "as_of", "computed_at", "model_version", "components", "changes", "confidence")
@@ -170,7 +174,7 @@ class LatestScoreCache:
         self._backlog_interval = backlog_interval_seconds
         self._backlog_pending_limit = backlog_pending_limit
         self._catching_up = False
-        self._last_flush = time.monotonic()
+        self._last_flush = self._last_batch = time.monotonic()
 
     @property
     def client(self) -> redis_asyncio.Redis:
@@ -189,13 +193,15 @@ class LatestScoreCache:
         return len(self._pending) + len(self._pending_alerts)
 
     def catching_up(self, behind: bool) -> None:
-        """Whether the worker is working through a backlog (its last batch of events was full)."""
+        """Called per batch of events: whether the worker is working through a backlog (the batch is full)."""
         self._catching_up = behind
+        self._last_batch = time.monotonic()
 
     def flush_due(self, now: float) -> bool:
         """Whether a timer tick at ``now`` (time.monotonic) should flush."""
         return (
             not self._catching_up
+            or now - self._last_batch >= BACKLOG_QUIET_SECONDS
             or len(self._pending) >= self._backlog_pending_limit
             or now - self._last_flush >= self._backlog_interval
         )

@@ -155,21 +155,33 @@ def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_f
             assert cache.flush_due(now)  # live: every timer tick
             cache.catching_up(True)
             assert not cache.flush_due(now)
-            assert cache.flush_due(now + 61)  # the backlog interval since the last flush (here: since it started)
+            assert cache.flush_due(now + 1.5)  # no batch for a second: the backlog is over
+            cache.catching_up(True)
+            now = time.monotonic()
             for customer in ("c-1", "c-2"):
                 cache.offer(customer, encode_json(message(customer, 40.0)))
-            assert not cache.flush_due(time.monotonic())
+            assert not cache.flush_due(now)
             cache.offer("c-3", encode_json(message("c-3", 41.0)))
             assert cache.flush_due(time.monotonic())  # as many waiting as the limit: memory comes first
             await cache.flush()
             assert cache.pending == 0
             cache.offer("c-4", encode_json(message("c-4", 42.0)))
+            cache.catching_up(True)
             assert not cache.flush_due(time.monotonic())  # flushed just now
             cache.catching_up(False)
             assert cache.flush_due(time.monotonic())  # caught up: the next tick writes it
             await cache.flush()
         finally:
             await cache.close()
+        quick = LatestScoreCache(settings.redis_url, prefix, backlog_interval_seconds=0.2)
+        try:
+            quick.catching_up(True)
+            assert not quick.flush_due(time.monotonic())
+            await asyncio.sleep(0.3)
+            quick.catching_up(True)  # still catching up, but the backlog interval has passed since the last flush
+            assert quick.flush_due(time.monotonic())
+        finally:
+            await quick.close()
 
     asyncio.run(run())
     assert client.zcard(scores_key(prefix)) == 4
