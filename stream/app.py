@@ -26,6 +26,7 @@ import faust
 import msgspec
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
+from mode import Service
 
 from scoring import kernel
 from scoring.alerts import AlertParameters
@@ -516,6 +517,14 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     @guarded_timer(app, settings.redis_flush_interval_seconds, "Writing scores to Redis")
     async def flush_cache() -> None:
         if cache.flush_due(time.monotonic()):
+            await cache.flush()
+
+    @app.service
+    class FlushCacheOnStop(Service):
+        """A worker told to stop writes its pending scores to Redis first (the last flush
+        interval's worth, a few seconds' while catching up); they are on Kafka already."""
+
+        async def on_stop(self) -> None:
             await cache.flush()
 
     @guarded_timer(app, settings.fleet_metrics_interval_seconds, "Exporting fleet metrics")

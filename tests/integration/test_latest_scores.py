@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,6 +16,8 @@ from scoring.structs import ComponentMessage, HealthMessage
 from stream import metrics
 from stream.settings import load_settings
 from stream.sinks import FLUSH_CHUNK, SCORE_FIELDS, LatestScoreCache, alerts_key, customer_key, scores_key
+from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
+from tests.integration.test_end_to_end import event
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +189,27 @@ def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_f
     asyncio.run(run())
     assert client.zcard(scores_key(prefix)) == 4
     assert client.hgetall(customer_key(prefix, "c-3")) == expected_hash(message("c-3", 41.0))
+
+
+def test_a_worker_told_to_stop_writes_its_pending_scores_to_redis_first(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.env["HEALTHSCORE_REDIS_FLUSH_INTERVAL_SECONDS"] = "60"  # no timer flush during the test
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    customers = ("alpha", "beta")
+    try:
+        kcat_produce(
+            namespace.topic("usage"),
+            [(c, event(f"{c}-1", "usage.session", c, 1, {"user_id": "u", "duration_seconds": 60})) for c in customers],
+        )
+        wait_for(
+            lambda: {line.partition("\t")[0] for line in kcat_consume(namespace.topic("health"))} >= set(customers),
+            message="scores on Kafka", explain=worker.log_tail,
+        )
+        client = redis.Redis.from_url(namespace.settings.redis_url, decode_responses=True)
+        prefix = namespace.settings.redis_key_prefix
+        assert client.zcard(scores_key(prefix)) == 0  # still pending in the worker
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 0, worker.log_tail()
+    assert client.zcard(scores_key(prefix)) == 2
+    assert client.hget(customer_key(prefix, "alpha"), "model_version")
