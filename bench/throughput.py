@@ -299,11 +299,38 @@ def scaling_summary(rounds: list[tuple[dict, dict]]) -> dict:
     }
 
 
+#: The broker's threads by what they do, from the start of their names (/proc/<pid>/task/*/comm).
+BROKER_THREADS = (
+    ("requests", ("data-plane-kaf",)),
+    ("jit", ("C1 CompilerThre", "C2 CompilerThre")),
+    ("gc", ("G1 ", "GC Thread", "VM Thread")),
+    ("log_cleaner", ("kafka-log-clean",)),
+)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a JVM's threads by BROKER_THREADS group (the rest as "other")."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups = dict.fromkeys([name for name, _ in BROKER_THREADS] + ["other"], 0.0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        group = next((group for group, prefixes in BROKER_THREADS if name.startswith(prefixes)), "other")
+        groups[group] += (int(fields[11]) + int(fields[12])) / ticks
+    return groups
+
+
 def describe_phase(rate: dict) -> str:
     """One scaling phase: its rate, and where the CPU went over the stretch measured."""
-    services = "".join(
-        f", {name} {rate[f'{name}_cores']:.2f} cores" for name in ("broker", "redis") if rate.get(f"{name}_cores") is not None
-    )
+    services = ""
+    if rate.get("broker_cores") is not None:
+        split = ", ".join(f"{name.replace('_', ' ')} {cores:.2f}" for name, cores in (rate.get("broker_threads_cores") or {}).items())
+        services += f", broker {rate['broker_cores']:.2f} cores" + (f" ({split})" if split else "")
+    if rate.get("redis_cores") is not None:
+        services += f", redis {rate['redis_cores']:.2f} cores"
     return (
         f"{rate['workers']} worker(s) {rate['events_per_second']:.0f} events/s"
         f" ({rate['worker_cores']:.2f} cores, {rate['worker_cpu_microseconds_per_event']:.0f} us of CPU per event{services})"
@@ -328,12 +355,14 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     settled (a worker that joins first works alone until the rebalance) and before the
     first worker runs out of events. Over the same stretch it takes the workers' CPU time
     per event and the cores the broker and Redis used (when the project started them), to
-    tell a worker that costs more per event in a group from one left less CPU.
+    tell a worker that costs more per event in a group from one left less CPU; and the
+    broker's by thread group (requests, JIT compiler, GC, log cleaner, other), to tell its
+    work for the workers from the JVM's own.
     """
     processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}") for index, port in enumerate(ports)]
     paths = default_paths()
     services = {"broker": service_pid(paths.kafka / "kafka.pid"), "redis": service_pid(paths.redis / "redis.pid")}
-    samples: list[tuple[float, list[float], float, dict[str, float]]] = []
+    samples: list[tuple[float, list[float], float, dict[str, float], dict[str, float]]] = []
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -346,7 +375,8 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
                 continue
             worker_cpu = sum(process_stats(process.pid)[0] for process in processes)
             service_cpu = {name: process_stats(pid)[0] for name, pid in services.items() if pid is not None}
-            samples.append((time.perf_counter(), counts, worker_cpu, service_cpu))
+            broker_threads = thread_cpu(services["broker"]) if services["broker"] is not None else {}
+            samples.append((time.perf_counter(), counts, worker_cpu, service_cpu, broker_threads))
             if sum(counts) >= events:
                 break
     finally:
@@ -361,8 +391,8 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
             stretch = []
     if len(longest) < 5:
         raise SystemExit(f"{len(ports)} worker(s) were never all busy for 2 s; load more events (--events)")
-    first_time, first_counts, first_worker_cpu, first_service_cpu = samples[longest[0]]
-    last_time, last_counts, last_worker_cpu, last_service_cpu = samples[longest[-1]]
+    first_time, first_counts, first_worker_cpu, first_service_cpu, first_threads = samples[longest[0]]
+    last_time, last_counts, last_worker_cpu, last_service_cpu, last_threads = samples[longest[-1]]
     seconds = last_time - first_time
     measured = sum(last_counts) - sum(first_counts)
     service_cores = {
@@ -378,6 +408,7 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
         "worker_cpu_microseconds_per_event": (last_worker_cpu - first_worker_cpu) / measured * 1e6,
         "broker_cores": service_cores["broker"],
         "redis_cores": service_cores["redis"],
+        "broker_threads_cores": {name: (last_threads[name] - first_threads[name]) / seconds for name in last_threads},
     }
 
 

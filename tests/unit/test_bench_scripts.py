@@ -75,3 +75,31 @@ def test_scaling_reports_the_median_round(rates: list[tuple[int, int]], ratio: f
     assert summary["ratio"] == pytest.approx(ratio)
     assert summary["group"] is rounds[chosen][0] and summary["one_worker"] is rounds[chosen][1]
     assert [entry["ratio"] for entry in summary["rounds"]] == pytest.approx([group / one for group, one in rates])
+
+
+def test_a_processes_cpu_is_split_by_thread_group_and_nothing_is_lost() -> None:
+    import ctypes
+    import os
+    import threading
+
+    bench = throughput_bench()
+    stop = threading.Event()
+
+    def spin() -> None:
+        ctypes.CDLL(None).prctl(15, b"GC Thread#9", 0, 0, 0)  # PR_SET_NAME: named as a JVM's GC thread
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        deadline = bench.time.monotonic() + 5
+        while bench.thread_cpu(os.getpid())["gc"] < 0.05 and bench.time.monotonic() < deadline:
+            bench.time.sleep(0.05)
+        groups = bench.thread_cpu(os.getpid())
+    finally:
+        stop.set()
+        spinner.join()
+    assert list(groups) == ["requests", "jit", "gc", "log_cleaner", "other"]
+    assert groups["gc"] >= 0.05 and groups["requests"] == groups["jit"] == groups["log_cleaner"] == 0
+    assert sum(groups.values()) == pytest.approx(bench.process_stats(os.getpid())[0], abs=0.1)
