@@ -78,8 +78,14 @@ def resolve_kafka_jars(echo=print) -> None:
 def _kafka_java(main: str, *args: str, log_dir: Path) -> list[str]:
     return [
         "java",
-        "-Xms256m",
+        "-Xms1g",
         "-Xmx1g",
+        # As Kafka's documentation advises for G1: with the default 1 MB regions a produce
+        # request of 512 KB or more (the worker's producer batches reach 512 KB) is a
+        # "humongous" object, allocated outside the young generation. The broker's GC threads took 0.01-0.16 of a core in each phase of
+        # bench/throughput.py's scaling runs, 0.00-0.01 with 16 MB regions (2026-11-30).
+        "-XX:+UseG1GC",
+        "-XX:G1HeapRegionSize=16m",
         "-cp",
         f"{KAFKA_LIBS}/*",
         f"-Dkafka.logs.dir={log_dir}",
