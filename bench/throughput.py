@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -323,6 +324,20 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return groups
 
 
+def machine_cpu(stat: Path = Path("/proc/stat")) -> dict[str, float]:
+    """CPU seconds of the whole machine so far: busy, idle, iowait and steal (time the VM's
+    host gave to someone else, which a process's own CPU time cannot show)."""
+    fields = [int(field) for field in stat.read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / ticks,
+        "idle": idle / ticks,
+        "iowait": iowait / ticks,
+        "steal": steal / ticks,
+    }
+
+
 def describe_phase(rate: dict) -> str:
     """One scaling phase: its rate, and where the CPU went over the stretch measured."""
     services = ""
@@ -331,8 +346,21 @@ def describe_phase(rate: dict) -> str:
         services += f", broker {rate['broker_cores']:.2f} cores" + (f" ({split})" if split else "")
     if rate.get("redis_cores") is not None:
         services += f", redis {rate['redis_cores']:.2f} cores"
+    machine = rate.get("machine_cores")
+    if machine:
+        services += (
+            f"; machine: other processes {machine['other_processes']:.2f}, idle {machine['idle']:.2f},"
+            f" iowait {machine['iowait']:.2f}, steal {machine['steal']:.2f} cores"
+        )
+    settling = ""
+    start_up, run_out = rate.get("seconds_trimmed") or (0, 0)
+    if start_up or run_out:
+        settling = (
+            f" without {start_up:.1f} s of start-up and {run_out:.1f} s of running out"
+            f" ({rate['events_per_second_untrimmed']:.0f} with them)"
+        )
     return (
-        f"{rate['workers']} worker(s) {rate['events_per_second']:.0f} events/s"
+        f"{rate['workers']} worker(s) {rate['events_per_second']:.0f} events/s{settling}"
         f" ({rate['worker_cores']:.2f} cores, {rate['worker_cpu_microseconds_per_event']:.0f} us of CPU per event{services})"
     )
 
@@ -346,6 +374,41 @@ def service_pid(pidfile: Path) -> int | None:
     return pid if Path(f"/proc/{pid}/stat").exists() else None
 
 
+def busy_stretch(counts: list[list[float]]) -> list[int]:
+    """Indices of the longest run of samples in which every worker's count grew at every sample."""
+    stretch: list[int] = []
+    longest: list[int] = []
+    for index in range(1, len(counts)):
+        if all(now > before for now, before in zip(counts[index], counts[index - 1])):
+            stretch = stretch + [index] if stretch else [index - 1, index]
+            longest = max(longest, stretch, key=len)
+        else:
+            stretch = []
+    return longest
+
+
+def settled(times: list[float], counts: list[list[float]], stretch: list[int], least: int = 5) -> list[int]:
+    """The stretch from its first to its last interval in which every worker ran at least half
+    its median rate.
+
+    A group's first interval or two (the rebalance's end, fetch positions, first fetches) is
+    start-up, not sustained throughput, and a worker that runs out of events within the last
+    interval ran for part of it only. Either weighs about twice as much in a two-worker phase
+    as in the one-worker phase, which lasts twice as long. If too little is left (fewer than
+    ``least`` samples), the whole stretch.
+    """
+    workers = range(len(counts[stretch[0]]))
+    rates = [
+        [(counts[index][worker] - counts[index - 1][worker]) / (times[index] - times[index - 1]) for worker in workers]
+        for index in stretch[1:]
+    ]
+    medians = [statistics.median(interval[worker] for interval in rates) for worker in workers]
+    full = [position for position, interval in enumerate(rates) if all(interval[worker] >= medians[worker] / 2 for worker in workers)]
+    if not full or full[-1] + 2 - full[0] < least:
+        return stretch
+    return stretch[full[0] : full[-1] + 2]
+
+
 def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float) -> dict:
     """Events/s of len(ports) workers in one group while every one of them is processing.
 
@@ -353,16 +416,19 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     them. Each worker's /metrics is read every 0.5 s; the rate is taken over the longest
     stretch in which every worker's count grew in every interval: after the group has
     settled (a worker that joins first works alone until the rebalance) and before the
-    first worker runs out of events. Over the same stretch it takes the workers' CPU time
+    first worker runs out of events, without start-up and running out (``settled``; the rate
+    with them is reported too). Over the same stretch it takes the workers' CPU time
     per event and the cores the broker and Redis used (when the project started them), to
     tell a worker that costs more per event in a group from one left less CPU; and the
     broker's by thread group (requests, JIT compiler, GC, log cleaner, other), to tell its
-    work for the workers from the JVM's own.
+    work for the workers from the JVM's own; and the machine's cores that were idle, waiting
+    for I/O, stolen by the VM's host or busy with other processes (the bench itself among
+    them), to tell a round that had less CPU from one that used it worse.
     """
     processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}") for index, port in enumerate(ports)]
     paths = default_paths()
     services = {"broker": service_pid(paths.kafka / "kafka.pid"), "redis": service_pid(paths.redis / "redis.pid")}
-    samples: list[tuple[float, list[float], float, dict[str, float], dict[str, float]]] = []
+    samples: list[tuple[float, list[float], float, dict[str, float], dict[str, float], dict[str, float]]] = []
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -376,39 +442,47 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
             worker_cpu = sum(process_stats(process.pid)[0] for process in processes)
             service_cpu = {name: process_stats(pid)[0] for name, pid in services.items() if pid is not None}
             broker_threads = thread_cpu(services["broker"]) if services["broker"] is not None else {}
-            samples.append((time.perf_counter(), counts, worker_cpu, service_cpu, broker_threads))
+            samples.append((time.perf_counter(), counts, worker_cpu, service_cpu, broker_threads, machine_cpu()))
             if sum(counts) >= events:
                 break
     finally:
         stop_workers(processes)
-    stretch: list[int] = []
-    longest: list[int] = []
-    for index in range(1, len(samples)):
-        if all(now > before for now, before in zip(samples[index][1], samples[index - 1][1])):
-            stretch = stretch + [index] if stretch else [index - 1, index]
-            longest = max(longest, stretch, key=len)
-        else:
-            stretch = []
-    if len(longest) < 5:
+    times = [sample[0] for sample in samples]
+    counts_at = [sample[1] for sample in samples]
+    whole = busy_stretch(counts_at)
+    if len(whole) < 5:
         raise SystemExit(f"{len(ports)} worker(s) were never all busy for 2 s; load more events (--events)")
-    first_time, first_counts, first_worker_cpu, first_service_cpu, first_threads = samples[longest[0]]
-    last_time, last_counts, last_worker_cpu, last_service_cpu, last_threads = samples[longest[-1]]
+    longest = settled(times, counts_at, whole)
+    first_time, first_counts, first_worker_cpu, first_service_cpu, first_threads, first_machine = samples[longest[0]]
+    last_time, last_counts, last_worker_cpu, last_service_cpu, last_threads, last_machine = samples[longest[-1]]
     seconds = last_time - first_time
     measured = sum(last_counts) - sum(first_counts)
     service_cores = {
         name: (last_service_cpu[name] - first_service_cpu[name]) / seconds if name in first_service_cpu else None
         for name in services
     }
+    machine_cores = {name: (last_machine[name] - first_machine[name]) / seconds for name in last_machine}
+    worker_cores = (last_worker_cpu - first_worker_cpu) / seconds
+    machine_cores["other_processes"] = machine_cores.pop("busy") - worker_cores - sum(
+        cores for cores in service_cores.values() if cores is not None
+    )
+    whole_seconds = times[whole[-1]] - times[whole[0]]
     return {
         "workers": len(ports),
         "seconds_measured": seconds,
         "events_measured": measured,
         "events_per_second": measured / seconds,
-        "worker_cores": (last_worker_cpu - first_worker_cpu) / seconds,
+        "seconds_trimmed": (times[longest[0]] - times[whole[0]], times[whole[-1]] - times[longest[-1]]),
+        "events_per_second_untrimmed": (sum(counts_at[whole[-1]]) - sum(counts_at[whole[0]])) / whole_seconds,
+        "interval_events_per_second": [
+            round((sum(counts_at[index]) - sum(counts_at[index - 1])) / (times[index] - times[index - 1])) for index in whole[1:]
+        ],
+        "worker_cores": worker_cores,
         "worker_cpu_microseconds_per_event": (last_worker_cpu - first_worker_cpu) / measured * 1e6,
         "broker_cores": service_cores["broker"],
         "redis_cores": service_cores["redis"],
         "broker_threads_cores": {name: (last_threads[name] - first_threads[name]) / seconds for name in last_threads},
+        "machine_cores": machine_cores,
     }
 
 

@@ -103,3 +103,47 @@ def test_a_processes_cpu_is_split_by_thread_group_and_nothing_is_lost() -> None:
     assert list(groups) == ["requests", "jit", "gc", "log_cleaner", "other"]
     assert groups["gc"] >= 0.05 and groups["requests"] == groups["jit"] == groups["log_cleaner"] == 0
     assert sum(groups.values()) == pytest.approx(bench.process_stats(os.getpid())[0], abs=0.1)
+
+
+def test_the_machine_s_cpu_is_read_as_busy_idle_iowait_and_steal(tmp_path: Path) -> None:
+    bench = throughput_bench()
+    ticks = bench.os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
+    stat.write_text(f"cpu  {ticks * 3} {ticks} {ticks * 2} {ticks * 50} {ticks * 4} 0 {ticks} {ticks * 7} {ticks * 3} 0\ncpu0 1 2 3\n")
+    assert bench.machine_cpu(stat) == {"busy": 7.0, "idle": 50.0, "iowait": 4.0, "steal": 7.0}  # guest time is in user
+
+    before = bench.machine_cpu()
+    deadline = bench.time.process_time() + 0.3
+    while bench.time.process_time() < deadline:
+        sum(range(1000))
+    assert bench.machine_cpu()["busy"] - before["busy"] >= 0.2
+
+
+def test_a_scaling_phase_says_where_the_machine_s_cores_went() -> None:
+    bench = throughput_bench()
+    phase = {
+        "workers": 2, "events_per_second": 80_000.0, "worker_cores": 1.5, "worker_cpu_microseconds_per_event": 18.0,
+        "broker_cores": 0.25, "redis_cores": 0.1,
+        "machine_cores": {"idle": 0.04, "iowait": 0.0, "steal": 0.08, "other_processes": 0.03},
+    }
+    assert bench.describe_phase(phase) == (
+        "2 worker(s) 80000 events/s (1.50 cores, 18 us of CPU per event, broker 0.25 cores, redis 0.10 cores;"
+        " machine: other processes 0.03, idle 0.04, iowait 0.00, steal 0.08 cores)"
+    )
+
+
+def test_the_scaling_rate_is_taken_while_every_worker_is_busy_past_its_start_up_and_before_it_runs_out() -> None:
+    bench = throughput_bench()
+    times = [0.5 * index for index in range(14)]
+    # worker 1 joins late; both crawl for a second after the rebalance; worker 0 runs out first
+    per_interval = [(0, 0), (9, 0), (9, 0), (6, 6), (6, 6), (60, 50), (64, 55), (58, 60), (62, 58), (61, 57), (20, 59), (0, 60), (0, 58)]
+    counts = [[0.0, 0.0]]
+    for first, second in per_interval:
+        counts.append([counts[-1][0] + first, counts[-1][1] + second])
+    whole = bench.busy_stretch(counts)
+    assert whole == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert bench.settled(times, counts, whole) == [5, 6, 7, 8, 9, 10]  # worker 0 ran out within the last interval
+    assert bench.settled(times, counts, whole, least=7) == whole  # too little left: the whole stretch
+    steady = [[0.0, 0.0]] + [[10.0 * index, 10.0 * index] for index in range(1, 8)]
+    assert bench.settled(times, steady, bench.busy_stretch(steady)) == list(range(8))
