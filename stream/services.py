@@ -75,17 +75,20 @@ def resolve_kafka_jars(echo=print) -> None:
     )
 
 
-def _kafka_java(main: str, *args: str, log_dir: Path) -> list[str]:
+#: The broker's JVM: a fixed 1 GB heap and, as Kafka's documentation advises for G1, 16 MB
+#: regions. With the default 1 MB regions a produce request of 512 KB or more (the worker's
+#: producer batches reach 512 KB) is a "humongous" object, allocated outside the young
+#: generation. The broker's GC threads took 0.01-0.16 of a core in each phase of
+#: bench/throughput.py's scaling runs, 0.00-0.01 with 16 MB regions (2026-11-30).
+BROKER_JVM_OPTIONS = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:G1HeapRegionSize=16m")
+
+
+def _kafka_java(main: str, *args: str, log_dir: Path, jvm_options: tuple[str, ...] = ()) -> list[str]:
+    """A Kafka class run with the project's jars; ``jvm_options`` for the broker only (the
+    storage tool that formats its directory runs for a second and needs no 1 GB heap)."""
     return [
         "java",
-        "-Xms1g",
-        "-Xmx1g",
-        # As Kafka's documentation advises for G1: with the default 1 MB regions a produce
-        # request of 512 KB or more (the worker's producer batches reach 512 KB) is a
-        # "humongous" object, allocated outside the young generation. The broker's GC threads took 0.01-0.16 of a core in each phase of
-        # bench/throughput.py's scaling runs, 0.00-0.01 with 16 MB regions (2026-11-30).
-        "-XX:+UseG1GC",
-        "-XX:G1HeapRegionSize=16m",
+        *jvm_options,
         "-cp",
         f"{KAFKA_LIBS}/*",
         f"-Dkafka.logs.dir={log_dir}",
@@ -150,7 +153,7 @@ def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 90
         )
     stdout = open(log_dir / "stdout.log", "ab")
     process = subprocess.Popen(
-        _kafka_java("kafka.Kafka", str(properties), log_dir=log_dir),
+        _kafka_java("kafka.Kafka", str(properties), log_dir=log_dir, jvm_options=BROKER_JVM_OPTIONS),
         stdout=stdout,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
