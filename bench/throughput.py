@@ -47,7 +47,7 @@ from model_cost import speed_probe  # noqa: E402  (bench/ is the script's direct
 from stream.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import isolated_environment, load_settings  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.topics import delete_topics_containing, ensure_topics  # noqa: E402
 
 DAY_MS = 86_400_000
 
@@ -58,17 +58,7 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
 
 async def delete_topics_of(bootstrap: str, tag: str) -> int:
     """Every topic a run created (its own, Faust's changelogs, the peers'): their names hold the tag."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [topic for topic in await admin.list_topics() if tag in topic]
-        for start in range(0, len(doomed), 100):
-            await admin.delete_topics(doomed[start : start + 100])
-        return len(doomed)
-    finally:
-        await admin.close()
+    return await delete_topics_containing(bootstrap, [tag])
 
 
 def write_result(kind: str, result: dict) -> Path:

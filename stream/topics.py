@@ -91,3 +91,20 @@ async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout
                 " is the broker healthy?"
             )
         await asyncio.sleep(0.1)
+
+
+async def delete_topics_containing(bootstrap: str, tags: list[str]) -> int:
+    """Deletes every topic whose name holds one of ``tags`` (a namespace's own topics, Faust's
+    changelogs, a peer's); returns how many. For the benches and the tests, which make fresh
+    topics per run: left behind, they pile up to thousands of partitions on a developer's broker."""
+    if not tags:
+        return 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [topic for topic in await admin.list_topics() if any(tag in topic for tag in tags)]
+        for start in range(0, len(doomed), 100):
+            await admin.delete_topics(doomed[start : start + 100])
+        return len(doomed)
+    finally:
+        await admin.close()
