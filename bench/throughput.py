@@ -13,7 +13,8 @@ event is counted in its /metrics. Before all that it measures the latency from e
 time to the score on the health topic at a fixed rate (on a quiet broker), and after
 it the scaling: two workers in one group against one worker, each on three times the
 events loaded before they start, over the stretch where every worker is busy
-(``--scaling-rounds N`` alternates the two N times and reports the median ratio). It
+(``--scaling-rounds N`` alternates the two N times and reports the median ratio;
+``--one-worker-cpus 0`` gives the one-worker phase, broker and Redis included, one CPU). It
 prints a table and writes it as JSON under bench/results/. (2) and (3) live in
 bench/peers.py.
 """
@@ -181,13 +182,43 @@ def process_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def start_worker(env: dict[str, str], port: int, name: str) -> subprocess.Popen:
+#: The CPUs this bench may use, as it started: what pinned processes get back afterwards.
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def start_worker(env: dict[str, str], port: int, name: str, cpus: frozenset[int] | None = None) -> subprocess.Popen:
+    """``healthscore worker``; with ``cpus``, it and every thread it starts run on those CPUs only."""
     log = open(ROOT / ".data" / f"bench-{name}.log", "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
         cwd=ROOT, env={**os.environ, **env, "HEALTHSCORE_WEB_PORT": str(port)},
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """CPU numbers as ``taskset -c`` takes them: 0 or 0,1 (for --one-worker-cpus)."""
+    try:
+        cpus = frozenset(int(cpu) for cpu in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers, such as 0 or 0,1") from None
+    if not cpus <= ALL_CPUS:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may use CPUs {','.join(map(str, sorted(ALL_CPUS)))} only")
+    return cpus
+
+
+def pin(pids: Iterable[int | None], cpus: frozenset[int]) -> None:
+    """Every thread of these running processes on ``cpus`` only (the threads they start later
+    inherit it): the broker's and Redis's, for a phase that gives the whole stack fewer cores."""
+    for pid in pids:
+        if pid is None:
+            continue
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except OSError:  # the thread ended
+                continue
 
 
 def stop_workers(processes: list[subprocess.Popen]) -> None:
@@ -349,8 +380,9 @@ def describe_phase(rate: dict) -> str:
             f" without {start_up:.1f} s of start-up and {run_out:.1f} s of running out"
             f" ({rate['events_per_second_untrimmed']:.0f} with them)"
         )
+    where = f" on CPU(s) {','.join(map(str, rate['cpus']))} with the broker and Redis" if rate.get("cpus") else ""
     return (
-        f"{rate['workers']} worker(s) {rate['events_per_second']:.0f} events/s{settling}"
+        f"{rate['workers']} worker(s){where} {rate['events_per_second']:.0f} events/s{settling}"
         f" ({rate['worker_cores']:.2f} cores, {rate['worker_cpu_microseconds_per_event']:.0f} us of CPU per event{services})"
     )
 
@@ -399,7 +431,7 @@ def settled(times: list[float], counts: list[list[float]], stretch: list[int], l
     return stretch[full[0] : full[-1] + 2]
 
 
-def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float) -> dict:
+def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: float, cpus: frozenset[int] | None = None) -> dict:
     """Events/s of len(ports) workers in one group while every one of them is processing.
 
     The events are loaded before the workers start, so no feed shares the cores with
@@ -413,11 +445,14 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     broker's by thread group (requests, JIT compiler, GC, log cleaner, other), to tell its
     work for the workers from the JVM's own; and the machine's cores that were idle, waiting
     for I/O, stolen by the VM's host or busy with other processes (the bench itself among
-    them), to tell a round that had less CPU from one that used it worse.
+    them), to tell a round that had less CPU from one that used it worse. With ``cpus``, the
+    workers, the broker and Redis run on those CPUs only for the phase.
     """
-    processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}") for index, port in enumerate(ports)]
     paths = default_paths()
     services = {"broker": service_pid(paths.kafka / "kafka.pid"), "redis": service_pid(paths.redis / "redis.pid")}
+    if cpus:
+        pin(services.values(), cpus)
+    processes = [start_worker(env, port, f"scaling-{len(ports)}-{index}", cpus) for index, port in enumerate(ports)]
     samples: list[tuple[float, list[float], float, dict[str, float], dict[str, float], dict[str, float]]] = []
     try:
         deadline = time.monotonic() + timeout
@@ -437,6 +472,8 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
                 break
     finally:
         stop_workers(processes)
+        if cpus:
+            pin(services.values(), ALL_CPUS)
     times = [sample[0] for sample in samples]
     counts_at = [sample[1] for sample in samples]
     whole = busy_stretch(counts_at)
@@ -459,6 +496,7 @@ def steady_rate(env: dict[str, str], ports: list[int], events: int, timeout: flo
     whole_seconds = times[whole[-1]] - times[whole[0]]
     return {
         "workers": len(ports),
+        "cpus": sorted(cpus) if cpus else None,
         "seconds_measured": seconds,
         "events_measured": measured,
         "events_per_second": measured / seconds,
@@ -682,6 +720,12 @@ def main() -> None:
         help="scaling: measure the group and one worker this many times, alternately, and report the median"
         " of the rounds' ratios (default 1; this VM's speed drifts within minutes, so 3 or more to judge the target)",
     )
+    parser.add_argument(
+        "--one-worker-cpus", type=cpu_list, metavar="LIST",
+        help="scaling: run the one-worker phase with the worker, the broker and Redis on these CPUs only (for"
+        " example 0), so that 'one worker on one core' includes the services it needs; the group phase keeps every"
+        " CPU. Default: not pinned (the one worker has a core, the broker and Redis the other)",
+    )
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s offered in the latency run (default 5000; 0: skip)")
     parser.add_argument("--latency-seconds", type=float, default=30, help="length of the latency run (default 30)")
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted at the end by default)")
@@ -742,7 +786,8 @@ def main() -> None:
                 scaling_settings = settings_for(scaling_env)
                 asyncio.run(ensure_topics(scaling_settings, echo=lambda _: None))
                 asyncio.run(load_events(scaling_settings, 3 * args.events, args.customers))
-                rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout))
+                cpus = args.one_worker_cpus if count == 1 else None
+                rates.append(steady_rate(scaling_env, [port + 1 + index for index in range(count)], 3 * args.events, args.timeout, cpus))
             rounds.append((rates[0], rates[1]))
             print(f"  round {round_number + 1}: " + " against ".join(describe_phase(rate) for rate in rates))
         scaled = scaling_summary(rounds)
@@ -763,7 +808,9 @@ def main() -> None:
         round_ratios = ", ".join(f"{entry['ratio']:.2f}" for entry in scaled["rounds"])
         print(
             f"scaling, all busy: {group['workers']} workers {group['events_per_second']:.0f} events/s"
-            f" (over {group['seconds_measured']:.1f} s), one worker {one['events_per_second']:.0f} events/s"
+            f" (over {group['seconds_measured']:.1f} s), one worker"
+            + (f" on CPU(s) {','.join(map(str, one['cpus']))} with the broker and Redis" if one.get("cpus") else "")
+            + f" {one['events_per_second']:.0f} events/s"
             f" (over {one['seconds_measured']:.1f} s); ratio {scaled['ratio']:.2f}x"
             + (
                 f"; the median of {len(scaled['rounds'])} rounds' ratios ({round_ratios})"

@@ -147,3 +147,37 @@ def test_the_scaling_rate_is_taken_while_every_worker_is_busy_past_its_start_up_
     assert bench.settled(times, counts, whole, least=7) == whole  # too little left: the whole stretch
     steady = [[0.0, 0.0]] + [[10.0 * index, 10.0 * index] for index in range(1, 8)]
     assert bench.settled(times, steady, bench.busy_stretch(steady)) == list(range(8))
+
+
+def test_a_running_process_and_its_threads_are_pinned_and_given_back_every_cpu() -> None:
+    bench = throughput_bench()
+    if len(bench.ALL_CPUS) < 2:
+        pytest.fail("this test needs a machine with two CPUs or more (the project's is two)")
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"])
+    try:
+        deadline = bench.time.monotonic() + 10
+        while len(list(Path(f"/proc/{child.pid}/task").iterdir())) < 2 and bench.time.monotonic() < deadline:
+            bench.time.sleep(0.05)
+        first = frozenset({min(bench.ALL_CPUS)})
+        bench.pin([child.pid, None], first)
+        threads = [int(task.name) for task in Path(f"/proc/{child.pid}/task").iterdir()]
+        assert len(threads) == 2 and all(bench.os.sched_getaffinity(thread) == first for thread in threads)
+        bench.pin([child.pid], bench.ALL_CPUS)
+        assert all(bench.os.sched_getaffinity(thread) == bench.ALL_CPUS for thread in threads)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_lists_are_read_as_taskset_writes_them_and_refused_clearly() -> None:
+    import argparse
+
+    bench = throughput_bench()
+    if not {0, 1} <= bench.ALL_CPUS:
+        pytest.fail("this test needs CPUs 0 and 1 (the project's machine has two)")
+    assert bench.cpu_list("0") == frozenset({0})
+    assert bench.cpu_list("1,0") == frozenset({0, 1})
+    with pytest.raises(argparse.ArgumentTypeError, match="not a comma-separated list of CPU numbers"):
+        bench.cpu_list("0-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="this process may use CPUs"):
+        bench.cpu_list("4096")
