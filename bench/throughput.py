@@ -217,7 +217,7 @@ def pin(pids: Iterable[int | None], cpus: frozenset[int]) -> None:
         for task in Path(f"/proc/{pid}/task").iterdir():
             try:
                 os.sched_setaffinity(int(task.name), cpus)
-            except OSError:  # the thread ended
+            except ProcessLookupError:  # the thread ended (not being allowed to is an error)
                 continue
 
 
