@@ -80,7 +80,9 @@ def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(nam
     dropped while its position stayed past them: a restart under load skipped them. The
     fault-injection module keeps the agent from taking anything after the seek until flow
     resumes, as an agent busy with a backlog would, and lets the seek return once fetched
-    records wait in the buffer: the clear drops them every time."""
+    records wait in the buffer, where the clear drops them. In about one start in four none
+    reach the buffer before flow resumes (waiting 10 s instead of 3 did not change that):
+    such a start proves nothing, so the test restarts with a new backlog, up to five times."""
     namespace.env["PYTHONPATH"] = str(FAULT_INJECTION)
     namespace.env["FAULT_SEEK_DELAY_SECONDS"] = "3"
     usage = namespace.topic("usage")
@@ -95,22 +97,29 @@ def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(nam
         wait_for(lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(customers), message="the first events applied")
         worker.stop()
 
-        backlog = [
-            (customer, usage_event(f"{customer}-{index}", customer, now_ms - 3_000_000 + index * 1000))
-            for index in range(200)
-            for customer in customers
-        ]
-        kcat_produce(usage, backlog)
-        worker.start()
-        wait_for(
-            lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog),
-            timeout=90,
-            message="every event of the backlog applied",
-            explain=lambda: f"fetched again: {metric_value(url, 'healthscore_records_fetched_again_total', topic=usage)}\n" + worker.log_tail(40),
-        )
-        # The window was hit (otherwise this test proves nothing), and nothing was applied twice.
-        assert metric_value(url, "healthscore_records_fetched_again_total", topic=usage) > 0
-        assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog)
+        fetched_again = 0.0
+        for attempt in range(5):
+            backlog = [
+                (customer, usage_event(f"{customer}-{attempt}-{index}", customer, now_ms - 3_000_000 + (attempt * 200 + index) * 1000))
+                for index in range(200)
+                for customer in customers
+            ]
+            kcat_produce(usage, backlog)
+            worker.start()
+            wait_for(
+                lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog),
+                timeout=90,
+                message="every event of the backlog applied",
+                explain=lambda: f"fetched again: {metric_value(url, 'healthscore_records_fetched_again_total', topic=usage)}\n" + worker.log_tail(40),
+            )
+            # Nothing skipped, nothing applied twice, whether the window was hit or not.
+            assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(backlog)
+            fetched_again = metric_value(url, "healthscore_records_fetched_again_total", topic=usage)
+            if fetched_again > 0:
+                break
+            worker.stop()
+        # The window was hit (otherwise this test proves nothing).
+        assert fetched_again > 0, "no restart of five landed in the window: the test proved nothing"
     finally:
         worker.stop()
 
