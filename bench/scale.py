@@ -30,9 +30,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.topics import delete_topics_containing, ensure_topics  # noqa: E402
 from throughput import (  # noqa: E402
-    delete_topics_of,
     events_done,
     load_events,
     namespace_env,
@@ -161,7 +160,7 @@ def main() -> None:
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
     write_result("scale", {"idle_rss_bytes": idle, "rows": rows})
-    deleted = sum(asyncio.run(delete_topics_of("127.0.0.1:9092", tag)) for tag in TAGS)
+    deleted = asyncio.run(delete_topics_containing("127.0.0.1:9092", TAGS))
     print(f"deleted the run's {deleted} topics")
 
 

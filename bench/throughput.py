@@ -57,11 +57,6 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
     return isolated_environment(tag, partitions, port, ROOT / ".data" / f"bench-{tag}")
 
 
-async def delete_topics_of(bootstrap: str, tag: str) -> int:
-    """Every topic a run created (its own, Faust's changelogs, the peers'): their names hold the tag."""
-    return await delete_topics_containing(bootstrap, [tag])
-
-
 def write_result(kind: str, result: dict) -> Path:
     """bench/results/<kind>-<UTC time>.json, stamped with the date and the machine."""
     now = datetime.now(timezone.utc)
@@ -845,7 +840,7 @@ def main() -> None:
         },
     )
     if not args.keep_topics:
-        deleted = asyncio.run(delete_topics_of(settings.kafka_bootstrap, tag))
+        deleted = asyncio.run(delete_topics_containing(settings.kafka_bootstrap, [tag]))
         print(f"deleted the run's {deleted} topics (--keep-topics keeps them)")
 
 
