@@ -109,6 +109,83 @@ def test_scores_wait_while_redis_is_away_and_newer_ones_replace_them(services: N
     assert metrics.REDIS_WRITE_FAILURES._value.get() == failures + 2
 
 
+def test_scores_offered_while_a_flush_writes_wait_for_the_next_flush(services: None) -> None:
+    """While a worker catches up it offers scores all the time: a flush that wrote them too never
+    ended, and every score reached Redis alone instead of the newest per backlog interval."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    customers = [f"c-{index:05d}" for index in range(FLUSH_CHUNK + 5)]  # two script calls
+
+    async def run() -> None:
+        cache = LatestScoreCache(settings.redis_url, prefix)
+        write = cache._write
+        calls = 0
+
+        async def write_while_the_agent_runs(command: list[bytes]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the agent goes on between the flush's round trips
+                cache.offer(customers[0], encode_json(message(customers[0], 90.0)))
+                cache.offer("c-late", encode_json(message("c-late", 80.0)))
+            await write(command)
+
+        cache._write = write_while_the_agent_runs  # type: ignore[method-assign]
+        try:
+            for customer in customers:
+                cache.offer(customer, encode_json(message(customer, 10.0)))
+            await cache.flush()
+            assert calls == 2 and cache.pending == 2
+            assert client.hget(customer_key(prefix, customers[0]), "score") == "10.0"
+            assert not client.exists(customer_key(prefix, "c-late"))
+            await cache.flush()
+            assert calls == 3 and cache.pending == 0
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    assert client.hget(customer_key(prefix, customers[0]), "score") == "90.0"
+    assert client.hget(customer_key(prefix, "c-late"), "score") == "80.0"
+    assert client.zcard(scores_key(prefix)) == len(customers) + 1
+
+
+def test_draining_waits_for_a_running_flush_then_writes_what_came_after_it(services: None) -> None:
+    """A stopping worker drains the cache: a timer's flush still writing leaves later scores to it."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    async def run() -> None:
+        cache = LatestScoreCache(settings.redis_url, prefix)
+        write = cache._write
+        release = asyncio.Event()
+
+        async def slow_write(command: list[bytes]) -> None:
+            await release.wait()
+            await write(command)
+
+        cache._write = slow_write  # type: ignore[method-assign]
+        try:
+            cache.offer("c-1", encode_json(message("c-1", 10.0)))
+            timer_flush = asyncio.create_task(cache.flush())
+            await asyncio.sleep(0)  # the flush has taken c-1 and waits on Redis
+            cache.offer("c-2", encode_json(message("c-2", 20.0)))
+            await cache.flush()  # a timer tick while it runs: nothing to do
+            assert cache.pending == 1
+            drained = asyncio.create_task(cache.drain())
+            await asyncio.sleep(0.05)
+            assert not drained.done()
+            release.set()
+            await asyncio.wait_for(asyncio.gather(timer_flush, drained), 10)
+            assert cache.pending == 0
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    assert client.hget(customer_key(prefix, "c-1"), "score") == "10.0"
+    assert client.hget(customer_key(prefix, "c-2"), "score") == "20.0"
+
+
 def offer_one_and_flush(url: str, prefix: str, sent: HealthMessage) -> int:
     """One cache, one score offered and flushed; what is still pending after the flush."""
 
