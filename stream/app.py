@@ -179,6 +179,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         # the 16 KB default, every ~15 score messages cost a round trip.
         producer_max_batch_size=settings.producer_batch_bytes,
         producer_linger=settings.producer_linger_seconds,
+        producer_compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
         # Restart time is the time to read the changelog back: in groups (stream/recovery.py).
         TableManager=GroupedRecoveryTableManager,
     )

@@ -211,6 +211,9 @@ class Settings(BaseSettings):
     producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
     #: How long the producer waits to fill a batch (Faust's producer_linger).
     producer_linger_seconds: float = Field(0.005, ge=0, le=1)
+    #: Codec of the producer's batches (scores, alerts, changelog): the broker stores and serves
+    #: fewer bytes for some of the worker's CPU (config/healthscore.toml has the figures).
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     #: How often the latest scores go to Redis: a customer scored twice in between is written once.
     redis_flush_interval_seconds: float = Field(0.5, gt=0, le=60)
     #: While the worker works through a backlog (its batches are full), the latest scores go to

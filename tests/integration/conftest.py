@@ -207,14 +207,15 @@ def worker(namespace: Namespace, tmp_path: Path, request: pytest.FixtureRequest)
     process.stop()
 
 
-def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]]) -> None:
+def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]], compression: str = "none") -> None:
     """Produces with kcat: one message per (key, value); key None sends no key."""
     keyed = [(k, v) for k, v in lines if k is not None]
     keyless = [v for k, v in lines if k is None]
     if keyed:
         payload = b"".join(k.encode() + b"\t" + v + b"\n" for k, v in keyed)
         subprocess.run(
-            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", "-X", "enable.idempotence=true", "-X", "partitioner=murmur2_random"],
+            ["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", "-X", f"compression.codec={compression}",
+             "-X", "enable.idempotence=true", "-X", "partitioner=murmur2_random"],
             input=payload,
             check=True,
             timeout=30,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -10,6 +11,7 @@ import urllib.request
 import pytest
 import redis
 
+from stream.services import default_paths
 from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -143,3 +145,55 @@ def test_redis_down_does_not_stop_the_kafka_output(services: None, tmp_path) -> 
         assert worker.process.poll() is None
     finally:
         worker.stop()
+
+
+#: Kafka's codec numbers in a record batch's attributes (the low three bits).
+CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def codecs_on_disk(topic: str) -> set[str]:
+    """The codec of every record batch the broker stored for the topic, read from its log segments
+    (offset 21 of a batch: base offset, length, leader epoch, magic, CRC, then the attributes)."""
+    partitions = sorted((default_paths().kafka / "data").glob(f"{topic}-[0-9]*"))
+    assert partitions, f"no partition directory of {topic} under the project's broker data"
+    found: set[str] = set()
+    for directory in partitions:
+        for segment in directory.glob("*.log"):
+            data = segment.read_bytes()
+            position = 0
+            while position + 23 <= len(data):
+                (length,) = struct.unpack_from(">i", data, position + 8)
+                (attributes,) = struct.unpack_from(">h", data, position + 21)
+                found.add(CODECS[attributes & 0x7])
+                position += 12 + length
+    return found
+
+
+def test_compressed_inputs_are_read_and_the_outputs_leave_with_the_configured_codec(namespace: Namespace, tmp_path) -> None:
+    """Producers often compress (lz4, snappy and zstd are common defaults): the worker reads every
+    codec Kafka has, and its own batches use producer_compression."""
+    namespace.env["HEALTHSCORE_PRODUCER_COMPRESSION"] = "zstd"
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    # One input topic per codec, each with an event of its kind for a customer of its own.
+    sent = {
+        "gzip": ("usage", "usage.session", {"user_id": "u1", "duration_seconds": 60}),
+        "snappy": ("purchases", "purchase.completed", {"order_id": "o1", "amount": 10.0, "currency": "EUR"}),
+        "lz4": ("payments", "payment.failed", {"invoice_id": "i1", "amount": 9.0, "reason": "card_declined"}),
+        "zstd": ("tickets", "ticket.opened", {"ticket_id": "t1", "priority": "high"}),
+    }
+    try:
+        for codec, (kind, event_type, data) in sent.items():
+            customer = f"{codec}-customer"
+            kcat_produce(namespace.topic(kind), [(customer, event(f"{codec}-1", event_type, customer, 2, data))], compression=codec)
+
+        def scored() -> set[str]:
+            return {line.partition("\t")[0] for line in kcat_consume(namespace.topic("health"))}
+
+        wait_for(lambda: scored() == {f"{codec}-customer" for codec in sent}, timeout=60, message="a score for each compressed input", explain=worker.log_tail)
+    finally:
+        worker.stop()
+    for codec, (kind, _, _) in sent.items():
+        assert codecs_on_disk(namespace.topic(kind)) == {codec}  # as the test means them to be
+    assert codecs_on_disk(namespace.topic("health")) == {"zstd"}
+    assert codecs_on_disk(f"{namespace.settings.app_id}-customer-state-changelog") == {"zstd"}

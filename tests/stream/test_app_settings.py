@@ -27,6 +27,8 @@ def test_no_standby_replicas_by_default() -> None:
         ("fetch_max_records", 500, "broker_max_poll_records", 500),
         ("producer_batch_bytes", 65_536, "producer_max_batch_size", 65_536),
         ("producer_linger_seconds", 0.02, "producer_linger", 0.02),
+        ("producer_compression", "zstd", "producer_compression_type", "zstd"),
+        ("producer_compression", "none", "producer_compression_type", None),
         ("commit_interval_seconds", 1.5, "broker_commit_interval", 1.5),
     ],
 )

@@ -38,6 +38,7 @@ def test_settings_are_frozen() -> None:
         ("HEALTHSCORE_SCORING__WEIGHTS", '{"usage": -1, "payments": 1}', "scoring.weights"),
         ("HEALTHSCORE_SCORING__AT_RISK_MIN", "80", "scoring"),
         ("HEALTHSCORE_WEB_PORT", "70000", "web_port"),
+        ("HEALTHSCORE_PRODUCER_COMPRESSION", "brotli", "producer_compression"),
         ("HEALTHSCORE_NO_SUCH_KEY", "1", None),
     ],
 )
@@ -103,4 +104,5 @@ def test_a_buffer_smaller_than_four_fetches_is_refused(monkeypatch: pytest.Monke
 def test_throughput_settings_have_their_defaults() -> None:
     settings = load_settings()
     assert settings.batch_max_events == 2000
+    assert settings.producer_compression == "none"
     assert settings.stream_buffer_events >= 4 * settings.fetch_max_records
