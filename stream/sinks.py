@@ -152,17 +152,15 @@ class LatestScoreCache:
     """Keeps the latest score per customer in Redis, off the hot path.
 
     The stream hands over each published message as the bytes it sent to Kafka; only
-    the newest per customer is kept. A timer writes those waiting when it fires, in
-    chunks of one script call each; scores offered meanwhile wait for the next flush.
-    If Redis is down, pending scores stay (one per
+    the newest per customer is kept. A timer writes them in chunks, one script call
+    each, until none is left. If Redis is down, pending scores stay (one per
     customer, so memory is bounded by the customers seen) and are retried; the
     Kafka output never waits for Redis.
 
     While the worker works through a backlog, the scores it publishes are late anyway
     and most are superseded within seconds: Redis then gets them every
     ``backlog_interval_seconds`` instead of at every timer tick. In a 10,000-customer
-    backlog Redis went from 0.2 to 0.1 of a core, and to 0.05-0.08 once a flush no
-    longer wrote what came while it ran (bench/throughput.py, 2026-11-30).
+    backlog that took Redis from 0.2 to 0.1 of a core (bench/throughput.py, 2026-11-30).
     """
 
     def __init__(
