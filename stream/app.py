@@ -526,7 +526,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         interval's worth, a few seconds' while catching up); they are on Kafka already."""
 
         async def on_stop(self) -> None:
-            await cache.drain()
+            await cache.flush()
 
     @guarded_timer(app, settings.fleet_metrics_interval_seconds, "Exporting fleet metrics")
     async def export_fleet_metrics() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import logging
@@ -171,8 +170,7 @@ class LatestScoreCache:
         self._pending: dict[str, bytes] = {}
         self._pending_alerts: list[tuple[str, bytes]] = []
         self._healthy = True
-        self._not_flushing = asyncio.Event()
-        self._not_flushing.set()
+        self._flushing = False
         self._backlog_interval = backlog_interval_seconds
         self._backlog_pending_limit = backlog_pending_limit
         self._catching_up = False
@@ -209,49 +207,34 @@ class LatestScoreCache:
         )
 
     async def flush(self) -> None:
-        """Writes what is pending as it starts, a chunk per round trip; a flush already running does it.
-
-        Scores and alerts offered while it writes wait for the next flush. While the worker
-        caught up, a flush that took them too never caught up itself: it wrote each score
-        as soon as it came, and the backlog interval coalesced nothing (152,680 customer
-        writes where 26,360 were due, bench/throughput.py, 400,000 events, 2026-11-30).
-        """
-        if not self._not_flushing.is_set():
+        """Writes everything pending, a chunk per round trip; a flush already running does it."""
+        if self._flushing:
             return
-        self._not_flushing.clear()
+        self._flushing = True
         self._last_flush = time.monotonic()
-        alerts, self._pending_alerts = self._pending_alerts, []
-        scores, self._pending = self._pending, {}
         try:
-            while alerts or scores:
-                if not await self._flush_chunk(alerts, scores):
-                    break
+            while self._pending_alerts or self._pending:
+                if not await self._flush_chunk():
+                    return
         finally:
-            # What was not written goes back; a newer score offered meanwhile wins over it.
-            self._pending_alerts[:0] = alerts
+            self._flushing = False
+
+    async def _flush_chunk(self) -> bool:
+        """Alerts first, then scores; on failure puts them back (newer offers win) and says False."""
+        alerts = self._pending_alerts[:FLUSH_CHUNK]
+        del self._pending_alerts[:FLUSH_CHUNK]
+        scores = _take(self._pending, FLUSH_CHUNK) if not alerts else {}
+        try:
+            await self._write(_script_call(self._prefix, alerts, scores))
+        except (RedisError, OSError) as error:
+            metrics.REDIS_WRITE_FAILURES.inc()
             for customer_id, encoded in scores.items():
                 self._pending.setdefault(customer_id, encoded)
-            self._not_flushing.set()
-
-    async def drain(self) -> None:
-        """Writes everything pending, after a flush already running: for a worker that stops."""
-        await self._not_flushing.wait()
-        await self.flush()
-
-    async def _flush_chunk(self, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> bool:
-        """Writes a chunk (alerts first, then scores) and removes it from them; False when Redis failed."""
-        alert_chunk = alerts[:FLUSH_CHUNK]
-        score_chunk = _take(scores, FLUSH_CHUNK) if not alert_chunk else {}
-        try:
-            await self._write(_script_call(self._prefix, alert_chunk, score_chunk))
-        except (RedisError, OSError) as error:
-            scores.update(score_chunk)
-            metrics.REDIS_WRITE_FAILURES.inc()
+            self._pending_alerts[:0] = alerts
             if self._healthy:
-                log.warning("Redis write failed, will retry (%s pending): %s", self.pending + len(alerts) + len(scores), error)
+                log.warning("Redis write failed, will retry (%s pending): %s", self.pending, error)
             self._healthy = False
             return False
-        del alerts[: len(alert_chunk)]
         if not self._healthy:
             log.info("Redis writes recovered")
         self._healthy = True
