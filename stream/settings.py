@@ -216,8 +216,8 @@ class Settings(BaseSettings):
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     #: How often the latest scores go to Redis: a customer scored twice in between is written once.
     redis_flush_interval_seconds: float = Field(0.5, gt=0, le=60)
-    #: While the worker works through a backlog (its batches are full), the latest scores go to
-    #: Redis this often instead: they are late anyway, and most are superseded within seconds.
+    #: While the worker works through a backlog (its batches are full), a flush to Redis starts
+    #: this often instead: the scores are late anyway, and most are superseded within seconds.
     redis_backlog_flush_interval_seconds: float = Field(2.0, gt=0, le=300)
     #: Other workers that also read each state partition's changelog (Faust's table_standby_replicas).
     #: With the in-memory store such a copy is never used (a partition that moves is read back from

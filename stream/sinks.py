@@ -157,7 +157,7 @@ class LatestScoreCache:
     Kafka output never waits for Redis.
 
     While the worker works through a backlog, the scores it publishes are late anyway
-    and most are superseded within seconds: Redis then gets them every
+    and most are superseded within seconds: a flush then starts every
     ``backlog_interval_seconds`` instead of at every timer tick. In a 10,000-customer
     backlog that took Redis from 0.2 to 0.1 of a core (bench/throughput.py, 2026-11-30).
 
