@@ -7,9 +7,10 @@ bytes: Faust never decodes them (it would ack undecodable messages silently).
 One agent reads the four input topics and the sweep-tick topic, so every change
 to a customer's record happens in one place, in order. Records reach it in batches
 (stream/batching.py); a batch is validated as a whole, then applied; its changed
-records are written back (with their changelog records) as they fall out of use,
-and its messages acked after the last one (stream/working_set.py); its scores,
-alerts and changelog records leave as producer batches (stream/outputs.py).
+records are written back as they fall out of use, and its messages acked after the
+last one (stream/working_set.py); its scores and alerts leave as producer batches
+(stream/outputs.py), and the changelog records of the customers it changed follow
+once per offset commit, just before it (stream/changelog.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
 from stream.batching import BatchingTopic, BulkDeliveryConsumer
+from stream.changelog import DeferredChangelog
 from stream.memory import collect_garbage_rarely, release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
 from stream.recovery import GroupedRecoveryTableManager
@@ -163,6 +165,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         topic_replication_factor=1,
         producer_acks=-1,
         broker_commit_interval=settings.commit_interval_seconds,
+        broker_commit_every=settings.commit_every_events,
         broker_session_timeout=settings.session_timeout_seconds,
         consumer_auto_offset_reset="earliest",
         web_host=settings.web_host,
@@ -184,7 +187,6 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         TableManager=GroupedRecoveryTableManager,
     )
     app.transport.Producer = IdempotentProducer
-    app.transport.Consumer = BulkDeliveryConsumer.waiting_at_most(settings.fetch_max_wait_seconds)
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=partitions, schema=raw_schema())
@@ -237,6 +239,22 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     def persisted(partition: int, offset: int) -> None:
         """As Faust's own changelog callback: a disk store resumes recovery after this offset."""
         states.data.set_persisted_offset(faust.types.TP(changelog_topic_name, partition), offset)
+
+    deferred = DeferredChangelog(states, changelog_topic_name, persisted) if settings.changelog_writes == "per_commit" else None
+
+    async def write_changelog() -> None:
+        """Before offsets are committed: every record changed since the last commit, once."""
+        if deferred is not None and deferred.pending:
+            await deferred.flush(producer)
+
+    app.transport.Consumer = BulkDeliveryConsumer.configured(settings.fetch_max_wait_seconds, write_changelog if deferred else None)
+
+    @app.on_partitions_revoked.connect
+    async def write_changelog_before_handing_over(sender: faust.App, revoked: set, **kwargs: object) -> None:
+        """The partitions' next owner reads their records from the changelog: they must all be there."""
+        if deferred is not None and deferred.pending:
+            await deferred.flush(producer)
+            await producer.flush()
 
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
@@ -489,6 +507,8 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
                     log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
                     await dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
             working.write_back()
+            if deferred is not None and batch.still_current(app):
+                deferred.take(outputs)  # their changelog records wait for the next commit
             metrics.SCORES_PUBLISHED.inc(outputs.count(health_topic_name))
             observe_published()
             await outputs.send(producer, {changelog_topic_name: persisted})

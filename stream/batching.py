@@ -10,10 +10,12 @@ partition's fetched aiokafka records on the channel's queue as one
 :class:`RecordRun`, with Faust's flow control applied per run, and the queue hands
 the stream everything buffered as one :class:`RecordBatch`. Faust neither tracks nor
 acks such a value: the batch does, once the agent has finished with it, by marking
-the offset range of each of its runs as acked in Faust's own bookkeeping, so Faust's
-commits (after it has flushed the producer) advance exactly as if every record had
-been acked one by one. Any other topic the consumer reads (table changelogs during
-recovery) takes Faust's per-record path unchanged.
+the offset range of each of its runs as acked (:meth:`BulkDeliveryConsumer.ack_run`,
+one entry per run where Faust keeps three objects per offset), so Faust's commits
+(after the commit hook has written the changelog and Faust has flushed the producer)
+advance exactly as if every record had been acked one by one. Any other topic the
+consumer reads (table changelogs during recovery) takes Faust's per-record path
+unchanged.
 
 Faust's fetch loop also wraps each record's delivery in ``wait_first`` (two new
 tasks and several loop turns per record) so that a delivery blocked on a full buffer
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -141,28 +143,17 @@ class RecordBatch:
         with ack_lock:
             if not self.acked and app.consumer_generation_id == self._generation():
                 for run in self.runs:
-                    _ack_range(consumer, run.tp, run.first_offset, run.records[-1].offset)
+                    consumer.ack_run(run.tp, run.first_offset, run.records[-1].offset)
             self.acked = True
             consumer._unacked_messages.discard(self)
             notify(consumer._waiting_for_ack)
 
+    def still_current(self, app: faust.App) -> bool:
+        """Whether no rebalance began since the batch was taken: its partitions are still this worker's."""
+        return app.flow_control.is_active() and (not self.runs or app.consumer_generation_id == self._generation())
+
     def _generation(self) -> int | None:
         return self.runs[0].generation_id if self.runs else None
-
-
-def _ack_range(consumer: Any, tp: TP, first: int, last: int) -> None:
-    """What ``Consumer.ack`` does for each offset from ``first`` to ``last``, at once."""
-    committed = consumer._committed_offset[tp]
-    if committed is not None:
-        first = max(first, committed)
-    if first > last:
-        return
-    fresh = set(range(first, last + 1))
-    index = consumer._acked_index[tp]
-    fresh.difference_update(index)
-    index.update(fresh)
-    consumer._acked[tp].extend(fresh)
-    consumer._n_acked += len(fresh)
 
 
 class Refetches:
@@ -314,11 +305,25 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
 
     #: Longest the broker holds a fetch that finds no new record (settings.fetch_max_wait_seconds).
     fetch_max_wait_ms: int = 100
+    #: Awaited before every offset commit, ahead of Faust's producer flush (stream/changelog.py).
+    before_commit: Callable[[], Awaitable[object]] | None = None
 
     @classmethod
-    def waiting_at_most(cls, seconds: float) -> type["BulkDeliveryConsumer"]:
-        """This class with its fetch wait set: Faust makes the consumer from the class itself."""
-        return type(cls.__name__, (cls,), {"fetch_max_wait_ms": round(seconds * 1000)})
+    def configured(
+        cls, fetch_max_wait_seconds: float, before_commit: Callable[[], Awaitable[object]] | None = None
+    ) -> type["BulkDeliveryConsumer"]:
+        """This class with its fetch wait and commit hook set: Faust makes the consumer from the class itself."""
+        return type(
+            cls.__name__,
+            (cls,),
+            {"fetch_max_wait_ms": round(fetch_max_wait_seconds * 1000), "before_commit": staticmethod(before_commit) if before_commit else None},
+        )
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        """Faust's commit (it flushes the producer, then commits), after the commit hook."""
+        if self.before_commit is not None:
+            await self.before_commit()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -326,6 +331,46 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refetches = Refetches()
+        # Offset ranges acked by whole runs, per partition, until a commit takes them. Faust
+        # keeps a list entry, a set entry and an int object per acked offset (about 70 bytes):
+        # 20 MB between two commits 2.8 s apart at 100,000 events/s.
+        self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
+
+    def ack_run(self, tp: TP, first: int, last: int) -> None:
+        """Every offset from ``first`` to ``last`` is processed: what ``Consumer.ack`` does for each, at once."""
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            first = max(first, committed)
+        if first > last:
+            return
+        self._acked_runs.setdefault(tp, []).append((first, last))
+        self._acked[tp]  # Faust commits the partitions it finds in this mapping
+        self._n_acked += last - first + 1
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit: past the acked ranges that follow on from the committed offset
+        without a gap (as Faust's own, which also lets the first start one offset late)."""
+        runs = self._acked_runs.get(tp)
+        if not runs:
+            return faust_aiokafka.Consumer._new_offset(self, tp)
+        runs.sort()
+        committed = self._committed_offset[tp]
+        if committed and runs[0][0] - committed > 1:
+            return None  # an earlier run is still being processed
+        end = runs[0][0]
+        taken = 0
+        for first, last in runs:
+            if first > end:
+                break
+            end = max(end, last + 1)
+            taken += 1
+        del runs[:taken]
+        return end
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._acked_runs.pop(tp, None)
 
     def _bulk_channel(self, tp: TP) -> BatchingTopic | None:
         """The one channel reading this partition, if it takes whole runs."""

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     #: How often consumed offsets are committed; a crash reprocesses at most this much (idempotently).
     commit_interval_seconds: float = Field(2.8, gt=0)
+    #: Offsets are also committed once this many events were processed since the last commit.
+    commit_every_events: int = Field(25_000, ge=1)
+    #: When a changed customer record goes to the state changelog: once per offset commit
+    #: ("per_commit": fewer changelog records, less broker work, shorter restarts), or once per
+    #: batch ("per_batch": after a crash, fewer events are applied and their scores published again).
+    changelog_writes: Literal["per_batch", "per_commit"] = "per_commit"
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
     session_timeout_seconds: float = Field(60.0, ge=6, le=300)
     #: How often each worker rescans its customers at the current time (inactivity, silence).

@@ -6,13 +6,15 @@ once per event. Only the most recently used records stay decoded: the others are
 written back as soon as more than ``DECODED_RECORDS`` are open, while their objects
 are still in the CPU cache. Keeping a whole 2,000-event batch decoded until its end
 (about 10 MB of objects) cost a quarter more per event than writing records back
-in small groups (measured with the bench mix, no broker). The batch's messages are
-acked only after ``write_back``, and Faust flushes the producer before it commits
-offsets, so a crash never commits an offset whose state change is not in the
-changelog.
+in small groups (measured with the bench mix, no broker). The changelog records go
+to the batch's outputs; the agent sends them with the batch, or leaves their keys to
+be written at the next offset commit (stream/changelog.py). The batch's messages are
+acked only after ``write_back``, and the changelog is written and the producer flushed
+before offsets are committed, so a crash never commits an offset whose state change
+is not in the changelog.
 
 The Rust kernel works on the stored bytes instead (``run_native``): its new record goes
-into the table at once and its changelog record is sent at ``write_back``, with the
+into the table at once and its changelog record is added at ``write_back``, with the
 newest value of each key whichever path changed it last.
 """
 
@@ -47,7 +49,7 @@ class _Record:
     dirty: bool = False
 
 
-def _records_of(table: Any) -> MutableMapping[bytes, bytes]:
+def table_records(table: Any) -> MutableMapping[bytes, bytes]:
     """The table's records as its store keeps them. Faust's in-memory store wraps a dict in a
     mapping whose get and set take several Python calls each (5 % of the worker's samples in a
     py-spy profile, 2026-11-30); the dict itself, where there is one."""
@@ -67,7 +69,7 @@ class WorkingSet:
         changelog_topic: str,
         capacity: int = DECODED_RECORDS,
     ) -> None:
-        self._data = _records_of(table)
+        self._data = table_records(table)
         self._keys_by_partition = keys_by_partition
         self._outputs = outputs
         self._changelog_topic = changelog_topic

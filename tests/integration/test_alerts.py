@@ -133,13 +133,22 @@ def test_lookups_for_people_and_tools(namespace: Namespace, worker: WorkerProces
     assert status == 400 and "limit" in bad["error"]
 
 
-@pytest.mark.parametrize("lose_changelog", [False, True], ids=["state-restored", "state-lost"])
-def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespace: Namespace, tmp_path: Path, lose_changelog: bool) -> None:
+@pytest.mark.parametrize(
+    ("changelog_writes", "lose_changelog"),
+    [("per_batch", False), ("per_commit", False), ("per_commit", True)],
+    ids=["state-restored", "state-written-at-commit", "state-lost"],
+)
+def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(
+    namespace: Namespace, tmp_path: Path, changelog_writes: str, lose_changelog: bool
+) -> None:
     """SIGKILL right after the alert is out, before offsets are committed: the restarted
-    worker reprocesses the events. With its state restored from the changelog it knows the
-    events; with the changelog lost (the worst case: the alert got out, the state did not)
-    it raises the alerts again and must find them on the topic and not send them twice."""
+    worker reprocesses the events. With the changelog written per batch, its state restored
+    from the changelog knows the events. Written at each commit (the default), the state
+    restored is from before the events, as when the changelog is lost (the worst case: the
+    alert got out, the state did not): it raises the alerts again and must find them on the
+    topic and not send them twice."""
     namespace.env["HEALTHSCORE_COMMIT_INTERVAL_SECONDS"] = "120"
+    namespace.env["HEALTHSCORE_CHANGELOG_WRITES"] = changelog_writes
     namespace.env["HEALTHSCORE_SESSION_TIMEOUT_SECONDS"] = "6"
     worker = WorkerProcess(namespace, tmp_path / "worker.log")
     worker.start()
@@ -192,7 +201,8 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(namespa
         assert sorted(ids) == sorted(a["alert_id"] for a in published_before)
         assert before[0]["alert_id"] in ids
         skipped = metric_value(url, "healthscore_alerts_already_published_total", rule="cancellation")
-        assert skipped == (1 if lose_changelog else 0)
+        state_restored = changelog_writes == "per_batch" and not lose_changelog
+        assert skipped == (0 if state_restored else 1)
     finally:
         worker.stop()
 

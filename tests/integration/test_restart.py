@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -176,3 +177,89 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
     finally:
         for worker in workers:
             worker.stop()
+
+
+def committed_offsets(group: str, topic: str, partitions: int) -> list[int | None]:
+    """The group's committed offset on each partition of ``topic`` (None: nothing committed)."""
+    from tests.integration.test_alerts import assigned_outside_the_group
+
+    async def read() -> list[int | None]:
+        async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
+            return [await consumer.committed(tp) for tp in partitions_of_topic]
+
+    return asyncio.run(read())
+
+
+def end_offsets(topic: str, partitions: int) -> list[int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> list[int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092")
+        await consumer.start()
+        try:
+            partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
+            ends = await consumer.end_offsets(partitions_of_topic)
+            return [ends[tp] for tp in partitions_of_topic]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_a_worker_killed_after_a_commit_restarts_knowing_every_committed_event(namespace: Namespace, tmp_path: Path) -> None:
+    """Changelog records are written once per offset commit (stream/changelog.py), just
+    before it: a SIGKILL after a commit loses no change the committed offsets cover. The
+    batches are ten events each, so the records written per commit, not per batch, show
+    in how few the restarted worker reads back."""
+    customers, per_customer = 100, 10
+    namespace.env.update(
+        {
+            "HEALTHSCORE_COMMIT_INTERVAL_SECONDS": "1",
+            "HEALTHSCORE_SESSION_TIMEOUT_SECONDS": "6",
+            "HEALTHSCORE_BATCH_MAX_EVENTS": "10",
+            "HEALTHSCORE_FETCH_MAX_RECORDS": "10",
+        }
+    )
+    usage = namespace.topic("usage")
+    partitions = namespace.settings.partitions
+    now_ms = int(time.time() * 1000)
+    messages = [
+        (f"c{customer:03d}", usage_event(f"e{customer}-{index}", f"c{customer:03d}", now_ms - 600_000 + index * 1000))
+        for index in range(per_customer)
+        for customer in range(customers)
+    ]
+    events = len(messages)
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        url = worker.metrics_url
+        kcat_produce(usage, messages)
+        wait_for(
+            lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == events,
+            timeout=60,
+            message="every event applied",
+        )
+        ends = end_offsets(usage, partitions)
+        wait_for(
+            lambda: committed_offsets(namespace.settings.app_id, usage, partitions) == ends,
+            timeout=30,
+            message="the offsets of every event committed",
+        )
+        worker.kill()  # SIGKILL: no flush, no commit, no goodbye
+        assert worker.process.returncode == -9
+
+        worker.start()
+        kcat_produce(usage, messages)  # every event again, as new messages
+        wait_for(
+            lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="duplicate") == events,
+            timeout=60,
+            message="every event recognised as already applied",
+            explain=lambda: worker.log_tail(40),
+        )
+        assert metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == 0
+        restored = metric_value(url, "healthscore_changelog_records_restored_total")
+        # Per batch this would be about one record per event (the batches are ten events
+        # long and each holds ten customers); per commit, a few per customer.
+        assert customers <= restored < events / 2, restored
+    finally:
+        worker.stop()

@@ -30,6 +30,7 @@ def test_no_standby_replicas_by_default() -> None:
         ("producer_compression", "zstd", "producer_compression_type", "zstd"),
         ("producer_compression", "none", "producer_compression_type", None),
         ("commit_interval_seconds", 1.5, "broker_commit_interval", 1.5),
+        ("commit_every_events", 5_000, "broker_commit_every", 5_000),
     ],
 )
 def test_a_setting_reaches_faust(setting: str, value: object, faust_setting: str, expected: object) -> None:
@@ -93,3 +94,11 @@ def test_the_fetch_wait_reaches_aiokafka_instead_of_fausts_fixed_one_and_a_half_
 
     assert asyncio.run(fetch_wait_ms(Settings())) == 100
     assert asyncio.run(fetch_wait_ms(Settings(fetch_max_wait_seconds=0.25))) == 250
+
+
+@pytest.mark.parametrize(("writes", "hooked"), [("per_commit", True), ("per_batch", False)])
+def test_changelog_records_wait_for_the_commit_only_when_configured(writes: str, hooked: bool) -> None:
+    """Per commit (the default) the consumer writes them just before it commits offsets; per batch the agent does."""
+    assert Settings().changelog_writes == "per_commit"
+    consumer_class = build_app(Settings(changelog_writes=writes)).transport.Consumer
+    assert (consumer_class.before_commit is not None) == hooked

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import faust
 import pytest
 from aiokafka.structs import ConsumerRecord
-from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent
@@ -154,6 +153,23 @@ def test_only_records_dropped_in_the_current_generation_are_fetched_again() -> N
     assert consumer.refetches.take(3, {P0}) == {P0: 12}
 
 
+class FakeConsumer:
+    """The ack bookkeeping of BulkDeliveryConsumer (and, under it, Faust's), without a broker."""
+
+    ack_run = BulkDeliveryConsumer.ack_run
+    _new_offset = BulkDeliveryConsumer._new_offset
+
+    def __init__(self, committed: int | None) -> None:
+        self._unacked_messages: weakref.WeakSet = weakref.WeakSet()
+        self._committed_offset = defaultdict(lambda: committed)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        self._n_acked = 0
+        self._waiting_for_ack = None
+
+
 class FakeApp:
     """What a batch reads of Faust's app: the generation, the flow, and the consumer's ack bookkeeping."""
 
@@ -161,19 +177,11 @@ class FakeApp:
         self.consumer_generation_id = 1
         self.flow_control = FlowControlEvent(initially_suspended=False)
         self.monitor = SimpleNamespace(stream_inbound_time={})
-        self.consumer = SimpleNamespace(
-            _unacked_messages=weakref.WeakSet(),
-            _committed_offset=defaultdict(lambda: committed),
-            _acked=defaultdict(list),
-            _acked_index=defaultdict(set),
-            _gap=defaultdict(IntervalTree),
-            _n_acked=0,
-            _waiting_for_ack=None,
-        )
+        self.consumer = FakeConsumer(committed)
 
     def commit_offset(self, tp: TP) -> int | None:
-        """The offset Faust's own commit would take from this bookkeeping."""
-        return FaustConsumer._new_offset(self.consumer, tp)
+        """The offset Faust's commit would take from this bookkeeping (and then forget)."""
+        return self.consumer._new_offset(tp)
 
 
 def test_acking_a_batch_lets_faust_commit_past_its_last_record_gaps_included() -> None:
@@ -192,8 +200,29 @@ def test_acking_a_batch_lets_faust_commit_past_its_last_record_gaps_included() -
 def test_offsets_below_the_committed_one_are_not_acked_again() -> None:
     app = FakeApp(committed=4)
     RecordBatch([run([2, 3, 4, 5])]).current(app).ack(app)
-    assert sorted(app.consumer._acked[TP("usage", 0)]) == [4, 5]
+    assert app.consumer._acked_runs[TP("usage", 0)] == [(4, 5)]
+    assert app.consumer._n_acked == 2
     assert app.commit_offset(TP("usage", 0)) == 6
+
+
+def test_a_batch_acked_before_an_earlier_one_waits_for_it() -> None:
+    """Offsets are committed only up to the first run still being processed."""
+    app = FakeApp(committed=10)
+    first = RecordBatch([run([10, 11, 12])]).current(app)
+    second = RecordBatch([run([13, 14])]).current(app)
+    second.ack(app)
+    assert app.commit_offset(TP("usage", 0)) is None
+    first.ack(app)
+    assert app.commit_offset(TP("usage", 0)) == 15
+    assert app.consumer._acked_runs[TP("usage", 0)] == []  # taken by that commit
+
+
+def test_a_partition_acked_one_message_at_a_time_keeps_fausts_own_bookkeeping() -> None:
+    """Topics no BatchingTopic reads alone are acked by Faust per message; their commits are Faust's."""
+    app = FakeApp()
+    app.consumer._acked[TP("other", 0)].extend([0, 1, 2])
+    app.consumer._acked_index[TP("other", 0)].update([0, 1, 2])
+    assert app.commit_offset(TP("other", 0)) == 3
 
 
 def test_runs_from_before_a_rebalance_are_dropped_unacked() -> None:

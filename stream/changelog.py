@@ -1,0 +1,95 @@
+"""Changelog records written once per offset commit, not once per batch.
+
+A customer's record changes with almost every batch that holds one of its events,
+and each change was one changelog record: at 10,000 customers about one record per
+event, a third of the bytes the broker takes in and half its records. Only the
+record that is current when the consumed offsets are committed matters for a
+restart: recovery reads the changelog back, then the worker reads its inputs from
+the committed offsets, and an event read again is recognised from the record (its
+id is remembered) or applied again (the record predates it).
+
+So, as Kafka Streams does with its state-store cache, a batch only notes which keys
+it changed; just before Faust commits offsets (its commit timer, a rebalance, a
+stop) the current value of each noted key is sent once and the producer flushed,
+and only then are the offsets committed. The guarantee is unchanged: a committed
+offset never lies past a change the changelog lacks. What changes is the cost of a
+crash: the events since the last commit are applied again instead of recognised,
+so their scores are published again (see docs/events.md).
+
+A batch that ends after its partitions were revoked (a rebalance began while it
+ran) sends its changelog records at once, as before: by the next commit the keys
+may belong to another worker, which must not read an old value after its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stream.outputs import Delivered, IdempotentProducer, Outputs
+from stream.working_set import table_records
+
+log = logging.getLogger(__name__)
+
+#: Records per producer call while flushing, so a flush over 100,000 customers never
+#: holds more than this many values outside the table at once.
+FLUSH_CHUNK = 2000
+
+
+class DeferredChangelog:
+    """Keys changed since the last flush, per partition, in the order they changed."""
+
+    def __init__(self, table: Any, topic: str, on_delivered: Delivered | None = None) -> None:
+        self._table = table
+        self._topic = topic
+        self._on_delivered = on_delivered
+        # A list per partition (8 bytes per change) rather than a set: duplicates are
+        # dropped when flushing, and a set of 100,000 keys costs 40 bytes per customer.
+        self._changed: dict[int, list[bytes]] = {}
+
+    @property
+    def pending(self) -> int:
+        """Changes noted since the last flush (a key changed by two batches counts twice)."""
+        return sum(len(keys) for keys in self._changed.values())
+
+    def take(self, outputs: Outputs) -> None:
+        """Moves a batch's changelog records out of ``outputs``: their keys wait for the next flush."""
+        batch = outputs.pending(self._topic)
+        for partition, records in batch.items():
+            keys = self._changed.get(partition)
+            if keys is None:
+                keys = self._changed[partition] = []
+            keys.extend(key for key, _ in records)
+        batch.clear()
+
+    async def flush(self, producer: IdempotentProducer) -> int:
+        """Sends the current value of every noted key once; returns how many were sent.
+
+        Returns once they are queued: the caller flushes the producer before it commits.
+        If sending fails, every key is noted again, so the commit that follows (if any)
+        still finds them.
+        """
+        changed, self._changed = self._changed, {}
+        records = table_records(self._table)
+        sent = 0
+        try:
+            for partition, keys in changed.items():
+                chunk: list[tuple[bytes | None, bytes]] = []
+                for key in dict.fromkeys(keys):
+                    value = records.get(key)
+                    if value is None:
+                        continue  # no longer this worker's (Faust dropped it after a rebalance)
+                    chunk.append((key, value))
+                    if len(chunk) >= FLUSH_CHUNK:
+                        await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
+                        sent += len(chunk)
+                        chunk = []
+                if chunk:
+                    await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
+                    sent += len(chunk)
+        except BaseException:
+            for partition, keys in changed.items():
+                self._changed[partition] = keys + self._changed.get(partition, [])
+            raise
+        return sent
+
