@@ -335,6 +335,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         # keeps a list entry, a set entry and an int object per acked offset (about 70 bytes):
         # 20 MB between two commits 2.8 s apart at 100,000 events/s.
         self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
+        self._commit_task: asyncio.Future | None = None
 
     def ack_run(self, tp: TP, first: int, last: int) -> None:
         """Every offset from ``first`` to ``last`` is processed: what ``Consumer.ack`` does for each, at once."""
@@ -427,7 +428,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                         self.fetch_again(tp, first, generation, len(fetched))
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
-                    await self.commit()
+                    self._commit_in_background()
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -442,6 +443,25 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _commit_in_background(self) -> None:
+        """Starts a commit unless one started here is still running; fetching goes on meanwhile.
+
+        A commit writes the changelog and waits for the producer to flush (tens of
+        milliseconds to a few hundred under load): awaited here, as Faust does, it kept
+        the buffer from refilling, so the agent took short batches and the Redis cache
+        took them for the end of a backlog. Faust's commit timer commits from its own
+        task in the same way, and Faust lets one commit run at a time.
+        """
+        if self._commit_task is not None and not self._commit_task.done():
+            return
+
+        def finished(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self.log.error("Committing offsets failed: %r", task.exception())
+
+        self._commit_task = asyncio.ensure_future(self.commit())
+        self._commit_task.add_done_callback(finished)
 
     def fetch_again(self, tp: TP, offset: int, generation: int, records: int) -> None:
         """Records from ``offset`` on were dropped before the agent took them: fetch them again.

@@ -432,3 +432,40 @@ def test_a_failing_native_step_changes_nothing() -> None:
         working.run_native(b"acme", 0, unreadable)
     assert table.data == {b"acme": b"stored"}
     assert working.write_back() == 0
+
+
+def test_the_fetch_loop_starts_one_commit_at_a_time_and_does_not_wait_for_it() -> None:
+    """A commit writes the changelog and waits for the producer; fetching goes on meanwhile."""
+
+    class Committing:
+        _commit_in_background = BulkDeliveryConsumer._commit_in_background
+
+        def __init__(self) -> None:
+            self._commit_task = None
+            self.started = 0
+            self.release = asyncio.Event()
+            self.errors: list[str] = []
+            self.log = SimpleNamespace(error=lambda message, *args: self.errors.append(message % args))
+
+        async def commit(self) -> bool:
+            self.started += 1
+            await self.release.wait()
+            if self.started == 2:
+                raise RuntimeError("broker gone")
+            return True
+
+    async def scenario() -> Committing:
+        consumer = Committing()
+        consumer._commit_in_background()
+        consumer._commit_in_background()  # the first is still running: no second one
+        await asyncio.sleep(0)
+        assert consumer.started == 1
+        consumer.release.set()
+        await asyncio.sleep(0)
+        consumer._commit_in_background()
+        await asyncio.sleep(0.01)
+        assert consumer.started == 2
+        return consumer
+
+    consumer = asyncio.run(scenario())
+    assert consumer.errors == ["Committing offsets failed: RuntimeError('broker gone')"]
