@@ -251,8 +251,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def write_changelog_before_handing_over(sender: faust.App, revoked: set, **kwargs: object) -> None:
-        """The partitions' next owner reads their records from the changelog: they must all be there."""
-        if deferred is not None and deferred.pending:
+        """The partitions' next owner reads their records from the changelog: they must all be
+        there, those of a commit's flush still under way included."""
+        if deferred is not None:
             await deferred.flush(producer)
             await producer.flush()
 

@@ -23,13 +23,11 @@ may belong to another worker, which must not read an old value after its own.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from typing import Any
 
 from stream.outputs import Delivered, IdempotentProducer, Outputs
 from stream.working_set import table_records
-
-log = logging.getLogger(__name__)
 
 #: Records per producer call while flushing, so a flush over 100,000 customers never
 #: holds more than this many values outside the table at once.
@@ -46,6 +44,10 @@ class DeferredChangelog:
         # A list per partition (8 bytes per change) rather than a set: duplicates are
         # dropped when flushing, and a set of 100,000 keys costs 40 bytes per customer.
         self._changed: dict[int, list[bytes]] = {}
+        # One flush at a time: a rebalance must not hand partitions over while a commit's
+        # flush is still sending their records (their new owner would read the changelog
+        # before the last of them and miss it).
+        self._flushing = asyncio.Lock()
 
     @property
     def pending(self) -> int:
@@ -65,10 +67,14 @@ class DeferredChangelog:
     async def flush(self, producer: IdempotentProducer) -> int:
         """Sends the current value of every noted key once; returns how many were sent.
 
-        Returns once they are queued: the caller flushes the producer before it commits.
-        If sending fails, every key is noted again, so the commit that follows (if any)
-        still finds them.
+        Waits for a flush already running first. Returns once the records are queued:
+        the caller flushes the producer before it commits. If sending fails, every key
+        is noted again, so the commit that follows (if any) still finds them.
         """
+        async with self._flushing:
+            return await self._flush(producer)
+
+    async def _flush(self, producer: IdempotentProducer) -> int:
         changed, self._changed = self._changed, {}
         records = table_records(self._table)
         sent = 0

@@ -125,3 +125,40 @@ def test_a_failed_flush_keeps_every_key_for_the_next_one() -> None:
     retry = Producer()
     assert flush(changelog, retry) == 3
     assert sorted(retry.sent()) == [(0, b"a", b"a1"), (1, b"b", b"b1"), (1, b"c", b"c1")]
+
+
+def test_a_flush_waits_for_one_under_way() -> None:
+    """A rebalance flushes before it hands partitions over: a commit's flush still sending
+    their records must be done by then."""
+    table = Table()
+    changelog = DeferredChangelog(table, TOPIC)
+    changelog.take(batch_changing(table, [(0, b"a", b"a1")]))
+
+    class SlowProducer(Producer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def send_records(self, topic: str, records: dict, on_delivered: object = None) -> None:
+            await self.release.wait()
+            await super().send_records(topic, records, on_delivered)
+
+    async def scenario() -> list[str]:
+        producer = SlowProducer()
+        done: list[str] = []
+
+        async def flush_and_note(name: str) -> None:
+            await changelog.flush(producer)  # type: ignore[arg-type]
+            done.append(name)
+
+        commit = asyncio.ensure_future(flush_and_note("commit"))
+        await asyncio.sleep(0)
+        rebalance = asyncio.ensure_future(flush_and_note("rebalance"))
+        await asyncio.sleep(0.01)
+        assert done == []  # the rebalance's flush waits while the commit's sends
+        producer.release.set()
+        await asyncio.gather(commit, rebalance)
+        assert producer.sent() == [(0, b"a", b"a1")]
+        return done
+
+    assert asyncio.run(scenario()) == ["commit", "rebalance"]
