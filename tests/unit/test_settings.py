@@ -106,3 +106,12 @@ def test_throughput_settings_have_their_defaults() -> None:
     assert settings.batch_max_events == 2000
     assert settings.producer_compression == "none"
     assert settings.stream_buffer_events >= 4 * settings.fetch_max_records
+    assert settings.changelog_writes == "per_commit"
+    assert settings.commit_every_events == 25_000
+
+
+@pytest.mark.parametrize("value", ["per_event", "always", ""])
+def test_an_unknown_changelog_mode_is_refused_naming_the_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HEALTHSCORE_CHANGELOG_WRITES", value)
+    with pytest.raises(SettingsError, match="changelog_writes"):
+        load_settings()
