@@ -98,4 +98,3 @@ class DeferredChangelog:
                 self._changed[partition] = keys + self._changed.get(partition, [])
             raise
         return sent
-
