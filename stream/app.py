@@ -511,6 +511,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             if deferred is not None and batch.still_current(app):
                 deferred.take(outputs)  # their changelog records wait for the next commit
             metrics.SCORES_PUBLISHED.inc(outputs.count(health_topic_name))
+            metrics.CHANGELOG_RECORDS_WRITTEN.inc(outputs.count(changelog_topic_name))
             observe_published()
             await outputs.send(producer, {changelog_topic_name: persisted})
             batch.ack(app)

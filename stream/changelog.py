@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from stream import metrics
 from stream.outputs import Delivered, IdempotentProducer, Outputs
 from stream.working_set import table_records
 
@@ -87,14 +88,17 @@ class DeferredChangelog:
                         continue  # no longer this worker's (Faust dropped it after a rebalance)
                     chunk.append((key, value))
                     if len(chunk) >= FLUSH_CHUNK:
-                        await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
-                        sent += len(chunk)
+                        sent += await self._send(producer, partition, chunk)
                         chunk = []
                 if chunk:
-                    await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
-                    sent += len(chunk)
+                    sent += await self._send(producer, partition, chunk)
         except BaseException:
             for partition, keys in changed.items():
                 self._changed[partition] = keys + self._changed.get(partition, [])
             raise
         return sent
+
+    async def _send(self, producer: IdempotentProducer, partition: int, chunk: list[tuple[bytes | None, bytes]]) -> int:
+        await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
+        metrics.CHANGELOG_RECORDS_WRITTEN.inc(len(chunk))
+        return len(chunk)

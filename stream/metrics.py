@@ -137,6 +137,12 @@ CHANGELOG_RECORDS_RESTORED = Counter(
     "Customer-state changelog records read back into the table (restart, rebalance, standby); restart time grows with it.",
     registry=REGISTRY,
 )
+CHANGELOG_RECORDS_WRITTEN = Counter(
+    "healthscore_changelog_records_written",
+    "Customer-state records sent to the changelog: one per changed customer per offset commit (or per batch); "
+    "against healthscore_events_total, how much the changelog coalesces.",
+    registry=REGISTRY,
+)
 KERNEL_FALLBACKS = Counter(
     "healthscore_kernel_fallbacks",
     "Events the Rust kernel could not take (a record or payload it cannot read) and the Python model applied instead.",

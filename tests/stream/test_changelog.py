@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from stream import metrics
 from stream.changelog import FLUSH_CHUNK, DeferredChangelog
 from stream.outputs import Outputs
 
@@ -49,6 +50,10 @@ def batch_changing(table: Table, changes: list[tuple[int, bytes, bytes]]) -> Out
         table.data[key] = value
         outputs.add(TOPIC, partition, key, value)
     return outputs
+
+
+def written() -> float:
+    return metrics.REGISTRY.get_sample_value("healthscore_changelog_records_written_total") or 0.0
 
 
 def flush(changelog: DeferredChangelog, producer: Producer) -> int:
@@ -108,7 +113,9 @@ def test_a_large_flush_goes_out_in_chunks() -> None:
     keys = [b"c%06d" % index for index in range(2 * FLUSH_CHUNK + 5)]
     changelog.take(batch_changing(table, [(3, key, b"v") for key in keys]))
     producer = Producer()
+    counted = written()
     assert flush(changelog, producer) == len(keys)
+    assert written() - counted == len(keys)  # healthscore_changelog_records_written_total
     assert [len(items) for _, _, items in producer.calls] == [FLUSH_CHUNK, FLUSH_CHUNK, 5]
     assert [key for _, key, _ in producer.sent()] == keys
 
