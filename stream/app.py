@@ -39,7 +39,7 @@ from scoring.pipeline import Step, due_for_sweep, step, sweep
 from scoring.state import CustomerState, Outcome, decode_state
 from stream import metrics, web
 from stream.alert_ledger import AlertLedger
-from stream.batching import BatchingTopic, BulkDeliveryConsumer
+from stream.batching import BatchingTopic, BatchInProgress, BulkDeliveryConsumer
 from stream.changelog import DeferredChangelog
 from stream.memory import collect_garbage_rarely, release_free_memory
 from stream.outputs import IdempotentProducer, Outputs
@@ -103,6 +103,9 @@ def consumer_lag(
         lag[tp.topic] += max(0, end - (read + 1 if read is not None else 0))
     return lag
 
+
+#: Longest a rebalance waits for the batch being applied (a batch takes tens of milliseconds).
+REVOKE_WAIT_SECONDS = 10.0
 
 TimerJob = Callable[[], Awaitable[None]]
 
@@ -249,13 +252,17 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     app.transport.Consumer = BulkDeliveryConsumer.configured(settings.fetch_max_wait_seconds, write_changelog if deferred else None)
 
+    in_progress = BatchInProgress()
+
     @app.on_partitions_revoked.connect
     async def write_changelog_before_handing_over(sender: faust.App, revoked: set, **kwargs: object) -> None:
         """The partitions' next owner reads their records from the changelog: they must all be
-        there, those of a commit's flush still under way included."""
+        there, those of a batch still being applied and of a commit's flush under way included."""
+        if not await in_progress.ended(timeout=REVOKE_WAIT_SECONDS):
+            log.warning("A batch was still being applied %s s into a rebalance; its changelog records may follow it", REVOKE_WAIT_SECONDS)
         if deferred is not None:
             await deferred.flush(producer)
-            await producer.flush()
+        await producer.flush()
 
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
@@ -486,6 +493,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         async for batch in stream:
             started = time.perf_counter()
             batch = batch.current(app)
+            in_progress.begin()
             cache.catching_up(len(batch) >= settings.batch_max_events)
             outputs = Outputs()
             working = WorkingSet(states, keys_by_partition, outputs, changelog_topic_name)
@@ -515,6 +523,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
             observe_published()
             await outputs.send(producer, {changelog_topic_name: persisted})
             batch.ack(app)
+            in_progress.end()
             for (topic_name, outcome), count in counts.items():
                 metrics.EVENTS.labels(topic_name, outcome).inc(count)
             metrics.LAST_EVENT_PROCESSED.set(clock())

@@ -156,6 +156,34 @@ class RecordBatch:
         return self.runs[0].generation_id if self.runs else None
 
 
+class BatchInProgress:
+    """Whether the agent is applying a batch, so a rebalance can wait for it to end.
+
+    Faust does not wait for its streams when partitions are revoked (the worker runs
+    with ``stream_wait_empty`` off), so a batch still being applied sent its changelog
+    records after the revoke, when the partitions' next owner may already be reading
+    the changelog back.
+    """
+
+    def __init__(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self._idle.clear()
+
+    def end(self) -> None:
+        self._idle.set()
+
+    async def ended(self, timeout: float) -> bool:
+        """Waits until no batch is being applied; False if one still was after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
 class Refetches:
     """Partitions whose fetched records were dropped before the agent took them, each
     with the earliest offset to fetch again from.

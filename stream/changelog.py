@@ -18,7 +18,9 @@ so their scores are published again (see docs/events.md).
 
 A batch that ends after its partitions were revoked (a rebalance began while it
 ran) sends its changelog records at once, as before: by the next commit the keys
-may belong to another worker, which must not read an old value after its own.
+may belong to another worker, which must not read an old value after its own. The
+rebalance waits for such a batch (``BatchInProgress``, at most
+``REVOKE_WAIT_SECONDS``), then for every record to be on the broker.
 """
 
 from __future__ import annotations

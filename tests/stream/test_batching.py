@@ -23,7 +23,7 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
+from stream.batching import BatchInProgress, BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
 from stream.outputs import Outputs
 from stream.working_set import WorkingSet
 
@@ -469,3 +469,27 @@ def test_the_fetch_loop_starts_one_commit_at_a_time_and_does_not_wait_for_it() -
 
     consumer = asyncio.run(scenario())
     assert consumer.errors == ["Committing offsets failed: RuntimeError('broker gone')"]
+
+
+def test_a_rebalance_waits_for_the_batch_being_applied_and_no_longer() -> None:
+    """Its changelog records must be out before the partitions' next owner reads the changelog."""
+
+    async def scenario() -> list[str]:
+        in_progress = BatchInProgress()
+        assert await in_progress.ended(timeout=0.01)  # no batch: at once
+        in_progress.begin()
+        assert not await in_progress.ended(timeout=0.01)  # bounded: a stuck batch does not stall the rebalance
+        seen: list[str] = []
+
+        async def rebalance() -> None:
+            assert await in_progress.ended(timeout=5)
+            seen.append("rebalance")
+
+        waiting = asyncio.ensure_future(rebalance())
+        await asyncio.sleep(0.01)
+        seen.append("batch sent")
+        in_progress.end()
+        await waiting
+        return seen
+
+    assert asyncio.run(scenario()) == ["batch sent", "rebalance"]
