@@ -254,18 +254,24 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
     asyncio.run(rewind())
 
 
-def group_offsets(group: str, topic: str, partitions: int) -> str:
-    """Per partition, the group's committed offset and the topic's end offset, for a failure message."""
+def committed_and_end_offsets(group: str, topic: str, partitions: int) -> tuple[list[int | None], list[int]]:
+    """Per partition of ``topic``: the group's committed offset (None: nothing committed), and the end offset."""
 
-    async def read() -> str:
+    async def read() -> tuple[list[int | None], list[int]]:
         async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
             ends = await consumer.end_offsets(partitions_of_topic)
-            return ", ".join([f"[{tp.partition}] {await consumer.committed(tp)}/{ends[tp]}" for tp in partitions_of_topic])
+            return [await consumer.committed(tp) for tp in partitions_of_topic], [ends[tp] for tp in partitions_of_topic]
 
+    return asyncio.run(read())
+
+
+def group_offsets(group: str, topic: str, partitions: int) -> str:
+    """Per partition, the group's committed offset and the topic's end offset, for a failure message."""
     try:
-        return asyncio.run(read())
+        committed, ends = committed_and_end_offsets(group, topic, partitions)
     except Exception as error:  # only a diagnostic: never hide the real failure behind it
         return f"could not read: {error!r}"
+    return ", ".join(f"[{partition}] {offset}/{end}" for partition, (offset, end) in enumerate(zip(committed, ends)))
 
 
 def delete_topic(name: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Namespace, WorkerProcess, free_port, kcat_produce, wait_for
+from tests.integration.test_alerts import committed_and_end_offsets
 from tests.integration.test_end_to_end import metric_value
 
 pytestmark = pytest.mark.integration
@@ -179,33 +179,6 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
             worker.stop()
 
 
-def committed_offsets(group: str, topic: str, partitions: int) -> list[int | None]:
-    """The group's committed offset on each partition of ``topic`` (None: nothing committed)."""
-    from tests.integration.test_alerts import assigned_outside_the_group
-
-    async def read() -> list[int | None]:
-        async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
-            return [await consumer.committed(tp) for tp in partitions_of_topic]
-
-    return asyncio.run(read())
-
-
-def end_offsets(topic: str, partitions: int) -> list[int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def read() -> list[int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092")
-        await consumer.start()
-        try:
-            partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
-            ends = await consumer.end_offsets(partitions_of_topic)
-            return [ends[tp] for tp in partitions_of_topic]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
 def test_a_worker_killed_after_a_commit_restarts_knowing_every_committed_event(namespace: Namespace, tmp_path: Path) -> None:
     """Changelog records are written once per offset commit (stream/changelog.py), just
     before it: a SIGKILL after a commit loses no change the committed offsets cover. The
@@ -239,12 +212,11 @@ def test_a_worker_killed_after_a_commit_restarts_knowing_every_committed_event(n
             timeout=60,
             message="every event applied",
         )
-        ends = end_offsets(usage, partitions)
-        wait_for(
-            lambda: committed_offsets(namespace.settings.app_id, usage, partitions) == ends,
-            timeout=30,
-            message="the offsets of every event committed",
-        )
+        def all_committed() -> bool:
+            committed, ends = committed_and_end_offsets(namespace.settings.app_id, usage, partitions)
+            return committed == ends
+
+        wait_for(all_committed, timeout=30, message="the offsets of every event committed")
         # Per batch this would be one record per event (the batches are ten events long
         # and each holds ten customers); per commit, a few per customer.
         written = metric_value(url, "healthscore_changelog_records_written_total")
