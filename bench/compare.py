@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scoring.compiled import COMPILED_MODULES, MANIFEST  # noqa: E402
-from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 
 WORKING_TREE = "."
 

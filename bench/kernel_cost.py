@@ -39,7 +39,7 @@ from scoring.contract import Event, TopicKind, decode_event  # noqa: E402
 from scoring.output import alert_message, encode_json, health_message  # noqa: E402
 from scoring.pipeline import step  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
-from stream.generate import EventSynthesizer  # noqa: E402
+from stream.commands.generate import EventSynthesizer  # noqa: E402
 from stream.memory import collect_garbage_rarely  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 from throughput import write_result  # noqa: E402

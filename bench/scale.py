@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.topics import delete_topics_containing, ensure_topics  # noqa: E402
+from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
 from throughput import (  # noqa: E402
     events_done,
     load_events,

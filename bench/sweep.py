@@ -33,10 +33,10 @@ from scoring.contract import Event, SubscriptionUpdated, UsageSession  # noqa: E
 from scoring.health import ScoringParameters  # noqa: E402
 from scoring.pipeline import step, sweep  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
-from stream.app import request_sweep  # noqa: E402
-from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.processing.sweep import request_sweep  # noqa: E402
+from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.kafka.topics import ensure_topics  # noqa: E402
 from throughput import events_counted, namespace_env, process_stats, read_metrics  # noqa: E402
 
 

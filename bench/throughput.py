@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model_cost import speed_probe  # noqa: E402  (bench/ is the script's directory)
-from stream.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
-from stream.services import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.commands.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
+from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import isolated_environment, load_settings  # noqa: E402
-from stream.topics import delete_topics_containing, ensure_topics  # noqa: E402
+from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
 
 DAY_MS = 86_400_000
 

@@ -148,15 +148,8 @@ def apply_event(
     applied, and the fingerprints of the last ``dedup_capacity`` event ids,
     which drop an event sent twice as two messages.
     """
-    if source is not None:
-        stream, partition, offset = source
-        index = _STREAMS.index(stream)
-        if partition != state.source_partition:
-            state.source_partition = partition
-            state.source_offsets = [-1, -1, -1, -1]
-        elif offset <= state.source_offsets[index]:
-            return Outcome.DUPLICATE
-        state.source_offsets[index] = offset
+    if source is not None and _redelivered(state, source):
+        return Outcome.DUPLICATE
     fingerprint = event_fingerprint(event.event_id)
     if _seen(state.applied_ids, fingerprint):
         return Outcome.DUPLICATE
@@ -165,8 +158,37 @@ def apply_event(
         return Outcome.LATE
 
     state.applied_ids = (state.applied_ids + fingerprint)[-dedup_capacity * _FINGERPRINT_BYTES :]
-    state.events_applied += 1
     day = at // DAY_MS
+    _note_activity(state, at, day)
+    data = event.data
+    if isinstance(data, (UsageSession, UsageFeature)):
+        _apply_usage(state, data, at, day)
+    elif isinstance(data, (PurchaseCompleted, PurchaseRefunded, CheckoutAbandoned)):
+        _apply_purchase(state, data, at, day)
+    elif isinstance(data, (TicketOpened, TicketResolved, TicketReopened, SurveyAnswered)):
+        _apply_support(state, data, at, day)
+    else:
+        _apply_billing(state, data, at, day)
+    drop_days_before(state.counts, state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
+    return Outcome.APPLIED
+
+
+def _redelivered(state: CustomerState, source: tuple[TopicKind, int, int]) -> bool:
+    """Whether this input position was applied already; remembers it otherwise."""
+    stream, partition, offset = source
+    index = _STREAMS.index(stream)
+    if partition != state.source_partition:
+        state.source_partition = partition
+        state.source_offsets = [-1, -1, -1, -1]
+    elif offset <= state.source_offsets[index]:
+        return True
+    state.source_offsets[index] = offset
+    return False
+
+
+def _note_activity(state: CustomerState, at: int, day: int) -> None:
+    """The counters every event moves: events, active days, the gap between them, first and last."""
+    state.events_applied += 1
     if not state.active_days:
         state.active_days = 1
     elif day > state.last_event_ms // DAY_MS:
@@ -179,18 +201,21 @@ def apply_event(
     if at > state.last_event_ms:
         state.last_event_ms = at
 
+
+def _apply_usage(state: CustomerState, data: UsageSession | UsageFeature, at: int, day: int) -> None:
+    if isinstance(data, UsageSession):
+        add_count(state.counts, day, "sessions")
+    else:
+        add_count(state.counts, day, "feature_uses", data.count)
+    _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
+    if isinstance(data, UsageFeature):
+        _remember_last_day(state.features_last_day, data.feature, day, MAX_FEATURES)
+    state.last_usage_ms = max(state.last_usage_ms, at)
+
+
+def _apply_purchase(state: CustomerState, data: PurchaseCompleted | PurchaseRefunded | CheckoutAbandoned, at: int, day: int) -> None:
     counts = state.counts
-    data = event.data
     match data:
-        case UsageSession():
-            add_count(counts, day, "sessions")
-            _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
-            state.last_usage_ms = max(state.last_usage_ms, at)
-        case UsageFeature():
-            add_count(counts, day, "feature_uses", data.count)
-            _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
-            _remember_last_day(state.features_last_day, data.feature, day, MAX_FEATURES)
-            state.last_usage_ms = max(state.last_usage_ms, at)
         case PurchaseCompleted():
             if add_count(counts, day, "purchases") == 0:
                 state.purchase_days += 1
@@ -205,8 +230,12 @@ def apply_event(
             add_count(counts, day, "refunds_cents", round(data.amount * 100))
         case CheckoutAbandoned():
             add_count(counts, day, "abandoned_checkouts")
+
+
+def _apply_support(state: CustomerState, data: TicketOpened | TicketResolved | TicketReopened | SurveyAnswered, at: int, day: int) -> None:
+    match data:
         case TicketOpened():
-            add_count(counts, day, "tickets_opened")
+            add_count(state.counts, day, "tickets_opened")
             _open_ticket(state, data.ticket_id, at, PRIORITIES.index(data.priority))
         case TicketResolved():
             for ticket in state.open_tickets:
@@ -224,6 +253,10 @@ def apply_event(
             state.surveys.append(SurveyResponse(data.survey, data.score, low, high, at))
             state.surveys.sort(key=lambda response: response.answered_ms)
             del state.surveys[:-MAX_SURVEYS]
+
+
+def _apply_billing(state: CustomerState, data: object, at: int, day: int) -> None:
+    match data:
         case InvoiceIssued():
             state.has_billing = True
             due = parse_timestamp_ms(data.due_at, "due_at")
@@ -236,7 +269,7 @@ def apply_event(
             state.unpaid_invoices = [i for i in state.unpaid_invoices if i.invoice_id != data.invoice_id]
         case PaymentFailed():
             state.has_billing = True
-            add_count(counts, day, "payments_failed")
+            add_count(state.counts, day, "payments_failed")
         case SubscriptionUpdated():
             state.has_billing = True
             if data.plan:
@@ -249,8 +282,6 @@ def apply_event(
         case SubscriptionCancelled():
             state.has_billing = True
             state.cancelled_ms = max(state.cancelled_ms, at)
-    drop_days_before(counts, state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
-    return Outcome.APPLIED
 
 
 def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int) -> None:

@@ -69,5 +69,5 @@ else
   echo "Kernel: not built (no cargo on PATH); the worker runs the Python model, slower"
 fi
 
-.venv/bin/python -c "from stream.services import resolve_kafka_jars; resolve_kafka_jars()"
+.venv/bin/python -c "from stream.services.local import resolve_kafka_jars; resolve_kafka_jars()"
 echo "Setup complete."

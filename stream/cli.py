@@ -58,7 +58,7 @@ def worker(loglevel: str | None) -> None:
     serve /metrics on the web port (default 6066)."""
     import faust
 
-    from stream.app import build_app
+    from stream.worker.app import build_app
     from stream.memory import tune_allocator
 
     settings = _settings()
@@ -79,7 +79,7 @@ def services() -> None:
 @services.command("start")
 def services_start() -> None:
     """Start Kafka on 127.0.0.1:9092 and Redis on 127.0.0.1:6379 unless they already answer."""
-    from stream.services import ServiceError, default_paths, start_kafka, start_redis
+    from stream.services.local import ServiceError, default_paths, start_kafka, start_redis
 
     paths = default_paths()
     try:
@@ -92,7 +92,7 @@ def services_start() -> None:
 @services.command("stop")
 def services_stop() -> None:
     """Stop the Kafka broker and Redis started by 'services start'."""
-    from stream.services import default_paths, stop_all
+    from stream.services.local import default_paths, stop_all
 
     stop_all(default_paths(), echo=click.echo)
 
@@ -100,7 +100,7 @@ def services_stop() -> None:
 @services.command("status")
 def services_status() -> None:
     """Say whether Kafka and Redis answer; exits 1 if either does not."""
-    from stream.services import status
+    from stream.services.local import status
 
     state = status()
     for name, up in state.items():
@@ -111,7 +111,7 @@ def services_status() -> None:
 @main.command()
 def topics() -> None:
     """Create the input, dead-letter and output topics with the configured partition count."""
-    from stream.topics import TopicLayoutError, ensure_topics
+    from stream.kafka.topics import TopicLayoutError, ensure_topics
 
     try:
         settings = _settings()
@@ -143,7 +143,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
     --history-days of event time and ending now, with the churn labels beside it,
     so `healthscore replay` and `healthscore backtest` run out of the box."""
     if output_path is not None:
-        from stream.generate import write_history
+        from stream.commands.generate import write_history
 
         labels = labels_path or output_path.with_name(output_path.name + ".labels.csv")
         total = event_count or max(1, int(rate * duration))
@@ -152,7 +152,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
         written, churned = write_history(str(output_path), str(labels), customers, total, start_ms, end_ms, seed)
         click.echo(f"Wrote {written} events for {customers} customers to {output_path}; {churned} churned customers in {labels}")
         return
-    from stream.generate import produce
+    from stream.commands.generate import produce
 
     settings = _settings()
     topic_names = {kind: name for name, kind in settings.topics.inputs().items()}
@@ -165,7 +165,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
 @click.option("--idle-timeout", type=click.FloatRange(min=0.5), default=None, help="Stop when nothing arrives for this many seconds.")
 def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -> None:
     """Print health scores as they arrive on the customer-health topic."""
-    from stream.watch import watch as run_watch
+    from stream.commands.watch import watch as run_watch
 
     settings = _settings()
     try:
@@ -180,7 +180,7 @@ def _parse_time(text: str, option: str) -> int:
     parsed = parse_timestamp_ms(int(text) if text.lstrip("-").isdigit() else text, option)
     if isinstance(parsed, Rejection):
         try:  # a plain date or a date-time without offset, read as UTC
-            from stream.transactions import parse_time_ms
+            from stream.commands.transactions import parse_time_ms
 
             return parse_time_ms(text)
         except ValueError:
@@ -203,7 +203,7 @@ def replay(input_path: Path, as_of: str | None, output_path: Path, sweep_every: 
     {"kind": "final", customer_id, score, band, churn_risk, ...} per customer.
     computed_at and raised_at are the event time, so the same input gives the same output.
     """
-    from stream.replay_command import run_replay
+    from stream.commands.replay import run_replay
 
     settings = _settings()
     as_of_ms = _parse_time(as_of, "--as-of") if as_of else None
@@ -231,7 +231,7 @@ def backtest(input_path: Path, labels_path: Path | None, as_of: str, horizon_day
     bands, precision and lift at the top k, median lead time from first alert to
     churn) and writes an HTML report with the plots.
     """
-    from stream.backtest_command import BacktestError, run_backtest
+    from stream.commands.backtest import BacktestError, run_backtest
 
     settings = _settings()
     as_of_ms = _parse_time(as_of, "--as-of")
@@ -255,7 +255,7 @@ def sweep_command(at_text: str | None) -> None:
     sweep_interval_seconds get inactivity decay and silence alerts, and changed scores
     are published."""
     from scoring.contract import Rejection, parse_timestamp_ms
-    from stream.app import request_sweep
+    from stream.processing.sweep import request_sweep
 
     settings = _settings()
     now = time.time()
@@ -296,7 +296,7 @@ def fit_bgnbd(transactions_file: Path, calibration_end: datetime, time_unit: str
     so the worker scores expected purchases for customers without a contract.
     """
     from scoring.bgnbd import fit, summarize
-    from stream.transactions import ReadReport, TransactionsError, read_purchases
+    from stream.commands.transactions import ReadReport, TransactionsError, read_purchases
 
     report = ReadReport()
     end_ms = int(calibration_end.replace(tzinfo=timezone.utc).timestamp() * 1000)

@@ -24,9 +24,9 @@ from typing import Iterator
 
 import pytest
 
-from stream.services import default_paths, start_kafka, start_redis
+from stream.services.local import default_paths, start_kafka, start_redis
 from stream.settings import PROJECT_ROOT, Settings, isolated_environment, load_settings
-from stream.topics import delete_topics_containing, ensure_topics
+from stream.kafka.topics import delete_topics_containing, ensure_topics
 
 pytestmark = pytest.mark.integration
 

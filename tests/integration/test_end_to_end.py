@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import redis
 
-from stream.services import default_paths
+from stream.services.local import default_paths
 from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from scoring.output import encode_json
 from scoring.structs import ComponentMessage, HealthMessage
 from stream import metrics
 from stream.settings import load_settings
-from stream.sinks import FLUSH_CHUNK, SCORE_FIELDS, LatestScoreCache, alerts_key, customer_key, scores_key
+from stream.sinks.redis_cache import FLUSH_CHUNK, SCORE_FIELDS, LatestScoreCache, alerts_key, customer_key, scores_key
 from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
 from tests.integration.test_end_to_end import event
 

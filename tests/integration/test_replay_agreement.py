@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.generate import write_history
+from stream.commands.generate import write_history
 from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, wait_for
 from tests.integration.test_end_to_end import metric_value
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream.topics import TopicLayoutError, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
+from stream.kafka.topics import TopicLayoutError, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
 from tests.integration.conftest import Namespace, make_namespace
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from hypothesis import given, strategies as st
 
-from stream.alert_ledger import GENERATIONS, AlertLedger, _RecentIds
+from stream.sinks.alert_ledger import GENERATIONS, AlertLedger, _RecentIds
 
 
 def test_the_ledger_keeps_the_ids_of_the_newest_additions_of_each_partition_up_to_the_tail_it_reads_back() -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import faust
 import pytest
 
-from stream.app import build_app
+from stream.worker.app import build_app
 from stream.settings import Settings
 
 
@@ -60,7 +60,7 @@ def test_scores_go_to_redis_at_the_configured_interval(monkeypatch: pytest.Monke
 def test_the_worker_runs_the_rust_kernel_where_it_can_and_says_which_model_runs(caplog: pytest.LogCaptureFixture) -> None:
     from scoring import kernel
     from scoring.bgnbd import BgNbdParameters
-    from stream.app import native_kernel_for
+    from stream.processing.events import native_kernel_for
 
     settings = Settings()
     parameters, rules = settings.scoring.parameters(), settings.alerts.parameters()

@@ -23,9 +23,9 @@ from scoring.contract import TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
-from stream.batching import BatchInProgress, BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
-from stream.outputs import Outputs
-from stream.working_set import WorkingSet
+from stream.kafka.batching import BatchInProgress, BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
+from stream.kafka.producer import Outputs
+from stream.state.working_set import WorkingSet
 
 END_MS = 1_790_000_000_000
 PARAMETERS = ScoringParameters()
@@ -338,7 +338,7 @@ def test_outputs_keep_production_order_per_topic_and_partition() -> None:
 def test_the_producer_buffer_counts_its_pending_sends() -> None:
     import faust
 
-    from stream.outputs import IdempotentProducer, PendingCountBuffer
+    from stream.kafka.producer import IdempotentProducer, PendingCountBuffer
 
     app = faust.App("test-buffer", broker="kafka://127.0.0.1:1", store="memory://")
     app.transport.Producer = IdempotentProducer
@@ -355,8 +355,8 @@ def test_a_run_that_waits_for_room_leaves_its_partition_fetching_and_is_delivere
     drained the queue. The fetch loop waits for room instead; the sensor still hears of it."""
     import faust
 
-    from stream.app import raw_schema
-    from stream.batching import BatchingTopic
+    from stream.processing.topics import raw_schema
+    from stream.kafka.batching import BatchingTopic
 
     async def scenario() -> tuple[list[str], bool, list[int]]:
         app = faust.App("test-deliver", broker="kafka://127.0.0.1:1", store="memory://")

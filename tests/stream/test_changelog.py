@@ -11,8 +11,8 @@ import asyncio
 import pytest
 
 from stream import metrics
-from stream.changelog import FLUSH_CHUNK, DeferredChangelog
-from stream.outputs import Outputs
+from stream.state.changelog import FLUSH_CHUNK, DeferredChangelog
+from stream.kafka.producer import Outputs
 
 TOPIC = "app-customer-state-changelog"
 

@@ -8,7 +8,8 @@ import logging
 import pytest
 from faust.types import TP
 
-from stream.app import consumer_lag, guarded_timer, logged_on_failure
+from stream.worker.fleet import consumer_lag
+from stream.worker.timers import guarded_timer, logged_on_failure
 
 USAGE_0, USAGE_1, PAYMENTS_0, SWEEP_0 = TP("usage", 0), TP("usage", 1), TP("payments", 0), TP("sweep", 0)
 

@@ -1,13 +1,13 @@
-"""The agent validates a whole batch before applying any of it (stream.app.validate_batch)."""
+"""The agent validates a whole batch before applying any of it (stream.processing.events.validate_batch)."""
 
 from __future__ import annotations
 
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-import stream.app
+import stream.processing.events
 from scoring.contract import Event, Rejection, RejectReason, TopicKind
-from stream.app import validate_batch
+from stream.processing.events import validate_batch
 
 NOW_MS = 1_790_000_000_000
 KINDS = {"usage": TopicKind.USAGE, "payments": TopicKind.PAYMENTS}
@@ -42,14 +42,14 @@ def test_each_message_gets_its_event_its_reason_or_none_in_order() -> None:
 
 
 def test_a_bug_in_validation_parks_that_message_and_keeps_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = stream.app.decode_event
+    real = stream.processing.events.decode_event
 
     def failing_for_e2(key, value, kind, now_ms, max_skew_ms):
         if b'"e2"' in value:
             raise KeyError("boom")
         return real(key, value, kind, now_ms, max_skew_ms)
 
-    monkeypatch.setattr(stream.app, "decode_event", failing_for_e2)
+    monkeypatch.setattr(stream.processing.events, "decode_event", failing_for_e2)
     batch = [message("usage", offset, b"acme", session("acme", f"e{offset}")) for offset in (1, 2, 3)]
     validated = validate_batch(batch, KINDS, NOW_MS, 300_000)
     assert [type(item) for item in validated] == [Event, Rejection, Event]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from scoring import backtest as m
 from stream.cli import main
-from stream.generate import write_history
+from stream.commands.generate import write_history
 
 # Five customers: risks and who churned.
 RISKS = [0.9, 0.8, 0.4, 0.3, 0.1]

@@ -43,7 +43,7 @@ def test_the_latency_feed_sends_each_event_as_generated_with_the_time_it_is_sent
     import msgspec
 
     from scoring.contract import Event, decode_event
-    from stream.generate import EventSynthesizer
+    from stream.commands.generate import EventSynthesizer
 
     bench = throughput_bench()
     encoder = msgspec.json.Encoder()

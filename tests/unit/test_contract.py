@@ -21,7 +21,7 @@ from scoring.contract import (
     _decode_rejected,
     decode_event,
 )
-from stream.generate import EventSynthesizer
+from stream.commands.generate import EventSynthesizer
 
 NOW = 1_790_000_000_000  # 2026-09-21
 SKEW = 300_000

@@ -26,7 +26,7 @@ from scoring.health import ScoringParameters, score_state
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import step
 from scoring.state import DAY_MS, decode_state, encode_state, new_state
-from stream.generate import EventSynthesizer
+from stream.commands.generate import EventSynthesizer
 
 T0 = 1_790_000_000_000
 DEDUP_CAPACITY = 32

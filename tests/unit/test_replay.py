@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.generate import write_history
+from stream.commands.generate import write_history
 
 DAY_MS = 86_400_000
 END_MS = 1_790_000_000_000

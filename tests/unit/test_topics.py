@@ -1,10 +1,10 @@
-"""Which described topics are not ready to be written to yet (stream.topics.leaderless)."""
+"""Which described topics are not ready to be written to yet (stream.kafka.topics.leaderless)."""
 
 from __future__ import annotations
 
 import pytest
 
-from stream.topics import leaderless
+from stream.kafka.topics import leaderless
 
 
 def described(topic: str, error_code: int = 0, leaders: tuple[int, ...] = (1, 1)) -> dict:

@@ -20,7 +20,7 @@ if _delay > 0:
     from faust.transport import consumer as _consumer
     from mode.utils.queues import FlowControlEvent
 
-    from stream.batching import BatchQueue
+    from stream.kafka.batching import BatchQueue
 
     _holding = False
     _perform_seek = _consumer.Consumer.perform_seek

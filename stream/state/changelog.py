@@ -29,8 +29,8 @@ import asyncio
 from typing import Any
 
 from stream import metrics
-from stream.outputs import Delivered, IdempotentProducer, Outputs
-from stream.working_set import table_records
+from stream.kafka.producer import Delivered, IdempotentProducer, Outputs
+from stream.state.working_set import table_records
 
 #: Records per producer call while flushing, so a flush over 100,000 customers never
 #: holds more than this many values outside the table at once.

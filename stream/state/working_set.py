@@ -26,7 +26,7 @@ from typing import Any, Callable, MutableMapping, TypeVar
 
 from scoring.pipeline import Step
 from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
-from stream.outputs import Outputs
+from stream.kafka.producer import Outputs
 
 #: A pure step on the record; None when it left the record as it was.
 Action = Callable[[CustomerState], Step | None]

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from stream import metrics
-from stream.sinks import RECENT_ALERTS, LatestScoreCache, alerts_key, customer_key, scores_key
+from stream.sinks.redis_cache import RECENT_ALERTS, LatestScoreCache, alerts_key, customer_key, scores_key
 
 MAX_AT_RISK = 1000
 

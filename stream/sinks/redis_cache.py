@@ -1,4 +1,4 @@
-"""Where results go besides the health topic: Redis (best effort) and the dead-letter topics."""
+"""The Redis cache of each customer's latest score and recent alerts (best effort: Kafka holds the truth)."""
 
 from __future__ import annotations
 
@@ -268,14 +268,3 @@ class LatestScoreCache:
     async def close(self) -> None:
         await self._client.aclose()
 
-
-def dead_letter_headers(topic: str, partition: int, offset: int, timestamp_ms: int | None, reason: str, detail: str) -> list[tuple[str, bytes]]:
-    """Headers naming where the message came from (its Kafka timestamp in epoch ms) and why it was refused."""
-    return [
-        ("dlq.topic", topic.encode()),
-        ("dlq.partition", str(partition).encode()),
-        ("dlq.offset", str(offset).encode()),
-        ("dlq.timestamp", str(timestamp_ms or 0).encode()),
-        ("dlq.error", reason.encode()),
-        ("dlq.reason", detail[:1000].encode()),
-    ]

@@ -21,9 +21,9 @@ from scoring.contract import PurchaseCompleted
 from scoring.output import rfc3339
 from scoring.replay import AlertRaised, Replayer
 from scoring.state import DAY_MS, day_total
-from stream.history import read_history
+from stream.commands.history import read_history
 from stream.settings import Settings
-from stream.transactions import parse_time_ms
+from stream.commands.transactions import parse_time_ms
 
 
 class BacktestError(ValueError):
@@ -60,32 +60,8 @@ def run_backtest(
     if history.rejected:
         echo(f"{len(history.rejected)} of {history.read} lines rejected and left out (run `healthscore replay --rejects FILE` to see them)")
     horizon_ms = int(horizon_days * DAY_MS)
-    parameters = settings.scoring.parameters()
-    replayer = Replayer(
-        parameters,
-        settings.alerts.parameters(),
-        settings.dedup_capacity,
-        int(settings.replay_sweep_interval_seconds * 1000) or None,
-        settings.sweep_min_score_change,
-    )
-    first_alert: dict[str, Alert] = {}
-    lookback_ms = as_of_ms - 90 * DAY_MS
-    for item in replayer.run(history.events, until_ms=as_of_ms):
-        if isinstance(item, AlertRaised) and item.alert.occurred_at_ms >= lookback_ms:
-            first_alert.setdefault(item.alert.customer_id, item.alert)
-
-    if labels_path is not None:
-        labels = read_labels(labels_path)
-        population = [c for c in sorted(replayer.states) if labels.get(c, as_of_ms + 1) > as_of_ms]
-        churned_at = {c: labels[c] for c in population if c in labels and labels[c] <= as_of_ms + horizon_ms}
-        label_source = "labels file"
-    else:
-        bought_after = {
-            e.customer_id for e in history.events if isinstance(e.data, PurchaseCompleted) and as_of_ms < e.occurred_at_ms <= as_of_ms + horizon_ms
-        }
-        population = [c for c in sorted(replayer.states) if replayer.states[c].last_purchase_ms]
-        churned_at = {c: as_of_ms + horizon_ms for c in population if c not in bought_after}
-        label_source = "no purchase within the horizon"
+    replayer, first_alert = _replay_until(settings, history.events, as_of_ms)
+    population, churned_at, label_source = _churn_labels(replayer, history.events, labels_path, as_of_ms, horizon_ms)
     if not population:
         raise BacktestError(f"no customer has history before {rfc3339(as_of_ms)}")
 
@@ -93,17 +69,7 @@ def run_backtest(
     population = [c for c in population if c in finals]
     churned = [c in churned_at for c in population]
     k = top_k or max(1, round(0.1 * len(population)))
-    model_risk = [finals[c].churn_risk for c in population]
-    states = [replayer.states[c] for c in population]
-    recency_days = [(as_of_ms - s.last_event_ms) / DAY_MS for s in states]
-    first_day = as_of_ms // DAY_MS - 89
-    frequency = [sum(day_total(s.counts, name, first_day, as_of_ms // DAY_MS) for name in ("sessions", "feature_uses", "purchases")) for s in states]
-    monetary = [day_total(s.counts, "revenue_cents", first_day, as_of_ms // DAY_MS) / 100 + 3 * s.mrr for s in states]
-    rankings = {
-        "model": model_risk,
-        "recency": recency_days,
-        "rfm": metrics.rfm_risk(recency_days, frequency, monetary),
-    }
+    rankings = _rankings(replayer, finals, population, as_of_ms)
     flagged = [finals[c].band in ("at_risk", "critical") for c in population]
     bands = metrics.precision_recall(flagged, churned)
     leads = [
@@ -118,7 +84,7 @@ def run_backtest(
         "base_rate": round(sum(churned) / len(population), 4),
         "k": k,
         "model": {
-            **{key: _round(value) for key, value in asdict(metrics.ranking_quality(model_risk, churned, k)).items()},
+            **{key: _round(value) for key, value in asdict(metrics.ranking_quality(rankings["model"], churned, k)).items()},
             "at_risk_or_critical": {"precision": _round(bands.precision), "recall": _round(bands.recall), "flagged": bands.flagged},
         },
         "baselines": {
@@ -131,12 +97,62 @@ def run_backtest(
             "alerted_churners": len(leads),
             "churners": sum(churned),
         },
-        "model_version": parameters.model_version,
+        "model_version": settings.scoring.parameters().model_version,
     }
     if report_path is not None:
         write_report(report_path, summary, rankings, churned, [finals[c].score for c in population])
         summary["report"] = str(report_path)
     return summary
+
+
+def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Replayer, dict[str, Alert]]:
+    """The worker's model run over the history before ``as_of_ms``; each customer's first
+    alert in the 90 days before it."""
+    replayer = Replayer(
+        settings.scoring.parameters(),
+        settings.alerts.parameters(),
+        settings.dedup_capacity,
+        int(settings.replay_sweep_interval_seconds * 1000) or None,
+        settings.sweep_min_score_change,
+    )
+    first_alert: dict[str, Alert] = {}
+    lookback_ms = as_of_ms - 90 * DAY_MS
+    for item in replayer.run(events, until_ms=as_of_ms):
+        if isinstance(item, AlertRaised) and item.alert.occurred_at_ms >= lookback_ms:
+            first_alert.setdefault(item.alert.customer_id, item.alert)
+    return replayer, first_alert
+
+
+def _churn_labels(
+    replayer: Replayer, events: list, labels_path: Path | None, as_of_ms: int, horizon_ms: int
+) -> tuple[list[str], dict[str, int], str]:
+    """The customers alive at ``as_of_ms``, when those who churned within the horizon did,
+    and where that came from (the labels file, or no purchase within the horizon)."""
+    if labels_path is not None:
+        labels = read_labels(labels_path)
+        population = [c for c in sorted(replayer.states) if labels.get(c, as_of_ms + 1) > as_of_ms]
+        churned_at = {c: labels[c] for c in population if c in labels and labels[c] <= as_of_ms + horizon_ms}
+        return population, churned_at, "labels file"
+    bought_after = {
+        e.customer_id for e in events if isinstance(e.data, PurchaseCompleted) and as_of_ms < e.occurred_at_ms <= as_of_ms + horizon_ms
+    }
+    population = [c for c in sorted(replayer.states) if replayer.states[c].last_purchase_ms]
+    churned_at = {c: as_of_ms + horizon_ms for c in population if c not in bought_after}
+    return population, churned_at, "no purchase within the horizon"
+
+
+def _rankings(replayer: Replayer, finals: dict, population: list[str], as_of_ms: int) -> dict[str, list[float]]:
+    """Each ranking's churn risk per customer: the model's, recency only, and RFM."""
+    states = [replayer.states[c] for c in population]
+    recency_days = [(as_of_ms - s.last_event_ms) / DAY_MS for s in states]
+    first_day = as_of_ms // DAY_MS - 89
+    frequency = [sum(day_total(s.counts, name, first_day, as_of_ms // DAY_MS) for name in ("sessions", "feature_uses", "purchases")) for s in states]
+    monetary = [day_total(s.counts, "revenue_cents", first_day, as_of_ms // DAY_MS) / 100 + 3 * s.mrr for s in states]
+    return {
+        "model": [finals[c].churn_risk for c in population],
+        "recency": recency_days,
+        "rfm": metrics.rfm_risk(recency_days, frequency, monetary),
+    }
 
 
 def _round(value: float | None) -> float | None:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import msgspec
 
 from scoring.contract import Event, PurchaseCompleted, Rejection, decode_event
-from stream.transactions import ReadReport, read_purchases
+from stream.commands.transactions import ReadReport, read_purchases
 
 NO_FUTURE_CHECK_MS = 2**62
 

@@ -1,0 +1,195 @@
+"""One event's path: validate it, apply it to its customer's record, queue what changed.
+
+Two implementations of the model, the same records and messages byte for byte
+(tests/unit/test_kernel.py): the Rust kernel (``scoring.kernel``) where it is built and
+computes the configured model, else the Python model (``scoring.pipeline``). What must
+wait on Kafka (a dead letter, a rekeyed event, alerts checked against the alerts topic)
+is returned to be awaited: most events need none, and a coroutine per event costs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Awaitable, Iterable, Mapping
+
+from aiokafka.structs import ConsumerRecord
+
+from scoring import kernel
+from scoring.alerts import AlertParameters
+from scoring.contract import Event, Rejection, RejectReason, TopicKind, decode_event
+from scoring.health import ScoringParameters
+from scoring.pipeline import step
+from scoring.state import Outcome
+from stream import metrics
+from stream.kafka.producer import Outputs
+from stream.processing.publishing import Clock, Publisher
+from stream.settings import Settings
+from stream.state.working_set import WorkingSet
+
+log = logging.getLogger("healthscore.worker")
+
+#: What the kernel answers for a message it leaves to ``scoring.contract``.
+DECLINED = object()
+
+Waiting = Awaitable[None] | None
+
+
+def validate_batch(
+    messages: Iterable[ConsumerRecord], input_kinds: Mapping[str, TopicKind], now_ms: int, max_skew_ms: int
+) -> list[Event | Rejection | None]:
+    """Each message's event or why it is refused; None for a message that is not an event (a sweep tick)."""
+    validated: list[Event | Rejection | None] = []
+    for message in messages:
+        kind = input_kinds.get(message.topic)
+        if kind is None:
+            validated.append(None)
+            continue
+        try:
+            validated.append(decode_event(message.key, message.value, kind, now_ms, max_skew_ms))
+        except Exception as error:  # a bug must not stop the stream: the message is parked with the reason
+            log.exception("Failed to validate %s[%s]@%s", message.topic, message.partition, message.offset)
+            validated.append(Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
+    return validated
+
+
+def native_kernel_for(settings: Settings, parameters: ScoringParameters, rules: AlertParameters) -> Any | None:
+    """The Rust kernel when the settings ask for it, it is built and it computes this model."""
+    if not settings.native_kernel:
+        why = "native_kernel = false"
+    elif not kernel.available():
+        why = "the Rust kernel is not built"
+    elif not kernel.supports(parameters):
+        why = "the Rust kernel does not compute BG/NBD yet"
+    else:
+        log.info("Each event goes through the Rust kernel")
+        return kernel.build(parameters, rules)
+    log.info("Each event goes through the Python model (%s)", why)
+    return None
+
+
+class EventPath:
+    """Applies one input message to its customer's record in the batch's working set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        parameters: ScoringParameters,
+        rules: AlertParameters,
+        native: Any | None,
+        publisher: Publisher,
+        input_kinds: Mapping[str, TopicKind],
+        clock: Clock,
+    ) -> None:
+        self.native = native  # the Rust kernel, or None: the Python model
+        self._parameters = parameters
+        self._rules = rules
+        self._publisher = publisher
+        self._input_kinds = input_kinds
+        self._clock = clock
+        self._dedup_capacity = settings.dedup_capacity
+        self._max_skew_ms = settings.max_future_skew_seconds * 1000
+
+    def validate(self, batch: Iterable[ConsumerRecord], now_ms: int) -> list[Event | Rejection | None]:
+        return validate_batch(batch, self._input_kinds, now_ms, self._max_skew_ms)
+
+    def handle(
+        self, message: ConsumerRecord, decoded: Event | Rejection | None, working: WorkingSet, outputs: Outputs, counts: Counter, now_ms: int
+    ) -> Waiting:
+        """Applies one event (``decoded`` None: not validated yet)."""
+        if decoded is None:
+            taken = self.handle_raw(message, working, outputs, counts, now_ms)
+            if taken is not DECLINED:
+                return taken  # type: ignore[return-value]
+            decoded = self.validate([message], now_ms)[0]
+            assert decoded is not None  # an input topic's message
+        if isinstance(decoded, Rejection):
+            return self._publisher.dead_letter(message, decoded)
+        if message.key is None:
+            return self._publisher.rekey(message, decoded, counts)
+        if self.native is not None:
+            return self.handle_natively(message, decoded, working, outputs, counts)
+        return self.handle_in_python(message, decoded, working, outputs, counts)
+
+    def handle_in_python(self, message: ConsumerRecord, decoded: Event, working: WorkingSet, outputs: Outputs, counts: Counter) -> Waiting:
+        source_position = (self._input_kinds[message.topic], message.partition, message.offset)
+        parameters, rules, dedup_capacity = self._parameters, self._rules, self._dedup_capacity
+        result = working.run(
+            message.key,
+            message.partition,
+            decoded.customer_id,
+            lambda state: step(state, decoded, parameters, dedup_capacity, source_position, rules),
+        )
+        counts[message.topic, result.outcome._value_] += 1  # not .value: Enum's property costs 0.5 us
+        if result.outcome is not Outcome.APPLIED:
+            return None
+        publisher = self._publisher
+        publisher.queue_score(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
+        if result.alerts.raised or result.alerts.suppressed:
+            return publisher.queue_alerts(outputs, message.key, message.partition, decoded.customer_id, result)
+        return None
+
+    def handle_natively(self, message: ConsumerRecord, decoded: Event, working: WorkingSet, outputs: Outputs, counts: Counter) -> Waiting:
+        """handle_in_python through the Rust kernel (the same records and messages, byte for
+        byte); an event it cannot take (a record or payload it cannot read) goes the Python way."""
+        now = self._clock()
+        source_position = (kernel.STREAM_INDEX[self._input_kinds[message.topic]], message.partition, message.offset)
+        native, dedup_capacity = self.native, self._dedup_capacity
+
+        def run(stored: bytes | None) -> tuple[bytes | None, tuple]:
+            outcome, record, published, raised, suppressed = native.step(
+                stored, decoded.customer_id, message.value, decoded.occurred_at_ms, kernel.due_ms(decoded.data, decoded.occurred_at_ms),
+                source_position, dedup_capacity, int(now * 1000),
+            )
+            return (record if outcome == "applied" else None), (outcome, published, raised, suppressed)
+
+        try:
+            outcome, published, raised, suppressed = working.run_native(message.key, message.partition, run)
+        except ValueError as error:
+            metrics.KERNEL_FALLBACKS.inc()
+            log.debug("The kernel could not take %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+            return self.handle_in_python(message, decoded, working, outputs, counts)
+        return self._finish_native(message, decoded.customer_id, decoded.occurred_at_ms, now, outcome, published, raised, suppressed, outputs, counts)
+
+    def handle_raw(self, message: ConsumerRecord, working: WorkingSet, outputs: Outputs, counts: Counter, now_ms: int) -> object:
+        """The kernel validates and applies the message itself when ``scoring.contract`` surely
+        accepts it (native/src/validate.rs); DECLINED leaves it to be validated here."""
+        if message.key is None:
+            return DECLINED
+        now = self._clock()
+        stream = kernel.STREAM_INDEX[self._input_kinds[message.topic]]
+        native, max_skew_ms, dedup_capacity = self.native, self._max_skew_ms, self._dedup_capacity
+
+        def run(stored: bytes | None) -> tuple[bytes | None, tuple | None]:
+            taken = native.step_raw(
+                stored, message.key, message.value, stream, now_ms, max_skew_ms, message.partition, message.offset,
+                dedup_capacity, int(now * 1000),
+            )
+            if taken is None:
+                return None, None
+            outcome, record = taken[2][:2]
+            return (record if outcome == "applied" else None), taken
+
+        try:
+            taken = working.run_native(message.key, message.partition, run)
+        except ValueError:  # a record it cannot read: the validated path tries again, then Python
+            return DECLINED
+        if taken is None:
+            return DECLINED
+        customer_id, occurred_at_ms, (outcome, _, published, raised, suppressed) = taken
+        return self._finish_native(message, customer_id, occurred_at_ms, now, outcome, published, raised, suppressed, outputs, counts)
+
+    def _finish_native(
+        self, message: ConsumerRecord, customer_id: str, occurred_at_ms: int, now: float, outcome: str,
+        published: tuple | None, raised: list, suppressed: list, outputs: Outputs, counts: Counter,
+    ) -> Waiting:
+        counts[message.topic, outcome] += 1
+        if outcome != "applied":
+            return None
+        publisher = self._publisher
+        if published is not None:
+            encoded, score, churn_risk = published
+            publisher.publish_score(outputs, message.key, message.partition, customer_id, encoded, score, churn_risk, occurred_at_ms, now)
+        if raised or suppressed:
+            return publisher.publish_alerts(outputs, message.key, message.partition, customer_id, raised, suppressed)
+        return None

@@ -1,0 +1,118 @@
+"""The inactivity sweep: silent customers are rescored at a time, decaying their score and
+raising silence and overdue alerts, without an event to trigger it.
+
+A sweep is a tick (:class:`SweepTick`) on each partition of the sweep topic, so it goes
+through the same agent as the events, in order with them. Each tick rescores one chunk
+of the partition's customers, in key order, then sends the next tick for the rest: the
+events have their turn between chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import faust
+import msgspec
+from aiokafka.structs import ConsumerRecord
+
+from scoring.alerts import AlertParameters
+from scoring.contract import Rejection, RejectReason
+from scoring.health import ScoringParameters
+from scoring.pipeline import Step, due_for_sweep, sweep
+from scoring.state import CustomerState
+from stream import metrics
+from stream.kafka.producer import Outputs
+from stream.processing.publishing import Clock, Publisher
+from stream.settings import Settings
+from stream.state.working_set import WorkingSet
+
+log = logging.getLogger("healthscore.worker")
+
+
+class SweepTick(msgspec.Struct, frozen=True):
+    """Rescore the customers of this partition at ``at_ms``, in key order after ``after``."""
+
+    at_ms: int
+    started_at: float
+    after: str | None = None
+
+
+class Sweeper:
+    """Starts sweeps on the partitions a worker owns, and applies their ticks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        parameters: ScoringParameters,
+        rules: AlertParameters,
+        keys_by_partition: dict[int, set[bytes]],
+        publisher: Publisher,
+        sweep_topic: faust.TopicT,
+        clock: Clock,
+    ) -> None:
+        self._parameters = parameters
+        self._rules = rules
+        self._silence_ms = int(settings.sweep_interval_seconds * 1000)
+        self._min_score_change = settings.sweep_min_score_change
+        self._chunk_size = settings.sweep_chunk_size
+        self._keys_by_partition = keys_by_partition
+        self._publisher = publisher
+        self._topic = sweep_topic
+        self._clock = clock
+
+    async def start(self, owned_partitions: Iterable[int]) -> None:
+        """Each worker sweeps the partitions it owns, at the current time."""
+        now = self._clock()
+        owned = sorted(owned_partitions)
+        for partition in owned:
+            await self._topic.send(value=msgspec.json.encode(SweepTick(int(now * 1000), now)), partition=partition)
+        if owned:
+            log.info("Sweep started for %s partition(s)", len(owned))
+
+    def swept(self, state: CustomerState, at_ms: int) -> Step | None:
+        """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched."""
+        if not due_for_sweep(state, at_ms, self._silence_ms):
+            return None
+        return sweep(state, at_ms, self._parameters, self._rules, self._min_score_change)
+
+    async def handle_tick(self, message: ConsumerRecord, working: WorkingSet, outputs: Outputs) -> None:
+        try:
+            tick = msgspec.json.decode(message.value, type=SweepTick)
+        except (msgspec.DecodeError, TypeError) as error:
+            await self._publisher.dead_letter(message, Rejection(RejectReason.INVALID_FIELD, f"not a sweep tick: {error}"))
+            return
+        partition = message.partition
+        after = tick.after.encode() if tick.after is not None else b""
+        pending = sorted(key for key in self._keys_by_partition.get(partition, ()) if key > after)
+        chunk = pending[: self._chunk_size]
+        for key in chunk:
+            customer_id = key.decode()
+            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms))
+            if result is not None:
+                self._publisher.queue_score(outputs, key, partition, customer_id, result, None, tick.at_ms)
+                await self._publisher.queue_alerts(outputs, key, partition, customer_id, result)
+        metrics.SWEEP_CUSTOMERS.inc(len(chunk))
+        if len(pending) > len(chunk):
+            # Let the stream have its turn, then continue where this step stopped.
+            next_tick = SweepTick(tick.at_ms, tick.started_at, chunk[-1].decode())
+            await self._topic.send(value=msgspec.json.encode(next_tick), partition=partition)
+        else:
+            metrics.SWEEP_DURATION.observe(max(0.0, self._clock() - tick.started_at))
+
+
+async def request_sweep(settings: Settings, at_ms: int, now: float) -> int:
+    """Asks every partition's owner to sweep at ``at_ms`` (``healthscore sweep``); returns the partition count."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    try:
+        await producer.start()
+        partitions = await producer.partitions_for(settings.topics.sweep)
+        for partition in sorted(partitions):
+            await producer.send_and_wait(
+                settings.topics.sweep, msgspec.json.encode(SweepTick(at_ms, now)), partition=partition
+            )
+    finally:
+        await producer.stop()
+    return len(partitions)

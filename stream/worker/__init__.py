@@ -1,0 +1,6 @@
+"""The running worker assembled: ``build_app`` (``app.py``) creates the Faust app and hands
+each part what it needs; the rebalance hooks (``rebalance.py``), the periodic jobs
+(``timers.py``), the fleet gauges (``fleet.py``) and the HTTP pages (``web.py``) live here.
+
+May import every package of ``stream`` but ``commands``, ``services`` and ``cli``.
+"""

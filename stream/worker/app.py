@@ -1,0 +1,123 @@
+"""``build_app``: the worker's Faust app, assembled from its parts.
+
+Read it top to bottom: the Faust app and its topics, the customer-state table and its
+changelog, the consumer that hands the agent whole batches, the sinks (Redis, the alert
+ledger), the per-event path, the sweep, the agent, the timers and the HTTP pages. Each part
+is a class or function of its own package (docs/architecture.md), given what it needs.
+
+One agent reads the four input topics and the sweep-tick topic, so every change to a
+customer's record happens in one place, in order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import faust
+
+from stream import metrics
+from stream.kafka.batching import BatchInProgress, BulkDeliveryConsumer
+from stream.kafka.producer import IdempotentProducer
+from stream.processing.batches import BatchHandler
+from stream.processing.events import EventPath, native_kernel_for
+from stream.processing.publishing import Clock, Publisher
+from stream.processing.sweep import Sweeper
+from stream.processing.topics import WorkerTopics
+from stream.settings import Settings
+from stream.sinks.alert_ledger import AlertLedger
+from stream.sinks.redis_cache import LatestScoreCache
+from stream.state.changelog import DeferredChangelog
+from stream.state.recovery import GroupedRecoveryTableManager
+from stream.state.table import KeysByPartition, customer_state_table, persisted_offsets
+from stream.worker import web
+from stream.worker.fleet import FleetExport
+from stream.worker.rebalance import connect_rebalance_hooks
+from stream.worker.timers import Timers
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust app with the worker's settings (no agent, table or timer yet)."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        broker_commit_interval=settings.commit_interval_seconds,
+        broker_commit_every=settings.commit_every_events,
+        broker_session_timeout=settings.session_timeout_seconds,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_enabled=True,
+        web_metrics_enabled=False,
+        stream_wait_empty=False,
+        table_cleanup_interval=3600.0,
+        table_standby_replicas=settings.standby_replicas,
+        stream_buffer_maxsize=settings.stream_buffer_events,
+        broker_max_poll_records=settings.fetch_max_records,
+        # aiokafka waits for a partition's batch to be on the broker once it is full: with
+        # the 16 KB default, every ~15 score messages cost a round trip.
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_linger=settings.producer_linger_seconds,
+        producer_compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
+        # Restart time is the time to read the changelog back: in groups (stream/state/recovery.py).
+        TableManager=GroupedRecoveryTableManager,
+    )
+    app.transport.Producer = IdempotentProducer
+    return app
+
+
+def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
+    parameters = settings.scoring.parameters()
+    rules = settings.alerts.parameters()
+    native = native_kernel_for(settings, parameters, rules)  # logs which model runs
+    app = faust_app(settings)
+    topics = WorkerTopics.declare(app, settings)
+
+    # State: the table, its changelog written once per commit (or per batch), the key index.
+    keys_by_partition: KeysByPartition = {}
+    table = customer_state_table(app, settings, keys_by_partition)
+    changelog_topic = table.changelog_topic.get_topic_name()
+    on_changelog_delivered = persisted_offsets(table, changelog_topic)
+    deferred = DeferredChangelog(table, changelog_topic, on_changelog_delivered) if settings.changelog_writes == "per_commit" else None
+    producer: IdempotentProducer = app.producer  # type: ignore[assignment]
+
+    async def write_changelog() -> None:
+        """Before offsets are committed: every record changed since the last commit, once."""
+        if deferred is not None and deferred.pending:
+            await deferred.flush(producer)
+
+    app.transport.Consumer = BulkDeliveryConsumer.configured(settings.fetch_max_wait_seconds, write_changelog if deferred else None)
+
+    # Sinks, and what a batch publishes through them.
+    cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
+    ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
+    app.healthscore_cache = cache  # for tests and diagnostics
+    in_progress = BatchInProgress()
+    connect_rebalance_hooks(app, in_progress, deferred, producer, ledger)
+    publisher = Publisher(topics, producer, cache, ledger, parameters.model_version, settings.partitions, clock)
+
+    # The agent: each batch through the per-event path (or the sweep, for its ticks).
+    events = EventPath(settings, parameters, rules, native, publisher, topics.input_kinds, clock)
+    sweeper = Sweeper(settings, parameters, rules, keys_by_partition, publisher, topics.sweep, clock)
+    handler = BatchHandler(
+        app, table, keys_by_partition, changelog_topic, on_changelog_delivered, deferred, topics.input_kinds,
+        events, sweeper, publisher, cache, in_progress, settings.batch_max_events, clock,
+    )
+
+    async def apply_events(stream: faust.StreamT) -> None:
+        await handler.run(stream)
+
+    app.agent(topics.source, name="apply-events")(apply_events)
+
+    fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, settings.fleet_period_days, clock)
+    Timers(app, topics.sweep_name, sweeper, cache, fleet).register(settings)
+    web.register(app, cache, settings.redis_key_prefix)
+    metrics.initialize([*topics.input_kinds, topics.sweep_name], [topics.health, topics.alerts, changelog_topic])
+    for name in topics.input_kinds:
+        metrics.CONSUMER_LAG.labels(name)
+    return app
