@@ -5,7 +5,7 @@ Run on demand (not part of the test suite):
     .venv/bin/python bench/kernel_cost.py
 
 Replays the generator's realistic mix, already validated, through what the kernel
-covers today, both ways, each with its own store of records:
+covers, both ways, each with its own store of records:
 
 - the model: decode the stored record (msgspec), ``scoring.pipeline.step`` with the
   configured alert rules (apply, rescore, check the rules, decide whether the score

@@ -1,5 +1,5 @@
 """The Rust kernel (native/, built as ``scoring._kernel``): the per-event path of the model
-without Python objects, for the worker's throughput (issue 7).
+without Python objects, for the worker's throughput (at least 25,000 events/s per worker).
 
 It covers ``scoring.pipeline.step`` for models without BG/NBD: apply the event, rescore,
 check the alert rules, decide whether the score changed, and the score and alert

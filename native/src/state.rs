@@ -1,5 +1,5 @@
 //! The customer record of `scoring.structs.CustomerState`, field for field, and its
-//! msgpack form (positional arrays; a record shorter than today's takes the defaults
+//! msgpack form (positional arrays; a record shorter than the current layout takes the defaults
 //! of the fields appended since, as msgspec does).
 
 use crate::msgpack::{Reader, Result, Writer};

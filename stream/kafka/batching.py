@@ -333,7 +333,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
 
     #: Longest the broker holds a fetch that finds no new record (settings.fetch_max_wait_seconds).
     fetch_max_wait_ms: int = 100
-    #: Awaited before every offset commit, ahead of Faust's producer flush (stream/changelog.py).
+    #: Awaited before every offset commit, ahead of Faust's producer flush (stream/state/changelog.py).
     before_commit: Callable[[], Awaitable[object]] | None = None
 
     @classmethod

@@ -8,7 +8,7 @@ are still in the CPU cache. Keeping a whole 2,000-event batch decoded until its 
 (about 10 MB of objects) cost a quarter more per event than writing records back
 in small groups (measured with the bench mix, no broker). The changelog records go
 to the batch's outputs; the agent sends them with the batch, or leaves their keys to
-be written at the next offset commit (stream/changelog.py). The batch's messages are
+be written at the next offset commit (stream/state/changelog.py). The batch's messages are
 acked only after ``write_back``, and the changelog is written and the producer flushed
 before offsets are committed, so a crash never commits an offset whose state change
 is not in the changelog.

@@ -37,7 +37,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-#: The namespaces this session made, whose topics it deletes at its end.
+#: The namespaces this test run made, whose topics it deletes at its end.
 NAMESPACE_TAGS: list[str] = []
 
 

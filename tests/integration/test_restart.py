@@ -1,4 +1,4 @@
-"""A restarted worker gets every customer's record back from the changelog (stream/recovery.py)."""
+"""A restarted worker gets every customer's record back from the changelog (stream/state/recovery.py)."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
 
 
 def test_a_worker_killed_after_a_commit_restarts_knowing_every_committed_event(namespace: Namespace, tmp_path: Path) -> None:
-    """Changelog records are written once per offset commit (stream/changelog.py), just
+    """Changelog records are written once per offset commit (stream/state/changelog.py), just
     before it: a SIGKILL after a commit loses no change the committed offsets cover. The
     batches are ten events each, so the records written per commit, not per batch, show
     in how few the worker writes and the restarted worker reads back."""

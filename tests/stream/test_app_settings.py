@@ -82,7 +82,7 @@ def test_the_worker_runs_the_rust_kernel_where_it_can_and_says_which_model_runs(
 
 def test_the_fetch_wait_reaches_aiokafka_instead_of_fausts_fixed_one_and_a_half_seconds() -> None:
     """aiokafka sends one fetch per broker at a time: while partitions read to their end wait in
-    one, every other partition waits too (stream/batching.py, FetchTunedConsumerThread)."""
+    one, every other partition waits too (stream/kafka/batching.py, FetchTunedConsumerThread)."""
 
     async def fetch_wait_ms(settings: Settings) -> int:
         app = build_app(settings)

@@ -1,4 +1,4 @@
-"""Changelog records written once per offset commit (stream/changelog.py), without a broker.
+"""Changelog records written once per offset commit (stream/state/changelog.py), without a broker.
 
 That the worker writes them before Faust commits offsets, on a rebalance and on a stop is
 tested against the real Kafka in tests/integration/test_restart.py.

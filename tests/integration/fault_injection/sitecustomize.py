@@ -2,7 +2,7 @@
 
 At the end of a table recovery Faust seeks the partitions to their committed offsets,
 then resumes flow, which clears the stream buffers. Records fetched in between, still
-in the buffer because the agent was busy, used to be skipped. The window is a few
+in the buffer because the agent was busy, must be fetched again, not skipped. The window is a few
 milliseconds long. With ``FAULT_SEEK_DELAY_SECONDS`` set, once Faust has sought, the
 agent is kept from taking anything from its buffer until flow resumes, and the seek
 returns only once fetched records wait in the buffer (or that many seconds have
