@@ -12,6 +12,7 @@ record, so it is restored with the state after a crash or a rebalance.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,6 +25,9 @@ __all__ = ["NO_DECISION", "Alert", "AlertDecision", "Reason"]
 RULES: Final = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
 BAND_RANK: Final = {"healthy": 0, "at_risk": 1, "critical": 2}
 HOUR_MS: Final = 3_600_000
+BUDGET_WINDOW_MS: Final = 30 * DAY_MS
+#: Alerts raised at the same moment are taken in this order when the budget has room for only some.
+SEVERITY_RANK: Final = {"critical": 0, "warning": 1}
 
 
 @dataclass(frozen=True)
@@ -33,24 +37,32 @@ class AlertParameters:
     band_downgrade: bool = True
     #: Going back up a band needs the score to clear the band edge by this many points.
     hysteresis_points: float = 5.0
-    sharp_drop: bool = True
+    sharp_drop: bool = False
     sharp_drop_points: float = 15.0
     sharp_drop_window_days: float = 7.0
     purchase_activity: bool = True
     #: Alert when BG/NBD expects fewer purchases than this in the outlook period.
     purchase_activity_min_expected: float = 0.2
-    payment_trouble: bool = True
+    payment_trouble: bool = False
     payment_failures_30d: int = 2
     payment_overdue_days: float = 7.0
     cancellation: bool = True
+    #: A band fall that time alone caused is alerted once the customer has been silent for
+    #: longer than this many times its usual gap between active days (and ``silence_min_days``).
+    time_band_gap_multiplier: float = 2.0
     silence: bool = True
-    #: Silent for longer than this many times the customer's usual gap between active days...
-    silence_gap_multiplier: float = 3.0
+    #: Silent for longer than this many times the customer's usual gap between active days (over
+    #: the 90 days before its last event)...
+    silence_gap_multiplier: float = 4.0
     #: ...and at least this many days...
     silence_min_days: float = 3.0
     #: ...once the customer has this many active days of history.
     silence_min_active_days: int = 3
+    #: A new episode of a rule within this long of the rule's last alert for the customer is suppressed.
     cooldown_hours: float = 24.0
+    #: At most this many alerts per customer in any 30 days (0: no limit); simultaneous ones
+    #: are taken critical first, the rest suppressed.
+    max_alerts_per_customer_30d: int = 2
 
     def enabled(self, rule: str) -> bool:
         return bool(getattr(self, rule))
@@ -61,36 +73,87 @@ def alert_id(customer_id: str, rule: str, episode: str) -> str:
     return hashlib.sha256(f"{customer_id}\x1f{rule}\x1f{episode}".encode()).hexdigest()[:32]
 
 
-def usual_gap_days(state: CustomerState) -> float | None:
-    """The customer's typical gap between active days, once there is enough history."""
-    return state.gap_days_mean if state.active_days >= 2 else None
-
-
 #: When a lasting condition holds: its severity, and its detail as a template and values,
 #: formatted only when an episode opens (a condition usually holds for many events).
 Holding = tuple[str, str, tuple]
 
+#: The components time lowers without any event (recency and answers fading); the others fall through events.
+DECAYING_COMPONENTS: Final = ("usage", "purchases", "sentiment")
+
+
+def fell_by_time(health: HealthScore) -> bool:
+    """Whether the fall since the previous score came more from decay than from events."""
+    decayed = fell = 0.0
+    for name, change in health.changes.items():
+        if change < 0:
+            if name in DECAYING_COMPONENTS:
+                decayed -= change
+            else:
+                fell -= change
+    return decayed > fell
+
+
+def baseline_gap_days(state: CustomerState) -> float | None:
+    """The customer's mean gap between active days over the 90 days before its last event (or
+    its history, if shorter): a long baseline, so a customer slowly going quiet does not
+    lower its own bar as it goes."""
+    last_day = state.last_event_ms // DAY_MS
+    first_day = max(last_day - 89, state.first_event_ms // DAY_MS)
+    days = state.counts.days
+    active = len(days) - bisect_left(days, first_day)
+    if active < 2:
+        return None
+    return (last_day - first_day + 1) / active
+
+
+def unusual_silence(state: CustomerState, at_ms: int, rules: AlertParameters, multiplier: float) -> tuple[float, float] | None:
+    """(days without an event, usual gap in days) when the customer has been silent for longer
+    than ``multiplier`` times its own usual gap (and at least ``silence_min_days``)."""
+    gap = baseline_gap_days(state)
+    if gap is None or state.active_days < rules.silence_min_active_days:
+        return None
+    silent_days = (at_ms - state.last_event_ms) / DAY_MS
+    if silent_days > max(rules.silence_min_days, multiplier * gap):
+        return silent_days, gap
+    return None
+
+
+def _sharp_drop(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters) -> Holding | None:
+    """The score fell ``sharp_drop_points`` below its peak of the window, and events made it fall."""
+    since = at_ms - rules.sharp_drop_window_days * DAY_MS
+    peak = None
+    for day_ms, score in state.recent_scores:
+        if day_ms >= since and (peak is None or score > peak):
+            peak = score
+    if peak is None or peak - health.score < rules.sharp_drop_points or fell_by_time(health):
+        return None
+    return ("warning", "score fell {:.1f} points from {:.1f} within {:g} days", (peak - health.score, peak, rules.sharp_drop_window_days))
+
+
+def _payment_trouble(state: CustomerState, at_ms: int, rules: AlertParameters) -> Holding | None:
+    if not state.has_billing:  # no payment events: nothing to check
+        return None
+    failures = window_total(state, "payments_failed", at_ms, 30)
+    overdue_days = (at_ms - min(invoice.due_ms for invoice in state.unpaid_invoices)) / DAY_MS if state.unpaid_invoices else 0.0
+    failing = failures >= rules.payment_failures_30d
+    overdue = overdue_days > rules.payment_overdue_days
+    if failing and overdue:
+        return ("warning", "{} failed payments in 30 days and an invoice {:.0f} days overdue", (failures, overdue_days))
+    if failing:
+        return ("warning", "{} failed payments in 30 days", (failures,))
+    if overdue:
+        return ("warning", "an invoice {:.0f} days overdue", (overdue_days,))
+    return None
+
 
 def _conditions(
-    state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters
+    state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters, by_time: bool
 ) -> dict[str, Holding | None]:
-    """rule → (severity, detail template, values) when its lasting condition holds now, else None."""
+    """rule → (severity, detail template, values) when its lasting condition holds now, else None.
+    A sharp drop is about events: time alone (``by_time``, a sweep) leaves its episode as it is."""
     found: dict[str, Holding | None] = {}
-    if rules.sharp_drop:
-        since = at_ms - rules.sharp_drop_window_days * DAY_MS
-        peak = None
-        for day_ms, score in state.recent_scores:
-            if day_ms >= since and (peak is None or score > peak):
-                peak = score
-        found["sharp_drop"] = (
-            (
-                "warning",
-                "score fell {:.1f} points from {:.1f} within {:g} days",
-                (peak - health.score, peak, rules.sharp_drop_window_days),
-            )
-            if peak is not None and peak - health.score >= rules.sharp_drop_points
-            else None
-        )
+    if rules.sharp_drop and not by_time:
+        found["sharp_drop"] = _sharp_drop(state, health, at_ms, rules)
     if rules.purchase_activity:
         # Scoring computed it for the same moment (BG/NBD costs several µs a call).
         expected = health.expected_purchases if health.as_of_ms == at_ms else expected_purchases_next(state, at_ms, scoring)
@@ -99,34 +162,55 @@ def _conditions(
             if expected is not None and expected < rules.purchase_activity_min_expected
             else None
         )
-    if rules.payment_trouble and not state.has_billing:  # no payment events: nothing to check
-        found["payment_trouble"] = None
-    elif rules.payment_trouble:
-        failures = window_total(state, "payments_failed", at_ms, 30)
-        overdue_days = (
-            (at_ms - min(invoice.due_ms for invoice in state.unpaid_invoices)) / DAY_MS if state.unpaid_invoices else 0.0
-        )
-        failing = failures >= rules.payment_failures_30d
-        overdue = overdue_days > rules.payment_overdue_days
-        if failing and overdue:
-            found["payment_trouble"] = ("warning", "{} failed payments in 30 days and an invoice {:.0f} days overdue", (failures, overdue_days))
-        elif failing:
-            found["payment_trouble"] = ("warning", "{} failed payments in 30 days", (failures,))
-        elif overdue:
-            found["payment_trouble"] = ("warning", "an invoice {:.0f} days overdue", (overdue_days,))
-        else:
-            found["payment_trouble"] = None
+    if rules.payment_trouble:
+        found["payment_trouble"] = _payment_trouble(state, at_ms, rules)
     if rules.silence:
-        gap = usual_gap_days(state)
         subscribed = state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at_ms)
-        silent_days = (at_ms - state.last_event_ms) / DAY_MS
-        limit = max(rules.silence_min_days, rules.silence_gap_multiplier * (gap or 0.0))
-        found["silence"] = (
-            ("warning", "no events for {:.1f} days; usually every {:.1f} days", (silent_days, gap))
-            if gap is not None and state.active_days >= rules.silence_min_active_days and subscribed and silent_days > limit
-            else None
-        )
+        silence = unusual_silence(state, at_ms, rules, rules.silence_gap_multiplier) if subscribed else None
+        found["silence"] = ("warning", "no events for {:.1f} days; usually every {:.1f} days", silence) if silence is not None else None
     return found
+
+
+#: An alert about to be raised: (rule, episode, severity, detail).
+Opened = tuple[str, str, str, str]
+
+
+def _cancellation(state: CustomerState, at_ms: int) -> Opened | None:
+    if state.cancelled_ms and state.cancelled_ms <= at_ms:
+        if state.alert_episodes.get("cancellation") != state.cancelled_ms:
+            state.alert_episodes["cancellation"] = state.cancelled_ms
+            return ("cancellation", str(state.cancelled_ms), "critical", "subscription cancelled")
+    elif "cancellation" in state.alert_episodes and not state.cancelled_ms:
+        del state.alert_episodes["cancellation"]
+    return None
+
+
+def _band_downgrade(
+    state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters, by_time: bool
+) -> Opened | None:
+    """A fall of the band as alerting sees it. A fall that time alone caused (a sweep, or decay
+    outweighing what events took) counts only once the silence is unusual for the customer, and
+    says so; until then the band as alerting sees it stays where it was."""
+    current = state.alert_band
+    if current is None:
+        state.alert_band = health.band
+    elif BAND_RANK[health.band] > BAND_RANK[current]:
+        time_only = by_time or fell_by_time(health)
+        silence = unusual_silence(state, at_ms, rules, rules.time_band_gap_multiplier) if time_only else None
+        if time_only and silence is None:
+            return None
+        state.alert_band = health.band
+        severity = "critical" if health.band == "critical" else "warning"
+        detail = f"band fell from {current} to {health.band}"
+        if silence is not None:
+            detail += ": no activity for {:.0f} days, usually every {:.1f}".format(*silence)
+        return ("band_downgrade", f"{health.band}@{at_ms}", severity, detail)
+    elif BAND_RANK[health.band] < BAND_RANK[current]:
+        # Hysteresis: only move up as far as the score clears the band edge by the margin.
+        cleared = band_for(health.score - rules.hysteresis_points, scoring)
+        if BAND_RANK[cleared] < BAND_RANK[current]:
+            state.alert_band = cleared
+    return None
 
 
 def evaluate(
@@ -135,54 +219,51 @@ def evaluate(
     at_ms: int,
     scoring: ScoringParameters,
     rules: AlertParameters,
+    by_time: bool = False,
 ) -> AlertDecision:
-    """Checks every enabled rule for the customer at ``at_ms`` and updates the record's alert state."""
-    opened: list[tuple[str, str, str, str]] = []  # (rule, episode, severity, detail)
-
-    if rules.cancellation and state.cancelled_ms and state.cancelled_ms <= at_ms:
-        episode = str(state.cancelled_ms)
-        if state.alert_episodes.get("cancellation") != state.cancelled_ms:
-            state.alert_episodes["cancellation"] = state.cancelled_ms
-            opened.append(("cancellation", episode, "critical", "subscription cancelled"))
-    elif "cancellation" in state.alert_episodes and not state.cancelled_ms:
-        del state.alert_episodes["cancellation"]
-
+    """Checks every enabled rule for the customer at ``at_ms`` and updates the record's alert state.
+    ``by_time``: a rescoring without an event (the sweep), where only time moved the score."""
+    opened: list[Opened] = []
+    if rules.cancellation:
+        cancelled = _cancellation(state, at_ms)
+        if cancelled is not None:
+            opened.append(cancelled)
     if rules.band_downgrade:
-        current = state.alert_band
-        if current is None:
-            state.alert_band = health.band
-        elif BAND_RANK[health.band] > BAND_RANK[current]:
-            state.alert_band = health.band
-            severity = "critical" if health.band == "critical" else "warning"
-            opened.append(("band_downgrade", f"{health.band}@{at_ms}", severity, f"band fell from {current} to {health.band}"))
-        elif BAND_RANK[health.band] < BAND_RANK[current]:
-            # Hysteresis: only move up as far as the score clears the band edge by the margin.
-            cleared = band_for(health.score - rules.hysteresis_points, scoring)
-            if BAND_RANK[cleared] < BAND_RANK[current]:
-                state.alert_band = cleared
-
-    for rule, holds in _conditions(state, health, at_ms, scoring, rules).items():
+        downgrade = _band_downgrade(state, health, at_ms, scoring, rules, by_time)
+        if downgrade is not None:
+            opened.append(downgrade)
+    for rule, holds in _conditions(state, health, at_ms, scoring, rules, by_time).items():
         if holds is None:
             state.alert_episodes.pop(rule, None)
         elif rule not in state.alert_episodes:
             state.alert_episodes[rule] = at_ms
             severity, template, values = holds
             opened.append((rule, str(at_ms), severity, template.format(*values)))
-
     _remember_score(state, health, at_ms, rules)
     if not opened:
         return NO_DECISION
+    return _raise(state, health, at_ms, rules, opened)
 
+
+def _raise(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters, opened: list[Opened]) -> AlertDecision:
+    """The opened episodes' alerts, critical first, unless the rule's cooldown or the customer's
+    budget holds them back (then they count as suppressed)."""
     raised: list[Alert] = []
     suppressed: list[tuple[str, str]] = []
     cooldown_ms = rules.cooldown_hours * HOUR_MS
     reasons = [Reason(name, round(change, 2)) for name, change in list(health.changes.items())[:3]]
+    budget = rules.max_alerts_per_customer_30d
+    if budget:
+        state.alert_times = [at for at in state.alert_times if at_ms - at < BUDGET_WINDOW_MS]
+    opened.sort(key=lambda entry: SEVERITY_RANK[entry[2]])
     for rule, episode, severity, detail in opened:
         last = state.alert_last_raised.get(rule)
-        if last is not None and 0 <= at_ms - last < cooldown_ms:
+        if (last is not None and 0 <= at_ms - last < cooldown_ms) or (budget and len(state.alert_times) >= budget):
             suppressed.append((rule, severity))
             continue
         state.alert_last_raised[rule] = at_ms
+        if budget:
+            state.alert_times.append(at_ms)
         raised.append(
             Alert(
                 alert_id=alert_id(state.customer_id, rule, episode),
@@ -205,7 +286,7 @@ def _remember_score(state: CustomerState, health: HealthScore, at_ms: int, rules
     """Keeps the highest score of each day within the sharp-drop window."""
     day_start = at_ms // DAY_MS * DAY_MS
     recent = state.recent_scores
-    if recent and recent[-1][0] == day_start:  # the usual case: another score today
+    if recent and recent[-1][0] == day_start:  # the usual case: another score that day
         if health.score > recent[-1][1]:
             recent[-1] = (day_start, health.score)
         return

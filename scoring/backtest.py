@@ -129,3 +129,116 @@ class RankingQuality:
 
 def ranking_quality(risks: Sequence[float], churned: Sequence[bool], k: int) -> RankingQuality:
     return RankingQuality(roc_auc(risks, churned), precision_at_k(risks, churned, k), lift_at_k(risks, churned, k))
+
+
+# --- Alert quality: is an alert worth a customer-success manager's time? ---------------
+
+MONTH_MS = 30 * 86_400_000
+
+
+@dataclass(frozen=True)
+class AlertQuality:
+    """How one set of alerts (a rule, a severity, all of them, a baseline) did.
+
+    ``alerted``: customers alive at as-of with an alert in the window before it (30 days by
+    default). Their churn rate within the horizon against the base rate is the ``lift``, and
+    ``recall_in_window`` the share of the horizon's churners among them. ``recall`` looks
+    further back (the lookback, 90 days by default): the share of the horizon's churners
+    with an alert in it, and ``median_lead_days`` the median time from such a churner's
+    first alert in the lookback to its churn.
+    """
+
+    alerts: int
+    per_customer_month: float | None
+    alerted: int
+    alerted_share: float | None
+    alerted_churn_rate: float | None
+    lift: float | None
+    recall_in_window: float | None
+    recall: float | None
+    median_lead_days: float | None
+
+
+def _first_alerts(alerts: Sequence[tuple[str, int]], alive: set[str], since_ms: int, until_ms: int) -> dict[str, int]:
+    """Each alive customer's first alert in (since, until]."""
+    first: dict[str, int] = {}
+    for customer, at_ms in alerts:
+        if customer in alive and since_ms < at_ms <= until_ms and (customer not in first or at_ms < first[customer]):
+            first[customer] = at_ms
+    return first
+
+
+def alert_quality(
+    alerts: Sequence[tuple[str, int]],
+    customer_months: float,
+    population: Sequence[str],
+    churned_at: dict[str, int],
+    as_of_ms: int,
+    window_ms: int,
+    lookback_ms: int,
+) -> AlertQuality:
+    """``alerts``: (customer, raised at) of every alert of the set over the history up to
+    as-of; ``customer_months``: the months each customer was observed, summed (the
+    denominator of alerts per customer per month); ``population``: the customers alive at
+    as-of; ``churned_at``: when those who churned within the horizon did."""
+    alive = set(population)
+    in_window = _first_alerts(alerts, alive, as_of_ms - window_ms, as_of_ms)
+    in_lookback = _first_alerts(alerts, alive, as_of_ms - lookback_ms, as_of_ms)
+    alerted = len(in_window)
+    churners_in_window = sum(1 for customer in in_window if customer in churned_at)
+    churners_in_lookback = [customer for customer in in_lookback if customer in churned_at]
+    base = len(churned_at) / len(population) if population else None
+    churn_rate = churners_in_window / alerted if alerted else None
+    leads = [(churned_at[customer] - in_lookback[customer]) / 86_400_000 for customer in churners_in_lookback]
+    return AlertQuality(
+        alerts=len(alerts),
+        per_customer_month=len(alerts) / customer_months if customer_months > 0 else None,
+        alerted=alerted,
+        alerted_share=alerted / len(population) if population else None,
+        alerted_churn_rate=churn_rate,
+        lift=churn_rate / base if churn_rate is not None and base else None,
+        recall_in_window=churners_in_window / len(churned_at) if churned_at else None,
+        recall=len(churners_in_lookback) / len(churned_at) if churned_at else None,
+        median_lead_days=median_or_none(leads),
+    )
+
+
+def recency_alerts(event_times: dict[str, Sequence[int]], silent_ms: int, until_ms: int) -> list[tuple[str, int]]:
+    """The recency baseline as alerts: one when a customer has had no event for ``silent_ms``
+    (at that moment, once per silence), up to ``until_ms``. ``event_times`` sorted per customer."""
+    raised: list[tuple[str, int]] = []
+    for customer, times in event_times.items():
+        for current, following in zip(times, [*times[1:], None]):
+            due = current + silent_ms
+            if due <= until_ms and (following is None or following > due):
+                raised.append((customer, due))
+    return raised
+
+
+@dataclass(frozen=True)
+class BandShare:
+    band: str
+    customers: int
+    share: float
+    churn_rate: float | None
+
+
+def band_shares(bands: Sequence[str], churned: Sequence[bool], names: Sequence[str]) -> list[BandShare]:
+    """Per band: how many customers are in it at as-of, their share, and their churn rate."""
+    result = []
+    for name in names:
+        members = [c for band, c in zip(bands, churned) if band == name]
+        result.append(
+            BandShare(name, len(members), len(members) / len(bands) if bands else 0.0, sum(members) / len(members) if members else None)
+        )
+    return result
+
+
+def edge_for_share(scores: Sequence[float], share: float) -> float | None:
+    """The lowest score edge below which at most ``share`` of the customers fall: set as a band's
+    lower edge, it flags about that share (customers tied on the edge stay above it)."""
+    if not scores:
+        return None
+    ordered = sorted(scores)
+    index = int(share * len(ordered))
+    return ordered[min(index, len(ordered) - 1)]

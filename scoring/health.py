@@ -38,8 +38,8 @@ class ScoringParameters:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     #: plan name → weights for customers on that plan (from ``subscription.updated`` data.plan).
     segment_weights: dict[str, dict[str, float]] = field(default_factory=dict)
-    healthy_min: float = 70.0
-    at_risk_min: float = 40.0
+    healthy_min: float = 50.0
+    at_risk_min: float = 35.0
     usage_half_life_days: float = 7.0
     key_features: tuple[str, ...] = ()
     purchase_half_life_days: float = 45.0

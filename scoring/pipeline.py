@@ -26,6 +26,7 @@ def _score_and_alert(
     parameters: ScoringParameters,
     rules: AlertParameters | None,
     min_change: float = 0.0,
+    by_time: bool = False,
 ) -> tuple[HealthScore | None, AlertDecision]:
     previous = state.published
     if previous is None:
@@ -34,7 +35,7 @@ def _score_and_alert(
         health = score_state(state, at_ms, parameters, previous.contributions, previous.score)
     if health is None:
         return None, NO_ALERTS
-    alerts = evaluate(state, health, at_ms, parameters, rules) if rules is not None else NO_ALERTS
+    alerts = evaluate(state, health, at_ms, parameters, rules, by_time) if rules is not None else NO_ALERTS
     if previous is not None and not has_changed(previous.score, previous.band, health, previous.contributions):
         return None, alerts
     if previous is not None and previous.band == health.band and abs(health.score - previous.score) < min_change:
@@ -92,5 +93,5 @@ def sweep(
     when its band changed or it moved by at least ``min_change`` points since the
     last published one (alerts are checked either way).
     """
-    health, alerts = _score_and_alert(state, max(at_ms, state.last_event_ms), parameters, rules, min_change)
+    health, alerts = _score_and_alert(state, max(at_ms, state.last_event_ms), parameters, rules, min_change, by_time=True)
     return Step(Outcome.APPLIED, health, alerts)

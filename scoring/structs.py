@@ -121,6 +121,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     alert_last_raised: dict[str, int] = {}
     #: (day start in ms, highest published score that day) within the sharp-drop window.
     recent_scores: list[tuple[int, float]] = []
+    #: When the customer's alerts of the last 30 days were raised (the per-customer budget).
+    alert_times: list[int] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

@@ -135,7 +135,8 @@ def topics() -> None:
 @click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write the history to this JSON Lines file instead of Kafka (rate × duration events, or --events).")
 @click.option("--events", "event_count", default=None, type=click.IntRange(1), help="With --output: how many events.")
 @click.option("--labels", "labels_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="With --output: where to write the ground-truth churn labels (customer_id,churned_at); default FILE.labels.csv.")
-def generate(customers: int, rate: float, duration: float, history_days: float, seed: int, output_path: Path | None, event_count: int | None, labels_path: Path | None) -> None:
+@click.option("--end", "end_text", default=None, help="With --output: when the history ends (RFC 3339, YYYY-MM-DD or epoch ms; default now). With a fixed end, the same options write the same file.")
+def generate(customers: int, rate: float, duration: float, history_days: float, seed: int, output_path: Path | None, event_count: int | None, labels_path: Path | None, end_text: str | None) -> None:
     """Produce realistic events to the four input topics: healthy customers,
     slowly disengaging ones, payment trouble and cancellations.
 
@@ -147,11 +148,13 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
 
         labels = labels_path or output_path.with_name(output_path.name + ".labels.csv")
         total = event_count or max(1, int(rate * duration))
-        end_ms = int(time.time() * 1000)
+        end_ms = _parse_time(end_text, "--end") if end_text else int(time.time() * 1000)
         start_ms = end_ms - int(max(history_days, 1.0) * 86_400_000)
         written, churned = write_history(str(output_path), str(labels), customers, total, start_ms, end_ms, seed)
         click.echo(f"Wrote {written} events for {customers} customers to {output_path}; {churned} churned customers in {labels}")
         return
+    if end_text is not None:
+        raise click.UsageError("--end goes with --output: events sent to Kafka end now")
     from stream.commands.generate import produce
 
     settings = _settings()
@@ -222,21 +225,34 @@ def replay(input_path: Path, as_of: str | None, output_path: Path, sweep_every: 
 @click.option("--as-of", "as_of", required=True, help="Score every customer at this time from the history before it (RFC 3339, YYYY-MM-DD or epoch ms).")
 @click.option("--horizon", "horizon_days", required=True, type=click.FloatRange(min=0, min_open=True), help="Days after --as-of in which a churn counts.")
 @click.option("--top-k", type=click.IntRange(1), default=None, help="k for precision and lift at the top k (default: 10 %% of the customers).")
-@click.option("--report", "report_path", default="backtest-report.html", show_default=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML report (ROC, calibration, score distributions).")
-def backtest(input_path: Path, labels_path: Path | None, as_of: str, horizon_days: float, top_k: int | None, report_path: Path) -> None:
+@click.option("--report", "report_path", default="backtest-report.html", show_default=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML report (ROC, calibration, score distributions, alert quality).")
+@click.option("--alert-window", "alert_window_days", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Days before --as-of in which an alert makes a customer 'alerted' (for its churn rate, lift and share).")
+@click.option("--alert-lookback", "alert_lookback_days", default=90.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Days before --as-of in which an alert counts for recall and lead time.")
+@click.option("--recency-alert-days", default=14.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="The recency baseline as alerts: one when a customer has had no event for this many days.")
+@click.option("--critical-share", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Print the score edge (at_risk_min) that flags this share of the customers as critical.")
+@click.option("--flagged-share", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Print the score edge (healthy_min) that flags this share as at_risk or critical.")
+def backtest(
+    input_path: Path, labels_path: Path | None, as_of: str, horizon_days: float, top_k: int | None, report_path: Path,
+    alert_window_days: float, alert_lookback_days: float, recency_alert_days: float, critical_share: float, flagged_share: float,
+) -> None:
     """Check the model on history: score everyone at --as-of, compare with who churned
     within --horizon days, against simple baselines (recency only, RFM).
 
     Prints a JSON summary (ROC AUC, precision and recall of the at_risk + critical
     bands, precision and lift at the top k, median lead time from first alert to
-    churn) and writes an HTML report with the plots.
+    churn; alert quality overall, per rule and per severity, and for the recency
+    baseline as alerts; each band's share and churn rate; the band edges that flag
+    --critical-share and --flagged-share of the customers) and writes an HTML report.
     """
     from stream.commands.backtest import BacktestError, run_backtest
 
     settings = _settings()
     as_of_ms = _parse_time(as_of, "--as-of")
     try:
-        summary = run_backtest(settings, input_path, labels_path, as_of_ms, horizon_days, top_k, report_path, lambda t: click.echo(t, err=True))
+        summary = run_backtest(
+            settings, input_path, labels_path, as_of_ms, horizon_days, top_k, report_path, lambda t: click.echo(t, err=True),
+            alert_window_days, alert_lookback_days, recency_alert_days, (critical_share, flagged_share),
+        )
     except BacktestError as error:
         raise click.ClickException(str(error)) from None
     click.echo(json.dumps(summary, indent=2))

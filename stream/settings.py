@@ -87,8 +87,8 @@ class BgNbdSettings(Frozen):
 class ScoringSettings(Frozen):
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
-    healthy_min: float = Field(70.0, ge=0, le=100)
-    at_risk_min: float = Field(40.0, ge=0, le=100)
+    healthy_min: float = Field(50.0, ge=0, le=100)
+    at_risk_min: float = Field(35.0, ge=0, le=100)
     usage_half_life_days: float = Field(7.0, gt=0)
     key_features: tuple[str, ...] = ()
     purchase_half_life_days: float = Field(45.0, gt=0)
@@ -133,20 +133,22 @@ class AlertSettings(Frozen):
 
     band_downgrade: bool = True
     hysteresis_points: float = Field(5.0, ge=0, le=50)
-    sharp_drop: bool = True
+    sharp_drop: bool = False
     sharp_drop_points: float = Field(15.0, gt=0, le=100)
     sharp_drop_window_days: float = Field(7.0, gt=0, le=90)
     purchase_activity: bool = True
     purchase_activity_min_expected: float = Field(0.2, gt=0)
-    payment_trouble: bool = True
+    payment_trouble: bool = False
     payment_failures_30d: int = Field(2, ge=1)
     payment_overdue_days: float = Field(7.0, ge=0)
     cancellation: bool = True
+    time_band_gap_multiplier: float = Field(2.0, ge=1)
     silence: bool = True
-    silence_gap_multiplier: float = Field(3.0, ge=1)
+    silence_gap_multiplier: float = Field(4.0, ge=1)
     silence_min_days: float = Field(3.0, gt=0)
     silence_min_active_days: int = Field(3, ge=2)
     cooldown_hours: float = Field(24.0, ge=0)
+    max_alerts_per_customer_30d: int = Field(2, ge=0)
 
     def parameters(self) -> AlertParameters:
         return AlertParameters(**self.model_dump())

@@ -8,6 +8,9 @@ use crate::health::{band_for, py_round, HealthScore, Parameters};
 use crate::state::{CustomerState, PAYMENTS_FAILED};
 
 const HOUR_MS: f64 = 3_600_000.0;
+const BUDGET_WINDOW_MS: i64 = 30 * DAY_MS;
+/// `scoring.alerts.DECAYING_COMPONENTS`.
+const DECAYING_COMPONENTS: [&str; 3] = ["usage", "purchases", "sentiment"];
 
 pub struct AlertParameters {
     pub band_downgrade: bool,
@@ -22,11 +25,13 @@ pub struct AlertParameters {
     pub payment_failures_30d: i64,
     pub payment_overdue_days: f64,
     pub cancellation: bool,
+    pub time_band_gap_multiplier: f64,
     pub silence: bool,
     pub silence_gap_multiplier: f64,
     pub silence_min_days: f64,
     pub silence_min_active_days: i64,
     pub cooldown_hours: f64,
+    pub max_alerts_per_customer_30d: i64,
 }
 
 pub struct Alert {
@@ -92,6 +97,57 @@ fn window_total(state: &CustomerState, counter: usize, at_ms: i64, days: i64) ->
     state.counts.columns[counter][start..end.max(start)].iter().sum()
 }
 
+/// `scoring.alerts.fell_by_time`: the fall since the previous score came more from decay than from events.
+fn fell_by_time(health: &HealthScore) -> bool {
+    let mut decayed = 0.0;
+    let mut fell = 0.0;
+    for (name, change) in &health.changes {
+        if *change < 0.0 {
+            if DECAYING_COMPONENTS.contains(&name.as_str()) {
+                decayed -= change;
+            } else {
+                fell -= change;
+            }
+        }
+    }
+    decayed > fell
+}
+
+/// `scoring.alerts.baseline_gap_days`.
+fn baseline_gap_days(state: &CustomerState) -> Option<f64> {
+    let last_day = state.last_event_ms.div_euclid(DAY_MS);
+    let first_day = (last_day - 89).max(state.first_event_ms.div_euclid(DAY_MS));
+    let days = &state.counts.days;
+    let active = days.len() - days.partition_point(|day| *day < first_day);
+    if active < 2 {
+        return None;
+    }
+    Some((last_day - first_day + 1) as f64 / active as f64)
+}
+
+/// `scoring.alerts.unusual_silence`. The kernel scores at the customer's newest event, where
+/// no silence is unusual; kept statement for statement all the same.
+fn unusual_silence(state: &CustomerState, at_ms: i64, rules: &AlertParameters, multiplier: f64) -> Option<(f64, f64)> {
+    let gap = baseline_gap_days(state)?;
+    if state.active_days < rules.silence_min_active_days {
+        return None;
+    }
+    let silent_days = (at_ms - state.last_event_ms) as f64 / DAY_MS as f64;
+    if silent_days > py_max(rules.silence_min_days, multiplier * gap) {
+        Some((silent_days, gap))
+    } else {
+        None
+    }
+}
+
+fn severity_rank(severity: &str) -> u8 {
+    if severity == "critical" {
+        0
+    } else {
+        1
+    }
+}
+
 /// (rule, severity, detail) of each lasting condition that holds now, None where it does not,
 /// in the order `scoring.alerts._conditions` checks them.
 fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &AlertParameters) -> Vec<(&'static str, Option<String>)> {
@@ -105,7 +161,7 @@ fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &A
             }
         }
         let detail = match peak {
-            Some(peak) if peak - health.score >= rules.sharp_drop_points => Some(format!(
+            Some(peak) if peak - health.score >= rules.sharp_drop_points && !fell_by_time(health) => Some(format!(
                 "score fell {:.1} points from {peak:.1} within {} days",
                 peak - health.score,
                 rules.sharp_drop_window_text
@@ -139,16 +195,9 @@ fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &A
         found.push(("payment_trouble", detail));
     }
     if rules.silence {
-        let gap = if state.active_days >= 2 { Some(state.gap_days_mean) } else { None };
         let subscribed = state.mrr > 0.0 && !(state.cancelled_ms != 0 && state.cancelled_ms <= at_ms);
-        let silent_days = (at_ms - state.last_event_ms) as f64 / DAY_MS as f64;
-        let limit = py_max(rules.silence_min_days, rules.silence_gap_multiplier * gap.unwrap_or(0.0));
-        let detail = match gap {
-            Some(gap) if state.active_days >= rules.silence_min_active_days && subscribed && silent_days > limit => {
-                Some(format!("no events for {silent_days:.1} days; usually every {gap:.1} days"))
-            }
-            _ => None,
-        };
+        let silence = if subscribed { unusual_silence(state, at_ms, rules, rules.silence_gap_multiplier) } else { None };
+        let detail = silence.map(|(silent_days, gap)| format!("no events for {silent_days:.1} days; usually every {gap:.1} days"));
         found.push(("silence", detail));
     }
     found
@@ -194,14 +243,18 @@ pub fn evaluate(
             None => state.alert_band = Some(health.band.to_owned()),
             Some(current) => {
                 if band_rank(health.band) > band_rank(&current) {
-                    state.alert_band = Some(health.band.to_owned());
-                    let severity = if health.band == "critical" { "critical" } else { "warning" };
-                    opened.push((
-                        "band_downgrade",
-                        format!("{}@{at_ms}", health.band),
-                        severity,
-                        format!("band fell from {current} to {}", health.band),
-                    ));
+                    // The kernel runs event steps only (a sweep is `by_time`, in Python).
+                    let time_only = fell_by_time(health);
+                    let silence = if time_only { unusual_silence(state, at_ms, rules, rules.time_band_gap_multiplier) } else { None };
+                    if !time_only || silence.is_some() {
+                        state.alert_band = Some(health.band.to_owned());
+                        let severity = if health.band == "critical" { "critical" } else { "warning" };
+                        let mut detail = format!("band fell from {current} to {}", health.band);
+                        if let Some((silent_days, gap)) = silence {
+                            detail.push_str(&format!(": no activity for {silent_days:.0} days, usually every {gap:.1}"));
+                        }
+                        opened.push(("band_downgrade", format!("{}@{at_ms}", health.band), severity, detail));
+                    }
                 } else if band_rank(health.band) < band_rank(&current) {
                     let cleared = band_for(health.score - rules.hysteresis_points, scoring);
                     if band_rank(cleared) < band_rank(&current) {
@@ -231,15 +284,24 @@ pub fn evaluate(
     }
     let cooldown_ms = rules.cooldown_hours * HOUR_MS;
     let reasons: Vec<(String, f64)> = health.changes.iter().take(3).map(|(name, change)| (name.clone(), py_round(*change, 2))).collect();
+    let budget = rules.max_alerts_per_customer_30d;
+    if budget != 0 {
+        state.alert_times.retain(|at| at_ms - at < BUDGET_WINDOW_MS);
+    }
+    opened.sort_by_key(|entry| severity_rank(entry.2)); // stable, as Python's sort
     for (rule, episode, severity, detail) in opened {
-        if let Some(last) = episode_get(&state.alert_last_raised, rule) {
+        let cooling = episode_get(&state.alert_last_raised, rule).is_some_and(|last| {
             let since_last = (at_ms - last) as f64;
-            if 0.0 <= since_last && since_last < cooldown_ms {
-                decision.suppressed.push((rule, severity));
-                continue;
-            }
+            0.0 <= since_last && since_last < cooldown_ms
+        });
+        if cooling || (budget != 0 && state.alert_times.len() as i64 >= budget) {
+            decision.suppressed.push((rule, severity));
+            continue;
         }
         episode_set(&mut state.alert_last_raised, rule, at_ms);
+        if budget != 0 {
+            state.alert_times.push(at_ms);
+        }
         decision.raised.push(Alert {
             alert_id: alert_id(&state.customer_id, rule, &episode),
             customer_id: state.customer_id.clone(),

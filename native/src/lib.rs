@@ -93,11 +93,13 @@ impl Kernel {
                 payment_failures_30d: rules.getattr("payment_failures_30d")?.extract()?,
                 payment_overdue_days: rules.getattr("payment_overdue_days")?.extract()?,
                 cancellation: rules.getattr("cancellation")?.extract()?,
+                time_band_gap_multiplier: rules.getattr("time_band_gap_multiplier")?.extract()?,
                 silence: rules.getattr("silence")?.extract()?,
                 silence_gap_multiplier: rules.getattr("silence_gap_multiplier")?.extract()?,
                 silence_min_days: rules.getattr("silence_min_days")?.extract()?,
                 silence_min_active_days: rules.getattr("silence_min_active_days")?.extract()?,
                 cooldown_hours: rules.getattr("cooldown_hours")?.extract()?,
+                max_alerts_per_customer_30d: rules.getattr("max_alerts_per_customer_30d")?.extract()?,
             }),
         };
         Ok(Kernel {

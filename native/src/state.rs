@@ -88,6 +88,7 @@ pub struct CustomerState {
     pub alert_episodes: Vec<(String, i64)>,
     pub alert_last_raised: Vec<(String, i64)>,
     pub recent_scores: Vec<(i64, f64)>,
+    pub alert_times: Vec<i64>,
 }
 
 impl CustomerState {
@@ -126,6 +127,7 @@ impl CustomerState {
             alert_episodes: Vec::new(),
             alert_last_raised: Vec::new(),
             recent_scores: Vec::new(),
+            alert_times: Vec::new(),
         }
     }
 }
@@ -207,7 +209,7 @@ fn read_published(reader: &mut Reader) -> Result<Option<PublishedScore>> {
 
 pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     let reader = &mut Reader::new(bytes);
-    let mut fields = Fields::open(reader, 33, 1, "a CustomerState of an unknown length")?;
+    let mut fields = Fields::open(reader, 34, 1, "a CustomerState of an unknown length")?;
     fields.has();
     let mut state = CustomerState::new(&reader.string()?);
     macro_rules! field {
@@ -296,6 +298,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         }
         scores
     });
+    field!(state.alert_times, int_list(reader)?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -327,7 +330,7 @@ fn write_optional_string(writer: &mut Writer, value: &Option<String>) {
 pub fn encode(state: &CustomerState) -> Vec<u8> {
     let mut writer = Writer::with_capacity(256 + 24 * state.counts.days.len());
     let w = &mut writer;
-    w.array(33);
+    w.array(34);
     w.string(&state.customer_id);
     w.int(state.first_event_ms);
     w.int(state.last_event_ms);
@@ -413,5 +416,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.int(*day_ms);
         w.float(*score);
     }
+    write_int_list(w, &state.alert_times);
     writer.bytes
 }

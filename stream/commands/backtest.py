@@ -14,9 +14,9 @@ import html
 import io
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 from scoring import backtest as metrics
-from scoring.alerts import Alert
 from scoring.contract import PurchaseCompleted
 from scoring.output import rfc3339
 from scoring.replay import AlertRaised, Replayer
@@ -55,12 +55,20 @@ def run_backtest(
     top_k: int | None,
     report_path: Path | None,
     echo,
+    alert_window_days: float = 30.0,
+    alert_lookback_days: float = 90.0,
+    recency_alert_days: float = 14.0,
+    band_shares: tuple[float, float] = (0.05, 0.25),
 ) -> dict:
     history = read_history(input_path)
     if history.rejected:
         echo(f"{len(history.rejected)} of {history.read} lines rejected and left out (run `healthscore replay --rejects FILE` to see them)")
     horizon_ms = int(horizon_days * DAY_MS)
-    replayer, first_alert = _replay_until(settings, history.events, as_of_ms)
+    replayer, alerts = _replay_until(settings, history.events, as_of_ms)
+    first_alert: dict[str, RaisedAlert] = {}
+    for alert in alerts:
+        if alert.at_ms >= as_of_ms - 90 * DAY_MS:
+            first_alert.setdefault(alert.customer_id, alert)
     population, churned_at, label_source = _churn_labels(replayer, history.events, labels_path, as_of_ms, horizon_ms)
     if not population:
         raise BacktestError(f"no customer has history before {rfc3339(as_of_ms)}")
@@ -73,7 +81,7 @@ def run_backtest(
     flagged = [finals[c].band in ("at_risk", "critical") for c in population]
     bands = metrics.precision_recall(flagged, churned)
     leads = [
-        (churned_at[c] - first_alert[c].occurred_at_ms) / DAY_MS for c in population if c in churned_at and c in first_alert
+        (churned_at[c] - first_alert[c].at_ms) / DAY_MS for c in population if c in churned_at and c in first_alert
     ]
     summary = {
         "as_of": rfc3339(as_of_ms),
@@ -98,6 +106,14 @@ def run_backtest(
             "churners": sum(churned),
         },
         "model_version": settings.scoring.parameters().model_version,
+        "alert_quality": _alert_quality(
+            history.events, alerts, population, churned_at, as_of_ms, (alert_window_days, alert_lookback_days), recency_alert_days
+        ),
+        "bands": [
+            {"band": b.band, "customers": b.customers, "share": _round(b.share), "churn_rate": _round(b.churn_rate)}
+            for b in metrics.band_shares([finals[c].band for c in population], churned, ("healthy", "at_risk", "critical"))
+        ],
+        "band_edges_for_shares": _band_edges([finals[c].score for c in population], band_shares),
     }
     if report_path is not None:
         write_report(report_path, summary, rankings, churned, [finals[c].score for c in population])
@@ -105,9 +121,15 @@ def run_backtest(
     return summary
 
 
-def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Replayer, dict[str, Alert]]:
-    """The worker's model run over the history before ``as_of_ms``; each customer's first
-    alert in the 90 days before it."""
+class RaisedAlert(NamedTuple):
+    customer_id: str
+    rule: str
+    severity: str
+    at_ms: int
+
+
+def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Replayer, list[RaisedAlert]]:
+    """The worker's model run over the history before ``as_of_ms``, and every alert it raised."""
     replayer = Replayer(
         settings.scoring.parameters(),
         settings.alerts.parameters(),
@@ -115,12 +137,64 @@ def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Repl
         int(settings.replay_sweep_interval_seconds * 1000) or None,
         settings.sweep_min_score_change,
     )
-    first_alert: dict[str, Alert] = {}
-    lookback_ms = as_of_ms - 90 * DAY_MS
-    for item in replayer.run(events, until_ms=as_of_ms):
-        if isinstance(item, AlertRaised) and item.alert.occurred_at_ms >= lookback_ms:
-            first_alert.setdefault(item.alert.customer_id, item.alert)
-    return replayer, first_alert
+    alerts = [
+        RaisedAlert(item.alert.customer_id, item.alert.rule, item.alert.severity, item.alert.occurred_at_ms)
+        for item in replayer.run(events, until_ms=as_of_ms)
+        if isinstance(item, AlertRaised)
+    ]
+    return replayer, alerts
+
+
+def _alert_quality(
+    events: list,
+    alerts: list[RaisedAlert],
+    population: list[str],
+    churned_at: dict[str, int],
+    as_of_ms: int,
+    windows: tuple[float, float],
+    recency_days: float,
+) -> dict:
+    """Alert quality overall, per rule and per severity, and for the recency baseline as alerts."""
+    event_times: dict[str, list[int]] = {}
+    for event in events:
+        if event.occurred_at_ms <= as_of_ms:
+            event_times.setdefault(event.customer_id, []).append(event.occurred_at_ms)
+    for times in event_times.values():
+        times.sort()
+    customer_months = sum((as_of_ms - times[0]) / metrics.MONTH_MS for times in event_times.values())
+    window_days, lookback_days = windows
+
+    def quality(selected: list[tuple[str, int]]) -> dict:
+        result = metrics.alert_quality(
+            selected, customer_months, population, churned_at, as_of_ms, int(window_days * DAY_MS), int(lookback_days * DAY_MS)
+        )
+        return {key: value if isinstance(value, int) else _round(value) for key, value in asdict(result).items()}
+
+    def grouped(key: str) -> dict:
+        names = sorted({getattr(alert, key) for alert in alerts})
+        return {name: quality([(a.customer_id, a.at_ms) for a in alerts if getattr(a, key) == name]) for name in names}
+
+    baseline = metrics.recency_alerts(event_times, int(recency_days * DAY_MS), as_of_ms)
+    return {
+        "window_days": window_days,
+        "lookback_days": lookback_days,
+        "overall": quality([(a.customer_id, a.at_ms) for a in alerts]),
+        "by_rule": grouped("rule"),
+        "by_severity": grouped("severity"),
+        "recency_baseline": {"silent_days": recency_days, **quality(baseline)},
+    }
+
+
+def _band_edges(scores: list[float], shares: tuple[float, float]) -> dict:
+    """The score edges that would flag the given shares of these customers as critical, and as
+    at_risk or critical: values for ``[scoring] at_risk_min`` and ``healthy_min``."""
+    critical_share, flagged_share = shares
+    return {
+        "critical_share": critical_share,
+        "at_risk_min": metrics.edge_for_share(scores, critical_share),
+        "at_risk_or_critical_share": flagged_share,
+        "healthy_min": metrics.edge_for_share(scores, flagged_share),
+    }
 
 
 def _churn_labels(
@@ -153,6 +227,35 @@ def _rankings(replayer: Replayer, finals: dict, population: list[str], as_of_ms:
         "recency": recency_days,
         "rfm": metrics.rfm_risk(recency_days, frequency, monetary),
     }
+
+
+def _alert_quality_html(summary: dict) -> str:
+    """The alert-quality tables of the report: per set of alerts, and per band."""
+    quality = summary["alert_quality"]
+    columns = ("alerts", "per_customer_month", "alerted_share", "alerted_churn_rate", "lift", "recall_in_window", "recall", "median_lead_days")
+
+    def cell(value: object) -> str:
+        return "" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.3f}")
+
+    def row(name: str, values: dict) -> str:
+        return f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{cell(values.get(key))}</td>" for key in columns) + "</tr>"
+
+    sets = [("all alerts", quality["overall"])]
+    sets += [(f"rule {name}", values) for name, values in quality["by_rule"].items()]
+    sets += [(f"severity {name}", values) for name, values in quality["by_severity"].items()]
+    sets.append((f"recency baseline ({quality['recency_baseline']['silent_days']:g} days silent)", quality["recency_baseline"]))
+    bands = "".join(
+        f"<tr><th>{html.escape(b['band'])}</th><td>{b['customers']:,}</td><td>{cell(b['share'])}</td><td>{cell(b['churn_rate'])}</td></tr>"
+        for b in summary["bands"]
+    )
+    return f"""<h2>Alert quality</h2>
+<p>Alerted: an alert in the {quality['window_days']:g} days before as-of; recall: churners with an alert in the
+{quality['window_days']:g} days (in window) or the {quality['lookback_days']:g} days (recall) before as-of; lead time from
+that first alert to churn.</p>
+<table><tr><th></th>{''.join(f'<th>{name.replace("_", " ")}</th>' for name in columns)}</tr>
+{''.join(row(name, values) for name, values in sets)}</table>
+<h2>Bands at as-of</h2>
+<table><tr><th>band</th><th>customers</th><th>share</th><th>churn rate</th></tr>{bands}</table>"""
 
 
 def _round(value: float | None) -> float | None:
@@ -236,6 +339,7 @@ Model version <code>{html.escape(summary['model_version'])}</code>.</p>
 {'' if bands['precision'] is None else f"{bands['precision']:.3f}"}, recall {'' if bands['recall'] is None else f"{bands['recall']:.3f}"}.</p>
 <p>Alerted churners: {lead['alerted_churners']} of {lead['churners']}; median lead time from the first alert (in the 90 days before as-of) to churn:
 {'n/a' if lead['median'] is None else f"{lead['median']:.1f} days"}.</p>
+{_alert_quality_html(summary)}
 <div class="figures">
 <img alt="ROC curves of the model and the baselines" src="data:image/png;base64,{images['roc']}">
 <img alt="Calibration of churn_risk" src="data:image/png;base64,{images['calibration']}">

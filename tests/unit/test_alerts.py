@@ -23,7 +23,8 @@ from scoring.pipeline import step, sweep
 from scoring.state import DAY_MS, new_state
 
 T0 = 1_790_000_000_000 // DAY_MS * DAY_MS
-SCORING = ScoringParameters()
+#: The scenarios below are written for band edges at 70 and 40.
+SCORING = ScoringParameters(healthy_min=70.0, at_risk_min=40.0)
 ONLY = {rule: False for rule in ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")}
 
 

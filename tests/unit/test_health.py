@@ -35,7 +35,7 @@ def active_customer(days: int = 30):
 
 @pytest.mark.parametrize(
     ("score", "band"),
-    [(100, "healthy"), (70, "healthy"), (69.99, "at_risk"), (40, "at_risk"), (39.99, "critical"), (0, "critical")],
+    [(100, "healthy"), (50, "healthy"), (49.99, "at_risk"), (35, "at_risk"), (34.99, "critical"), (0, "critical")],
 )
 def test_default_bands(score: float, band: str) -> None:
     assert band_for(score, PARAMETERS) == band
