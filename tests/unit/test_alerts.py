@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from scoring.alerts import AlertParameters, alert_id, evaluate
+from scoring.alerts import AlertParameters, alert_id, evaluate, fell_by_time
 from scoring.bgnbd import BgNbdParameters
 from scoring.contract import (
     Event,
@@ -134,7 +134,7 @@ def subscriber_active_every(days_between: int, active_days: int):
 def test_silence_relative_to_the_customers_own_usual_gap(days_between: int, silent_days: float, fires: bool) -> None:
     state = subscriber_active_every(days_between, 6)
     last = state.last_event_ms
-    result = sweep(state, last + int(silent_days * DAY_MS), SCORING, rules(silence=True))
+    result = sweep(state, last + int(silent_days * DAY_MS), SCORING, rules(silence=True, silence_gap_multiplier=3.0))
     assert [a.rule for a in result.alerts.raised] == (["silence"] if fires else [])
 
 
@@ -212,3 +212,90 @@ def test_purchase_activity_uses_the_expectation_computed_for_the_score() -> None
     assert evaluate(decode_state(encode_state(state)), health, at, scoring, parameters).raised == []
     told_quiet = replace_struct(health, expected_purchases=0.01)
     assert [a.rule for a in evaluate(decode_state(encode_state(state)), told_quiet, at, scoring, parameters).raised] == ["purchase_activity"]
+
+
+def score_with_changes(score: float, at: int, changes: dict[str, float]) -> HealthScore:
+    from msgspec.structs import replace as replace_struct
+
+    return replace_struct(fake_score(score, at), changes=changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "by_time"),
+    [
+        ({"usage": -10.0, "support": -3.0}, True),  # mostly decay: time
+        ({"support": -10.0, "usage": -3.0}, False),  # an urgent ticket: events
+        ({"usage": -4.0, "sentiment": -4.0, "payments": -7.0}, True),  # decay 8 against 7
+        ({"payments": -20.0, "usage": 5.0}, False),
+        ({}, False),
+    ],
+)
+def test_a_fall_is_put_down_to_time_when_decay_outweighs_events(changes: dict[str, float], by_time: bool) -> None:
+    assert fell_by_time(score_with_changes(50, T0, changes)) is by_time
+
+
+def test_time_alone_moves_a_customer_through_a_band_edge_once_and_says_so() -> None:
+    """A daily user goes quiet: its score decays below 70 on the sixth day, but the band alert
+    waits until the silence is unusual for it (here 10 x its usual gap of a day), names the
+    silence, comes once however long the silence lasts, and no sweep raises a sharp drop."""
+    state = subscriber_active_every(1, 20)
+    parameters = rules(band_downgrade=True, sharp_drop=True, cooldown_hours=0, max_alerts_per_customer_30d=0, time_band_gap_multiplier=10.0)
+    last = state.last_event_ms
+    sweep(state, last, SCORING, parameters)  # scored at its last event: healthy
+    assert state.alert_band == "healthy"
+    seen = []
+    for hours in range(6, 24 * 40, 6):
+        result = sweep(state, last + hours * 3_600_000, SCORING, parameters, min_change=0.0)
+        seen += [(hours, alert.rule, alert.band, alert.detail) for alert in result.alerts.raised]
+        if hours == 7 * 24:
+            assert result.publish is not None and result.publish.band == "at_risk" and state.alert_band == "healthy"
+    assert [(hours, rule, band) for hours, rule, band, _ in seen] == [(10 * 24 + 6, "band_downgrade", "at_risk")]
+    assert seen[0][3] == "band fell from healthy to at_risk: no activity for 10 days, usually every 1.0"
+
+
+def test_a_band_fall_that_events_caused_alerts_at_once() -> None:
+    state = new_state("acme")
+    parameters = rules(band_downgrade=True, cooldown_hours=0)
+    evaluate(state, score_with_changes(80, T0, {}), T0, SCORING, parameters)
+    fell = evaluate(state, score_with_changes(60, T0 + 1000, {"support": -15.0, "usage": -5.0}), T0 + 1000, SCORING, parameters)
+    assert [(a.rule, a.detail) for a in fell.raised] == [("band_downgrade", "band fell from healthy to at_risk")]
+
+
+def test_a_sharp_drop_needs_events_to_make_the_score_fall() -> None:
+    parameters = rules(sharp_drop=True, cooldown_hours=0)
+    by_decay, by_events = new_state("acme"), new_state("acme")
+    for state in (by_decay, by_events):
+        evaluate(state, score_with_changes(90, T0, {}), T0, SCORING, parameters)
+    assert evaluate(by_decay, score_with_changes(70, T0 + DAY_MS, {"usage": -20.0}), T0 + DAY_MS, SCORING, parameters).raised == []
+    raised = evaluate(by_events, score_with_changes(70, T0 + DAY_MS, {"payments": -20.0}), T0 + DAY_MS, SCORING, parameters).raised
+    assert [a.rule for a in raised] == ["sharp_drop"]
+
+
+def test_a_wobbling_score_raises_at_most_one_alert_per_cooldown_and_the_budget_caps_the_month() -> None:
+    """Events push the score across the edge and back every hour for 30 days (clearing the
+    hysteresis each time): one alert per 24-hour cooldown at most, and two in 30 days in all."""
+    wobble = [80.0 if hour % 2 == 0 else 60.0 for hour in range(24 * 30)]
+    for budget, most in ((0, 30), (2, 2)):
+        state = new_state("acme")
+        parameters = rules(band_downgrade=True, cooldown_hours=24, max_alerts_per_customer_30d=budget)
+        times = []
+        for hour, score in enumerate(wobble):
+            at = T0 + hour * 3_600_000
+            times += [at for _ in evaluate(state, score_with_changes(score, at, {"support": score - 80.0}), at, SCORING, parameters).raised]
+        assert 0 < len(times) <= most
+        assert all(later - earlier >= 24 * 3_600_000 for earlier, later in zip(times, times[1:]))
+
+
+def test_the_budget_keeps_the_most_severe_of_simultaneous_alerts_and_counts_the_rest() -> None:
+    state = new_state("acme")
+    parameters = rules(band_downgrade=True, cancellation=True, cooldown_hours=0, max_alerts_per_customer_30d=1)
+    evaluate(state, score_with_changes(80, T0, {}), T0, SCORING, parameters)
+    state.cancelled_ms = T0 + 1000
+    both = evaluate(state, score_with_changes(60, T0 + 1000, {"payments": -20.0}), T0 + 1000, SCORING, parameters)
+    assert [(a.rule, a.severity) for a in both.raised] == [("cancellation", "critical")]
+    assert both.suppressed == [("band_downgrade", "warning")]
+    # 30 days later the budget has room again.
+    state.cancelled_ms = 0
+    evaluate(state, score_with_changes(80, T0 + 2000, {}), T0 + 2000, SCORING, parameters)
+    later = T0 + 31 * DAY_MS
+    assert [a.rule for a in evaluate(state, score_with_changes(60, later, {"support": -20.0}), later, SCORING, parameters).raised] == ["band_downgrade"]

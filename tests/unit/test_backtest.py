@@ -87,8 +87,17 @@ def test_backtest_command_prints_a_summary_and_writes_a_readable_report(tmp_path
     assert set(summary["baselines"]) == {"recency", "rfm"}
     assert 0.5 < summary["model"]["roc_auc"] <= 1.0
     assert summary["lead_time_days"]["churners"] == summary["churned"]
+    quality = summary["alert_quality"]
+    assert quality["overall"]["alerts"] == sum(rule["alerts"] for rule in quality["by_rule"].values())
+    assert quality["overall"]["alerts"] == sum(severity["alerts"] for severity in quality["by_severity"].values())
+    assert quality["recency_baseline"]["alerts"] > 0
+    assert [band["band"] for band in summary["bands"]] == ["healthy", "at_risk", "critical"]
+    assert sum(band["customers"] for band in summary["bands"]) == summary["customers"]
+    edges = summary["band_edges_for_shares"]
+    assert edges["at_risk_min"] <= edges["healthy_min"]
     page = report.read_text()
     assert "<title>Health score backtest" in page and "ROC AUC" in page
+    assert "<h2>Alert quality</h2>" in page and "recency baseline" in page
     parser = _Images()
     parser.feed(page)
     assert len(parser.images) == 3
@@ -120,3 +129,45 @@ def test_labels_file_problems_are_clear(tmp_path: Path) -> None:
     bad.write_text("customer,when\nx,y\n")
     result = CliRunner().invoke(main, ["backtest", "--input", str(history), "--labels", str(bad), "--as-of", "2026-09-01", "--horizon", "30"])
     assert result.exit_code == 1 and "customer_id,churned_at" in result.output
+
+
+DAY = 86_400_000
+
+
+def test_alert_quality_by_hand() -> None:
+    """Five customers alive at as-of (day 100), two of whom churn within the horizon."""
+    as_of = 100 * DAY
+    population = ["a", "b", "c", "d", "e"]
+    churned_at = {"a": 110 * DAY, "b": 120 * DAY}
+    alerts = [
+        ("a", 95 * DAY),  # in the 30-day window: alerted, a churner, 15 days ahead
+        ("a", 80 * DAY),  # also in it
+        ("b", 50 * DAY),  # only in the 90-day lookback: counts for recall, 70 days ahead
+        ("c", 90 * DAY),  # alerted, retained
+        ("z", 99 * DAY),  # not alive at as-of (churned before): counted in volume only
+        ("d", 101 * DAY),  # after as-of: not in the window
+    ]
+    quality = m.alert_quality(alerts, customer_months=12.0, population=population, churned_at=churned_at, as_of_ms=as_of, window_ms=30 * DAY, lookback_ms=90 * DAY)
+    assert quality.alerts == 6 and quality.per_customer_month == pytest.approx(0.5)
+    assert (quality.alerted, quality.alerted_share) == (2, pytest.approx(2 / 5))  # a and c
+    assert quality.alerted_churn_rate == pytest.approx(1 / 2)
+    assert quality.lift == pytest.approx((1 / 2) / (2 / 5))
+    assert quality.recall_in_window == pytest.approx(1 / 2) and quality.recall == 1.0
+    assert quality.median_lead_days == pytest.approx((30 + 70) / 2)  # a from day 80, b from day 50
+
+
+def test_the_recency_baseline_alerts_once_per_silence() -> None:
+    times = {"a": [0, 5 * DAY, 30 * DAY, 31 * DAY], "b": [0]}
+    assert m.recency_alerts(times, 14 * DAY, until_ms=40 * DAY) == [("a", 19 * DAY), ("b", 14 * DAY)]
+    assert m.recency_alerts(times, 14 * DAY, until_ms=45 * DAY) == [("a", 19 * DAY), ("a", 45 * DAY), ("b", 14 * DAY)]
+
+
+def test_band_shares_and_the_edges_for_a_share_by_hand() -> None:
+    shares = m.band_shares(["healthy", "at_risk", "at_risk", "critical"], [False, True, False, True], ("healthy", "at_risk", "critical"))
+    assert [(b.band, b.customers, b.share, b.churn_rate) for b in shares] == [
+        ("healthy", 1, 0.25, 0.0), ("at_risk", 2, 0.5, 0.5), ("critical", 1, 0.25, 1.0)
+    ]
+    scores = [float(score) for score in range(100)]  # 0 … 99
+    assert m.edge_for_share(scores, 0.05) == 5.0  # five customers (0-4) below it
+    assert m.edge_for_share(scores, 0.25) == 25.0
+    assert m.edge_for_share([], 0.25) is None

@@ -54,10 +54,14 @@ def score_row(health: Any) -> tuple:
     )
 
 
+#: Every rule on (the defaults leave two off), with the per-customer budget.
+ALL_RULES = AlertParameters(sharp_drop=True, payment_trouble=True)
+
+
 class Both:
     """Runs every event through the model and the kernel, each with its own store, and compares."""
 
-    def __init__(self, parameters: ScoringParameters, rules: AlertParameters | None = AlertParameters()) -> None:
+    def __init__(self, parameters: ScoringParameters, rules: AlertParameters | None = ALL_RULES) -> None:
         self.parameters = parameters
         self.rules = rules
         self.kernel = kernel.build(parameters, rules)
@@ -126,8 +130,13 @@ class Both:
     ],
     ids=["defaults", "key-features-and-segments"],
 )
-def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameters: ScoringParameters) -> None:
-    both = Both(parameters)
+@pytest.mark.parametrize(
+    "rules",
+    [ALL_RULES, AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=0, cooldown_hours=0.0)],
+    ids=["budget", "no-budget-no-cooldown"],
+)
+def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameters: ScoringParameters, rules: AlertParameters) -> None:
+    both = Both(parameters, rules)
     synthesizer = EventSynthesizer(150, seed=11)
     encoder = msgspec.json.Encoder()
     for offset, generated in enumerate(synthesizer.timeline(6000, T0 - 60 * DAY_MS, T0)):
@@ -137,6 +146,7 @@ def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameter
         both.apply(value, event, TopicKind(generated.topic), 0, offset)
     assert both.published > 1000
     assert both.alerts > 50
+    assert (both.suppressed > 0) == (rules is ALL_RULES)  # the budget and cooldown paths ran, or could not
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
@@ -229,7 +239,13 @@ def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]
 
 @needs_kernel
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=histories(), with_segments=st.booleans(), rules=st.sampled_from([None, AlertParameters(), AlertParameters(hysteresis_points=0.0, sharp_drop_points=2.0, sharp_drop_window_days=2.5, payment_failures_30d=1, payment_overdue_days=0.5, cooldown_hours=0.0, band_downgrade=False)]))
+@given(history=histories(), with_segments=st.booleans(), rules=st.sampled_from([
+    None,
+    AlertParameters(),
+    ALL_RULES,
+    AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=1, time_band_gap_multiplier=1.0, silence_gap_multiplier=1.0),
+    AlertParameters(hysteresis_points=0.0, sharp_drop_points=2.0, sharp_drop_window_days=2.5, payment_failures_30d=1, payment_overdue_days=0.5, cooldown_hours=0.0, band_downgrade=False, sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=0),
+]))
 def test_any_history_gives_the_same_records_messages_and_scores(history: list, with_segments: bool, rules: AlertParameters | None) -> None:
     parameters = ScoringParameters(
         key_features=("reports",) if with_segments else (),
@@ -262,7 +278,7 @@ def test_an_alert_held_back_by_the_cooldown_is_reported_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32])
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0
