@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -108,7 +109,17 @@ def test_cooldown_suppresses_a_repeat_and_counts_it(namespace: Namespace, worker
     assert metric_value(url, "healthscore_alerts_raised_total", rule="cancellation", severity="critical") == 1
 
 
-def test_lookups_for_people_and_tools(namespace: Namespace, worker: WorkerProcess) -> None:
+@pytest.fixture
+def worker_with_payment_alerts(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A worker with the payment_trouble rule on (off by default, docs/alerts.md)."""
+    namespace.env["HEALTHSCORE_ALERTS__PAYMENT_TROUBLE"] = "true"
+    process = WorkerProcess(namespace, tmp_path / "worker.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_lookups_for_people_and_tools(namespace: Namespace, worker_with_payment_alerts: WorkerProcess) -> None:
     usage, payments = namespace.topic("usage"), namespace.topic("payments")
     kcat_produce(usage, [(c, event(f"{c}-s", "usage.session", c, NOW_MS - 3_600_000, {"user_id": "u", "duration_seconds": 60})) for c in ("fine", "shaky")])
     kcat_produce(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -50,3 +52,21 @@ def test_a_bad_configuration_stops_every_command_with_the_key_named(monkeypatch:
     monkeypatch.setenv("HEALTHSCORE_PARTITIONS", "many")
     result = CliRunner().invoke(main, ["topics"])
     assert result.exit_code == 1 and "partitions" in result.output and "invalid configuration" in result.output
+
+
+def test_generate_with_a_fixed_end_writes_the_same_history_every_time(tmp_path: Path) -> None:
+    """The history a measurement was made on can be written again byte for byte (docs/alerts.md)."""
+    files = []
+    for run in ("a", "b"):
+        output = tmp_path / f"{run}.jsonl"
+        result = CliRunner().invoke(main, ["generate", "--customers", "20", "--events", "300", "--history-days", "30", "--end", "2026-11-22", "--output", str(output)])
+        assert result.exit_code == 0, result.output
+        files.append(output.read_bytes())
+    assert files[0] == files[1]
+    last = json.loads(files[0].splitlines()[-1])
+    assert last["occurred_at"] == 1_795_305_600_000  # 2026-11-22T00:00:00Z
+
+
+def test_end_goes_with_output() -> None:
+    result = CliRunner().invoke(main, ["generate", "--end", "2026-11-22"])
+    assert result.exit_code == 2 and "--end goes with --output" in result.output
