@@ -170,6 +170,10 @@ class RejectReason(str, enum.Enum):
     """Why a message went to the dead-letter topic (a bounded set: it is a metric label)."""
 
     NOT_JSON = "not_json"
+    #: A null value: Kafka's deletion marker, which carries no event.
+    TOMBSTONE = "tombstone"
+    #: Bytes that are not UTF-8 (JSON is UTF-8).
+    INVALID_UTF8 = "invalid_utf8"
     NOT_OBJECT = "not_object"
     INVALID_FIELD = "invalid_field"
     UNKNOWN_TYPE = "unknown_type"
@@ -286,9 +290,11 @@ def decode_event(
     accepts any type, for files that mix them).
     """
     if value is None:
-        return Rejection(RejectReason.NOT_JSON, "empty value (tombstone)")
+        return Rejection(RejectReason.TOMBSTONE, "null value (a tombstone): no event to apply")
     try:
         typed = _TYPED_DECODERS[topic].decode(value)
+    except UnicodeDecodeError as error:
+        return Rejection(RejectReason.INVALID_UTF8, f"value is not UTF-8: {error}")
     except (msgspec.DecodeError, TypeError):
         return _decode_rejected(key, value, topic, now_ms, max_future_skew_ms)
     return _checked(
@@ -302,6 +308,8 @@ def _decode_rejected(
     """Decodes step by step a message the typed decoder refused, to say why."""
     try:
         raw = _json_decoder.decode(value)
+    except UnicodeDecodeError as error:
+        return Rejection(RejectReason.INVALID_UTF8, f"value is not UTF-8: {error}")
     except msgspec.DecodeError as error:
         if "out of range" in str(error):  # e.g. 1e999, which would be infinite
             return Rejection(RejectReason.INVALID_AMOUNT, f"a number is out of range (infinite): {error}")
@@ -340,7 +348,8 @@ def _decode_rejected(
 
 
 def _key_problem(key: bytes | None, customer_id: str) -> Rejection | None:
-    if key is not None and key != customer_id.encode():
+    """An empty key is no key, as a null one: the worker sends the event back keyed."""
+    if key and key != customer_id.encode():
         return Rejection(RejectReason.KEY_MISMATCH, "message key differs from customer_id")
     return None
 

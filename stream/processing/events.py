@@ -105,7 +105,7 @@ class EventPath:
             assert decoded is not None  # an input topic's message
         if isinstance(decoded, Rejection):
             return self._publisher.dead_letter(message, decoded)
-        if message.key is None:
+        if not message.key:  # null or empty: sent back keyed by its customer
             return self._publisher.rekey(message, decoded, counts)
         if self.native is not None:
             return self.handle_natively(message, decoded, working, outputs, counts)
@@ -153,8 +153,9 @@ class EventPath:
 
     def handle_raw(self, message: ConsumerRecord, working: WorkingSet, outputs: Outputs, counts: Counter, now_ms: int) -> object:
         """The kernel validates and applies the message itself when ``scoring.contract`` surely
-        accepts it (native/src/validate.rs); DECLINED leaves it to be validated here."""
-        if message.key is None:
+        accepts it (native/src/validate.rs); DECLINED leaves it to be validated here: a message
+        without a key or a value (a tombstone) too."""
+        if not message.key or message.value is None:
             return DECLINED
         now = self._clock()
         stream = kernel.STREAM_INDEX[self._input_kinds[message.topic]]

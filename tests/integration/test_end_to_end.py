@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -119,6 +120,38 @@ def test_events_from_kcat_become_scores_dead_letters_and_metrics(namespace: Name
     wait_for(redis_matches, timeout=20, message="Redis to hold the latest scores")
     riskiest = client.zrange(f"{prefix}:scores", 0, 0)
     assert riskiest == [min(customers, key=lambda c: latest[c]["score"])]
+
+
+def kcat_raw(topic: str, payload: bytes, *options: str) -> None:
+    """Produces the lines of ``payload`` as they are (key and value split at a tab)."""
+    subprocess.run(["kcat", "-P", "-b", "127.0.0.1:9092", "-t", topic, "-K", "\t", *options], input=payload, check=True, timeout=30)
+
+
+@pytest.mark.parametrize("worker", ["kernel", "python"], indirect=True)
+def test_tombstones_bytes_that_are_not_utf8_and_empty_keys_in_both_paths(namespace: Namespace, worker: WorkerProcess) -> None:
+    """A tombstone and a value that is not UTF-8 are dead-lettered with their own reason, not as
+    processing errors with a traceback; an empty key is read as no key: the event is rekeyed."""
+    usage = namespace.topic("usage")
+    session = event("e-empty-key", "usage.session", "hooli", 1, {"user_id": "u", "duration_seconds": 60})
+    kcat_raw(usage, b"acme\t\n", "-Z")  # -Z: an empty value goes out as null (a tombstone)
+    kcat_raw(usage, b"acme\t" + event("e-bad", "usage.session", "acme", 1, {"user_id": "u", "duration_seconds": 60}).replace(b'"u"', b'"\xff"') + b"\n")
+    kcat_raw(usage, b"\t" + session + b"\n")  # an empty key
+    url = f"http://127.0.0.1:{namespace.settings.web_port}/metrics"
+    wait_for(
+        lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == 1
+        and metric_value(url, "healthscore_events_total", topic=usage, outcome="dead_lettered") == 2,
+        timeout=60,
+        message="the rekeyed event applied and two dead letters",
+    )
+    assert metric_value(url, "healthscore_events_total", topic=usage, outcome="rekeyed") == 1
+    assert metric_value(url, "healthscore_dead_letters_total", topic=usage, reason="tombstone") == 1
+    assert metric_value(url, "healthscore_dead_letters_total", topic=usage, reason="invalid_utf8") == 1
+    assert metric_value(url, "healthscore_dead_letters_total", topic=usage, reason="processing_error") == 0
+    headers = sorted(line for line in kcat_consume(f"{usage}.dlq", "%h\n"))
+    assert [h for h in headers if "dlq.error=tombstone" in h] and [h for h in headers if "dlq.error=invalid_utf8" in h]
+    assert "Traceback" not in worker.log_path.read_text()
+    scored = [line for line in kcat_consume(namespace.topic("health")) if line.startswith("hooli\t")]
+    assert scored
 
 
 def test_redis_down_does_not_stop_the_kafka_output(services: None, tmp_path) -> None:

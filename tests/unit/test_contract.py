@@ -69,6 +69,14 @@ def test_optional_fields_take_their_defaults() -> None:
 
 def test_keyless_message_is_accepted_when_customer_id_is_present() -> None:
     assert isinstance(decode(raw(), key=None), Event)
+    assert isinstance(decode(raw(), key=b""), Event)  # an empty key is no key: rekeyed, not refused
+
+
+def test_a_tombstone_and_bytes_that_are_not_utf8_are_named_not_raised() -> None:
+    assert decode_event(b"acme", None, TopicKind.PURCHASES, NOW, SKEW).reason is RejectReason.TOMBSTONE
+    for bad in (raw().replace(b'"EUR"', b'"EU\xff"'), raw().replace(b'"o1"', b'"\xc3\x28"')):
+        rejection = decode(bad)
+        assert isinstance(rejection, Rejection) and rejection.reason is RejectReason.INVALID_UTF8, (bad, rejection)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scoring import kernel
 from scoring.alerts import AlertParameters
 from scoring.compiled import PURE_PYTHON_VARIABLE
-from scoring.contract import Event, TopicKind, decode_event
+from scoring.contract import Event, RejectReason, TopicKind, decode_event
 from scoring.health import ScoringParameters, score_state
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import step
@@ -377,7 +377,8 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     value = msgspec.json.encode(body)
     if mutation == "bytes":
         as_array = msgspec.json.encode(list(body.values()))  # serde would read a struct from an array
-        value = draw(st.sampled_from([value[:-1], value + b"x", value.replace(b'"event_id"', b'"event_id":"again","event_id"', 1), b"[]", b"null", as_array]))
+        not_utf8 = value.replace(b'"event_id":"', b'"event_id":"\xff', 1)  # raw bytes that are not UTF-8
+        value = draw(st.sampled_from([value[:-1], value + b"x", value.replace(b'"event_id"', b'"event_id":"again","event_id"', 1), b"[]", b"null", as_array, not_utf8]))
     if mutation == "data" and isinstance(body.get("data"), dict) and draw(st.booleans()):
         body["data"] = list(body["data"].values())  # likewise the payload, and each item
         value = msgspec.json.encode(body)
@@ -454,3 +455,17 @@ def test_the_kernels_rounding_is_pythons_round_to_the_bit(case: tuple[float, int
 
     value, digits = case
     assert repr(py_round(value, digits)) == repr(round(value, digits))
+
+
+@needs_kernel
+def test_a_message_the_kernel_declines_is_named_by_the_contract_in_both_paths() -> None:
+    """Invalid UTF-8 and an empty key are left to the contract, which names them (a tombstone
+    never reaches the kernel: the worker leaves a null value to the contract)."""
+    native = kernel.build(ScoringParameters(), AlertParameters())
+    value = msgspec.json.encode(message_of("usage.session", "cust-1", T0 - DAY_MS, {"user_id": "u", "duration_seconds": 5}))
+    stream = kernel.STREAM_INDEX[TopicKind.USAGE]
+    not_utf8 = value.replace(b'"u"', b'"\xff"')
+    assert native.step_raw(None, b"cust-1", not_utf8, stream, NOW_MS, SKEW_MS, 0, 1, DEDUP_CAPACITY, NOW_MS) is None
+    assert decode_event(b"cust-1", not_utf8, TopicKind.USAGE, NOW_MS, SKEW_MS).reason is RejectReason.INVALID_UTF8
+    assert native.step_raw(None, b"", value, stream, NOW_MS, SKEW_MS, 0, 2, DEDUP_CAPACITY, NOW_MS) is None
+    assert isinstance(decode_event(b"", value, TopicKind.USAGE, NOW_MS, SKEW_MS), Event)  # rekeyed by the worker
