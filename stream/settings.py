@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     #: batch ("per_batch": after a crash, fewer events are applied and their scores published again).
     changelog_writes: Literal["per_batch", "per_commit"] = "per_commit"
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
-    session_timeout_seconds: float = Field(60.0, ge=6, le=300)
+    session_timeout_seconds: float = Field(10.0, ge=6, le=300)
     #: How often each worker rescans its customers at the current time (inactivity, silence).
     sweep_interval_seconds: float = Field(3600.0, ge=1)
     #: A sweep publishes a customer's score only if its band changed or it moved at least this much.
