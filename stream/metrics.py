@@ -103,6 +103,16 @@ REDIS_WRITE_FAILURES = Counter(
     "Failed attempts to write latest scores to Redis (the batch is retried).",
     registry=REGISTRY,
 )
+REDIS_REFILLS = Counter(
+    "healthscore_redis_refills",
+    "Times this worker found Redis had lost its cached scores (restarted empty, flushed) and began rewriting them.",
+    registry=REGISTRY,
+)
+REDIS_REFILLED_CUSTOMERS = Counter(
+    "healthscore_redis_refilled_customers",
+    "Customers whose latest score a refill wrote to Redis again.",
+    registry=REGISTRY,
+)
 ALERTS_RAISED = Counter(
     "healthscore_alerts_raised",
     "Churn-risk alerts published, by rule and severity.",

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import logging
 import time
+import uuid
 
 import msgspec
 import redis.asyncio as redis_asyncio
@@ -38,6 +39,9 @@ FLUSH_CHUNK = 2000
 #: While catching up, a flush still happens once this many customers wait (about 15 MB of
 #: messages), so a backlog over many customers is not held in memory for the longer interval.
 BACKLOG_PENDING_LIMIT = 20_000
+
+#: Lifetime of a worker's marker key, renewed at every check (a stopped worker's expires).
+MARKER_SECONDS = 3600
 
 #: A worker that has not started a full batch for this long is no longer catching up (its
 #: backlog ended and no batch came since to say so).
@@ -185,10 +189,30 @@ class LatestScoreCache:
         self._backlog_pending_limit = backlog_pending_limit
         self._catching_up = False
         self._last_flush = self._last_batch = time.monotonic()
+        # A key only this worker writes: when it is gone, Redis lost what the worker wrote.
+        self._marker = f"{prefix}:worker:{uuid.uuid4().hex}"
+        self._marked = False
 
     @property
     def client(self) -> redis_asyncio.Redis:
         return self._client
+
+    def is_pending(self, customer_id: str) -> bool:
+        return customer_id in self._pending
+
+    async def lost_since_last_check(self) -> bool:
+        """Whether Redis lost what this worker wrote (restarted empty, flushed) since the last
+        call: this worker's marker key is gone. False while Redis cannot be reached (the next
+        check after it answers again tells), and on the first call (nothing written yet)."""
+        try:
+            kept = await self._client.set(self._marker, b"1", ex=MARKER_SECONDS, xx=True)
+            if kept:
+                return False
+            await self._client.set(self._marker, b"1", ex=MARKER_SECONDS)
+        except (RedisError, OSError):
+            return False
+        lost, self._marked = self._marked, True
+        return lost
 
     def offer(self, customer_id: str, encoded_message: bytes) -> None:
         """The customer's newest ``customer-health`` message, as published."""

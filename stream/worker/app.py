@@ -30,6 +30,7 @@ from stream.state.changelog import DeferredChangelog
 from stream.state.recovery import GroupedRecoveryTableManager
 from stream.state.table import KeysByPartition, customer_state_table, persisted_offsets
 from stream.worker import web
+from stream.worker.cache_refill import CacheRefill
 from stream.worker.fleet import FleetExport
 from stream.worker.rebalance import connect_rebalance_hooks
 from stream.worker.timers import Timers
@@ -115,7 +116,14 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     app.agent(topics.source, name="apply-events")(apply_events)
 
     fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, settings.fleet_period_days, clock)
-    Timers(app, topics.sweep_name, sweeper, cache, fleet).register(settings)
+    refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock)
+
+    @app.on_rebalance_complete.connect
+    async def refill_owned_customers(sender: faust.App, **kwargs: object) -> None:
+        """The records of the partitions now owned are back: their scores go to Redis again."""
+        refill.queue_owned()
+
+    Timers(app, topics.sweep_name, sweeper, cache, refill, fleet).register(settings)
     web.register(app, cache, settings.redis_key_prefix)
     metrics.initialize([*topics.input_kinds, topics.sweep_name], [topics.health, topics.alerts, changelog_topic])
     for name in topics.input_kinds:

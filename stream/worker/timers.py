@@ -19,6 +19,7 @@ from stream.memory import release_free_memory
 from stream.processing.sweep import Sweeper
 from stream.settings import Settings
 from stream.sinks.redis_cache import LatestScoreCache
+from stream.worker.cache_refill import CacheRefill
 from stream.worker.fleet import FleetExport
 
 log = logging.getLogger("healthscore.worker")
@@ -50,11 +51,14 @@ def guarded_timer(app: faust.App, interval: float, what: str) -> Callable[[Timer
 class Timers:
     """The jobs, each a method named as its timer."""
 
-    def __init__(self, app: faust.App, sweep_topic: str, sweeper: Sweeper, cache: LatestScoreCache, fleet: FleetExport) -> None:
+    def __init__(
+        self, app: faust.App, sweep_topic: str, sweeper: Sweeper, cache: LatestScoreCache, refill: CacheRefill, fleet: FleetExport
+    ) -> None:
         self._app = app
         self._sweep_topic = sweep_topic
         self._sweeper = sweeper
         self._cache = cache
+        self._refill = refill
         self._fleet = fleet
 
     async def start_sweep(self) -> None:
@@ -68,6 +72,8 @@ class Timers:
         release_free_memory()
 
     async def flush_cache(self) -> None:
+        """Writes the pending scores to Redis, after refilling a chunk of them if Redis lost them."""
+        await self._refill.step()
         if self._cache.flush_due(time.monotonic()):
             await self._cache.flush()
 

@@ -213,3 +213,29 @@ def test_a_worker_told_to_stop_writes_its_pending_scores_to_redis_first(namespac
     assert worker.process.returncode == 0, worker.log_tail()
     assert client.zcard(scores_key(prefix)) == 2
     assert client.hget(customer_key(prefix, "alpha"), "model_version")
+
+
+def test_redis_that_lost_the_scores_is_refilled_with_every_customer(namespace: Namespace, worker: WorkerProcess) -> None:
+    """Redis comes back empty (here: every key of the namespace deleted, as a restart without
+    persistence or a FLUSHALL leaves it): the worker notices its marker is gone and writes the
+    latest score of every customer it owns again, those without a new event included."""
+    from tests.integration.test_end_to_end import metric_value
+
+    customers = [f"r{index:03d}" for index in range(120)]
+    usage = namespace.topic("usage")
+    kcat_produce(usage, [(c, event(f"{c}-s", "usage.session", c, 2, {"user_id": "u", "duration_seconds": 60})) for c in customers])
+    client = redis.Redis.from_url(namespace.settings.redis_url, decode_responses=True)
+    prefix = namespace.settings.redis_key_prefix
+    wait_for(lambda: client.zcard(scores_key(prefix)) == len(customers), timeout=60, message="every customer in Redis")
+    before = {c: client.hgetall(customer_key(prefix, c)) for c in customers}
+    url = f"http://127.0.0.1:{namespace.settings.web_port}/metrics"
+    refills = metric_value(url, "healthscore_redis_refills_total")
+    lost = client.keys(f"{prefix}:*")
+    assert any(":worker:" in key for key in lost)  # the worker's marker
+    client.delete(*lost)
+    wait_for(lambda: client.zcard(scores_key(prefix)) == len(customers), timeout=30, message="every customer back in Redis")
+    assert metric_value(url, "healthscore_redis_refills_total") == refills + 1
+    assert metric_value(url, "healthscore_redis_refilled_customers_total") >= len(customers)
+    for customer in customers:
+        after = client.hgetall(customer_key(prefix, customer))
+        assert {k: after[k] for k in ("score", "band", "as_of", "model_version")} == {k: before[customer][k] for k in ("score", "band", "as_of", "model_version")}
