@@ -61,9 +61,12 @@ def worker(loglevel: str | None) -> None:
     from stream.worker.app import build_app
     from stream.memory import tune_allocator
 
+    from stream.worker.quiet_outages import quiet_kafka_client_outages
+
     settings = _settings()
     tune_allocator()
     app = build_app(settings)
+    quiet_kafka_client_outages(settings.log_repeat_interval_seconds)
     runner = faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False)
     # Faust's startup spinner, shown at --loglevel warning and above, sets the root logger to
     # DEBUG so that every debug call spins it: a log record per message sent. Not here.
