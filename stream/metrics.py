@@ -54,8 +54,15 @@ class BatchedHistogram(Collector):
 
 EVENTS = Counter(
     "healthscore_events",
-    "Input messages consumed, by topic and outcome (applied, duplicate, late, dead_lettered, rekeyed).",
+    "Input messages consumed, by topic and outcome (applied, duplicate, late, dead_lettered, rekeyed, misrouted).",
     ["topic", "outcome"],
+    registry=REGISTRY,
+)
+MISROUTED = Counter(
+    "healthscore_misrouted_events",
+    "Input records found on a partition the key's murmur2 hash does not give (a producer with another "
+    "partitioner), by what was done: forwarded to the right partition, or processed in place.",
+    ["topic", "action"],
     registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
@@ -221,8 +228,10 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
 
     for topic in consumed_topics:
         RECORDS_FETCHED_AGAIN.labels(topic)
-        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed"]:
+        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted"]:
             EVENTS.labels(topic, outcome)
+        for action in ("forwarded", "processed_in_place"):
+            MISROUTED.labels(topic, action)
         for reason in RejectReason:
             DEAD_LETTERS.labels(topic, reason.value)
     for rule in RULES:

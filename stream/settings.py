@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     #: ("per_commit": fewer changelog records, less broker work, shorter restarts), or once per
     #: batch ("per_batch": after a crash, fewer events are applied and their scores published again).
     changelog_writes: Literal["per_batch", "per_commit"] = "per_commit"
+    #: An input record on a partition its key's murmur2 hash does not give (a producer with
+    #: another partitioner) is sent to the right partition ("forward"), or applied where it is.
+    misrouted_events: Literal["forward", "process_in_place"] = "forward"
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
     #: How often each worker rescans its customers at the current time (inactivity, silence).

@@ -76,6 +76,7 @@ class BatchHandler:
         # Everything alive now (modules, Faust's services) lives as long as the worker.
         collect_garbage_rarely()
         await self._publisher.learn_health_partitions()
+        await self._events.learn_partitions(self._app.producer)  # type: ignore[arg-type]
         async for batch in stream:
             await self.apply(batch.current(self._app))
 

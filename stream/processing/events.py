@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from typing import Any, Awaitable, Iterable, Mapping
 
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from scoring import kernel
@@ -22,7 +23,7 @@ from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome
 from stream import metrics
-from stream.kafka.producer import Outputs
+from stream.kafka.producer import IdempotentProducer, Outputs
 from stream.processing.publishing import Clock, Publisher
 from stream.settings import Settings
 from stream.state.working_set import WorkingSet
@@ -89,6 +90,35 @@ class EventPath:
         self._clock = clock
         self._dedup_capacity = settings.dedup_capacity
         self._max_skew_ms = settings.max_future_skew_seconds * 1000
+        self._forward_misrouted = settings.misrouted_events == "forward"
+        self._partition_counts: dict[str, int] = {}  # learnt when the agent starts
+        self._warned_misrouted: set[str] = set()
+
+    async def learn_partitions(self, producer: IdempotentProducer) -> None:
+        """Each input topic's partition count, for telling a misrouted record."""
+        for topic in self._input_kinds:
+            if topic not in self._partition_counts:
+                self._partition_counts[topic] = await producer.partition_count(topic)
+
+    def right_partition(self, message: ConsumerRecord, working: WorkingSet) -> int | None:
+        """The partition the Java (murmur2) partitioner gives the record's key, when the record is
+        on another one. Checked only for a customer without a record here (a customer's first
+        event on a partition), so the hash is computed about once per customer."""
+        count = self._partition_counts.get(message.topic)
+        if not count or working.knows(message.key):
+            return None
+        right = (murmur2(message.key) & 0x7FFFFFFF) % count
+        if right == message.partition:
+            return None
+        if message.topic not in self._warned_misrouted:
+            self._warned_misrouted.add(message.topic)
+            log.warning(
+                "Records on %s arrive on partitions the Java partitioner (murmur2 of the key) does not give: %s. "
+                "Fix the producer: librdkafka clients (kcat, confluent-kafka, ...) need partitioner=murmur2_random",
+                message.topic,
+                "forwarded to the right partition" if self._forward_misrouted else "processed where they are (misrouted_events)",
+            )
+        return right
 
     def validate(self, batch: Iterable[ConsumerRecord], now_ms: int) -> list[Event | Rejection | None]:
         return validate_batch(batch, self._input_kinds, now_ms, self._max_skew_ms)
@@ -97,6 +127,12 @@ class EventPath:
         self, message: ConsumerRecord, decoded: Event | Rejection | None, working: WorkingSet, outputs: Outputs, counts: Counter, now_ms: int
     ) -> Waiting:
         """Applies one event (``decoded`` None: not validated yet)."""
+        if message.key and message.value is not None:
+            right = self.right_partition(message, working)
+            if right is not None:
+                if self._forward_misrouted:
+                    return self._publisher.forward(message, right, counts)
+                metrics.MISROUTED.labels(message.topic, "processed_in_place").inc()
         if decoded is None:
             taken = self.handle_raw(message, working, outputs, counts, now_ms)
             if taken is not DECLINED:

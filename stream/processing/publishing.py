@@ -71,6 +71,13 @@ class Publisher:
     async def dead_letter(self, message: ConsumerRecord, rejection: Rejection) -> None:
         await self.dead_letters.send(message, rejection)
 
+    async def forward(self, message: ConsumerRecord, partition: int, counts: Counter) -> None:
+        """A record on a partition its key's murmur2 hash does not give goes to the right one,
+        as it was (key, value, headers), where its customer's record lives."""
+        await self._topics.inputs[message.topic].send(key=message.key, value=message.value, partition=partition, headers=list(message.headers or ()))
+        counts[message.topic, "misrouted"] += 1
+        metrics.MISROUTED.labels(message.topic, "forwarded").inc()
+
     async def rekey(self, message: ConsumerRecord, event: Event, counts: Counter) -> None:
         """A keyless event goes back keyed, so it lands on its customer's partition."""
         await self._topics.inputs[message.topic].send(key=event.customer_id.encode(), value=message.value)

@@ -77,6 +77,10 @@ class WorkingSet:
         self._records: OrderedDict[bytes, _Record] = OrderedDict()
         self._changed_natively: dict[bytes, int] = {}  # key -> partition
 
+    def knows(self, key: bytes) -> bool:
+        """Whether the customer has a record on this worker (open in this batch or stored)."""
+        return key in self._records or key in self._data
+
     def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
 

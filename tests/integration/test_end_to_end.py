@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import zlib
 import time
 import urllib.error
 import urllib.request
@@ -230,3 +231,37 @@ def test_compressed_inputs_are_read_and_the_outputs_leave_with_the_configured_co
         assert codecs_on_disk(namespace.topic(kind)) == {codec}  # as the test means them to be
     assert codecs_on_disk(namespace.topic("health")) == {"zstd"}
     assert codecs_on_disk(f"{namespace.settings.app_id}-customer-state-changelog") == {"zstd"}
+
+
+@pytest.mark.parametrize("mode", ["forward", "process_in_place"])
+def test_records_a_producer_put_on_the_wrong_partition_are_detected(namespace: Namespace, tmp_path, mode: str) -> None:
+    """kcat with librdkafka's CRC32 partitioner (partitioner=consistent) puts some keys on
+    partitions the Java partitioner (murmur2) would not: those records are counted, and
+    forwarded to the right partition (the default) or applied where they are."""
+    from aiokafka.partitioner import murmur2
+
+    namespace.env["HEALTHSCORE_MISROUTED_EVENTS"] = mode
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        partitions = namespace.settings.partitions
+        customers = [f"m{index:03d}" for index in range(40)]
+        wrong = [c for c in customers if zlib.crc32(c.encode()) % partitions != (murmur2(c.encode()) & 0x7FFFFFFF) % partitions]
+        assert len(wrong) >= 10
+        usage = namespace.topic("usage")
+        lines = b"".join(c.encode() + b"\t" + event(f"{c}-s", "usage.session", c, 1, {"user_id": "u", "duration_seconds": 60}) + b"\n" for c in customers)
+        kcat_raw(usage, lines, "-X", "partitioner=consistent")
+        url = worker.metrics_url
+        wait_for(
+            lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="applied") == len(customers),
+            timeout=60,
+            message="every event applied once",
+        )
+        action = "forwarded" if mode == "forward" else "processed_in_place"
+        assert metric_value(url, "healthscore_misrouted_events_total", topic=usage, action=action) == len(wrong)
+        assert metric_value(url, "healthscore_events_total", topic=usage, outcome="misrouted") == (len(wrong) if mode == "forward" else 0)
+        assert "partitioner=murmur2_random" in worker.log_path.read_text()
+        scored = {line.partition("\t")[0] for line in kcat_consume(namespace.topic("health"))}
+        assert scored >= set(customers)
+    finally:
+        worker.stop()
