@@ -12,6 +12,7 @@ record, so it is restored with the state after a crash or a rebalance.
 from __future__ import annotations
 
 import hashlib
+import time
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Final
@@ -63,6 +64,9 @@ class AlertParameters:
     #: At most this many alerts per customer in any 30 days (0: no limit); simultaneous ones
     #: are taken critical first, the rest suppressed.
     max_alerts_per_customer_30d: int = 2
+    #: Rules whose alerts are not sent one by one but summarised per customer per day, in one
+    #: alert of rule and severity ``digest`` (outside the budget).
+    digest_rules: tuple[str, ...] = ()
 
     def enabled(self, rule: str) -> bool:
         return bool(getattr(self, rule))
@@ -240,45 +244,66 @@ def evaluate(
             severity, template, values = holds
             opened.append((rule, str(at_ms), severity, template.format(*values)))
     _remember_score(state, health, at_ms, rules)
-    if not opened:
+    digest = _due_digest(state, health, at_ms)
+    if not opened and digest is None:
         return NO_DECISION
-    return _raise(state, health, at_ms, rules, opened)
+    decision = _raise(state, health, at_ms, rules, opened)
+    if digest is None:
+        return decision
+    return AlertDecision([digest, *decision.raised], decision.suppressed)
+
+
+def _alert(state: CustomerState, health: HealthScore, at_ms: int, rule: str, episode: str, severity: str, detail: str) -> Alert:
+    return Alert(
+        alert_id=alert_id(state.customer_id, rule, episode),
+        customer_id=state.customer_id,
+        rule=rule,
+        severity=severity,
+        score=health.score,
+        previous_score=health.previous_score,
+        band=health.band,
+        churn_risk=health.churn_risk,
+        reasons=[Reason(name, round(change, 2)) for name, change in list(health.changes.items())[:3]],
+        occurred_at_ms=at_ms,
+        detail=detail,
+    )
+
+
+def _due_digest(state: CustomerState, health: HealthScore, at_ms: int) -> Alert | None:
+    """The summary of an earlier day's digest alerts, at the customer's first rescoring of a later day."""
+    if not state.alert_digest or state.alert_digest[0][0] // DAY_MS >= at_ms // DAY_MS:
+        return None
+    day = state.alert_digest[0][0] // DAY_MS
+    items = "; ".join(f"{rule}: {detail}" for _, rule, detail in state.alert_digest)
+    detail = f"{len(state.alert_digest)} alert(s) on {time.strftime('%Y-%m-%d', time.gmtime(day * 86_400))}: {items}"
+    state.alert_digest = []
+    return _alert(state, health, at_ms, "digest", str(day), "digest", detail)
 
 
 def _raise(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters, opened: list[Opened]) -> AlertDecision:
     """The opened episodes' alerts, critical first, unless the rule's cooldown or the customer's
-    budget holds them back (then they count as suppressed)."""
+    budget holds them back (then they count as suppressed); those of digest rules wait for the
+    day's summary."""
     raised: list[Alert] = []
     suppressed: list[tuple[str, str]] = []
     cooldown_ms = rules.cooldown_hours * HOUR_MS
-    reasons = [Reason(name, round(change, 2)) for name, change in list(health.changes.items())[:3]]
     budget = rules.max_alerts_per_customer_30d
     if budget:
         state.alert_times = [at for at in state.alert_times if at_ms - at < BUDGET_WINDOW_MS]
     opened.sort(key=lambda entry: SEVERITY_RANK[entry[2]])
     for rule, episode, severity, detail in opened:
         last = state.alert_last_raised.get(rule)
-        if (last is not None and 0 <= at_ms - last < cooldown_ms) or (budget and len(state.alert_times) >= budget):
+        digested = rule in rules.digest_rules
+        if (last is not None and 0 <= at_ms - last < cooldown_ms) or (not digested and budget and len(state.alert_times) >= budget):
             suppressed.append((rule, severity))
             continue
         state.alert_last_raised[rule] = at_ms
+        if digested:  # summarised with the day's others, later
+            state.alert_digest.append((at_ms, rule, detail))
+            continue
         if budget:
             state.alert_times.append(at_ms)
-        raised.append(
-            Alert(
-                alert_id=alert_id(state.customer_id, rule, episode),
-                customer_id=state.customer_id,
-                rule=rule,
-                severity=severity,
-                score=health.score,
-                previous_score=health.previous_score,
-                band=health.band,
-                churn_risk=health.churn_risk,
-                reasons=reasons,
-                occurred_at_ms=at_ms,
-                detail=detail,
-            )
-        )
+        raised.append(_alert(state, health, at_ms, rule, episode, severity, detail))
     return AlertDecision(raised, suppressed)
 
 

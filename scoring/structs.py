@@ -123,6 +123,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     recent_scores: list[tuple[int, float]] = []
     #: When the customer's alerts of the last 30 days were raised (the per-customer budget).
     alert_times: list[int] = []
+    #: Alerts of the digest rules waiting for the day's summary: (at, rule, detail).
+    alert_digest: list[tuple[int, str, str]] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

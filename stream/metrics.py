@@ -239,6 +239,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
         for severity in ("warning", "critical"):
             ALERTS_RAISED.labels(rule, severity)
             ALERTS_SUPPRESSED.labels(rule, severity)
+    ALERTS_RAISED.labels("digest", "digest")
     for topic in produced_topics:
         PUBLISH_FAILURES.labels(topic)
     for band in ("healthy", "at_risk", "critical"):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scoring.contract import TopicKind
-from scoring.alerts import AlertParameters
+from scoring.alerts import RULES, AlertParameters
 from scoring.bgnbd import BgNbdParameters
 from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
 
@@ -149,9 +149,18 @@ class AlertSettings(Frozen):
     silence_min_active_days: int = Field(3, ge=2)
     cooldown_hours: float = Field(24.0, ge=0)
     max_alerts_per_customer_30d: int = Field(2, ge=0)
+    digest_rules: list[str] = []
+
+    @field_validator("digest_rules")
+    @classmethod
+    def _known_rules(cls, rules: list[str]) -> list[str]:
+        unknown = sorted(set(rules) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown}; known: {list(RULES)}")
+        return rules
 
     def parameters(self) -> AlertParameters:
-        return AlertParameters(**self.model_dump())
+        return AlertParameters(**{**self.model_dump(), "digest_rules": tuple(self.digest_rules)})
 
 
 class Settings(BaseSettings):

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apply::{py_max, DAY_MS};
 use crate::health::{band_for, py_round, HealthScore, Parameters};
+use crate::message::rfc3339;
 use crate::state::{CustomerState, PAYMENTS_FAILED};
 
 const HOUR_MS: f64 = 3_600_000.0;
@@ -32,6 +33,7 @@ pub struct AlertParameters {
     pub silence_min_active_days: i64,
     pub cooldown_hours: f64,
     pub max_alerts_per_customer_30d: i64,
+    pub digest_rules: Vec<String>,
 }
 
 pub struct Alert {
@@ -220,6 +222,33 @@ fn remember_score(state: &mut CustomerState, health: &HealthScore, at_ms: i64, r
     state.recent_scores.drain(..excess);
 }
 
+/// `scoring.alerts._due_digest`: the summary of an earlier day's digest alerts.
+fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reasons: &[(String, f64)]) -> Option<Alert> {
+    let first = state.alert_digest.first()?.0;
+    if first.div_euclid(DAY_MS) >= at_ms.div_euclid(DAY_MS) {
+        return None;
+    }
+    let day = first.div_euclid(DAY_MS);
+    let items: Vec<String> = state.alert_digest.iter().map(|(_, rule, detail)| format!("{rule}: {detail}")).collect();
+    let date = rfc3339(day * DAY_MS);
+    let detail = format!("{} alert(s) on {}: {}", state.alert_digest.len(), &date[..10], items.join("; "));
+    state.alert_digest.clear();
+    let episode = day.to_string();
+    Some(Alert {
+        alert_id: alert_id(&state.customer_id, "digest", &episode),
+        customer_id: state.customer_id.clone(),
+        rule: "digest",
+        severity: "digest",
+        score: health.score,
+        previous_score: health.previous_score,
+        band: health.band,
+        churn_risk: health.churn_risk,
+        reasons: reasons.to_vec(),
+        occurred_at_ms: at_ms,
+        detail,
+    })
+}
+
 pub fn evaluate(
     state: &mut CustomerState,
     health: &HealthScore,
@@ -279,11 +308,14 @@ pub fn evaluate(
 
     remember_score(state, health, at_ms, rules);
     let mut decision = AlertDecision::default();
+    let reasons: Vec<(String, f64)> = health.changes.iter().take(3).map(|(name, change)| (name.clone(), py_round(*change, 2))).collect();
+    if let Some(digest) = due_digest(state, health, at_ms, &reasons) {
+        decision.raised.push(digest);
+    }
     if opened.is_empty() {
         return decision;
     }
     let cooldown_ms = rules.cooldown_hours * HOUR_MS;
-    let reasons: Vec<(String, f64)> = health.changes.iter().take(3).map(|(name, change)| (name.clone(), py_round(*change, 2))).collect();
     let budget = rules.max_alerts_per_customer_30d;
     if budget != 0 {
         state.alert_times.retain(|at| at_ms - at < BUDGET_WINDOW_MS);
@@ -294,11 +326,16 @@ pub fn evaluate(
             let since_last = (at_ms - last) as f64;
             0.0 <= since_last && since_last < cooldown_ms
         });
-        if cooling || (budget != 0 && state.alert_times.len() as i64 >= budget) {
+        let digested = rules.digest_rules.iter().any(|name| name == rule);
+        if cooling || (!digested && budget != 0 && state.alert_times.len() as i64 >= budget) {
             decision.suppressed.push((rule, severity));
             continue;
         }
         episode_set(&mut state.alert_last_raised, rule, at_ms);
+        if digested {
+            state.alert_digest.push((at_ms, rule.to_owned(), detail));
+            continue;
+        }
         if budget != 0 {
             state.alert_times.push(at_ms);
         }

@@ -100,6 +100,7 @@ impl Kernel {
                 silence_min_active_days: rules.getattr("silence_min_active_days")?.extract()?,
                 cooldown_hours: rules.getattr("cooldown_hours")?.extract()?,
                 max_alerts_per_customer_30d: rules.getattr("max_alerts_per_customer_30d")?.extract()?,
+                digest_rules: rules.getattr("digest_rules")?.extract()?,
             }),
         };
         Ok(Kernel {

@@ -89,6 +89,7 @@ pub struct CustomerState {
     pub alert_last_raised: Vec<(String, i64)>,
     pub recent_scores: Vec<(i64, f64)>,
     pub alert_times: Vec<i64>,
+    pub alert_digest: Vec<(i64, String, String)>,
 }
 
 impl CustomerState {
@@ -128,6 +129,7 @@ impl CustomerState {
             alert_last_raised: Vec::new(),
             recent_scores: Vec::new(),
             alert_times: Vec::new(),
+            alert_digest: Vec::new(),
         }
     }
 }
@@ -209,7 +211,7 @@ fn read_published(reader: &mut Reader) -> Result<Option<PublishedScore>> {
 
 pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     let reader = &mut Reader::new(bytes);
-    let mut fields = Fields::open(reader, 34, 1, "a CustomerState of an unknown length")?;
+    let mut fields = Fields::open(reader, 35, 1, "a CustomerState of an unknown length")?;
     fields.has();
     let mut state = CustomerState::new(&reader.string()?);
     macro_rules! field {
@@ -299,6 +301,15 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         scores
     });
     field!(state.alert_times, int_list(reader)?);
+    field!(state.alert_digest, {
+        let length = reader.array()?;
+        let mut entries = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 3, 3, "a digest entry of an unknown length")?;
+            entries.push((reader.int()?, reader.string()?, reader.string()?));
+        }
+        entries
+    });
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -330,7 +341,7 @@ fn write_optional_string(writer: &mut Writer, value: &Option<String>) {
 pub fn encode(state: &CustomerState) -> Vec<u8> {
     let mut writer = Writer::with_capacity(256 + 24 * state.counts.days.len());
     let w = &mut writer;
-    w.array(34);
+    w.array(35);
     w.string(&state.customer_id);
     w.int(state.first_event_ms);
     w.int(state.last_event_ms);
@@ -417,5 +428,12 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.float(*score);
     }
     write_int_list(w, &state.alert_times);
+    w.array(state.alert_digest.len());
+    for (at_ms, rule, detail) in &state.alert_digest {
+        w.array(3);
+        w.int(*at_ms);
+        w.string(rule);
+        w.string(detail);
+    }
     writer.bytes
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -299,3 +300,24 @@ def test_the_budget_keeps_the_most_severe_of_simultaneous_alerts_and_counts_the_
     evaluate(state, score_with_changes(80, T0 + 2000, {}), T0 + 2000, SCORING, parameters)
     later = T0 + 31 * DAY_MS
     assert [a.rule for a in evaluate(state, score_with_changes(60, later, {"support": -20.0}), later, SCORING, parameters).raised] == ["band_downgrade"]
+
+
+def test_digest_rules_are_summarised_per_customer_per_day_outside_the_budget() -> None:
+    state = new_state("acme")
+    parameters = rules(band_downgrade=True, sharp_drop=True, cancellation=True, cooldown_hours=0, max_alerts_per_customer_30d=1, digest_rules=("sharp_drop", "band_downgrade"))
+    day = T0 + 3_600_000  # 01:00 UTC
+    evaluate(state, score_with_changes(90, day, {}), day, SCORING, parameters)
+    first = evaluate(state, score_with_changes(60, day + 1000, {"support": -30.0}), day + 1000, SCORING, parameters)
+    assert first.raised == [] and len(state.alert_digest) == 2  # a band fall and a sharp drop: waiting for the day's summary
+    state.cancelled_ms = day + 2000
+    cancelled = evaluate(state, score_with_changes(30, day + 2000, {"payments": -30.0}), day + 2000, SCORING, parameters)
+    assert [a.rule for a in cancelled.raised] == ["cancellation"]  # the budget's one alert: the digest did not use it
+    state.cancelled_ms = 0
+    next_day = T0 + DAY_MS + 60_000
+    summary = evaluate(state, score_with_changes(31, next_day, {}), next_day, SCORING, parameters).raised
+    assert [(a.rule, a.severity) for a in summary] == [("digest", "digest")]
+    date = time.strftime("%Y-%m-%d", time.gmtime(T0 // 1000))
+    assert summary[0].detail.startswith(f"3 alert(s) on {date}: band_downgrade: band fell from healthy to at_risk; sharp_drop: score fell 30.0 points")
+    assert "band_downgrade: band fell from at_risk to critical" in summary[0].detail
+    assert summary[0].alert_id == alert_id("acme", "digest", str(T0 // DAY_MS)) and state.alert_digest == []
+    assert evaluate(state, score_with_changes(31, next_day + 1000, {}), next_day + 1000, SCORING, parameters).raised == []

@@ -69,6 +69,7 @@ class Both:
         self.kernel_store: dict[bytes, bytes] = {}
         self.published = 0
         self.alerts = 0
+        self.digests = 0
         self.suppressed = 0
 
     def apply(self, value: bytes, event: Event, topic: TopicKind, partition: int, offset: int) -> None:
@@ -106,6 +107,7 @@ class Both:
         ], event
         assert suppressed == list(expected.alerts.suppressed), event
         self.alerts += len(raised)
+        self.digests += sum(1 for alert in expected.alerts.raised if alert.rule == "digest")
         self.suppressed += len(suppressed)
         # The kernel scores a stored record at any time as the model does.
         if expected.publish is not None:
@@ -132,8 +134,12 @@ class Both:
 )
 @pytest.mark.parametrize(
     "rules",
-    [ALL_RULES, AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=0, cooldown_hours=0.0)],
-    ids=["budget", "no-budget-no-cooldown"],
+    [
+        ALL_RULES,
+        AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=0, cooldown_hours=0.0),
+        AlertParameters(sharp_drop=True, payment_trouble=True, digest_rules=("payment_trouble", "sharp_drop")),
+    ],
+    ids=["budget", "no-budget-no-cooldown", "digests"],
 )
 def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameters: ScoringParameters, rules: AlertParameters) -> None:
     both = Both(parameters, rules)
@@ -146,7 +152,12 @@ def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameter
         both.apply(value, event, TopicKind(generated.topic), 0, offset)
     assert both.published > 1000
     assert both.alerts > 50
-    assert (both.suppressed > 0) == (rules is ALL_RULES)  # the budget and cooldown paths ran, or could not
+    if rules is ALL_RULES:
+        assert both.suppressed > 0  # the budget and cooldown paths ran
+    if rules.cooldown_hours == 0 and rules.max_alerts_per_customer_30d == 0:
+        assert both.suppressed == 0
+    if rules.digest_rules:
+        assert both.digests > 10
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
@@ -244,6 +255,7 @@ def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]
     AlertParameters(),
     ALL_RULES,
     AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=1, time_band_gap_multiplier=1.0, silence_gap_multiplier=1.0),
+    AlertParameters(sharp_drop=True, payment_trouble=True, digest_rules=("payment_trouble", "band_downgrade", "silence")),
     AlertParameters(hysteresis_points=0.0, sharp_drop_points=2.0, sharp_drop_window_days=2.5, payment_failures_30d=1, payment_overdue_days=0.5, cooldown_hours=0.0, band_downgrade=False, sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=0),
 ]))
 def test_any_history_gives_the_same_records_messages_and_scores(history: list, with_segments: bool, rules: AlertParameters | None) -> None:
@@ -278,7 +290,7 @@ def test_an_alert_held_back_by_the_cooldown_is_reported_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33])
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0
