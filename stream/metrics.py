@@ -52,6 +52,12 @@ class BatchedHistogram(Collector):
         family.add_metric([], buckets, self._sum)
         yield family
 
+BUILD_INFO = Gauge(
+    "healthscore_build_info",
+    "1, labelled with the running version, the model version and whether each event goes through the Rust kernel.",
+    ["version", "model_version", "kernel"],
+    registry=REGISTRY,
+)
 EVENTS = Counter(
     "healthscore_events",
     "Input messages consumed, by topic and outcome (applied, duplicate, late, dead_lettered, rekeyed, misrouted).",

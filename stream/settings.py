@@ -7,11 +7,12 @@ environment with a double underscore, e.g. ``HEALTHSCORE_TOPICS__PURCHASES``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scoring.contract import TopicKind
@@ -178,6 +179,14 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "healthscore"
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    #: Bearer tokens accepted on the /customers/... routes (none: no authentication, and then
+    #: the API is served only on a loopback address unless allow_unauthenticated_api).
+    api_tokens: list[SecretStr] = []
+    #: A file with more tokens, one per line (a mounted secret).
+    api_tokens_file: Path | None = None
+    allow_unauthenticated_api: bool = False
+    #: A bearer token /metrics then asks for (none: /metrics is open).
+    metrics_token: SecretStr | None = None
     data_dir: Path = PROJECT_ROOT / ".data" / "worker"
     topics: TopicNames = TopicNames()
     max_future_skew_seconds: int = Field(300, ge=0)
@@ -251,6 +260,24 @@ class Settings(BaseSettings):
     native_kernel: bool = True
 
     @model_validator(mode="after")
+    def _api_locked_down(self) -> "Settings":
+        if self.api_tokens_file is not None and not self.api_tokens_file.is_file():
+            raise ValueError(f"api_tokens_file: {self.api_tokens_file} is not a file")
+        if not self.all_api_tokens() and not self.allow_unauthenticated_api and not is_loopback(self.web_host):
+            raise ValueError(
+                f"web_host {self.web_host!r} is not a loopback address and no api_tokens (or api_tokens_file) are "
+                "configured: set tokens, or allow_unauthenticated_api = true to serve customer data to anyone who can reach it"
+            )
+        return self
+
+    def all_api_tokens(self) -> list[str]:
+        """The accepted bearer tokens: ``api_tokens`` and the lines of ``api_tokens_file``."""
+        tokens = [token.get_secret_value() for token in self.api_tokens]
+        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
+            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()]
+        return [token for token in tokens if token]
+
+    @model_validator(mode="after")
     def _buffer_holds_a_fetch(self) -> "Settings":
         if self.fetch_max_records * 4 > self.stream_buffer_events:
             raise ValueError(
@@ -270,6 +297,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = Path(os.environ.get("HEALTHSCORE_CONFIG", DEFAULT_CONFIG_FILE))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(Exception):

@@ -11,7 +11,10 @@ customer's record happens in one place, in order.
 
 from __future__ import annotations
 
+import logging
 import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import faust
 
@@ -35,6 +38,8 @@ from stream.worker.fleet import FleetExport
 from stream.worker.rebalance import connect_rebalance_hooks
 from stream.worker.timers import Timers
 
+log = logging.getLogger("healthscore.worker")
+
 
 def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the worker's settings (no agent, table or timer yet)."""
@@ -55,6 +60,11 @@ def faust_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_enabled=True,
         web_metrics_enabled=False,
+        # Faust's own pages list the tables and the routing: off (only ours, stream/worker/web.py).
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
         stream_wait_empty=False,
         table_cleanup_interval=3600.0,
         table_standby_replicas=settings.standby_replicas,
@@ -72,10 +82,23 @@ def faust_app(settings: Settings) -> faust.App:
     return app
 
 
+def announce_build(model_version: str, kernel: bool) -> None:
+    """The version, model version and mode, in the log and in healthscore_build_info."""
+    import scoring.compiled
+
+    try:
+        version = package_version("healthscore")
+    except PackageNotFoundError:
+        version = "not installed"
+    metrics.BUILD_INFO.labels(version, model_version, "rust" if kernel else "python").set(1)
+    log.info("healthscore %s, model %s, %s, model %s", version, model_version, "Rust kernel" if kernel else "Python model", scoring.compiled.status)
+
+
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     parameters = settings.scoring.parameters()
     rules = settings.alerts.parameters()
     native = native_kernel_for(settings, parameters, rules)  # logs which model runs
+    announce_build(parameters.model_version, native is not None)
     app = faust_app(settings)
     topics = WorkerTopics.declare(app, settings)
 
@@ -124,7 +147,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         refill.queue_owned()
 
     Timers(app, topics.sweep_name, sweeper, cache, refill, fleet).register(settings)
-    web.register(app, cache, settings.redis_key_prefix)
+    web.register(app, cache, settings.redis_key_prefix, settings)
     metrics.initialize([*topics.input_kinds, topics.sweep_name], [topics.health, topics.alerts, changelog_topic])
     for name in topics.input_kinds:
         metrics.CONSUMER_LAG.labels(name)

@@ -115,3 +115,22 @@ def test_an_unknown_changelog_mode_is_refused_naming_the_key(monkeypatch: pytest
     monkeypatch.setenv("HEALTHSCORE_CHANGELOG_WRITES", value)
     with pytest.raises(SettingsError, match="changelog_writes"):
         load_settings()
+
+
+def test_the_api_is_not_served_beyond_loopback_without_tokens(tmp_path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(web_host="0.0.0.0")
+    assert "api_tokens" in str(refused.value) and "allow_unauthenticated_api" in str(refused.value)
+    assert load_settings(web_host="0.0.0.0", allow_unauthenticated_api=True).all_api_tokens() == []
+    assert load_settings(web_host="::1").all_api_tokens() == []  # loopback: fine without tokens
+    tokens = tmp_path / "tokens"
+    tokens.write_text("file-token-1\n\nfile-token-2\n")
+    settings = load_settings(web_host="0.0.0.0", api_tokens=["setting-token"], api_tokens_file=str(tokens))
+    assert settings.all_api_tokens() == ["setting-token", "file-token-1", "file-token-2"]
+    assert "setting-token" not in repr(settings) and "setting-token" not in str(settings.model_dump())
+
+
+def test_a_missing_tokens_file_is_an_error_naming_it(tmp_path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(api_tokens_file=str(tmp_path / "missing"))
+    assert "api_tokens_file" in str(refused.value) and "missing" in str(refused.value)

@@ -1,0 +1,76 @@
+"""The HTTP API locked down: bearer tokens on the lookups and /metrics, Faust's own pages off,
+probes for an orchestrator (a real worker, real Kafka and Redis)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.conftest import Namespace, WorkerProcess, kcat_produce, wait_for
+from tests.integration.test_end_to_end import event
+
+API_TOKEN = "api-token-for-the-test"
+METRICS_TOKEN = "metrics-token-for-the-test"
+
+
+def get(url: str, token: str | None = None) -> tuple[int, dict | str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        body, status = error.read().decode(), error.code
+    try:
+        return status, json.loads(body)
+    except json.JSONDecodeError:
+        return status, body
+
+
+@pytest.fixture
+def locked_worker(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"\n{API_TOKEN}-from-the-file\n")
+    namespace.env.update(
+        {
+            "HEALTHSCORE_API_TOKENS": json.dumps([API_TOKEN]),
+            "HEALTHSCORE_API_TOKENS_FILE": str(tokens_file),
+            "HEALTHSCORE_METRICS_TOKEN": METRICS_TOKEN,
+        }
+    )
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Namespace, locked_worker: WorkerProcess) -> None:
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    kcat_produce(namespace.topic("usage"), [("acme", event("a-1", "usage.session", "acme", 1, {"user_id": "u", "duration_seconds": 60}))])
+    wait_for(lambda: get(f"{base}/customers/acme/health", API_TOKEN)[0] == 200, timeout=30, message="acme's score")
+    for path in ("/customers/acme/health", "/customers/at-risk"):
+        for token in (None, "wrong-token", API_TOKEN[:-1]):
+            status, body = get(base + path, token)
+            assert status == 401 and "bearer token" in body["error"], (path, token, status, body)
+        assert get(base + path, API_TOKEN)[0] == 200
+        assert get(base + path, f"{API_TOKEN}-from-the-file")[0] == 200
+    assert get(f"{base}/metrics")[0] == 401
+    status, exposition = get(f"{base}/metrics", METRICS_TOKEN)
+    assert status == 200 and 'healthscore_build_info{' in exposition and 'kernel="' in exposition
+    for path in ("/router/", "/table/", "/router", "/table"):
+        assert get(base + path, API_TOKEN)[0] == 404, path
+    log = locked_worker.log_path.read_text()
+    assert API_TOKEN not in log and METRICS_TOKEN not in log
+    assert "healthscore " in log and "model 2+" in log
+
+
+def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespace: Namespace, locked_worker: WorkerProcess) -> None:
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    assert get(f"{base}/healthz") == (200, {"status": "alive"})
+    status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(get(f"{base}/readyz")), timeout=30, message="ready")
+    assert body == {"status": "ready"}
