@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
 import sys
 import time
 from datetime import datetime, timezone
@@ -58,16 +59,22 @@ def worker(loglevel: str | None) -> None:
     serve /metrics on the web port (default 6066)."""
     import faust
 
-    from stream.worker.app import build_app
     from stream.memory import tune_allocator
-
+    from stream.worker.app import build_app
+    from stream.worker.log_format import json_logging_config
     from stream.worker.quiet_outages import quiet_kafka_client_outages
 
     settings = _settings()
     tune_allocator()
+    level = loglevel or settings.log_level
+    if settings.log_format == "json":  # before build_app logs which model runs
+        logging.config.dictConfig(json_logging_config(level))
     app = build_app(settings)
     quiet_kafka_client_outages(settings.log_repeat_interval_seconds)
-    runner = faust.Worker(app, loglevel=loglevel or settings.log_level, redirect_stdouts=False)
+    if settings.log_format == "json":  # and no banner: every line of output is a JSON object
+        runner = faust.Worker(app, loglevel=level, redirect_stdouts=False, quiet=True, logging_config=json_logging_config(level))
+    else:
+        runner = faust.Worker(app, loglevel=level, redirect_stdouts=False)
     # Faust's startup spinner, shown at --loglevel warning and above, sets the root logger to
     # DEBUG so that every debug call spins it: a log record per message sent. Not here.
     runner.spinner = None

@@ -192,6 +192,8 @@ class Settings(BaseSettings):
     max_future_skew_seconds: int = Field(300, ge=0)
     dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"
+    #: "text" for people at a terminal; "json": one JSON object per line, for log pipelines.
+    log_format: Literal["text", "json"] = "text"
     #: A Kafka client error repeated while a broker is away is logged once, then once per this
     #: many seconds with the count of those held back (stream/worker/quiet_outages.py).
     log_repeat_interval_seconds: float = Field(30.0, gt=0, le=3600)

@@ -74,3 +74,20 @@ def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespac
     assert get(f"{base}/healthz") == (200, {"status": "alive"})
     status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(get(f"{base}/readyz")), timeout=30, message="ready")
     assert body == {"status": "ready"}
+
+
+def test_json_logs_parse_line_by_line(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.env["HEALTHSCORE_LOG_FORMAT"] = "json"
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        kcat_produce(namespace.topic("usage"), [("acme", b"{not json")])  # a dead letter: a WARNING with its reason
+        wait_for(lambda: "Dead-lettered" in worker.log_path.read_text(), timeout=30, message="the dead letter's log line")
+    finally:
+        worker.stop()
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line, or this raises
+    assert len(records) > 10
+    assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
+    assert any(record["level"] == "WARNING" and record["message"].startswith("Dead-lettered") for record in records)
+    assert any(record["message"].startswith("healthscore ") and "model 2+" in record["message"] for record in records)
