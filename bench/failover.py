@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -32,10 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
-from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
-from throughput import events_counted, namespace_env, read_metrics, write_result  # noqa: E402
+from stream.kafka.topics import delete_topics_containing  # noqa: E402
+from throughput import events_counted, prepare_namespace, read_metrics, write_result  # noqa: E402
 
 CUSTOMERS = [f"f{index:03d}" for index in range(64)]
 
@@ -133,15 +130,8 @@ def main() -> None:
     parser.add_argument("--session-timeout", type=float, default=None, help="session_timeout_seconds for both workers (default: the configured one)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    start_redis(default_paths())
-    start_kafka(default_paths())
-    tag = f"fo{uuid.uuid4().hex[:6]}"
-    env = namespace_env(tag, 8, 16070)
-    if args.session_timeout is not None:
-        env["HEALTHSCORE_SESSION_TIMEOUT_SECONDS"] = str(args.session_timeout)
-    os.environ.update(env)
-    settings = load_settings()
-    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    extra = {"HEALTHSCORE_SESSION_TIMEOUT_SECONDS": str(args.session_timeout)} if args.session_timeout is not None else {}
+    tag, env, settings = prepare_namespace("fo", 8, 16070, extra)
     timeout = settings.session_timeout_seconds + 120
     try:
         results = [asyncio.run(one_round(settings, env, tag, index, timeout)) for index in range(args.rounds)]

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import redis
@@ -27,12 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
-from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
+from stream.kafka.topics import delete_topics_containing  # noqa: E402
 from stream.sinks.redis_cache import scores_key  # noqa: E402
 from sweep import load  # noqa: E402
-from throughput import events_counted, namespace_env, read_metrics, write_result  # noqa: E402
+from throughput import events_counted, prepare_namespace, read_metrics, write_result  # noqa: E402
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> float:
@@ -49,14 +46,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    start_redis(default_paths())
-    start_kafka(default_paths())
-    tag = f"rr{uuid.uuid4().hex[:6]}"
     port = 16081
-    env = namespace_env(tag, args.partitions, port)
-    os.environ.update(env)
-    settings = load_settings()
-    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    tag, env, settings = prepare_namespace("rr", args.partitions, port)
     asyncio.run(load(settings, args.customers))
     client = redis.Redis.from_url(settings.redis_url)
     prefix = settings.redis_key_prefix

@@ -57,6 +57,20 @@ def namespace_env(tag: str, partitions: int, port: int) -> dict[str, str]:
     return isolated_environment(tag, partitions, port, ROOT / ".data" / f"bench-{tag}")
 
 
+def prepare_namespace(prefix: str, partitions: int, port: int, extra: dict[str, str] | None = None):
+    """Kafka and Redis started if need be, a fresh namespace (topics, group, Redis prefix) in this
+    process's environment, its topics created: (tag, environment, settings)."""
+    paths = default_paths()
+    start_redis(paths)
+    start_kafka(paths)
+    tag = f"{prefix}{uuid.uuid4().hex[:6]}"
+    env = {**namespace_env(tag, partitions, port), **(extra or {})}
+    os.environ.update(env)
+    settings = load_settings()
+    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    return tag, env, settings
+
+
 def write_result(kind: str, result: dict) -> Path:
     """bench/results/<kind>-<UTC time>.json, stamped with the date and the machine."""
     now = datetime.now(timezone.utc)
