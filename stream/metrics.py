@@ -171,6 +171,13 @@ KERNEL_FALLBACKS = Counter(
     "Events the Rust kernel could not take (a record or payload it cannot read) and the Python model applied instead.",
     registry=REGISTRY,
 )
+EVENTS_OUT_OF_ORDER = Counter(
+    "healthscore_events_out_of_order",
+    "Input records applied after a later-stamped record of the same partition number (they arrived after "
+    "max_task_idle_seconds, or a producer sent them late): scores stay exact, alerts are evaluated on the "
+    "path as it was applied (docs/alerts.md).",
+    ["topic"],
+)
 RECORDS_FETCHED_AGAIN = Counter(
     "healthscore_records_fetched_again",
     "Input records dropped from the stream buffer before processing (Faust clears it when flow resumes, "
@@ -234,6 +241,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
 
     for topic in consumed_topics:
         RECORDS_FETCHED_AGAIN.labels(topic)
+        EVENTS_OUT_OF_ORDER.labels(topic)
         for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted"]:
             EVENTS.labels(topic, outcome)
         for action in ("forwarded", "processed_in_place"):

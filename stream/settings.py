@@ -210,6 +210,10 @@ class Settings(BaseSettings):
     #: An input record on a partition its key's murmur2 hash does not give (a producer with
     #: another partitioner) is sent to the right partition ("forward"), or applied where it is.
     misrouted_events: Literal["forward", "process_in_place"] = "forward"
+    #: Longest a partition's records wait while a co-partitioned input partition has unread records on
+    #: the broker and none buffered, so that a backlog is applied in event-time order like the replay
+    #: (stream/kafka/event_time.py); 0 merges only what is buffered. A partition read to its end never holds.
+    max_task_idle_seconds: float = Field(2.0, ge=0, le=60)
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
     #: How often each worker rescans its customers at the current time (inactivity, silence).

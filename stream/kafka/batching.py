@@ -58,48 +58,22 @@ from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
 
 from stream import metrics
-
-
-class RecordRun:
-    """Records of one partition from one fetch, in offset order.
-
-    ``first_offset`` is the first offset the run accounts for: it can lie before the
-    first record's, when offsets in between hold no record for the consumer
-    (transaction markers, compacted records); acking the run acks those too, as
-    Faust's gap tracking would.
-    """
-
-    __slots__ = ("tp", "records", "first_offset", "generation_id")
-
-    def __init__(self, tp: TP, records: Sequence[ConsumerRecord], first_offset: int, generation_id: int) -> None:
-        self.tp = tp
-        self.records = records
-        self.first_offset = first_offset
-        self.generation_id = generation_id
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def split(self, count: int) -> tuple[RecordRun, RecordRun]:
-        """The first ``count`` records, and the rest; together they account for the same offsets."""
-        head = self.records[:count]
-        return (
-            RecordRun(self.tp, head, self.first_offset, self.generation_id),
-            RecordRun(self.tp, self.records[count:], head[-1].offset + 1, self.generation_id),
-        )
+from stream.kafka.event_time import EventTimeKey, EventTimeMerge, RecordRun
 
 
 class RecordBatch:
-    """The runs that arrived since the agent last looked, in arrival order.
+    """Records handed to the agent at once: ``records`` in the order to apply them (event time,
+    stream/kafka/event_time.py), ``runs`` the offset range of each partition they come from.
 
     While the agent works on it, the batch sits in Faust's set of unacked messages, so
     anything that waits for the streams to finish (``Consumer.wait_empty``) waits for it.
     """
 
-    __slots__ = ("runs", "acked", "__weakref__")
+    __slots__ = ("runs", "records", "acked", "__weakref__")
 
-    def __init__(self, runs: list[RecordRun]) -> None:
+    def __init__(self, runs: list[RecordRun], records: list[ConsumerRecord] | None = None) -> None:
         self.runs = runs
+        self.records = records if records is not None else [record for run in runs for record in run.records]
         self.acked = False
 
     @property
@@ -108,11 +82,10 @@ class RecordBatch:
         return len(self)
 
     def __len__(self) -> int:
-        return sum(len(run.records) for run in self.runs)
+        return len(self.records)
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
-        for run in self.runs:
-            yield from run.records
+        return iter(self.records)
 
     def current(self, app: faust.App) -> RecordBatch:
         """The runs of the current consumer generation, tracked until :meth:`ack`.
@@ -122,8 +95,14 @@ class RecordBatch:
         read again, by this worker or by the partition's new owner.
         """
         generation = app.consumer_generation_id
-        runs = self.runs if app.flow_control.is_active() else []
-        batch = RecordBatch([run for run in runs if run.generation_id == generation])
+        kept = [run for run in self.runs if run.generation_id == generation] if app.flow_control.is_active() else []
+        if len(kept) == len(self.runs):
+            batch = RecordBatch(kept, self.records)
+        elif not kept:
+            batch = RecordBatch([], [])
+        else:
+            stale = {run.tp for run in self.runs if run.generation_id != generation}
+            batch = RecordBatch(kept, [record for record in self.records if TP(record.topic, record.partition) not in stale])
         app.consumer._unacked_messages.add(batch)
         # What Faust's stream sensor records per event; its consumer thread logs a partition
         # whose stream has not taken anything for a while as stuck.
@@ -218,79 +197,143 @@ class Refetches:
 
 
 class BatchQueue(ThrowableQueue):
-    """A channel queue of :class:`RecordRun` values whose ``get`` returns them all as one :class:`RecordBatch`.
+    """A channel queue of :class:`RecordRun` values whose ``get`` returns what may be applied
+    now as one :class:`RecordBatch`, merged by event time (:class:`EventTimeMerge`).
 
     Its size counts records, not runs, so ``stream_buffer_maxsize`` means records: the
-    fetch loop waits for room once that many are buffered.
+    fetch loop waits for room once that many are buffered. While records are held back
+    for a lagging partition, the agent is woken when the wait runs out.
     """
 
+    #: How often a queue holding records back looks again whether a lagging partition caught up.
+    recheck_seconds = 0.05
+
     def __init__(
-        self, *args: Any, batch_limit: int, on_dropped: Callable[[list[RecordRun]], None] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        batch_limit: int,
+        merge: EventTimeMerge,
+        on_dropped: Callable[[list[RecordRun]], None] | None = None,
+        **kwargs: Any,
     ) -> None:
-        self._records = 0
         super().__init__(*args, **kwargs)
         self.batch_limit = batch_limit
+        self.merge = merge
         self.on_dropped = on_dropped
+        self._recheck: asyncio.TimerHandle | None = None
 
     def qsize(self) -> int:
-        return self._records
+        return self.merge.size
+
+    def full(self) -> bool:
+        """While records wait for a partition with nothing buffered, the fetch loop must go on
+        fetching what they wait for: the buffer then takes up to twice its size."""
+        limit = self.maxsize * 2 if self.merge.waiting else self.maxsize
+        return self.merge.size >= limit
+
+    def empty(self) -> bool:
+        if self._errors:
+            return False
+        if self.merge.ready():
+            return False
+        if self.merge.size:
+            self._recheck_later()
+            while self._putters and not self.full():  # type: ignore[attr-defined]
+                self._wakeup_next(self._putters)  # type: ignore[attr-defined]
+        return True
+
+    def _recheck_later(self) -> None:
+        if self._recheck is not None:
+            return
+        delay = self.recheck_seconds
+        deadline = self.merge.next_deadline()
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - self.merge.clock()))
+
+        def wake() -> None:
+            self._recheck = None
+            self._wakeup_next(self._getters)  # type: ignore[attr-defined]
+
+        self._recheck = asyncio.get_event_loop().call_later(delay, wake)
 
     def _put(self, run: RecordRun) -> None:  # type: ignore[override]
         if not isinstance(run, RecordRun):
             # Faust's conductor delivers single events to a channel that shares its
             # partitions with another; this queue only takes whole runs.
             raise TypeError(f"a BatchingTopic must be the only reader of its topics; got {type(run).__name__}")
-        self._queue.append(run)  # type: ignore[attr-defined]
-        self._records += len(run.records)
+        self.merge.add(run.tp, run.records, run.first_offset, run.generation_id)
 
     def _get(self) -> RecordBatch:  # type: ignore[override]
-        buffered = self._queue  # type: ignore[attr-defined]
-        runs: list[RecordRun] = []
-        room = self.batch_limit
-        while buffered and room > 0:
-            run = buffered.popleft()
-            if len(run.records) > room:
-                run, rest = run.split(room)
-                buffered.appendleft(rest)
-            runs.append(run)
-            room -= len(run.records)
-        self._records -= self.batch_limit - room
+        handover = self.merge.take(self.batch_limit)
+        for topic, count in handover.out_of_order.items():
+            metrics.EVENTS_OUT_OF_ORDER.labels(topic).inc(count)
         # Wake every producer that waited on a full queue, not only the first.
         while self._putters and not self.full():  # type: ignore[attr-defined]
             self._wakeup_next(self._putters)  # type: ignore[attr-defined]
-        return RecordBatch(runs)
+        return RecordBatch(handover.runs, handover.records)
 
     def clear(self) -> None:
         """Faust clears the buffer when flow resumes; the runs it held are reported to be fetched again."""
-        dropped = list(self._queue)  # type: ignore[attr-defined]
+        dropped = self.merge.drop_all()
         super().clear()
-        self._records = 0
         if dropped and self.on_dropped is not None:
             self.on_dropped(dropped)
 
 
-class BatchingTopic(faust.Topic):
-    """A topic whose iterator (the agent's channel) yields :class:`RecordBatch` values."""
+def _no_event_time(record: ConsumerRecord) -> EventTimeKey:
+    return (record.timestamp, "")
 
-    def __init__(self, *args: Any, batch_limit: int = 2000, **kwargs: Any) -> None:
+
+class BatchingTopic(faust.Topic):
+    """A topic whose iterator (the agent's channel) yields :class:`RecordBatch` values.
+
+    ``event_time`` gives a record's event time for the merge of its co-partitioned topics
+    (the record's Kafka timestamp when not given); ``ticks`` names the topic of sweep
+    ticks; ``max_wait`` bounds how long records wait for a lagging partition.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_limit: int = 2000,
+        event_time: Callable[[ConsumerRecord], EventTimeKey] = _no_event_time,
+        ticks: str | None = None,
+        max_wait: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         self.batch_limit = batch_limit
+        self.event_time = event_time
+        self.ticks = ticks
+        self.max_wait = max_wait
         super().__init__(*args, **kwargs)
 
     def _clone_args(self) -> dict:
-        return {**super()._clone_args(), "batch_limit": self.batch_limit}
+        return {
+            **super()._clone_args(),
+            "batch_limit": self.batch_limit,
+            "event_time": self.event_time,
+            "ticks": self.ticks,
+            "max_wait": self.max_wait,
+        }
 
     @property
     def queue(self) -> ThrowableQueue:
         if self._queue is None:
             maxsize = self.maxsize if self.maxsize is not None else self.app.conf.stream_buffer_maxsize
+            merge = EventTimeMerge(self.topics, self.event_time, self._lagging, self.max_wait, ticks=self.ticks)
             self._queue = BatchQueue(
                 maxsize=maxsize,
                 flow_control=self.app.flow_control,
                 clear_on_resume=True,
                 batch_limit=self.batch_limit,
+                merge=merge,
                 on_dropped=self._fetch_again,
             )
         return self._queue
+
+    def _lagging(self, tp: TP) -> bool:
+        consumer = self.app.consumer
+        return isinstance(consumer, BulkDeliveryConsumer) and consumer.lagging(tp)
 
     def _fetch_again(self, runs: list[RecordRun]) -> None:
         consumer = self.app.consumer
@@ -307,7 +350,9 @@ class BatchingTopic(faust.Topic):
         await app.flow_control.acquire()  # suspended during a rebalance
         await app.producer.buffer.wait_until_ebb()  # the agent's own sends are not piling up
         queue = self.queue
-        if not queue.full():
+        # A partition with nothing buffered may be what the others of its number wait for; and
+        # while they wait, the fetch loop must go on to fetch what they wait for.
+        if not queue.full() or not queue.merge.buffered(run.tp):
             queue.force_put_nowait(run)
             return True
         app.sensors.on_topic_buffer_full(run.tp)
@@ -364,6 +409,24 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         # offset between two commits.
         self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
         self._commit_task: asyncio.Future | None = None
+        self._delivering: set[TP] = set()  # partitions whose fetched records the loop has not handed over yet
+
+    def lagging(self, tp: TP) -> bool:
+        """Whether an assigned partition has records on the broker not handed to its channel yet
+        (or nothing is known of it yet); False for a partition not assigned here."""
+        if tp in self._delivering:
+            return True
+        try:
+            client = self._thread._ensure_consumer()
+            state = client._subscription.subscription.assignment.state_value(tp)
+        except (AttributeError, AssertionError):  # not started, or no assignment
+            return False
+        if state is None:
+            return False
+        if not state.has_valid_position:
+            return True
+        end = state.lso if self.in_transaction and state.lso is not None else state.highwater
+        return end is None or state.position < end
 
     def ack_run(self, tp: TP, first: int, last: int) -> None:
         """Every offset from ``first`` to ``last`` is processed: what ``Consumer.ack`` does for each, at once."""
@@ -428,7 +491,8 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                     await self._seek_back()
                     continue
                 generation = app.consumer_generation_id
-                for fetched_tp, fetched in records.items():
+                self._delivering = {TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records}
+                for fetched_tp, fetched in self._waited_for_first(records):
                     tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
                     if suspended() or app.consumer_generation_id != generation:
                         break  # a rebalance began: these records are stale
@@ -454,6 +518,8 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                         read_offsets[tp] = fetched[-1].offset
                     else:  # the buffer was cleared while the run waited for room
                         self.fetch_again(tp, first, generation, len(fetched))
+                    self._delivering.discard(tp)
+                self._delivering = set()
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     self._commit_in_background()
@@ -471,6 +537,17 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _waited_for_first(self, records: Mapping[Any, Sequence[ConsumerRecord]]) -> list[tuple[Any, Sequence[ConsumerRecord]]]:
+        """The fetched partitions, those with nothing buffered first: the event-time merge may be
+        holding records of the others back for them, and a full buffer makes the others wait."""
+
+        def buffered(item: tuple[Any, Sequence[ConsumerRecord]]) -> int:
+            tp = TP(item[0].topic, item[0].partition)
+            channel = self._bulk_channel(tp)
+            return channel.queue.merge.buffered(tp) if channel is not None else 0  # type: ignore[attr-defined]
+
+        return sorted(records.items(), key=lambda item: buffered(item) > 0)
 
     def _commit_in_background(self) -> None:
         """Starts a commit unless one started here is still running; fetching goes on meanwhile.

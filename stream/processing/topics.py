@@ -8,6 +8,7 @@ import faust
 
 from scoring.contract import TopicKind
 from stream.kafka.batching import BatchingTopic
+from stream.processing.event_time import event_time_key
 from stream.settings import Settings, TopicNames
 
 
@@ -39,7 +40,14 @@ class WorkerTopics:
             return app.topic(name, partitions=partitions, schema=raw_schema())
 
         source = BatchingTopic(
-            app, topics=[*input_kinds, sweep_name], partitions=partitions, schema=raw_schema(), batch_limit=settings.batch_max_events
+            app,
+            topics=[*input_kinds, sweep_name],
+            partitions=partitions,
+            schema=raw_schema(),
+            batch_limit=settings.batch_max_events,
+            event_time=event_time_key(sweep_name),
+            ticks=sweep_name,
+            max_wait=settings.max_task_idle_seconds,
         )
         return cls(
             source=source,

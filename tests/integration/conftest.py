@@ -155,7 +155,8 @@ class WorkerProcess:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.namespace.settings.web_port}/metrics"
+        port = self.namespace.env.get("HEALTHSCORE_WEB_PORT", self.namespace.settings.web_port)
+        return f"http://127.0.0.1:{port}/metrics"
 
 
 _FRAME = re.compile(r'^  File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)', re.MULTILINE)

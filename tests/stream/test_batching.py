@@ -24,6 +24,7 @@ from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import Outcome, decode_state, encode_state, new_state
 from stream.kafka.batching import BatchInProgress, BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
+from stream.kafka.event_time import EventTimeMerge
 from stream.kafka.producer import Outputs
 from stream.state.working_set import WorkingSet
 
@@ -57,6 +58,11 @@ def record(offset: int, partition: int = 0) -> ConsumerRecord:
     return ConsumerRecord("usage", partition, offset, 0, 0, b"acme", b"{}", None, 0, 2, [])
 
 
+def merge() -> EventTimeMerge:
+    """One topic, nothing lagging: runs go as they come."""
+    return EventTimeMerge(["usage"], lambda record: (record.offset, ""), lambda tp: False, max_wait=1.0)
+
+
 def run(offsets: list[int], first: int | None = None, partition: int = 0, generation: int = 1) -> RecordRun:
     records = [record(offset, partition) for offset in offsets]
     return RecordRun(TP("usage", partition), records, offsets[0] if first is None else first, generation)
@@ -64,7 +70,7 @@ def run(offsets: list[int], first: int | None = None, partition: int = 0, genera
 
 def test_queue_hands_over_every_buffered_run_as_one_batch_and_splits_at_the_limit() -> None:
     async def scenario() -> tuple[list[list[int]], list[list[int]], int, int]:
-        queue = BatchQueue(maxsize=100, flow_control=FlowControlEvent(), batch_limit=5)
+        queue = BatchQueue(maxsize=100, flow_control=FlowControlEvent(), batch_limit=5, merge=merge())
         queue.put_nowait(run([0, 1, 2]))
         queue.put_nowait(run([10, 12, 13, 14], first=3, partition=1))
         assert queue.qsize() == 7  # records, not runs
@@ -86,7 +92,7 @@ def test_queue_wakes_every_waiting_producer_when_a_batch_is_taken() -> None:
     async def scenario() -> int:
         flow_control = FlowControlEvent()
         flow_control.resume()  # Faust resumes it once partitions are assigned
-        queue = BatchQueue(maxsize=2, flow_control=flow_control, batch_limit=10)
+        queue = BatchQueue(maxsize=2, flow_control=flow_control, batch_limit=10, merge=merge())
         queue.put_nowait(run([0]))
         queue.put_nowait(run([1]))
         assert queue.full()
@@ -103,15 +109,17 @@ def test_runs_cleared_from_the_queue_are_reported_to_be_fetched_again() -> None:
     """Faust clears the buffer whenever flow resumes; a run it held must not vanish unnoticed."""
     dropped: list[RecordRun] = []
     flow_control = FlowControlEvent(initially_suspended=False)
-    queue = BatchQueue(maxsize=100, flow_control=flow_control, clear_on_resume=True, batch_limit=10, on_dropped=dropped.extend)
-    held = [run([4, 5]), run([7], partition=1), run([6])]
-    for value in held:
+    queue = BatchQueue(
+        maxsize=100, flow_control=flow_control, clear_on_resume=True, batch_limit=10, merge=merge(), on_dropped=dropped.extend
+    )
+    for value in [run([4, 5], first=3), run([7], partition=1), run([6])]:
         queue.put_nowait(value)
     flow_control.resume()  # what Faust does at the end of a recovery
-    assert dropped == held
+    held = [(P0, 3, [4, 5, 6]), (P1, 7, [7])]
+    assert [(r.tp, r.first_offset, [m.offset for m in r.records]) for r in dropped] == held
     assert queue.qsize() == 0
     flow_control.resume()  # an empty buffer reports nothing
-    assert dropped == held
+    assert len(dropped) == 2
 
 
 P0, P1 = TP("usage", 0), TP("usage", 1)
@@ -380,7 +388,7 @@ def test_a_run_that_waits_for_room_leaves_its_partition_fetching_and_is_delivere
 
 
 def test_the_batch_queue_refuses_single_events_with_a_clear_error() -> None:
-    queue = BatchQueue(maxsize=10, flow_control=FlowControlEvent(), batch_limit=5)
+    queue = BatchQueue(maxsize=10, flow_control=FlowControlEvent(), batch_limit=5, merge=merge())
     with pytest.raises(TypeError, match="only reader"):
         queue.put_nowait(record(0))
 

@@ -1,5 +1,7 @@
 """Fault injection for a worker started by an integration test (on its PYTHONPATH only).
 
+Two faults, each on when its environment variable is set.
+
 At the end of a table recovery Faust seeks the partitions to their committed offsets,
 then resumes flow, which clears the stream buffers. Records fetched in between, still
 in the buffer because the agent was busy, must be fetched again, not skipped. The window is a few
@@ -50,3 +52,18 @@ if _delay > 0:
     _consumer.Consumer.perform_seek = _perform_seek_then_wait_for_buffered_records  # type: ignore[method-assign]
     FlowControlEvent.resume = _resume_then_let_the_agent_go  # type: ignore[method-assign]
     BatchQueue.empty = _empty_while_held  # type: ignore[method-assign]
+
+# ``FAULT_BATCH_DELAY_SECONDS``: each batch takes that much longer, so that a test's backlog
+# lasts long enough for a fault (a SIGKILL, a second worker joining) to land in its middle.
+_batch_delay = float(os.environ.get("FAULT_BATCH_DELAY_SECONDS", "0"))
+
+if _batch_delay > 0:
+    from stream.processing.batches import BatchHandler
+
+    _apply = BatchHandler.apply
+
+    async def _apply_slowly(self: BatchHandler, batch) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(_batch_delay)
+        await _apply(self, batch)
+
+    BatchHandler.apply = _apply_slowly  # type: ignore[method-assign]
