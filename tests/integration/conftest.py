@@ -240,10 +240,10 @@ def healthscore(namespace: Namespace, *args: str) -> subprocess.CompletedProcess
     )
 
 
-def kcat_consume(topic: str, fmt: str = "%k\t%s\n") -> list[str]:
+def kcat_consume(topic: str, fmt: str = "%k\t%s\n", bootstrap: str = "127.0.0.1:9092") -> list[str]:
     """Everything currently on a topic, read with kcat (-e: stop at the end)."""
     result = subprocess.run(
-        ["kcat", "-C", "-b", "127.0.0.1:9092", "-t", topic, "-o", "beginning", "-e", "-q", "-f", fmt],
+        ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", fmt],
         capture_output=True,
         check=True,
         timeout=60,

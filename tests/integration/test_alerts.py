@@ -228,12 +228,12 @@ def events_metrics(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def assigned_outside_the_group(group: str, topic: str, partitions: int):
+async def assigned_outside_the_group(group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"):
     """A consumer with ``group``'s id that is assigned every partition of ``topic`` without
     joining the group: it reads and commits the group's offsets. Yields it and the partitions."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
@@ -265,11 +265,13 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
     asyncio.run(rewind())
 
 
-def committed_and_end_offsets(group: str, topic: str, partitions: int) -> tuple[list[int | None], list[int]]:
+def committed_and_end_offsets(
+    group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"
+) -> tuple[list[int | None], list[int]]:
     """Per partition of ``topic``: the group's committed offset (None: nothing committed), and the end offset."""
 
     async def read() -> tuple[list[int | None], list[int]]:
-        async with assigned_outside_the_group(group, topic, partitions) as (consumer, partitions_of_topic):
+        async with assigned_outside_the_group(group, topic, partitions, bootstrap) as (consumer, partitions_of_topic):
             ends = await consumer.end_offsets(partitions_of_topic)
             return [await consumer.committed(tp) for tp in partitions_of_topic], [ends[tp] for tp in partitions_of_topic]
 

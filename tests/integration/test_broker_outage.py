@@ -18,18 +18,44 @@ import pytest
 
 from stream.kafka.topics import ensure_topics
 from stream.services.local import ServicePaths, start_kafka
-from tests.integration.conftest import WorkerProcess, free_port, make_namespace
+from tests.integration.conftest import Namespace, WorkerProcess, free_port, make_namespace
 
 OUTAGE_SECONDS = 15
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivateBroker:
+    """A broker of a test's own: its port, controller port and data directory."""
+
+    paths: ServicePaths
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        start_kafka(self.paths, port=self.port, controller_port=self.controller_port, echo=lambda _: None)
+
+    def kill(self) -> None:
+        stop_broker(self.paths, signal.SIGKILL)
+
+    def namespace(self, tmp_path: Path) -> Namespace:
+        """A namespace of its own (names, Redis prefix, web port) with its topics on this broker."""
+        shared = make_namespace(tmp_path)
+        env = {**shared.env, "HEALTHSCORE_KAFKA_BOOTSTRAP": self.bootstrap}
+        namespace = dataclasses.replace(shared, env=env, settings=shared.settings.model_copy(update={"kafka_bootstrap": self.bootstrap}))
+        asyncio.run(ensure_topics(namespace.settings, echo=lambda _: None))
+        return namespace
+
+
 @pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[tuple[ServicePaths, int]]:
-    paths = ServicePaths(tmp_path / "services")
-    port, controller = free_port(), free_port()
-    start_kafka(paths, port=port, controller_port=controller, echo=lambda _: None)
-    yield paths, port
-    stop_broker(paths)
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(ServicePaths(tmp_path / "services"), free_port(), free_port())
+    broker.start()
+    yield broker
+    stop_broker(broker.paths)
 
 
 def stop_broker(paths: ServicePaths, sig: int = signal.SIGTERM) -> None:
@@ -47,20 +73,17 @@ def stop_broker(paths: ServicePaths, sig: int = signal.SIGTERM) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-def test_a_broker_outage_is_logged_once_and_summarised_not_per_attempt(services: None, tmp_path: Path, private_broker: tuple[ServicePaths, int]) -> None:
+def test_a_broker_outage_is_logged_once_and_summarised_not_per_attempt(services: None, tmp_path: Path, private_broker: PrivateBroker) -> None:
     """Without the summary, a 25-second outage wrote 4,235 WARNING/ERROR lines: a few kinds of
     aiokafka error, each several times a second. Here: each kind once, then once per
     log_repeat_interval_seconds (5) with the count held back."""
-    paths, port = private_broker
-    shared = make_namespace(tmp_path)  # names, Redis prefix and web port of its own; topics on the private broker
-    env = {**shared.env, "HEALTHSCORE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "HEALTHSCORE_LOG_REPEAT_INTERVAL_SECONDS": "5"}
-    namespace = dataclasses.replace(shared, env=env, settings=shared.settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}"}))
-    asyncio.run(ensure_topics(namespace.settings, echo=lambda _: None))
+    namespace = private_broker.namespace(tmp_path)
+    namespace.env["HEALTHSCORE_LOG_REPEAT_INTERVAL_SECONDS"] = "5"
     worker = WorkerProcess(namespace, tmp_path / "worker.log")
     worker.start()
     try:
         before = worker.log_path.stat().st_size
-        stop_broker(paths, signal.SIGKILL)
+        private_broker.kill()
         time.sleep(OUTAGE_SECONDS)
         during = worker.log_path.read_bytes()[before:].decode(errors="replace")
     finally:

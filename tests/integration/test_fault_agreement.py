@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from click.testing import CliRunner
 
 from stream.cli import main
 from stream.commands.generate import write_history
-from tests.integration.conftest import Namespace, WorkerProcess, free_port, kcat_consume, make_namespace, wait_for
+from tests.integration.conftest import PROJECT_ROOT, Namespace, WorkerProcess, free_port, kcat_consume, make_namespace, wait_for
+from tests.integration.test_broker_outage import PrivateBroker, private_broker  # noqa: F401 (a fixture)
 from tests.integration.test_alerts import committed_and_end_offsets
 from tests.integration.test_end_to_end import metric_value
 from tests.integration.test_restart import FAULT_INJECTION
@@ -107,6 +109,10 @@ class Campaign:
         except OSError:
             return 0.0
 
+    def out_of_order(self, worker: WorkerProcess) -> float:
+        inputs = self.namespace.settings.topics.inputs()
+        return sum(metric_value(worker.metrics_url, "healthscore_events_out_of_order_total", topic=t) for t in inputs)
+
     def wait_until_applied(self, worker: WorkerProcess, at_least: float) -> None:
         wait_for(lambda: self.applied(worker) >= at_least, timeout=120, interval=0.05, message=f"{at_least} events applied", explain=worker.log_tail)
 
@@ -115,7 +121,7 @@ class Campaign:
 
         def done() -> bool:
             for topic in settings.topics.inputs():
-                committed, ends = committed_and_end_offsets(settings.app_id, topic, settings.partitions)
+                committed, ends = committed_and_end_offsets(settings.app_id, topic, settings.partitions, settings.kafka_bootstrap)
                 if committed != ends:
                     return False
             return True
@@ -125,11 +131,12 @@ class Campaign:
 
     def published(self) -> tuple[dict[str, tuple[float, str]], list[str]]:
         finals: dict[str, tuple[float, str]] = {}
-        for line in kcat_consume(self.namespace.topic("health")):
+        bootstrap = self.namespace.settings.kafka_bootstrap
+        for line in kcat_consume(self.namespace.topic("health"), bootstrap=bootstrap):
             key, _, value = line.partition("\t")
             message = json.loads(value)
             finals[key] = (message["score"], message["band"])
-        alert_ids = [json.loads(line)["alert_id"] for line in kcat_consume(self.namespace.topic("alerts"), fmt="%s\n")]
+        alert_ids = [json.loads(line)["alert_id"] for line in kcat_consume(self.namespace.topic("alerts"), fmt="%s\n", bootstrap=bootstrap)]
         return finals, alert_ids
 
     def stop(self) -> None:
@@ -137,19 +144,28 @@ class Campaign:
             worker.stop()
 
 
-@pytest.fixture
-def campaign(services: None, tmp_path: Path, expected: Expected) -> Iterator[Campaign]:
-    namespace = make_namespace(tmp_path, partitions=4)
+def new_campaign(namespace: Namespace, folder: Path, expected: Expected) -> Campaign:
+    """The history loaded onto the namespace's input topics, and workers set up for a fault."""
     # No sweep during the scenario (its alerts depend on wall time; see the module's docstring).
     namespace.env["HEALTHSCORE_SWEEP_INTERVAL_SECONDS"] = str(400 * 86_400)
     namespace.env.update(SENSITIVE_ALERTS)
     # Small batches, each 20 ms longer: the backlog lasts about ten seconds, long enough for
     # a fault to land in its middle (tests/integration/fault_injection/sitecustomize.py).
     namespace.env.update(
-        {"PYTHONPATH": str(FAULT_INJECTION), "FAULT_BATCH_DELAY_SECONDS": "0.02", "HEALTHSCORE_BATCH_MAX_EVENTS": "50"}
+        {
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(FAULT_INJECTION)]),
+            "FAULT_BATCH_DELAY_SECONDS": "0.02",
+            "HEALTHSCORE_BATCH_MAX_EVENTS": "50",
+        }
     )
-    run = Campaign(namespace, tmp_path)
+    run = Campaign(namespace, folder)
     run.sent = asyncio.run(produce_file(namespace, expected.history))
+    return run
+
+
+@pytest.fixture
+def campaign(services: None, tmp_path: Path, expected: Expected) -> Iterator[Campaign]:
+    run = new_campaign(make_namespace(tmp_path, partitions=4), tmp_path, expected)
     yield run
     run.stop()
 
@@ -182,6 +198,28 @@ SCENARIOS: dict[str, Callable[[Campaign], None]] = {"no_fault": no_fault, "sigki
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_a_backlog_under_a_fault_publishes_what_the_replay_gives(campaign: Campaign, expected: Expected, scenario: str) -> None:
     SCENARIOS[scenario](campaign)
+    check_against_the_replay(campaign, expected, scenario)
+
+
+def test_a_backlog_through_a_broker_outage_publishes_what_the_replay_gives(
+    services: None, tmp_path: Path, expected: Expected, private_broker: PrivateBroker
+) -> None:
+    """The broker (one of the test's own) is killed with SIGKILL a third of the way through
+    the backlog and started again 10 s later; the worker carries on."""
+    campaign = new_campaign(private_broker.namespace(tmp_path), tmp_path, expected)
+    try:
+        worker = campaign.start_worker()
+        campaign.wait_until_applied(worker, campaign.sent / 3)
+        private_broker.kill()
+        time.sleep(10)
+        private_broker.start()
+        check_against_the_replay(campaign, expected, "broker_outage")
+        assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
+    finally:
+        campaign.stop()
+
+
+def check_against_the_replay(campaign: Campaign, expected: Expected, scenario: str) -> None:
     campaign.wait_until_all_committed()
     finals, alert_ids = campaign.published()
 
@@ -193,14 +231,10 @@ def test_a_backlog_under_a_fault_publishes_what_the_replay_gives(campaign: Campa
     published = set(alert_ids)
     missing, extra = expected.alert_ids - published, published - expected.alert_ids
     agreement = (1 - len(missing) / len(expected.alert_ids), 1 - len(extra) / max(1, len(published)))
-    out_of_order = sum(
-        metric_value(worker.metrics_url, "healthscore_events_out_of_order_total", topic=t)
-        for worker in campaign.workers[-1:]
-        for t in campaign.namespace.settings.topics.inputs()
-    )
+    out_of_order = sum(campaign.out_of_order(worker) for worker in campaign.workers if worker.process and worker.process.poll() is None)
     print(
         f"{scenario}: {len(expected.finals)} final scores equal; alert ids: replay {len(expected.alert_ids)}, "
         f"published {len(published)}, missing {len(missing)}, extra {len(extra)} "
-        f"({agreement[0]:.2%} / {agreement[1]:.2%}); out of order (last worker): {out_of_order:.0f}"
+        f"({agreement[0]:.2%} / {agreement[1]:.2%}); out of order (running workers): {out_of_order:.0f}"
     )
     assert agreement[0] >= 1 - ALERT_TOLERANCE and agreement[1] >= 1 - ALERT_TOLERANCE, (sorted(missing)[:5], sorted(extra)[:5])

@@ -22,12 +22,13 @@ DAY_MS = 86_400_000
 
 
 async def produce_file(namespace: Namespace, path: Path) -> int:
+    """Every event of a history file to its input topic, keyed by customer (the Java partitioner)."""
     from aiokafka import AIOKafkaProducer
 
     from scoring.contract import EVENT_TYPES
 
     names = {kind: name for name, kind in namespace.settings.topics.inputs().items()}
-    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", acks="all", enable_idempotence=True, linger_ms=10)
+    producer = AIOKafkaProducer(bootstrap_servers=namespace.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
     await producer.start()
     count = 0
     try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Namespace, WorkerProcess, free_port, kcat_produce, wait_for
+from tests.integration.conftest import PROJECT_ROOT, Namespace, WorkerProcess, free_port, kcat_produce, wait_for
 from tests.integration.test_alerts import committed_and_end_offsets
 from tests.integration.test_end_to_end import metric_value
 
@@ -84,7 +85,7 @@ def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(nam
     records wait in the buffer, where the clear drops them. In about one start in four none
     reach the buffer before flow resumes (waiting 10 s instead of 3 did not change that):
     such a start proves nothing, so the test restarts with a new backlog, up to five times."""
-    namespace.env["PYTHONPATH"] = str(FAULT_INJECTION)
+    namespace.env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), str(FAULT_INJECTION)])  # this checkout, then the faults
     namespace.env["FAULT_SEEK_DELAY_SECONDS"] = "3"
     usage = namespace.topic("usage")
     now_ms = int(time.time() * 1000)
