@@ -2,7 +2,7 @@
 
 While a broker is away, aiokafka logs each failed connection, metadata refresh and fetch
 at ERROR, several times a second: 4,235 WARNING/ERROR lines in a 25-second outage
-(tests/integration/test_broker_outage.py). The first record of each kind (logger and
+(tests/integration/test_fault_agreement.py). The first record of each kind (logger and
 message template) goes through; later ones of that kind are counted, and one goes
 through per ``interval`` with the count of those held back since. A kind quiet for an
 interval starts afresh, so the next outage is said again at once.

@@ -1,13 +1,14 @@
 """Real services for integration tests: the project's own Kafka (KRaft) and Redis.
 
 The services are started once per session (idempotently: already running ones
-are reused). Every test session uses its own topic names, consumer group and
+are reused); a test that kills a broker starts one of its own (:class:`PrivateBroker`). Every test session uses its own topic names, consumer group and
 Redis key prefix, so runs never see each other's data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from stream.services.local import default_paths, start_kafka, start_redis
+from stream.services.local import ServicePaths, default_paths, start_kafka, start_redis
 from stream.settings import PROJECT_ROOT, Settings, isolated_environment, load_settings
 from stream.kafka.topics import delete_topics_containing, ensure_topics
 
@@ -263,3 +264,58 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str
         time.sleep(interval)
     detail = f"\n{explain()}" if explain is not None else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {message}; last value: {last!r}{detail}")
+
+
+@dataclass(frozen=True)
+class PrivateBroker:
+    """A broker of a test's own: its port, controller port and data directory."""
+
+    paths: ServicePaths
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        start_kafka(self.paths, port=self.port, controller_port=self.controller_port, echo=lambda _: None)
+
+    def kill(self) -> None:
+        stop_broker(self.paths, signal.SIGKILL)
+
+    def namespace(self, tmp_path: Path) -> Namespace:
+        """A namespace of its own (names, Redis prefix, web port) with its topics on this broker."""
+        shared = make_namespace(tmp_path)
+        env = {**shared.env, "HEALTHSCORE_KAFKA_BOOTSTRAP": self.bootstrap}
+        namespace = dataclasses.replace(shared, env=env, settings=shared.settings.model_copy(update={"kafka_bootstrap": self.bootstrap}))
+        asyncio.run(ensure_topics(namespace.settings, echo=lambda _: None))
+        return namespace
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(ServicePaths(tmp_path / "services"), free_port(), free_port())
+    broker.start()
+    yield broker
+    stop_broker(broker.paths, signal.SIGKILL)  # its data goes with the test
+
+
+def stop_broker(paths: ServicePaths, sig: int = signal.SIGTERM) -> None:
+    pidfile = paths.kafka / "kafka.pid"
+    if not pidfile.exists():
+        return
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, sig)
+        for _ in range(300):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break  # a broker this process started: reaped, not left a zombie
+            except ChildProcessError:
+                pass  # started by another process
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        pass
+    pidfile.unlink(missing_ok=True)
