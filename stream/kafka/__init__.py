@@ -1,5 +1,6 @@
 """Kafka plumbing, without the model: the batching source and the consumer that feeds it
-whole fetches (``batching.py``), the producer that sends a batch's messages as producer
+whole fetches (``batching.py``), merged by event time across the co-partitioned topics
+(``event_time.py``), the producer that sends a batch's messages as producer
 batches (``producer.py``), and topic administration (``topics.py``).
 
 May import: ``stream.settings``, ``stream.metrics``, Faust and aiokafka. Not the model.

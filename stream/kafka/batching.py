@@ -320,7 +320,13 @@ class BatchingTopic(faust.Topic):
     def queue(self) -> ThrowableQueue:
         if self._queue is None:
             maxsize = self.maxsize if self.maxsize is not None else self.app.conf.stream_buffer_maxsize
-            merge = EventTimeMerge(self.topics, self.event_time, self._lagging, self.max_wait, ticks=self.ticks)
+            # Per partition, records buffered beyond which it is fetched no more until the agent
+            # took some: one topic far ahead in a backlog must leave room for the others.
+            per_partition = max(500, maxsize // max(1, len(self.topics) * (self.partitions or 1)))
+            merge = EventTimeMerge(
+                self.topics, self.event_time, self._lagging, self.max_wait, ticks=self.ticks,
+                per_partition=per_partition, hold=self._hold, release=self._release,
+            )
             self._queue = BatchQueue(
                 maxsize=maxsize,
                 flow_control=self.app.flow_control,
@@ -334,6 +340,16 @@ class BatchingTopic(faust.Topic):
     def _lagging(self, tp: TP) -> bool:
         consumer = self.app.consumer
         return isinstance(consumer, BulkDeliveryConsumer) and consumer.lagging(tp)
+
+    def _hold(self, tp: TP) -> None:
+        consumer = self.app.consumer
+        if isinstance(consumer, BulkDeliveryConsumer):
+            consumer.hold(tp)
+
+    def _release(self, tp: TP) -> None:
+        consumer = self.app.consumer
+        if isinstance(consumer, BulkDeliveryConsumer):
+            consumer.release(tp)
 
     def _fetch_again(self, runs: list[RecordRun]) -> None:
         consumer = self.app.consumer
@@ -356,6 +372,7 @@ class BatchingTopic(faust.Topic):
             queue.force_put_nowait(run)
             return True
         app.sensors.on_topic_buffer_full(run.tp)
+
         # In a task of its own, as Faust's conductor does: a rebalance clears the queue and
         # cancels its waiting producers, which must not cancel the fetch loop.
         put = asyncio.ensure_future(queue.put(run))
@@ -410,6 +427,24 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
         self._commit_task: asyncio.Future | None = None
         self._delivering: set[TP] = set()  # partitions whose fetched records the loop has not handed over yet
+
+    def hold(self, tp: TP) -> None:
+        """Fetches no more of ``tp`` (it has enough buffered) until :meth:`release`: Faust's own
+        mechanism for a full stream buffer (records already fetched stay in aiokafka's)."""
+        self._get_active_partitions().discard(tp)
+        self._buffered_partitions.add(tp)
+
+    def release(self, tp: TP) -> None:
+        if tp in self._buffered_partitions:
+            self._buffered_partitions.discard(tp)
+            if tp not in self._paused_partitions and self._assigned(tp):
+                self._get_active_partitions().add(tp)
+
+    def _assigned(self, tp: TP) -> bool:
+        try:
+            return self._thread._ensure_consumer()._subscription.is_assigned(tp)
+        except (AttributeError, AssertionError):
+            return False
 
     def lagging(self, tp: TP) -> bool:
         """Whether an assigned partition has records on the broker not handed to its channel yet
@@ -483,7 +518,9 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 if self.refetches:
                     await self._seek_back_to_dropped()
-                records, active_partitions = await self._wait_next_records(1.0)
+                # A partition held back comes back as soon as the agent took some of it: wait
+                # for the others' records only briefly then.
+                records, active_partitions = await self._wait_next_records(0.02 if self._buffered_partitions else 1.0)
                 await asyncio.sleep(0)
                 if records is None or self.should_stop:
                     continue

@@ -26,6 +26,7 @@ evaluated at that point of the path. Sweep ticks wait like events but are never 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -47,15 +48,25 @@ class PartitionBuffer:
     records: list[ConsumerRecord] = field(default_factory=list)
     keys: list[EventTimeKey] = field(default_factory=list)
     start: int = 0  # records before this index were handed over
+    in_order: bool = True  # every key at least the one before it (as producers should send them)
 
     def __len__(self) -> int:
         return len(self.records) - self.start
+
+    def extend(self, records: Sequence[ConsumerRecord], keys: list[EventTimeKey]) -> None:
+        if self.in_order and keys:
+            previous = self.keys[-1] if self.keys else keys[0]
+            self.in_order = previous <= keys[0] and all(a <= b for a, b in zip(keys, keys[1:]))
+        self.records.extend(records)
+        self.keys.extend(keys)
 
     def prefix_until(self, frontier: EventTimeKey | None) -> int:
         """How many of the next records are stamped at or before ``frontier`` (None: all)."""
         if frontier is None:
             return len(self)
         keys = self.keys
+        if self.in_order:
+            return bisect_right(keys, frontier, self.start) - self.start
         count = 0
         for index in range(self.start, len(keys)):
             if keys[index] > frontier:
@@ -121,6 +132,9 @@ class EventTimeMerge:
         max_wait: float,
         ticks: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        per_partition: int | None = None,
+        hold: Callable[[TP], None] | None = None,
+        release: Callable[[TP], None] | None = None,
     ) -> None:
         self.topics = tuple(topics)
         self.key = key
@@ -129,6 +143,12 @@ class EventTimeMerge:
         self.ticks = ticks
         self.clock = clock
         self.size = 0
+        self.per_partition = per_partition
+        self._hold = hold
+        self._release = release
+        self._held: set[TP] = set()
+        self._changes = 0  # records added or taken so far: a plan made since is still good
+        self._last_plan: tuple[int, dict[int, EventTimeKey | None]] = (-1, {})  # partitions with ``per_partition`` records buffered: not fetched meanwhile
         self._buffers: dict[TP, PartitionBuffer] = {}
         self._waiting_since: dict[int, float] = {}  # partition number -> when its records began to wait
         # Partition number -> (consumer generation, latest event time handed over in it).
@@ -145,9 +165,19 @@ class EventTimeMerge:
                 self.size -= len(buffer)  # an older generation's: the rebalance starts again from the commits
             buffer = self._buffers[tp] = PartitionBuffer(generation, first_offset)
         key = self.key
-        buffer.records.extend(records)
-        buffer.keys.extend([key(record) for record in records])
+        self._changes += 1
+        buffer.extend(records, [key(record) for record in records])
         self.size += len(records)
+        if self.per_partition is not None and len(buffer) >= self.per_partition and tp not in self._held:
+            self._held.add(tp)
+            if self._hold is not None:
+                self._hold(tp)
+
+    def _release_below_limit(self) -> None:
+        for tp in [tp for tp in self._held if self.buffered(tp) < (self.per_partition or 0)]:
+            self._held.discard(tp)
+            if self._release is not None:
+                self._release(tp)
 
     def frontier(self, partition: int) -> tuple[bool, EventTimeKey | None]:
         """Whether partition number ``partition`` must wait for a lagging partition with nothing
@@ -195,8 +225,11 @@ class EventTimeMerge:
         return bool(self._waiting_since)
 
     def ready(self) -> bool:
-        """Whether anything can be handed over now."""
-        return bool(self.size) and bool(self._plan(self.clock()))
+        """Whether anything can be handed over now (remembered for the ``take`` that follows)."""
+        if not self.size:
+            return False
+        self._last_plan = (self._changes, self._plan(self.clock()))
+        return bool(self._last_plan[1])
 
     def next_deadline(self) -> float | None:
         """When the earliest wait runs out (clock time), if any partition number is waiting."""
@@ -216,11 +249,17 @@ class EventTimeMerge:
         """Up to ``limit`` records that may go now, each partition number's merged by event time."""
         handover = Handover([], [], {})
         room = limit
-        for partition, frontier in self._plan(self.clock()).items():
+        changes, plan = self._last_plan
+        if changes != self._changes:  # records came or went since ``ready``
+            plan = self._plan(self.clock())
+        self._changes += 1
+        for partition, frontier in plan.items():
             if room <= 0:
                 break
             room -= self._take_partition(partition, self._counts(partition, frontier, room), handover)
         self._forget_waits_but(self._partitions())
+        if self._held:
+            self._release_below_limit()
         return handover
 
     def _counts(self, partition: int, frontier: EventTimeKey | None, room: int) -> dict[TP, int]:
@@ -240,17 +279,22 @@ class EventTimeMerge:
     def _take_partition(self, partition: int, counts: dict[TP, int], handover: Handover) -> int:
         merged: list[tuple[EventTimeKey, ConsumerRecord]] = []
         generation = 0
+        sources = 0
+        in_order = True
         for tp, count in counts.items():
             if not count:
                 continue
             buffer = self._buffers[tp]
             generation = max(generation, buffer.generation)
+            in_order = in_order and buffer.in_order
             first, records, keys = buffer.take(count)
             handover.runs.append(RecordRun(tp, records, first, buffer.generation))
             merged.extend(zip(keys, records))
+            sources += 1
         if not merged:
             return 0
-        merged.sort(key=_first)
+        if sources > 1 or not in_order:
+            merged.sort(key=_first)
         self.size -= len(merged)
         self._count_out_of_order(partition, generation, merged, handover.out_of_order)
         handover.records.extend(record for _, record in merged)
@@ -282,6 +326,8 @@ class EventTimeMerge:
         self._buffers.clear()
         self._waiting_since.clear()
         self.size = 0
+        self._changes += 1
+        self._release_below_limit()
         return dropped
 
 

@@ -5,7 +5,7 @@ Each scenario loads the whole history onto the input topics before a worker star
 backlog: a deploy, a restart, a consumer catching up), so the worker reads the four topics
 at whatever pace their fetches come; then the fault. Compared with the replay:
 
-- every customer's last published score and band (the hard guarantee: exact);
+- every customer's last published score, band and ``as_of`` (the hard guarantee: exact);
 - the alert ids, in both directions: the alerts raised by events, which depend on the order
   the events are applied in. The sweep is left out on both sides (the worker's runs at wall
   time, the replay's in event time; docs/alerts.md), so both apply the same events only;
@@ -68,7 +68,7 @@ class Expected:
     """What the replay of the history gives: final (score, band) per customer, and alert ids."""
 
     history: Path
-    finals: dict[str, tuple[float, str]]
+    finals: dict[str, tuple[float, str, str]]  # customer -> (score, band, as_of) of its last score
     alert_ids: set[str]
 
 
@@ -80,12 +80,12 @@ def expected(tmp_path_factory: pytest.TempPathFactory) -> Expected:
     write_history(str(history), str(folder / "labels.csv"), customers=CUSTOMERS, events=EVENTS, start_ms=end - 60 * DAY_MS, end_ms=end, seed=24)
     result = CliRunner().invoke(main, ["replay", "--input", str(history), "--sweep-every", "0"], env=SENSITIVE_ALERTS)
     assert result.exit_code == 0, result.output
-    finals: dict[str, tuple[float, str]] = {}
+    finals: dict[str, tuple[float, str, str]] = {}
     alert_ids: set[str] = set()
     for line in result.stdout.splitlines():
         record = json.loads(line)
         if record["kind"] == "score":
-            finals[record["customer_id"]] = (record["score"], record["band"])
+            finals[record["customer_id"]] = (record["score"], record["band"], record["as_of"])
         elif record["kind"] == "alert":
             alert_ids.add(record["alert_id"])
     assert len(finals) == CUSTOMERS and len(alert_ids) > 500, (len(finals), len(alert_ids))
@@ -139,13 +139,13 @@ class Campaign:
         wait_for(done, timeout=timeout, interval=1, message="every input record committed", explain=lambda: self.workers[-1].log_tail())
         time.sleep(1.5)  # the producer's last sends after the commit's flush
 
-    def published(self) -> tuple[dict[str, tuple[float, str]], list[str]]:
-        finals: dict[str, tuple[float, str]] = {}
+    def published(self) -> tuple[dict[str, tuple[float, str, str]], list[str]]:
+        finals: dict[str, tuple[float, str, str]] = {}
         bootstrap = self.namespace.settings.kafka_bootstrap
         for line in kcat_consume(self.namespace.topic("health"), bootstrap=bootstrap):
             key, _, value = line.partition("\t")
             message = json.loads(value)
-            finals[key] = (message["score"], message["band"])
+            finals[key] = (message["score"], message["band"], message["as_of"])
         alert_ids = [json.loads(line)["alert_id"] for line in kcat_consume(self.namespace.topic("alerts"), fmt="%s\n", bootstrap=bootstrap)]
         return finals, alert_ids
 

@@ -187,3 +187,40 @@ def test_the_event_time_of_a_raw_record() -> None:
     for refused in (None, b"", b"not json", b"[]", b'{"occurred_at":"yesterday"}', b'{"occurred_at":"2026-10-01T00:00:00"}', b'{"occurred_at":true}', b"\xff\xfe"):
         assert of(refused) == UNKNOWN_TIME, refused
     assert of(msgspec.json.encode(SweepTick(1_790_812_800_000, 1.0)), topic="ticks") == (1_790_812_800_000, "")
+
+
+def test_a_partition_with_enough_buffered_is_fetched_no_more_until_the_agent_took_some() -> None:
+    """One topic far ahead in a backlog (usage: most events) must leave room in the buffer for
+    the topics the merge waits for; Faust's hold on a partition (its stream buffer full) does it."""
+    held: list[str] = []
+    merge = EventTimeMerge(
+        TOPICS, by_value, lambda tp: False, max_wait=1.0, ticks="sweep", clock=Clock(), per_partition=3,
+        hold=lambda tp: held.append(f"hold {tp.topic}"), release=lambda tp: held.append(f"release {tp.topic}"),
+    )
+    add(merge, "usage", [1, 2])
+    assert held == []
+    add(merge, "usage", [3, 4], first_offset=2)
+    add(merge, "usage", [5], first_offset=4)
+    assert held == ["hold usage"]  # once
+    merge.take(2)
+    assert held == ["hold usage"]  # 3 still buffered
+    merge.take(1)
+    assert held == ["hold usage", "release usage"]
+    add(merge, "usage", [6, 7], first_offset=5)
+    merge.drop_all()
+    assert held == ["hold usage", "release usage", "hold usage", "release usage"]
+
+
+def test_records_a_producer_sent_out_of_order_in_one_partition_go_sorted_and_are_counted() -> None:
+    merge = new_merge({TP("usage", 0)}, Clock())
+    add(merge, "purchases", [10, 30, 20, 40])
+    add(merge, "usage", [35])
+    handover = merge.take(100)
+    # Up to usage's 35: purchases' prefix stops at its first record after 35 (offsets stay contiguous).
+    assert stamps(handover) == [("purchases", 10), ("purchases", 20), ("purchases", 30), ("usage", 35)]
+    assert handover.out_of_order == {}
+    add(merge, "purchases", [5], first_offset=4)
+    add(merge, "usage", [50], first_offset=1)
+    late = merge.take(100)
+    assert stamps(late) == [("purchases", 5), ("purchases", 40), ("usage", 50)]
+    assert late.out_of_order == {"purchases": 1}
