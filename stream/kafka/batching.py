@@ -39,6 +39,14 @@ out of reach, while the agent drained the queue, and Faust's next ``getmany`` sa
 the partition resumed only after its one-second wait for other records ran out.
 In a backlog that starved the agent for half of the time (bench/throughput.py,
 2026-11-30: 26,000 events/s, the worker at half a core; 34,600 without pausing).
+
+The event-time merge (stream/kafka/event_time.py) needs one exception: a partition with
+a share of the buffer already waiting (a topic far ahead in event time, as usage is in a
+backlog) is held back the way Faust holds a partition whose buffer is full, so the fetch
+loop goes on fetching the topics the merge waits for; while one is held, ``getmany``
+waits 20 ms, not a second, for other records, so a held partition comes back at once.
+Without the hold, usage filled the buffer and the other topics came only once the
+merge's wait ran out (2 s per partition at each start, bench/throughput.py, 2026-12-03).
 """
 
 from __future__ import annotations
