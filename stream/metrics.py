@@ -138,6 +138,12 @@ ALERTS_SUPPRESSED = Counter(
     ["rule", "severity"],
     registry=REGISTRY,
 )
+ALERTS_OVER_FLEET_BUDGET = Counter(
+    "healthscore_alerts_over_fleet_budget",
+    "Alerts not sent because the fleet's daily budget (alerts.max_alerts_per_day) was spent, by rule.",
+    ["rule"],
+    registry=REGISTRY,
+)
 ALERTS_ALREADY_PUBLISHED = Counter(
     "healthscore_alerts_already_published",
     "Alerts not sent again because their alert_id was already on the alerts topic (after a crash or rebalance).",
@@ -250,6 +256,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
             DEAD_LETTERS.labels(topic, reason.value)
     for rule in RULES:
         ALERTS_ALREADY_PUBLISHED.labels(rule)
+        ALERTS_OVER_FLEET_BUDGET.labels(rule)
         for severity in ("warning", "critical"):
             ALERTS_RAISED.labels(rule, severity)
             ALERTS_SUPPRESSED.labels(rule, severity)

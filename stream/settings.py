@@ -150,6 +150,9 @@ class AlertSettings(Frozen):
     silence_min_active_days: int = Field(3, ge=2)
     cooldown_hours: float = Field(24.0, ge=0)
     max_alerts_per_customer_30d: int = Field(2, ge=0)
+    #: At most this many alerts a day across the fleet (0: no limit), spent per partition
+    #: (scoring/fleet_budget.py); alerts raised at the same moment go riskiest first.
+    max_alerts_per_day: int = Field(0, ge=0)
     digest_rules: list[str] = []
 
     @field_validator("digest_rules")
@@ -161,7 +164,7 @@ class AlertSettings(Frozen):
         return rules
 
     def parameters(self) -> AlertParameters:
-        return AlertParameters(**{**self.model_dump(), "digest_rules": tuple(self.digest_rules)})
+        return AlertParameters(**{**self.model_dump(exclude={"max_alerts_per_day"}), "digest_rules": tuple(self.digest_rules)})
 
 
 class Settings(BaseSettings):

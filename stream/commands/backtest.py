@@ -21,7 +21,7 @@ from scoring.contract import PurchaseCompleted
 from scoring.output import rfc3339
 from scoring.replay import AlertRaised, Replayer
 from scoring.state import DAY_MS, day_total
-from stream.commands.history import read_history
+from stream.commands.history import budgeted, read_history
 from stream.settings import Settings
 from stream.commands.transactions import parse_time_ms
 
@@ -139,7 +139,7 @@ def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Repl
     )
     alerts = [
         RaisedAlert(item.alert.customer_id, item.alert.rule, item.alert.severity, item.alert.occurred_at_ms)
-        for item in replayer.run(events, until_ms=as_of_ms)
+        for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings)
         if isinstance(item, AlertRaised)
     ]
     return replayer, alerts

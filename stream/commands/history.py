@@ -15,12 +15,14 @@ import gc
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import msgspec
 
 from scoring.contract import Event, PurchaseCompleted, Rejection, decode_event
+from scoring.fleet_budget import FleetBudget, within_budget
 from stream.commands.transactions import ReadReport, read_purchases
+from stream.settings import Settings
 
 NO_FUTURE_CHECK_MS = 2**62
 
@@ -104,3 +106,20 @@ def write_rejects(path: Path, rejected: list[Rejected]) -> None:
     with open(path, "wb") as out:
         for item in rejected:
             out.write(msgspec.json.encode({"line": item.line, "reason": item.reason, "detail": item.detail}) + b"\n")
+
+
+def budgeted(items: Iterable, settings: Settings) -> Iterator:
+    """A replay's outputs within the fleet's daily alert budget (``alerts.max_alerts_per_day``),
+    spent per partition as the worker spends it: the customer's partition by the murmur2
+    hash of its id, as the inputs are partitioned."""
+    budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
+    if not budget.per_day:
+        return iter(items)
+    from aiokafka.partitioner import murmur2
+
+    partitions = settings.partitions
+
+    def partition_of(customer_id: str) -> int:
+        return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
+
+    return within_budget(items, budget, partition_of, lambda item: None)

@@ -13,7 +13,7 @@ import scoring.compiled
 
 from scoring.output import alert_message, health_message, rfc3339
 from scoring.replay import AlertRaised, Replayer, ScoreChanged
-from stream.commands.history import History, read_history, write_rejects
+from stream.commands.history import History, budgeted, read_history, write_rejects
 from stream.memory import collect_garbage_rarely
 from stream.settings import Settings
 
@@ -46,7 +46,7 @@ def run_replay(
     )
     encoder = msgspec.json.Encoder()
     buffer = bytearray()
-    scores, alerts = _replay_lines(replayer, history.events, as_of_ms, model_version, encoder, buffer, output)
+    scores, alerts = _replay_lines(replayer, settings, history.events, as_of_ms, model_version, encoder, buffer, output)
     finals = _final_lines(replayer, as_of_ms, model_version, encoder, buffer) if as_of_ms is not None else 0
     output.write(buffer)
     output.flush()
@@ -83,13 +83,13 @@ def _read(input_path: Path, rejects_path: Path | None, echo) -> History:
 
 
 def _replay_lines(
-    replayer: Replayer, events: list, as_of_ms: int | None, model_version: str, encoder: msgspec.json.Encoder, buffer: bytearray, output: IO[bytes]
+    replayer: Replayer, settings: Settings, events: list, as_of_ms: int | None, model_version: str, encoder: msgspec.json.Encoder, buffer: bytearray, output: IO[bytes]
 ) -> tuple[int, int]:
     """Writes a line per changed score and per alert; returns how many of each."""
     scores = alerts = 0
     with progress_bar(len(events), " events", "replaying") as bar:
         applied_before = since_update = 0
-        for item in replayer.run(events, until_ms=as_of_ms):
+        for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):
             if isinstance(item, ScoreChanged):
                 scores += 1
                 message = health_message(item.customer_id, item.health, item.health.as_of_ms, model_version, item.trigger_event_id)

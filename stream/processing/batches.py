@@ -119,6 +119,7 @@ class BatchHandler:
     async def _send(self, batch: RecordBatch, outputs: Outputs) -> None:
         """Queues the batch's messages on the producer; changelog records wait for the next
         commit unless the partitions were revoked meanwhile (then they go at once)."""
+        self._publisher.release_alerts(outputs)
         deferred = self._deferred
         if deferred is not None and batch.still_current(self._app):
             deferred.take(outputs)  # their changelog records wait for the next commit

@@ -6,20 +6,33 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Iterable
 
+import msgspec
 from aiokafka.structs import ConsumerRecord
 
 from scoring.contract import Event, Rejection
+from scoring.fleet_budget import FleetBudget, riskiest_first
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import Step
 from stream import metrics
 from stream.kafka.producer import IdempotentProducer, Outputs
 from stream.processing.topics import WorkerTopics
-from stream.sinks.alert_ledger import AlertLedger
+from stream.sinks.alert_ledger import AlertLedger, epoch_ms
 from stream.sinks.dead_letters import DeadLetters
 from stream.sinks.redis_cache import LatestScoreCache
 
 #: The wall clock, in seconds (time.time); tests pass their own.
 Clock = Callable[[], float]
+
+
+class _AlertOrder(msgspec.Struct):
+    """What of an alert message decides its turn for the fleet budget."""
+
+    churn_risk: float = 0.0
+    occurred_at: str = ""
+
+
+def _spending_order(pending: tuple) -> tuple[int, float]:
+    return pending[0]
 
 
 class Publisher:
@@ -35,6 +48,7 @@ class Publisher:
         model_version: str,
         input_partitions: int,
         clock: Clock,
+        budget: FleetBudget | None = None,
     ) -> None:
         self._topics = topics
         self._health = topics.health
@@ -51,6 +65,10 @@ class Publisher:
         self._lags: list[float] = []
         self._scores: list[float] = []
         self._risks: list[float] = []
+        self._budget = budget if budget is not None else FleetBudget(0, input_partitions)
+        self._alert_decoder = msgspec.json.Decoder(_AlertOrder)
+        # The batch's new alerts, sent at its end in the order they spend the fleet budget.
+        self._pending: list[tuple[tuple[int, float], int, bytes, str, str, str, str, bytes]] = []
 
     @property
     def health_topic(self) -> str:
@@ -112,17 +130,31 @@ class Publisher:
         raised: Iterable[tuple[str, str, str, bytes]],
         suppressed: Iterable[tuple[str, str]],
     ) -> None:
-        """Queues new alerts, (id, rule, severity, message), unless already on the topic; records that they were sent."""
+        """New alerts, (id, rule, severity, message), unless already on the topic, wait for the
+        batch's end (:meth:`release_alerts`)."""
         for alert_id, rule, severity, encoded in raised:
             if await self._ledger.is_published(partition, alert_id):
                 metrics.ALERTS_ALREADY_PUBLISHED.labels(rule).inc()
+                continue
+            order = self._alert_decoder.decode(encoded)
+            spending = riskiest_first(order.churn_risk, epoch_ms(order.occurred_at))
+            self._pending.append((spending, partition, key, customer_id, alert_id, rule, severity, encoded))
+        for rule, severity in suppressed:
+            metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
+
+    def release_alerts(self, outputs: Outputs) -> None:
+        """Queues the batch's new alerts that the fleet's daily budget admits (by time, and at
+        the same time the riskiest first); records that they were sent; counts the others."""
+        pending, self._pending = self._pending, []
+        pending.sort(key=_spending_order)
+        for (at_ms, _), partition, key, customer_id, alert_id, rule, severity, encoded in pending:
+            if not self._budget.admit(partition, at_ms):
+                metrics.ALERTS_OVER_FLEET_BUDGET.labels(rule).inc()
                 continue
             outputs.add(self._alerts, partition, key, encoded)
             self._ledger.record(partition, alert_id)
             metrics.ALERTS_RAISED.labels(rule, severity).inc()
             self._cache.offer_alert(customer_id, encoded)
-        for rule, severity in suppressed:
-            metrics.ALERTS_SUPPRESSED.labels(rule, severity).inc()
 
     async def queue_alerts(self, outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step) -> None:
         """The Python model's alerts, encoded here."""

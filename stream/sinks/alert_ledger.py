@@ -21,13 +21,25 @@ from collections import deque
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from datetime import datetime
+
+from scoring.fleet_budget import FleetBudget
 from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
 
+def epoch_ms(rfc3339: str) -> int:
+    """An alert message's ``occurred_at`` in epoch milliseconds (0 if unreadable)."""
+    try:
+        return int(datetime.fromisoformat(rfc3339).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
 class _AlertId(msgspec.Struct):
     alert_id: str
+    occurred_at: str = ""
 
 
 #: The ids are remembered in this many full generations and the one being filled: the ids of
@@ -80,8 +92,9 @@ class _RecentIds:
 
 
 class AlertLedger:
-    def __init__(self, bootstrap: str, topic: str, tail_messages: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, tail_messages: int, budget: FleetBudget | None = None) -> None:
         self._bootstrap = bootstrap
+        self._budget = budget  # the alerts read back spent their day's fleet budget
         self._topic = topic
         self._tail = tail_messages
         self._known: dict[int, _RecentIds] = {}
@@ -90,6 +103,8 @@ class AlertLedger:
     def forget_all(self) -> None:
         """Called on every rebalance: partitions may have moved, read their tails again."""
         self._known.clear()
+        if self._budget is not None:
+            self._budget.forget()
 
     async def is_published(self, partition: int, alert_id: str) -> bool:
         """Whether this id is already on the topic. If the tail cannot be read, answers no
@@ -131,9 +146,12 @@ class AlertLedger:
                 for record in records:
                     position = record.offset + 1
                     try:
-                        found.add(self._decoder.decode(record.value).alert_id)
+                        alert = self._decoder.decode(record.value)
                     except (msgspec.DecodeError, TypeError):
                         continue
+                    found.add(alert.alert_id)
+                    if self._budget is not None and alert.occurred_at:
+                        self._budget.note(partition, epoch_ms(alert.occurred_at))
         finally:
             await consumer.stop()
         log.info("Read %s alert ids back from %s[%s]", len(found), self._topic, partition)

@@ -18,6 +18,7 @@ from importlib.metadata import version as package_version
 
 import faust
 
+from scoring.fleet_budget import FleetBudget
 from stream import metrics
 from stream.kafka.batching import BatchInProgress, BulkDeliveryConsumer
 from stream.kafka.producer import IdempotentProducer
@@ -119,11 +120,12 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     # Sinks, and what a batch publishes through them.
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
-    ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages)
+    budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
+    ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages, budget)
     app.healthscore_cache = cache  # for tests and diagnostics
     in_progress = BatchInProgress()
     connect_rebalance_hooks(app, in_progress, deferred, producer, ledger)
-    publisher = Publisher(topics, producer, cache, ledger, parameters.model_version, settings.partitions, clock)
+    publisher = Publisher(topics, producer, cache, ledger, parameters.model_version, settings.partitions, clock, budget)
 
     # The agent: each batch through the per-event path (or the sweep, for its ticks).
     events = EventPath(settings, parameters, rules, native, publisher, topics.input_kinds, clock)

@@ -72,13 +72,35 @@ class Expected:
     alert_ids: set[str]
 
 
+#: A fleet budget that binds on this history: 8 alerts a day over 4 partitions, 2 each.
+FLEET_BUDGET = {"HEALTHSCORE_ALERTS__MAX_ALERTS_PER_DAY": "8"}
+PARTITIONS = 4
+
+
 @pytest.fixture(scope="module")
-def expected(tmp_path_factory: pytest.TempPathFactory) -> Expected:
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("campaign")
-    history = folder / "history.jsonl"
+    path = folder / "history.jsonl"
     end = int(time.time() * 1000) - 3_600_000
-    write_history(str(history), str(folder / "labels.csv"), customers=CUSTOMERS, events=EVENTS, start_ms=end - 60 * DAY_MS, end_ms=end, seed=24)
-    result = CliRunner().invoke(main, ["replay", "--input", str(history), "--sweep-every", "0"], env=SENSITIVE_ALERTS)
+    write_history(str(path), str(folder / "labels.csv"), customers=CUSTOMERS, events=EVENTS, start_ms=end - 60 * DAY_MS, end_ms=end, seed=24)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(history: Path) -> Expected:
+    return replayed(history, SENSITIVE_ALERTS)
+
+
+@pytest.fixture(scope="module")
+def expected_within_budget(history: Path) -> Expected:
+    return replayed(history, {**SENSITIVE_ALERTS, **FLEET_BUDGET})
+
+
+def replayed(history: Path, env: dict[str, str]) -> Expected:
+    """What the replay of the history gives with these settings (the workers' partitions too)."""
+    result = CliRunner().invoke(
+        main, ["replay", "--input", str(history), "--sweep-every", "0"], env={**env, "HEALTHSCORE_PARTITIONS": str(PARTITIONS)}
+    )
     assert result.exit_code == 0, result.output
     finals: dict[str, tuple[float, str, str]] = {}
     alert_ids: set[str] = set()
@@ -88,7 +110,7 @@ def expected(tmp_path_factory: pytest.TempPathFactory) -> Expected:
             finals[record["customer_id"]] = (record["score"], record["band"], record["as_of"])
         elif record["kind"] == "alert":
             alert_ids.add(record["alert_id"])
-    assert len(finals) == CUSTOMERS and len(alert_ids) > 500, (len(finals), len(alert_ids))
+    assert len(finals) == CUSTOMERS and len(alert_ids) > 200, (len(finals), len(alert_ids))
     return Expected(history, finals, alert_ids)
 
 
@@ -175,7 +197,7 @@ def new_campaign(namespace: Namespace, folder: Path, expected: Expected) -> Camp
 
 @pytest.fixture
 def campaign(services: None, tmp_path: Path, expected: Expected) -> Iterator[Campaign]:
-    run = new_campaign(make_namespace(tmp_path, partitions=4), tmp_path, expected)
+    run = new_campaign(make_namespace(tmp_path, partitions=PARTITIONS), tmp_path, expected)
     yield run
     run.stop()
 
@@ -209,6 +231,24 @@ SCENARIOS: dict[str, Callable[[Campaign], None]] = {"no_fault": no_fault, "sigki
 def test_a_backlog_under_a_fault_publishes_what_the_replay_gives(campaign: Campaign, expected: Expected, scenario: str) -> None:
     SCENARIOS[scenario](campaign)
     check_against_the_replay(campaign, expected, scenario)
+
+
+def test_the_fleet_budget_is_spent_by_the_worker_as_by_the_replay(
+    services: None, tmp_path: Path, expected: Expected, expected_within_budget: Expected
+) -> None:
+    """With a daily fleet budget that binds, the worker sends the same alerts as the replay
+    with that budget: the same ones are over it (by time; at the same time, the riskiest first),
+    even across a SIGKILL: the restarted worker learns what each day spent from the alerts
+    topic's tail."""
+    assert len(expected_within_budget.alert_ids) < len(expected.alert_ids) * 0.9  # it binds
+    namespace = make_namespace(tmp_path, partitions=PARTITIONS)
+    campaign = new_campaign(namespace, tmp_path, expected_within_budget)
+    namespace.env.update(FLEET_BUDGET)
+    try:
+        sigkill(campaign)
+        check_against_the_replay(campaign, expected_within_budget, "fleet_budget")
+    finally:
+        campaign.stop()
 
 
 def test_a_broker_outage_mid_backlog_is_logged_once_and_publishes_what_the_replay_gives(
