@@ -144,6 +144,12 @@ ALERTS_OVER_FLEET_BUDGET = Counter(
     ["rule"],
     registry=REGISTRY,
 )
+ALERTS_WAITING_FOR_LEDGER = Gauge(
+    "healthscore_alerts_waiting_for_ledger",
+    "Partitions whose alerts wait because the alerts topic's tail cannot be read back (the check that "
+    "no alert is sent twice): the broker is unreachable, or the worker lacks READ on the topic.",
+    registry=REGISTRY,
+)
 ALERTS_ALREADY_PUBLISHED = Counter(
     "healthscore_alerts_already_published",
     "Alerts not sent again because their alert_id was already on the alerts topic (after a crash or rebalance).",

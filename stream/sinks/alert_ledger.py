@@ -10,21 +10,30 @@ there. Alert ids are deterministic per episode, so this catches exactly the
 repeats. In memory it keeps as many ids per partition as it reads back (the
 newest), so a long-running worker does not collect every alert it ever sent,
 and it keeps them as hashes (``_RecentIds``), 8 bytes each.
+
+The check fails closed: while a partition's tail cannot be read (the broker unreachable,
+no READ permission on the alerts topic), its alerts wait, and the batch with them, rather
+than risk one being sent twice; ``healthscore_alerts_waiting_for_ledger`` counts the
+partitions waiting, and the wait ends early if the partition moves to another worker
+(which raises the alerts again from the uncommitted events).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from array import array
 from bisect import bisect_left
 from collections import deque
+from datetime import datetime
+from typing import Callable
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from datetime import datetime
+from aiokafka.errors import KafkaError
 
 from scoring.fleet_budget import FleetBudget
-from aiokafka.errors import KafkaError
+from stream import metrics
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +101,20 @@ class _RecentIds:
 
 
 class AlertLedger:
-    def __init__(self, bootstrap: str, topic: str, tail_messages: int, budget: FleetBudget | None = None) -> None:
+    #: First wait before reading a tail again, doubled up to ``longest_retry_seconds``.
+    retry_seconds = 0.5
+    longest_retry_seconds = 30.0
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        tail_messages: int,
+        budget: FleetBudget | None = None,
+        owned: Callable[[int], bool] | None = None,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._owned = owned  # whether this worker still owns a partition (None: always)
         self._budget = budget  # the alerts read back spent their day's fleet budget
         self._topic = topic
         self._tail = tail_messages
@@ -107,17 +128,41 @@ class AlertLedger:
             self._budget.forget()
 
     async def is_published(self, partition: int, alert_id: str) -> bool:
-        """Whether this id is already on the topic. If the tail cannot be read, answers no
-        (and tries again next time): a repeat that consumers can drop by alert_id is better
-        than a lost alert."""
+        """Whether this id is already on the topic; waits while the tail cannot be read. True
+        also when the partition moved meanwhile: its next owner raises the alert."""
         known = self._known.get(partition)
         if known is None:
-            try:
-                known = self._known[partition] = await self._read_tail(partition)
-            except (KafkaError, OSError) as error:
-                log.warning("Could not read back %s[%s] (%s); publishing without the check", self._topic, partition, error)
-                return False
+            known = await self._tail_when_readable(partition)
+            if known is None:
+                return True
         return alert_id in known
+
+    async def _tail_when_readable(self, partition: int) -> _RecentIds | None:
+        """The partition's tail, read again with a growing pause until it can be; None if the
+        partition is no longer this worker's."""
+        pause = self.retry_seconds
+        waiting = False
+        try:
+            while True:
+                try:
+                    known = self._known[partition] = await self._read_tail(partition)
+                    return known
+                except (KafkaError, OSError) as error:
+                    if not waiting:
+                        waiting = True
+                        metrics.ALERTS_WAITING_FOR_LEDGER.inc()
+                        log.warning(
+                            "Could not read back %s[%s] (%s): its alerts wait until it can be read, rather than "
+                            "risk sending one twice (check the broker and READ on the alerts topic)",
+                            self._topic, partition, error,
+                        )
+                if self._owned is not None and not self._owned(partition):
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.longest_retry_seconds)
+        finally:
+            if waiting:
+                metrics.ALERTS_WAITING_FOR_LEDGER.dec()
 
     def record(self, partition: int, alert_id: str) -> None:
         known = self._known.get(partition)

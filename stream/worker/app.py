@@ -121,7 +121,10 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     # Sinks, and what a batch publishes through them.
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
-    ledger = AlertLedger(settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages, budget)
+    ledger = AlertLedger(
+        settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages, budget,
+        owned=lambda partition: any(tp.partition == partition for tp in app.consumer.assignment()),
+    )
     app.healthscore_cache = cache  # for tests and diagnostics
     in_progress = BatchInProgress()
     connect_rebalance_hooks(app, in_progress, deferred, producer, ledger)

@@ -38,7 +38,7 @@ def test_promtool_check_config(config: str) -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
