@@ -20,7 +20,9 @@ def _run_kafka(coroutine, settings: Settings):
     """Runs a coroutine that talks to Kafka; an unreachable broker is a clear error, not a traceback."""
     from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries would repeat what we say once
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # its retries would repeat what we say once
     try:
         return asyncio.run(coroutine)
     except UnknownTopicOrPartitionError:
@@ -32,6 +34,8 @@ def _run_kafka(coroutine, settings: Settings):
             f"cannot reach Kafka at {settings.kafka_bootstrap}: start it with `healthscore services start` "
             "or point HEALTHSCORE_KAFKA_BOOTSTRAP at your brokers"
         ) from None
+    finally:
+        client_log.setLevel(level)  # a worker started after this check logs its clients' errors
 
 
 def _settings() -> Settings:
@@ -65,6 +69,8 @@ def worker(loglevel: str | None) -> None:
     from stream.worker.quiet_outages import quiet_kafka_client_outages
 
     settings = _settings()
+    if not settings.topics.allow_runtime_creation:
+        _refuse_missing_topics(settings)
     tune_allocator()
     level = loglevel or settings.log_level
     if settings.log_format == "json":  # before build_app logs which model runs
@@ -79,6 +85,18 @@ def worker(loglevel: str | None) -> None:
     # DEBUG so that every debug call spins it: a log record per message sent. Not here.
     runner.spinner = None
     runner.execute_from_commandline()
+
+
+def _refuse_missing_topics(settings: Settings) -> None:
+    """With run-time creation off, a missing topic stops the start with its name."""
+    from stream.kafka.topics import missing_topics
+
+    missing = _run_kafka(missing_topics(settings), settings)
+    if missing:
+        raise click.ClickException(
+            f"topics.allow_runtime_creation is false and these topics are missing on {settings.kafka_bootstrap}: "
+            f"{', '.join(missing)}. Create them with `healthscore topics` (with CREATE permission), or have them created."
+        )
 
 
 @main.group()
@@ -119,12 +137,27 @@ def services_status() -> None:
 
 
 @main.command()
-def topics() -> None:
-    """Create the input, dead-letter and output topics with the configured partition count."""
-    from stream.kafka.topics import TopicLayoutError, ensure_topics
+@click.option(
+    "--check", is_flag=True,
+    help="Create nothing: say what differs from the settings on an existing cluster (missing topics, partition "
+    "counts, replication, retention and the other configs we set) and exit 1 if anything does.",
+)
+def topics(check: bool) -> None:
+    """Create every topic the worker needs (inputs, sweep, dead letters, outputs and the state
+    changelog) with the configured partitions, replication ([topics] replication_factor) and
+    configs, so that the worker can run without CREATE permission."""
+    from stream.kafka.topics import TopicLayoutError, check_topics, ensure_topics
 
+    settings = _settings()
+    if check:
+        problems = _run_kafka(check_topics(settings), settings)
+        for problem in problems:
+            click.echo(problem)
+        if problems:
+            raise click.ClickException(f"{len(problems)} difference(s) from the settings on {settings.kafka_bootstrap}")
+        click.echo(f"All topics as configured on {settings.kafka_bootstrap}")
+        return
     try:
-        settings = _settings()
         _run_kafka(ensure_topics(settings, echo=click.echo), settings)
     except TopicLayoutError as error:
         raise click.ClickException(str(error)) from None

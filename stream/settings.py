@@ -37,6 +37,23 @@ class TopicNames(Frozen):
     alerts: str = "churn-alerts"
     #: Internal: sweep ticks, one per partition, co-partitioned with the inputs.
     sweep: str = "healthscore-sweep"
+    #: Replicas of every topic ``healthscore topics`` and the worker create: 1 on a local broker,
+    #: 3 on a production cluster (managed clusters refuse 1, or cannot write it with acks=all).
+    replication_factor: int = Field(1, ge=1, le=16)
+    #: ``min.insync.replicas`` of those topics (0: the broker's default); 2 with 3 replicas.
+    min_insync_replicas: int = Field(0, ge=0, le=16)
+    #: How long Kafka keeps the scores, the alerts and the dead letters (``retention.ms``).
+    health_retention_days: float = Field(7.0, gt=0)
+    alerts_retention_days: float = Field(30.0, gt=0)
+    dead_letter_retention_days: float = Field(7.0, gt=0)
+    #: Whether the worker may create a missing topic at run time (its changelog); false for
+    #: an ACL without CREATE: the worker then refuses to start while a topic is missing.
+    allow_runtime_creation: bool = True
+
+    @classmethod
+    def name_fields(cls) -> list[str]:
+        """The fields that name a topic (the others configure them)."""
+        return [name for name, field in cls.model_fields.items() if field.annotation is str]
 
     def inputs(self) -> dict[str, TopicKind]:
         """Input topic name -> which stream of the contract it carries."""
@@ -346,6 +363,7 @@ def isolated_environment(tag: str, partitions: int, web_port: int, data_dir: Pat
         "HEALTHSCORE_WEB_PORT": str(web_port),
         "HEALTHSCORE_DATA_DIR": str(data_dir),
     }
-    for field, default in TopicNames().model_dump().items():
-        environment[f"HEALTHSCORE_TOPICS__{field.upper()}"] = f"{tag}-{default}"
+    defaults = TopicNames()
+    for field in TopicNames.name_fields():
+        environment[f"HEALTHSCORE_TOPICS__{field.upper()}"] = f"{tag}-{getattr(defaults, field)}"
     return environment

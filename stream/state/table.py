@@ -8,6 +8,7 @@ import faust
 
 from stream import metrics
 from stream.kafka.producer import Delivered
+from stream.kafka.topics import changelog_configs
 from stream.settings import Settings
 
 #: Which customers live on which partition, for the sweep and the fleet metrics: filled as
@@ -29,12 +30,8 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
         key_type=bytes,
         value_type=bytes,
         on_changelog_event=index_changelog,
-        # Restart time is the time to read the changelog back: small segments let Kafka's
-        # compaction keep it near one record per customer instead of one per batch.
-        extra_topic_configs={
-            "segment.bytes": settings.changelog_segment_bytes,
-            "min.cleanable.dirty.ratio": 0.2,
-        },
+        # As `healthscore topics` creates it (compacted, small segments), should Faust create it.
+        extra_topic_configs=changelog_configs(settings),
         recovery_buffer_size=10_000,
     )
 

@@ -50,7 +50,11 @@ def faust_app(settings: Settings) -> faust.App:
         store="memory://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topics.replication_factor,
+        # No run-time topic creation where the ACL has no CREATE (`healthscore topics` made them);
+        # no leader-election topic: nothing here runs on the leader only.
+        topic_allow_declare=settings.topics.allow_runtime_creation,
+        topic_disable_leader=True,
         producer_acks=-1,
         broker_commit_interval=settings.commit_interval_seconds,
         broker_commit_every=settings.commit_every_events,

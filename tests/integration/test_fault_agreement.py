@@ -185,6 +185,8 @@ def new_campaign(namespace: Namespace, folder: Path, expected: Expected) -> Camp
     # a fault to land in its middle (tests/integration/fault_injection/sitecustomize.py).
     namespace.env.update(
         {
+            # The workers create no topic: `healthscore topics` (ensure_topics) made them all.
+            "HEALTHSCORE_TOPICS__ALLOW_RUNTIME_CREATION": "false",
             "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(FAULT_INJECTION)]),
             "FAULT_BATCH_DELAY_SECONDS": "0.02",
             "HEALTHSCORE_BATCH_MAX_EVENTS": "50",

@@ -4,6 +4,9 @@ test or bench run are deleted afterwards, and only those."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -11,8 +14,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream.kafka.topics import TopicLayoutError, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
-from tests.integration.conftest import Namespace, make_namespace
+from stream.kafka.topics import TopicLayoutError, changelog_topic, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
+from tests.integration.conftest import PROJECT_ROOT, Namespace, make_namespace
 
 
 async def describe(bootstrap: str, names: list[str]) -> list[dict]:
@@ -70,3 +73,58 @@ def test_deleting_a_namespace_s_topics_leaves_every_other_topic(services: None, 
     assert not any(doomed.tag in name for name in left)
     assert set(wanted_topics(kept.settings)) <= left
     assert asyncio.run(delete_topics_containing("127.0.0.1:9092", [])) == 0
+
+
+def run_cli(namespace: Namespace, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=PROJECT_ROOT, env={**os.environ, **namespace.env, **env}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_topics_makes_the_changelog_and_the_retentions_and_check_finds_them_as_configured(namespace: Namespace) -> None:
+    """The namespace fixture ran ensure_topics (what `healthscore topics` runs)."""
+    settings = namespace.settings
+    configs = asyncio.run(topic_configs(settings.kafka_bootstrap, [changelog_topic(settings), namespace.topic("alerts")]))
+    assert configs[changelog_topic(settings)]["cleanup.policy"] == "compact"
+    assert configs[namespace.topic("alerts")]["retention.ms"] == str(30 * 86_400_000)
+    checked = run_cli(namespace, "topics", "--check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All topics as configured" in checked.stdout
+
+
+def test_check_names_every_difference_and_fails(namespace: Namespace) -> None:
+    checked = run_cli(
+        namespace, "topics", "--check",
+        HEALTHSCORE_TOPICS__REPLICATION_FACTOR="3",
+        HEALTHSCORE_TOPICS__ALERTS_RETENTION_DAYS="10",
+        HEALTHSCORE_TOPICS__HEALTH=f"{namespace.tag}-never-created",
+    )
+    assert checked.returncode == 1
+    lines = checked.stdout.splitlines()
+    assert f"{namespace.tag}-never-created: missing (create it with `healthscore topics`)" in lines
+    assert f"{namespace.topic('purchases')}: 1 replica(s), topics.replication_factor is 3" in lines
+    assert f"{namespace.topic('alerts')}: retention.ms is {30 * 86_400_000}, {10 * 86_400_000} wanted" in lines
+    assert "difference(s) from the settings" in checked.stderr
+
+
+def test_without_runtime_creation_a_missing_topic_stops_the_worker_with_its_name(namespace: Namespace) -> None:
+    started = run_cli(
+        namespace, "worker",
+        HEALTHSCORE_TOPICS__ALLOW_RUNTIME_CREATION="false",
+        HEALTHSCORE_TOPICS__ALERTS=f"{namespace.tag}-no-alerts-topic",
+    )
+    assert started.returncode != 0
+    assert f"topics.allow_runtime_creation is false and these topics are missing on 127.0.0.1:9092: {namespace.tag}-no-alerts-topic" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+async def topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    from stream.kafka.topics import _topic_configs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await _topic_configs(admin, names)
+    finally:
+        await admin.close()
