@@ -330,18 +330,21 @@ def sweep_command(at_text: str | None) -> None:
 
 @main.command()
 def version() -> None:
-    """Print the version, and whether the model runs compiled (mypyc) or as pure Python."""
+    """Print the version, whether the model runs compiled (mypyc) or as pure Python, and
+    whether the Rust kernel is built (the worker uses it unless native_kernel = false)."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as package_version
 
     import scoring.compiled
+    from scoring import kernel
     from scoring.health import MODEL_REVISION
 
     try:
         installed = package_version("healthscore")
     except PackageNotFoundError:
         installed = "not installed"
-    click.echo(f"healthscore {installed}, model revision {MODEL_REVISION}, {scoring.compiled.status}")
+    built = "built" if kernel.available() else "not built"
+    click.echo(f"healthscore {installed}, model revision {MODEL_REVISION}, {scoring.compiled.status}, Rust kernel {built}")
 
 
 @main.command("fit-bgnbd")
