@@ -35,10 +35,10 @@ def readiness(app: faust.App, assigned_once: bool) -> str | None:
     """None when the worker is ready for traffic, else why not (for /readyz)."""
     if not assigned_once:
         return "waiting for the consumer group to assign partitions"
+    if app.in_recovery:  # Faust counts this as part of the rebalance: the more precise reason first
+        return "reading the state back from the changelog"
     if app.rebalancing:
         return "rebalancing"
-    if app.in_recovery:
-        return "reading the state back from the changelog"
     return None
 
 

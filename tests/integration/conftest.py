@@ -97,7 +97,8 @@ class WorkerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, until: bytes = b"[^Worker]: Ready") -> None:
+        """Starts the worker and waits until its log says ``until`` (by default: ready)."""
         env = {**os.environ, **self.namespace.env}
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
@@ -113,10 +114,10 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            if b"[^Worker]: Ready" in self.log_path.read_bytes()[offset:]:
+            if until in self.log_path.read_bytes()[offset:]:
                 return
             time.sleep(0.2)
-        raise AssertionError(f"worker not ready within {timeout} s:\n{self.log_tail()}")
+        raise AssertionError(f"worker log without {until!r} within {timeout} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

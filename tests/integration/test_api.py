@@ -4,6 +4,8 @@ probes for an orchestrator (a real worker, real Kafka and Redis)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,8 +13,10 @@ from typing import Iterator
 
 import pytest
 
+from stream.settings import PROJECT_ROOT
 from tests.integration.conftest import Namespace, WorkerProcess, kcat_produce, wait_for
-from tests.integration.test_end_to_end import event
+from tests.integration.test_end_to_end import event, metric_value
+from tests.integration.test_restart import FAULT_INJECTION
 
 API_TOKEN = "api-token-for-the-test"
 METRICS_TOKEN = "metrics-token-for-the-test"
@@ -91,3 +95,31 @@ def test_json_logs_parse_line_by_line(namespace: Namespace, tmp_path: Path) -> N
     assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
     assert any(record["level"] == "WARNING" and record["message"].startswith("Dead-lettered") for record in records)
     assert any(record["message"].startswith("healthscore ") and "model 2+" in record["message"] for record in records)
+
+
+def test_readyz_answers_503_while_the_state_is_read_back_and_200_after(namespace: Namespace, tmp_path: Path) -> None:
+    """A worker reading its changelog back is alive but not ready: an orchestrator must not
+    send it traffic. The recovery is held (tests/integration/fault_injection) until released."""
+    first = WorkerProcess(namespace, tmp_path / "first.log")
+    first.start()
+    kcat_produce(namespace.topic("usage"), [("acme", event(f"r{i}", "usage.session", "acme", 2 - i * 0.1, {"user_id": "u1", "duration_seconds": 60})) for i in range(5)])
+    wait_for(lambda: metric_value(first.metrics_url, "healthscore_events_total", topic=namespace.topic("usage"), outcome="applied") == 5, timeout=60)
+    first.stop()  # its changelog now holds acme's record: the next start reads it back
+
+    hold = tmp_path / "hold-recovery"
+    hold.write_text("")
+    namespace.env.update({"PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(FAULT_INJECTION)]), "FAULT_RECOVERY_HOLD_FILE": str(hold)})
+    held = WorkerProcess(namespace, tmp_path / "held.log")
+    held.start(until=b"active offsets at start of reading")
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    try:
+        status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 503 else None)(get(f"{base}/readyz")), timeout=30, message="503")
+        assert body == {"status": "not ready", "reason": "reading the state back from the changelog"}, body
+        assert get(f"{base}/healthz") == (200, {"status": "alive"})
+        time.sleep(3)
+        assert get(f"{base}/readyz")[0] == 503  # still held
+        hold.unlink()
+        status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(get(f"{base}/readyz")), timeout=30, message="ready")
+        assert body == {"status": "ready"}
+    finally:
+        held.stop()

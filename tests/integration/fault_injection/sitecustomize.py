@@ -1,6 +1,6 @@
 """Fault injection for a worker started by an integration test (on its PYTHONPATH only).
 
-Two faults, each on when its environment variable is set.
+Faults, each on when its environment variable is set.
 
 At the end of a table recovery Faust seeks the partitions to their committed offsets,
 then resumes flow, which clears the stream buffers. Records fetched in between, still
@@ -67,3 +67,21 @@ if _batch_delay > 0:
         await _apply(self, batch)
 
     BatchHandler.apply = _apply_slowly  # type: ignore[method-assign]
+
+# ``FAULT_RECOVERY_HOLD_FILE``: while that file exists, the worker's recovery does not end
+# (as with a long changelog to read back), so a test sees the worker alive but not ready.
+_hold_file = os.environ.get("FAULT_RECOVERY_HOLD_FILE")
+
+if _hold_file:
+    from pathlib import Path
+
+    from stream.state.recovery import GroupedRecovery
+
+    _signal_end = GroupedRecovery._maybe_signal_recovery_end
+
+    async def _end_once_released(self: GroupedRecovery, timeout: bool = False, timeout_count: int = 0) -> None:
+        if Path(_hold_file).exists():
+            return
+        await _signal_end(self, timeout=timeout, timeout_count=timeout_count)
+
+    GroupedRecovery._maybe_signal_recovery_end = _end_once_released  # type: ignore[method-assign]
