@@ -26,14 +26,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /var/lib/healthscore --shell /usr/sbin/nologin healthscore \
     && install -d -o healthscore -g healthscore -m 0750 /var/lib/healthscore
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels healthscore && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --only-binary :all: --find-links /wheels healthscore && rm -rf /wheels
 COPY config/healthscore.toml /etc/healthscore/healthscore.toml
 ENV HEALTHSCORE_CONFIG=/etc/healthscore/healthscore.toml \
     HEALTHSCORE_DATA_DIR=/var/lib/healthscore \
     HEALTHSCORE_WEB_HOST=0.0.0.0
 USER 10001:10001
 # Fails the build if the model is not compiled or the Rust kernel is missing.
-RUN healthscore version | tee /dev/stderr | grep -q "compiled, Rust kernel built"
+RUN healthscore version && healthscore version | grep -q "compiled, Rust kernel built"
 EXPOSE 6066
 ENTRYPOINT ["healthscore"]
 CMD ["worker"]

@@ -12,7 +12,10 @@ git archive HEAD pyproject.toml setup.py README.md scoring stream native config 
 echo "building the wheel (mypyc, cargo) in $work ..."
 python3.11 -m pip wheel --quiet --no-cache-dir --wheel-dir "$work/wheels" "$work"
 python3.11 -m venv "$work/run"
-"$work/run/bin/pip" install --quiet --no-cache-dir --no-index --find-links "$work/wheels" healthscore
+"$work/run/bin/pip" install --quiet --no-cache-dir --no-index --only-binary :all: --find-links "$work/wheels" healthscore
 cd "$work"  # not this checkout: the installed package alone
-HEALTHSCORE_CONFIG="$OLDPWD/config/healthscore.toml" "$work/run/bin/healthscore" version | tee /dev/stderr | grep -q "compiled, Rust kernel built"
+export HEALTHSCORE_CONFIG="$OLDPWD/config/healthscore.toml"
+reported="$("$work/run/bin/healthscore" version)"
+echo "$reported"
+grep -q "compiled, Rust kernel built" <<<"$reported"
 echo "ok: the image's wheel installs without compilers and runs the compiled model and the Rust kernel"
