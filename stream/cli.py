@@ -75,7 +75,10 @@ def worker(loglevel: str | None) -> None:
     level = loglevel or settings.log_level
     if settings.log_format == "json":  # before build_app logs which model runs
         logging.config.dictConfig(json_logging_config(level))
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     quiet_kafka_client_outages(settings.log_repeat_interval_seconds)
     if settings.log_format == "json":  # and no banner: every line of output is a JSON object
         runner = faust.Worker(app, loglevel=level, redirect_stdouts=False, quiet=True, logging_config=json_logging_config(level))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,6 +208,10 @@ class Settings(BaseSettings):
     allow_unauthenticated_api: bool = False
     #: A bearer token /metrics then asks for (none: /metrics is open).
     metrics_token: SecretStr | None = None
+    #: HTTPS on the web port: the certificate (chain, PEM) and its private key (PEM). Both or
+    #: neither; with them the port answers HTTPS only (probes too: scheme HTTPS).
+    web_tls_certfile: Path | None = None
+    web_tls_keyfile: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".data" / "worker"
     topics: TopicNames = TopicNames()
     max_future_skew_seconds: int = Field(300, ge=0)
@@ -295,6 +300,29 @@ class Settings(BaseSettings):
                 "configured: set tokens, or allow_unauthenticated_api = true to serve customer data to anyone who can reach it"
             )
         return self
+
+    @model_validator(mode="after")
+    def _web_tls_complete(self) -> "Settings":
+        if (self.web_tls_certfile is None) != (self.web_tls_keyfile is None):
+            raise ValueError("web_tls_certfile and web_tls_keyfile go together: set both for HTTPS, or neither")
+        for name in ("web_tls_certfile", "web_tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        return self
+
+    def web_ssl_context(self) -> ssl.SSLContext | None:
+        """The web server's TLS context, when HTTPS is configured; an unreadable key or
+        certificate stops the start here, naming the setting."""
+        if self.web_tls_certfile is None or self.web_tls_keyfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.web_tls_certfile, self.web_tls_keyfile)
+        except (ssl.SSLError, OSError) as error:
+            raise SettingsError(f"web_tls_certfile / web_tls_keyfile cannot be loaded: {error}") from None
+        return context
 
     def all_api_tokens(self) -> list[str]:
         """The accepted bearer tokens: ``api_tokens`` and the lines of ``api_tokens_file``."""

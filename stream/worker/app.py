@@ -63,6 +63,7 @@ def faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=settings.web_ssl_context(),
         web_enabled=True,
         web_metrics_enabled=False,
         # Faust's own pages list the tables and the routing: off (only ours, stream/worker/web.py).

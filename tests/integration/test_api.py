@@ -3,8 +3,12 @@ probes for an orchestrator (a real worker, real Kafka and Redis)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -123,3 +127,36 @@ def test_readyz_answers_503_while_the_state_is_read_back_and_200_after(namespace
         assert body == {"status": "ready"}
     finally:
         held.stop()
+
+
+def test_the_web_port_answers_https_only_with_a_certificate(namespace: Namespace, tmp_path: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )
+    namespace.env.update({"HEALTHSCORE_WEB_TLS_CERTFILE": str(tmp_path / "cert.pem"), "HEALTHSCORE_WEB_TLS_KEYFILE": str(tmp_path / "key.pem")})
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        port = namespace.settings.web_port
+        trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        answer = urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=trusted, timeout=5)
+        assert answer.status == 200 and json.loads(answer.read()) == {"status": "alive"}
+        with pytest.raises(urllib.error.URLError):  # not trusted: refused by the client
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):  # plain HTTP gets nothing
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        worker.stop()
+
+
+def test_a_certificate_without_its_key_stops_the_start_naming_the_settings(namespace: Namespace, tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    namespace.env.update({"HEALTHSCORE_WEB_TLS_CERTFILE": str(tmp_path / "cert.pem")})
+    started = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "worker"], cwd=PROJECT_ROOT, env={**os.environ, **namespace.env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert started.returncode != 0
+    assert "web_tls_certfile and web_tls_keyfile go together" in started.stderr and "Traceback" not in started.stderr

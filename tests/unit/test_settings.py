@@ -134,3 +134,16 @@ def test_a_missing_tokens_file_is_an_error_naming_it(tmp_path) -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings(api_tokens_file=str(tmp_path / "missing"))
     assert "api_tokens_file" in str(refused.value) and "missing" in str(refused.value)
+
+
+def test_https_needs_both_files_and_a_key_that_loads(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="web_tls_certfile and web_tls_keyfile go together"):
+        load_settings(web_tls_certfile=tmp_path / "cert.pem")
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    with pytest.raises(SettingsError, match="web_tls_keyfile: .*missing.pem is not a file"):
+        load_settings(web_tls_certfile=tmp_path / "cert.pem", web_tls_keyfile=tmp_path / "missing.pem")
+    settings = load_settings(web_tls_certfile=tmp_path / "cert.pem", web_tls_keyfile=tmp_path / "key.pem")
+    with pytest.raises(SettingsError, match="web_tls_certfile / web_tls_keyfile cannot be loaded"):
+        settings.web_ssl_context()
+    assert load_settings().web_ssl_context() is None
