@@ -146,9 +146,9 @@ class EventTimeMerge:
         self.per_partition = per_partition
         self._hold = hold
         self._release = release
-        self._held: set[TP] = set()
+        self._held: set[TP] = set()  # partitions with ``per_partition`` records buffered: not fetched meanwhile
         self._changes = 0  # records added or taken so far: a plan made since is still good
-        self._last_plan: tuple[int, dict[int, EventTimeKey | None]] = (-1, {})  # partitions with ``per_partition`` records buffered: not fetched meanwhile
+        self._last_plan: tuple[int, dict[int, EventTimeKey | None]] = (-1, {})
         self._buffers: dict[TP, PartitionBuffer] = {}
         self._waiting_since: dict[int, float] = {}  # partition number -> when its records began to wait
         # Partition number -> (consumer generation, latest event time handed over in it).
