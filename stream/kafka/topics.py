@@ -77,14 +77,24 @@ def wanted_topics(settings: Settings) -> list[str]:
     return list(topic_plans(settings))
 
 
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    """The admin client of `healthscore topics` and the worker's start check: its connection
+    settings in one place."""
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+
+
+async def _described(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict]:
+    """The topics of ``names`` the cluster has, each as ``describe_topics`` answers it."""
+    return {t["topic"]: t for t in await admin.describe_topics(names) if t.get("error_code", 0) == 0}
+
+
 async def ensure_topics(settings: Settings, echo=print) -> None:
     """Creates the missing topics as planned; refuses input topics that are not co-partitioned."""
     plans = topic_plans(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = _admin(settings)
     try:
         await admin.start()
-        existing = await admin.describe_topics(list(plans))
-        counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        counts = {name: len(topic["partitions"]) for name, topic in (await _described(admin, list(plans))).items()}
         missing = [name for name in plans if name not in counts]
         if missing:
             replicas = settings.topics.replication_factor
@@ -109,10 +119,10 @@ async def ensure_topics(settings: Settings, echo=print) -> None:
 async def missing_topics(settings: Settings) -> list[str]:
     """The planned topics the cluster does not have."""
     plans = topic_plans(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = _admin(settings)
     try:
         await admin.start()
-        present = {t["topic"] for t in await admin.describe_topics(list(plans)) if t.get("error_code", 0) == 0}
+        present = await _described(admin, list(plans))
     finally:
         await admin.close()
     return [name for name in plans if name not in present]
@@ -122,10 +132,10 @@ async def check_topics(settings: Settings) -> list[str]:
     """What differs between the cluster's topics and the plan (``healthscore topics --check``):
     missing topics, partition counts, replication, and the configs we set. Empty: all as planned."""
     plans = topic_plans(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = _admin(settings)
     try:
         await admin.start()
-        described = {t["topic"]: t for t in await admin.describe_topics(list(plans)) if t.get("error_code", 0) == 0}
+        described = await _described(admin, list(plans))
         problems = [f"{name}: missing (create it with `healthscore topics`)" for name in plans if name not in described]
         present = [name for name in plans if name in described]
         configs = await _topic_configs(admin, present) if present else {}
