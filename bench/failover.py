@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from stream.kafka.topics import delete_topics_containing  # noqa: E402
+from stream.kafka.clients import connection_options  # noqa: E402
 from throughput import events_counted, prepare_namespace, read_metrics, write_result  # noqa: E402
 
 CUSTOMERS = [f"f{index:03d}" for index in range(64)]
@@ -51,7 +52,7 @@ async def feed(settings, stop: asyncio.Event) -> None:
     turn, so that every event changes the customer's score and a score is published."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), linger_ms=5)
     await producer.start()
     tick = 0
     try:
@@ -72,7 +73,7 @@ async def seconds_until_every_customer_is_scored(settings, since: float, timeout
     """From ``since`` until each customer has a score computed after it on customer-health."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.health, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(settings.topics.health, **connection_options(settings.kafka), auto_offset_reset="latest")
     await consumer.start()
     waiting = set(CUSTOMERS)
     since_ms = int(since * 1000)
@@ -136,7 +137,7 @@ def main() -> None:
     try:
         results = [asyncio.run(one_round(settings, env, tag, index, timeout)) for index in range(args.rounds)]
     finally:
-        asyncio.run(delete_topics_containing(settings.kafka_bootstrap, tag))
+        asyncio.run(delete_topics_containing(settings.kafka, tag))
     measured = [r for r in results if r is not None]
     result = {
         "session_timeout_seconds": settings.session_timeout_seconds,

@@ -83,7 +83,7 @@ def main() -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        asyncio.run(delete_topics_containing(settings.kafka_bootstrap, tag))
+        asyncio.run(delete_topics_containing(settings.kafka, tag))
     print(json.dumps(result, indent=2))
     write_result("redis-refill", result)
 

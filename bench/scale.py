@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
+from stream.kafka.clients import connection_options  # noqa: E402
+from stream.settings import KafkaSettings  # noqa: E402
 from throughput import (  # noqa: E402
     events_done,
     load_events,
@@ -80,7 +82,7 @@ def idle_rss(partitions: int, port: int) -> int:
 async def send_probe(settings) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), acks="all")
     await producer.start()
     try:
         customer = f"probe-{uuid.uuid4().hex[:8]}"
@@ -160,7 +162,7 @@ def main() -> None:
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
     write_result("scale", {"idle_rss_bytes": idle, "rows": rows})
-    deleted = asyncio.run(delete_topics_containing("127.0.0.1:9092", TAGS))
+    deleted = asyncio.run(delete_topics_containing(KafkaSettings(), TAGS))
     print(f"deleted the run's {deleted} topics")
 
 

@@ -34,6 +34,7 @@ from scoring.health import ScoringParameters  # noqa: E402
 from scoring.pipeline import step, sweep  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
 from stream.processing.sweep import request_sweep  # noqa: E402
+from stream.kafka.clients import connection_options  # noqa: E402
 from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 from stream.kafka.topics import ensure_topics  # noqa: E402
@@ -74,7 +75,7 @@ async def load(settings, customers: int) -> None:
     from aiokafka import AIOKafkaProducer
 
     names = {"payments": settings.topics.payments, "usage": settings.topics.usage}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     at = int(time.time() * 1000) - 30 * DAY_MS
     pending = []

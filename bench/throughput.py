@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from model_cost import speed_probe  # noqa: E402  (bench/ is the script's directory)
 from stream.commands.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
+from stream.kafka.clients import connection_options  # noqa: E402
 from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
 from stream.settings import isolated_environment, load_settings  # noqa: E402
 from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
@@ -104,7 +105,7 @@ async def load_events(settings, events: int, customers: int) -> None:
     from aiokafka import AIOKafkaProducer
 
     names = {kind: name for name, kind in settings.topics.inputs().items()}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=256 * 1024, acks=1)
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), linger_ms=20, max_batch_size=256 * 1024, acks=1)
     await producer.start()
     encoder = msgspec.json.Encoder()
     now = int(time.time() * 1000)
@@ -128,7 +129,7 @@ async def plain_consumer(settings, events: int) -> dict:
     from aiokafka import TopicPartition
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **connection_options(settings.kafka),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -576,7 +577,7 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     health = settings.topics.health
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_options(settings.kafka))
     await admin.start()
     try:
         # The broker stamps each score as it is appended: "on the topic", not "handed to the producer".
@@ -585,10 +586,10 @@ async def measure_latency(settings, env: dict[str, str], port: int, rate: int, s
         await admin.close()
     process = start_worker(env, port, "worker-latency")
     names = {kind: name for name, kind in settings.topics.inputs().items()}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), acks=1)
     # Scores are timed by the broker (LogAppendTime), so the collector can fetch in large, cheap steps.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=250, fetch_min_bytes=256 * 1024
+        **connection_options(settings.kafka), group_id=None, fetch_max_wait_ms=250, fetch_min_bytes=256 * 1024
     )
     await producer.start()
     await consumer.start()
@@ -854,7 +855,7 @@ def main() -> None:
         },
     )
     if not args.keep_topics:
-        deleted = asyncio.run(delete_topics_containing(settings.kafka_bootstrap, [tag]))
+        deleted = asyncio.run(delete_topics_containing(settings.kafka, [tag]))
         print(f"deleted the run's {deleted} topics (--keep-topics keeps them)")
 
 

@@ -17,8 +17,11 @@ from stream.settings import Settings, SettingsError, load_settings
 
 
 def _run_kafka(coroutine, settings: Settings):
-    """Runs a coroutine that talks to Kafka; an unreachable broker is a clear error, not a traceback."""
-    from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+    """Runs a coroutine that talks to Kafka; a broker that cannot be reached or refuses our
+    credentials is one clear sentence naming the setting to fix, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
+
+    from stream.kafka.clients import KafkaAccessError
 
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
@@ -27,15 +30,25 @@ def _run_kafka(coroutine, settings: Settings):
         return asyncio.run(coroutine)
     except UnknownTopicOrPartitionError:
         raise click.ClickException(
-            f"a topic is missing on {settings.kafka_bootstrap}: create them with `healthscore topics`"
+            f"a topic is missing on {settings.kafka.bootstrap}: create them with `healthscore topics`"
         ) from None
-    except KafkaConnectionError:
-        raise click.ClickException(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: start it with `healthscore services start` "
-            "or point HEALTHSCORE_KAFKA_BOOTSTRAP at your brokers"
-        ) from None
+    except KafkaAccessError as error:
+        raise click.ClickException(str(error)) from None
+    except (KafkaConnectionError, KafkaError) as error:
+        _check_kafka(settings)  # says why, naming the setting
+        raise click.ClickException(f"Kafka at {settings.kafka.bootstrap}: {type(error).__name__}: {error}") from None
     finally:
         client_log.setLevel(level)  # a worker started after this check logs its clients' errors
+
+
+def _check_kafka(settings: Settings) -> None:
+    """Stops with the reason unless the brokers accept a connection made as every client makes it."""
+    from stream.kafka.clients import KafkaAccessError, check_access
+
+    try:
+        asyncio.run(check_access(settings.kafka))
+    except KafkaAccessError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _settings() -> Settings:
@@ -69,6 +82,7 @@ def worker(loglevel: str | None) -> None:
     from stream.worker.quiet_outages import quiet_kafka_client_outages
 
     settings = _settings()
+    _check_kafka(settings)  # Faust would retry a refused login or an unknown CA for ever
     if not settings.topics.allow_runtime_creation:
         _refuse_missing_topics(settings)
     tune_allocator()
@@ -97,7 +111,7 @@ def _refuse_missing_topics(settings: Settings) -> None:
     missing = _run_kafka(missing_topics(settings), settings)
     if missing:
         raise click.ClickException(
-            f"topics.allow_runtime_creation is false and these topics are missing on {settings.kafka_bootstrap}: "
+            f"topics.allow_runtime_creation is false and these topics are missing on {settings.kafka.bootstrap}: "
             f"{', '.join(missing)}. Create them with `healthscore topics` (with CREATE permission), or have them created."
         )
 
@@ -157,8 +171,8 @@ def topics(check: bool) -> None:
         for problem in problems:
             click.echo(problem)
         if problems:
-            raise click.ClickException(f"{len(problems)} difference(s) from the settings on {settings.kafka_bootstrap}")
-        click.echo(f"All topics as configured on {settings.kafka_bootstrap}")
+            raise click.ClickException(f"{len(problems)} difference(s) from the settings on {settings.kafka.bootstrap}")
+        click.echo(f"All topics as configured on {settings.kafka.bootstrap}")
         return
     try:
         _run_kafka(ensure_topics(settings, echo=click.echo), settings)
@@ -205,7 +219,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
 
     settings = _settings()
     topic_names = {kind: name for name, kind in settings.topics.inputs().items()}
-    _run_kafka(produce(settings.kafka_bootstrap, topic_names, customers, rate, duration, history_days, seed, echo=click.echo), settings)
+    _run_kafka(produce(settings.kafka, topic_names, customers, rate, duration, history_days, seed, echo=click.echo), settings)
 
 
 @main.command()
@@ -218,7 +232,7 @@ def watch(limit: int | None, from_beginning: bool, idle_timeout: float | None) -
 
     settings = _settings()
     try:
-        _run_kafka(run_watch(settings.kafka_bootstrap, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo), settings)
+        _run_kafka(run_watch(settings.kafka, settings.topics.health, limit, from_beginning, idle_timeout, echo=click.echo), settings)
     except KeyboardInterrupt:
         pass
 

@@ -70,6 +70,67 @@ class TopicNames(Frozen):
         return f"{topic}.dlq"
 
 
+KAFKA_SSL_PROTOCOLS = ("SSL", "SASL_SSL")
+KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+class KafkaSettings(Frozen):
+    """How every Kafka client of the project connects (stream/kafka/clients.py): the worker,
+    its alert ledger and every command. Secrets are SecretStr: never printed."""
+
+    #: host:port[,host:port...]; the older top-level ``kafka_bootstrap`` sets the same thing.
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    #: OAUTHBEARER: the token is read from this file at each new connection (a sidecar
+    #: refreshes it), or printed on stdout by this command (run without a shell).
+    sasl_oauth_token_file: Path | None = None
+    sasl_oauth_token_command: str | None = None
+    #: CA bundle (PEM) the brokers' certificates are checked against (unset: the system's).
+    ssl_cafile: Path | None = None
+    #: A client certificate and its key (PEM), for clusters that authenticate clients by TLS.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    client_id: str = "healthscore"
+
+    @model_validator(mode="after")
+    def _complete(self) -> "KafkaSettings":
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def problems(self) -> list[str]:
+        """What is missing or contradictory, each naming the setting to fix."""
+        problems = []
+        uses_sasl = self.security_protocol in KAFKA_SASL_PROTOCOLS
+        sasl_set = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_oauth_token_file", "sasl_oauth_token_command") if getattr(self, name) is not None]
+        ssl_set = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, name) is not None]
+        if not uses_sasl and sasl_set:
+            problems.append(f"kafka.{sasl_set[0]} is set but kafka.security_protocol is {self.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+        if self.security_protocol not in KAFKA_SSL_PROTOCOLS and ssl_set:
+            problems.append(f"kafka.{ssl_set[0]} is set but kafka.security_protocol is {self.security_protocol}: use SSL or SASL_SSL")
+        if uses_sasl and self.sasl_mechanism is None:
+            problems.append(f"kafka.sasl_mechanism is required with security_protocol {self.security_protocol} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
+        if self.sasl_mechanism == "OAUTHBEARER":
+            if (self.sasl_oauth_token_file is None) == (self.sasl_oauth_token_command is None):
+                problems.append("kafka.sasl_mechanism OAUTHBEARER takes its token from kafka.sasl_oauth_token_file or kafka.sasl_oauth_token_command: set one")
+        elif uses_sasl and self.sasl_mechanism is not None:
+            for name in ("sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    problems.append(f"kafka.{name} is required with sasl_mechanism {self.sasl_mechanism} (HEALTHSCORE_KAFKA__{name.upper()})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            problems.append("kafka.ssl_certfile and kafka.ssl_keyfile go together: set both for a client certificate, or neither")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_oauth_token_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                problems.append(f"kafka.{name}: {path} is not a file")
+        return problems
+
+
 def _check_weights(weights: dict[str, float]) -> dict[str, float]:
     unknown = sorted(set(weights) - set(COMPONENTS))
     if unknown:
@@ -194,7 +255,9 @@ class Settings(BaseSettings):
     )
 
     app_id: str = "healthscore"
+    #: The same as kafka.bootstrap (kept for existing configs and HEALTHSCORE_KAFKA_BOOTSTRAP).
     kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka: KafkaSettings = KafkaSettings()
     partitions: int = Field(8, ge=1, le=1024)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "healthscore"
@@ -289,6 +352,26 @@ class Settings(BaseSettings):
     #: Run each event through the Rust kernel (native/, scoring/kernel.py) where it is built
     #: and computes the configured model (no BG/NBD); false: always the Python model.
     native_kernel: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_bootstrap(cls, data: Any) -> Any:
+        """``kafka_bootstrap`` and ``kafka.bootstrap`` are one setting: either sets both; two
+        different values are an error rather than one silently winning."""
+        if not isinstance(data, dict):
+            return data
+        kafka = data.get("kafka")
+        kafka = dict(kafka) if isinstance(kafka, dict) else (kafka.model_dump() if isinstance(kafka, KafkaSettings) else {})
+        old, new = data.get("kafka_bootstrap"), kafka.get("bootstrap")
+        if old is not None and new is not None and old != new:
+            raise ValueError(
+                f"kafka_bootstrap ({old}) and kafka.bootstrap ({new}) disagree: they are one setting, set only one"
+                " (HEALTHSCORE_KAFKA_BOOTSTRAP or HEALTHSCORE_KAFKA__BOOTSTRAP)"
+            )
+        bootstrap = new if new is not None else old
+        if bootstrap is None:
+            return data
+        return {**data, "kafka_bootstrap": bootstrap, "kafka": {**kafka, "bootstrap": bootstrap}}
 
     @model_validator(mode="after")
     def _api_locked_down(self) -> "Settings":

@@ -2,6 +2,7 @@
 backtest of history (``replay.py``, ``backtest.py``, reading files with ``history.py`` and
 ``transactions.py``), the event generator (``generate.py``) and ``watch`` (``watch.py``).
 
-May import: ``scoring``, ``stream.settings``, ``stream.memory``, aiokafka. Not the worker:
+May import: ``scoring``, ``stream.settings``, ``stream.memory``, ``stream.kafka`` (its client
+connection), aiokafka. Not the worker:
 a replay runs the model in ``scoring`` directly, without Kafka.
 """

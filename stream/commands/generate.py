@@ -18,6 +18,8 @@ import msgspec
 
 from scoring.contract import TopicKind
 from scoring.state import DAY_MS
+from stream.kafka.clients import connection_options
+from stream.settings import KafkaSettings
 
 PERSONAS = ("healthy", "disengaging", "payment_trouble", "cancelling")
 PERSONA_SHARES = (0.55, 0.2, 0.15, 0.1)
@@ -150,7 +152,7 @@ class EventSynthesizer:
 
 
 async def produce(
-    bootstrap: str,
+    kafka: KafkaSettings,
     topics: dict[TopicKind, str],
     customers: int,
     rate: float,
@@ -164,7 +166,7 @@ async def produce(
 
     total = max(1, int(rate * duration))
     synthesizer = EventSynthesizer(customers, seed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(**connection_options(kafka), acks="all", enable_idempotence=True, linger_ms=5)
     encoder = msgspec.json.Encoder()
     history_ms = history_days * DAY_MS
     started = time.time()

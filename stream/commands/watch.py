@@ -6,6 +6,9 @@ import time
 
 import msgspec
 
+from stream.kafka.clients import connection_options
+from stream.settings import KafkaSettings
+
 
 def format_score(message: dict) -> str:
     components = "  ".join(f"{name} {c['score']:5.1f}" for name, c in sorted(message["components"].items()))
@@ -15,12 +18,12 @@ def format_score(message: dict) -> str:
     )
 
 
-async def watch(bootstrap: str, topic: str, limit: int | None, from_beginning: bool, idle_timeout: float | None, echo=print) -> int:
+async def watch(kafka: KafkaSettings, topic: str, limit: int | None, from_beginning: bool, idle_timeout: float | None, echo=print) -> int:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **connection_options(kafka),
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,

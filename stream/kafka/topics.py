@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stream.settings import Settings, TopicNames
+from stream.kafka.clients import connection_options
+from stream.settings import KafkaSettings, Settings, TopicNames
 
 
 class TopicLayoutError(RuntimeError):
@@ -80,7 +81,7 @@ def wanted_topics(settings: Settings) -> list[str]:
 def _admin(settings: Settings) -> AIOKafkaAdminClient:
     """The admin client of `healthscore topics` and the worker's start check: its connection
     settings in one place."""
-    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    return AIOKafkaAdminClient(**connection_options(settings.kafka), request_timeout_ms=15000)
 
 
 async def _described(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict]:
@@ -203,13 +204,13 @@ async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout
         await asyncio.sleep(0.1)
 
 
-async def delete_topics_containing(bootstrap: str, tags: list[str]) -> int:
+async def delete_topics_containing(kafka: KafkaSettings, tags: list[str]) -> int:
     """Deletes every topic whose name holds one of ``tags`` (a namespace's own topics, Faust's
     changelogs, a peer's); returns how many. For the benches and the tests, which make fresh
     topics per run: left behind, they pile up to thousands of partitions on a developer's broker."""
     if not tags:
         return 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection_options(kafka))
     await admin.start()
     try:
         doomed = [topic for topic in await admin.list_topics() if any(tag in topic for tag in tags)]

@@ -105,7 +105,9 @@ async def request_sweep(settings: Settings, at_ms: int, now: float) -> int:
     """Asks every partition's owner to sweep at ``at_ms`` (``healthscore sweep``); returns the partition count."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    from stream.kafka.clients import connection_options
+
+    producer = AIOKafkaProducer(**connection_options(settings.kafka), acks="all", enable_idempotence=True)
     try:
         await producer.start()
         partitions = await producer.partitions_for(settings.topics.sweep)

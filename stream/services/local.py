@@ -40,6 +40,54 @@ class ServicePaths:
         return self.root / "redis"
 
 
+@dataclass(frozen=True)
+class SecuredListener:
+    """A broker secured as a managed cluster is, for the tests of our clients: its one client
+    listener is SASL_SSL (TLS with ``keystore_pem``: a PKCS#8 key and its certificate chain;
+    SCRAM-SHA-512 and PLAIN logins for ``users``; OAUTHBEARER with unsigned tokens), and
+    there is no PLAINTEXT one. The controller keeps a loopback listener of its own."""
+
+    keystore_pem: Path
+    cafile: Path  # the CA that signed it
+    users: dict[str, str]  # name -> password; "admin" is the broker's own login
+
+    def properties(self, port: int) -> list[str]:
+        secure = "listener.name.secure"
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        return [
+            f"advertised.listeners=SECURE://127.0.0.1:{port}",
+            "listener.security.protocol.map=SECURE:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=SECURE",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            f"{secure}.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN,OAUTHBEARER",
+            f'{secure}.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="{self.users["admin"]}";',
+            f'{secure}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="{self.users["admin"]}" {plain_users};',
+            f'{secure}.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="admin";',
+            f"{secure}.ssl.keystore.type=PEM",
+            f"{secure}.ssl.keystore.location={self.keystore_pem}",
+            f"{secure}.ssl.truststore.type=PEM",  # the broker's own inter-broker client checks it too
+            f"{secure}.ssl.truststore.location={self.cafile}",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM users with the cluster."""
+        arguments = []
+        for name, password in self.users.items():
+            arguments += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return arguments
+
+    def client_options(self) -> dict:
+        import ssl
+
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": ssl.create_default_context(cafile=str(self.cafile)),
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": "admin",
+            "sasl_plain_password": self.users["admin"],
+        }
+
+
 def default_paths() -> ServicePaths:
     return ServicePaths(Path(os.environ.get("HEALTHSCORE_SERVICES_DIR", PROJECT_ROOT / ".data" / "services")))
 
@@ -98,17 +146,21 @@ def _kafka_java(main: str, *args: str, log_dir: Path, jvm_options: tuple[str, ..
     ]
 
 
-def _kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _kafka_properties(data_dir: Path, port: int, controller_port: int, secured: SecuredListener | None = None) -> str:
+    listener = "SECURE" if secured else "PLAINTEXT"
+    listeners = secured.properties(port) if secured else [
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+    ]
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            *listeners,
             f"log.dirs={data_dir}",
             "num.partitions=8",
             "auto.create.topics.enable=false",
@@ -125,8 +177,11 @@ def _kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
     )
 
 
-def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 9093, echo=print) -> bool:
-    """Returns True if it started a broker, False if one already answered."""
+def start_kafka(
+    paths: ServicePaths, port: int = 9092, controller_port: int = 9093, echo=print, secured: SecuredListener | None = None
+) -> bool:
+    """Returns True if it started a broker, False if one already answered. With ``secured``,
+    ``port`` is its SASL_SSL listener and there is no PLAINTEXT one."""
     if port_answers("127.0.0.1", port):
         echo(f"Kafka already answers on 127.0.0.1:{port}")
         return False
@@ -136,7 +191,7 @@ def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 90
     log_dir = directory / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     properties = directory / "server.properties"
-    properties.write_text(_kafka_properties(data_dir, port, controller_port))
+    properties.write_text(_kafka_properties(data_dir, port, controller_port, secured))
     if not (data_dir / "meta.properties").exists():
         cluster_id = subprocess.run(
             _kafka_java("kafka.tools.StorageTool", "random-uuid", log_dir=log_dir),
@@ -146,7 +201,8 @@ def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 90
         ).stdout.strip()
         subprocess.run(
             _kafka_java(
-                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(properties), log_dir=log_dir
+                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(properties),
+                *(secured.scram_arguments() if secured else []), log_dir=log_dir,
             ),
             check=True,
             capture_output=True,
@@ -165,14 +221,14 @@ def start_kafka(paths: ServicePaths, port: int = 9092, controller_port: int = 90
     def ready() -> bool:
         if process.poll() is not None:
             raise ServiceError(f"Kafka exited with code {process.returncode}; see {log_dir}")
-        return _kafka_metadata_answers(port)
+        return _kafka_metadata_answers(port, secured.client_options() if secured else {})
 
     _wait_until(ready, 90, "Kafka", log_dir / "server.log")
     echo("Kafka is up")
     return True
 
 
-def _kafka_metadata_answers(port: int) -> bool:
+def _kafka_metadata_answers(port: int, client_options: dict | None = None) -> bool:
     """The broker is ready when a metadata request lists it (not only when the port opens)."""
     if not port_answers("127.0.0.1", port):
         return False
@@ -181,7 +237,7 @@ def _kafka_metadata_answers(port: int) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def probe() -> bool:
-        client = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
+        client = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000, **(client_options or {}))
         try:
             await client.start()
             await client.list_topics()

@@ -26,7 +26,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -107,13 +107,13 @@ class AlertLedger:
 
     def __init__(
         self,
-        bootstrap: str,
+        connection: dict[str, Any],
         topic: str,
         tail_messages: int,
         budget: FleetBudget | None = None,
         owned: Callable[[int], bool] | None = None,
     ) -> None:
-        self._bootstrap = bootstrap
+        self._connection = connection  # aiokafka keyword arguments (stream/kafka/clients.py)
         self._owned = owned  # whether this worker still owns a partition (None: always)
         self._budget = budget  # the alerts read back spent their day's fleet budget
         self._topic = topic
@@ -174,7 +174,7 @@ class AlertLedger:
         found = _RecentIds(self._tail)
         if self._tail == 0:
             return found
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._connection, group_id=None, enable_auto_commit=False)
         try:
             await consumer.start()
             tp = TopicPartition(self._topic, partition)

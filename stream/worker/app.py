@@ -21,6 +21,7 @@ import faust
 from scoring.fleet_budget import FleetBudget
 from stream import metrics
 from stream.kafka.batching import BatchInProgress, BulkDeliveryConsumer
+from stream.kafka.clients import connection_options, faust_broker_options
 from stream.kafka.producer import IdempotentProducer
 from stream.processing.batches import BatchHandler
 from stream.processing.events import EventPath, native_kernel_for
@@ -46,7 +47,7 @@ def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the worker's settings (no agent, table or timer yet)."""
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        **faust_broker_options(settings.kafka),
         store="memory://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -127,7 +128,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
     ledger = AlertLedger(
-        settings.kafka_bootstrap, settings.topics.alerts, settings.alert_tail_messages, budget,
+        connection_options(settings.kafka), settings.topics.alerts, settings.alert_tail_messages, budget,
         owned=lambda partition: any(tp.partition == partition for tp in app.consumer.assignment()),
     )
     app.healthscore_cache = cache  # for tests and diagnostics

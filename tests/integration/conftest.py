@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from stream.services.local import ServicePaths, default_paths, start_kafka, start_redis
-from stream.settings import PROJECT_ROOT, Settings, isolated_environment, load_settings
+from stream.settings import PROJECT_ROOT, KafkaSettings, Settings, isolated_environment, load_settings
 from stream.kafka.topics import delete_topics_containing, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def services() -> Iterator[None]:
     # A suite makes about 50 namespaces of 14 topics; left on a developer's broker they add up
     # to thousands of partitions, whose upkeep then shows in the benchmarks run against it.
     try:
-        asyncio.run(delete_topics_containing("127.0.0.1:9092", NAMESPACE_TAGS))
+        asyncio.run(delete_topics_containing(KafkaSettings(), NAMESPACE_TAGS))
     except Exception as error:  # the tests have passed or failed already; say why and go on
         warnings.warn(f"could not delete the test topics: {error!r}", stacklevel=1)
 
@@ -289,7 +289,7 @@ class PrivateBroker:
         """A namespace of its own (names, Redis prefix, web port) with its topics on this broker."""
         shared = make_namespace(tmp_path)
         env = {**shared.env, "HEALTHSCORE_KAFKA_BOOTSTRAP": self.bootstrap}
-        namespace = dataclasses.replace(shared, env=env, settings=shared.settings.model_copy(update={"kafka_bootstrap": self.bootstrap}))
+        namespace = dataclasses.replace(shared, env=env, settings=shared.settings.model_copy(update={"kafka_bootstrap": self.bootstrap, "kafka": KafkaSettings(bootstrap=self.bootstrap)}))
         asyncio.run(ensure_topics(namespace.settings, echo=lambda _: None))
         return namespace
 
@@ -320,3 +320,35 @@ def stop_broker(paths: ServicePaths, sig: int = signal.SIGTERM) -> None:
     except ProcessLookupError:
         pass
     pidfile.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA, a server certificate it signed for 127.0.0.1, and a CA that signed nothing
+    here (the "wrong CA"), made with openssl as an operator would."""
+
+    ca: Path
+    server_certificate: Path
+    server_key: Path  # PKCS#8, unencrypted
+    keystore: Path  # key and certificate in one PEM file (Kafka's PEM keystore)
+    other_ca: Path
+
+
+def make_certificates(directory: Path) -> Certificates:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=healthscore test {name}",
+                "-keyout", directory / f"{name}.key", "-out", directory / f"{name}.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", directory / "server.key", "-out", directory / "server.csr")
+    extensions = directory / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", directory / "server.csr", "-CA", directory / "ca.pem", "-CAkey", directory / "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", directory / "server.pem", "-extfile", extensions)
+    keystore = directory / "server-keystore.pem"
+    keystore.write_text((directory / "server.key").read_text() + (directory / "server.pem").read_text())
+    return Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key", keystore, directory / "other-ca.pem")

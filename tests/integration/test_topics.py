@@ -15,6 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.kafka.topics import TopicLayoutError, changelog_topic, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
+from stream.settings import KafkaSettings
 from tests.integration.conftest import PROJECT_ROOT, Namespace, make_namespace
 
 
@@ -63,7 +64,7 @@ def test_deleting_a_namespace_s_topics_leaves_every_other_topic(services: None, 
     doomed, kept = make_namespace(tmp_path / "doomed"), make_namespace(tmp_path / "kept")
     assert set(wanted_topics(doomed.settings)) | set(wanted_topics(kept.settings)) <= asyncio.run(topic_names())
 
-    assert asyncio.run(delete_topics_containing("127.0.0.1:9092", [doomed.tag])) == len(wanted_topics(doomed.settings))
+    assert asyncio.run(delete_topics_containing(KafkaSettings(), [doomed.tag])) == len(wanted_topics(doomed.settings))
 
     deadline = time.monotonic() + 30  # a deletion reaches the broker's metadata a moment later
     left = asyncio.run(topic_names())
@@ -72,7 +73,7 @@ def test_deleting_a_namespace_s_topics_leaves_every_other_topic(services: None, 
         left = asyncio.run(topic_names())
     assert not any(doomed.tag in name for name in left)
     assert set(wanted_topics(kept.settings)) <= left
-    assert asyncio.run(delete_topics_containing("127.0.0.1:9092", [])) == 0
+    assert asyncio.run(delete_topics_containing(KafkaSettings(), [])) == 0
 
 
 def run_cli(namespace: Namespace, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from stream.sinks.alert_ledger import GENERATIONS, AlertLedger, _RecentIds
 
 
 def test_the_ledger_keeps_the_ids_of_the_newest_additions_of_each_partition_up_to_the_tail_it_reads_back() -> None:
-    ledger = AlertLedger("127.0.0.1:1", "alerts", tail_messages=3)  # no broker needed: nothing is read back
+    ledger = AlertLedger({"bootstrap_servers": "127.0.0.1:1"}, "alerts", tail_messages=3)  # no broker needed: nothing is read back
     for number in range(5):
         ledger.record(0, f"a{number}")
     ledger.record(0, "a4")  # again: the window is of the last 3 additions, a3, a4 and a4
@@ -72,7 +72,7 @@ class UnreadableFor:
 
 
 def test_alerts_wait_while_the_tail_cannot_be_read_never_sent_unchecked() -> None:
-    ledger = AlertLedger("127.0.0.1:1", "churn-alerts", 100)
+    ledger = AlertLedger({"bootstrap_servers": "127.0.0.1:1"}, "churn-alerts", 100)
     ledger.retry_seconds = 0.01
     ledger._read_tail = UnreadableFor(3, ["a1"])  # type: ignore[method-assign]
     waiting: list[float] = []
@@ -90,7 +90,7 @@ def test_alerts_wait_while_the_tail_cannot_be_read_never_sent_unchecked() -> Non
 
 def test_a_partition_that_moved_while_its_tail_was_unreadable_sends_nothing() -> None:
     owned = {0}
-    ledger = AlertLedger("127.0.0.1:1", "churn-alerts", 100, owned=lambda partition: partition in owned)
+    ledger = AlertLedger({"bootstrap_servers": "127.0.0.1:1"}, "churn-alerts", 100, owned=lambda partition: partition in owned)
     ledger.retry_seconds = 0.01
     ledger._read_tail = UnreadableFor(1000, [])  # type: ignore[method-assign]
 

@@ -19,7 +19,7 @@ ALLOWED = {
     "sinks": SHARED,
     "processing": {"stream.kafka", "stream.state", "stream.sinks", *SHARED},
     "worker": {"stream.kafka", "stream.state", "stream.sinks", "stream.processing", *SHARED},
-    "commands": SHARED,
+    "commands": {"stream.kafka", *SHARED},
     "services": SHARED,
 }
 
