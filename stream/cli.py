@@ -83,6 +83,7 @@ def worker(loglevel: str | None) -> None:
 
     settings = _settings()
     _check_kafka(settings)  # Faust would retry a refused login or an unknown CA for ever
+    _check_redis(settings)
     if not settings.topics.allow_runtime_creation:
         _refuse_missing_topics(settings)
     tune_allocator()
@@ -102,6 +103,18 @@ def worker(loglevel: str | None) -> None:
     # DEBUG so that every debug call spins it: a log record per message sent. Not here.
     runner.spinner = None
     runner.execute_from_commandline()
+
+
+def _check_redis(settings: Settings) -> None:
+    """Stops with the reason when Redis refuses the worker; an unreachable one is only a warning."""
+    from stream.sinks.redis_connection import RedisAccessError, check_redis
+
+    try:
+        warning = asyncio.run(check_redis(settings))
+    except RedisAccessError as error:
+        raise click.ClickException(str(error)) from None
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 def _refuse_missing_topics(settings: Settings) -> None:

@@ -12,6 +12,7 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -259,8 +260,22 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka: KafkaSettings = KafkaSettings()
     partitions: int = Field(8, ge=1, le=1024)
+    #: redis://host:port/db, or rediss:// for TLS; without a password (redis_password).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "healthscore"
+    #: The ACL user and its password (a secret, never printed); none: the default user.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    #: With rediss://: the CA bundle (PEM) the server's certificate is checked against (unset:
+    #: the system's), a client certificate and key for servers that ask for one, and whether
+    #: the certificate must name the host.
+    redis_tls_cafile: Path | None = None
+    redis_tls_certfile: Path | None = None
+    redis_tls_keyfile: Path | None = None
+    redis_tls_check_hostname: bool = True
+    #: A Redis Cluster (or a clustered managed Redis): a customer's keys share one slot
+    #: ({customer id} hash tags) and the writes are per-key commands, not one script.
+    redis_cluster: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     #: Bearer tokens accepted on the /customers/... routes (none: no authentication, and then
@@ -382,6 +397,25 @@ class Settings(BaseSettings):
                 f"web_host {self.web_host!r} is not a loopback address and no api_tokens (or api_tokens_file) are "
                 "configured: set tokens, or allow_unauthenticated_api = true to serve customer data to anyone who can reach it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_connection_complete(self) -> "Settings":
+        url = urlsplit(self.redis_url)
+        if url.scheme not in ("redis", "rediss"):
+            raise ValueError(f"redis_url must start with redis:// or rediss:// (TLS), not {url.scheme or 'nothing'}://")
+        if url.password:
+            raise ValueError("redis_url carries a password: move it to redis_password (HEALTHSCORE_REDIS_PASSWORD), a secret never printed")
+        tls_set = [name for name in ("redis_tls_cafile", "redis_tls_certfile", "redis_tls_keyfile") if getattr(self, name) is not None]
+        if tls_set and url.scheme != "rediss":
+            raise ValueError(f"{tls_set[0]} is set but redis_url is not rediss://: TLS settings need a rediss:// URL")
+        if (self.redis_tls_certfile is None) != (self.redis_tls_keyfile is None):
+            raise ValueError("redis_tls_certfile and redis_tls_keyfile go together: set both for a client certificate, or neither")
+        for name in tls_set:
+            if not getattr(self, name).is_file():
+                raise ValueError(f"{name}: {getattr(self, name)} is not a file")
+        if self.redis_cluster and ("{" in self.redis_key_prefix or "}" in self.redis_key_prefix):
+            raise ValueError("redis_key_prefix must not contain { or } with redis_cluster: the customer id is the hash tag")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ import uuid
 
 import msgspec
 import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from stream import metrics
@@ -17,8 +18,9 @@ from stream import metrics
 log = logging.getLogger(__name__)
 
 
-def customer_key(prefix: str, customer_id: str) -> str:
-    return f"{prefix}:customer:{customer_id}"
+def customer_key(prefix: str, customer_id: str, hash_tag: bool = False) -> str:
+    """The customer's hash; in a cluster its id is the hash tag, so its keys share a slot."""
+    return f"{prefix}:customer:{{{customer_id}}}" if hash_tag else f"{prefix}:customer:{customer_id}"
 
 
 def scores_key(prefix: str) -> str:
@@ -26,9 +28,9 @@ def scores_key(prefix: str) -> str:
     return f"{prefix}:scores"
 
 
-def alerts_key(prefix: str, customer_id: str) -> str:
+def alerts_key(prefix: str, customer_id: str, hash_tag: bool = False) -> str:
     """List of the customer's most recent alerts (JSON), newest first."""
-    return f"{prefix}:alerts:{customer_id}"
+    return f"{prefix}:alerts:{{{customer_id}}}" if hash_tag else f"{prefix}:alerts:{customer_id}"
 
 
 RECENT_ALERTS = 20
@@ -129,6 +131,16 @@ def _score_arguments(customer_id: str, encoded: bytes) -> bytes:
     )
 
 
+def _score_fields(encoded: bytes) -> dict[bytes, bytes]:
+    """The customer's hash fields, as the script writes them (for the per-key cluster writes)."""
+    message = _stored_score.decode(encoded)
+    values = (
+        repr(message.score), message.band, repr(message.churn_risk), message.as_of, message.computed_at,
+        message.model_version, bytes(message.components), bytes(message.changes), repr(message.confidence),
+    )
+    return {name.encode(): value if isinstance(value, bytes) else value.encode() for name, value in zip(SCORE_FIELDS, values)}
+
+
 def _script_call(prefix: str, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> list[bytes]:
     """EVALSHA of the write script with these rows, packed here: redis-py packs each argument
     in Python, which cost more per customer than scoring it."""
@@ -177,9 +189,18 @@ class LatestScoreCache:
     """
 
     def __init__(
-        self, url: str, prefix: str, backlog_interval_seconds: float = 0.0, backlog_pending_limit: int = BACKLOG_PENDING_LIMIT
+        self,
+        client: str | redis_asyncio.Redis | RedisCluster,
+        prefix: str,
+        backlog_interval_seconds: float = 0.0,
+        backlog_pending_limit: int = BACKLOG_PENDING_LIMIT,
     ) -> None:
-        self._client = redis_asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        """``client``: from stream/sinks/redis_connection.py (TLS, ACL user, cluster), or a plain URL."""
+        if isinstance(client, str):
+            client = redis_asyncio.Redis.from_url(client, socket_timeout=2, socket_connect_timeout=2)
+        self._client = client
+        #: A cluster takes per-key commands and hash-tagged keys instead of the one-script write.
+        self.hash_tags = isinstance(client, RedisCluster)
         self._prefix = prefix
         self._pending: dict[str, bytes] = {}
         self._pending_alerts: list[tuple[str, bytes]] = []
@@ -194,7 +215,7 @@ class LatestScoreCache:
         self._marked = False
 
     @property
-    def client(self) -> redis_asyncio.Redis:
+    def client(self) -> redis_asyncio.Redis | RedisCluster:
         return self._client
 
     def is_pending(self, customer_id: str) -> bool:
@@ -259,7 +280,10 @@ class LatestScoreCache:
         del self._pending_alerts[:FLUSH_CHUNK]
         scores = _take(self._pending, FLUSH_CHUNK) if not alerts else {}
         try:
-            await self._write(_script_call(self._prefix, alerts, scores))
+            if self.hash_tags:
+                await self._write_per_key(alerts, scores)
+            else:
+                await self._write(_script_call(self._prefix, alerts, scores))
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
             for customer_id, encoded in scores.items():
@@ -288,6 +312,23 @@ class LatestScoreCache:
                 await connection.read_response()
         finally:
             await pool.release(connection)
+
+    async def _write_per_key(self, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> None:
+        """The same rows as the script, as per-key commands a cluster routes to each key's
+        node: the customer's hash and alert list share a slot; the sorted set is one key."""
+        pipe = self._client.pipeline()
+        for customer_id, encoded in alerts:
+            key = alerts_key(self._prefix, customer_id, hash_tag=True)
+            pipe.lpush(key, encoded)
+            pipe.ltrim(key, 0, RECENT_ALERTS - 1)
+        ranks = {}
+        for customer_id, encoded in scores.items():
+            fields = _score_fields(encoded)
+            pipe.hset(customer_key(self._prefix, customer_id, hash_tag=True), mapping=fields)
+            ranks[customer_id] = float(fields[b"score"])
+        if ranks:
+            pipe.zadd(scores_key(self._prefix), ranks)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self._client.aclose()

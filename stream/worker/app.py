@@ -31,6 +31,7 @@ from stream.processing.topics import WorkerTopics
 from stream.settings import Settings
 from stream.sinks.alert_ledger import AlertLedger
 from stream.sinks.redis_cache import LatestScoreCache
+from stream.sinks.redis_connection import redis_client
 from stream.state.changelog import DeferredChangelog
 from stream.state.recovery import GroupedRecoveryTableManager
 from stream.state.table import KeysByPartition, customer_state_table, persisted_offsets
@@ -125,7 +126,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     app.transport.Consumer = BulkDeliveryConsumer.configured(settings.fetch_max_wait_seconds, write_changelog if deferred else None)
 
     # Sinks, and what a batch publishes through them.
-    cache = LatestScoreCache(settings.redis_url, settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
+    cache = LatestScoreCache(redis_client(settings), settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
     budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
     ledger = AlertLedger(
         connection_options(settings.kafka), settings.topics.alerts, settings.alert_tail_messages, budget,

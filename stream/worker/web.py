@@ -98,6 +98,7 @@ def register_probes(app: faust.App) -> None:
 def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_tokens: list[bytes]) -> None:
     """The customer lookups, from Redis, behind the bearer tokens when there are any."""
     redis = cache.client
+    tagged = cache.hash_tags
 
     @app.page("/customers/at-risk")
     class AtRisk(View):
@@ -114,7 +115,7 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                 ranked = await redis.zrange(scores_key(prefix), 0, int(raw_limit) - 1, withscores=True)
                 async with redis.pipeline(transaction=False) as pipe:
                     for customer_id, _ in ranked:
-                        pipe.hmget(customer_key(prefix, customer_id.decode()), "band", "churn_risk", "as_of")
+                        pipe.hmget(customer_key(prefix, customer_id.decode(), tagged), "band", "churn_risk", "as_of")
                     details = await pipe.execute() if ranked else []
             except (RedisError, OSError) as exc:
                 return error(self, 503, f"Redis is unavailable: {exc}")
@@ -139,8 +140,8 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
             if denied is not None:
                 return denied
             try:
-                fields = await redis.hgetall(customer_key(prefix, customer_id))
-                recent = await redis.lrange(alerts_key(prefix, customer_id), 0, RECENT_ALERTS - 1)
+                fields = await redis.hgetall(customer_key(prefix, customer_id, tagged))
+                recent = await redis.lrange(alerts_key(prefix, customer_id, tagged), 0, RECENT_ALERTS - 1)
             except (RedisError, OSError) as exc:
                 return error(self, 503, f"Redis is unavailable: {exc}")
             if not fields:

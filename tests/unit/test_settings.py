@@ -147,3 +147,89 @@ def test_https_needs_both_files_and_a_key_that_loads(tmp_path) -> None:
     with pytest.raises(SettingsError, match="web_tls_certfile / web_tls_keyfile cannot be loaded"):
         settings.web_ssl_context()
     assert load_settings().web_ssl_context() is None
+
+
+def test_kafka_bootstrap_and_kafka_dot_bootstrap_are_one_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_KAFKA_BOOTSTRAP", "old-style:9092")
+    assert load_settings().kafka.bootstrap == "old-style:9092"
+    monkeypatch.delenv("HEALTHSCORE_KAFKA_BOOTSTRAP")
+    monkeypatch.setenv("HEALTHSCORE_KAFKA__BOOTSTRAP", "b-1:9096,b-2:9096")
+    assert load_settings().kafka_bootstrap == "b-1:9096,b-2:9096"
+    monkeypatch.setenv("HEALTHSCORE_KAFKA_BOOTSTRAP", "elsewhere:9092")
+    with pytest.raises(SettingsError, match="kafka_bootstrap .* and kafka.bootstrap .* disagree"):
+        load_settings()
+
+
+SCRAM = {
+    "HEALTHSCORE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+    "HEALTHSCORE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+    "HEALTHSCORE_KAFKA__SASL_USERNAME": "healthscore",
+    "HEALTHSCORE_KAFKA__SASL_PASSWORD": "pa55-word-never-shown",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"HEALTHSCORE_KAFKA__SASL_MECHANISM": None}, "kafka.sasl_mechanism is required"),
+        ({"HEALTHSCORE_KAFKA__SASL_PASSWORD": None}, "HEALTHSCORE_KAFKA__SASL_PASSWORD"),
+        ({"HEALTHSCORE_KAFKA__SECURITY_PROTOCOL": "SSL"}, "kafka.sasl_mechanism is set but kafka.security_protocol is SSL"),
+        ({"HEALTHSCORE_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT", "HEALTHSCORE_KAFKA__SASL_MECHANISM": None,
+          "HEALTHSCORE_KAFKA__SASL_USERNAME": None}, "kafka.sasl_password is set but kafka.security_protocol is PLAINTEXT"),
+        ({"HEALTHSCORE_KAFKA__SSL_CAFILE": "/nowhere/ca.pem"}, "kafka.ssl_cafile: /nowhere/ca.pem is not a file"),
+        ({"HEALTHSCORE_KAFKA__SSL_KEYFILE": "/nowhere/client.key"}, "kafka.ssl_certfile and kafka.ssl_keyfile go together"),
+        ({"HEALTHSCORE_KAFKA__SASL_MECHANISM": "OAUTHBEARER"}, "kafka.sasl_oauth_token_file or kafka.sasl_oauth_token_command"),
+        ({"HEALTHSCORE_KAFKA__SECURITY_PROTOCOL": "SASL_TLS"}, "kafka.security_protocol"),
+    ],
+)
+def test_kafka_security_settings_that_cannot_work_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, changes: dict[str, str | None], named: str
+) -> None:
+    for key, value in {**SCRAM, **changes}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert named in str(raised.value)
+    assert "pa55-word-never-shown" not in str(raised.value)
+
+
+def test_the_kafka_password_is_a_secret_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SCRAM.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.kafka.sasl_password is not None
+    assert settings.kafka.sasl_password.get_secret_value() == "pa55-word-never-shown"
+    assert "pa55-word-never-shown" not in repr(settings) + str(settings) + settings.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"HEALTHSCORE_REDIS_URL": "redis://:hunter2-pw@redis:6379/0"}, "redis_url carries a password: move it to redis_password"),
+        ({"HEALTHSCORE_REDIS_URL": "http://redis:6379"}, "redis_url must start with redis:// or rediss://"),
+        ({"HEALTHSCORE_REDIS_TLS_CAFILE": "/etc/hosts"}, "redis_tls_cafile is set but redis_url is not rediss://"),
+        ({"HEALTHSCORE_REDIS_URL": "rediss://redis:6380/0", "HEALTHSCORE_REDIS_TLS_CAFILE": "/nowhere.pem"}, "redis_tls_cafile: /nowhere.pem is not a file"),
+        ({"HEALTHSCORE_REDIS_URL": "rediss://redis:6380/0", "HEALTHSCORE_REDIS_TLS_KEYFILE": "/etc/hosts"}, "redis_tls_certfile and redis_tls_keyfile go together"),
+        ({"HEALTHSCORE_REDIS_CLUSTER": "true", "HEALTHSCORE_REDIS_KEY_PREFIX": "{hs}"}, "must not contain { or }"),
+    ],
+)
+def test_redis_connection_settings_that_cannot_work_are_refused(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str) -> None:
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert named in str(raised.value)
+    assert "hunter2-pw" not in str(raised.value)
+
+
+def test_the_readme_lists_the_redis_acl_the_tests_run_the_worker_with() -> None:
+    from pathlib import Path
+
+    from stream.sinks.redis_connection import CLUSTER_ACL_EXTRA, WORKER_ACL
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"ACL SETUSER healthscore >PASSWORD {WORKER_ACL.replace('PREFIX', 'healthscore')}" in readme
+    assert f"ACL SETUSER healthscore {CLUSTER_ACL_EXTRA}" in readme
