@@ -331,6 +331,46 @@ def backtest(
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.command()
+@click.argument("customer_ids", nargs=-1)
+@click.option("--file", "id_file", type=click.File("r"), help="Also erase the customer ids in this file, one per line ('-': standard input).")
+@click.option("--reason", default="", help="Why, kept in the audit record (a ticket number, 'GDPR art. 17 request'); no personal data.")
+@click.option("--status", "status_of", metavar="CUSTOMER_ID", help="Instead: say whether this customer's erasure is done and what it deleted.")
+def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | None) -> None:
+    """Erase customers everywhere the project keeps them: their state (and its changelog),
+    Redis, and their latest score on the customer-health topic (a tombstone).
+
+    The worker that owns each customer applies the request in order with its events, and
+    records it on the audit topic under the customer's keyed hash (privacy.hash_key), never
+    the id. Events for the id that arrive afterwards start a new record. Not erased: the
+    producers' input topics, and the alerts and dead-letter topics until their retention
+    (README, "Privacy and data lifecycle")."""
+    from scoring.privacy import subject_hash
+    from stream.commands.erase import audit_records, new_request, send_requests
+
+    settings = _settings()
+    if settings.privacy.hash_key is None:
+        raise click.ClickException(
+            "privacy.hash_key is not set: erasures are audited under a keyed hash of the customer id; set "
+            "HEALTHSCORE_PRIVACY__HASH_KEY to a random secret (e.g. `openssl rand -hex 32`), the same for every worker"
+        )
+    key = settings.privacy.hash_key.get_secret_value().encode()
+    if status_of is not None:
+        records = _run_kafka(audit_records(settings.kafka, settings.topics.erasures, subject_hash(key, status_of)), settings)
+        if not records:
+            raise click.ClickException("no erasure recorded for this customer (not requested, or not applied yet: is a worker running?)")
+        for record in records:
+            click.echo(f"erased at {record.erased_at} (requested {record.requested_at}, request {record.request_id}): {', '.join(record.deleted)}")
+        return
+    ids = [*customer_ids, *([line.strip() for line in id_file if line.strip()] if id_file else [])]
+    if not ids:
+        raise click.UsageError("give customer ids, or --file, or --status ID")
+    now = time.time()
+    requests = [new_request(key, customer_id, reason, now) for customer_id in dict.fromkeys(ids)]
+    _run_kafka(send_requests(settings.kafka, settings.topics.sweep, requests), settings)
+    click.echo(f"Erasure requested for {len(requests)} customer(s); `healthscore erase --status ID` says when each is done")
+
+
 @main.command("sweep")
 @click.option(
     "--at",

@@ -60,7 +60,8 @@ BUILD_INFO = Gauge(
 )
 EVENTS = Counter(
     "healthscore_events",
-    "Input messages consumed, by topic and outcome (applied, duplicate, late, dead_lettered, rekeyed, misrouted).",
+    "Input messages consumed, by topic and outcome (applied, duplicate, late, dead_lettered, rekeyed, misrouted; "
+    "unknown_type: skipped, with unknown_event_types = count_and_skip).",
     ["topic", "outcome"],
     registry=REGISTRY,
 )
@@ -142,6 +143,16 @@ ALERTS_OVER_FLEET_BUDGET = Counter(
     "healthscore_alerts_over_fleet_budget",
     "Alerts not sent because the fleet's daily budget (alerts.max_alerts_per_day) was spent, by rule.",
     ["rule"],
+    registry=REGISTRY,
+)
+ERASURES = Counter(
+    "healthscore_erasures",
+    "Customers erased on request (`healthscore erase`): state, changelog, Redis, latest score.",
+    registry=REGISTRY,
+)
+ERASURES_WAITING = Gauge(
+    "healthscore_erasures_waiting_for_redis",
+    "Erasures waiting for Redis to confirm the deletion of the customer's keys (their partition waits too).",
     registry=REGISTRY,
 )
 ALERTS_WAITING_FOR_LEDGER = Gauge(
@@ -254,7 +265,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
     for topic in consumed_topics:
         RECORDS_FETCHED_AGAIN.labels(topic)
         EVENTS_OUT_OF_ORDER.labels(topic)
-        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted"]:
+        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted", "unknown_type"]:
             EVENTS.labels(topic, outcome)
         for action in ("forwarded", "processed_in_place"):
             MISROUTED.labels(topic, action)

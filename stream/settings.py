@@ -37,8 +37,12 @@ class TopicNames(Frozen):
     payments: str = "payments"
     health: str = "customer-health"
     alerts: str = "churn-alerts"
-    #: Internal: sweep ticks, one per partition, co-partitioned with the inputs.
+    #: Internal control topic, co-partitioned with the inputs: sweep ticks (one per partition)
+    #: and erasure requests (keyed by customer), applied in order with the customer's events.
     sweep: str = "healthscore-sweep"
+    #: The audit trail of erasures: one record per erased customer, keyed by its keyed hash
+    #: (never the id), compacted and kept for ever.
+    erasures: str = "healthscore-erasures"
     #: Replicas of every topic ``healthscore topics`` and the worker create: 1 on a local broker,
     #: 3 on a production cluster (managed clusters refuse 1, or cannot write it with acks=all).
     replication_factor: int = Field(1, ge=1, le=16)
@@ -48,6 +52,9 @@ class TopicNames(Frozen):
     health_retention_days: float = Field(7.0, gt=0)
     alerts_retention_days: float = Field(30.0, gt=0)
     dead_letter_retention_days: float = Field(7.0, gt=0)
+    #: How long the control topic keeps sweep ticks and erasure requests (which name the
+    #: customer): longer than a worker may be down, or a request waiting for it is lost.
+    control_retention_days: float = Field(7.0, gt=0)
     #: Whether the worker may create a missing topic at run time (its changelog); false for
     #: an ACL without CREATE: the worker then refuses to start while a topic is missing.
     allow_runtime_creation: bool = True
@@ -247,6 +254,21 @@ class AlertSettings(Frozen):
         return AlertParameters(**{**self.model_dump(exclude={"max_alerts_per_day"}), "digest_rules": tuple(self.digest_rules)})
 
 
+class PrivacySettings(Frozen):
+    """Personal data: erasure and what is kept (README, "Privacy and data lifecycle")."""
+
+    #: The secret of the keyed hashes that stand for customer ids in the erasure audit trail
+    #: (HEALTHSCORE_PRIVACY__HASH_KEY; at least 16 characters). `healthscore erase` needs it.
+    hash_key: SecretStr | None = None
+
+    @field_validator("hash_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < 16:
+            raise ValueError("privacy.hash_key must be at least 16 characters (a random secret, e.g. `openssl rand -hex 32`)")
+        return key
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALTHSCORE_",
@@ -292,6 +314,7 @@ class Settings(BaseSettings):
     web_tls_keyfile: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".data" / "worker"
     topics: TopicNames = TopicNames()
+    privacy: PrivacySettings = PrivacySettings()
     max_future_skew_seconds: int = Field(300, ge=0)
     dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"
@@ -313,6 +336,10 @@ class Settings(BaseSettings):
     #: An input record on a partition its key's murmur2 hash does not give (a producer with
     #: another partitioner) is sent to the right partition ("forward"), or applied where it is.
     misrouted_events: Literal["forward", "process_in_place"] = "forward"
+    #: An event of a type the contract does not know (a producer added one): to the dead-letter
+    #: topic with reason unknown_type, or counted (healthscore_events_total{outcome="unknown_type"})
+    #: and skipped, so a new type upstream does not fill the dead-letter topic and page someone.
+    unknown_event_types: Literal["dead_letter", "count_and_skip"] = "dead_letter"
     #: Longest a partition's records wait while a co-partitioned input partition has unread records on
     #: the broker and none buffered, so that a backlog is applied in event-time order like the replay
     #: (stream/kafka/event_time.py); 0 merges only what is buffered. A partition read to its end never holds.

@@ -55,7 +55,11 @@ class IdempotentProducer(faust_aiokafka.Producer):
         return len(await self._ensure_producer().partitions_for(topic))
 
     async def send_records(
-        self, topic: str, records: dict[int, list[tuple[bytes | None, bytes]]], on_delivered: Delivered | None = None
+        self,
+        topic: str,
+        records: dict[int, list[tuple[bytes | None, bytes | None]]],
+        on_delivered: Delivered | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queues each partition's records, in order, as few producer batches as fit.
 
@@ -67,12 +71,12 @@ class IdempotentProducer(faust_aiokafka.Producer):
             builder = producer.create_batch()
             count = 0
             for key, value in items:
-                if builder.append(key=key, value=value, timestamp=None) is None:
+                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                     if count == 0:
-                        raise ValueError(f"a {len(value)}-byte record does not fit a producer batch for {topic}")
+                        raise ValueError(f"a {len(value or b'')}-byte record does not fit a producer batch for {topic}")
                     await self._submit(producer, builder, topic, partition, count, on_delivered)
                     builder = producer.create_batch()
-                    builder.append(key=key, value=value, timestamp=None)
+                    builder.append(key=key, value=value, timestamp=None, headers=headers or [])
                     count = 0
                 count += 1
             if count:
@@ -97,9 +101,10 @@ class Outputs:
     """The messages one batch produces, grouped by topic and partition in production order."""
 
     def __init__(self) -> None:
-        self._by_topic: dict[str, dict[int, list[tuple[bytes | None, bytes]]]] = {}
+        self._by_topic: dict[str, dict[int, list[tuple[bytes | None, bytes | None]]]] = {}
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """``value`` None: a tombstone (an erased customer's key on a compacted topic)."""
         partitions = self._by_topic.get(topic)
         if partitions is None:
             partitions = self._by_topic[topic] = {}
@@ -108,14 +113,20 @@ class Outputs:
             records = partitions[partition] = []
         records.append((key, value))
 
-    def pending(self, topic: str) -> dict[int, list[tuple[bytes | None, bytes]]]:
+    def pending(self, topic: str) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
         """The records queued for one topic, by partition, in production order."""
         return self._by_topic.get(topic, {})
 
     def count(self, topic: str) -> int:
         return sum(len(records) for records in self._by_topic.get(topic, {}).values())
 
-    async def send(self, producer: IdempotentProducer, on_delivered: dict[str, Delivered] | None = None) -> None:
+    async def send(
+        self,
+        producer: IdempotentProducer,
+        on_delivered: dict[str, Delivered] | None = None,
+        headers: dict[str, list[tuple[str, bytes]]] | None = None,
+    ) -> None:
+        """Every queued record; ``headers`` by topic (the contract version on what consumers read)."""
         for topic, records in self._by_topic.items():
-            await producer.send_records(topic, records, (on_delivered or {}).get(topic))
+            await producer.send_records(topic, records, (on_delivered or {}).get(topic), (headers or {}).get(topic))
         self._by_topic.clear()

@@ -66,11 +66,14 @@ def topic_plans(settings: Settings) -> dict[str, TopicPlan]:
         return {**common, "retention.ms": str(int(days * DAY_MS))}
 
     plans = {name: TopicPlan(partitions, dict(common), True) for name in consumed_topics(settings)}
+    plans[topics.sweep] = TopicPlan(partitions, retention(topics.control_retention_days), True)
     for name in consumed_topics(settings):
         plans[TopicNames.dead_letter(name)] = TopicPlan(partitions, retention(topics.dead_letter_retention_days), False)
     plans[topics.health] = TopicPlan(partitions, retention(topics.health_retention_days), False)
     plans[topics.alerts] = TopicPlan(partitions, retention(topics.alerts_retention_days), False)
     plans[changelog_topic(settings)] = TopicPlan(partitions, {**common, **changelog_configs(settings)}, True)
+    # The proof of each erasure, one record per erased customer (its keyed hash): never expires.
+    plans[topics.erasures] = TopicPlan(partitions, {**common, "cleanup.policy": "compact"}, False)
     return plans
 
 

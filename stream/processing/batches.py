@@ -26,6 +26,7 @@ from stream import metrics
 from stream.kafka.batching import BatchInProgress, RecordBatch
 from stream.kafka.producer import Delivered, IdempotentProducer, Outputs
 from stream.memory import collect_garbage_rarely
+from stream.processing.erasure import Eraser
 from stream.processing.events import EventPath
 from stream.processing.publishing import Clock, Publisher
 from stream.processing.sweep import Sweeper
@@ -50,6 +51,7 @@ class BatchHandler:
         input_kinds: Mapping[str, TopicKind],
         events: EventPath,
         sweeper: Sweeper,
+        eraser: Eraser,
         publisher: Publisher,
         cache: LatestScoreCache,
         in_progress: BatchInProgress,
@@ -65,6 +67,7 @@ class BatchHandler:
         self._input_kinds = input_kinds
         self._events = events
         self._sweeper = sweeper
+        self._eraser = eraser
         self._publisher = publisher
         self._cache = cache
         self._in_progress = in_progress
@@ -106,8 +109,11 @@ class BatchHandler:
         self, message: ConsumerRecord, decoded: Event | Rejection | None, working: WorkingSet, outputs: Outputs, counts: Counter, now_ms: int
     ) -> None:
         try:
-            if message.topic not in self._input_kinds:
-                await self._sweeper.handle_tick(message, working, outputs)
+            if message.topic not in self._input_kinds:  # the control topic: keyless sweep ticks, keyed erasures
+                if message.key:
+                    await self._eraser.handle(message, working, outputs)
+                else:
+                    await self._sweeper.handle_tick(message, working, outputs)
             else:
                 waiting = self._events.handle(message, decoded, working, outputs, counts, now_ms)
                 if waiting is not None:
@@ -127,4 +133,4 @@ class BatchHandler:
         metrics.CHANGELOG_RECORDS_WRITTEN.inc(outputs.count(self._changelog_topic))
         self._publisher.observe_published()
         producer: IdempotentProducer = self._app.producer  # type: ignore[assignment]
-        await outputs.send(producer, {self._changelog_topic: self._on_changelog_delivered})
+        await outputs.send(producer, {self._changelog_topic: self._on_changelog_delivered}, self._publisher.output_headers)

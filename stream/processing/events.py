@@ -91,6 +91,7 @@ class EventPath:
         self._dedup_capacity = settings.dedup_capacity
         self._max_skew_ms = settings.max_future_skew_seconds * 1000
         self._forward_misrouted = settings.misrouted_events == "forward"
+        self._skip_unknown_types = settings.unknown_event_types == "count_and_skip"
         self._partition_counts: dict[str, int] = {}  # learnt when the agent starts
         self._warned_misrouted: set[str] = set()
 
@@ -140,6 +141,9 @@ class EventPath:
             decoded = self.validate([message], now_ms)[0]
             assert decoded is not None  # an input topic's message
         if isinstance(decoded, Rejection):
+            if decoded.reason is RejectReason.UNKNOWN_TYPE and self._skip_unknown_types:
+                counts[message.topic, "unknown_type"] += 1
+                return None
             return self._publisher.dead_letter(message, decoded)
         if not message.key:  # null or empty: sent back keyed by its customer
             return self._publisher.rekey(message, decoded, counts)

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import msgspec
 from aiokafka.structs import ConsumerRecord
 
-from scoring.contract import Event, Rejection
+from scoring.contract import CONTRACT_VERSION, Event, Rejection
 from scoring.fleet_budget import FleetBudget, riskiest_first
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import Step
@@ -19,6 +19,9 @@ from stream.processing.topics import WorkerTopics
 from stream.sinks.alert_ledger import AlertLedger, epoch_ms
 from stream.sinks.dead_letters import DeadLetters
 from stream.sinks.redis_cache import LatestScoreCache
+
+#: The header naming the wire contract's version on the records we publish.
+CONTRACT_HEADER = "healthscore-contract"
 
 #: The wall clock, in seconds (time.time); tests pass their own.
 Clock = Callable[[], float]
@@ -59,6 +62,8 @@ class Publisher:
         self._model_version = model_version
         self._input_partitions = input_partitions
         self._health_partitions = 0  # learnt when the agent starts
+        contract = [(CONTRACT_HEADER, str(CONTRACT_VERSION).encode())]
+        self._output_headers = {topics.health: contract, topics.alerts: contract, topics.erasures: contract}
         self._clock = clock
         self.dead_letters = DeadLetters(topics.dead_letters)
         # Observations of the batch's published scores, handed to the histograms at its end.
@@ -69,6 +74,12 @@ class Publisher:
         self._alert_decoder = msgspec.json.Decoder(_AlertOrder)
         # The batch's new alerts, sent at its end in the order they spend the fleet budget.
         self._pending: list[tuple[tuple[int, float], int, bytes, str, str, str, str, bytes]] = []
+
+    @property
+    def output_headers(self) -> dict[str, list[tuple[str, bytes]]]:
+        """The wire contract's version on every record consumers read (scores, alerts, the
+        erasure audit), so they can tell a layout change: header ``healthscore-contract``."""
+        return self._output_headers
 
     @property
     def health_topic(self) -> str:
@@ -155,6 +166,10 @@ class Publisher:
             self._ledger.record(partition, alert_id)
             metrics.ALERTS_RAISED.labels(rule, severity).inc()
             self._cache.offer_alert(customer_id, encoded)
+
+    def forget(self, customer_id: str) -> None:
+        """An erased customer's alerts still waiting for the batch's end are not sent."""
+        self._pending = [pending for pending in self._pending if pending[3] != customer_id]
 
     async def queue_alerts(self, outputs: Outputs, key: bytes, partition: int, customer_id: str, result: Step) -> None:
         """The Python model's alerts, encoded here."""

@@ -28,6 +28,7 @@ class WorkerTopics:
     sweep: faust.TopicT
     health: str
     alerts: str
+    erasures: str  # the audit trail of erasures
     dead_letters: dict[str, faust.TopicT]  # consumed topic name -> its dead-letter topic
 
     @classmethod
@@ -56,6 +57,7 @@ class WorkerTopics:
             sweep=topic(sweep_name),
             health=topic(settings.topics.health).get_topic_name(),
             alerts=topic(settings.topics.alerts).get_topic_name(),
+            erasures=topic(settings.topics.erasures).get_topic_name(),
             dead_letters={name: topic(TopicNames.dead_letter(name)) for name in [*input_kinds, sweep_name]},
         )
 

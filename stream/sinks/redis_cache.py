@@ -330,6 +330,17 @@ class LatestScoreCache:
             pipe.zadd(scores_key(self._prefix), ranks)
         await pipe.execute()
 
+    async def erase(self, customer_id: str) -> None:
+        """Deletes the customer's hash, alert list and ranking, and drops what waits to be
+        written for it; raises while Redis cannot do it (the erasure then waits and retries)."""
+        self._pending.pop(customer_id, None)
+        self._pending_alerts = [(customer, alert) for customer, alert in self._pending_alerts if customer != customer_id]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
+        pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
+        pipe.zrem(scores_key(self._prefix), customer_id)
+        await pipe.execute()
+
     async def close(self) -> None:
         await self._client.aclose()
 

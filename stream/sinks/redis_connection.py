@@ -21,7 +21,7 @@ from stream.settings import Settings
 #: "Redis in production"); the tests run the worker as a user with exactly these.
 WORKER_ACL = (
     "on ~PREFIX:* resetchannels -@all +ping +auth +script|load +evalsha"
-    " +set +hset +zadd +lpush +ltrim +hgetall +hmget +zrange +lrange"
+    " +set +hset +zadd +lpush +ltrim +hgetall +hmget +zrange +lrange +del +zrem"
 )
 #: What a cluster client needs on top: the slot map and the commands' key positions.
 CLUSTER_ACL_EXTRA = "+cluster|slots +cluster|shards +command +readonly"

@@ -51,6 +51,9 @@ class DeferredChangelog:
         # flush is still sending their records (their new owner would read the changelog
         # before the last of them and miss it).
         self._flushing = asyncio.Lock()
+        # Erased keys (a tombstone was queued for them): their tombstone goes out at the
+        # flush unless the key has a record again by then.
+        self._erased: set[bytes] = set()
 
     @property
     def pending(self) -> int:
@@ -65,6 +68,7 @@ class DeferredChangelog:
             if keys is None:
                 keys = self._changed[partition] = []
             keys.extend(key for key, _ in records)
+            self._erased.update(key for key, value in records if value is None)
         batch.clear()
 
     async def flush(self, producer: IdempotentProducer) -> int:
@@ -79,16 +83,17 @@ class DeferredChangelog:
 
     async def _flush(self, producer: IdempotentProducer) -> int:
         changed, self._changed = self._changed, {}
+        erased, self._erased = self._erased, set()
         records = table_records(self._table)
         sent = 0
         try:
             for partition, keys in changed.items():
-                chunk: list[tuple[bytes | None, bytes]] = []
+                chunk: list[tuple[bytes | None, bytes | None]] = []
                 for key in dict.fromkeys(keys):
                     value = records.get(key)
-                    if value is None:
+                    if value is None and key not in erased:
                         continue  # no longer this worker's (Faust dropped it after a rebalance)
-                    chunk.append((key, value))
+                    chunk.append((key, value))  # None: the erased customer's tombstone
                     if len(chunk) >= FLUSH_CHUNK:
                         sent += await self._send(producer, partition, chunk)
                         chunk = []
@@ -97,10 +102,11 @@ class DeferredChangelog:
         except BaseException:
             for partition, keys in changed.items():
                 self._changed[partition] = keys + self._changed.get(partition, [])
+            self._erased |= erased
             raise
         return sent
 
-    async def _send(self, producer: IdempotentProducer, partition: int, chunk: list[tuple[bytes | None, bytes]]) -> int:
+    async def _send(self, producer: IdempotentProducer, partition: int, chunk: list[tuple[bytes | None, bytes | None]]) -> int:
         await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
         metrics.CHANGELOG_RECORDS_WRITTEN.inc(len(chunk))
         return len(chunk)

@@ -20,7 +20,11 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
     """Declares the table on ``app``; records restored from the changelog are indexed by partition."""
 
     async def index_changelog(event: faust.EventT) -> None:
-        keys_by_partition.setdefault(event.message.partition, set()).add(event.message.key)
+        keys = keys_by_partition.setdefault(event.message.partition, set())
+        if event.message.value is None:  # an erased customer's tombstone: no sweep, no refill, no KPI
+            keys.discard(event.message.key)
+        else:
+            keys.add(event.message.key)
         metrics.CHANGELOG_RECORDS_RESTORED.inc()
 
     return app.Table(

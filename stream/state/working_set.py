@@ -123,6 +123,16 @@ class WorkingSet:
             self._changed_natively[key] = partition
         return result
 
+    def erase(self, key: bytes, partition: int) -> bool:
+        """Forgets the customer's record, open or stored, and queues its changelog tombstone;
+        returns whether there was one. Its events later in the batch start a new record."""
+        had = self._records.pop(key, None) is not None
+        self._changed_natively.pop(key, None)
+        had = self._data.pop(key, None) is not None or had
+        self._keys_by_partition.get(partition, set()).discard(key)
+        self._outputs.add(self._changelog_topic, partition, key, None)
+        return had
+
     def write_back(self) -> int:
         """Writes every changed record still open; returns how many were written by this call."""
         written = 0

@@ -24,6 +24,7 @@ from stream.kafka.batching import BatchInProgress, BulkDeliveryConsumer
 from stream.kafka.clients import connection_options, faust_broker_options
 from stream.kafka.producer import IdempotentProducer
 from stream.processing.batches import BatchHandler
+from stream.processing.erasure import Eraser
 from stream.processing.events import EventPath, native_kernel_for
 from stream.processing.publishing import Clock, Publisher
 from stream.processing.sweep import Sweeper
@@ -142,7 +143,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     sweeper = Sweeper(settings, parameters, rules, keys_by_partition, publisher, topics.sweep, clock)
     handler = BatchHandler(
         app, table, keys_by_partition, changelog_topic, on_changelog_delivered, deferred, topics.input_kinds,
-        events, sweeper, publisher, cache, in_progress, settings.batch_max_events, clock,
+        events, sweeper, Eraser(publisher, cache, topics.erasures, clock), publisher, cache, in_progress, settings.batch_max_events, clock,
     )
 
     async def apply_events(stream: faust.StreamT) -> None:

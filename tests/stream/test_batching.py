@@ -501,3 +501,23 @@ def test_a_rebalance_waits_for_the_batch_being_applied_and_no_longer() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["batch sent", "rebalance"]
+
+
+def test_erasing_forgets_an_open_or_stored_record_and_its_index_entry_and_queues_a_tombstone() -> None:
+    table = Table()
+    outputs = Outputs()
+    keys_by_partition: dict[int, set[bytes]] = {}
+    working = WorkingSet(table, keys_by_partition, outputs, "changelog")
+    working.run(b"stored", 2, "stored", apply(usage("stored", "s1", END_MS - 5000), 1))
+    working.write_back()
+    working.run(b"open", 2, "open", apply(usage("open", "o1", END_MS - 5000), 2))  # changed in this batch, not written yet
+    assert working.erase(b"stored", 2) and working.erase(b"open", 2)
+    assert not working.erase(b"never-seen", 2)
+    assert working.write_back() == 0
+    assert b"stored" not in table.data and b"open" not in table.data
+    assert keys_by_partition[2] == set()
+    assert [(key, value) for key, value in outputs.pending("changelog")[2] if value is None] == [(b"stored", None), (b"open", None), (b"never-seen", None)]
+    # An event after the erasure starts a new record, without the erased history.
+    fresh = working.run(b"stored", 2, "stored", apply(usage("stored", "s2", END_MS - 1000), 3))
+    assert fresh.outcome is Outcome.APPLIED and working.write_back() == 1
+    assert decode_state(table.data[b"stored"]).events_applied == 1

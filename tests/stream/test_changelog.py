@@ -169,3 +169,29 @@ def test_a_flush_waits_for_one_under_way() -> None:
         return done
 
     assert asyncio.run(scenario()) == ["commit", "rebalance"]
+
+
+def test_an_erased_key_gets_its_tombstone_at_the_next_flush_unless_it_has_a_record_again() -> None:
+    table = Table()
+    changelog = DeferredChangelog(table, TOPIC)
+    changelog.take(batch_changing(table, [(0, b"erin", b"v1"), (0, b"olga", b"v1"), (1, b"back", b"v1")]))
+    erasing = Outputs()
+    for partition, key in ((0, b"erin"), (1, b"back")):
+        del table.data[key]  # what WorkingSet.erase does to the store
+        erasing.add(TOPIC, partition, key, None)
+    changelog.take(erasing)
+    changelog.take(batch_changing(table, [(1, b"back", b"v2")]))  # a new event after the erasure: a new record
+    producer = Producer()
+    flush(changelog, producer)
+    assert sorted(producer.sent()) == [(0, b"erin", None), (0, b"olga", b"v1"), (1, b"back", b"v2")]
+    producer = Producer()
+    assert flush(changelog, producer) == 0  # the tombstone went once
+
+
+def test_a_key_dropped_by_a_rebalance_gets_no_tombstone() -> None:
+    table = Table()
+    changelog = DeferredChangelog(table, TOPIC)
+    changelog.take(batch_changing(table, [(0, b"moved", b"v1")]))
+    del table.data[b"moved"]  # Faust dropped the partition's records: not ours any more, not erased
+    producer = Producer()
+    assert flush(changelog, producer) == 0 and producer.sent() == []

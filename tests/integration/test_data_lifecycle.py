@@ -1,0 +1,165 @@
+"""Erasure, end to end on a real broker and Redis: `healthscore erase` removes a customer's
+state (a changelog tombstone), Redis keys and latest score (a customer-health tombstone),
+records it on the audit topic without the id, and nothing brings the customer back: not a
+SIGKILL and restart, not a rebalance to a second worker, not a sweep. New events for the
+id start a new record."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.error
+import urllib.request
+
+import redis
+
+from scoring.privacy import subject_hash
+from stream.kafka.topics import changelog_topic
+from tests.integration.conftest import Namespace, WorkerProcess, free_port, healthscore, kcat_consume, kcat_produce, wait_for
+from tests.integration.test_end_to_end import event, metric_value
+
+HASH_KEY = "a-test-hash-key-0123456789abcdef"
+
+
+def health_of(namespace: Namespace, customer: str, port: str | None = None) -> tuple[int, dict]:
+    port = port or namespace.env["HEALTHSCORE_WEB_PORT"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/{customer}/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+
+
+def latest_value_sizes(topic: str) -> dict[str, int]:
+    """Each key's latest record on ``topic``: its value's size, -1 for a tombstone."""
+    latest: dict[str, int] = {}
+    for line in kcat_consume(topic, "%k\t%S\n"):
+        key, _, size = line.partition("\t")
+        latest[key] = int(size)
+    return latest
+
+
+def redis_traces(namespace: Namespace, customer: str) -> list[str]:
+    client = redis.Redis.from_url(namespace.settings.redis_url, decode_responses=True)
+    prefix = namespace.settings.redis_key_prefix
+    found = [key for key in (f"{prefix}:customer:{customer}", f"{prefix}:alerts:{customer}") if client.exists(key)]
+    if client.zscore(f"{prefix}:scores", customer) is not None:
+        found.append(f"{prefix}:scores member")
+    return found
+
+
+def sweep_and_wait(namespace: Namespace, worker: WorkerProcess) -> None:
+    before = metric_value(worker.metrics_url, "healthscore_sweep_customers_total")
+    healthscore(namespace, "sweep")
+    wait_for(lambda: metric_value(worker.metrics_url, "healthscore_sweep_customers_total") > before, timeout=60, message="a sweep")
+
+
+def test_an_erased_customer_is_gone_everywhere_and_stays_gone(namespace: Namespace, tmp_path) -> None:
+    namespace.env["HEALTHSCORE_PRIVACY__HASH_KEY"] = HASH_KEY
+    namespace.env["HEALTHSCORE_SESSION_TIMEOUT_SECONDS"] = "6"
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    second: WorkerProcess | None = None
+    try:
+        kcat_produce(namespace.topic("payments"), [
+            ("erin", event("e-sub", "subscription.updated", "erin", 2, {"mrr": 90.0})),
+            ("erin", event("e-cancel", "subscription.cancelled", "erin", 1, {"reason": "price"})),
+        ])
+        kcat_produce(namespace.topic("usage"), [(c, event(f"{c}-u", "usage.session", c, 1.5, {"user_id": "u1", "duration_seconds": 60})) for c in ("erin", "olga")])
+        wait_for(lambda: health_of(namespace, "erin")[1].get("recent_alerts") and health_of(namespace, "olga")[0] == 200,
+                 timeout=60, message="erin scored with her alert", explain=worker.log_tail)
+
+        requested = healthscore(namespace, "erase", "erin", "--reason", "ticket 42")
+        assert "Erasure requested for 1 customer(s)" in requested.stdout
+        status = wait_for(lambda: _status(namespace), timeout=60, message="the erasure done", explain=worker.log_tail)
+        assert "state, changelog, redis, customer-health" in status
+
+        assert health_of(namespace, "erin")[0] == 404
+        assert redis_traces(namespace, "erin") == []
+        assert health_of(namespace, "olga")[0] == 200  # only erin
+        # The changelog's tombstone goes with the next offset commit (commit_interval_seconds).
+        wait_for(lambda: latest_value_sizes(changelog_topic(namespace.settings)).get("erin") == -1, timeout=30, message="the changelog tombstone")
+        assert latest_value_sizes(namespace.topic("health"))["erin"] == -1
+        audit = kcat_consume(namespace.topic("erasures"), "%k\t%s\n")
+        assert len(audit) == 1 and "erin" not in audit[0]
+        subject, _, record = audit[0].partition("\t")
+        assert subject == subject_hash(HASH_KEY.encode(), "erin") and json.loads(record)["reason"] == "ticket 42"
+        assert metric_value(worker.metrics_url, "healthscore_erasures_total") == 1
+        assert "erin" not in worker.log_path.read_text().split("Erased a customer")[-1].splitlines()[0]
+
+        sweep_and_wait(namespace, worker)
+        worker.kill()  # SIGKILL: the state comes back from the changelog only
+        worker.start()
+        sweep_and_wait(namespace, worker)
+        assert health_of(namespace, "erin")[0] == 404 and redis_traces(namespace, "erin") == []
+        assert health_of(namespace, "olga")[0] == 200
+
+        # A second worker of the group: the partitions split between the two, and each reads its share back.
+        second_env = {**namespace.env, "HEALTHSCORE_WEB_PORT": str(free_port()), "HEALTHSCORE_DATA_DIR": str(tmp_path / "second")}
+        second = WorkerProcess(dataclasses.replace(namespace, env=second_env), tmp_path / "second.log")
+        second.start()
+        for process in (second, worker):  # both have their share of the partitions and have read it back
+            wait_for(lambda: ready(process), timeout=60, message="partitions assigned and read back", explain=process.log_tail)
+        healthscore(namespace, "sweep")
+        assert redis_traces(namespace, "erin") == []
+        assert latest_value_sizes(changelog_topic(namespace.settings))["erin"] == -1
+
+        # New events for the id: a new record, without the erased history (no cancellation, no alert).
+        kcat_produce(namespace.topic("usage"), [("erin", event("e-new", "usage.session", "erin", 0.1, {"user_id": "u9", "duration_seconds": 30}))])
+        code, fresh = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(health_of(namespace, "erin", namespace.env["HEALTHSCORE_WEB_PORT"])),
+                               timeout=60, message="erin's new record")
+        assert fresh["recent_alerts"] == []
+    finally:
+        if second is not None:
+            second.stop()
+        worker.stop()
+
+
+def ready(process: WorkerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(process.metrics_url.replace("/metrics", "/readyz"), timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _status(namespace: Namespace) -> str | None:
+    import subprocess
+
+    try:
+        return healthscore(namespace, "erase", "--status", "erin").stdout
+    except subprocess.CalledProcessError:
+        return None
+
+
+def test_unknown_event_types_are_dead_lettered_or_counted_and_skipped(services: None, tmp_path) -> None:
+    """A producer adds a type: by default it is dead-lettered (reason unknown_type); with
+    count_and_skip it is only counted, and the dead-letter topic stays empty. Either way the
+    customer's known events are applied, and our outputs carry the contract version."""
+    from tests.integration.conftest import make_namespace
+
+    for mode in ("dead_letter", "count_and_skip"):
+        (tmp_path / mode).mkdir()
+        namespace = make_namespace(tmp_path / mode)
+        namespace.env["HEALTHSCORE_UNKNOWN_EVENT_TYPES"] = mode
+        worker = WorkerProcess(namespace, tmp_path / f"{mode}.log")
+        worker.start()
+        try:
+            usage = namespace.topic("usage")
+            kcat_produce(usage, [
+                ("nova", event("n-new", "usage.hologram_call", "nova", 1, {"minutes": 3})),
+                ("nova", event("n-1", "usage.session", "nova", 0.5, {"user_id": "u", "duration_seconds": 60})),
+            ])
+            wait_for(lambda: health_of(namespace, "nova")[0] == 200, timeout=60, message="nova scored", explain=worker.log_tail)
+            url = worker.metrics_url
+            wait_for(lambda: metric_value(url, "healthscore_events_total", topic=usage, outcome="unknown_type")
+                     + metric_value(url, "healthscore_dead_letters_total", topic=usage, reason="unknown_type") >= 1, message="the unknown type handled")
+            dead = kcat_consume(f"{usage}.dlq", "%k\n")
+            if mode == "dead_letter":
+                assert dead == ["nova"] and metric_value(url, "healthscore_events_total", topic=usage, outcome="unknown_type") == 0
+            else:
+                assert dead == [] and metric_value(url, "healthscore_events_total", topic=usage, outcome="unknown_type") == 1
+            headers = kcat_consume(namespace.topic("health"), "%h\n")
+            assert headers and all("healthscore-contract=1" in line for line in headers)
+        finally:
+            worker.stop()
