@@ -70,18 +70,62 @@ _STREAMS = tuple(TopicKind)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CustomerState)
+_elements = msgspec.msgpack.Decoder(list[msgspec.Raw])
+
+#: The layout this code writes. Layout 1: the 35 fields before ``layout``; 2: ``layout`` added.
+#: A newer layout appends fields after ``layout``; this code keeps them (:func:`decode_record`).
+LAYOUT: Final = 2
+#: Fields of the record this code knows, ``layout`` last.
+KNOWN_FIELDS: Final = len(CustomerState.__struct_fields__)
 
 
 def new_state(customer_id: str) -> CustomerState:
-    return CustomerState(customer_id=customer_id)
+    return CustomerState(customer_id=customer_id, layout=LAYOUT)
 
 
 def encode_state(state: CustomerState) -> bytes:
+    """The record as stored; an older layout's record is written in this one (``layout`` set)."""
+    if state.layout < LAYOUT:
+        state = msgspec.structs.replace(state, layout=LAYOUT)  # once per record, after an upgrade
     return _encoder.encode(state)
 
 
 def decode_state(raw: bytes) -> CustomerState:
+    """The fields this code knows, of a record of any layout (a newer one's extra fields are
+    not read: use :func:`decode_record` to write such a record back)."""
     return _decoder.decode(raw)
+
+
+def _element_count(raw: bytes) -> int:
+    """The record's field count, from its msgpack array header."""
+    head = raw[0] if raw else 0
+    if 0x90 <= head <= 0x9F:
+        return head & 0x0F
+    if head == 0xDC:
+        return int.from_bytes(raw[1:3], "big")
+    if head == 0xDD:
+        return int.from_bytes(raw[1:5], "big")
+    return 0
+
+
+def decode_record(raw: bytes) -> tuple[CustomerState, tuple[bytes, ...]]:
+    """The record and, for one written by a newer layout, the encoded fields this code does
+    not know (else ()), to be written back after the known ones by :func:`encode_record`,
+    so an older worker never drops what a newer one stored."""
+    state = _decoder.decode(raw)
+    if _element_count(raw) <= KNOWN_FIELDS:
+        return state, ()
+    return state, tuple(bytes(element) for element in _elements.decode(raw)[KNOWN_FIELDS:])
+
+
+def encode_record(state: CustomerState, unknown: tuple[bytes, ...]) -> bytes:
+    """:func:`encode_state`, followed by a newer layout's fields this code does not know (its
+    ``layout``, read among the known fields, is kept: the record is still of that layout)."""
+    known = encode_state(state)
+    if not unknown:
+        return known
+    header = 1 if 0x90 <= known[0] <= 0x9F else 3 if known[0] == 0xDC else 5
+    return b"\xdc" + (KNOWN_FIELDS + len(unknown)).to_bytes(2, "big") + known[header:] + b"".join(unknown)
 
 
 def add_count(counts: DayCounts, day: int, counter: str, amount: int = 1) -> int:

@@ -125,6 +125,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     alert_times: list[int] = []
     #: Alerts of the digest rules waiting for the day's summary: (at, rule, detail).
     alert_digest: list[tuple[int, str, str]] = []
+    #: The record's layout version (scoring.state.LAYOUT), always the last known field: a
+    #: record without it is of layout 1. New fields go after it, in a new layout.
+    layout: int = 1
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

@@ -145,6 +145,12 @@ ALERTS_OVER_FLEET_BUDGET = Counter(
     ["rule"],
     registry=REGISTRY,
 )
+STATE_RECORDS_UNREADABLE = Counter(
+    "healthscore_state_records_unreadable",
+    "Customer records that could not be decoded (reported once each with their partition); the customer "
+    "is rebuilt from its next events.",
+    registry=REGISTRY,
+)
 ERASURES = Counter(
     "healthscore_erasures",
     "Customers erased on request (`healthscore erase`): state, changelog, Redis, latest score.",

@@ -4,6 +4,11 @@
 
 use crate::msgpack::{Reader, Result, Writer};
 
+/// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
+/// a record with more was written by a newer layout and is declined (the Python model keeps them).
+pub const LAYOUT: i64 = 2;
+pub const KNOWN_FIELDS: usize = 36;
+
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
 pub const SESSIONS: usize = 0;
@@ -90,6 +95,8 @@ pub struct CustomerState {
     pub recent_scores: Vec<(i64, f64)>,
     pub alert_times: Vec<i64>,
     pub alert_digest: Vec<(i64, String, String)>,
+    /// The record's layout version, the last known field (1: written before it existed).
+    pub layout: i64,
 }
 
 impl CustomerState {
@@ -130,6 +137,7 @@ impl CustomerState {
             recent_scores: Vec::new(),
             alert_times: Vec::new(),
             alert_digest: Vec::new(),
+            layout: LAYOUT,
         }
     }
 }
@@ -211,7 +219,8 @@ fn read_published(reader: &mut Reader) -> Result<Option<PublishedScore>> {
 
 pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     let reader = &mut Reader::new(bytes);
-    let mut fields = Fields::open(reader, 35, 1, "a CustomerState of an unknown length")?;
+    // A newer layout's record (more fields) is declined: the Python model keeps its fields.
+    let mut fields = Fields::open(reader, KNOWN_FIELDS, 1, "a CustomerState of an unknown length")?;
     fields.has();
     let mut state = CustomerState::new(&reader.string()?);
     macro_rules! field {
@@ -310,6 +319,8 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         }
         entries
     });
+    state.layout = 1; // a record without the field predates it
+    field!(state.layout, reader.int()?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -341,7 +352,7 @@ fn write_optional_string(writer: &mut Writer, value: &Option<String>) {
 pub fn encode(state: &CustomerState) -> Vec<u8> {
     let mut writer = Writer::with_capacity(256 + 24 * state.counts.days.len());
     let w = &mut writer;
-    w.array(35);
+    w.array(KNOWN_FIELDS);
     w.string(&state.customer_id);
     w.int(state.first_event_ms);
     w.int(state.last_event_ms);
@@ -435,5 +446,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.string(rule);
         w.string(detail);
     }
+    w.int(state.layout.max(LAYOUT)); // an older layout's record is written in this one
     writer.bytes
 }

@@ -20,13 +20,19 @@ newest value of each key whichever path changed it last.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, MutableMapping, TypeVar
 
 from scoring.pipeline import Step
-from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
+import msgspec
+
+from scoring.state import CustomerState, Outcome, decode_record, encode_record, new_state
+from stream import metrics
 from stream.kafka.producer import Outputs
+
+log = logging.getLogger("healthscore.worker")
 
 #: A pure step on the record; None when it left the record as it was.
 Action = Callable[[CustomerState], Step | None]
@@ -45,8 +51,23 @@ class _Record:
     partition: int
     stored: bytes | None
     state: CustomerState
+    unknown: tuple[bytes, ...] = ()  # a newer layout's fields, written back as they were
     actions: list[Action] = field(default_factory=list)
     dirty: bool = False
+
+
+def read_record(stored: bytes | None, customer_id: str, partition: int) -> tuple[CustomerState, tuple[bytes, ...]]:
+    """The stored record, or a new one: for a customer without one, or whose record cannot be
+    decoded (reported with its partition, never its content; the customer is rebuilt from
+    its next events rather than every event refused)."""
+    if stored is None:
+        return new_state(customer_id), ()
+    try:
+        return decode_record(stored)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
+        metrics.STATE_RECORDS_UNREADABLE.inc()
+        log.warning("A customer record on partition %s cannot be decoded (%s): it is rebuilt from the customer's next events", partition, error)
+        return new_state(customer_id), ()
 
 
 def table_records(table: Any) -> MutableMapping[bytes, bytes]:
@@ -95,14 +116,14 @@ class WorkingSet:
             # The store itself, as for writes: Faust's Table.get adds only its sensor hook
             # (the worker has no sensors), at 1 us per call against 0.2 us.
             stored = self._data.get(key)
-            state = decode_state(stored) if stored is not None else new_state(customer_id)
-            record = self._records[key] = _Record(partition, stored, state)
+            state, unknown = read_record(stored, customer_id, partition)
+            record = self._records[key] = _Record(partition, stored, state, unknown)
         else:
             self._records.move_to_end(key)
         try:
             result = action(record.state)
         except BaseException:
-            record.state = decode_state(record.stored) if record.stored is not None else new_state(customer_id)
+            record.state = read_record(record.stored, customer_id, record.partition)[0]
             for earlier in record.actions:
                 earlier(record.state)
             raise
@@ -151,7 +172,7 @@ class WorkingSet:
         """One table write, and one changelog record to the key's partition, if the record changed."""
         if not record.dirty:
             return 0
-        encoded = encode_state(record.state)
+        encoded = encode_record(record.state, record.unknown)
         # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
         # the changelog record goes to the source partition, as Faust would send it.
         self._outputs.add(self._changelog_topic, record.partition, key, encoded)

@@ -521,3 +521,36 @@ def test_erasing_forgets_an_open_or_stored_record_and_its_index_entry_and_queues
     fresh = working.run(b"stored", 2, "stored", apply(usage("stored", "s2", END_MS - 1000), 3))
     assert fresh.outcome is Outcome.APPLIED and working.write_back() == 1
     assert decode_state(table.data[b"stored"]).events_applied == 1
+
+
+def test_a_record_of_a_newer_layout_keeps_its_unknown_fields_through_a_batch() -> None:
+    import msgspec
+
+    from scoring.state import KNOWN_FIELDS
+
+    table = Table()
+    fields = msgspec.msgpack.decode(encode_state(new_state("acme")))
+    fields[KNOWN_FIELDS - 1] = 3  # written by a future layout 3, with one more field
+    table.data[b"acme"] = msgspec.msgpack.encode([*fields, ["from", "the", "future"]])
+    outputs = Outputs()
+    working = WorkingSet(table, {}, outputs, "changelog")
+    assert working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.APPLIED
+    working.write_back()
+    written = msgspec.msgpack.decode(table.data[b"acme"])
+    assert written[KNOWN_FIELDS:] == [["from", "the", "future"]] and written[KNOWN_FIELDS - 1] == 3
+    assert decode_state(table.data[b"acme"]).events_applied == 1
+
+
+def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_events(caplog: pytest.LogCaptureFixture) -> None:
+    from stream import metrics
+
+    table = Table()
+    table.data[b"acme"] = b"\xdc\x00\x24garbage"
+    before = metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") or 0.0
+    working = WorkingSet(table, {}, Outputs(), "changelog")
+    assert working.run(b"acme", 5, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.APPLIED
+    working.write_back()
+    assert decode_state(table.data[b"acme"]).events_applied == 1  # a new record, readable again
+    assert metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") == before + 1
+    warning = [record.getMessage() for record in caplog.records if "cannot be decoded" in record.getMessage()]
+    assert warning and "partition 5" in warning[0] and "garbage" not in warning[0] and "acme" not in warning[0]

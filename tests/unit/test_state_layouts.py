@@ -1,0 +1,93 @@
+"""Versioned customer records: a newer worker reads every older layout (the fixtures under
+tests/fixtures/state were written by older code and are never regenerated); an older worker
+meeting a newer layout keeps the fields it does not know, in the Python model, and the
+Rust kernel declines such a record to it rather than drop them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from scoring import kernel
+from scoring.contract import Event, TopicKind, decode_event
+from scoring.health import ScoringParameters
+from scoring.pipeline import step
+from scoring.state import KNOWN_FIELDS, LAYOUT, decode_record, decode_state, encode_record, encode_state
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "state"
+LAYOUT_1 = sorted((FIXTURES / "layout-1").glob("*.msgpack"))
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
+
+
+def as_json(state: object) -> list:
+    """The record as its fixture's JSON holds it (map keys as strings)."""
+    return json.loads(json.dumps(msgspec.to_builtins(state)))
+
+
+def test_the_fixtures_are_there() -> None:
+    assert len(LAYOUT_1) == 6
+
+
+@pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
+def test_a_layout_1_record_reads_as_it_was_written_and_is_written_back_in_this_layout(path: Path) -> None:
+    raw = path.read_bytes()
+    expected = json.loads(path.with_suffix(".json").read_text())
+    state, unknown = decode_record(raw)
+    assert unknown == () and state.layout == 1
+    read = as_json(state)  # positional, as stored
+    assert len(expected) == 35 and read == [*expected, 1]  # every field of the old record, none lost or shifted
+    again = encode_state(state)
+    assert as_json(decode_state(again)) == [*expected, LAYOUT]
+
+
+def usage_event(customer: str, at_ms: int) -> tuple[bytes, Event]:
+    value = json.dumps({"event_id": "later-1", "type": "usage.session", "customer_id": customer, "occurred_at": at_ms,
+                        "data": {"user_id": "u-new", "duration_seconds": 90}}).encode()
+    event = decode_event(customer.encode(), value, TopicKind.USAGE, at_ms + 1000, 300_000)
+    assert isinstance(event, Event)
+    return value, event
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
+def test_the_kernel_reads_a_layout_1_record_and_writes_what_the_model_writes(path: Path) -> None:
+    raw = path.read_bytes()
+    state = decode_state(raw)
+    value, event = usage_event(state.customer_id, state.last_event_ms + 3_600_000)
+    parameters = ScoringParameters()
+    expected = step(state, event, parameters, 32, (TopicKind.USAGE, 0, 10**9), None)
+    outcome, record, *_ = kernel.build(parameters, None).step(
+        raw, state.customer_id, value, event.occurred_at_ms, kernel.due_ms(event.data, event.occurred_at_ms), (kernel.STREAM_INDEX[TopicKind.USAGE], 0, 10**9), 32, event.occurred_at_ms,
+    )
+    assert outcome == expected.outcome.value == "applied"
+    assert record == encode_state(state)  # layout 2 from both
+
+
+def newer_layout(raw: bytes) -> bytes:
+    """A record as a future layout 3 would write it: this layout's fields (layout = 3) and two more."""
+    fields = msgspec.msgpack.decode(raw)
+    fields[KNOWN_FIELDS - 1] = 3
+    return msgspec.msgpack.encode([*fields, {"future": [1, 2]}, "zz"])
+
+
+def test_a_newer_layouts_fields_are_kept_when_this_code_writes_the_record_back() -> None:
+    raw = encode_state(decode_state(LAYOUT_1[0].read_bytes()))
+    newer = newer_layout(raw)
+    state, unknown = decode_record(newer)
+    assert state.layout == 3 and len(unknown) == 2
+    value, event = usage_event(state.customer_id, state.last_event_ms + 3_600_000)
+    assert step(state, event, ScoringParameters(), 32, (TopicKind.USAGE, 0, 10**9), None).outcome.value == "applied"
+    written = msgspec.msgpack.decode(encode_record(state, unknown))
+    assert written[KNOWN_FIELDS:] == [{"future": [1, 2]}, "zz"]  # not dropped
+    assert written[KNOWN_FIELDS - 1] == 3  # still a layout 3 record
+    assert written[:KNOWN_FIELDS - 1] == msgspec.msgpack.decode(encode_state(state))[:KNOWN_FIELDS - 1]
+
+
+@needs_kernel
+def test_the_kernel_declines_a_newer_layout_rather_than_drop_its_fields() -> None:
+    newer = newer_layout(encode_state(decode_state(LAYOUT_1[0].read_bytes())))
+    with pytest.raises(ValueError):
+        kernel.build(ScoringParameters()).roundtrip(newer)
