@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Final, Mapping
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
-from scoring.state import DAY_MS, CustomerState
+from scoring.state import DAY_MS, DEFAULT_USER_HASH_KEY, CustomerState
 from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
@@ -50,11 +50,15 @@ class ScoringParameters:
     expected_purchases_midpoint: float = 1.0
     support_target_resolution_hours: float = 48.0
     sentiment_half_life_days: float = 90.0
+    #: The secret of the users' keyed fingerprints in the record (privacy.hash_key).
+    user_hash_key: bytes = DEFAULT_USER_HASH_KEY
 
     @property
     def model_version(self) -> str:
-        """Changes whenever the model revision or any parameter changes."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        """Changes whenever the model revision or any parameter but the secret changes."""
+        fields = asdict(self)
+        del fields["user_hash_key"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{MODEL_REVISION}+{digest}"
 
     def weights_for(self, plan: str | None) -> dict[str, float]:

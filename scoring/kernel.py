@@ -54,6 +54,7 @@ def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -
         parameters.sentiment_half_life_days,
         rules,
         parameters.model_version,
+        parameters.user_hash_key,
     )
 
 

@@ -63,7 +63,7 @@ def step(
 
     ``source`` is the message's (stream, partition, offset) when it came from Kafka.
     """
-    outcome = apply_event(state, event, dedup_capacity, source)
+    outcome = apply_event(state, event, dedup_capacity, source, parameters.user_hash_key)
     if outcome is not Outcome.APPLIED:
         return Step(outcome, None)
     health, alerts = _score_and_alert(state, state.last_event_ms, parameters, rules)

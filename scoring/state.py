@@ -11,7 +11,7 @@ number of events. The record's structs are declared in ``scoring.structs``.
 from __future__ import annotations
 
 import hashlib
-import zlib
+import hmac
 from bisect import bisect_left, bisect_right
 from typing import Final
 
@@ -65,6 +65,9 @@ MAX_SURVEYS: Final = 12
 MAX_INVOICES: Final = 24
 DEFAULT_DEDUP_CAPACITY: Final = 32
 _FINGERPRINT_BYTES: Final = 8
+#: The users' fingerprint key when privacy.hash_key is not set: public, so the fingerprints
+#: are not pseudonymous (the worker warns at start).
+DEFAULT_USER_HASH_KEY: Final = b"healthscore: set privacy.hash_key"
 _STREAMS = tuple(TopicKind)
 
 
@@ -158,9 +161,11 @@ def event_fingerprint(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=_FINGERPRINT_BYTES).digest()
 
 
-def user_fingerprint(user_id: str) -> int:
-    """32 bits are enough to tell a customer's users apart (a rare collision merges two users' activity)."""
-    return zlib.crc32(user_id.encode())
+def user_fingerprint(user_id: str, key: bytes) -> int:
+    """A keyed 32-bit fingerprint (HMAC-SHA256, first 4 bytes): enough to tell a customer's users
+    apart (a rare collision merges two users' activity), and without the key no one can test
+    a candidate user id against it."""
+    return int.from_bytes(hmac.new(key, user_id.encode(), hashlib.sha256).digest()[:4], "big")
 
 
 def _seen(applied: bytes, fingerprint: bytes) -> bool:
@@ -184,6 +189,7 @@ def apply_event(
     event: Event,
     dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
     source: tuple[TopicKind, int, int] | None = None,
+    user_key: bytes = DEFAULT_USER_HASH_KEY,
 ) -> Outcome:
     """Adds one validated event to the customer's record, at most once.
 
@@ -206,7 +212,7 @@ def apply_event(
     _note_activity(state, at, day)
     data = event.data
     if isinstance(data, (UsageSession, UsageFeature)):
-        _apply_usage(state, data, at, day)
+        _apply_usage(state, data, at, day, user_key)
     elif isinstance(data, (PurchaseCompleted, PurchaseRefunded, CheckoutAbandoned)):
         _apply_purchase(state, data, at, day)
     elif isinstance(data, (TicketOpened, TicketResolved, TicketReopened, SurveyAnswered)):
@@ -246,12 +252,12 @@ def _note_activity(state: CustomerState, at: int, day: int) -> None:
         state.last_event_ms = at
 
 
-def _apply_usage(state: CustomerState, data: UsageSession | UsageFeature, at: int, day: int) -> None:
+def _apply_usage(state: CustomerState, data: UsageSession | UsageFeature, at: int, day: int, user_key: bytes) -> None:
     if isinstance(data, UsageSession):
         add_count(state.counts, day, "sessions")
     else:
         add_count(state.counts, day, "feature_uses", data.count)
-    _remember_last_day(state.users_last_day, user_fingerprint(data.user_id), day, MAX_USERS)
+    _remember_last_day(state.users_last_day, user_fingerprint(data.user_id, user_key), day, MAX_USERS)
     if isinstance(data, UsageFeature):
         _remember_last_day(state.features_last_day, data.feature, day, MAX_FEATURES)
     state.last_usage_ms = max(state.last_usage_ms, at)

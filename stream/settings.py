@@ -197,9 +197,11 @@ class ScoringSettings(Frozen):
             raise ValueError(f"at_risk_min ({self.at_risk_min}) must be below healthy_min ({self.healthy_min})")
         return self
 
-    def parameters(self) -> ScoringParameters:
+    def parameters(self, user_hash_key: bytes | None = None) -> ScoringParameters:
+        """The model's parameters; ``user_hash_key`` from privacy.hash_key (Settings.model_parameters)."""
         bgnbd = self.bgnbd
         return ScoringParameters(
+            **({"user_hash_key": user_hash_key} if user_hash_key is not None else {}),
             weights=dict(self.weights),
             segment_weights={plan: dict(segment.weights) for plan, segment in self.segments.items()},
             healthy_min=self.healthy_min,
@@ -467,6 +469,11 @@ class Settings(BaseSettings):
         except (ssl.SSLError, OSError) as error:
             raise SettingsError(f"web_tls_certfile / web_tls_keyfile cannot be loaded: {error}") from None
         return context
+
+    def model_parameters(self) -> ScoringParameters:
+        """The scoring parameters with the users' fingerprint key (privacy.hash_key, if set)."""
+        key = self.privacy.hash_key
+        return self.scoring.parameters(key.get_secret_value().encode() if key is not None else None)
 
     def all_api_tokens(self) -> list[str]:
         """The accepted bearer tokens: ``api_tokens`` and the lines of ``api_tokens_file``."""

@@ -2,6 +2,8 @@
 
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::state::*;
 
@@ -115,8 +117,12 @@ pub fn event_fingerprint(event_id: &str) -> [u8; FINGERPRINT_BYTES] {
     digest
 }
 
-fn user_fingerprint(user_id: &str) -> i64 {
-    i64::from(crc32fast::hash(user_id.as_bytes()))
+/// `scoring.state.user_fingerprint`: the first 4 bytes of HMAC-SHA256(key, user id), big-endian.
+fn user_fingerprint(key: &[u8], user_id: &str) -> i64 {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    Mac::update(&mut mac, user_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    i64::from(u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]))
 }
 
 fn seen(applied: &[u8], fingerprint: &[u8; FINGERPRINT_BYTES]) -> bool {
@@ -179,6 +185,7 @@ pub fn apply_event(
     event: &Event,
     dedup_capacity: usize,
     source: Option<(usize, i64, i64)>,
+    user_key: &[u8],
 ) -> Outcome {
     if let Some((stream, partition, offset)) = source {
         if partition != state.source_partition {
@@ -220,12 +227,12 @@ pub fn apply_event(
     match &event.data {
         Data::UsageSession { user_id } => {
             add_count(&mut state.counts, day, SESSIONS, 1);
-            remember_last_day(&mut state.users_last_day, user_fingerprint(user_id), day, MAX_USERS);
+            remember_last_day(&mut state.users_last_day, user_fingerprint(user_key, user_id), day, MAX_USERS);
             state.last_usage_ms = state.last_usage_ms.max(at);
         }
         Data::UsageFeature { user_id, feature, count } => {
             add_count(&mut state.counts, day, FEATURE_USES, *count);
-            remember_last_day(&mut state.users_last_day, user_fingerprint(user_id), day, MAX_USERS);
+            remember_last_day(&mut state.users_last_day, user_fingerprint(user_key, user_id), day, MAX_USERS);
             remember_last_day(&mut state.features_last_day, feature.clone(), day, MAX_FEATURES);
             state.last_usage_ms = state.last_usage_ms.max(at);
         }

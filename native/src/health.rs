@@ -24,6 +24,8 @@ pub struct Parameters {
     pub purchase_half_life_days: f64,
     pub support_target_resolution_hours: f64,
     pub sentiment_half_life_days: f64,
+    /// The key of the users' keyed fingerprints (privacy.hash_key).
+    pub user_hash_key: Vec<u8>,
 }
 
 impl Parameters {

@@ -65,7 +65,7 @@ struct Kernel {
 impl Kernel {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version))]
+    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key))]
     fn new(
         weights: Vec<(String, f64)>,
         segment_weights: Vec<(String, Vec<(String, f64)>)>,
@@ -78,6 +78,7 @@ impl Kernel {
         sentiment_half_life_days: f64,
         rules: Option<&Bound<'_, PyAny>>,
         model_version: String,
+        user_hash_key: Vec<u8>,
     ) -> PyResult<Self> {
         let rules = match rules {
             None => None,
@@ -116,6 +117,7 @@ impl Kernel {
                 purchase_half_life_days,
                 support_target_resolution_hours,
                 sentiment_half_life_days,
+                user_hash_key,
             },
         })
     }
@@ -200,7 +202,7 @@ impl Kernel {
         computed_at_ms: i64,
     ) -> PyResult<StepResult<'py>> {
         let mut state = decode_or_new(stored, customer_id)?;
-        let outcome = apply::apply_event(&mut state, event, dedup_capacity, source);
+        let outcome = apply::apply_event(&mut state, event, dedup_capacity, source, &self.parameters.user_hash_key);
         let mut published = None;
         let mut raised = Vec::new();
         let mut suppressed = Vec::new();

@@ -105,7 +105,7 @@ def run_backtest(
             "alerted_churners": len(leads),
             "churners": sum(churned),
         },
-        "model_version": settings.scoring.parameters().model_version,
+        "model_version": settings.model_parameters().model_version,
         "alert_quality": _alert_quality(
             history.events, alerts, population, churned_at, as_of_ms, (alert_window_days, alert_lookback_days), recency_alert_days
         ),
@@ -131,7 +131,7 @@ class RaisedAlert(NamedTuple):
 def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Replayer, list[RaisedAlert]]:
     """The worker's model run over the history before ``as_of_ms``, and every alert it raised."""
     replayer = Replayer(
-        settings.scoring.parameters(),
+        settings.model_parameters(),
         settings.alerts.parameters(),
         settings.dedup_capacity,
         int(settings.replay_sweep_interval_seconds * 1000) or None,

@@ -38,7 +38,7 @@ def run_replay(
     history = _read(input_path, rejects_path, echo)
     # The history (a million events are millions of objects) lives until the end.
     collect_garbage_rarely()
-    parameters = settings.scoring.parameters()
+    parameters = settings.model_parameters()
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds
     replayer = Replayer(

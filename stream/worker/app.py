@@ -104,10 +104,15 @@ def announce_build(model_version: str, kernel: bool) -> None:
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
-    parameters = settings.scoring.parameters()
+    parameters = settings.model_parameters()
     rules = settings.alerts.parameters()
     native = native_kernel_for(settings, parameters, rules)  # logs which model runs
     announce_build(parameters.model_version, native is not None)
+    if settings.privacy.hash_key is None:
+        log.warning(
+            "privacy.hash_key is not set: user ids in the customer records are fingerprinted with a public key, so they "
+            "are not pseudonymous; set HEALTHSCORE_PRIVACY__HASH_KEY (a random secret, the same on every worker)"
+        )
     app = faust_app(settings)
     topics = WorkerTopics.declare(app, settings)
 

@@ -481,3 +481,21 @@ def test_a_message_the_kernel_declines_is_named_by_the_contract_in_both_paths() 
     assert decode_event(b"cust-1", not_utf8, TopicKind.USAGE, NOW_MS, SKEW_MS).reason is RejectReason.INVALID_UTF8
     assert native.step_raw(None, b"", value, stream, NOW_MS, SKEW_MS, 0, 2, DEDUP_CAPACITY, NOW_MS) is None
     assert isinstance(decode_event(b"", value, TopicKind.USAGE, NOW_MS, SKEW_MS), Event)  # rekeyed by the worker
+
+
+@needs_kernel
+def test_users_are_fingerprinted_with_the_configured_key_the_same_in_both_paths() -> None:
+    from scoring.state import user_fingerprint
+
+    assert user_fingerprint("user-42", b"key-one") != user_fingerprint("user-42", b"key-two")
+    keyed = ScoringParameters(user_hash_key=b"a-deployment-secret-0123456789")
+    assert keyed.model_version == ScoringParameters().model_version  # the secret is not part of the model
+    both = Both(keyed)
+    encoder = msgspec.json.Encoder()
+    for offset, generated in enumerate(EventSynthesizer(20, seed=3).timeline(800, T0 - 20 * DAY_MS, T0)):
+        value = encoder.encode(generated.value)
+        event = decode_event(generated.customer_id.encode(), value, generated.topic, T0 + 1, 300_000)
+        assert isinstance(event, Event)
+        both.apply(value, event, TopicKind(generated.topic), 0, offset)
+    users = {fingerprint for record in both.model_store.values() for fingerprint in decode_state(record).users_last_day}
+    assert users and all(fingerprint < 2**32 for fingerprint in users)
