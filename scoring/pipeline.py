@@ -80,6 +80,12 @@ def due_for_sweep(state: CustomerState, at_ms: int, silent_for_ms: int) -> bool:
     return at_ms - state.last_event_ms >= silent_for_ms
 
 
+def expired(state: CustomerState, at_ms: int, ttl_ms: int) -> bool:
+    """A customer without an event for ``ttl_ms`` (state_ttl_days; 0: never) at ``at_ms`` is
+    evicted: its record is deleted, not rescored (keep only what is needed)."""
+    return ttl_ms > 0 and state.last_event_ms > 0 and at_ms - state.last_event_ms >= ttl_ms
+
+
 def sweep(
     state: CustomerState,
     at_ms: int,

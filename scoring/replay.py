@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 from scoring.alerts import AlertParameters
 from scoring.contract import Event
 from scoring.health import ScoringParameters, score_state
-from scoring.pipeline import Step, due_for_sweep, step, sweep
+from scoring.pipeline import Step, due_for_sweep, expired, step, sweep
 from scoring.state import CustomerState, Outcome, new_state
 from scoring.structs import AlertRaised, FinalScore, ScoreChanged
 
@@ -29,12 +29,15 @@ class Replayer:
         dedup_capacity: int,
         sweep_every_ms: int | None,
         sweep_min_change: float = 1.0,
+        state_ttl_ms: int = 0,
     ) -> None:
         self.parameters = parameters
         self.rules = rules
         self.dedup_capacity = dedup_capacity
         self.sweep_every_ms = sweep_every_ms
         self.sweep_min_change = sweep_min_change
+        self.state_ttl_ms = state_ttl_ms
+        self.evicted = 0
         self.states: dict[str, CustomerState] = {}
         self.outcomes: dict[Outcome, int] = {outcome: 0 for outcome in Outcome}
         self.sweeps = 0
@@ -53,6 +56,9 @@ class Replayer:
         while self._next_sweep_ms <= at_ms:
             sweep_at = self._next_sweep_ms
             self.sweeps += 1
+            for customer_id in [c for c, state in self.states.items() if expired(state, sweep_at, self.state_ttl_ms)]:
+                del self.states[customer_id]  # as the worker's sweep evicts it
+                self.evicted += 1
             for customer_id, state in self.states.items():
                 if due_for_sweep(state, sweep_at, self.sweep_every_ms):
                     result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)

@@ -86,6 +86,8 @@ def worker(loglevel: str | None) -> None:
     _check_redis(settings)
     if not settings.topics.allow_runtime_creation:
         _refuse_missing_topics(settings)
+    else:
+        _create_missing_topics(settings)
     tune_allocator()
     level = loglevel or settings.log_level
     if settings.log_format == "json":  # before build_app logs which model runs
@@ -115,6 +117,17 @@ def _check_redis(settings: Settings) -> None:
         raise click.ClickException(str(error)) from None
     if warning:
         click.echo(f"Warning: {warning}", err=True)
+
+
+def _create_missing_topics(settings: Settings) -> None:
+    """What `healthscore topics` makes, where missing (a topic a newer version added, too);
+    input topics that are not co-partitioned stop the start."""
+    from stream.kafka.topics import TopicLayoutError, ensure_topics
+
+    try:
+        _run_kafka(ensure_topics(settings, echo=lambda line: None), settings)
+    except TopicLayoutError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _refuse_missing_topics(settings: Settings) -> None:

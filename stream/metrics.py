@@ -151,6 +151,12 @@ STATE_RECORDS_UNREADABLE = Counter(
     "is rebuilt from its next events.",
     registry=REGISTRY,
 )
+CUSTOMERS_EVICTED = Counter(
+    "healthscore_customers_evicted",
+    "Customers evicted by the sweep after state_ttl_days without an event (record and Redis keys deleted); "
+    "lost customers, still counted here.",
+    registry=REGISTRY,
+)
 ERASURES = Counter(
     "healthscore_erasures",
     "Customers erased on request (`healthscore erase`): state, changelog, Redis, latest score.",

@@ -348,6 +348,9 @@ class Settings(BaseSettings):
     max_task_idle_seconds: float = Field(2.0, ge=0, le=60)
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
+    #: A customer without an event for this long is evicted at the next sweep: its record
+    #: deleted (a changelog tombstone) and its Redis keys with it (0: never). In event time.
+    state_ttl_days: float = Field(730.0, ge=0)
     #: How often each worker rescans its customers at the current time (inactivity, silence).
     sweep_interval_seconds: float = Field(3600.0, ge=1)
     #: A sweep publishes a customer's score only if its band changed or it moved at least this much.
@@ -469,6 +472,10 @@ class Settings(BaseSettings):
         except (ssl.SSLError, OSError) as error:
             raise SettingsError(f"web_tls_certfile / web_tls_keyfile cannot be loaded: {error}") from None
         return context
+
+    @property
+    def state_ttl_ms(self) -> int:
+        return int(self.state_ttl_days * 86_400_000)
 
     def model_parameters(self) -> ScoringParameters:
         """The scoring parameters with the users' fingerprint key (privacy.hash_key, if set)."""

@@ -136,6 +136,7 @@ def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Repl
         settings.dedup_capacity,
         int(settings.replay_sweep_interval_seconds * 1000) or None,
         settings.sweep_min_score_change,
+        settings.state_ttl_ms,
     )
     alerts = [
         RaisedAlert(item.alert.customer_id, item.alert.rule, item.alert.severity, item.alert.occurred_at_ms)

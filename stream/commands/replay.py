@@ -42,7 +42,8 @@ def run_replay(
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds
     replayer = Replayer(
-        parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, settings.sweep_min_score_change
+        parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, settings.sweep_min_score_change,
+        settings.state_ttl_ms,
     )
     encoder = msgspec.json.Encoder()
     buffer = bytearray()

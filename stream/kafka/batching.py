@@ -550,8 +550,9 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                         continue
                     channel = self._bulk_channel(tp)
                     if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
-                        if channel is not None:  # paused meanwhile: our position is past these
-                            self.fetch_again(tp, fetched[0].offset, generation, len(fetched))
+                        # Paused meanwhile: our position is past these, so they are fetched again (a
+                        # changelog partition's too, or its recovery would wait for them for ever).
+                        self.fetch_again(tp, fetched[0].offset, generation, len(fetched))
                         continue
                     app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if channel is None:

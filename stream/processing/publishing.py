@@ -167,6 +167,10 @@ class Publisher:
             metrics.ALERTS_RAISED.labels(rule, severity).inc()
             self._cache.offer_alert(customer_id, encoded)
 
+    def forget_in_cache(self, customer_id: str) -> None:
+        """The customer's Redis keys are deleted at the next flush (an evicted customer)."""
+        self._cache.queue_erase(customer_id)
+
     def forget(self, customer_id: str) -> None:
         """An erased customer's alerts still waiting for the batch's end are not sent."""
         self._pending = [pending for pending in self._pending if pending[3] != customer_id]

@@ -20,6 +20,7 @@ from scoring.alerts import AlertParameters
 from scoring.contract import Rejection, RejectReason
 from scoring.health import ScoringParameters
 from scoring.pipeline import Step, due_for_sweep, sweep
+from scoring.pipeline import expired as expired_state
 from scoring.state import CustomerState
 from stream import metrics
 from stream.kafka.producer import Outputs
@@ -57,6 +58,7 @@ class Sweeper:
         self._min_score_change = settings.sweep_min_score_change
         self._chunk_size = settings.sweep_chunk_size
         self._keys_by_partition = keys_by_partition
+        self._ttl_ms = settings.state_ttl_ms
         self._publisher = publisher
         self._topic = sweep_topic
         self._clock = clock
@@ -70,11 +72,22 @@ class Sweeper:
         if owned:
             log.info("Sweep started for %s partition(s)", len(owned))
 
-    def swept(self, state: CustomerState, at_ms: int) -> Step | None:
-        """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched."""
+    def swept(self, state: CustomerState, at_ms: int, key: bytes = b"", expired: list[bytes] | None = None) -> Step | None:
+        """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched.
+        A customer past state_ttl_days is noted in ``expired`` instead (the caller evicts it)."""
+        if expired is not None and expired_state(state, at_ms, self._ttl_ms):
+            expired.append(key)
+            return None
         if not due_for_sweep(state, at_ms, self._silence_ms):
             return None
         return sweep(state, at_ms, self._parameters, self._rules, self._min_score_change)
+
+    def evict(self, key: bytes, partition: int, customer_id: str, working: WorkingSet) -> None:
+        """Keep only what is needed: the record goes (a changelog tombstone), its Redis keys follow."""
+        working.erase(key, partition)
+        self._publisher.forget(customer_id)
+        self._publisher.forget_in_cache(customer_id)
+        metrics.CUSTOMERS_EVICTED.inc()
 
     async def handle_tick(self, message: ConsumerRecord, working: WorkingSet, outputs: Outputs) -> None:
         try:
@@ -86,10 +99,13 @@ class Sweeper:
         after = tick.after.encode() if tick.after is not None else b""
         pending = sorted(key for key in self._keys_by_partition.get(partition, ()) if key > after)
         chunk = pending[: self._chunk_size]
+        expired: list[bytes] = []
         for key in chunk:
             customer_id = key.decode()
-            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms))
-            if result is not None:
+            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired))
+            if expired and expired[-1] is key:
+                self.evict(key, partition, customer_id, working)
+            elif result is not None:
                 self._publisher.queue_score(outputs, key, partition, customer_id, result, None, tick.at_ms)
                 await self._publisher.queue_alerts(outputs, key, partition, customer_id, result)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))

@@ -204,6 +204,7 @@ class LatestScoreCache:
         self._prefix = prefix
         self._pending: dict[str, bytes] = {}
         self._pending_alerts: list[tuple[str, bytes]] = []
+        self._pending_erasures: list[str] = []  # evicted customers whose keys are to go
         self._healthy = True
         self._flushing = False
         self._backlog_interval = backlog_interval_seconds
@@ -245,7 +246,7 @@ class LatestScoreCache:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._pending_alerts)
+        return len(self._pending) + len(self._pending_alerts) + len(self._pending_erasures)
 
     def catching_up(self, behind: bool) -> None:
         """Called per batch of events: whether the worker is working through a backlog (the batch is full)."""
@@ -268,11 +269,31 @@ class LatestScoreCache:
         self._flushing = True
         self._last_flush = time.monotonic()
         try:
+            while self._pending_erasures:
+                if not await self._erase_chunk():
+                    return
             while self._pending_alerts or self._pending:
                 if not await self._flush_chunk():
                     return
         finally:
             self._flushing = False
+
+    async def _erase_chunk(self) -> bool:
+        """Deletes the keys of up to a chunk of evicted customers; on failure keeps them for the next flush."""
+        chunk, self._pending_erasures = self._pending_erasures[:FLUSH_CHUNK], self._pending_erasures[FLUSH_CHUNK:]
+        pipe = self._client.pipeline(transaction=False)
+        for customer_id in chunk:
+            pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
+            pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
+        pipe.zrem(scores_key(self._prefix), *chunk)
+        try:
+            await pipe.execute()
+            return True
+        except (RedisError, OSError) as error:
+            metrics.REDIS_WRITE_FAILURES.inc()
+            self._pending_erasures[:0] = chunk
+            log.warning("Redis could not delete the keys of %s evicted customer(s), will retry: %s", len(chunk), error)
+            return False
 
     async def _flush_chunk(self) -> bool:
         """Alerts first, then scores; on failure puts them back (newer offers win) and says False."""
@@ -329,6 +350,11 @@ class LatestScoreCache:
         if ranks:
             pipe.zadd(scores_key(self._prefix), ranks)
         await pipe.execute()
+
+    def queue_erase(self, customer_id: str) -> None:
+        """Deletes the customer's keys at the next flush (retried like the writes)."""
+        self._pending.pop(customer_id, None)
+        self._pending_erasures.append(customer_id)
 
     async def erase(self, customer_id: str) -> None:
         """Deletes the customer's hash, alert list and ranking, and drops what waits to be

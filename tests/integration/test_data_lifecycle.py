@@ -7,6 +7,7 @@ id start a new record."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import json
 import urllib.error
 import urllib.request
@@ -163,3 +164,27 @@ def test_unknown_event_types_are_dead_lettered_or_counted_and_skipped(services: 
             assert headers and all("healthscore-contract=1" in line for line in headers)
         finally:
             worker.stop()
+
+
+def test_customers_silent_for_state_ttl_days_are_evicted_in_event_time(namespace: Namespace, tmp_path) -> None:
+    namespace.env["HEALTHSCORE_STATE_TTL_DAYS"] = "30"
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        kcat_produce(namespace.topic("usage"), [
+            ("old", event("old-1", "usage.session", "old", 40 * 24, {"user_id": "u", "duration_seconds": 60})),
+            ("young", event("young-1", "usage.session", "young", 24, {"user_id": "u", "duration_seconds": 60})),
+        ])
+        wait_for(lambda: health_of(namespace, "young")[0] == 200, timeout=60, message="young scored", explain=worker.log_tail)
+        healthscore(namespace, "sweep")  # now: "old" has been silent for 40 days
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") >= 1, timeout=60, message="old evicted")
+        wait_for(lambda: redis_traces(namespace, "old") == [], timeout=30, message="old's Redis keys deleted")
+        assert health_of(namespace, "old")[0] == 404 and health_of(namespace, "young")[0] == 200
+        wait_for(lambda: latest_value_sizes(changelog_topic(namespace.settings)).get("old") == -1, timeout=30, message="old's tombstone")
+        # In event time: a sweep 30 days ahead finds "young" silent for 31 days.
+        ahead_ms = int((time.time() + 30 * 86400) * 1000)
+        healthscore(namespace, "sweep", "--at", str(ahead_ms))
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") >= 2, timeout=60, message="young evicted")
+        wait_for(lambda: redis_traces(namespace, "young") == [], timeout=30, message="young's Redis keys deleted")
+    finally:
+        worker.stop()

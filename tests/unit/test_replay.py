@@ -143,3 +143,24 @@ def test_sweep_scores_come_only_from_silent_customers(history: Path) -> None:
         else:
             last_event[line["customer_id"]] = at
     assert swept > 0
+
+
+def test_the_replay_evicts_customers_silent_for_the_state_ttl_as_the_worker_sweep_does() -> None:
+    from scoring.contract import Event, UsageSession
+    from scoring.health import ScoringParameters
+    from scoring.pipeline import expired
+    from scoring.replay import Replayer
+    from scoring.state import DAY_MS, new_state
+
+    state = new_state("c")
+    state.last_event_ms = 10 * DAY_MS
+    assert not expired(state, 39 * DAY_MS, 30 * DAY_MS) and expired(state, 40 * DAY_MS, 30 * DAY_MS)
+    assert not expired(state, 10**15, 0)  # 0: never
+    replayer = Replayer(ScoringParameters(), None, 32, DAY_MS, state_ttl_ms=30 * DAY_MS)
+    events = [
+        Event("a1", "usage.session", "quiet", 1 * DAY_MS, UsageSession("u", 60)),
+        Event("b1", "usage.session", "busy", 1 * DAY_MS, UsageSession("u", 60)),
+        *[Event(f"b{day}", "usage.session", "busy", day * DAY_MS, UsageSession("u", 60)) for day in range(5, 60, 5)],
+    ]
+    list(replayer.run(events))
+    assert set(replayer.states) == {"busy"} and replayer.evicted == 1
