@@ -384,6 +384,51 @@ def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | 
     click.echo(f"Erasure requested for {len(requests)} customer(s); `healthscore erase --status ID` says when each is done")
 
 
+@main.command()
+@click.option("--test", "test_endpoint", metavar="ENDPOINT", help="Send a sample alert to this endpoint (checks its URL and secret), then exit.")
+@click.option("--redrive", "redrive_endpoint", metavar="ENDPOINT", help="Send this endpoint's parked alerts again (from the delivery_failed topic), then exit.")
+def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
+    """Deliver alerts from churn-alerts to the webhooks and Slack channels of
+    [[delivery.endpoints]]: Standard Webhooks signatures, retries with backoff, at least once
+    per endpoint; what cannot be delivered is parked on churn-alerts.delivery-failed. Runs
+    apart from the workers (its own consumer group), so a slow endpoint never slows
+    scoring; /metrics on delivery.metrics_port (6067)."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from stream import metrics
+    from stream.delivery.service import redrive, run_delivery, send_test
+
+    settings = _settings()
+    try:
+        if test_endpoint is not None:
+            outcome = asyncio.run(send_test(settings, settings.delivery.endpoint(test_endpoint)))
+            if not outcome.delivered:
+                raise click.ClickException(f"{test_endpoint}: not delivered after {outcome.attempts} attempt(s): {outcome.error}")
+            click.echo(f"{test_endpoint}: delivered (attempt {outcome.attempts})")
+            return
+        if redrive_endpoint is not None:
+            done, left = _run_kafka(redrive(settings, settings.delivery.endpoint(redrive_endpoint), echo=click.echo), settings)
+            click.echo(f"{redrive_endpoint}: {done} parked alert(s) delivered, {left} left parked")
+            if left:
+                raise click.exceptions.Exit(1)
+            return
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    _check_kafka(settings)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    start_http_server(settings.delivery.metrics_port, addr=settings.delivery.metrics_host, registry=metrics.REGISTRY)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await run_delivery(settings, echo=click.echo, stop=stop)
+
+    asyncio.run(main_loop())
+
+
 @main.command("sweep")
 @click.option(
     "--at",

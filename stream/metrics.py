@@ -157,6 +157,32 @@ CUSTOMERS_EVICTED = Counter(
     "lost customers, still counted here.",
     registry=REGISTRY,
 )
+DELIVERIES = Counter(
+    "healthscore_deliveries",
+    "Alerts `healthscore deliver` handed over, by endpoint and outcome (delivered: a 2xx; parked: on the "
+    "delivery_failed topic after its retries, or its endpoint disabled or paused).",
+    ["endpoint", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_ATTEMPTS = Counter(
+    "healthscore_delivery_attempts",
+    "HTTP requests to delivery endpoints, by endpoint and answer (2xx, 4xx, 5xx, or error: no answer).",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "healthscore_delivery_latency_seconds",
+    "From the alert raised (raised_at) to its delivery (a 2xx), by endpoint.",
+    ["endpoint"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+    registry=REGISTRY,
+)
+ENDPOINT_DISABLED = Gauge(
+    "healthscore_delivery_endpoint_disabled",
+    "1 for an endpoint that answered 410 Gone (its alerts are parked until the process restarts).",
+    ["endpoint"],
+    registry=REGISTRY,
+)
 ERASURES = Counter(
     "healthscore_erasures",
     "Customers erased on request (`healthscore erase`): state, changelog, Redis, latest score.",

@@ -43,6 +43,9 @@ class TopicNames(Frozen):
     #: The audit trail of erasures: one record per erased customer, keyed by its keyed hash
     #: (never the id), compacted and kept for ever.
     erasures: str = "healthscore-erasures"
+    #: Alerts `healthscore deliver` could not deliver to an endpoint (retries spent, or the
+    #: endpoint disabled), with the endpoint and last error in headers, for `--redrive`.
+    delivery_failed: str = "churn-alerts.delivery-failed"
     #: Replicas of every topic ``healthscore topics`` and the worker create: 1 on a local broker,
     #: 3 on a production cluster (managed clusters refuse 1, or cannot write it with acks=all).
     replication_factor: int = Field(1, ge=1, le=16)
@@ -256,6 +259,75 @@ class AlertSettings(Frozen):
         return AlertParameters(**{**self.model_dump(exclude={"max_alerts_per_day"}), "digest_rules": tuple(self.digest_rules)})
 
 
+class EndpointSettings(Frozen):
+    """One place alerts are delivered to (`healthscore deliver`), and which alerts."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    kind: Literal["webhook", "slack"]
+    url: str = Field(pattern=r"^https?://")
+    #: Webhooks: the Standard Webhooks secret ("whsec_" + base64); or from the environment,
+    #: HEALTHSCORE_DELIVERY_SECRET_<NAME> (the name upper-cased, - as _).
+    secret: SecretStr | None = None
+    #: Filters (empty: all): which rules, severities and bands, and the least churn risk.
+    rules: list[str] = []
+    severities: list[Literal["warning", "critical", "digest"]] = []
+    bands: list[Literal["healthy", "at_risk", "critical"]] = []
+    min_churn_risk: float = Field(0.0, ge=0, le=1)
+    #: At most this many deliveries a minute to this endpoint (0: no limit).
+    max_per_minute: int = Field(0, ge=0)
+
+    def secret_value(self) -> str | None:
+        from_environment = os.environ.get(f"HEALTHSCORE_DELIVERY_SECRET_{self.name.upper().replace('-', '_')}")
+        if from_environment:
+            return from_environment
+        return self.secret.get_secret_value() if self.secret is not None else None
+
+
+class DeliverySettings(Frozen):
+    """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (docs/delivery.md)."""
+
+    endpoints: list[EndpointSettings] = []
+    #: The consumer group of the delivery processes (its own: it never slows the workers).
+    group_id: str = "healthscore-deliver"
+    #: Waits before each retry, in seconds (Standard Webhooks' schedule by default), each with
+    #: up to 20 % jitter and at most max_retry_delay_seconds; Retry-After is honoured too.
+    retry_schedule_seconds: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    max_retry_delay_seconds: float = Field(36000.0, gt=0)
+    #: How long one alert may wait on one endpoint before it is parked (delivery_failed topic):
+    #: an endpoint that keeps failing must not hold the others back.
+    max_wait_per_alert_seconds: float = Field(60.0, gt=0)
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: A link to the customer in Slack messages, e.g. "https://crm.example.com/customers/{customer_id}".
+    customer_url_template: str | None = None
+    #: /metrics of the delivery process (no customer data: counts by endpoint).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(6067, ge=1, le=65535)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_and_complete(cls, endpoints: list[EndpointSettings]) -> list[EndpointSettings]:
+        names = [endpoint.name for endpoint in endpoints]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"endpoint names must be unique: {duplicated}")
+        for endpoint in endpoints:
+            unknown = sorted(set(endpoint.rules) - set(RULES) - {"digest"})
+            if unknown:
+                raise ValueError(f"endpoint {endpoint.name!r}: unknown rule(s) {unknown}; known: {[*RULES, 'digest']}")
+            if endpoint.kind == "webhook" and not endpoint.secret_value():
+                raise ValueError(
+                    f"endpoint {endpoint.name!r} is a webhook without a secret: set its secret, or "
+                    f"HEALTHSCORE_DELIVERY_SECRET_{endpoint.name.upper().replace('-', '_')}"
+                )
+        return endpoints
+
+    def endpoint(self, name: str) -> EndpointSettings:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        raise ValueError(f"no endpoint named {name!r} in [[delivery.endpoints]] (known: {[e.name for e in self.endpoints]})")
+
+
 class PrivacySettings(Frozen):
     """Personal data: erasure and what is kept (README, "Privacy and data lifecycle")."""
 
@@ -317,6 +389,7 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT / ".data" / "worker"
     topics: TopicNames = TopicNames()
     privacy: PrivacySettings = PrivacySettings()
+    delivery: DeliverySettings = DeliverySettings()
     max_future_skew_seconds: int = Field(300, ge=0)
     dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"

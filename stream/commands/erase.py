@@ -32,17 +32,11 @@ async def audit_records(kafka: KafkaSettings, topic: str, subject: str) -> list[
     """The audit records of one customer (by its keyed hash), oldest first."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from aiokafka.admin import AIOKafkaAdminClient
+    from stream.kafka.topics import partitions_of
 
-    admin = AIOKafkaAdminClient(**connection_options(kafka))
-    await admin.start()
-    try:
-        described = [t for t in await admin.describe_topics([topic]) if t.get("error_code", 0) == 0]
-    finally:
-        await admin.close()
-    if not described:
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
+    if not partitions:
         return []
-    partitions = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
     consumer = AIOKafkaConsumer(**connection_options(kafka), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:

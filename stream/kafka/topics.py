@@ -71,6 +71,7 @@ def topic_plans(settings: Settings) -> dict[str, TopicPlan]:
         plans[TopicNames.dead_letter(name)] = TopicPlan(partitions, retention(topics.dead_letter_retention_days), False)
     plans[topics.health] = TopicPlan(partitions, retention(topics.health_retention_days), False)
     plans[topics.alerts] = TopicPlan(partitions, retention(topics.alerts_retention_days), False)
+    plans[topics.delivery_failed] = TopicPlan(partitions, retention(topics.alerts_retention_days), False)
     plans[changelog_topic(settings)] = TopicPlan(partitions, {**common, **changelog_configs(settings)}, True)
     # The proof of each erasure, one record per erased customer (its keyed hash): never expires.
     plans[topics.erasures] = TopicPlan(partitions, {**common, "cleanup.policy": "compact"}, False)
@@ -222,3 +223,14 @@ async def delete_topics_containing(kafka: KafkaSettings, tags: list[str]) -> int
         return len(doomed)
     finally:
         await admin.close()
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The partition ids of ``topic`` ([] if it does not exist)."""
+    admin = AIOKafkaAdminClient(**connection_options(kafka))
+    await admin.start()
+    try:
+        described = await _described(admin, [topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in described[topic]["partitions"]) if topic in described else []

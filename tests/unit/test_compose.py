@@ -13,7 +13,7 @@ SERVICES = COMPOSE["services"]
 
 
 def test_the_stack_has_every_part() -> None:
-    assert {"kafka", "redis", "topics", "worker", "generator", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"kafka", "redis", "topics", "worker", "generator", "deliver", "prometheus", "grafana"} <= set(SERVICES)
 
 
 def test_images_are_pinned() -> None:
@@ -35,6 +35,7 @@ def test_services_wait_for_what_they_need() -> None:
     assert SERVICES["worker"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert SERVICES["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert SERVICES["generator"]["depends_on"]["worker"]["condition"] == "service_healthy"
+    assert SERVICES["deliver"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     for name in ("kafka", "redis", "worker"):
         assert "healthcheck" in SERVICES[name], name
 
@@ -44,7 +45,7 @@ def test_commands_are_real_subcommands_with_real_options() -> None:
 
     from stream.cli import main
 
-    for name in ("topics", "worker", "generator"):
+    for name in ("topics", "worker", "generator", "deliver"):
         command = SERVICES[name]["command"]
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0, f"{name}: {command}: {result.output}"

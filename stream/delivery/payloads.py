@@ -1,0 +1,106 @@
+"""What an endpoint receives for one alert, and whether it wants it. Pure: no I/O, no clock
+(the time a message is sent is passed in)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
+from standardwebhooks.webhooks import Webhook
+
+from stream.settings import EndpointSettings
+
+#: The Standard Webhooks event type of an alert.
+ALERT_RAISED = "healthscore.alert.raised"
+
+
+class Reason(msgspec.Struct):
+    component: str
+    change: float
+
+
+class Alert(msgspec.Struct):
+    """What delivery reads of a ``churn-alerts`` message (docs/events.md); the message itself
+    is sent as it is."""
+
+    alert_id: str
+    customer_id: str
+    rule: str
+    severity: str
+    score: float
+    band: str
+    churn_risk: float
+    previous_score: float | None = None
+    reasons: list[Reason] = []
+    detail: str = ""
+    occurred_at: str = ""
+    raised_at: str = ""
+
+
+_alert = msgspec.json.Decoder(Alert)
+
+
+def read_alert(raw: bytes) -> Alert:
+    """Raises msgspec.DecodeError / ValidationError for a message that is not an alert."""
+    return _alert.decode(raw)
+
+
+def wanted(endpoint: EndpointSettings, alert: Alert) -> bool:
+    """The endpoint's filters (an empty list lets everything through)."""
+    return (
+        (not endpoint.rules or alert.rule in endpoint.rules)
+        and (not endpoint.severities or alert.severity in endpoint.severities)
+        and (not endpoint.bands or alert.band in endpoint.bands)
+        and alert.churn_risk >= endpoint.min_churn_risk
+    )
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+    timestamp: str
+    data: msgspec.Raw
+
+
+def webhook_body(raw_alert: bytes, sent_at: datetime) -> str:
+    """``{type, timestamp, data}``: the alert message as ``data``, byte for byte."""
+    return msgspec.json.encode(_Envelope(ALERT_RAISED, sent_at.isoformat(), msgspec.Raw(raw_alert))).decode()
+
+
+def webhook_headers(secret: str, alert_id: str, sent_at: datetime, body: str) -> dict[str, str]:
+    """Standard Webhooks v1 headers, signed by the ``standardwebhooks`` library; ``webhook-id`` is
+    the alert id, so a receiver deduplicates across our retries and reprocessing."""
+    return {
+        "content-type": "application/json",
+        "webhook-id": alert_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(alert_id, sent_at, body),
+    }
+
+
+def reasons_text(reasons: list[Reason]) -> str:
+    """"payments −18, usage −9": the top changes in points, as a person reads them."""
+    return ", ".join(f"{reason.component} {'+' if reason.change > 0 else '−'}{abs(reason.change):.0f}" for reason in reasons) or "no component moved"
+
+
+def slack_message(alert: Alert, customer_url_template: str | None) -> dict:
+    """A Block Kit message built with slack_sdk's models (which check the limits of each block)."""
+    before = f"{alert.previous_score:.0f} → " if alert.previous_score is not None else ""
+    blocks = [
+        HeaderBlock(text=f"{alert.customer_id}: {alert.band.replace('_', ' ')} ({alert.severity})"),
+        SectionBlock(
+            fields=[
+                MarkdownTextObject(text=f"*Score*\n{before}{alert.score:.0f}"),
+                MarkdownTextObject(text=f"*Churn risk*\n{alert.churn_risk:.0%}"),
+                MarkdownTextObject(text=f"*Rule*\n{alert.rule.replace('_', ' ')}"),
+                MarkdownTextObject(text=f"*Why*\n{reasons_text(alert.reasons)}"),
+            ]
+        ),
+    ]
+    if alert.detail:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=alert.detail)]))
+    if customer_url_template:
+        url = customer_url_template.format(customer_id=alert.customer_id)
+        blocks.append(ActionsBlock(elements=[ButtonElement(text="Open the customer", url=url, action_id="open-customer")]))
+    text = f"{alert.customer_id} is {alert.band.replace('_', ' ')}: {alert.rule.replace('_', ' ')} ({reasons_text(alert.reasons)})"
+    return {"text": text, "blocks": [block.to_dict() for block in blocks]}

@@ -1,0 +1,191 @@
+"""Delivery to real HTTP receivers on 127.0.0.1 (no broker): Standard Webhooks signatures
+checked with the `standardwebhooks` library, Slack messages built with slack_sdk's Block Kit
+models, retries with growing delays, Retry-After, 410, and an endpoint that stays down."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from slack_sdk.models.blocks import Block
+from standardwebhooks.webhooks import Webhook
+
+from stream.delivery.endpoints import Deliverer
+from stream.delivery.payloads import ALERT_RAISED, read_alert, reasons_text, slack_message, wanted
+from stream.settings import DeliverySettings, EndpointSettings
+
+SECRET = "whsec_" + base64.b64encode(b"a-test-secret-of-24-bytes").decode()
+ALERT = {
+    "alert_id": "a-1", "customer_id": "acme", "rule": "band_downgrade", "severity": "warning", "score": 41.2,
+    "previous_score": 58.9, "band": "at_risk", "churn_risk": 0.42,
+    "reasons": [{"component": "payments", "change": -18.2}, {"component": "usage", "change": -9.4}],
+    "detail": "healthy to at_risk", "occurred_at": "2026-12-01T10:00:00.000Z", "raised_at": "2026-12-01T10:00:00.050Z",
+}
+RAW = msgspec.json.encode(ALERT)
+
+
+class Receiver:
+    """An HTTP receiver whose answers are scripted: a list of (status, headers) per request, then 200."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str]]] | None = None) -> None:
+        self.answers = list(answers or [])
+        self.requests: list[tuple[float, dict[str, str], bytes]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((time.monotonic(), dict(request.headers), await request.read()))
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        return web.Response(status=status, headers=headers, text="ok")
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def endpoint(url: str, kind: str = "webhook", **filters: Any) -> EndpointSettings:
+    return EndpointSettings(name="crm", kind=kind, url=url, secret=SECRET if kind == "webhook" else None, **filters)
+
+
+def settings_for(*endpoints: EndpointSettings, schedule: list[float] = [0.05, 0.1, 0.2], wait: float = 5.0) -> DeliverySettings:
+    return DeliverySettings(endpoints=list(endpoints), retry_schedule_seconds=schedule, max_wait_per_alert_seconds=wait, request_timeout_seconds=2)
+
+
+async def deliver_once(answers: list[tuple[int, dict[str, str]]], **settings: Any) -> tuple[Any, Receiver]:
+    receiver = Receiver(answers)
+    url = await receiver.start()
+    try:
+        target = endpoint(url)
+        async with aiohttp.ClientSession() as session:
+            outcome = await Deliverer(settings_for(target, **settings), session).deliver(target, RAW, read_alert(RAW))
+    finally:
+        await receiver.stop()
+    return outcome, receiver
+
+
+def test_a_webhook_is_signed_as_standard_webhooks_and_verifies_with_their_library() -> None:
+    outcome, receiver = asyncio.run(deliver_once([]))
+    assert outcome.delivered and outcome.attempts == 1
+    _, headers, body = receiver.requests[0]
+    payload = Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert headers["webhook-id"] == "a-1"
+    assert payload["type"] == ALERT_RAISED and payload["data"] == ALERT
+    with pytest.raises(Exception):
+        Webhook("whsec_" + base64.b64encode(b"another-secret-entirely!").decode()).verify(body, {k.lower(): v for k, v in headers.items()})
+
+
+def test_a_failing_receiver_gets_it_on_the_fourth_attempt_with_growing_delays() -> None:
+    outcome, receiver = asyncio.run(deliver_once([(500, {})] * 3))
+    assert outcome.delivered and outcome.attempts == 4
+    times = [at for at, _, _ in receiver.requests]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert gaps[0] >= 0.05 and gaps[1] > gaps[0] and gaps[2] > gaps[1]
+    assert len({headers["webhook-id"] for _, headers, _ in receiver.requests}) == 1  # one id across retries
+
+
+def test_retry_after_is_honoured() -> None:
+    outcome, receiver = asyncio.run(deliver_once([(429, {"Retry-After": "1"})]))
+    assert outcome.delivered and outcome.attempts == 2
+    assert receiver.requests[1][0] - receiver.requests[0][0] >= 1.0
+
+
+def test_410_disables_the_endpoint_and_parks() -> None:
+    async def scenario() -> tuple[Any, Any, Receiver]:
+        receiver = Receiver([(410, {})])
+        url = await receiver.start()
+        target = endpoint(url)
+        async with aiohttp.ClientSession() as session:
+            deliverer = Deliverer(settings_for(target), session)
+            first = await deliverer.deliver(target, RAW, read_alert(RAW))
+            second = await deliverer.deliver(target, RAW, read_alert(RAW))
+        await receiver.stop()
+        return first, second, receiver
+
+    first, second, receiver = asyncio.run(scenario())
+    assert not first.delivered and first.attempts == 1 and "410" in first.error
+    assert not second.delivered and second.attempts == 0 and "disabled" in second.error
+    assert len(receiver.requests) == 1
+
+
+def test_an_endpoint_down_for_good_parks_after_its_wait_then_parks_at_once_while_another_delivers() -> None:
+    async def scenario() -> tuple[list, list, Receiver]:
+        healthy = Receiver()
+        healthy_url = await healthy.start()
+        down = EndpointSettings(name="down", kind="webhook", url="http://127.0.0.1:9/hook", secret=SECRET)
+        up = EndpointSettings(name="up", kind="webhook", url=healthy_url, secret=SECRET)
+        async with aiohttp.ClientSession() as session:
+            deliverer = Deliverer(settings_for(down, up, schedule=[0.2, 0.4], wait=0.5), session)
+            started = time.monotonic()
+            first = await asyncio.gather(deliverer.deliver(down, RAW, read_alert(RAW)), deliverer.deliver(up, RAW, read_alert(RAW)))
+            second_started = time.monotonic()
+            second = await asyncio.gather(deliverer.deliver(down, RAW, read_alert(RAW)), deliverer.deliver(up, RAW, read_alert(RAW)))
+            assert time.monotonic() - second_started < 0.3  # the paused endpoint parks at once
+            assert second_started - started < 2
+        await healthy.stop()
+        return list(first), list(second), healthy
+
+    first, second, healthy = asyncio.run(scenario())
+    assert [o.delivered for o in first] == [False, True] and first[0].attempts >= 2
+    assert [o.delivered for o in second] == [False, True] and second[0].attempts == 0
+    assert len(healthy.requests) == 2
+
+
+def test_the_slack_message_is_valid_block_kit_built_with_slack_sdk() -> None:
+    message = slack_message(read_alert(RAW), "https://crm.example.com/customers/{customer_id}")
+    assert "acme" in message["text"] and "payments −18, usage −9" in message["text"]
+    kinds = [block["type"] for block in message["blocks"]]
+    assert kinds == ["header", "section", "context", "actions"]
+    for block in message["blocks"]:
+        Block.parse(block).validate_json()  # slack_sdk's own checks of each block
+    assert message["blocks"][-1]["elements"][0]["url"] == "https://crm.example.com/customers/acme"
+    json.dumps(message)
+
+
+def test_the_slack_endpoint_receives_the_block_kit_json() -> None:
+    async def scenario() -> Receiver:
+        receiver = Receiver()
+        url = await receiver.start()
+        target = EndpointSettings(name="cs-channel", kind="slack", url=url)
+        async with aiohttp.ClientSession() as session:
+            assert (await Deliverer(settings_for(target), session).deliver(target, RAW, read_alert(RAW))).delivered
+        await receiver.stop()
+        return receiver
+
+    receiver = asyncio.run(scenario())
+    body = json.loads(receiver.requests[0][2])
+    assert body == slack_message(read_alert(RAW), None)
+
+
+def test_filters_choose_the_alerts_an_endpoint_gets() -> None:
+    alert = read_alert(RAW)
+    assert wanted(endpoint("http://x/", rules=["band_downgrade"], bands=["at_risk"], min_churn_risk=0.4), alert)
+    assert not wanted(endpoint("http://x/", rules=["cancellation"]), alert)
+    assert not wanted(endpoint("http://x/", severities=["critical"]), alert)
+    assert not wanted(endpoint("http://x/", min_churn_risk=0.5), alert)
+    assert reasons_text([]) == "no component moved"
+
+
+def test_a_webhook_without_a_secret_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="HEALTHSCORE_DELIVERY_SECRET_MY_CRM"):
+        DeliverySettings(endpoints=[EndpointSettings(name="my-crm", kind="webhook", url="https://crm.example.com/hook")])
+    monkeypatch.setenv("HEALTHSCORE_DELIVERY_SECRET_MY_CRM", SECRET)
+    settings = DeliverySettings(endpoints=[EndpointSettings(name="my-crm", kind="webhook", url="https://crm.example.com/hook")])
+    assert settings.endpoint("my-crm").secret_value() == SECRET
+    assert SECRET not in repr(settings)
