@@ -284,7 +284,7 @@ class EndpointSettings(Frozen):
 
 
 class DeliverySettings(Frozen):
-    """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (docs/delivery.md)."""
+    """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (README, "Alerts to Slack and webhooks")."""
 
     endpoints: list[EndpointSettings] = []
     #: The consumer group of the delivery processes (its own: it never slows the workers).
