@@ -159,6 +159,7 @@ class EventPath:
             message.partition,
             decoded.customer_id,
             lambda state: step(state, decoded, parameters, dedup_capacity, source_position, rules),
+            message,
         )
         counts[message.topic, result.outcome._value_] += 1  # not .value: Enum's property costs 0.5 us
         if result.outcome is not Outcome.APPLIED:

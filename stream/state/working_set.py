@@ -56,17 +56,21 @@ class _Record:
     dirty: bool = False
 
 
-def read_record(stored: bytes | None, customer_id: str, partition: int) -> tuple[CustomerState, tuple[bytes, ...]]:
+def read_record(stored: bytes | None, customer_id: str, partition: int, met_at: Any = None) -> tuple[CustomerState, tuple[bytes, ...]]:
     """The stored record, or a new one: for a customer without one, or whose record cannot be
-    decoded (reported with its partition, never its content; the customer is rebuilt from
-    its next events rather than every event refused)."""
+    decoded (reported with its partition and the input record that met it, never its content;
+    the customer is rebuilt from its next events rather than every event refused)."""
     if stored is None:
         return new_state(customer_id), ()
     try:
         return decode_record(stored)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
         metrics.STATE_RECORDS_UNREADABLE.inc()
-        log.warning("A customer record on partition %s cannot be decoded (%s): it is rebuilt from the customer's next events", partition, error)
+        where = f", met by {met_at.topic}[{met_at.partition}]@{met_at.offset}" if met_at is not None else ", met by a sweep"
+        log.warning(
+            "A customer record on partition %s cannot be decoded (%s%s): it is rebuilt from the customer's next events",
+            partition, error, where,
+        )
         return new_state(customer_id), ()
 
 
@@ -102,7 +106,7 @@ class WorkingSet:
         """Whether the customer has a record on this worker (open in this batch or stored)."""
         return key in self._records or key in self._data
 
-    def run(self, key: bytes, partition: int, customer_id: str, action: Action) -> Step | None:
+    def run(self, key: bytes, partition: int, customer_id: str, action: Action, met_at: Any = None) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
 
         If it raises, the record is rebuilt as it was before the action (from the
@@ -116,7 +120,7 @@ class WorkingSet:
             # The store itself, as for writes: Faust's Table.get adds only its sensor hook
             # (the worker has no sensors), at 1 us per call against 0.2 us.
             stored = self._data.get(key)
-            state, unknown = read_record(stored, customer_id, partition)
+            state, unknown = read_record(stored, customer_id, partition, met_at)
             record = self._records[key] = _Record(partition, stored, state, unknown)
         else:
             self._records.move_to_end(key)

@@ -135,3 +135,33 @@ def test_deliver_test_sends_a_sample_alert(namespace: Namespace) -> None:
         assert failing.returncode != 0 and "down: not delivered" in failing.stderr
     finally:
         receiver.stop()
+
+
+def test_alerts_a_worker_raises_from_a_generated_history_all_arrive_signed(namespace: Namespace, tmp_path: Path) -> None:
+    """The whole path: generated events, the worker's alerts, `deliver`, a verifying receiver."""
+    from tests.integration.conftest import WorkerProcess, healthscore
+
+    port = free_port()
+    receiver = Receiver(port)
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    process = start_deliver(deliver_env(namespace, port, free_port()), tmp_path / "deliver.log")
+    try:
+        subprocess.run([sys.executable, "-m", "stream.cli", "generate", "--customers", "60", "--rate", "1500", "--duration", "2",
+                        "--history-days", "120", "--seed", "5"], cwd=PROJECT_ROOT, env={**os.environ, **namespace.env}, check=True, timeout=120)
+        healthscore(namespace, "sweep")
+
+        def raised() -> set[str]:
+            return {json.loads(line.partition("\t")[2])["alert_id"] for line in kcat_consume(namespace.topic("alerts"))}
+
+        alert_ids = wait_for(lambda: len(raised()) >= 5 and raised(), timeout=90, message="alerts raised", explain=worker.log_tail)
+        time.sleep(3)  # let the last alerts of the history reach the topic
+        alert_ids = raised()
+        wait_for(lambda: set(receiver.verified) >= alert_ids, timeout=60, message="every alert delivered",
+                 explain=lambda: (tmp_path / "deliver.log").read_text())
+        assert receiver.refused == 0
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        worker.stop()
+        receiver.stop()

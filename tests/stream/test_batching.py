@@ -548,9 +548,11 @@ def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_e
     table.data[b"acme"] = b"\xdc\x00\x24garbage"
     before = metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") or 0.0
     working = WorkingSet(table, {}, Outputs(), "changelog")
-    assert working.run(b"acme", 5, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.APPLIED
+    met_at = SimpleNamespace(topic="product-usage", partition=5, offset=77)
+    assert working.run(b"acme", 5, "acme", apply(usage("acme", "e1", END_MS - 5000), 1), met_at).outcome is Outcome.APPLIED
     working.write_back()
     assert decode_state(table.data[b"acme"]).events_applied == 1  # a new record, readable again
     assert metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") == before + 1
     warning = [record.getMessage() for record in caplog.records if "cannot be decoded" in record.getMessage()]
-    assert warning and "partition 5" in warning[0] and "garbage" not in warning[0] and "acme" not in warning[0]
+    assert warning and "partition 5" in warning[0] and "product-usage[5]@77" in warning[0]
+    assert "garbage" not in warning[0] and "acme" not in warning[0]
