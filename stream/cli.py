@@ -130,6 +130,13 @@ def _create_missing_topics(settings: Settings) -> None:
         raise click.ClickException(str(error)) from None
 
 
+def _require_topic(settings: Settings, topic: str) -> None:
+    from stream.kafka.topics import partitions_of
+
+    if not _run_kafka(partitions_of(settings.kafka, topic), settings):
+        raise click.ClickException(f"topic {topic} is missing on {settings.kafka.bootstrap}: create the topics with `healthscore topics`")
+
+
 def _refuse_missing_topics(settings: Settings) -> None:
     """With run-time creation off, a missing topic stops the start with its name."""
     from stream.kafka.topics import missing_topics
@@ -416,7 +423,11 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
             return
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    if not settings.delivery.endpoints:
+        # Consuming with nowhere to deliver would commit the alerts past: refuse instead.
+        raise click.ClickException("no [[delivery.endpoints]] configured: add one (README, 'Alerts to Slack and webhooks') before starting deliver")
     _check_kafka(settings)
+    _require_topic(settings, settings.topics.delivery_failed)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
     start_http_server(settings.delivery.metrics_port, addr=settings.delivery.metrics_host, registry=metrics.REGISTRY)
 

@@ -70,3 +70,12 @@ def test_generate_with_a_fixed_end_writes_the_same_history_every_time(tmp_path: 
 def test_end_goes_with_output() -> None:
     result = CliRunner().invoke(main, ["generate", "--end", "2026-11-22"])
     assert result.exit_code == 2 and "--end goes with --output" in result.output
+
+
+def test_deliver_without_endpoints_refuses_to_start_rather_than_consume_alerts_for_nobody() -> None:
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    result = CliRunner().invoke(main, ["deliver"])
+    assert result.exit_code != 0 and "no [[delivery.endpoints]] configured" in result.output
