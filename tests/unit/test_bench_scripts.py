@@ -90,6 +90,9 @@ def test_a_processes_cpu_is_split_by_thread_group_and_nothing_is_lost() -> None:
         while not stop.is_set():
             sum(range(1000))
 
+    # CPU of threads that already ended (other tests' servers, say) counts in the process's
+    # total but in no live thread's: set it aside.
+    ended = bench.process_stats(os.getpid())[0] - sum(bench.thread_cpu(os.getpid()).values())
     spinner = threading.Thread(target=spin)
     spinner.start()
     try:
@@ -102,7 +105,7 @@ def test_a_processes_cpu_is_split_by_thread_group_and_nothing_is_lost() -> None:
         spinner.join()
     assert list(groups) == ["requests", "jit", "gc", "log_cleaner", "other"]
     assert groups["gc"] >= 0.05 and groups["requests"] == groups["jit"] == groups["log_cleaner"] == 0
-    assert sum(groups.values()) == pytest.approx(bench.process_stats(os.getpid())[0], abs=0.1)
+    assert sum(groups.values()) + ended == pytest.approx(bench.process_stats(os.getpid())[0], abs=0.1)
 
 
 def test_the_machine_s_cpu_is_read_as_busy_idle_iowait_and_steal(tmp_path: Path) -> None:
