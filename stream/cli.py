@@ -19,7 +19,7 @@ from stream.settings import Settings, SettingsError, load_settings
 def _run_kafka(coroutine, settings: Settings):
     """Runs a coroutine that talks to Kafka; a broker that cannot be reached or refuses our
     credentials is one clear sentence naming the setting to fix, not a traceback."""
-    from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
+    from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
     from stream.kafka.clients import KafkaAccessError
 
@@ -34,7 +34,7 @@ def _run_kafka(coroutine, settings: Settings):
         ) from None
     except KafkaAccessError as error:
         raise click.ClickException(str(error)) from None
-    except (KafkaConnectionError, KafkaError) as error:
+    except KafkaError as error:  # KafkaConnectionError among them
         _check_kafka(settings)  # says why, naming the setting
         raise click.ClickException(f"Kafka at {settings.kafka.bootstrap}: {type(error).__name__}: {error}") from None
     finally:
