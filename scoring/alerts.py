@@ -266,6 +266,7 @@ def _alert(state: CustomerState, health: HealthScore, at_ms: int, rule: str, epi
         reasons=[Reason(name, round(change, 2)) for name, change in list(health.changes.items())[:3]],
         occurred_at_ms=at_ms,
         detail=detail,
+        plan=state.plan,
     )
 
 

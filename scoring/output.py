@@ -90,4 +90,5 @@ def alert_message(alert: Alert, raised_at_ms: int, model_version: str) -> dict:
         "occurred_at": rfc3339(alert.occurred_at_ms),
         "raised_at": rfc3339(raised_at_ms),
         "model_version": model_version,
+        "plan": alert.plan,
     }

@@ -180,6 +180,8 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     reasons: list[Reason]
     occurred_at_ms: int
     detail: str
+    #: The customer's plan (subscription.updated data.plan), for routing alerts by segment.
+    plan: str | None = None
 
 
 class AlertDecision(msgspec.Struct, frozen=True, gc=False):

@@ -268,11 +268,13 @@ class EndpointSettings(Frozen):
     #: Webhooks: the Standard Webhooks secret ("whsec_" + base64); or from the environment,
     #: HEALTHSCORE_DELIVERY_SECRET_<NAME> (the name upper-cased, - as _).
     secret: SecretStr | None = None
-    #: Filters (empty: all): which rules, severities and bands, and the least churn risk.
+    #: Filters (empty: all): which rules, severities, bands and plans (customer segments, from
+    #: subscription.updated data.plan), and the least churn risk.
     rules: list[str] = []
     severities: list[Literal["warning", "critical", "digest"]] = []
     bands: list[Literal["healthy", "at_risk", "critical"]] = []
     min_churn_risk: float = Field(0.0, ge=0, le=1)
+    plans: list[str] = []
     #: At most this many deliveries a minute to this endpoint (0: no limit).
     max_per_minute: int = Field(0, ge=0)
 

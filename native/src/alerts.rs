@@ -48,6 +48,8 @@ pub struct Alert {
     pub reasons: Vec<(String, f64)>,
     pub occurred_at_ms: i64,
     pub detail: String,
+    /// The customer's plan, for routing alerts by segment (`scoring.structs.Alert.plan`).
+    pub plan: Option<String>,
 }
 
 #[derive(Default)]
@@ -246,6 +248,7 @@ fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reaso
         reasons: reasons.to_vec(),
         occurred_at_ms: at_ms,
         detail,
+        plan: state.plan.clone(),
     })
 }
 
@@ -351,6 +354,7 @@ pub fn evaluate(
             reasons: reasons.clone(),
             occurred_at_ms: at_ms,
             detail,
+            plan: state.plan.clone(),
         });
     }
     decision

@@ -219,6 +219,12 @@ pub fn alert_message(alert: &Alert, raised_at_ms: i64, model_version: &str) -> V
     json.string_field("raised_at", &rfc3339(raised_at_ms));
     json.key("model_version");
     json.string(model_version);
+    json.raw(",");
+    json.key("plan");
+    match &alert.plan {
+        Some(plan) => json.string(plan),
+        None => json.raw("null"),
+    }
     json.raw("}");
     std::mem::take(&mut json.bytes)
 }

@@ -36,6 +36,7 @@ class Alert(msgspec.Struct):
     detail: str = ""
     occurred_at: str = ""
     raised_at: str = ""
+    plan: str | None = None
 
 
 _alert = msgspec.json.Decoder(Alert)
@@ -53,6 +54,7 @@ def wanted(endpoint: EndpointSettings, alert: Alert) -> bool:
         and (not endpoint.severities or alert.severity in endpoint.severities)
         and (not endpoint.bands or alert.band in endpoint.bands)
         and alert.churn_risk >= endpoint.min_churn_risk
+        and (not endpoint.plans or alert.plan in endpoint.plans)
     )
 
 

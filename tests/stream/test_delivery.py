@@ -179,6 +179,9 @@ def test_filters_choose_the_alerts_an_endpoint_gets() -> None:
     assert not wanted(endpoint("http://x/", rules=["cancellation"]), alert)
     assert not wanted(endpoint("http://x/", severities=["critical"]), alert)
     assert not wanted(endpoint("http://x/", min_churn_risk=0.5), alert)
+    assert not wanted(endpoint("http://x/", plans=["enterprise"]), alert)  # this alert's customer has no plan
+    enterprise = read_alert(msgspec.json.encode({**ALERT, "plan": "enterprise"}))
+    assert wanted(endpoint("http://x/", plans=["enterprise"]), enterprise)
     assert reasons_text([]) == "no component moved"
 
 

@@ -53,3 +53,13 @@ def test_message_values_are_rounded_to_the_published_precision(value: float) -> 
     # round() agrees except within a rounding error of an exact tie
     if abs(abs(value * 100) % 1 - 0.5) > 1e-6:
         assert shown == round(value, 2)
+
+
+def test_an_alert_message_carries_the_customers_plan_for_routing_by_segment() -> None:
+    from scoring.output import alert_message
+    from scoring.structs import Alert, Reason
+
+    alert = Alert("a-1", "acme", "cancellation", "critical", 20.0, 45.0, "critical", 0.9, [Reason("payments", -20.0)], 0, "cancelled", "enterprise")
+    message = alert_message(alert, 1000, "2+x")
+    assert message["plan"] == "enterprise" and list(message)[-1] == "plan"
+    assert alert_message(Alert("a-2", "solo", "silence", "warning", 40.0, None, "at_risk", 0.4, [], 0, ""), 1000, "2+x")["plan"] is None
