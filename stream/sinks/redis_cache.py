@@ -281,13 +281,8 @@ class LatestScoreCache:
     async def _erase_chunk(self) -> bool:
         """Deletes the keys of up to a chunk of evicted customers; on failure keeps them for the next flush."""
         chunk, self._pending_erasures = self._pending_erasures[:FLUSH_CHUNK], self._pending_erasures[FLUSH_CHUNK:]
-        pipe = self._client.pipeline(transaction=False)
-        for customer_id in chunk:
-            pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
-            pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
-        pipe.zrem(scores_key(self._prefix), *chunk)
         try:
-            await pipe.execute()
+            await self._delete(chunk)
             return True
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
@@ -361,10 +356,15 @@ class LatestScoreCache:
         written for it; raises while Redis cannot do it (the erasure then waits and retries)."""
         self._pending.pop(customer_id, None)
         self._pending_alerts = [(customer, alert) for customer, alert in self._pending_alerts if customer != customer_id]
+        await self._delete([customer_id])
+
+    async def _delete(self, customer_ids: list[str]) -> None:
+        """One round trip deleting these customers' hashes, alert lists and rankings."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
-        pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
-        pipe.zrem(scores_key(self._prefix), customer_id)
+        for customer_id in customer_ids:
+            pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
+            pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
+        pipe.zrem(scores_key(self._prefix), *customer_ids)
         await pipe.execute()
 
     async def close(self) -> None:

@@ -71,10 +71,12 @@ class Namespace:
         return getattr(self.settings.topics, kind)
 
 
-def make_namespace(tmp_path: Path, partitions: int = 4) -> Namespace:
+def make_namespace(tmp_path: Path, partitions: int = 4, extra_env: dict[str, str] | None = None, create_topics: bool = True) -> Namespace:
+    """A namespace of its own; ``extra_env`` on top (another broker's settings, say), and its
+    topics created here unless the test makes them itself."""
     tag = f"t{uuid.uuid4().hex[:8]}"
     NAMESPACE_TAGS.append(tag)
-    env = isolated_environment(tag, partitions, free_port(), tmp_path / "worker-data")
+    env = {**isolated_environment(tag, partitions, free_port(), tmp_path / "worker-data"), **(extra_env or {})}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
@@ -85,7 +87,8 @@ def make_namespace(tmp_path: Path, partitions: int = 4) -> Namespace:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    asyncio.run(ensure_topics(settings, echo=lambda _: None))
+    if create_topics:
+        asyncio.run(ensure_topics(settings, echo=lambda _: None))
     return Namespace(tag, env, settings)
 
 

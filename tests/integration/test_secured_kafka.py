@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,16 +25,16 @@ from pydantic import SecretStr
 from stream import metrics
 from stream.kafka.clients import connection_options
 from stream.services.local import SecuredListener, ServicePaths, start_kafka
-from stream.settings import isolated_environment, load_settings
+from stream.settings import isolated_environment
 from stream.sinks.alert_ledger import AlertLedger
 from tests.integration.conftest import (
-    NAMESPACE_TAGS,
     PROJECT_ROOT,
     Certificates,
     Namespace,
     WorkerProcess,
     free_port,
     make_certificates,
+    make_namespace,
     stop_broker,
     wait_for,
 )
@@ -94,17 +93,7 @@ def secured_broker(services: None, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def secured_namespace(broker: SecuredBroker, tmp_path: Path, partitions: int = 4) -> Namespace:
     """A namespace of its own on the secured broker; its topics are made by `healthscore topics`."""
-    tag = f"t{uuid.uuid4().hex[:8]}"
-    NAMESPACE_TAGS.append(tag)
-    env = {**isolated_environment(tag, partitions, free_port(), tmp_path / "worker-data"), **broker.env()}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        settings = load_settings()
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    return Namespace(tag, env, settings)
+    return make_namespace(tmp_path, partitions, extra_env=broker.env(), create_topics=False)
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
