@@ -13,7 +13,7 @@ import enum
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, Final, Literal, Union
 
 import msgspec
 
@@ -29,42 +29,64 @@ class TopicKind(str, enum.Enum):
     PAYMENTS = "payments"
 
 
+# The bounds of every number and string from outside (docs/events.md, "Bounds"). The Rust
+# kernel (native/src/validate.rs) declines anything beyond them, so both models refuse the
+# same messages; with them no sequence of valid events can overflow a counter of the record.
+#: Characters of any string field (ids, plan, category, reason, ...).
+MAX_TEXT: Final = 256
+#: Any money field (amount, unit_price, cart_value, mrr), in currency units.
+MAX_MONEY: Final = 1_000_000_000.0
+#: An item's quantity, a feature use's count.
+MAX_QUANTITY: Final = 1_000_000
+#: Items in one purchase.
+MAX_ITEMS: Final = 1_000
+#: A usage session's duration: 30 days.
+MAX_DURATION_SECONDS: Final = 2_592_000.0
+#: Either end of a survey's scale, and so its score.
+MAX_SURVEY_SCALE: Final = 1_000_000.0
+#: Timestamps from 2100-01-01T00:00:00Z on are refused (a due date too: a unit mistake).
+LATEST_MS: Final = 4_102_444_800_000
+
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Money = Annotated[float, msgspec.Meta(ge=0, le=MAX_MONEY)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
+SurveyNumber = Annotated[float, msgspec.Meta(ge=-MAX_SURVEY_SCALE, le=MAX_SURVEY_SCALE)]
 
 
 class Item(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     sku: NonEmpty
-    quantity: Annotated[int, msgspec.Meta(ge=1)]
-    unit_price: NonNegative
-    category: str | None = None
+    quantity: Quantity
+    unit_price: Money
+    category: Text | None = None
 
 
 class PurchaseCompleted(msgspec.Struct, frozen=True):
     order_id: NonEmpty
-    amount: NonNegative
+    amount: Money
     currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
-    items: tuple[Item, ...] = ()
+    items: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_ITEMS)] = ()
 
 
 class PurchaseRefunded(msgspec.Struct, frozen=True):
     order_id: NonEmpty
-    amount: NonNegative
+    amount: Money
 
 
 class CheckoutAbandoned(msgspec.Struct, frozen=True):
-    cart_value: NonNegative | None = None
+    cart_value: Money | None = None
 
 
 class UsageSession(msgspec.Struct, frozen=True):
     user_id: NonEmpty
-    duration_seconds: NonNegative
+    duration_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_SECONDS)]
 
 
 class UsageFeature(msgspec.Struct, frozen=True):
     user_id: NonEmpty
     feature: NonEmpty
-    count: Annotated[int, msgspec.Meta(ge=1)] = 1
+    count: Quantity = 1
 
 
 class TicketOpened(msgspec.Struct, frozen=True):
@@ -82,35 +104,35 @@ class TicketReopened(msgspec.Struct, frozen=True):
 
 class SurveyAnswered(msgspec.Struct, frozen=True):
     survey: Literal["nps", "csat", "ces"]
-    score: float
-    scale: tuple[float, float] | None = None
+    score: SurveyNumber
+    scale: tuple[SurveyNumber, SurveyNumber] | None = None
 
 
 class InvoiceIssued(msgspec.Struct, frozen=True):
     invoice_id: NonEmpty
-    amount: NonNegative
+    amount: Money
     due_at: str | int
 
 
 class PaymentSucceeded(msgspec.Struct, frozen=True):
     invoice_id: NonEmpty
-    amount: NonNegative
+    amount: Money
 
 
 class PaymentFailed(msgspec.Struct, frozen=True):
     invoice_id: NonEmpty
-    amount: NonNegative
-    reason: str | None = None
+    amount: Money
+    reason: Text | None = None
 
 
 class SubscriptionUpdated(msgspec.Struct, frozen=True):
-    mrr: NonNegative
+    mrr: Money
     #: Optional plan or tier name; selects per-segment weights when configured.
-    plan: str | None = None
+    plan: Text | None = None
 
 
 class SubscriptionCancelled(msgspec.Struct, frozen=True):
-    reason: str | None = None
+    reason: Text | None = None
 
 
 EventData = Union[
@@ -182,6 +204,10 @@ class RejectReason(str, enum.Enum):
     INVALID_AMOUNT = "invalid_amount"
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
+    #: A number beyond its documented bound (docs/events.md, "Bounds").
+    OUT_OF_RANGE = "out_of_range"
+    #: A string or list longer than its documented bound.
+    TOO_LONG = "too_long"
     #: Not the producer's fault: validating or applying the event raised. Parked so the stream goes on; report it as a bug.
     PROCESSING_ERROR = "processing_error"
 
@@ -205,24 +231,33 @@ _MONEY_FIELDS = {"amount", "cart_value", "mrr", "unit_price"}
 
 # Timestamps before this are surely a unit mistake (seconds sent as milliseconds).
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+#: RFC 3339's date-time (section 5.6): Python's fromisoformat takes far more (week dates,
+#: a date alone, no separators), which producers in other languages could not rely on.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
 
 
 def parse_timestamp_ms(value: str | int, field: str) -> int | Rejection:
-    """RFC 3339 with an explicit offset, or integer epoch milliseconds."""
+    """RFC 3339 with an explicit offset, or integer epoch milliseconds, from 2000 to 2100."""
     if isinstance(value, bool):
         return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} must be RFC 3339 or epoch milliseconds")
     if isinstance(value, int):
         millis = value
     else:
+        if _RFC3339.fullmatch(value) is None:
+            return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} is not RFC 3339: {value[:40]!r}")
+        text = value.upper()
+        if len(text) > 26 and "." in text:  # fromisoformat reads at most 6 fractional digits
+            head, _, tail = text.partition(".")
+            digits = len(tail) - len(tail.lstrip("0123456789"))
+            text = f"{head}.{tail[:min(digits, 6)]}{tail[digits:]}"
         try:
-            parsed = datetime.fromisoformat(value)
+            millis = int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
         except ValueError:
             return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} is not RFC 3339: {value[:40]!r}")
-        if parsed.tzinfo is None:
-            return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} has no UTC offset: {value[:40]!r}")
-        millis = int(parsed.timestamp() * 1000)
     if millis < _EARLIEST_MS:
         return Rejection(RejectReason.INVALID_TIMESTAMP, f"{field} is before the year 2000 ({millis} ms)")
+    if millis >= LATEST_MS:
+        return Rejection(RejectReason.OUT_OF_RANGE, f"{field} is in the year 2100 or later")
     return millis
 
 
@@ -319,7 +354,7 @@ def _decode_rejected(
     try:
         envelope = msgspec.convert(raw, _Envelope)
     except msgspec.ValidationError as error:
-        return Rejection(RejectReason.INVALID_FIELD, str(error))
+        return Rejection(_bound_reason(str(error)) or RejectReason.INVALID_FIELD, str(error))
 
     known = EVENT_TYPES.get(envelope.type)
     if known is None:
@@ -342,9 +377,18 @@ def _decode_rejected(
         message = str(error)
         path = _ERROR_PATH.search(message)
         money = path is not None and path.group(1).split(".")[-1] in _MONEY_FIELDS
-        reason = RejectReason.INVALID_AMOUNT if money else RejectReason.INVALID_FIELD
+        reason = _bound_reason(message) or (RejectReason.INVALID_AMOUNT if money else RejectReason.INVALID_FIELD)
         return Rejection(reason, f"data: {message}")
     return _checked(key, envelope.event_id, envelope.type, envelope.customer_id, occurred_at, data, now_ms, max_future_skew_ms)
+
+
+def _bound_reason(message: str) -> RejectReason | None:
+    """too_long or out_of_range when msgspec refused a value past one of the bounds above."""
+    if " of length <= " in message:
+        return RejectReason.TOO_LONG
+    if "` <= " in message:
+        return RejectReason.OUT_OF_RANGE
+    return None
 
 
 def _key_problem(key: bytes | None, customer_id: str) -> Rejection | None:

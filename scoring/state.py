@@ -64,6 +64,10 @@ MAX_RESOLUTIONS: Final = 16
 MAX_SURVEYS: Final = 12
 MAX_INVOICES: Final = 24
 DEFAULT_DEDUP_CAPACITY: Final = 32
+#: A day counter saturates here (2**53 - 1, exact as a float): with the contract's bounds a
+#: customer would need 90,000 purchases of the largest amount in one day to reach it, and
+#: 90 days of saturated counters still sum far below 2**63 in the kernel.
+COUNTER_MAX: Final = 9_007_199_254_740_991
 _FINGERPRINT_BYTES: Final = 8
 #: The users' fingerprint key when privacy.hash_key is not set: public, so the fingerprints
 #: are not pseudonymous (the worker warns at start).
@@ -144,7 +148,8 @@ def add_count(counts: DayCounts, day: int, counter: str, amount: int = 1) -> int
                 getattr(counts, name).insert(index, 0)
     column: list[int] = getattr(counts, counter)
     before = column[index]
-    column[index] = before + amount
+    total = before + amount
+    column[index] = total if total <= COUNTER_MAX else COUNTER_MAX
     return before
 
 

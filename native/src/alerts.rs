@@ -315,8 +315,8 @@ pub fn evaluate(
     if let Some(digest) = due_digest(state, health, at_ms, &reasons) {
         decision.raised.push(digest);
     }
-    if opened.is_empty() {
-        return decision;
+    if opened.is_empty() && decision.raised.is_empty() {
+        return decision; // as the model: `_raise` (and its pruning of alert_times) runs when a digest is due too
     }
     let cooldown_ms = rules.cooldown_hours * HOUR_MS;
     let budget = rules.max_alerts_per_customer_30d;

@@ -18,6 +18,8 @@ const MAX_RESOLUTIONS: usize = 16;
 const MAX_SURVEYS: usize = 12;
 const MAX_INVOICES: usize = 24;
 const FINGERPRINT_BYTES: usize = 8;
+/// `scoring.state.COUNTER_MAX`: a day counter saturates here.
+const COUNTER_MAX: i64 = 9_007_199_254_740_991;
 
 pub struct Item {
     pub category: Option<String>,
@@ -95,7 +97,7 @@ fn add_count(counts: &mut DayCounts, day: i64, counter: usize, amount: i64) -> i
     };
     let column = &mut counts.columns[counter];
     let before = column[index];
-    column[index] = before + amount;
+    column[index] = before.saturating_add(amount).min(COUNTER_MAX);
     before
 }
 

@@ -18,6 +18,15 @@ use crate::apply::{default_scale, Data, Event, Item};
 
 /// 2000-01-01T00:00:00Z: earlier timestamps are refused as a unit mistake.
 const EARLIEST_MS: i64 = 946_684_800_000;
+// The contract's bounds (`scoring.contract`, docs/events.md "Bounds"): beyond any of them
+// the kernel declines, and the contract names the reason (`out_of_range`, `too_long`).
+const LATEST_MS: i64 = 4_102_444_800_000;
+const MAX_TEXT: usize = 256;
+const MAX_MONEY: f64 = 1_000_000_000.0;
+const MAX_QUANTITY: i64 = 1_000_000;
+const MAX_ITEMS: usize = 1_000;
+const MAX_DURATION_SECONDS: f64 = 2_592_000.0;
+const MAX_SURVEY_SCALE: f64 = 1_000_000.0;
 
 /// `occurred_at` or `due_at`: epoch milliseconds or an RFC 3339 string.
 enum Timestamp {
@@ -120,16 +129,35 @@ fn timestamp_ms(value: &Timestamp) -> Option<i64> {
         Timestamp::Millis(millis) => *millis,
         Timestamp::Text(text) => rfc3339_ms(text)?,
     };
-    (millis >= EARLIEST_MS).then_some(millis)
+    (EARLIEST_MS..LATEST_MS).contains(&millis).then_some(millis)
+}
+
+/// `Text`: at most 256 characters.
+fn short(text: &str) -> bool {
+    text.len() <= MAX_TEXT || text.chars().count() <= MAX_TEXT
+}
+
+/// An optional `Text`.
+fn short_or_none(text: &Option<String>) -> bool {
+    text.as_deref().is_none_or(short)
 }
 
 /// `NonEmpty`: 1 to 256 characters.
 fn non_empty(text: &str) -> bool {
-    !text.is_empty() && (text.len() <= 256 || text.chars().count() <= 256)
+    !text.is_empty() && short(text)
 }
 
-fn non_negative(value: f64) -> bool {
-    value.is_finite() && value >= 0.0
+/// `Money`: 0 to `MAX_MONEY`.
+fn money(value: f64) -> bool {
+    value.is_finite() && (0.0..=MAX_MONEY).contains(&value)
+}
+
+fn quantity(value: i64) -> bool {
+    (1..=MAX_QUANTITY).contains(&value)
+}
+
+fn survey_number(value: f64) -> bool {
+    value.is_finite() && (-MAX_SURVEY_SCALE..=MAX_SURVEY_SCALE).contains(&value)
 }
 
 #[derive(Deserialize)]
@@ -228,8 +256,7 @@ struct PaymentFailedData {
     invoice_id: String,
     amount: f64,
     #[serde(default)]
-    #[allow(dead_code)] // validated: a reason that is not a string is refused
-    reason: Option<String>,
+    reason: Option<String>, // validated only: a reason that is not a string, or too long, is refused
 }
 
 #[derive(Deserialize)]
@@ -242,7 +269,6 @@ struct SubscriptionUpdatedData {
 #[derive(Deserialize)]
 struct SubscriptionCancelledData {
     #[serde(default)]
-    #[allow(dead_code)]
     reason: Option<String>,
 }
 
@@ -274,8 +300,9 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
         "purchase.completed" => {
             let data: PurchaseCompletedData = parse(raw)?;
             let items = data.items.iter().map(|item| parse::<ItemData>(item)).collect::<Option<Vec<_>>>()?;
-            let items_ok = items.iter().all(|item| non_empty(&item.sku) && item.quantity >= 1 && non_negative(item.unit_price));
-            if !(non_empty(&data.order_id) && non_negative(data.amount) && data.currency.chars().count() == 3 && items_ok) {
+            let items_ok = items.len() <= MAX_ITEMS
+                && items.iter().all(|item| non_empty(&item.sku) && quantity(item.quantity) && money(item.unit_price) && short_or_none(&item.category));
+            if !(non_empty(&data.order_id) && money(data.amount) && data.currency.chars().count() == 3 && items_ok) {
                 return None;
             }
             let items = items.into_iter().map(|item| Item { category: item.category }).collect();
@@ -283,28 +310,28 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
         }
         "purchase.refunded" => {
             let data: OrderAmountData = parse(raw)?;
-            if !(non_empty(&data.order_id) && non_negative(data.amount)) {
+            if !(non_empty(&data.order_id) && money(data.amount)) {
                 return None;
             }
             Data::PurchaseRefunded { amount: data.amount }
         }
         "checkout.abandoned" => {
             let data: CheckoutAbandonedData = parse(raw)?;
-            if !data.cart_value.is_none_or(non_negative) {
+            if !data.cart_value.is_none_or(money) {
                 return None;
             }
             Data::CheckoutAbandoned
         }
         "usage.session" => {
             let data: UsageSessionData = parse(raw)?;
-            if !(non_empty(&data.user_id) && non_negative(data.duration_seconds)) {
+            if !(non_empty(&data.user_id) && data.duration_seconds.is_finite() && (0.0..=MAX_DURATION_SECONDS).contains(&data.duration_seconds)) {
                 return None;
             }
             Data::UsageSession { user_id: data.user_id }
         }
         "usage.feature" => {
             let data: UsageFeatureData = parse(raw)?;
-            if !(non_empty(&data.user_id) && non_empty(&data.feature) && data.count >= 1) {
+            if !(non_empty(&data.user_id) && non_empty(&data.feature) && quantity(data.count)) {
                 return None;
             }
             Data::UsageFeature { user_id: data.user_id, feature: data.feature, count: data.count }
@@ -331,8 +358,8 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
             let data: SurveyAnsweredData = parse(raw)?;
             let default = default_scale(&data.survey)?; // also: the survey is one of the three
             let (low, high) = data.scale.unwrap_or(default);
-            let in_range = low.is_finite() && high.is_finite() && low < high && low <= data.score && data.score <= high;
-            if !(data.score.is_finite() && in_range) {
+            let in_range = survey_number(low) && survey_number(high) && low < high && low <= data.score && data.score <= high;
+            if !(survey_number(data.score) && in_range) {
                 return None;
             }
             Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale }
@@ -343,34 +370,37 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
                 Some(due_ms) => due_ms,
                 None => timestamp_ms(&data.due_at)?,
             };
-            if !(non_empty(&data.invoice_id) && non_negative(data.amount)) {
+            if !(non_empty(&data.invoice_id) && money(data.amount)) {
                 return None;
             }
             Data::InvoiceIssued { invoice_id: data.invoice_id, amount: data.amount, due_ms }
         }
         "payment.succeeded" => {
             let data: PaymentSucceededData = parse(raw)?;
-            if !(non_empty(&data.invoice_id) && non_negative(data.amount)) {
+            if !(non_empty(&data.invoice_id) && money(data.amount)) {
                 return None;
             }
             Data::PaymentSucceeded { invoice_id: data.invoice_id }
         }
         "payment.failed" => {
             let data: PaymentFailedData = parse(raw)?;
-            if !(non_empty(&data.invoice_id) && non_negative(data.amount)) {
+            if !(non_empty(&data.invoice_id) && money(data.amount) && short_or_none(&data.reason)) {
                 return None;
             }
             Data::PaymentFailed
         }
         "subscription.updated" => {
             let data: SubscriptionUpdatedData = parse(raw)?;
-            if !non_negative(data.mrr) {
+            if !(money(data.mrr) && short_or_none(&data.plan)) {
                 return None;
             }
             Data::SubscriptionUpdated { mrr: data.mrr, plan: data.plan }
         }
         "subscription.cancelled" => {
-            let _: SubscriptionCancelledData = parse(raw)?;
+            let data: SubscriptionCancelledData = parse(raw)?;
+            if !short_or_none(&data.reason) {
+                return None;
+            }
             Data::SubscriptionCancelled
         }
         _ => return None,

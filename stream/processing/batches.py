@@ -12,6 +12,7 @@ once per offset commit, just before it (stream/state/changelog.py), or with the 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -96,6 +97,7 @@ class BatchHandler:
         for message, decoded in zip(batch, validated):
             await self._apply_one(message, decoded, working, outputs, counts, now_ms)
         working.write_back()
+        await self._park_failed_writes(working)
         await self._send(batch, outputs)
         batch.ack(self._app)
         self._in_progress.end()
@@ -118,9 +120,21 @@ class BatchHandler:
                 waiting = self._events.handle(message, decoded, working, outputs, counts, now_ms)
                 if waiting is not None:
                     await waiting
-        except Exception as error:  # a bug must not stop the stream: park the message and go on
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # a bug (a kernel panic too) must not stop the stream: park the message and go on
             log.exception("Failed to process %s[%s]@%s", message.topic, message.partition, message.offset)
             await self._publisher.dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
+
+    async def _park_failed_writes(self, working: WorkingSet) -> None:
+        """Dead-letters the messages whose change could not be written back (their records were
+        written without them: stream/state/working_set.py)."""
+        for message, error in working.failed:
+            if message is None:
+                continue
+            log.error("Failed to write back the change of %s[%s]@%s", message.topic, message.partition, message.offset)
+            await self._publisher.dead_letter(message, Rejection(RejectReason.PROCESSING_ERROR, f"{type(error).__name__}: {error}"))
+        working.failed.clear()
 
     async def _send(self, batch: RecordBatch, outputs: Outputs) -> None:
         """Queues the batch's messages on the producer; changelog records wait for the next

@@ -102,7 +102,7 @@ class Sweeper:
         expired: list[bytes] = []
         for key in chunk:
             customer_id = key.decode()
-            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired))
+            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired), message)
             if expired and expired[-1] is key:
                 self.evict(key, partition, customer_id, working)
             elif result is not None:

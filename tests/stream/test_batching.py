@@ -556,3 +556,30 @@ def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_e
     warning = [record.getMessage() for record in caplog.records if "cannot be decoded" in record.getMessage()]
     assert warning and "partition 5" in warning[0] and "product-usage[5]@77" in warning[0]
     assert "garbage" not in warning[0] and "acme" not in warning[0]
+
+
+def test_a_change_that_cannot_be_encoded_is_left_out_of_the_record_and_reported() -> None:
+    """A record that cannot be encoded is never half-written: the action that broke it is
+    left out (and reported for the dead-letter topic), the batch's other actions stay."""
+    table = Table()
+    outputs = Outputs()
+    working = WorkingSet(table, {}, outputs, "changelog")
+    at = END_MS - 3_600_000
+    working.run(b"acme", 0, "acme", apply(usage("acme", "a1", at), 1), record(1))
+    apply_then_break = apply(usage("acme", "a2", at + 1000), 2)
+
+    def broken(state):
+        result = apply_then_break(state)
+        state.events_applied = 2**70  # msgpack cannot encode it: an OverflowError at write-back
+        return result
+
+    working.run(b"acme", 0, "acme", broken, record(2))
+    working.run(b"acme", 0, "acme", apply(usage("acme", "a3", at + 2000), 3), record(3))
+    working.run(b"beta", 0, "beta", apply(usage("beta", "b1", at), 4), record(4))
+
+    assert working.write_back() == 2
+    assert [(source.offset, type(error)) for source, error in working.failed] == [(2, OverflowError)]
+    acme = decode_state(table.data[b"acme"])
+    assert acme.events_applied == 2 and acme.source_offsets[1] == 3  # a1 and a3, not a2
+    assert decode_state(table.data[b"beta"]).events_applied == 1
+    assert [key for key, _ in outputs.pending("changelog")[0]] == [b"acme", b"beta"]

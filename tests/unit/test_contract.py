@@ -107,6 +107,24 @@ def test_a_tombstone_and_bytes_that_are_not_utf8_are_named_not_raised() -> None:
         (raw(type="survey.answered", data={"survey": "csat", "score": 3, "scale": [5, 1]}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
         (raw(type="invoice.issued", data={"invoice_id": "i", "amount": 5, "due_at": "soon"}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_TIMESTAMP),
         (raw(type="subscription.updated", data={"mrr": -5}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_AMOUNT),
+        # The documented bounds (docs/events.md, "Bounds").
+        (raw(data={"order_id": "o1", "amount": 2e17, "currency": "EUR"}), b"acme", TopicKind.PURCHASES, RejectReason.OUT_OF_RANGE),
+        (raw(data={"order_id": "o1", "amount": 1, "currency": "EUR", "items": [{"sku": "a", "quantity": 10**7, "unit_price": 1}]}), b"acme", TopicKind.PURCHASES, RejectReason.OUT_OF_RANGE),
+        (raw(data={"order_id": "o1", "amount": 1, "currency": "EUR", "items": [{"sku": "a", "quantity": 1, "unit_price": 1}] * 1001}), b"acme", TopicKind.PURCHASES, RejectReason.TOO_LONG),
+        (raw(data={"order_id": "o1", "amount": 1, "currency": "EUR", "items": [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}]}), b"acme", TopicKind.PURCHASES, RejectReason.TOO_LONG),
+        (raw(type="invoice.issued", data={"invoice_id": "i", "amount": 5, "due_at": 10**30}), b"acme", TopicKind.PAYMENTS, RejectReason.OUT_OF_RANGE),
+        (raw(type="invoice.issued", data={"invoice_id": "i", "amount": 5, "due_at": "2100-01-01T00:00:00Z"}), b"acme", TopicKind.PAYMENTS, RejectReason.OUT_OF_RANGE),
+        (raw(type="subscription.updated", data={"mrr": 1e9 + 1}), b"acme", TopicKind.PAYMENTS, RejectReason.OUT_OF_RANGE),
+        (raw(type="subscription.updated", data={"mrr": 5, "plan": "p" * 257}), b"acme", TopicKind.PAYMENTS, RejectReason.TOO_LONG),
+        (raw(type="subscription.cancelled", data={"reason": "r" * 900_000}), b"acme", TopicKind.PAYMENTS, RejectReason.TOO_LONG),
+        (raw(type="payment.failed", data={"invoice_id": "i", "amount": 1, "reason": "r" * 257}), b"acme", TopicKind.PAYMENTS, RejectReason.TOO_LONG),
+        (raw(type="usage.session", data={"user_id": "u", "duration_seconds": 2_592_001}), b"acme", TopicKind.USAGE, RejectReason.OUT_OF_RANGE),
+        (raw(type="usage.feature", data={"user_id": "u", "feature": "f", "count": 1_000_001}), b"acme", TopicKind.USAGE, RejectReason.OUT_OF_RANGE),
+        (raw(type="survey.answered", data={"survey": "nps", "score": 5, "scale": [0, 1e7]}), b"acme", TopicKind.TICKETS, RejectReason.OUT_OF_RANGE),
+        (raw(customer_id="c" * 257), b"c" * 257, TopicKind.PURCHASES, RejectReason.TOO_LONG),
+        (raw(occurred_at="2026-09-20"), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
+        (raw(occurred_at="2026-W38-1T10:00:00Z"), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
+        (raw(occurred_at="20260920T100000Z"), b"acme", TopicKind.PURCHASES, RejectReason.INVALID_TIMESTAMP),
     ],
 )
 def test_bad_input_is_rejected_with_its_reason(value: bytes, key: bytes | None, topic: TopicKind, reason: RejectReason) -> None:
@@ -114,6 +132,13 @@ def test_bad_input_is_rejected_with_its_reason(value: bytes, key: bytes | None, 
     assert isinstance(result, Rejection), result
     assert result.reason is reason, result.detail
     assert result.detail
+
+
+def test_values_at_their_bounds_are_accepted() -> None:
+    item = {"sku": "s" * 256, "quantity": 1_000_000, "unit_price": 1e9, "category": "c" * 256}
+    purchase = raw(data={"order_id": "o" * 256, "amount": 1e9, "currency": "EUR", "items": [item] * 1000})
+    assert isinstance(decode(purchase), Event)
+    assert isinstance(decode(raw(occurred_at="2026-09-20t10:00:00.123456789z")), Event)
 
 
 def test_a_timestamp_within_the_allowed_skew_is_accepted() -> None:

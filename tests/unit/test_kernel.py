@@ -21,11 +21,22 @@ from hypothesis import strategies as st
 from scoring import kernel
 from scoring.alerts import AlertParameters
 from scoring.compiled import PURE_PYTHON_VARIABLE
-from scoring.contract import Event, RejectReason, TopicKind, decode_event
+from scoring.contract import (
+    LATEST_MS,
+    MAX_DURATION_SECONDS,
+    MAX_ITEMS,
+    MAX_MONEY,
+    MAX_QUANTITY,
+    MAX_SURVEY_SCALE,
+    Event,
+    RejectReason,
+    TopicKind,
+    decode_event,
+)
 from scoring.health import ScoringParameters, score_state
 from scoring.output import alert_message, encode_json, health_message
 from scoring.pipeline import step
-from scoring.state import DAY_MS, decode_state, encode_state, new_state
+from scoring.state import COUNTER_MAX, COUNTERS, DAY_MS, decode_state, encode_state, new_state
 from stream.commands.generate import EventSynthesizer
 
 T0 = 1_790_000_000_000
@@ -183,8 +194,12 @@ small_ids = st.sampled_from(["a", "b", "c", "reports", "api"])
 amounts = st.one_of(st.integers(0, 500), st.floats(0, 10_000, allow_nan=False, allow_infinity=False))
 
 
+#: The largest values the contract accepts (docs/events.md, "Bounds").
+extreme_amounts = st.sampled_from([MAX_MONEY, MAX_MONEY - 0.01, 0.0])
+
+
 @st.composite
-def payloads(draw: st.DrawFn, event_type: str, at_ms: int) -> dict:
+def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStrategy = amounts, counts: st.SearchStrategy = st.integers(1, 50)) -> dict:
     if event_type == "purchase.completed":
         items = draw(st.lists(st.fixed_dictionaries({"sku": small_ids, "quantity": st.integers(1, 3), "unit_price": amounts}, optional={"category": st.one_of(st.none(), small_ids, st.just(""))}), max_size=3))
         return {"order_id": draw(small_ids), "amount": draw(amounts), "currency": "EUR", "items": items}
@@ -193,11 +208,11 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int) -> dict:
     if event_type == "checkout.abandoned":
         return draw(st.sampled_from([{}, {"cart_value": 12.5}]))
     if event_type == "usage.session":
-        return {"user_id": draw(small_ids), "duration_seconds": draw(amounts)}
+        return {"user_id": draw(small_ids), "duration_seconds": min(draw(amounts), MAX_DURATION_SECONDS)}
     if event_type == "usage.feature":
         payload = {"user_id": draw(small_ids), "feature": draw(small_ids)}
         if draw(st.booleans()):
-            payload["count"] = draw(st.integers(1, 50))
+            payload["count"] = draw(counts)
         return payload
     if event_type == "ticket.opened":
         return {"ticket_id": draw(small_ids), "priority": draw(st.sampled_from(["low", "normal", "high", "urgent"]))}
@@ -224,11 +239,13 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int) -> dict:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]:
+def histories(
+    draw: st.DrawFn, amounts: st.SearchStrategy = amounts, counts: st.SearchStrategy = st.integers(1, 50), types: list = EVENT_TYPES
+) -> list[tuple[bytes, Event, TopicKind, int, int]]:
     messages = []
     offsets = {kind: 0 for kind in TopicKind}
     for _ in range(draw(st.integers(1, 40))):
-        event_type, topic = draw(st.sampled_from(EVENT_TYPES))
+        event_type, topic = draw(st.sampled_from(types))
         at_ms = T0 - draw(st.integers(0, 120 * 24)) * 3_600_000 - draw(st.integers(0, 3_599_999))
         customer = draw(st.sampled_from(["cust-1", "cust-2"]))
         value = msgspec.json.encode(
@@ -237,7 +254,7 @@ def histories(draw: st.DrawFn) -> list[tuple[bytes, Event, TopicKind, int, int]]
                 "type": event_type,
                 "customer_id": customer,
                 "occurred_at": at_ms,
-                "data": draw(payloads(event_type, at_ms)),
+                "data": draw(payloads(event_type, at_ms, amounts, counts)),
             }
         )
         event = decode_event(customer.encode(), value, topic, T0 + 1, 300_000)
@@ -337,6 +354,37 @@ def test_the_kernel_bench_measures_both_paths_on_the_same_events() -> None:
     assert result["kernel_speedup"] == result["model_median"] / result["kernel_median"] > 0
 
 
+def saturated_record(customer_id: str, below_max: int) -> bytes:
+    """A record whose every day counter of the last 130 days is ``below_max`` under the cap."""
+    state = new_state(customer_id)
+    state.last_event_ms = T0 - 1
+    state.first_event_ms = T0 - 130 * DAY_MS
+    counts = state.counts
+    counts.days = list(range((T0 - 130 * DAY_MS) // DAY_MS, T0 // DAY_MS + 1))
+    for name in COUNTERS:
+        setattr(counts, name, [COUNTER_MAX - below_max] * len(counts.days))
+    return encode_state(state)
+
+
+@needs_kernel
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=histories(extreme_amounts, st.sampled_from([MAX_QUANTITY, 1]), [t for t in EVENT_TYPES if t[0].startswith(("purchase", "usage", "payment", "checkout", "ticket.opened"))]),
+    below_max=st.sampled_from([0, 1, MAX_QUANTITY, int(MAX_MONEY * 100)]),
+)
+def test_no_sequence_of_valid_events_overflows_or_diverges(history: list, below_max: int) -> None:
+    """The largest values the contract accepts, on counters at or near their cap: both models
+    saturate the same way, and every record still encodes (no OverflowError, no wrap)."""
+    both = Both(ScoringParameters(), ALL_RULES)
+    for customer in ("cust-1", "cust-2"):
+        both.model_store[customer.encode()] = both.kernel_store[customer.encode()] = saturated_record(customer, below_max)
+    for value, event, topic, partition, offset in history:
+        both.apply(value, event, topic, partition, offset)
+    for record in both.model_store.values():
+        counts = decode_state(record).counts
+        assert all(0 <= value <= COUNTER_MAX for name in COUNTERS for value in getattr(counts, name))
+
+
 # The kernel validates raw messages itself when the contract surely accepts them
 # (native/src/validate.rs) and declines the rest. It must never accept what the contract
 # refuses, must read what it accepts as the contract does, and must take the usual case.
@@ -346,6 +394,10 @@ ODD_VALUES = [
     None, True, False, -1, 0, 1.5, -0.0, 10**20, "", "x" * 300, "é" * 256, [], {}, [0, 10], "low", "nps", [["a", 1, 2.0]], [{"sku": "a", "quantity": 1, "unit_price": 1}],
     "2026-01-01T10:00:00Z", "2026-01-01 10:00:00+00:00", "1999-12-31T23:59:59Z", "2026-01-01T10:00:00.1234567+01:00",
     "2026-02-30T10:00:00Z", "2026-01-01T10:00:00+24:00", 946_684_799_999, T0 + SKEW_MS + 2, "usage.session", "payment.failed",
+    # The bounds (docs/events.md, "Bounds"): just inside and just beyond each.
+    MAX_MONEY, MAX_MONEY + 1, 2e17, 10**30, MAX_QUANTITY, MAX_QUANTITY + 1, MAX_DURATION_SECONDS + 1, MAX_SURVEY_SCALE + 1,
+    [-MAX_SURVEY_SCALE - 1, 10], LATEST_MS - 1, LATEST_MS, "2100-01-01T00:00:00Z", "x" * 257, "é" * 257, "2026-01-01",
+    [{"sku": "a", "quantity": 1, "unit_price": 1}] * (MAX_ITEMS + 1), [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}],
 ]
 
 
@@ -378,7 +430,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     if mutation == "envelope":
         body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "data" and isinstance(body["data"], dict):
-        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items"]))] = draw(st.sampled_from(ODD_VALUES))
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "drop":
         target = body if draw(st.booleans()) or not body["data"] else body["data"]
         del target[draw(st.sampled_from(sorted(target)))]
