@@ -445,7 +445,8 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
     "--at",
     "at_text",
     default=None,
-    help="Event time to rescore at: RFC 3339 (2026-11-22T10:00:00Z) or epoch milliseconds. Default: now.",
+    help="Event time to rescore at: RFC 3339 (2026-11-22T10:00:00Z) or epoch milliseconds. Default: now. "
+    "At most max_future_skew_seconds ahead of now (a sweep in the future would evict customers).",
 )
 def sweep_command(at_text: str | None) -> None:
     """Ask the running workers to rescore their silent customers now (or at --at), without
@@ -463,6 +464,14 @@ def sweep_command(at_text: str | None) -> None:
         if isinstance(parsed, Rejection):
             raise click.BadParameter(parsed.detail, param_hint="--at")
         at_ms = parsed
+    ahead_s = (at_ms - int(now * 1000)) / 1000
+    if ahead_s > settings.max_future_skew_seconds:
+        raise click.BadParameter(
+            f"{ahead_s:.0f} s in the future: a sweep may run at most max_future_skew_seconds "
+            f"({settings.max_future_skew_seconds} s) ahead of now, since customers silent for state_ttl_days "
+            "at that time would be evicted (the workers refuse such a tick too)",
+            param_hint="--at",
+        )
     count = _run_kafka(request_sweep(settings, at_ms, now), settings)
     click.echo(f"Sweep requested on {count} partition(s) at {datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat()}")
 

@@ -3,11 +3,14 @@
 
 It reads only ``occurred_at`` and ``event_id`` (under a microsecond per record); a record
 without a readable time sorts first and is refused by validation as it would be anyway.
-A sweep tick sits at the time it sweeps at.
+So does a time beyond ``max_future_skew_seconds`` ahead of the clock: validation refuses
+such an event, and taken as the partition's position it would hold the partition back and
+then count every later record as out of order. A sweep tick sits at the time it sweeps at.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Callable, Union
 
@@ -31,8 +34,11 @@ _tick_stamps = msgspec.json.Decoder(_TickStamp)
 _parse = datetime.fromisoformat
 
 
-def event_time_key(ticks_topic: str) -> Callable[[ConsumerRecord], EventTimeKey]:
-    """The key of an input record (``occurred_at`` in epoch ms, ``event_id``) or of a sweep tick."""
+def event_time_key(
+    ticks_topic: str, max_future_skew_ms: int, clock: Callable[[], float] = time.time
+) -> Callable[[ConsumerRecord], EventTimeKey]:
+    """The key of an input record (``occurred_at`` in epoch ms, ``event_id``) or of a sweep tick;
+    UNKNOWN_TIME for a time beyond ``max_future_skew_ms`` ahead of ``clock``."""
 
     def key(record: ConsumerRecord) -> EventTimeKey:
         value = record.value
@@ -40,7 +46,8 @@ def event_time_key(ticks_topic: str) -> Callable[[ConsumerRecord], EventTimeKey]
             return UNKNOWN_TIME
         try:
             if record.topic == ticks_topic:
-                return (_tick_stamps.decode(value).at_ms, "")
+                at_ms = _tick_stamps.decode(value).at_ms
+                return (at_ms, "") if at_ms <= clock() * 1000 + max_future_skew_ms else UNKNOWN_TIME
             stamp = _stamps.decode(value)
             occurred_at = stamp.occurred_at
             if type(occurred_at) is str:
@@ -48,7 +55,9 @@ def event_time_key(ticks_topic: str) -> Callable[[ConsumerRecord], EventTimeKey]
                 if parsed.tzinfo is None:
                     return UNKNOWN_TIME
                 occurred_at = int(parsed.timestamp() * 1000)  # as scoring.contract.parse_timestamp_ms
-            return (occurred_at, stamp.event_id) if type(occurred_at) is int else UNKNOWN_TIME
+            if type(occurred_at) is not int or occurred_at > clock() * 1000 + max_future_skew_ms:
+                return UNKNOWN_TIME
+            return (occurred_at, stamp.event_id)
         except (msgspec.DecodeError, ValueError, TypeError, OverflowError):
             return UNKNOWN_TIME
 

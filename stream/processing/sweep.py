@@ -59,6 +59,7 @@ class Sweeper:
         self._chunk_size = settings.sweep_chunk_size
         self._keys_by_partition = keys_by_partition
         self._ttl_ms = settings.state_ttl_ms
+        self._max_skew_ms = settings.max_future_skew_seconds * 1000
         self._publisher = publisher
         self._topic = sweep_topic
         self._clock = clock
@@ -94,6 +95,13 @@ class Sweeper:
             tick = msgspec.json.decode(message.value, type=SweepTick)
         except (msgspec.DecodeError, TypeError) as error:
             await self._publisher.dead_letter(message, Rejection(RejectReason.INVALID_FIELD, f"not a sweep tick: {error}"))
+            return
+        ahead_ms = tick.at_ms - int(self._clock() * 1000)
+        if ahead_ms > self._max_skew_ms:  # it would evict and decay everyone: refused, never applied
+            log.warning("A sweep tick %s s in the future was refused (beyond max_future_skew_seconds)", ahead_ms // 1000)
+            await self._publisher.dead_letter(
+                message, Rejection(RejectReason.FUTURE_TIMESTAMP, f"sweep at {ahead_ms // 1000} s in the future, beyond max_future_skew_seconds")
+            )
             return
         partition = message.partition
         after = tick.after.encode() if tick.after is not None else b""

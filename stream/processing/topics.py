@@ -46,7 +46,7 @@ class WorkerTopics:
             partitions=partitions,
             schema=raw_schema(),
             batch_limit=settings.batch_max_events,
-            event_time=event_time_key(sweep_name),
+            event_time=event_time_key(sweep_name, settings.max_future_skew_seconds * 1000),
             ticks=sweep_name,
             max_wait=settings.max_task_idle_seconds,
         )

@@ -7,8 +7,11 @@ id start a new record."""
 from __future__ import annotations
 
 import dataclasses
-import time
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -172,19 +175,36 @@ def test_customers_silent_for_state_ttl_days_are_evicted_in_event_time(namespace
     worker.start()
     try:
         kcat_produce(namespace.topic("usage"), [
-            ("old", event("old-1", "usage.session", "old", 40 * 24, {"user_id": "u", "duration_seconds": 60})),
+            ("old", event("old-1", "usage.session", "old", 80 * 24, {"user_id": "u", "duration_seconds": 60})),
+            ("mid", event("mid-1", "usage.session", "mid", 40 * 24, {"user_id": "u", "duration_seconds": 60})),
             ("young", event("young-1", "usage.session", "young", 24, {"user_id": "u", "duration_seconds": 60})),
         ])
         wait_for(lambda: health_of(namespace, "young")[0] == 200, timeout=60, message="young scored", explain=worker.log_tail)
-        healthscore(namespace, "sweep")  # now: "old" has been silent for 40 days
-        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") >= 1, timeout=60, message="old evicted")
+        # In event time: a sweep 45 days ago finds "old" silent for 35 days, "mid" and "young" not yet.
+        healthscore(namespace, "sweep", "--at", str(int((time.time() - 45 * 86400) * 1000)))
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") == 1, timeout=60, message="old evicted")
         wait_for(lambda: redis_traces(namespace, "old") == [], timeout=30, message="old's Redis keys deleted")
-        assert health_of(namespace, "old")[0] == 404 and health_of(namespace, "young")[0] == 200
+        assert health_of(namespace, "old")[0] == 404 and health_of(namespace, "mid")[0] == 200
         wait_for(lambda: latest_value_sizes(changelog_topic(namespace.settings)).get("old") == -1, timeout=30, message="old's tombstone")
-        # In event time: a sweep 30 days ahead finds "young" silent for 31 days.
-        ahead_ms = int((time.time() + 30 * 86400) * 1000)
-        healthscore(namespace, "sweep", "--at", str(ahead_ms))
-        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") >= 2, timeout=60, message="young evicted")
-        wait_for(lambda: redis_traces(namespace, "young") == [], timeout=30, message="young's Redis keys deleted")
+        healthscore(namespace, "sweep")  # now: "mid" has been silent for 40 days
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_customers_evicted_total") == 2, timeout=60, message="mid evicted")
+        wait_for(lambda: redis_traces(namespace, "mid") == [], timeout=30, message="mid's Redis keys deleted")
+        assert health_of(namespace, "young")[0] == 200
+
+        # A year ahead: refused by the command, and a tick sent around it by the workers.
+        refused = subprocess.run([sys.executable, "-m", "stream.cli", "sweep", "--at", str(int((time.time() + 365 * 86400) * 1000))],
+                                 env={**os.environ, **namespace.env}, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "max_future_skew_seconds" in refused.stderr
+        tick = json.dumps({"at_ms": int((time.time() + 365 * 86400) * 1000), "started_at": time.time()}).encode()
+        kcat_produce(namespace.topic("sweep"), [(None, tick)])
+        control = namespace.topic("sweep")
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_dead_letters_total", topic=control, reason="future_timestamp") >= 1,
+                 timeout=60, message="the future tick refused", explain=worker.log_tail)
+        assert metric_value(worker.metrics_url, "healthscore_customers_evicted_total") == 2
+        swept = metric_value(worker.metrics_url, "healthscore_sweep_customers_total")
+        healthscore(namespace, "sweep")
+        wait_for(lambda: metric_value(worker.metrics_url, "healthscore_sweep_customers_total") > swept, timeout=60, message="a later sweep ran")
+        assert metric_value(worker.metrics_url, "healthscore_customers_evicted_total") == 2
+        assert health_of(namespace, "young")[0] == 200 and redis_traces(namespace, "young") != []
     finally:
         worker.stop()

@@ -176,7 +176,7 @@ def RecordRunFor(topic: str, stamps: list[int], first: int = 0) -> RecordRun:
 
 
 def test_the_event_time_of_a_raw_record() -> None:
-    key = event_time_key("ticks")
+    key = event_time_key("ticks", 300_000, clock=lambda: 1_800_000_000.0)
 
     def of(value: bytes | None, topic: str = "usage") -> tuple[int, str]:
         return key(ConsumerRecord(topic, 0, 0, 0, 0, b"k", value, None, 0, 0, []))
@@ -187,6 +187,13 @@ def test_the_event_time_of_a_raw_record() -> None:
     for refused in (None, b"", b"not json", b"[]", b'{"occurred_at":"yesterday"}', b'{"occurred_at":"2026-10-01T00:00:00"}', b'{"occurred_at":true}', b"\xff\xfe"):
         assert of(refused) == UNKNOWN_TIME, refused
     assert of(msgspec.json.encode(SweepTick(1_790_812_800_000, 1.0)), topic="ticks") == (1_790_812_800_000, "")
+    # Beyond max_future_skew ahead of the clock: unknown time (validation refuses the event),
+    # never the partition's position; just within it, the time itself.
+    assert of(b'{"event_id":"e4","occurred_at":1800000300000}') == (1_800_000_300_000, "e4")
+    assert of(b'{"event_id":"e5","occurred_at":1800000300001}') == UNKNOWN_TIME
+    assert of(b'{"event_id":"e6","occurred_at":"2031-01-01T00:00:00Z"}') == UNKNOWN_TIME
+    assert of(b'{"event_id":"e7","occurred_at":1000000000000000000000000000000}') == UNKNOWN_TIME
+    assert of(msgspec.json.encode(SweepTick(1_800_000_300_001, 1.0)), topic="ticks") == UNKNOWN_TIME
 
 
 def test_a_partition_with_enough_buffered_is_fetched_no_more_until_the_agent_took_some() -> None:

@@ -79,3 +79,13 @@ def test_deliver_without_endpoints_refuses_to_start_rather_than_consume_alerts_f
 
     result = CliRunner().invoke(main, ["deliver"])
     assert result.exit_code != 0 and "no [[delivery.endpoints]] configured" in result.output
+
+
+@pytest.mark.parametrize("at", ["2031-01-01T00:00:00Z", "4102444799999"])
+def test_a_sweep_in_the_future_is_refused_before_anything_is_sent(at: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in --at would evict every customer silent for state_ttl_days at that time."""
+    monkeypatch.setenv("HEALTHSCORE_KAFKA_BOOTSTRAP", f"127.0.0.1:{unused_port()}")  # nothing listens: not even tried
+    result = CliRunner().invoke(main, ["sweep", "--at", at])
+    assert result.exit_code == 2, result.output
+    assert "max_future_skew_seconds" in result.output and "--at" in result.output
+    assert "cannot reach Kafka" not in result.output
