@@ -65,7 +65,7 @@ def one_run(events: int, customers: int, with_deliver: bool, delay: float, port:
     try:
         if with_deliver:
             server, received = slow_receiver(delay)
-            endpoint = {"name": "slow", "kind": "webhook", "url": f"http://127.0.0.1:{server.server_address[1]}/", "secret": SECRET}
+            endpoint = {"name": "slow", "kind": "webhook", "url": f"http://127.0.0.1:{server.server_address[1]}/", "secret": SECRET, "allow_insecure_http": True, "allow_private_network": True}
             deliver_env = {**env, "HEALTHSCORE_DELIVERY__ENDPOINTS": json.dumps([endpoint]), "HEALTHSCORE_DELIVERY__GROUP_ID": f"deliver-{tag}",
                            "HEALTHSCORE_DELIVERY__METRICS_PORT": str(port + 1)}
             deliver = subprocess.Popen([sys.executable, "-m", "stream.cli", "deliver"], cwd=ROOT, env={**os.environ, **deliver_env},

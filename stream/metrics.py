@@ -177,6 +177,17 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
     registry=REGISTRY,
 )
+DELIVERY_COMMIT_FAILURES = Counter(
+    "healthscore_delivery_commit_failures",
+    "Offset commits of `healthscore deliver` that failed (its group rebalanced): the alerts since the "
+    "last commit are delivered again, at least once.",
+    registry=REGISTRY,
+)
+DELIVERY_DROPPED_ERASED = Counter(
+    "healthscore_delivery_dropped_erased",
+    "Alerts `healthscore deliver` (or --redrive) did not send because their customer was erased since.",
+    registry=REGISTRY,
+)
 ENDPOINT_DISABLED = Gauge(
     "healthscore_delivery_endpoint_disabled",
     "1 for an endpoint that answered 410 Gone (its alerts are parked until the process restarts).",

@@ -27,7 +27,8 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "healthscore.toml"
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value may be a secret (a webhook secret, a Slack URL).
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class TopicNames(Frozen):
@@ -259,12 +260,37 @@ class AlertSettings(Frozen):
         return AlertParameters(**{**self.model_dump(exclude={"max_alerts_per_day"}), "digest_rules": tuple(self.digest_rules)})
 
 
+def private_address(host: str) -> bool:
+    """Whether an IP address is one a delivery must not reach unless allowed: loopback,
+    link-local (169.254.169.254, the cloud metadata service), private, reserved, multicast."""
+    address = ipaddress.ip_address(host.strip("[]"))
+    return (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
+            or address.is_multicast or address.is_unspecified)
+
+
+def _webhook_secret_problem(secret: str) -> str | None:
+    """Standard Webhooks secrets are "whsec_" and base64 of 24 to 64 random bytes."""
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        return 'must start with "whsec_"'
+    try:
+        raw = base64.b64decode(secret[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        return 'is not "whsec_" followed by base64'
+    if not 24 <= len(raw) <= 64:
+        return f"decodes to {len(raw)} bytes; Standard Webhooks secrets are 24 to 64 random bytes"
+    return None
+
+
 class EndpointSettings(Frozen):
     """One place alerts are delivered to (`healthscore deliver`), and which alerts."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     kind: Literal["webhook", "slack"]
-    url: str = Field(pattern=r"^https?://")
+    #: A secret: a Slack incoming-webhook URL carries its token (never logged or shown).
+    url: SecretStr
     #: Webhooks: the Standard Webhooks secret ("whsec_" + base64); or from the environment,
     #: HEALTHSCORE_DELIVERY_SECRET_<NAME> (the name upper-cased, - as _).
     secret: SecretStr | None = None
@@ -276,7 +302,39 @@ class EndpointSettings(Frozen):
     min_churn_risk: float = Field(0.0, ge=0, le=1)
     plans: list[str] = []
     #: At most this many deliveries a minute to this endpoint (0: no limit).
-    max_per_minute: int = Field(0, ge=0)
+    max_per_minute: int = Field(0, ge=0, le=6000)
+    #: http:// is refused unless this is true (a receiver on the same host, a test).
+    allow_insecure_http: bool = False
+    #: Loopback, link-local (the cloud metadata service) and private addresses are refused,
+    #: as the URL's host or as what its name resolves to, unless this is true.
+    allow_private_network: bool = False
+
+    @model_validator(mode="after")
+    def _safe_url(self) -> "EndpointSettings":
+        url = self.url.get_secret_value()
+        where = f"delivery endpoint {self.name!r}: url"
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{where} must be an https:// URL with a host")
+        if parts.scheme == "http" and not self.allow_insecure_http:
+            raise ValueError(f"{where} is http://: use https://, or set allow_insecure_http = true for this endpoint")
+        if parts.username or parts.password:
+            raise ValueError(f"{where} carries credentials: use the endpoint's secret instead")
+        try:
+            literal = private_address(parts.hostname)
+        except ValueError:
+            literal = parts.hostname == "localhost" or parts.hostname.endswith(".localhost")
+        if literal and not self.allow_private_network:
+            raise ValueError(f"{where} is a loopback, link-local or private address: set allow_private_network = true for this endpoint if that is meant")
+        if self.kind == "webhook":
+            secret = self.secret_value()
+            problem = _webhook_secret_problem(secret) if secret else None
+            if problem:
+                raise ValueError(f"delivery endpoint {self.name!r}: the webhook secret {problem}")
+        return self
+
+    def url_value(self) -> str:
+        return self.url.get_secret_value()
 
     def secret_value(self) -> str | None:
         from_environment = os.environ.get(f"HEALTHSCORE_DELIVERY_SECRET_{self.name.upper().replace('-', '_')}")
@@ -299,11 +357,25 @@ class DeliverySettings(Frozen):
     #: an endpoint that keeps failing must not hold the others back.
     max_wait_per_alert_seconds: float = Field(60.0, gt=0)
     request_timeout_seconds: float = Field(10.0, gt=0, le=300)
-    #: A link to the customer in Slack messages, e.g. "https://crm.example.com/customers/{customer_id}".
+    #: A link to the customer in Slack messages, e.g. "https://crm.example.com/customers/{customer_id}"
+    #: (the id is URL-encoded into it).
     customer_url_template: str | None = None
     #: /metrics of the delivery process (no customer data: counts by endpoint).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(6067, ge=1, le=65535)
+
+    @field_validator("customer_url_template")
+    @classmethod
+    def _one_placeholder(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            example = template.format(customer_id="x")
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
+            raise ValueError(f"takes one placeholder, {{customer_id}}: {error}") from None
+        if not example.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return template
 
     @field_validator("endpoints")
     @classmethod
@@ -351,6 +423,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         frozen=True,
         extra="forbid",
+        hide_input_in_errors=True,
     )
 
     app_id: str = "healthscore"

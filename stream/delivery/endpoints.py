@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from stream import metrics
 from stream.delivery.payloads import Alert, slack_message, webhook_body, webhook_headers
-from stream.settings import DeliverySettings, EndpointSettings
+from stream.settings import DeliverySettings, EndpointSettings, private_address
 
 log = logging.getLogger("healthscore.deliver")
 
@@ -56,12 +58,47 @@ def _retry_after(response_headers: dict[str, str]) -> float | None:
         return None
 
 
-class Deliverer:
-    """Sends alerts to the configured endpoints over one HTTP session."""
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves as usual, then keeps only public addresses: a name that resolves to loopback,
+    link-local (the cloud metadata service) or a private network is refused, so an endpoint's
+    DNS cannot point a delivery inside the network."""
 
-    def __init__(self, settings: DeliverySettings, session: aiohttp.ClientSession, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(self) -> None:
+        self._resolver = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
+        public = [entry for entry in await self._resolver.resolve(host, port, family) if not private_address(entry["host"])]
+        if not public:
+            raise OSError(f"{host} resolves only to loopback, link-local or private addresses (allow_private_network)")
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def delivery_session(allow_private_network: bool) -> aiohttp.ClientSession:
+    """An HTTP session for the endpoints with (or without) ``allow_private_network``."""
+    if allow_private_network:
+        return aiohttp.ClientSession()
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))
+
+
+def _redacted(text: str, endpoint: EndpointSettings) -> str:
+    """An error text without the endpoint's URL (a Slack URL is a credential)."""
+    return text.replace(endpoint.url_value(), f"<{endpoint.name} url>")
+
+
+class Deliverer:
+    """Sends alerts to the configured endpoints; ``session`` serves those that allow private
+    networks, ``public_session`` (when given: :func:`delivery_session`) the others."""
+
+    def __init__(
+        self, settings: DeliverySettings, session: aiohttp.ClientSession, sleep: Sleep = asyncio.sleep,
+        public_session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._settings = settings
         self._session = session
+        self._public_session = public_session or session
         self._sleep = sleep
         self._state: dict[str, _EndpointState] = {endpoint.name: _EndpointState() for endpoint in settings.endpoints}
 
@@ -80,12 +117,15 @@ class Deliverer:
     async def _post(self, endpoint: EndpointSettings, body: str, headers: dict[str, str]) -> tuple[int | None, float | None, str]:
         """(status or None, Retry-After seconds, error text) of one attempt."""
         timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout_seconds)
+        session = self._session if endpoint.allow_private_network else self._public_session
         try:
-            async with self._session.post(endpoint.url, data=body.encode(), headers=headers, timeout=timeout) as response:
+            # Redirects are not followed: a 307/308 would send the signed body somewhere else.
+            async with session.post(endpoint.url_value(), data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False) as response:
                 await response.read()
-                return response.status, _retry_after(dict(response.headers)), f"HTTP {response.status}"
+                moved = " (redirects are not followed)" if 300 <= response.status < 400 else ""
+                return response.status, _retry_after(dict(response.headers)), f"HTTP {response.status}{moved}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-            return None, None, f"{type(error).__name__}: {error}"
+            return None, None, _redacted(f"{type(error).__name__}: {error}", endpoint)
 
     async def _rate_limit(self, endpoint: EndpointSettings, state: _EndpointState) -> None:
         if endpoint.max_per_minute <= 0:
@@ -107,7 +147,17 @@ class Deliverer:
         return min(delay, self._settings.max_retry_delay_seconds)
 
     async def deliver(self, endpoint: EndpointSettings, raw_alert: bytes, alert: Alert) -> Outcome:
-        """Attempts until a 2xx, a 410, or the alert's wait would pass ``max_wait_per_alert_seconds``."""
+        """Attempts until a 2xx, a 410, or the alert's wait would pass ``max_wait_per_alert_seconds``.
+        Anything that raises for this alert and this endpoint (a payload that cannot be built,
+        a secret that cannot sign) parks it for this endpoint, with the error: it never stops
+        the delivery of the others."""
+        try:
+            return await self._attempts(endpoint, raw_alert, alert)
+        except Exception as error:
+            log.exception("Delivering an alert to %s raised: parked for this endpoint", endpoint.name)
+            return Outcome(False, 0, _redacted(f"{type(error).__name__}: {error}", endpoint))
+
+    async def _attempts(self, endpoint: EndpointSettings, raw_alert: bytes, alert: Alert) -> Outcome:
         state = self._state[endpoint.name]
         if state.disabled:
             return Outcome(False, 0, f"endpoint disabled: {state.last_error}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import quote
 
 import msgspec
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
@@ -85,24 +86,49 @@ def reasons_text(reasons: list[Reason]) -> str:
     return ", ".join(f"{reason.component} {'+' if reason.change > 0 else '−'}{abs(reason.change):.0f}" for reason in reasons) or "no component moved"
 
 
+# Block Kit's limits (api.slack.com/reference/block-kit): slack_sdk raises past them, so every
+# string that comes from outside is cut to fit first.
+HEADER_CHARACTERS = 150
+TEXT_CHARACTERS = 2000
+FALLBACK_CHARACTERS = 3000
+URL_CHARACTERS = 3000
+
+
+def fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def mrkdwn_escaped(text: str) -> str:
+    """Slack's escaping of text it parses for markup: ``<!channel>``, ``<https://...|link>``
+    and the like from a customer id or a detail come out as the characters they are."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(alert: Alert, customer_url_template: str | None) -> dict:
-    """A Block Kit message built with slack_sdk's models (which check the limits of each block)."""
+    """A Block Kit message built with slack_sdk's models (which check the limits of each block);
+    every customer-supplied string is escaped and cut to those limits."""
     before = f"{alert.previous_score:.0f} → " if alert.previous_score is not None else ""
+    customer = mrkdwn_escaped(alert.customer_id)
+    band, rule = alert.band.replace("_", " "), alert.rule.replace("_", " ")
+    why = mrkdwn_escaped(reasons_text(alert.reasons))
     blocks = [
-        HeaderBlock(text=f"{alert.customer_id}: {alert.band.replace('_', ' ')} ({alert.severity})"),
+        # plain_text: Slack parses no markup there, so the id is shown as it is, only cut.
+        HeaderBlock(text=fit(f"{alert.customer_id}: {band} ({alert.severity})", HEADER_CHARACTERS)),
         SectionBlock(
             fields=[
                 MarkdownTextObject(text=f"*Score*\n{before}{alert.score:.0f}"),
                 MarkdownTextObject(text=f"*Churn risk*\n{alert.churn_risk:.0%}"),
-                MarkdownTextObject(text=f"*Rule*\n{alert.rule.replace('_', ' ')}"),
-                MarkdownTextObject(text=f"*Why*\n{reasons_text(alert.reasons)}"),
+                MarkdownTextObject(text=fit(f"*Rule*\n{mrkdwn_escaped(rule)}", TEXT_CHARACTERS)),
+                MarkdownTextObject(text=fit(f"*Why*\n{why}", TEXT_CHARACTERS)),
             ]
         ),
     ]
     if alert.detail:
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=alert.detail)]))
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=fit(mrkdwn_escaped(alert.detail), TEXT_CHARACTERS))]))
     if customer_url_template:
-        url = customer_url_template.format(customer_id=alert.customer_id)
-        blocks.append(ActionsBlock(elements=[ButtonElement(text="Open the customer", url=url, action_id="open-customer")]))
-    text = f"{alert.customer_id} is {alert.band.replace('_', ' ')}: {alert.rule.replace('_', ' ')} ({reasons_text(alert.reasons)})"
+        url = customer_url_template.format(customer_id=quote(alert.customer_id, safe=""))
+        if len(url) <= URL_CHARACTERS:
+            blocks.append(ActionsBlock(elements=[ButtonElement(text="Open the customer", url=url, action_id="open-customer")]))
+    text = fit(f"{customer} is {band}: {mrkdwn_escaped(rule)} ({why})", FALLBACK_CHARACTERS)
     return {"text": text, "blocks": [block.to_dict() for block in blocks]}

@@ -13,13 +13,14 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from stream import metrics
-from stream.delivery.endpoints import Deliverer, Outcome
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from stream.delivery.endpoints import Deliverer, Outcome, delivery_session
 from stream.delivery.payloads import Alert, read_alert, wanted
 from stream.kafka.clients import connection_options
 from stream.kafka.topics import partitions_of
@@ -75,27 +76,47 @@ class Delivery:
         return [outcome.delivered for outcome in outcomes]
 
 
+def max_poll_interval_ms(settings: Settings) -> int:
+    """The longest one alert can take (a rate-limit wait of up to a minute, then attempts for up
+    to max_wait_per_alert_seconds, the last one up to request_timeout_seconds), with a margin:
+    the loop takes one alert per poll, so it never overstays its consumer group."""
+    delivery = settings.delivery
+    worst = 60 + delivery.max_wait_per_alert_seconds + delivery.request_timeout_seconds
+    return int(max(300.0, 2 * worst) * 1000)
+
+
+async def _commit(consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
+    """Commits past ``record``; a group that moved on meanwhile is logged, not fatal: the alerts
+    after the last commit come again to whoever owns them now (receivers deduplicate on
+    webhook-id, the alert id)."""
+    try:
+        await consumer.commit({TopicPartition(record.topic, record.partition): OffsetAndMetadata(record.offset + 1, "")})
+    except (CommitFailedError, KafkaError) as error:
+        metrics.DELIVERY_COMMIT_FAILURES.inc()
+        log.warning("Committing %s[%s]@%s failed (%s): the group rebalanced; its alerts may be delivered again",
+                    record.topic, record.partition, record.offset, type(error).__name__)
+
+
 async def run_delivery(settings: Settings, echo: Callable[[str], None] = print, stop: asyncio.Event | None = None) -> None:
     """Runs until ``stop`` is set (or for ever): the ``healthscore deliver`` process."""
     connection = connection_options(settings.kafka)
     consumer = AIOKafkaConsumer(
         settings.topics.alerts, **connection, group_id=settings.delivery.group_id,
-        enable_auto_commit=False, auto_offset_reset="earliest",
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_interval_ms=max_poll_interval_ms(settings),
     )
     producer = AIOKafkaProducer(**connection, acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
-    async with aiohttp.ClientSession() as session:
-        delivery = Delivery(settings, Deliverer(settings.delivery, session), producer)
+    async with delivery_session(True) as session, delivery_session(False) as public_session:
+        delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), producer)
         names = ", ".join(f"{e.name} ({e.kind})" for e in settings.delivery.endpoints)
         echo(f"Delivering {settings.topics.alerts} to {names or 'no endpoint: configure [[delivery.endpoints]]'}")
         try:
             while stop is None or not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=100)
-                for tp, records in batches.items():
+                for records in (await consumer.getmany(timeout_ms=500, max_records=1)).values():
                     for record in records:
                         await delivery.handle(record)
-                        await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+                        await _commit(consumer, record)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -115,8 +136,8 @@ async def redrive(settings: Settings, endpoint: EndpointSettings, echo: Callable
         partitions = [TopicPartition(topic, p) for p in await partitions_of(settings.kafka, topic)]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        async with aiohttp.ClientSession() as session:
-            delivery = Delivery(settings, Deliverer(settings.delivery, session), producer=None)
+        async with delivery_session(True) as session, delivery_session(False) as public_session:
+            delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), producer=None)
             for tp in partitions:
                 while await consumer.position(tp) < ends[tp]:
                     records = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
@@ -144,5 +165,5 @@ SAMPLE_ALERT = Alert(
 async def send_test(settings: Settings, endpoint: EndpointSettings) -> Outcome:
     """One sample alert to one endpoint, with the usual retries."""
     raw = msgspec.json.encode(msgspec.structs.replace(SAMPLE_ALERT, raised_at=datetime.now(timezone.utc).isoformat()))
-    async with aiohttp.ClientSession() as session:
-        return await Deliverer(settings.delivery, session).deliver(endpoint, raw, read_alert(raw))
+    async with delivery_session(True) as session, delivery_session(False) as public_session:
+        return await Deliverer(settings.delivery, session, public_session=public_session).deliver(endpoint, raw, read_alert(raw))

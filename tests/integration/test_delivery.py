@@ -21,6 +21,8 @@ from standardwebhooks.webhooks import Webhook
 from tests.integration.conftest import PROJECT_ROOT, Namespace, free_port, kcat_consume, kcat_produce, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-24byt").decode()
+#: The receivers listen on http://127.0.0.1: both must be allowed explicitly.
+LOCAL = {"allow_insecure_http": True, "allow_private_network": True}
 
 
 class Receiver:
@@ -65,8 +67,8 @@ def alert(number: int) -> tuple[str, bytes]:
 
 def deliver_env(namespace: Namespace, crm_port: int, down_port: int) -> dict[str, str]:
     endpoints = [
-        {"name": "crm", "kind": "webhook", "url": f"http://127.0.0.1:{crm_port}/hook", "secret": SECRET},
-        {"name": "down", "kind": "webhook", "url": f"http://127.0.0.1:{down_port}/hook", "secret": SECRET},
+        {"name": "crm", "kind": "webhook", "url": f"http://127.0.0.1:{crm_port}/hook", "secret": SECRET, **LOCAL},
+        {"name": "down", "kind": "webhook", "url": f"http://127.0.0.1:{down_port}/hook", "secret": SECRET, **LOCAL},
     ]
     return {
         **os.environ, **namespace.env,

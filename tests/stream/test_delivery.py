@@ -60,8 +60,12 @@ class Receiver:
             await self.runner.cleanup()
 
 
+#: The receivers here listen on http://127.0.0.1: both must be allowed explicitly.
+LOCAL = {"allow_insecure_http": True, "allow_private_network": True}
+
+
 def endpoint(url: str, kind: str = "webhook", **filters: Any) -> EndpointSettings:
-    return EndpointSettings(name="crm", kind=kind, url=url, secret=SECRET if kind == "webhook" else None, **filters)
+    return EndpointSettings(name="crm", kind=kind, url=url, secret=SECRET if kind == "webhook" else None, **LOCAL, **filters)
 
 
 def settings_for(*endpoints: EndpointSettings, schedule: list[float] = [0.05, 0.1, 0.2], wait: float = 5.0) -> DeliverySettings:
@@ -128,8 +132,8 @@ def test_an_endpoint_down_for_good_parks_after_its_wait_then_parks_at_once_while
     async def scenario() -> tuple[list, list, Receiver]:
         healthy = Receiver()
         healthy_url = await healthy.start()
-        down = EndpointSettings(name="down", kind="webhook", url="http://127.0.0.1:9/hook", secret=SECRET)
-        up = EndpointSettings(name="up", kind="webhook", url=healthy_url, secret=SECRET)
+        down = EndpointSettings(name="down", kind="webhook", url="http://127.0.0.1:9/hook", secret=SECRET, **LOCAL)
+        up = EndpointSettings(name="up", kind="webhook", url=healthy_url, secret=SECRET, **LOCAL)
         async with aiohttp.ClientSession() as session:
             deliverer = Deliverer(settings_for(down, up, schedule=[0.2, 0.4], wait=0.5), session)
             started = time.monotonic()
@@ -162,7 +166,7 @@ def test_the_slack_endpoint_receives_the_block_kit_json() -> None:
     async def scenario() -> Receiver:
         receiver = Receiver()
         url = await receiver.start()
-        target = EndpointSettings(name="cs-channel", kind="slack", url=url)
+        target = EndpointSettings(name="cs-channel", kind="slack", url=url, **LOCAL)
         async with aiohttp.ClientSession() as session:
             assert (await Deliverer(settings_for(target), session).deliver(target, RAW, read_alert(RAW))).delivered
         await receiver.stop()
@@ -192,3 +196,126 @@ def test_a_webhook_without_a_secret_is_refused_naming_the_variable(monkeypatch: 
     settings = DeliverySettings(endpoints=[EndpointSettings(name="my-crm", kind="webhook", url="https://crm.example.com/hook")])
     assert settings.endpoint("my-crm").secret_value() == SECRET
     assert SECRET not in repr(settings)
+
+
+# Hardening: one alert or one endpoint cannot stop delivery, nor point it inside the network.
+HOSTILE_ID = "<!channel> <https://evil.example|click> & " + "x" * 214  # 256 characters, the contract's bound
+
+
+def test_a_hostile_256_character_customer_id_gives_valid_escaped_block_kit() -> None:
+    assert len(HOSTILE_ID) == 256
+    alert = read_alert(msgspec.json.encode({**ALERT, "customer_id": HOSTILE_ID, "detail": "<!here> " + "d" * 3000}))
+    message = slack_message(alert, "https://crm.example.com/customers/{customer_id}")
+    for block in message["blocks"]:
+        Block.parse(block).validate_json()  # slack_sdk's limits: a header of 150 characters among them
+    header = message["blocks"][0]["text"]["text"]
+    assert len(header) == 150 and header.endswith("…")
+    assert "<!channel>" not in message["text"] and "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp;" in message["text"]
+    context = message["blocks"][2]["elements"][0]["text"]
+    assert context.startswith("&lt;!here&gt;") and len(context) == 2000
+    url = message["blocks"][-1]["elements"][0]["url"]
+    assert url.startswith("https://crm.example.com/customers/%3C%21channel%3E%20%3Chttps%3A%2F%2Fevil.example%7Cclick%3E%20%26%20xxx")
+
+
+@pytest.mark.parametrize(("secret", "problem"), [
+    ("whsec_!!!", 'is not "whsec_" followed by base64'),
+    ("not-a-secret", 'must start with "whsec_"'),
+    ("whsec_" + base64.b64encode(b"short").decode(), "decodes to 5 bytes"),
+])
+def test_a_malformed_webhook_secret_is_refused_when_settings_load(secret: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="endpoint 'crm': the webhook secret") as refused:
+        EndpointSettings(name="crm", kind="webhook", url="https://crm.example.com/hook", secret=secret)
+    assert problem in str(refused.value) and secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(("url", "flags", "problem"), [
+    ("http://crm.example.com/hook", {}, "allow_insecure_http"),
+    ("https://169.254.169.254/latest/meta-data/", {}, "allow_private_network"),
+    ("https://127.0.0.1:8443/hook", {}, "allow_private_network"),
+    ("https://10.1.2.3/hook", {}, "allow_private_network"),
+    ("https://[::1]/hook", {}, "allow_private_network"),
+    ("https://localhost/hook", {}, "allow_private_network"),
+    ("https://user:pw@crm.example.com/hook", {}, "carries credentials"),
+    ("ftp://crm.example.com/hook", {}, "https:// URL"),
+])
+def test_endpoint_urls_that_could_reach_inside_the_network_are_refused(url: str, flags: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        EndpointSettings(name="crm", kind="webhook", url=url, secret=SECRET, **flags)
+
+
+def test_a_slack_url_is_a_secret_and_allowed_addresses_are_opt_in() -> None:
+    slack = EndpointSettings(name="cs", kind="slack", url="https://hooks.slack.com/services/T0/B0/sekret-token")
+    assert "sekret-token" not in repr(slack) and "sekret-token" not in str(DeliverySettings(endpoints=[slack]))
+    assert slack.url_value().endswith("sekret-token")
+    local = EndpointSettings(name="local", kind="webhook", url="http://127.0.0.1:8080/hook", secret=SECRET, **LOCAL)
+    assert local.allow_private_network and local.allow_insecure_http
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused_at_connection_time() -> None:
+    from stream.delivery.endpoints import PublicOnlyResolver
+
+    async def scenario() -> str:
+        resolver = PublicOnlyResolver()
+        try:
+            await resolver.resolve("localhost", 443)
+        except OSError as error:
+            return str(error)
+        finally:
+            await resolver.close()
+        return "resolved"
+
+    assert "resolves only to loopback, link-local or private addresses" in asyncio.run(scenario())
+
+
+def test_a_redirect_is_not_followed() -> None:
+    async def scenario() -> tuple[Any, Receiver, Receiver]:
+        elsewhere = Receiver()
+        elsewhere_url = await elsewhere.start()
+        redirecting = Receiver([(307, {"Location": elsewhere_url})] * 10)
+        target = endpoint(await redirecting.start())
+        async with aiohttp.ClientSession() as session:
+            outcome = await Deliverer(settings_for(target, wait=0.3), session).deliver(target, RAW, read_alert(RAW))
+        await redirecting.stop()
+        await elsewhere.stop()
+        return outcome, redirecting, elsewhere
+
+    outcome, redirecting, elsewhere = asyncio.run(scenario())
+    assert not outcome.delivered and outcome.error == "HTTP 307 (redirects are not followed)"
+    assert len(redirecting.requests) >= 1 and elsewhere.requests == []
+
+
+def test_an_alert_that_raises_for_one_endpoint_is_parked_there_while_another_receives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever raises while one alert is prepared for one endpoint (here the webhook's
+    signature, as a secret that cannot sign would) parks it for that endpoint only."""
+    import stream.delivery.endpoints as endpoints
+
+    def broken_signature(*args: Any) -> dict[str, str]:
+        raise ValueError("the secret cannot sign")
+
+    monkeypatch.setattr(endpoints, "webhook_headers", broken_signature)
+    hostile = msgspec.json.encode({**ALERT, "customer_id": HOSTILE_ID})
+
+    async def scenario() -> tuple[list, Receiver]:
+        slack_receiver = Receiver()
+        slack = EndpointSettings(name="cs-channel", kind="slack", url=await slack_receiver.start(), **LOCAL)
+        webhook = endpoint("http://127.0.0.1:9/hook")
+        deliverer = Deliverer(settings_for(webhook, slack), aiohttp.ClientSession())
+        outcomes = [await deliverer.deliver(e, hostile, read_alert(hostile)) for e in (webhook, slack)]
+        await deliverer._session.close()
+        await slack_receiver.stop()
+        return outcomes, slack_receiver
+
+    (webhook_outcome, slack_outcome), slack_receiver = asyncio.run(scenario())
+    assert not webhook_outcome.delivered and webhook_outcome.error == "ValueError: the secret cannot sign"
+    assert slack_outcome.delivered
+    for block in json.loads(slack_receiver.requests[0][2])["blocks"]:
+        Block.parse(block).validate_json()
+
+
+def test_the_delivery_loop_stays_within_its_consumer_groups_poll_interval() -> None:
+    from stream.delivery.service import max_poll_interval_ms
+    from stream.settings import load_settings
+
+    settings = load_settings()
+    worst_per_alert_ms = (60 + settings.delivery.max_wait_per_alert_seconds + settings.delivery.request_timeout_seconds) * 1000
+    assert max_poll_interval_ms(settings) >= 2 * worst_per_alert_ms
