@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import logging
@@ -207,6 +208,11 @@ class LatestScoreCache:
         self._pending_erasures: list[str] = []  # evicted customers whose keys are to go
         self._healthy = True
         self._flushing = False
+        #: Set while no flush runs: an erasure waits for the one in flight (its chunk may hold the customer).
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: Customers erased or evicted while a flush was in flight: never put back by its failure.
+        self._gone_during_flush: set[str] = set()
         self._backlog_interval = backlog_interval_seconds
         self._backlog_pending_limit = backlog_pending_limit
         self._catching_up = False
@@ -267,6 +273,7 @@ class LatestScoreCache:
         if self._flushing:
             return
         self._flushing = True
+        self._idle.clear()
         self._last_flush = time.monotonic()
         try:
             while self._pending_erasures:
@@ -277,6 +284,8 @@ class LatestScoreCache:
                     return
         finally:
             self._flushing = False
+            self._gone_during_flush.clear()
+            self._idle.set()
 
     async def _erase_chunk(self) -> bool:
         """Deletes the keys of up to a chunk of evicted customers; on failure keeps them for the next flush."""
@@ -302,9 +311,11 @@ class LatestScoreCache:
                 await self._write(_script_call(self._prefix, alerts, scores))
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
+            gone = self._gone_during_flush  # erased meanwhile: never put back
             for customer_id, encoded in scores.items():
-                self._pending.setdefault(customer_id, encoded)
-            self._pending_alerts[:0] = alerts
+                if customer_id not in gone:
+                    self._pending.setdefault(customer_id, encoded)
+            self._pending_alerts[:0] = [(customer, alert) for customer, alert in alerts if customer not in gone]
             if self._healthy:
                 log.warning("Redis write failed, will retry (%s pending): %s", self.pending, error)
             self._healthy = False
@@ -348,15 +359,23 @@ class LatestScoreCache:
 
     def queue_erase(self, customer_id: str) -> None:
         """Deletes the customer's keys at the next flush (retried like the writes)."""
-        self._pending.pop(customer_id, None)
+        self._forget_pending(customer_id)
         self._pending_erasures.append(customer_id)
 
     async def erase(self, customer_id: str) -> None:
         """Deletes the customer's hash, alert list and ranking, and drops what waits to be
-        written for it; raises while Redis cannot do it (the erasure then waits and retries)."""
+        written for it; raises while Redis cannot do it (the erasure then waits and retries).
+        A flush in flight may hold the customer's score: the delete goes after it, and its
+        failure does not put the score back."""
+        self._forget_pending(customer_id)
+        await self._idle.wait()
+        await self._delete([customer_id])
+
+    def _forget_pending(self, customer_id: str) -> None:
         self._pending.pop(customer_id, None)
         self._pending_alerts = [(customer, alert) for customer, alert in self._pending_alerts if customer != customer_id]
-        await self._delete([customer_id])
+        if self._flushing:
+            self._gone_during_flush.add(customer_id)
 
     async def _delete(self, customer_ids: list[str]) -> None:
         """One round trip deleting these customers' hashes, alert lists and rankings."""

@@ -239,3 +239,32 @@ def test_redis_that_lost_the_scores_is_refilled_with_every_customer(namespace: N
     for customer in customers:
         after = client.hgetall(customer_key(prefix, customer))
         assert {k: after[k] for k in ("score", "band", "as_of", "model_version")} == {k: before[customer][k] for k in ("score", "band", "as_of", "model_version")}
+
+
+def test_an_erasure_during_a_flush_is_never_undone_by_it(services: None) -> None:
+    """A flush in flight may hold the erased customer's score: the delete goes after it (so
+    its write cannot land after the delete), and a failed flush does not put the score back."""
+    settings = load_settings()
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    async def flush_and_erase(url: str) -> tuple[LatestScoreCache, BaseException | None]:
+        cache = LatestScoreCache(url, prefix)
+        cache.offer("gone", encode_json(message("gone", 30.0)))
+        cache.offer("kept", encode_json(message("kept", 60.0)))
+        flushing = asyncio.create_task(cache.flush())
+        await asyncio.sleep(0)  # the flush took both scores and waits on Redis
+        assert cache._flushing and cache.pending == 0
+        erasing = asyncio.create_task(cache.erase("gone"))
+        results = await asyncio.gather(flushing, erasing, return_exceptions=True)
+        await cache.close()
+        return cache, results[1] if isinstance(results[1], BaseException) else None
+
+    cache, error = asyncio.run(flush_and_erase(settings.redis_url))
+    assert error is None
+    assert client.exists(customer_key(prefix, "gone")) == 0 and client.zscore(scores_key(prefix), "gone") is None
+    assert client.exists(customer_key(prefix, "kept")) == 1
+
+    cache, error = asyncio.run(flush_and_erase("redis://127.0.0.1:1/0"))  # Redis away: the flush fails
+    assert error is not None  # the erasure itself waits and retries (stream/processing/erasure.py)
+    assert set(cache._pending) == {"kept"}  # "gone" was not put back
