@@ -88,6 +88,7 @@ def worker(loglevel: str | None) -> None:
         _refuse_missing_topics(settings)
     else:
         _create_missing_topics(settings)
+    _check_erasures_readable(settings)
     tune_allocator()
     level = loglevel or settings.log_level
     if settings.log_format == "json":  # before build_app logs which model runs
@@ -105,6 +106,19 @@ def worker(loglevel: str | None) -> None:
     # DEBUG so that every debug call spins it: a log record per message sent. Not here.
     runner.spinner = None
     runner.execute_from_commandline()
+
+
+def _check_erasures_readable(settings: Settings) -> None:
+    """Erased customers are recognised by their keyed hash: without privacy.hash_key a worker or
+    a delivery process would let them back, so it does not start."""
+    from stream.state.erased import erasures_without_key
+
+    count = _run_kafka(erasures_without_key(settings), settings)
+    if count:
+        raise click.ClickException(
+            f"{count} customer(s) were erased (topic {settings.topics.erasures}) but privacy.hash_key is not set: without it "
+            "they cannot be recognised and would come back; set HEALTHSCORE_PRIVACY__HASH_KEY to the key `healthscore erase` used"
+        )
 
 
 def _check_redis(settings: Settings) -> None:
@@ -356,15 +370,19 @@ def backtest(
 @click.option("--file", "id_file", type=click.File("r"), help="Also erase the customer ids in this file, one per line ('-': standard input).")
 @click.option("--reason", default="", help="Why, kept in the audit record (a ticket number, 'GDPR art. 17 request'); no personal data.")
 @click.option("--status", "status_of", metavar="CUSTOMER_ID", help="Instead: say whether this customer's erasure is done and what it deleted.")
-def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | None) -> None:
+@click.option("--allow-return", "allow_return", is_flag=True,
+              help="Instead: let these erased customers come back; their events from now on are applied again (earlier ones stay refused).")
+def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | None, allow_return: bool) -> None:
     """Erase customers everywhere the project keeps them: their state (and its changelog),
     Redis, and their latest score on the customer-health topic (a tombstone).
 
     The worker that owns each customer applies the request in order with its events, and
     records it on the audit topic under the customer's keyed hash (privacy.hash_key), never
-    the id. Events for the id that arrive afterwards start a new record. Not erased: the
-    producers' input topics, and the alerts and dead-letter topics until their retention
-    (README, "Privacy and data lifecycle")."""
+    the id. The customer stays erased: its events are refused (outcome "erased"), also when
+    an input topic is read again, and its waiting or parked alerts are not delivered, until
+    `erase --allow-return ID` (or privacy.erasure_quarantine_days after the erasure).
+    Copies that go by retention, with their dates: `erase --status ID` (README, "Privacy
+    and data lifecycle")."""
     from scoring.privacy import subject_hash
     from stream.commands.erase import audit_records, new_request, send_requests
 
@@ -381,14 +399,20 @@ def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | 
             raise click.ClickException("no erasure recorded for this customer (not requested, or not applied yet: is a worker running?)")
         for record in records:
             click.echo(f"erased at {record.erased_at} (requested {record.requested_at}, request {record.request_id}): {', '.join(record.deleted)}")
+            for copy, when in record.expires.items():
+                click.echo(f"  {copy}: {when}")
+            click.echo(f"  may return: from {record.returns_from}" if record.returns_from else "  may return: no (`erase --allow-return ID`)")
         return
     ids = [*customer_ids, *([line.strip() for line in id_file if line.strip()] if id_file else [])]
     if not ids:
         raise click.UsageError("give customer ids, or --file, or --status ID")
     now = time.time()
-    requests = [new_request(key, customer_id, reason, now) for customer_id in dict.fromkeys(ids)]
+    requests = [new_request(key, customer_id, reason, now, allow_return) for customer_id in dict.fromkeys(ids)]
     _run_kafka(send_requests(settings.kafka, settings.topics.sweep, requests), settings)
-    click.echo(f"Erasure requested for {len(requests)} customer(s); `healthscore erase --status ID` says when each is done")
+    if allow_return:
+        click.echo(f"Return allowed for {len(requests)} customer(s); their events from now on are applied again")
+    else:
+        click.echo(f"Erasure requested for {len(requests)} customer(s); `healthscore erase --status ID` says when each is done")
 
 
 @main.command()
@@ -416,6 +440,7 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
             click.echo(f"{test_endpoint}: delivered (attempt {outcome.attempts})")
             return
         if redrive_endpoint is not None:
+            _check_erasures_readable(settings)
             done, left = _run_kafka(redrive(settings, settings.delivery.endpoint(redrive_endpoint), echo=click.echo), settings)
             click.echo(f"{redrive_endpoint}: {done} parked alert(s) delivered, {left} left parked")
             if left:
@@ -428,6 +453,7 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
         raise click.ClickException("no [[delivery.endpoints]] configured: add one (README, 'Alerts to Slack and webhooks') before starting deliver")
     _check_kafka(settings)
     _require_topic(settings, settings.topics.delivery_failed)
+    _check_erasures_readable(settings)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
     start_http_server(settings.delivery.metrics_port, addr=settings.delivery.metrics_host, registry=metrics.REGISTRY)
 

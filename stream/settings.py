@@ -408,6 +408,9 @@ class PrivacySettings(Frozen):
     #: The secret of the keyed hashes that stand for customer ids in the erasure audit trail
     #: (HEALTHSCORE_PRIVACY__HASH_KEY; at least 16 characters). `healthscore erase` needs it.
     hash_key: SecretStr | None = None
+    #: An erased customer's events are refused for ever (until `healthscore erase --allow-return`);
+    #: with a quarantine, those that occurred this many days after the erasure are applied again.
+    erasure_quarantine_days: float = Field(0.0, ge=0, le=3650)
 
     @field_validator("hash_key")
     @classmethod
@@ -528,6 +531,9 @@ class Settings(BaseSettings):
     #: Segment size of the state changelog (set when the worker creates it): compaction only
     #: cleans closed segments, and restart time grows with what is left to read back.
     changelog_segment_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
+    #: Compaction runs on the changelog within this many days of a write (max.compaction.lag.ms),
+    #: so an erased or evicted customer's older state records are gone in bounded time.
+    changelog_max_compaction_lag_days: float = Field(7.0, gt=0, le=365)
     #: Producer batch per partition (Faust's producer_max_batch_size); below the broker's message.max.bytes.
     producer_batch_bytes: int = Field(512 * 1024, ge=16 * 1024, le=1024 * 1024)
     #: How long the producer waits to fill a batch (Faust's producer_linger).

@@ -30,40 +30,22 @@ async def send_requests(kafka: KafkaSettings, topic: str, requests: list[Erasure
 
 async def audit_records(kafka: KafkaSettings, topic: str, subject: str) -> list[ErasureRecord]:
     """The audit records of one customer (by its keyed hash), oldest first."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from stream.kafka.reading import read_to_end
 
-    from stream.kafka.topics import partitions_of
+    found: list[ErasureRecord] = []
 
-    partitions = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(**connection_options(kafka), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: list[ErasureRecord] = []
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=2000)
-            if not batches:
-                break
-            for tp, records in batches.items():
-                for record in records:
-                    if record.key == subject.encode() and record.value is not None:
-                        found.append(msgspec.json.decode(record.value, type=ErasureRecord))
-                    if record.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-        return found
-    finally:
-        await consumer.stop()
+    def note(record) -> None:
+        if record.key == subject.encode() and record.value is not None:
+            found.append(msgspec.json.decode(record.value, type=ErasureRecord))
+
+    await read_to_end(kafka, topic, note)
+    return found
 
 
-def new_request(key: bytes, customer_id: str, reason: str, now: float) -> ErasureRequest:
+def new_request(key: bytes, customer_id: str, reason: str, now: float, allow_return: bool = False) -> ErasureRequest:
     """A request stamped ``now``, with a fresh id and the customer's keyed hash."""
     import uuid
 
     from scoring.privacy import subject_hash
 
-    return ErasureRequest(int(now * 1000), uuid.uuid4().hex, customer_id, subject_hash(key, customer_id), reason)
+    return ErasureRequest(int(now * 1000), uuid.uuid4().hex, customer_id, subject_hash(key, customer_id), reason, allow_return)

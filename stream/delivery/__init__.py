@@ -7,5 +7,6 @@ Kit messages, the endpoint filters), ``endpoints.py`` how one alert reaches one 
 failing, the rate limit), ``service.py`` the consumer loop, the parking topic and redrive.
 
 May import: ``stream.settings``, ``stream.metrics``, ``stream.kafka`` (client connection),
-aiokafka, aiohttp, standardwebhooks, slack_sdk. Not the worker.
+``stream.state`` (the deny-list of erased customers), aiokafka, aiohttp, standardwebhooks,
+slack_sdk. Not the worker.
 """

@@ -25,6 +25,7 @@ from stream.delivery.payloads import Alert, read_alert, wanted
 from stream.kafka.clients import connection_options
 from stream.kafka.topics import partitions_of
 from stream.settings import EndpointSettings, Settings
+from stream.state.erased import ErasedCustomersFollower, deny_list
 
 log = logging.getLogger("healthscore.deliver")
 
@@ -39,10 +40,13 @@ def _seconds_since(rfc3339: str) -> float | None:
 class Delivery:
     """One alert at a time, to its endpoints concurrently; failures parked."""
 
-    def __init__(self, settings: Settings, deliverer: Deliverer, producer: AIOKafkaProducer | None) -> None:
+    def __init__(
+        self, settings: Settings, deliverer: Deliverer, producer: AIOKafkaProducer | None, erased: ErasedCustomersFollower | None = None,
+    ) -> None:
         self._settings = settings
         self._deliverer = deliverer
         self._producer = producer
+        self._erased = erased
 
     async def park(self, record: ConsumerRecord, endpoint: str, outcome: Outcome) -> None:
         headers = [
@@ -63,6 +67,8 @@ class Delivery:
             log.warning("%s[%s]@%s is not an alert (%s): parked", record.topic, record.partition, record.offset, error)
             await self.park(record, "*", Outcome(False, 0, f"not an alert: {error}"))
             return []
+        if await self._of_erased_customer(alert):
+            return []
         endpoints = [only] if only is not None else [e for e in self._settings.delivery.endpoints if wanted(e, alert)]
         outcomes = await asyncio.gather(*(self._deliverer.deliver(e, record.value, alert) for e in endpoints))
         for endpoint, outcome in zip(endpoints, outcomes):
@@ -74,6 +80,23 @@ class Delivery:
             elif only is None:
                 await self.park(record, endpoint.name, outcome)
         return [outcome.delivered for outcome in outcomes]
+
+    async def _of_erased_customer(self, alert: Alert) -> bool:
+        """An alert raised before its customer was erased is dropped (the deny-list is read up
+        to now first: an erasure a moment ago counts)."""
+        if self._erased is None:
+            return False
+        self._erased.stale = True
+        await self._erased.ready()
+        try:
+            occurred_ms = int(datetime.fromisoformat(alert.occurred_at.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            occurred_ms = 0
+        if self._erased.erased.refuses(alert.customer_id, occurred_ms):
+            metrics.DELIVERY_DROPPED_ERASED.inc()
+            log.info("An alert of an erased customer was dropped (%s)", alert.alert_id)
+            return True
+        return False
 
 
 def max_poll_interval_ms(settings: Settings) -> int:
@@ -105,10 +128,11 @@ async def run_delivery(settings: Settings, echo: Callable[[str], None] = print, 
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_interval_ms=max_poll_interval_ms(settings),
     )
     producer = AIOKafkaProducer(**connection, acks="all", enable_idempotence=True)
+    erased = ErasedCustomersFollower(settings, deny_list(settings))
     await consumer.start()
     await producer.start()
     async with delivery_session(True) as session, delivery_session(False) as public_session:
-        delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), producer)
+        delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), producer, erased)
         names = ", ".join(f"{e.name} ({e.kind})" for e in settings.delivery.endpoints)
         echo(f"Delivering {settings.topics.alerts} to {names or 'no endpoint: configure [[delivery.endpoints]]'}")
         try:
@@ -120,6 +144,7 @@ async def run_delivery(settings: Settings, echo: Callable[[str], None] = print, 
         finally:
             await consumer.stop()
             await producer.stop()
+            await erased.stop()
 
 
 async def redrive(settings: Settings, endpoint: EndpointSettings, echo: Callable[[str], None] = print) -> tuple[int, int]:
@@ -130,6 +155,7 @@ async def redrive(settings: Settings, endpoint: EndpointSettings, echo: Callable
     topic = settings.topics.delivery_failed
     consumer = AIOKafkaConsumer(**connection, group_id=f"{settings.delivery.group_id}-redrive-{endpoint.name}",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
+    erased = ErasedCustomersFollower(settings, deny_list(settings))
     await consumer.start()
     delivered = left = 0
     try:
@@ -137,7 +163,7 @@ async def redrive(settings: Settings, endpoint: EndpointSettings, echo: Callable
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         async with delivery_session(True) as session, delivery_session(False) as public_session:
-            delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), producer=None)
+            delivery = Delivery(settings, Deliverer(settings.delivery, session, public_session=public_session), None, erased)
             for tp in partitions:
                 while await consumer.position(tp) < ends[tp]:
                     records = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
@@ -145,15 +171,17 @@ async def redrive(settings: Settings, endpoint: EndpointSettings, echo: Callable
                         if record.offset >= ends[tp]:
                             break
                         if dict(record.headers or ()).get("delivery.endpoint") == endpoint.name.encode():
-                            if not all(await delivery.handle(record, only=endpoint)):
+                            outcomes = await delivery.handle(record, only=endpoint)
+                            if not all(outcomes):
                                 left += 1
                                 echo(f"{endpoint.name} still fails; stopping at {tp.topic}[{tp.partition}]@{record.offset}")
                                 return delivered, left
-                            delivered += 1
+                            delivered += len(outcomes)  # none for an alert of an erased customer
                         await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
         return delivered, left
     finally:
         await consumer.stop()
+        await erased.stop()
 
 
 SAMPLE_ALERT = Alert(

@@ -53,7 +53,11 @@ def changelog_topic(settings: Settings) -> str:
 def changelog_configs(settings: Settings) -> dict[str, str]:
     """Restart time is the time to read the changelog back: small segments let Kafka's
     compaction keep it near one record per customer instead of one per batch."""
-    return {"cleanup.policy": "compact", "segment.bytes": str(settings.changelog_segment_bytes), "min.cleanable.dirty.ratio": "0.2"}
+    return {
+        "cleanup.policy": "compact", "segment.bytes": str(settings.changelog_segment_bytes), "min.cleanable.dirty.ratio": "0.2",
+        # Erased and evicted customers' older records are compacted away within this time.
+        "max.compaction.lag.ms": str(int(settings.changelog_max_compaction_lag_days * DAY_MS)),
+    }
 
 
 def topic_plans(settings: Settings) -> dict[str, TopicPlan]:

@@ -33,6 +33,7 @@ from stream.processing.publishing import Clock, Publisher
 from stream.processing.sweep import Sweeper
 from stream.sinks.redis_cache import LatestScoreCache
 from stream.state.changelog import DeferredChangelog
+from stream.state.erased import ErasedCustomersFollower
 from stream.state.working_set import WorkingSet
 
 log = logging.getLogger("healthscore.worker")
@@ -58,6 +59,7 @@ class BatchHandler:
         in_progress: BatchInProgress,
         full_batch: int,
         clock: Clock,
+        erased: ErasedCustomersFollower | None = None,
     ) -> None:
         self._app = app
         self._table = table
@@ -74,6 +76,7 @@ class BatchHandler:
         self._in_progress = in_progress
         self._full_batch = full_batch
         self._clock = clock
+        self._erased = erased
 
     async def run(self, stream: faust.StreamT) -> None:
         """The agent: applies each batch of records, then writes each changed record once."""
@@ -85,6 +88,8 @@ class BatchHandler:
             await self.apply(batch.current(self._app))
 
     async def apply(self, batch: RecordBatch) -> None:
+        if self._erased is not None:
+            await self._erased.ready()  # the deny-list first: at start and after each assignment
         started = time.perf_counter()
         self._in_progress.begin()
         self._cache.catching_up(len(batch) >= self._full_batch)

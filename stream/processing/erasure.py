@@ -24,12 +24,34 @@ from redis.exceptions import RedisError
 
 from scoring.contract import Rejection, RejectReason
 from scoring.output import rfc3339
-from scoring.privacy import ErasureRecord, ErasureRequest
+from scoring.privacy import ErasedCustomers, ErasureRecord, ErasureRequest
 from stream import metrics
 from stream.kafka.producer import Outputs
 from stream.processing.publishing import Clock, Publisher
+from stream.settings import Settings
 from stream.sinks.redis_cache import LatestScoreCache
 from stream.state.working_set import WorkingSet
+
+DAY_MS = 86_400_000
+
+
+def expiring_copies(settings: Settings, erased_ms: int) -> dict[str, str]:
+    """The copies an erasure cannot delete at once, and by when they are gone."""
+    topics = settings.topics
+
+    def by(days: float) -> str:
+        return rfc3339(erased_ms + int(days * DAY_MS))
+
+    return {
+        "customer-health (earlier scores)": by(topics.health_retention_days),
+        "churn-alerts": by(topics.alerts_retention_days),
+        "churn-alerts.delivery-failed": by(topics.alerts_retention_days),
+        "dead-letter topics": by(topics.dead_letter_retention_days),
+        "control topic (this request)": by(topics.control_retention_days),
+        "changelog (earlier state records)": by(settings.changelog_max_compaction_lag_days),
+        "input topics": "their own retention (set where they were created)",
+        "Slack and webhook receivers": "not ours to delete: copies already delivered stay there",
+    }
 
 log = logging.getLogger("healthscore.worker")
 
@@ -41,11 +63,16 @@ class Eraser:
     retry_seconds = 0.5
     longest_retry_seconds = 30.0
 
-    def __init__(self, publisher: Publisher, cache: LatestScoreCache, audit_topic: str, clock: Clock) -> None:
+    def __init__(
+        self, publisher: Publisher, cache: LatestScoreCache, audit_topic: str, clock: Clock,
+        erased: ErasedCustomers | None = None, settings: Settings | None = None,
+    ) -> None:
         self._publisher = publisher
         self._cache = cache
         self._audit_topic = audit_topic
         self._clock = clock
+        self._erased = erased if erased is not None else ErasedCustomers(b"")
+        self._settings = settings
         self._decoder = msgspec.json.Decoder(ErasureRequest)
 
     async def handle(self, message: ConsumerRecord, working: WorkingSet, outputs: Outputs) -> None:
@@ -58,18 +85,34 @@ class Eraser:
             await self._publisher.dead_letter(message, Rejection(RejectReason.KEY_MISMATCH, "an erasure request's key must be its customer_id"))
             return
         key, partition = message.key, message.partition
+        if request.allow_return:
+            self._allow_return(request, partition, outputs)
+            return
         deleted = ["state", "changelog"] if working.erase(key, partition) else ["changelog"]
         self._publisher.forget(request.customer_id)
         await self._erase_from_redis(request.customer_id)
         deleted.append("redis")
         outputs.add(self._publisher.health_topic, self._publisher.health_partition(key, partition), key, None)
         deleted.append("customer-health")
-        record = ErasureRecord(
-            request.subject, request.request_id, request.reason, rfc3339(request.at_ms), rfc3339(int(self._clock() * 1000)), deleted
-        )
+        now_ms = int(self._clock() * 1000)
+        expires = expiring_copies(self._settings, now_ms) if self._settings is not None else {}
+        record = ErasureRecord(request.subject, request.request_id, request.reason, rfc3339(request.at_ms), rfc3339(now_ms), deleted, expires)
         outputs.add(self._audit_topic, partition, request.subject.encode(), msgspec.json.encode(record))
+        self._erased.note(record)  # on the deny-list at once: its next events here are refused
         metrics.ERASURES.inc()
         log.info("Erased a customer on partition %s (request %s): %s", partition, request.request_id, ", ".join(deleted))
+
+    def _allow_return(self, request: ErasureRequest, partition: int, outputs: Outputs) -> None:
+        """`erase --allow-return`: events from the request's time on are applied again; the audit
+        record keeps what the erasure did and says from when the customer may return."""
+        previous = self._erased.record_of(request.customer_id)
+        if previous is None:
+            log.warning("An allow-return request (%s) names a customer that was not erased: nothing to do", request.request_id)
+            return
+        record = msgspec.structs.replace(previous, returns_from=rfc3339(request.at_ms))
+        outputs.add(self._audit_topic, partition, request.subject.encode(), msgspec.json.encode(record))
+        self._erased.note(record)
+        log.info("An erased customer on partition %s may return from %s (request %s)", partition, record.returns_from, request.request_id)
 
     async def _erase_from_redis(self, customer_id: str) -> None:
         pause = self.retry_seconds

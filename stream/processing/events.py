@@ -21,6 +21,7 @@ from scoring.alerts import AlertParameters
 from scoring.contract import Event, Rejection, RejectReason, TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
+from scoring.privacy import ErasedCustomers
 from scoring.state import Outcome
 from stream import metrics
 from stream.kafka.producer import IdempotentProducer, Outputs
@@ -81,8 +82,10 @@ class EventPath:
         publisher: Publisher,
         input_kinds: Mapping[str, TopicKind],
         clock: Clock,
+        erased: ErasedCustomers | None = None,
     ) -> None:
         self.native = native  # the Rust kernel, or None: the Python model
+        self._erased = erased if erased is not None else ErasedCustomers(b"")
         self._parameters = parameters
         self._rules = rules
         self._publisher = publisher
@@ -134,6 +137,13 @@ class EventPath:
                 if self._forward_misrouted:
                     return self._publisher.forward(message, right, counts)
                 metrics.MISROUTED.labels(message.topic, "processed_in_place").inc()
+        erased = self._erased
+        if erased and not working.knows(message.key or b""):  # a customer without a record: erased?
+            if decoded is None:
+                decoded = self.validate([message], now_ms)[0]  # the deny-list needs the event's time
+            if isinstance(decoded, Event) and erased.refuses(decoded.customer_id, decoded.occurred_at_ms):
+                counts[message.topic, "erased"] += 1  # a re-read input never rebuilds an erased customer
+                return None
         if decoded is None:
             taken = self.handle_raw(message, working, outputs, counts, now_ms)
             if taken is not DECLINED:

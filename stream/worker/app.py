@@ -34,6 +34,7 @@ from stream.sinks.alert_ledger import AlertLedger
 from stream.sinks.redis_cache import LatestScoreCache
 from stream.sinks.redis_connection import redis_client
 from stream.state.changelog import DeferredChangelog
+from stream.state.erased import ErasedCustomersFollower, deny_list
 from stream.state.recovery import GroupedRecoveryTableManager
 from stream.state.table import KeysByPartition, customer_state_table, persisted_offsets
 from stream.worker import web
@@ -143,12 +144,22 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     connect_rebalance_hooks(app, in_progress, deferred, producer, ledger)
     publisher = Publisher(topics, producer, cache, ledger, parameters.model_version, settings.partitions, clock, budget)
 
+    # Erased customers stay erased: the deny-list, read before any event and at each assignment.
+    erased = deny_list(settings)
+    erased_follower = ErasedCustomersFollower(settings, erased)
+
+    @app.on_partitions_assigned.connect
+    async def read_erasures_again(sender: faust.App, assigned: set, **kwargs: object) -> None:
+        """The partitions' previous owner may have erased some of their customers."""
+        erased_follower.stale = True
+
     # The agent: each batch through the per-event path (or the sweep, for its ticks).
-    events = EventPath(settings, parameters, rules, native, publisher, topics.input_kinds, clock)
+    events = EventPath(settings, parameters, rules, native, publisher, topics.input_kinds, clock, erased)
     sweeper = Sweeper(settings, parameters, rules, keys_by_partition, publisher, topics.sweep, clock)
+    eraser = Eraser(publisher, cache, topics.erasures, clock, erased, settings)
     handler = BatchHandler(
         app, table, keys_by_partition, changelog_topic, on_changelog_delivered, deferred, topics.input_kinds,
-        events, sweeper, Eraser(publisher, cache, topics.erasures, clock), publisher, cache, in_progress, settings.batch_max_events, clock,
+        events, sweeper, eraser, publisher, cache, in_progress, settings.batch_max_events, clock, erased_follower,
     )
 
     async def apply_events(stream: faust.StreamT) -> None:

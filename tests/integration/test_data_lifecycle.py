@@ -77,6 +77,7 @@ def test_an_erased_customer_is_gone_everywhere_and_stays_gone(namespace: Namespa
         assert "Erasure requested for 1 customer(s)" in requested.stdout
         status = wait_for(lambda: _status(namespace), timeout=60, message="the erasure done", explain=worker.log_tail)
         assert "state, changelog, redis, customer-health" in status
+        assert "churn-alerts.delivery-failed: 20" in status and "may return: no" in status  # what goes by retention, and when
 
         assert health_of(namespace, "erin")[0] == 404
         assert redis_traces(namespace, "erin") == []
@@ -108,11 +109,42 @@ def test_an_erased_customer_is_gone_everywhere_and_stays_gone(namespace: Namespa
         assert redis_traces(namespace, "erin") == []
         assert latest_value_sizes(changelog_topic(namespace.settings))["erin"] == -1
 
-        # New events for the id: a new record, without the erased history (no cancellation, no alert).
+        # New events for the id are refused (outcome "erased"): it stays erased.
         kcat_produce(namespace.topic("usage"), [("erin", event("e-new", "usage.session", "erin", 0.1, {"user_id": "u9", "duration_seconds": 30}))])
+        usage = namespace.topic("usage")
+        wait_for(lambda: sum(metric_value(p.metrics_url, "healthscore_events_total", topic=usage, outcome="erased") for p in (worker, second)) == 1,
+                 timeout=60, message="erin's new event refused", explain=worker.log_tail)
+        assert health_of(namespace, "erin")[0] == 404 and redis_traces(namespace, "erin") == []
+        second.stop()
+        second = None
+
+        # Another consumer group reads every input from the start: erin is not rebuilt.
+        third_env = {**namespace.env, "HEALTHSCORE_APP_ID": f"{namespace.env['HEALTHSCORE_APP_ID']}-again",
+                     "HEALTHSCORE_WEB_PORT": str(free_port()), "HEALTHSCORE_DATA_DIR": str(tmp_path / "third")}
+        third = WorkerProcess(dataclasses.replace(namespace, env=third_env), tmp_path / "third.log")
+        third.start()
+        try:
+            payments = namespace.topic("payments")
+            wait_for(lambda: metric_value(third.metrics_url, "healthscore_events_total", topic=usage, outcome="erased") == 2
+                     and metric_value(third.metrics_url, "healthscore_events_total", topic=payments, outcome="erased") == 2
+                     and metric_value(third.metrics_url, "healthscore_events_total", topic=usage, outcome="applied") == 1,
+                     timeout=90, message="the inputs read again, erin's four events refused", explain=third.log_tail)
+            assert health_of(namespace, "erin", third_env["HEALTHSCORE_WEB_PORT"])[0] == 404
+            assert health_of(namespace, "olga", third_env["HEALTHSCORE_WEB_PORT"])[0] == 200
+        finally:
+            third.stop()
+
+        # Allowed back: events from then on start a new record, without the erased history.
+        healthscore(namespace, "erase", "--allow-return", "erin")
+        wait_for(lambda: "may return: from" in (_status(namespace) or ""), timeout=60, message="the return recorded", explain=worker.log_tail)
+        kcat_produce(namespace.topic("usage"), [
+            ("erin", event("e-old", "usage.session", "erin", 0.2, {"user_id": "u9", "duration_seconds": 30})),  # before: refused
+            ("erin", event("e-back", "usage.session", "erin", -0.01, {"user_id": "u9", "duration_seconds": 30})),
+        ])
         code, fresh = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(health_of(namespace, "erin", namespace.env["HEALTHSCORE_WEB_PORT"])),
-                               timeout=60, message="erin's new record")
+                               timeout=60, message="erin's new record", explain=worker.log_tail)
         assert fresh["recent_alerts"] == []
+        assert metric_value(worker.metrics_url, "healthscore_events_total", topic=usage, outcome="erased") >= 1
     finally:
         if second is not None:
             second.stop()

@@ -6,6 +6,9 @@ partition goes on being scored."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -13,8 +16,11 @@ from aiokafka.structs import TopicPartition
 
 from scoring.state import decode_state
 from stream.kafka.topics import changelog_topic
-from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
+from tests.integration.conftest import PROJECT_ROOT, Namespace, WorkerProcess, free_port, healthscore, kcat_consume, kcat_produce, wait_for
+from tests.integration.test_delivery import Receiver, alert, deliver_env, start_deliver
 from tests.integration.test_end_to_end import event, metric_value
+
+HASH_KEY = "a-test-hash-key-0123456789abcdef"
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +85,62 @@ def test_events_past_the_bounds_are_dead_lettered_and_the_partition_goes_on(name
     assert sum(state.counts.revenue_cents) == 2000 and state.events_applied == 3
     assert state.unpaid_invoices == [] and state.cancelled_ms == 0 and state.mrr == 99.0
     assert worker.process.poll() is None and b"Crashed" not in worker.log_path.read_bytes()
+
+
+def test_alerts_of_an_erased_customer_are_neither_delivered_nor_redriven(namespace: Namespace, tmp_path: Path) -> None:
+    """Alerts raised before an erasure, still waiting on churn-alerts or parked on the
+    delivery_failed topic, never reach an endpoint after it; the others still do."""
+    namespace.env["HEALTHSCORE_PRIVACY__HASH_KEY"] = HASH_KEY
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    try:
+        healthscore(namespace, "erase", "cust-001")
+        wait_for(lambda: erased_status(namespace, "cust-001"), timeout=60, message="the erasure applied", explain=worker.log_tail)
+    finally:
+        worker.stop()
+    kcat_produce(namespace.topic("alerts"), [alert(0), alert(1), alert(2)])
+    parked = b"".join(alert(number)[1] + b"\n" for number in (1, 3))
+    subprocess.run(["kcat", "-P", "-b", "127.0.0.1:9092", "-t", namespace.topic("delivery_failed"), "-H", "delivery.endpoint=down"],
+                   input=parked, check=True, timeout=30)
+
+    crm_port, down_port = free_port(), free_port()
+    crm = Receiver(crm_port)
+    env = deliver_env(namespace, crm_port, down_port)
+    metrics_url = f"http://127.0.0.1:{env['HEALTHSCORE_DELIVERY__METRICS_PORT']}/metrics"
+    log = tmp_path / "deliver.log"
+    process = start_deliver(env, log)
+    try:
+        wait_for(lambda: scraped(lambda: metric_value(metrics_url, "healthscore_deliveries_total", endpoint="crm", outcome="delivered") == 2
+                                 and metric_value(metrics_url, "healthscore_delivery_dropped_erased_total") == 1),
+                 timeout=60, message="two alerts delivered, one dropped", explain=lambda: log.read_text())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        crm.stop()
+    assert sorted(crm.verified) == ["alert-000", "alert-002"]
+
+    down = Receiver(down_port)
+    try:
+        result = subprocess.run([sys.executable, "-m", "stream.cli", "deliver", "--redrive", "down"], cwd=PROJECT_ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        # Parked for "down": alert-001 and alert-003 by hand, alert-000 and alert-002 by the run above.
+        assert "down: 3 parked alert(s) delivered" in result.stdout
+        assert sorted(down.verified) == ["alert-000", "alert-002", "alert-003"]
+    finally:
+        down.stop()
+
+
+def scraped(predicate) -> bool:
+    """``predicate`` of a process's metrics, False while its metrics port is not up yet."""
+    try:
+        return predicate()
+    except OSError:
+        return False
+
+
+def erased_status(namespace: Namespace, customer: str) -> str | None:
+    try:
+        return healthscore(namespace, "erase", "--status", customer).stdout
+    except subprocess.CalledProcessError:
+        return None

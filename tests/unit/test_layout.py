@@ -21,7 +21,7 @@ ALLOWED = {
     "worker": {"stream.kafka", "stream.state", "stream.sinks", "stream.processing", *SHARED},
     "commands": {"stream.kafka", *SHARED},
     "services": SHARED,
-    "delivery": {"stream.kafka", *SHARED},
+    "delivery": {"stream.kafka", "stream.state", *SHARED},
 }
 
 #: "About 80 lines": the longest a function may be.
