@@ -107,6 +107,13 @@ BATCH_DURATION = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
+PROCESSING_STATE = Gauge(
+    "healthscore_processing_state",
+    "1 for what the apply agent is doing now (assigning, recovering, rebalancing, running), 0 for the others; "
+    "lookups are answered from Redis whatever it is (/readyz).",
+    ["state"],
+    registry=REGISTRY,
+)
 LAST_EVENT_PROCESSED = Gauge(
     "healthscore_last_event_processed_timestamp_seconds",
     "Wall-clock time the worker last finished processing an input message.",

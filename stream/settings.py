@@ -23,6 +23,8 @@ from scoring.bgnbd import BgNbdParameters
 from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The shortest bearer token accepted (api_tokens, api_tokens_file, metrics_token).
+MIN_TOKEN_CHARACTERS = 32
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "healthscore.toml"
 
 
@@ -497,6 +499,9 @@ class Settings(BaseSettings):
     #: the broker and none buffered, so that a backlog is applied in event-time order like the replay
     #: (stream/kafka/event_time.py); 0 merges only what is buffered. A partition read to its end never holds.
     max_task_idle_seconds: float = Field(2.0, ge=0, le=60)
+    #: /healthz fails when the apply agent has not finished a batch for this long while records
+    #: wait for it (an orchestrator then restarts the pod); a recovery or rebalance does not count.
+    agent_stall_seconds: float = Field(300.0, ge=10, le=86400)
     #: How long the group waits for a worker that vanished (crash, SIGKILL) before moving its partitions.
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
     #: A customer without an event for this long is evicted at the next sweep: its record
@@ -578,6 +583,12 @@ class Settings(BaseSettings):
     def _api_locked_down(self) -> "Settings":
         if self.api_tokens_file is not None and not self.api_tokens_file.is_file():
             raise ValueError(f"api_tokens_file: {self.api_tokens_file} is not a file")
+        short = [where for where, token in self._named_tokens() if len(token) < MIN_TOKEN_CHARACTERS]
+        if short:
+            raise ValueError(
+                f"{', '.join(short)}: bearer tokens must be at least {MIN_TOKEN_CHARACTERS} characters "
+                "(random, e.g. `openssl rand -hex 32`): a short one can be guessed"
+            )
         if not self.all_api_tokens() and not self.allow_unauthenticated_api and not is_loopback(self.web_host):
             raise ValueError(
                 f"web_host {self.web_host!r} is not a loopback address and no api_tokens (or api_tokens_file) are "
@@ -635,6 +646,16 @@ class Settings(BaseSettings):
         """The scoring parameters with the users' fingerprint key (privacy.hash_key, if set)."""
         key = self.privacy.hash_key
         return self.scoring.parameters(key.get_secret_value().encode() if key is not None else None)
+
+    def _named_tokens(self) -> list[tuple[str, str]]:
+        """Every bearer token with where it was set (never the token itself in a message)."""
+        named = [(f"api_tokens[{index}]", token.get_secret_value()) for index, token in enumerate(self.api_tokens)]
+        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
+            lines = self.api_tokens_file.read_text().splitlines()
+            named += [(f"api_tokens_file line {number}", line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+        if self.metrics_token is not None:
+            named.append(("metrics_token", self.metrics_token.get_secret_value()))
+        return named
 
     def all_api_tokens(self) -> list[str]:
         """The accepted bearer tokens: ``api_tokens`` and the lines of ``api_tokens_file``."""

@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import faust
 from aiokafka.structs import ConsumerRecord
@@ -77,6 +77,8 @@ class BatchHandler:
         self._full_batch = full_batch
         self._clock = clock
         self._erased = erased
+        #: Called after each batch (the /healthz probe's sign that the agent advances).
+        self.on_batch_done: Callable[[], None] = lambda: None
 
     async def run(self, stream: faust.StreamT) -> None:
         """The agent: applies each batch of records, then writes each changed record once."""
@@ -106,6 +108,7 @@ class BatchHandler:
         await self._send(batch, outputs)
         batch.ack(self._app)
         self._in_progress.end()
+        self.on_batch_done()
         for (topic_name, outcome), count in counts.items():
             metrics.EVENTS.labels(topic_name, outcome).inc(count)
         metrics.LAST_EVENT_PROCESSED.set(self._clock())

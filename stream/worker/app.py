@@ -42,6 +42,7 @@ from stream.worker.cache_refill import CacheRefill
 from stream.worker.fleet import FleetExport
 from stream.worker.rebalance import connect_rebalance_hooks
 from stream.worker.timers import Timers
+from stream.worker.web import AgentProgress
 
 log = logging.getLogger("healthscore.worker")
 
@@ -102,6 +103,14 @@ def announce_build(model_version: str, kernel: bool) -> None:
         version = "not installed"
     metrics.BUILD_INFO.labels(version, model_version, "rust" if kernel else "python").set(1)
     log.info("healthscore %s, model %s, %s, model %s", version, model_version, "Rust kernel" if kernel else "Python model", scoring.compiled.status)
+
+
+def agent_alive(agent: faust.types.AgentT) -> bool:
+    """Whether the agent's actor runs (before the agent starts: yes, nothing has failed yet)."""
+    actors = list(getattr(agent, "_actors", ()))
+    if not agent.started or not actors:
+        return not agent.crashed
+    return any(actor.actor_task is not None and not actor.actor_task.done() and not actor.crashed for actor in actors)
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
@@ -165,7 +174,9 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     async def apply_events(stream: faust.StreamT) -> None:
         await handler.run(stream)
 
-    app.agent(topics.source, name="apply-events")(apply_events)
+    agent = app.agent(topics.source, name="apply-events")(apply_events)
+    progress = AgentProgress(lambda: topics.source.queue.qsize(), lambda: agent_alive(agent), settings.agent_stall_seconds)
+    handler.on_batch_done = progress.note_batch
 
     fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, settings.fleet_period_days, clock)
     refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock)
@@ -176,7 +187,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
         refill.queue_owned()
 
     Timers(app, topics.sweep_name, sweeper, cache, refill, fleet).register(settings)
-    web.register(app, cache, settings.redis_key_prefix, settings)
+    web.register(app, cache, settings.redis_key_prefix, settings, progress)
     metrics.initialize([*topics.input_kinds, topics.sweep_name], [topics.health, topics.alerts, changelog_topic])
     for name in topics.input_kinds:
         metrics.CONSUMER_LAG.labels(name)

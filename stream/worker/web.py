@@ -1,8 +1,18 @@
-"""The worker's HTTP lookups for people and tools, answered from Redis (any worker can answer)."""
+"""The worker's HTTP lookups for people and tools, answered from Redis (any worker can answer),
+and its probes: /readyz says whether this pod can answer lookups (Redis reachable), whatever
+the consumer group is doing; /healthz says whether the process is alive and its agent
+advancing, with the processing state (assigning, recovering, rebalancing, running) as detail.
+Error bodies carry no internal error text: it is logged instead."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
 
 import faust
 import msgspec
@@ -15,6 +25,8 @@ from stream.settings import Settings
 from stream.sinks.redis_cache import RECENT_ALERTS, LatestScoreCache, alerts_key, customer_key, scores_key
 
 MAX_AT_RISK = 1000
+_LIMIT = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit takes "²", which int() refuses
+log = logging.getLogger("healthscore.worker")
 
 
 def bearer_token_accepted(request: Request, tokens: list[bytes]) -> bool:
@@ -31,15 +43,41 @@ def bearer_token_accepted(request: Request, tokens: list[bytes]) -> bool:
     return accepted
 
 
-def readiness(app: faust.App, assigned_once: bool) -> str | None:
-    """None when the worker is ready for traffic, else why not (for /readyz)."""
+def processing_state(app: faust.App, assigned_once: bool) -> str:
+    """What the agent is doing: assigning, recovering (reading state back), rebalancing or running."""
     if not assigned_once:
-        return "waiting for the consumer group to assign partitions"
-    if app.in_recovery:  # Faust counts this as part of the rebalance: the more precise reason first
-        return "reading the state back from the changelog"
+        return "assigning"
+    if app.in_recovery:  # Faust counts this as part of the rebalance: the more precise state first
+        return "recovering"
     if app.rebalancing:
         return "rebalancing"
-    return None
+    return "running"
+
+
+@dataclass
+class AgentProgress:
+    """Whether the apply agent is alive and advancing: ``last_batch`` (time.monotonic()) is
+    updated by the agent after each batch; ``waiting`` says how many records wait for it."""
+
+    waiting: Callable[[], int]
+    actors_alive: Callable[[], bool]
+    stall_seconds: float
+    last_batch: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last_batch = time.monotonic()
+
+    def note_batch(self) -> None:
+        self.last_batch = time.monotonic()
+
+    def problem(self, state: str) -> str | None:
+        """None while the agent is fine; else why /healthz fails."""
+        if not self.actors_alive():
+            return "the apply agent is not running"
+        idle = time.monotonic() - self.last_batch
+        if state == "running" and self.waiting() > 0 and idle > self.stall_seconds:
+            return f"the apply agent has not advanced for {idle:.0f} s while records wait (agent_stall_seconds)"
+        return None
 
 
 def error(view: View, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -53,11 +91,11 @@ def refused(view: View, request: Request, tokens: list[bytes]) -> Response | Non
     return error(view, 401, "a valid bearer token is required (Authorization: Bearer <token>)", {"WWW-Authenticate": "Bearer"})
 
 
-def register(app: faust.App, cache: LatestScoreCache, prefix: str, settings: Settings) -> None:
+def register(app: faust.App, cache: LatestScoreCache, prefix: str, settings: Settings, progress: AgentProgress) -> None:
     """Every page of the worker: the probes, /metrics and the customer lookups."""
     api_tokens = [token.encode() for token in settings.all_api_tokens()]
     metrics_tokens = [settings.metrics_token.get_secret_value().encode()] if settings.metrics_token else []
-    register_probes(app)
+    register_probes(app, cache, progress)
     register_lookups(app, cache, prefix, api_tokens)
 
     @app.page("/metrics")
@@ -69,7 +107,7 @@ def register(app: faust.App, cache: LatestScoreCache, prefix: str, settings: Set
             return self.bytes(generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def register_probes(app: faust.App) -> None:
+def register_probes(app: faust.App, cache: LatestScoreCache, progress: AgentProgress) -> None:
     """/healthz and /readyz: no authentication, no customer data."""
     assigned = []
 
@@ -77,22 +115,45 @@ def register_probes(app: faust.App) -> None:
     async def note_assignment(sender: faust.App, assigned_partitions: set, **kwargs: object) -> None:
         assigned.append(True)
 
+    def state() -> str:
+        current = processing_state(app, bool(assigned))
+        for known in PROCESSING_STATES:
+            metrics.PROCESSING_STATE.labels(known).set(1 if known == current else 0)
+        return current
+
     @app.page("/healthz")
     class Alive(View):
-        """The process answers: its event loop turns (no authentication, no customer data)."""
+        """200 while the event loop turns and the apply agent runs and advances; 503 with why not."""
 
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "alive"})
+            current = state()
+            problem = progress.problem(current)
+            if problem is not None:
+                return self.json({"status": "failing", "reason": problem, "processing": current}, status=503)
+            return self.json({"status": "alive", "processing": current})
 
     @app.page("/readyz")
     class Ready(View):
-        """200 once partitions are assigned and their state read back; 503 with the reason before and during a rebalance."""
+        """200 while this pod can answer lookups (Redis answers); a rebalance or a recovery does
+        not stop lookups (they come from Redis), so they are in /healthz's detail instead."""
 
         async def get(self, request: Request) -> Response:
-            reason = readiness(app, bool(assigned))
-            if reason is not None:
-                return self.json({"status": "not ready", "reason": reason}, status=503)
-            return self.json({"status": "ready"})
+            current = state()
+            try:
+                await asyncio.wait_for(cache.client.ping(), timeout=2.0)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("/readyz: Redis does not answer (%s: %s)", type(exc).__name__, exc)
+                return self.json({"status": "not ready", "reason": "Redis does not answer", "processing": current}, status=503)
+            return self.json({"status": "ready", "processing": current})
+
+
+PROCESSING_STATES = ("assigning", "recovering", "rebalancing", "running")
+
+
+def redis_unavailable(view: View, exc: BaseException) -> Response:
+    """503 without Redis's own error text (it names internal hosts): that goes to the log."""
+    log.warning("A lookup failed: Redis is unavailable (%s: %s)", type(exc).__name__, exc)
+    return error(view, 503, "Redis is unavailable")
 
 
 def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_tokens: list[bytes]) -> None:
@@ -109,8 +170,8 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
             if denied is not None:
                 return denied
             raw_limit = request.query.get("limit", "50")
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_AT_RISK:
-                return error(self, 400, f"limit must be an integer from 1 to {MAX_AT_RISK}, got {raw_limit!r}")
+            if _LIMIT.fullmatch(raw_limit) is None or not 1 <= int(raw_limit) <= MAX_AT_RISK:
+                return error(self, 400, f"limit must be an integer from 1 to {MAX_AT_RISK}, got {raw_limit[:20]!r}")
             try:
                 ranked = await redis.zrange(scores_key(prefix), 0, int(raw_limit) - 1, withscores=True)
                 async with redis.pipeline(transaction=False) as pipe:
@@ -118,7 +179,7 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                         pipe.hmget(customer_key(prefix, customer_id.decode(), tagged), "band", "churn_risk", "as_of")
                     details = await pipe.execute() if ranked else []
             except (RedisError, OSError) as exc:
-                return error(self, 503, f"Redis is unavailable: {exc}")
+                return redis_unavailable(self, exc)
             customers = [
                 {
                     "customer_id": customer_id.decode(),
@@ -143,9 +204,9 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                 fields = await redis.hgetall(customer_key(prefix, customer_id, tagged))
                 recent = await redis.lrange(alerts_key(prefix, customer_id, tagged), 0, RECENT_ALERTS - 1)
             except (RedisError, OSError) as exc:
-                return error(self, 503, f"Redis is unavailable: {exc}")
+                return redis_unavailable(self, exc)
             if not fields:
-                return error(self, 404, f"unknown customer {customer_id!r} (no score yet)")
+                return error(self, 404, "unknown customer (no score yet)")
             values = {key.decode(): value.decode() for key, value in fields.items()}
             return self.json(
                 {

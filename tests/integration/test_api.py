@@ -22,8 +22,8 @@ from tests.integration.conftest import Namespace, WorkerProcess, kcat_produce, w
 from tests.integration.test_end_to_end import event, metric_value
 from tests.integration.test_restart import FAULT_INJECTION
 
-API_TOKEN = "api-token-for-the-test"
-METRICS_TOKEN = "metrics-token-for-the-test"
+API_TOKEN = "api-token-for-the-test-0123456789abcdef"
+METRICS_TOKEN = "metrics-token-for-the-test-0123456789abcdef"
 
 
 def get(url: str, token: str | None = None) -> tuple[int, dict | str]:
@@ -79,9 +79,20 @@ def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Nam
 
 def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespace: Namespace, locked_worker: WorkerProcess) -> None:
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
-    assert get(f"{base}/healthz") == (200, {"status": "alive"})
-    status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(get(f"{base}/readyz")), timeout=30, message="ready")
-    assert body == {"status": "ready"}
+    status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "running" else None)(get(f"{base}/healthz")),
+                            timeout=30, message="running")
+    assert (status, body) == (200, {"status": "alive", "processing": "running"})
+    assert get(f"{base}/readyz") == (200, {"status": "ready", "processing": "running"})
+
+
+def test_error_bodies_carry_no_internal_text_and_limit_is_strict(namespace: Namespace, locked_worker: WorkerProcess) -> None:
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    for limit in ("%C2%B2", "1e3", "-1", "0", "1001", "5%20", "%EF%BC%95"):  # "²" and a fullwidth 5, URL-encoded
+        status, body = get(f"{base}/customers/at-risk?limit={limit}", API_TOKEN)
+        assert status == 400 and body["error"].startswith("limit must be an integer from 1 to 1000"), (limit, status, body)
+    assert get(f"{base}/customers/at-risk?limit=5", API_TOKEN)[0] == 200
+    status, body = get(f"{base}/customers/nobody/health", API_TOKEN)
+    assert (status, body) == (404, {"error": "unknown customer (no score yet)"})
 
 
 def test_json_logs_parse_line_by_line(namespace: Namespace, tmp_path: Path) -> None:
@@ -101,9 +112,10 @@ def test_json_logs_parse_line_by_line(namespace: Namespace, tmp_path: Path) -> N
     assert any(record["message"].startswith("healthscore ") and "model 2+" in record["message"] for record in records)
 
 
-def test_readyz_answers_503_while_the_state_is_read_back_and_200_after(namespace: Namespace, tmp_path: Path) -> None:
-    """A worker reading its changelog back is alive but not ready: an orchestrator must not
-    send it traffic. The recovery is held (tests/integration/fault_injection) until released."""
+def test_readyz_stays_200_while_the_state_is_read_back_and_healthz_says_so(namespace: Namespace, tmp_path: Path) -> None:
+    """A worker reading its changelog back still answers lookups (they come from Redis): a
+    deploy or a rebalance must not take the API down. /healthz shows the processing state.
+    The recovery is held (tests/integration/fault_injection) until released."""
     first = WorkerProcess(namespace, tmp_path / "first.log")
     first.start()
     kcat_produce(namespace.topic("usage"), [("acme", event(f"r{i}", "usage.session", "acme", 2 - i * 0.1, {"user_id": "u1", "duration_seconds": 60})) for i in range(5)])
@@ -117,16 +129,31 @@ def test_readyz_answers_503_while_the_state_is_read_back_and_200_after(namespace
     held.start(until=b"active offsets at start of reading")
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     try:
-        status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 503 else None)(get(f"{base}/readyz")), timeout=30, message="503")
-        assert body == {"status": "not ready", "reason": "reading the state back from the changelog"}, body
-        assert get(f"{base}/healthz") == (200, {"status": "alive"})
-        time.sleep(3)
-        assert get(f"{base}/readyz")[0] == 503  # still held
+        status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "recovering" else None)(get(f"{base}/healthz")),
+                                timeout=30, message="recovering")
+        assert (status, body) == (200, {"status": "alive", "processing": "recovering"})
+        assert get(f"{base}/readyz") == (200, {"status": "ready", "processing": "recovering"})
+        assert get(f"{base}/customers/acme/health")[0] == 200  # lookups work meanwhile
+        assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 1
         hold.unlink()
-        status, body = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(get(f"{base}/readyz")), timeout=30, message="ready")
-        assert body == {"status": "ready"}
+        wait_for(lambda: get(f"{base}/healthz")[1].get("processing") == "running", timeout=30, message="running")
+        assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 0
     finally:
         held.stop()
+
+
+def test_readyz_says_503_without_redis_text_when_redis_does_not_answer(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.env["HEALTHSCORE_REDIS_URL"] = "redis://internal-redis.example.invalid:6379/0"  # resolves nowhere
+    worker = WorkerProcess(namespace, tmp_path / "worker.log")
+    worker.start()
+    base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    try:
+        assert get(f"{base}/readyz") == (503, {"status": "not ready", "reason": "Redis does not answer", "processing": get(f"{base}/healthz")[1]["processing"]})
+        status, body = get(f"{base}/customers/acme/health")
+        assert (status, body) == (503, {"error": "Redis is unavailable"})
+        assert "internal-redis" in worker.log_path.read_text()  # the detail goes to the log
+    finally:
+        worker.stop()
 
 
 def test_the_web_port_answers_https_only_with_a_certificate(namespace: Namespace, tmp_path: Path) -> None:
@@ -142,7 +169,7 @@ def test_the_web_port_answers_https_only_with_a_certificate(namespace: Namespace
         port = namespace.settings.web_port
         trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         answer = urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=trusted, timeout=5)
-        assert answer.status == 200 and json.loads(answer.read()) == {"status": "alive"}
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "alive"
         with pytest.raises(urllib.error.URLError):  # not trusted: refused by the client
             urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5)
         with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):  # plain HTTP gets nothing

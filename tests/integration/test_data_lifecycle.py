@@ -152,9 +152,10 @@ def test_an_erased_customer_is_gone_everywhere_and_stays_gone(namespace: Namespa
 
 
 def ready(process: WorkerProcess) -> bool:
+    """Partitions assigned and their state read back: /healthz says the agent is running."""
     try:
-        with urllib.request.urlopen(process.metrics_url.replace("/metrics", "/readyz"), timeout=5) as response:
-            return response.status == 200
+        with urllib.request.urlopen(process.metrics_url.replace("/metrics", "/healthz"), timeout=5) as response:
+            return json.loads(response.read()).get("processing") == "running"
     except (urllib.error.URLError, OSError):
         return False
 

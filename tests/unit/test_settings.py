@@ -124,10 +124,30 @@ def test_the_api_is_not_served_beyond_loopback_without_tokens(tmp_path) -> None:
     assert load_settings(web_host="0.0.0.0", allow_unauthenticated_api=True).all_api_tokens() == []
     assert load_settings(web_host="::1").all_api_tokens() == []  # loopback: fine without tokens
     tokens = tmp_path / "tokens"
-    tokens.write_text("file-token-1\n\nfile-token-2\n")
-    settings = load_settings(web_host="0.0.0.0", api_tokens=["setting-token"], api_tokens_file=str(tokens))
-    assert settings.all_api_tokens() == ["setting-token", "file-token-1", "file-token-2"]
+    long = "x" * 24
+    tokens.write_text(f"file-token-1-{long}\n\nfile-token-2-{long}\n")
+    settings = load_settings(web_host="0.0.0.0", api_tokens=[f"setting-token-{long}"], api_tokens_file=str(tokens))
+    assert settings.all_api_tokens() == [f"setting-token-{long}", f"file-token-1-{long}", f"file-token-2-{long}"]
     assert "setting-token" not in repr(settings) and "setting-token" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"api_tokens": ["a"]}, "api_tokens[0]"),
+    ({"api_tokens": ["y" * 32, "short-token"]}, "api_tokens[1]"),
+    ({"metrics_token": "metrics-31-characters-long-xxxx"}, "metrics_token"),
+])
+def test_a_bearer_token_shorter_than_32_characters_is_refused_without_showing_it(overrides: dict, named: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(**overrides)
+    assert named in str(refused.value) and "at least 32 characters" in str(refused.value)
+    assert "short-token" not in str(refused.value) and "metrics-31" not in str(refused.value)
+
+
+def test_a_short_token_in_the_tokens_file_is_refused_naming_its_line(tmp_path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("z" * 40 + "\n\ntoo-short\n")
+    with pytest.raises(SettingsError, match="api_tokens_file line 3"):
+        load_settings(api_tokens_file=str(tokens))
 
 
 def test_a_missing_tokens_file_is_an_error_naming_it(tmp_path) -> None:
