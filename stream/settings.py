@@ -99,9 +99,10 @@ class KafkaSettings(Frozen):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     #: OAUTHBEARER: the token is read from this file at each new connection (a sidecar
-    #: refreshes it), or printed on stdout by this command (run without a shell).
+    #: refreshes it), or printed on stdout by this command: a string runs in a shell
+    #: (/bin/sh -c: `curl ... | jq -r .access_token` works), a list of strings as argv without one.
     sasl_oauth_token_file: Path | None = None
-    sasl_oauth_token_command: str | None = None
+    sasl_oauth_token_command: str | list[str] | None = None
     #: CA bundle (PEM) the brokers' certificates are checked against (unset: the system's).
     ssl_cafile: Path | None = None
     #: A client certificate and its key (PEM), for clusters that authenticate clients by TLS.
@@ -606,6 +607,8 @@ class Settings(BaseSettings):
         tls_set = [name for name in ("redis_tls_cafile", "redis_tls_certfile", "redis_tls_keyfile") if getattr(self, name) is not None]
         if tls_set and url.scheme != "rediss":
             raise ValueError(f"{tls_set[0]} is set but redis_url is not rediss://: TLS settings need a rediss:// URL")
+        if self.redis_username is not None and self.redis_password is None:
+            raise ValueError("redis_username is set but redis_password is not (HEALTHSCORE_REDIS_PASSWORD): an ACL user needs its password")
         if (self.redis_tls_certfile is None) != (self.redis_tls_keyfile is None):
             raise ValueError("redis_tls_certfile and redis_tls_keyfile go together: set both for a client certificate, or neither")
         for name in tls_set:

@@ -11,7 +11,6 @@ cause and then says "Unable to bootstrap". May import: stream.settings, aiokafka
 from __future__ import annotations
 
 import asyncio
-import shlex
 import ssl
 from typing import Any
 
@@ -77,11 +76,18 @@ class OAuthTokenSource(AbstractTokenProvider):
         return token
 
     async def _run_command(self) -> str:
+        """A string runs in a shell (``/bin/sh -c``: pipes and variables work, as in the README's
+        ``curl ... | jq`` example); a list runs as it is, without one."""
         assert self._command is not None
         try:
-            process = await asyncio.create_subprocess_exec(
-                *shlex.split(self._command), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-            )
+            if isinstance(self._command, str):
+                process = await asyncio.create_subprocess_shell(
+                    self._command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+                )
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    *self._command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+                )
             output, _ = await asyncio.wait_for(process.communicate(), TOKEN_COMMAND_TIMEOUT_SECONDS)
         except (OSError, asyncio.TimeoutError) as error:
             raise KafkaAccessError(f"kafka.sasl_oauth_token_command could not run: {error!r}") from None

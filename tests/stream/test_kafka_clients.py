@@ -73,3 +73,49 @@ def test_an_unreachable_broker_is_reported_naming_kafka_bootstrap() -> None:
         asyncio.run(check_access(KafkaSettings(bootstrap="127.0.0.1:1")))
     with pytest.raises(KafkaAccessError, match="is not host:port"):
         asyncio.run(check_access(KafkaSettings(bootstrap="no-port")))
+
+
+def test_the_readmes_token_command_runs_as_written_in_a_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `curl ... | jq -r .access_token`, against an identity provider on 127.0.0.1
+    (its URL the only change), with the client's credentials from the environment."""
+    import re
+    import threading
+    import tomllib
+    from base64 import b64encode
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from stream.settings import PROJECT_ROOT
+
+    line = next(line for line in (PROJECT_ROOT / "README.md").read_text().splitlines() if line.startswith('sasl_oauth_token_command = "curl'))
+    command = tomllib.loads(line)["sasl_oauth_token_command"]
+    seen: list[tuple[str, bytes]] = []
+
+    class IdentityProvider(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append((self.headers["Authorization"], self.rfile.read(int(self.headers["Content-Length"]))))
+            body = b'{"access_token": "token-from-the-idp", "token_type": "Bearer", "expires_in": 3600}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), IdentityProvider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = re.sub(r"https://idp\.example\.com", f"http://127.0.0.1:{server.server_address[1]}", command)
+        monkeypatch.setenv("OAUTH_CLIENT_ID", "healthscore")
+        monkeypatch.setenv("OAUTH_CLIENT_SECRET", "s3cret")
+        kafka = scram(sasl_mechanism="OAUTHBEARER", sasl_username=None, sasl_password=None, sasl_oauth_token_command=local)
+        assert asyncio.run(OAuthTokenSource(kafka).token()) == "token-from-the-idp"
+    finally:
+        server.shutdown()
+    assert seen == [(f"Basic {b64encode(b'healthscore:s3cret').decode()}", b"grant_type=client_credentials")]
+
+
+def test_a_token_command_given_as_a_list_runs_without_a_shell() -> None:
+    kafka = scram(sasl_mechanism="OAUTHBEARER", sasl_username=None, sasl_password=None,
+                  sasl_oauth_token_command=[sys.executable, "-c", "import sys; print(sys.argv[1])", "$NOT_EXPANDED | x"])
+    assert asyncio.run(OAuthTokenSource(kafka).token()) == "$NOT_EXPANDED | x"

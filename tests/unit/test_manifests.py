@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stream.settings import PROJECT_ROOT, load_settings
+from stream.settings import PROJECT_ROOT, SettingsError, load_settings
 
 MANIFESTS = PROJECT_ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
@@ -26,9 +26,27 @@ def documents() -> list[tuple[str, dict]]:
     return found
 
 
-def by_kind(kind: str) -> dict:
-    (doc,) = [doc for _, doc in documents() if doc["kind"] == kind]
+def by_kind(kind: str, name: str | None = None) -> dict:
+    (doc,) = [doc for _, doc in documents() if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
     return doc
+
+
+def pod_specs() -> list[tuple[str, dict]]:
+    specs = []
+    for _, doc in documents():
+        if doc["kind"] in ("Deployment", "Job"):
+            specs.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
+    return specs
+
+
+def secret_env(spec: dict) -> dict[str, str]:
+    """The container's variables that come from a secret, each with a stand-in value."""
+    return {
+        variable["name"]: "x" * 40 if variable["name"] != "HEALTHSCORE_DELIVERY__ENDPOINTS" else
+        '[{"name": "crm", "kind": "webhook", "url": "https://crm.example.com/hooks/healthscore", "secret": "whsec_'
+        + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY" + '"}]'
+        for container in spec["containers"] for variable in container.get("env", []) if "valueFrom" in variable
+    }
 
 
 @pytest.mark.parametrize(("name", "doc"), documents(), ids=[f"{name}:{doc['kind']}" for name, doc in documents()])
@@ -49,7 +67,7 @@ def test_the_kustomization_lists_every_manifest() -> None:
 
 
 def test_the_worker_runs_as_the_image_s_user_with_the_probes_it_serves() -> None:
-    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    pod = by_kind("Deployment", "healthscore-worker")["spec"]["template"]["spec"]
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     uid = re.search(r"^USER (\d+)", dockerfile, re.MULTILINE).group(1)
     assert pod["securityContext"]["runAsNonRoot"] and str(pod["securityContext"]["runAsUser"]) == uid
@@ -67,6 +85,52 @@ def test_the_config_map_holds_settings_the_worker_accepts(tmp_path: Path, monkey
     toml = by_kind("ConfigMap")["data"]["healthscore.toml"]
     (tmp_path / "healthscore.toml").write_text(toml)
     monkeypatch.setenv("HEALTHSCORE_CONFIG", str(tmp_path / "healthscore.toml"))
+    with pytest.raises(SettingsError, match="kafka.sasl_password is required"):
+        load_settings()  # without the secret: refused, never a plaintext client
+    worker = by_kind("Deployment", "healthscore-worker")["spec"]["template"]["spec"]
+    for name, value in secret_env(worker).items():
+        monkeypatch.setenv(name, value)
+    for variable in worker["containers"][0]["env"]:
+        if "value" in variable and variable["name"] != "HEALTHSCORE_API_TOKENS_FILE":  # the mounted file is not here
+            monkeypatch.setenv(variable["name"], variable["value"])
     settings = load_settings()
+    assert settings.redis_username == "healthscore" and settings.redis_password is not None
+    assert settings.kafka.security_protocol == "SASL_SSL" and settings.redis_url.startswith("rediss://")
+    assert settings.privacy.hash_key is not None
     assert settings.topics.replication_factor == 3 and not settings.topics.allow_runtime_creation
     assert settings.log_format == "json"
+
+
+def test_every_secret_is_required_and_no_pod_mounts_a_service_account_token() -> None:
+    for name, spec in pod_specs():
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            for variable in container.get("env", []):
+                reference = variable.get("valueFrom", {}).get("secretKeyRef")
+                assert reference is None or "optional" not in reference, (name, variable["name"])
+
+
+def test_deliver_runs_with_settings_it_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver = by_kind("Deployment", "healthscore-deliver")["spec"]["template"]["spec"]
+    (container,) = deliver["containers"]
+    assert container["args"] == ["deliver"] and container["securityContext"]["readOnlyRootFilesystem"]
+    (tmp_path / "healthscore.toml").write_text(by_kind("ConfigMap")["data"]["healthscore.toml"])
+    monkeypatch.setenv("HEALTHSCORE_CONFIG", str(tmp_path / "healthscore.toml"))
+    for name, value in secret_env(deliver).items():
+        monkeypatch.setenv(name, value)
+    for variable in container["env"]:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    settings = load_settings()
+    assert [endpoint.name for endpoint in settings.delivery.endpoints] == ["crm"]
+    assert settings.delivery.metrics_port == container["ports"][0]["containerPort"]
+
+
+def test_the_network_policies_select_every_pod_and_keep_delivery_off_private_addresses() -> None:
+    policies = [doc for _, doc in documents() if doc["kind"] == "NetworkPolicy"]
+    selected = {policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for policy in policies}
+    components = {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for _, doc in documents() if doc["kind"] in ("Deployment", "Job")}
+    assert selected == components
+    (deliver,) = [policy for policy in policies if policy["metadata"]["name"] == "healthscore-deliver"]
+    https = [rule for rule in deliver["spec"]["egress"] if "to" in rule]
+    assert https and all({"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= set(peer["ipBlock"]["except"]) for rule in https for peer in rule["to"])
