@@ -321,7 +321,7 @@ def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | li
     for topic in consumed_topics:
         RECORDS_FETCHED_AGAIN.labels(topic)
         EVENTS_OUT_OF_ORDER.labels(topic)
-        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted", "unknown_type"]:
+        for outcome in [*(o.value for o in Outcome), "dead_lettered", "rekeyed", "misrouted", "unknown_type", "erased"]:
             EVENTS.labels(topic, outcome)
         for action in ("forwarded", "processed_in_place"):
             MISROUTED.labels(topic, action)

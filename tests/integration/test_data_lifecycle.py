@@ -20,6 +20,7 @@ import redis
 from scoring.privacy import subject_hash
 from stream.kafka.topics import changelog_topic
 from tests.integration.conftest import Namespace, WorkerProcess, free_port, healthscore, kcat_consume, kcat_produce, wait_for
+from tests.integration.test_alerts import event as event_at
 from tests.integration.test_end_to_end import event, metric_value
 
 HASH_KEY = "a-test-hash-key-0123456789abcdef"
@@ -137,9 +138,10 @@ def test_an_erased_customer_is_gone_everywhere_and_stays_gone(namespace: Namespa
         # Allowed back: events from then on start a new record, without the erased history.
         healthscore(namespace, "erase", "--allow-return", "erin")
         wait_for(lambda: "may return: from" in (_status(namespace) or ""), timeout=60, message="the return recorded", explain=worker.log_tail)
+        now_ms = int(time.time() * 1000)  # not the module's NOW_MS: the return was allowed just now
         kcat_produce(namespace.topic("usage"), [
-            ("erin", event("e-old", "usage.session", "erin", 0.2, {"user_id": "u9", "duration_seconds": 30})),  # before: refused
-            ("erin", event("e-back", "usage.session", "erin", -0.01, {"user_id": "u9", "duration_seconds": 30})),
+            ("erin", event_at("e-old", "usage.session", "erin", now_ms - 600_000, {"user_id": "u9", "duration_seconds": 30})),  # before: refused
+            ("erin", event_at("e-back", "usage.session", "erin", now_ms + 30_000, {"user_id": "u9", "duration_seconds": 30})),
         ])
         code, fresh = wait_for(lambda: (lambda answer: answer if answer[0] == 200 else None)(health_of(namespace, "erin", namespace.env["HEALTHSCORE_WEB_PORT"])),
                                timeout=60, message="erin's new record", explain=worker.log_tail)

@@ -5,11 +5,14 @@ Each scenario loads the whole history onto the input topics before a worker star
 backlog: a deploy, a restart, a consumer catching up), so the worker reads the four topics
 at whatever pace their fetches come; then the fault. Compared with the replay:
 
-- every customer's last published score, band and ``as_of`` (the hard guarantee: exact);
-- the alert ids, in both directions: the alerts raised by events, which depend on the order
-  the events are applied in. The sweep is left out on both sides (the worker's runs at wall
-  time, the replay's in event time; docs/alerts.md), so both apply the same events only;
-- no alert id published twice.
+- every customer's last published score, band and ``as_of``, for every customer either side
+  published (exact);
+- the alert ids, in both directions, exactly: the alerts raised by events, which depend on
+  the order the events are applied in. The sweep is left out on both sides (the worker's
+  runs at wall time, the replay's in event time; docs/alerts.md), so both apply the same
+  events only;
+- no alert id published twice;
+- and that the fault landed where it was meant to: mid-backlog.
 
 Add a scenario by writing a function that takes the :class:`Campaign` and injects its fault.
 """
@@ -52,8 +55,6 @@ pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
 CUSTOMERS, EVENTS = 500, 25_000
 OUTAGE_SECONDS = 15
-#: Most alert ids allowed to differ from the replay's, each way (the target: at least 99 % agree).
-ALERT_TOLERANCE = 0.01
 #: Every rule on, no budget: the alerts most sensitive to the order events are applied in
 #: (the defaults raise about a hundred alerts from events on this history, too few to tell).
 SENSITIVE_ALERTS = {
@@ -159,7 +160,6 @@ class Campaign:
             return True
 
         wait_for(done, timeout=timeout, interval=1, message="every input record committed", explain=lambda: self.workers[-1].log_tail())
-        time.sleep(1.5)  # the producer's last sends after the commit's flush
 
     def published(self) -> tuple[dict[str, tuple[float, str, str]], list[str]]:
         finals: dict[str, tuple[float, str, str]] = {}
@@ -215,15 +215,24 @@ def sigkill(campaign: Campaign) -> None:
     applied = campaign.applied(worker)
     worker.kill()
     print(f"sigkill: killed after {applied:.0f} of {campaign.sent} applied")
+    assert applied < campaign.sent, "the kill landed after the backlog drained: it proves nothing"
     campaign.start_worker()
 
 
 def rebalance(campaign: Campaign) -> None:
-    """A second worker joins a third of the way through: partitions move while the backlog drains."""
+    """A second worker joins early in the backlog: partitions move while it drains. The backlog
+    is slowed more than for the other faults (50 ms a batch, about 25 s in all): a worker takes
+    seconds to start and the group seconds to rebalance, and the second worker must still find
+    events to apply (checked below), or the scenario proves nothing."""
+    campaign.namespace.env["FAULT_BATCH_DELAY_SECONDS"] = "0.05"
     first = campaign.start_worker()
-    campaign.wait_until_applied(first, campaign.sent / 3)
-    campaign.start_worker(second=True)
-    print(f"rebalance: the second worker was ready when the first had applied {campaign.applied(first):.0f} of {campaign.sent}")
+    campaign.wait_until_applied(first, campaign.sent / 10)
+    second = campaign.start_worker(second=True)
+    applied = campaign.applied(first)
+    print(f"rebalance: the second worker was ready when the first had applied {applied:.0f} of {campaign.sent}")
+    assert applied < campaign.sent, "the second worker joined after the backlog drained: it proves nothing"
+    # The second worker got partitions and applied part of the backlog.
+    wait_for(lambda: campaign.applied(second) > 0, timeout=120, message="the second worker applied events", explain=second.log_tail)
 
 
 SCENARIOS: dict[str, Callable[[Campaign], None]] = {"no_fault": no_fault, "sigkill": sigkill, "rebalance": rebalance}
@@ -270,8 +279,10 @@ def test_a_broker_outage_mid_backlog_is_logged_once_and_publishes_what_the_repla
         campaign.wait_until_applied(worker, campaign.sent / 3)
         before = worker.log_path.stat().st_size
         private_broker.kill()
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(OUTAGE_SECONDS)  # the outage's length is the fault itself, not a synchronisation
         during = worker.log_path.read_bytes()[before:].decode(errors="replace")
+        applied_during = campaign.applied(worker)
+        assert applied_during < campaign.sent, "the broker went down after the backlog drained: it proves nothing"
         private_broker.start()
         check_against_the_replay(campaign, expected, "broker_outage")
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
@@ -288,20 +299,33 @@ def test_a_broker_outage_mid_backlog_is_logged_once_and_publishes_what_the_repla
 
 def check_against_the_replay(campaign: Campaign, expected: Expected, scenario: str) -> None:
     campaign.wait_until_all_committed()
-    finals, alert_ids = campaign.published()
+    # Every output is on its topic before the inputs' offsets are committed (the producer is
+    # flushed first); alerts waiting for the alerts topic's tail go right after. So: what was
+    # published converges to the replay's, or the difference stays and is reported.
+    published_now: list = []
 
-    wrong = {customer: (finals.get(customer), final) for customer, final in expected.finals.items() if finals.get(customer) != final}
-    assert not wrong, f"{len(wrong)} customers' final scores differ from the replay's: {dict(list(wrong.items())[:5])}"
+    def agrees() -> bool:
+        finals, alert_ids = campaign.published()
+        published_now[:] = [finals, alert_ids]
+        return finals == expected.finals and set(alert_ids) == expected.alert_ids
+
+    try:
+        wait_for(agrees, timeout=30, interval=1, message="the published outputs to equal the replay's")
+    except AssertionError:
+        pass  # reported precisely below
+    finals, alert_ids = published_now
+
+    customers = set(finals) | set(expected.finals)
+    wrong = {customer: (finals.get(customer), expected.finals.get(customer)) for customer in customers if finals.get(customer) != expected.finals.get(customer)}
+    assert not wrong, f"{len(wrong)} customers' final scores differ from the replay's (worker, replay): {dict(list(wrong.items())[:5])}"
     repeated = [alert_id for alert_id, count in Counter(alert_ids).items() if count > 1]
     assert not repeated, f"alert ids published twice: {repeated[:5]}"
 
     published = set(alert_ids)
     missing, extra = expected.alert_ids - published, published - expected.alert_ids
-    agreement = (1 - len(missing) / len(expected.alert_ids), 1 - len(extra) / max(1, len(published)))
     out_of_order = sum(campaign.out_of_order(worker) for worker in campaign.workers if worker.process and worker.process.poll() is None)
     print(
         f"{scenario}: {len(expected.finals)} final scores equal; alert ids: replay {len(expected.alert_ids)}, "
-        f"published {len(published)}, missing {len(missing)}, extra {len(extra)} "
-        f"({agreement[0]:.2%} / {agreement[1]:.2%}); out of order (running workers): {out_of_order:.0f}"
+        f"published {len(published)}, missing {len(missing)}, extra {len(extra)}; out of order (running workers): {out_of_order:.0f}"
     )
-    assert agreement[0] >= 1 - ALERT_TOLERANCE and agreement[1] >= 1 - ALERT_TOLERANCE, (sorted(missing)[:5], sorted(extra)[:5])
+    assert not missing and not extra, (f"missing {len(missing)}", sorted(missing)[:5], f"extra {len(extra)}", sorted(extra)[:5])
