@@ -84,10 +84,12 @@ def get_json(url: str, token: str | None = None, timeout: float = 5) -> tuple[in
         return status, body
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
-    """``healthscore ARGS`` with ``env`` over the test's environment, no standard input."""
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120, check: bool = False, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``healthscore ARGS`` with ``env`` over the test's environment (less the variables in
+    ``drop``), no standard input."""
+    base = {key: value for key, value in os.environ.items() if key not in drop}
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], cwd=PROJECT_ROOT, env={**os.environ, **env},
+        [sys.executable, "-m", "stream.cli", *args], cwd=PROJECT_ROOT, env={**base, **env},
         capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL,
     )
 

@@ -8,7 +8,10 @@ Redis key prefix, so runs never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -16,18 +19,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import msgspec
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from stream.services.local import ServicePaths, default_paths, start_kafka, start_redis
 from stream.settings import PROJECT_ROOT, KafkaSettings, Settings, isolated_environment, load_settings
 from stream.kafka.topics import delete_topics_containing, ensure_topics
+from tests.helpers import event, event_at, get_json, metric_sum, metric_value, run_cli, usage_event, wait_for  # noqa: F401 (shared)
 
 pytestmark = pytest.mark.integration
 
@@ -256,21 +264,6 @@ def kcat_consume(topic: str, fmt: str = "%k\t%s\n", bootstrap: str = "127.0.0.1:
     return [line for line in result.stdout.decode().split("\n") if line]
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.5, message: str = "condition", explain=None):
-    """Poll until ``predicate`` is truthy. ``explain`` (a callable returning text, such as
-    a worker's log tail) is added to the failure, so a flake in CI can be diagnosed."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    detail = f"\n{explain()}" if explain is not None else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}; last value: {last!r}{detail}")
-
-
-@dataclass(frozen=True)
 class PrivateBroker:
     """A broker of a test's own: its port, controller port and data directory."""
 
@@ -355,3 +348,185 @@ def make_certificates(directory: Path) -> Certificates:
     keystore = directory / "server-keystore.pem"
     keystore.write_text((directory / "server.key").read_text() + (directory / "server.pem").read_text())
     return Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key", keystore, directory / "other-ca.pem")
+
+
+# Kafka facts tests wait on, and what several modules share.
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"
+
+
+@contextlib.asynccontextmanager
+async def assigned_outside_the_group(group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"):
+    """A consumer with ``group``'s id that is assigned every partition of ``topic`` without
+    joining the group: it reads and commits the group's offsets. Yields it and the partitions."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
+        consumer.assign(partitions_of_topic)
+        yield consumer, partitions_of_topic
+    finally:
+        await consumer.stop()
+
+
+def committed_and_end_offsets(
+    group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"
+) -> tuple[list[int | None], list[int]]:
+    """Per partition of ``topic``: the group's committed offset (None: nothing committed), and the end offset."""
+
+    async def read() -> tuple[list[int | None], list[int]]:
+        async with assigned_outside_the_group(group, topic, partitions, bootstrap) as (consumer, partitions_of_topic):
+            ends = await consumer.end_offsets(partitions_of_topic)
+            return [await consumer.committed(tp) for tp in partitions_of_topic], [ends[tp] for tp in partitions_of_topic]
+
+    return asyncio.run(read())
+
+
+def wait_until_committed(namespace: Namespace, topics: list[str] | None = None, timeout: float = 120, explain=None) -> None:
+    """Every record of the inputs (or ``topics``) committed by the namespace's group. A worker
+    sends its outputs before it commits its inputs, so they are all on their topics then."""
+    settings = namespace.settings
+
+    def done() -> bool:
+        for topic in topics or list(settings.topics.inputs()):
+            committed, ends = committed_and_end_offsets(settings.app_id, topic, settings.partitions, settings.kafka_bootstrap)
+            if [offset or 0 for offset in committed] != ends:
+                return False
+        return True
+
+    wait_for(done, timeout=timeout, interval=0.5, message="every input record committed", explain=explain)
+
+
+def wait_until_published(namespace: Namespace, worker: "WorkerProcess", timeout: float = 60) -> None:
+    """Every score and alert the worker counted is on its topic (one worker's lifetime): the
+    topics' message counts equal its counters."""
+    url = worker.metrics_url
+
+    def done() -> bool:
+        scores = len(kcat_consume(namespace.topic("health")))
+        alerts = len(kcat_consume(namespace.topic("alerts")))
+        return scores == metric_value(url, "healthscore_scores_published_total") and alerts == metric_sum(url, "healthscore_alerts_raised_total")
+
+    wait_for(done, timeout=timeout, interval=0.3, message="the worker's scores and alerts on their topics", explain=worker.log_tail)
+
+
+async def produce_file(namespace: Namespace, path: Path) -> int:
+    """Every event of a history file to its input topic, keyed by customer (the Java partitioner)."""
+    from aiokafka import AIOKafkaProducer
+
+    from scoring.contract import EVENT_TYPES
+
+    names = {kind: name for name, kind in namespace.settings.topics.inputs().items()}
+    producer = AIOKafkaProducer(bootstrap_servers=namespace.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
+    await producer.start()
+    count = 0
+    try:
+        for line in path.read_bytes().splitlines():
+            value = msgspec.json.decode(line)
+            topic = names[EVENT_TYPES[value["type"]][0]]
+            await producer.send(topic, line, key=value["customer_id"].encode())
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+
+# Delivery: a verifying webhook receiver, alerts, and the `deliver` process.
+SECRET = "whsec_" + base64.b64encode(b"integration-secret-24byt").decode()
+#: The receivers listen on http://127.0.0.1: both must be allowed explicitly.
+LOCAL = {"allow_insecure_http": True, "allow_private_network": True}
+
+
+class Receiver:
+    """A webhook receiver in a thread: verifies each request's signature with ``secret`` (the
+    endpoints' SECRET by default), answers 200 after ``delay``, or 401 to a bad signature."""
+
+    def __init__(self, port: int, delay: float = 0.0, secret: str | None = None) -> None:
+        self.verified: list[str] = []  # webhook-id of each verified request, in arrival order
+        self.refused = 0
+        receiver = self
+        expected = Webhook(secret or SECRET)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                try:
+                    expected.verify(body, {key.lower(): value for key, value in self.headers.items()})
+                except WebhookVerificationError:  # a real receiver refuses it
+                    receiver.refused += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                receiver.verified.append(self.headers["webhook-id"])
+                time.sleep(delay)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def alert(number: int) -> tuple[str, bytes]:
+    customer = f"cust-{number:03d}"
+    return customer, json.dumps({
+        "alert_id": f"alert-{number:03d}", "customer_id": customer, "rule": "band_downgrade", "severity": "warning",
+        "score": 40.0, "previous_score": 55.0, "band": "at_risk", "churn_risk": 0.4, "reasons": [{"component": "usage", "change": -15.0}],
+        "detail": "healthy to at_risk", "occurred_at": "2026-12-01T10:00:00.000Z", "raised_at": "2026-12-01T10:00:00.050Z",
+    }).encode()
+
+
+def deliver_env(namespace: Namespace, crm_port: int, down_port: int) -> dict[str, str]:
+    endpoints = [
+        {"name": "crm", "kind": "webhook", "url": f"http://127.0.0.1:{crm_port}/hook", "secret": SECRET, **LOCAL},
+        {"name": "down", "kind": "webhook", "url": f"http://127.0.0.1:{down_port}/hook", "secret": SECRET, **LOCAL},
+    ]
+    return {
+        **os.environ, **namespace.env,
+        "HEALTHSCORE_DELIVERY__ENDPOINTS": json.dumps(endpoints),
+        "HEALTHSCORE_DELIVERY__GROUP_ID": f"deliver-{namespace.tag}",
+        "HEALTHSCORE_DELIVERY__RETRY_SCHEDULE_SECONDS": "[0.1, 0.2]",
+        "HEALTHSCORE_DELIVERY__MAX_WAIT_PER_ALERT_SECONDS": "0.5",
+        "HEALTHSCORE_DELIVERY__METRICS_PORT": str(free_port()),
+    }
+
+
+def start_deliver(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "deliver"], cwd=PROJECT_ROOT, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+
+
+class SlackReceiver:
+    """A Slack incoming-webhook stand-in in a thread: keeps each JSON body, answers 200 "ok"."""
+
+    def __init__(self, port: int) -> None:
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import urllib.error
@@ -16,23 +15,24 @@ import pytest
 from tests.integration.conftest import (
     Namespace,
     WorkerProcess,
+    assigned_outside_the_group,
+    committed_and_end_offsets,
+    get_json,
     healthscore,
     kcat_consume,
     kcat_produce,
+    metric_value,
     wait_for,
+    wait_until_committed,
+    wait_until_published,
 )
-from tests.integration.test_end_to_end import metric_value
+from tests.integration.conftest import event_at as event
 
 pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
 NOW_MS = int(time.time() * 1000)
 
-
-def event(event_id: str, event_type: str, customer: str, at_ms: int, data: dict) -> bytes:
-    return json.dumps(
-        {"event_id": event_id, "type": event_type, "customer_id": customer, "occurred_at": at_ms, "data": data}
-    ).encode()
 
 
 def alerts_on_topic(namespace: Namespace) -> list[dict]:
@@ -42,13 +42,6 @@ def alerts_on_topic(namespace: Namespace) -> list[dict]:
 def scores_of(namespace: Namespace, customer: str) -> list[dict]:
     return [json.loads(value) for key, _, value in (line.partition("\t") for line in kcat_consume(namespace.topic("health"))) if key == customer]
 
-
-def get_json(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namespace: Namespace, worker: WorkerProcess) -> None:
@@ -61,7 +54,7 @@ def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namesp
     )
     url = worker.metrics_url
     wait_for(lambda: metric_value(url, "healthscore_events_total", topic=namespace.topic("usage"), outcome="applied") == 14, message="events applied")
-    time.sleep(1)
+    wait_until_published(namespace, worker)
     last_event_score = scores_of(namespace, "quiet")[-1]  # the latest score published on an event
     assert last_event_score["trigger_event_id"].startswith("quiet-")
     assert not [a for a in alerts_on_topic(namespace) if a["rule"] == "silence"]
@@ -82,8 +75,10 @@ def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namesp
     assert metric_value(url, "healthscore_alerts_raised_total", rule="silence", severity="warning") == 1
 
     # A second sweep at the same time changes nothing and raises nothing new.
+    swept_before = metric_value(url, "healthscore_sweep_customers_total")
     healthscore(namespace, "sweep")
-    time.sleep(3)
+    wait_for(lambda: metric_value(url, "healthscore_sweep_customers_total") > swept_before, message="the second sweep applied")
+    wait_until_published(namespace, worker)  # everything it published is on the topics
     assert len([a for a in alerts_on_topic(namespace) if a["rule"] == "silence"]) == 1
 
 
@@ -175,7 +170,7 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(
         before = wait_for(
             lambda: [a for a in alerts_on_topic(namespace) if a["rule"] == "cancellation"], timeout=60, interval=0.05, message="the cancellation alert"
         )
-        time.sleep(1)  # let every alert of that event reach the topic
+        wait_until_published(namespace, worker)  # every alert of that event is on the topic
         worker.kill()  # SIGKILL: no flush, no commit, no goodbye
         assert worker.process.returncode == -9
         published_before = alerts_on_topic(namespace)
@@ -205,7 +200,7 @@ def test_an_alert_survives_a_sigkill_right_after_publishing_exactly_once(
                 ]
             ),
         )
-        time.sleep(2)
+        wait_until_committed(namespace, [payments], explain=worker.log_tail)  # its outputs precede its commit
         after = alerts_on_topic(namespace)
         ids = [a["alert_id"] for a in after]
         assert len(ids) == len(set(ids)), f"an alert was published twice: {after}"
@@ -225,22 +220,6 @@ def events_metrics(url: str) -> str:
     except OSError as error:
         return f"/metrics unreachable: {error}"
     return "\n".join(line for line in text.splitlines() if line.startswith("healthscore_events_total") and not line.endswith(" 0.0"))
-
-
-@contextlib.asynccontextmanager
-async def assigned_outside_the_group(group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"):
-    """A consumer with ``group``'s id that is assigned every partition of ``topic`` without
-    joining the group: it reads and commits the group's offsets. Yields it and the partitions."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions_of_topic = [TopicPartition(topic, partition) for partition in range(partitions)]
-        consumer.assign(partitions_of_topic)
-        yield consumer, partitions_of_topic
-    finally:
-        await consumer.stop()
 
 
 def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: float = 60) -> None:
@@ -265,19 +244,6 @@ def rewind_committed_offsets(group: str, topic: str, partitions: int, timeout: f
     asyncio.run(rewind())
 
 
-def committed_and_end_offsets(
-    group: str, topic: str, partitions: int, bootstrap: str = "127.0.0.1:9092"
-) -> tuple[list[int | None], list[int]]:
-    """Per partition of ``topic``: the group's committed offset (None: nothing committed), and the end offset."""
-
-    async def read() -> tuple[list[int | None], list[int]]:
-        async with assigned_outside_the_group(group, topic, partitions, bootstrap) as (consumer, partitions_of_topic):
-            ends = await consumer.end_offsets(partitions_of_topic)
-            return [await consumer.committed(tp) for tp in partitions_of_topic], [ends[tp] for tp in partitions_of_topic]
-
-    return asyncio.run(read())
-
-
 def group_offsets(group: str, topic: str, partitions: int) -> str:
     """Per partition, the group's committed offset and the topic's end offset, for a failure message."""
     try:
@@ -299,4 +265,13 @@ def delete_topic(name: str) -> None:
             await admin.close()
 
     asyncio.run(delete())
-    time.sleep(2)
+
+    async def listed() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+        await admin.start()
+        try:
+            return name in await admin.list_topics()
+        finally:
+            await admin.close()
+
+    wait_for(lambda: not asyncio.run(listed()), timeout=30, interval=0.2, message=f"{name} deleted")

@@ -9,7 +9,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,26 +17,20 @@ from typing import Iterator
 import pytest
 
 from stream.settings import PROJECT_ROOT
-from tests.integration.conftest import Namespace, WorkerProcess, kcat_produce, wait_for
-from tests.integration.test_end_to_end import event, metric_value
-from tests.integration.test_restart import FAULT_INJECTION
+from tests.integration.conftest import (
+    FAULT_INJECTION,
+    Namespace,
+    WorkerProcess,
+    event,
+    get_json,
+    kcat_produce,
+    metric_value,
+    wait_for,
+)
 
 API_TOKEN = "api-token-for-the-test-0123456789abcdef"
 METRICS_TOKEN = "metrics-token-for-the-test-0123456789abcdef"
 
-
-def get(url: str, token: str | None = None) -> tuple[int, dict | str]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = response.read().decode()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        body, status = error.read().decode(), error.code
-    try:
-        return status, json.loads(body)
-    except json.JSONDecodeError:
-        return status, body
 
 
 @pytest.fixture
@@ -60,18 +53,18 @@ def locked_worker(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProces
 def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Namespace, locked_worker: WorkerProcess) -> None:
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     kcat_produce(namespace.topic("usage"), [("acme", event("a-1", "usage.session", "acme", 1, {"user_id": "u", "duration_seconds": 60}))])
-    wait_for(lambda: get(f"{base}/customers/acme/health", API_TOKEN)[0] == 200, timeout=30, message="acme's score")
+    wait_for(lambda: get_json(f"{base}/customers/acme/health", API_TOKEN)[0] == 200, timeout=30, message="acme's score")
     for path in ("/customers/acme/health", "/customers/at-risk"):
         for token in (None, "wrong-token", API_TOKEN[:-1]):
-            status, body = get(base + path, token)
+            status, body = get_json(base + path, token)
             assert status == 401 and "bearer token" in body["error"], (path, token, status, body)
-        assert get(base + path, API_TOKEN)[0] == 200
-        assert get(base + path, f"{API_TOKEN}-from-the-file")[0] == 200
-    assert get(f"{base}/metrics")[0] == 401
-    status, exposition = get(f"{base}/metrics", METRICS_TOKEN)
+        assert get_json(base + path, API_TOKEN)[0] == 200
+        assert get_json(base + path, f"{API_TOKEN}-from-the-file")[0] == 200
+    assert get_json(f"{base}/metrics")[0] == 401
+    status, exposition = get_json(f"{base}/metrics", METRICS_TOKEN)
     assert status == 200 and 'healthscore_build_info{' in exposition and 'kernel="' in exposition
     for path in ("/router/", "/table/", "/router", "/table"):
-        assert get(base + path, API_TOKEN)[0] == 404, path
+        assert get_json(base + path, API_TOKEN)[0] == 404, path
     log = locked_worker.log_path.read_text()
     assert API_TOKEN not in log and METRICS_TOKEN not in log
     assert "healthscore " in log and "model 2+" in log
@@ -79,19 +72,19 @@ def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Nam
 
 def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespace: Namespace, locked_worker: WorkerProcess) -> None:
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
-    status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "running" else None)(get(f"{base}/healthz")),
+    status, body = wait_for(lambda: (lambda answer: answer if answer[1].get_json("processing") == "running" else None)(get_json(f"{base}/healthz")),
                             timeout=30, message="running")
     assert (status, body) == (200, {"status": "alive", "processing": "running"})
-    assert get(f"{base}/readyz") == (200, {"status": "ready", "processing": "running"})
+    assert get_json(f"{base}/readyz") == (200, {"status": "ready", "processing": "running"})
 
 
 def test_error_bodies_carry_no_internal_text_and_limit_is_strict(namespace: Namespace, locked_worker: WorkerProcess) -> None:
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     for limit in ("%C2%B2", "1e3", "-1", "0", "1001", "5%20", "%EF%BC%95"):  # "²" and a fullwidth 5, URL-encoded
-        status, body = get(f"{base}/customers/at-risk?limit={limit}", API_TOKEN)
+        status, body = get_json(f"{base}/customers/at-risk?limit={limit}", API_TOKEN)
         assert status == 400 and body["error"].startswith("limit must be an integer from 1 to 1000"), (limit, status, body)
-    assert get(f"{base}/customers/at-risk?limit=5", API_TOKEN)[0] == 200
-    status, body = get(f"{base}/customers/nobody/health", API_TOKEN)
+    assert get_json(f"{base}/customers/at-risk?limit=5", API_TOKEN)[0] == 200
+    status, body = get_json(f"{base}/customers/nobody/health", API_TOKEN)
     assert (status, body) == (404, {"error": "unknown customer (no score yet)"})
 
 
@@ -129,14 +122,14 @@ def test_readyz_stays_200_while_the_state_is_read_back_and_healthz_says_so(names
     held.start(until=b"active offsets at start of reading")
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     try:
-        status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "recovering" else None)(get(f"{base}/healthz")),
+        status, body = wait_for(lambda: (lambda answer: answer if answer[1].get_json("processing") == "recovering" else None)(get_json(f"{base}/healthz")),
                                 timeout=30, message="recovering")
         assert (status, body) == (200, {"status": "alive", "processing": "recovering"})
-        assert get(f"{base}/readyz") == (200, {"status": "ready", "processing": "recovering"})
-        assert get(f"{base}/customers/acme/health")[0] == 200  # lookups work meanwhile
+        assert get_json(f"{base}/readyz") == (200, {"status": "ready", "processing": "recovering"})
+        assert get_json(f"{base}/customers/acme/health")[0] == 200  # lookups work meanwhile
         assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 1
         hold.unlink()
-        wait_for(lambda: get(f"{base}/healthz")[1].get("processing") == "running", timeout=30, message="running")
+        wait_for(lambda: get_json(f"{base}/healthz")[1].get_json("processing") == "running", timeout=30, message="running")
         assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 0
     finally:
         held.stop()
@@ -148,8 +141,8 @@ def test_readyz_says_503_without_redis_text_when_redis_does_not_answer(namespace
     worker.start()
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     try:
-        assert get(f"{base}/readyz") == (503, {"status": "not ready", "reason": "Redis does not answer", "processing": get(f"{base}/healthz")[1]["processing"]})
-        status, body = get(f"{base}/customers/acme/health")
+        assert get_json(f"{base}/readyz") == (503, {"status": "not ready", "reason": "Redis does not answer", "processing": get_json(f"{base}/healthz")[1]["processing"]})
+        status, body = get_json(f"{base}/customers/acme/health")
         assert (status, body) == (503, {"error": "Redis is unavailable"})
         assert "internal-redis" in worker.log_path.read_text()  # the detail goes to the log
     finally:

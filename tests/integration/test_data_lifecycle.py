@@ -19,9 +19,18 @@ import redis
 
 from scoring.privacy import subject_hash
 from stream.kafka.topics import changelog_topic
-from tests.integration.conftest import Namespace, WorkerProcess, free_port, healthscore, kcat_consume, kcat_produce, wait_for
-from tests.integration.test_alerts import event as event_at
-from tests.integration.test_end_to_end import event, metric_value
+from tests.integration.conftest import (
+    Namespace,
+    WorkerProcess,
+    event,
+    event_at,
+    free_port,
+    healthscore,
+    kcat_consume,
+    kcat_produce,
+    metric_value,
+    wait_for,
+)
 
 HASH_KEY = "a-test-hash-key-0123456789abcdef"
 

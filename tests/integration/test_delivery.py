@@ -11,78 +11,24 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from standardwebhooks.webhooks import Webhook
-
-from tests.integration.conftest import PROJECT_ROOT, Namespace, free_port, kcat_consume, kcat_produce, wait_for
-
-SECRET = "whsec_" + base64.b64encode(b"integration-secret-24byt").decode()
-#: The receivers listen on http://127.0.0.1: both must be allowed explicitly.
-LOCAL = {"allow_insecure_http": True, "allow_private_network": True}
-
-
-class Receiver:
-    """A webhook receiver in a thread: verifies each request's signature, answers 200 after ``delay``."""
-
-    def __init__(self, port: int, delay: float = 0.0) -> None:
-        self.verified: list[str] = []  # webhook-id of each verified request, in arrival order
-        self.refused = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["content-length"]))
-                try:
-                    Webhook(SECRET).verify(body, {key.lower(): value for key, value in self.headers.items()})
-                    receiver.verified.append(self.headers["webhook-id"])
-                except Exception:
-                    receiver.refused += 1
-                time.sleep(delay)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def alert(number: int) -> tuple[str, bytes]:
-    customer = f"cust-{number:03d}"
-    return customer, json.dumps({
-        "alert_id": f"alert-{number:03d}", "customer_id": customer, "rule": "band_downgrade", "severity": "warning",
-        "score": 40.0, "previous_score": 55.0, "band": "at_risk", "churn_risk": 0.4, "reasons": [{"component": "usage", "change": -15.0}],
-        "detail": "healthy to at_risk", "occurred_at": "2026-12-01T10:00:00.000Z", "raised_at": "2026-12-01T10:00:00.050Z",
-    }).encode()
-
-
-def deliver_env(namespace: Namespace, crm_port: int, down_port: int) -> dict[str, str]:
-    endpoints = [
-        {"name": "crm", "kind": "webhook", "url": f"http://127.0.0.1:{crm_port}/hook", "secret": SECRET, **LOCAL},
-        {"name": "down", "kind": "webhook", "url": f"http://127.0.0.1:{down_port}/hook", "secret": SECRET, **LOCAL},
-    ]
-    return {
-        **os.environ, **namespace.env,
-        "HEALTHSCORE_DELIVERY__ENDPOINTS": json.dumps(endpoints),
-        "HEALTHSCORE_DELIVERY__GROUP_ID": f"deliver-{namespace.tag}",
-        "HEALTHSCORE_DELIVERY__RETRY_SCHEDULE_SECONDS": "[0.1, 0.2]",
-        "HEALTHSCORE_DELIVERY__MAX_WAIT_PER_ALERT_SECONDS": "0.5",
-        "HEALTHSCORE_DELIVERY__METRICS_PORT": str(free_port()),
-    }
-
-
-def start_deliver(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "deliver"], cwd=PROJECT_ROOT, env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+from tests.integration.conftest import (
+    LOCAL,
+    PROJECT_ROOT,
+    SECRET,
+    Namespace,
+    Receiver,
+    SlackReceiver,
+    alert,
+    deliver_env,
+    free_port,
+    kcat_consume,
+    kcat_produce,
+    start_deliver,
+    wait_for,
+    wait_until_published,
+)
 
 
 def test_alerts_reach_a_webhook_at_least_once_across_a_sigkill_and_parked_ones_are_redriven(namespace: Namespace, tmp_path: Path) -> None:
@@ -157,7 +103,7 @@ def test_alerts_a_worker_raises_from_a_generated_history_all_arrive_signed(names
             return {json.loads(line.partition("\t")[2])["alert_id"] for line in kcat_consume(namespace.topic("alerts"))}
 
         alert_ids = wait_for(lambda: len(raised()) >= 5 and raised(), timeout=90, message="alerts raised", explain=worker.log_tail)
-        time.sleep(3)  # let the last alerts of the history reach the topic
+        wait_until_published(namespace, worker)  # the last alerts of the history are on the topic
         alert_ids = raised()
         wait_for(lambda: set(receiver.verified) >= alert_ids, timeout=60, message="every alert delivered",
                  explain=lambda: (tmp_path / "deliver.log").read_text())
@@ -167,3 +113,41 @@ def test_alerts_a_worker_raises_from_a_generated_history_all_arrive_signed(names
         process.wait(timeout=30)
         worker.stop()
         receiver.stop()
+
+
+def test_a_receiver_with_another_secret_refuses_and_the_alert_parks_while_slack_gets_block_kit(namespace: Namespace, tmp_path: Path) -> None:
+    """Signatures prove something only if a receiver with the wrong secret refuses them: it
+    answers 401, the alert is parked for that endpoint; the Slack endpoint meanwhile gets the
+    Block Kit message slack_sdk builds, which slack_sdk's own checks accept."""
+    from slack_sdk.models.blocks import Block
+
+    from stream.delivery.payloads import read_alert, slack_message
+
+    crm_port, slack_port = free_port(), free_port()
+    other_secret = "whsec_" + base64.b64encode(b"not-the-endpoint-secret!").decode()
+    crm = Receiver(crm_port, secret=other_secret)
+    slack = SlackReceiver(slack_port)
+    endpoints = [
+        {"name": "crm", "kind": "webhook", "url": f"http://127.0.0.1:{crm_port}/hook", "secret": SECRET, **LOCAL},
+        {"name": "cs", "kind": "slack", "url": f"http://127.0.0.1:{slack_port}/services/T0/B0/x", **LOCAL},
+    ]
+    env = {**deliver_env(namespace, crm_port, free_port()), "HEALTHSCORE_DELIVERY__ENDPOINTS": json.dumps(endpoints)}
+    alerts = [alert(number) for number in range(2)]
+    kcat_produce(namespace.topic("alerts"), alerts)
+    log = tmp_path / "deliver.log"
+    process = start_deliver(env, log)
+    try:
+        parked = wait_for(lambda: len(lines := [line for line in kcat_consume(namespace.topic("delivery_failed"), "%h\n") if "delivery.endpoint=crm" in line]) == 2 and lines,
+                          timeout=60, message="both alerts parked for crm", explain=lambda: log.read_text())
+        wait_for(lambda: len(slack.bodies) == 2, timeout=30, message="both alerts in Slack", explain=lambda: log.read_text())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        crm.stop()
+        slack.stop()
+    assert crm.verified == [] and crm.refused >= 2
+    assert all("delivery.error=" in line and "HTTP 401" in line for line in parked)  # the first after its retries, the next at once (paused)
+    assert sorted(slack.bodies, key=lambda body: body["text"]) == [slack_message(read_alert(value), None) for _, value in alerts]
+    for body in slack.bodies:
+        for block in body["blocks"]:
+            Block.parse(block).validate_json()

@@ -36,19 +36,19 @@ from click.testing import CliRunner
 from stream.cli import main
 from stream.commands.generate import write_history
 from tests.integration.conftest import (
+    FAULT_INJECTION,
     PROJECT_ROOT,
     Namespace,
     PrivateBroker,
     WorkerProcess,
+    committed_and_end_offsets,
     free_port,
     kcat_consume,
     make_namespace,
+    metric_value,
+    produce_file,
     wait_for,
 )
-from tests.integration.test_alerts import committed_and_end_offsets
-from tests.integration.test_end_to_end import metric_value
-from tests.integration.test_restart import FAULT_INJECTION
-from tests.integration.test_replay_agreement import produce_file
 
 pytestmark = pytest.mark.integration
 

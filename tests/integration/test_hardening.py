@@ -16,9 +16,22 @@ from aiokafka.structs import TopicPartition
 
 from scoring.state import decode_state
 from stream.kafka.topics import changelog_topic
-from tests.integration.conftest import PROJECT_ROOT, Namespace, WorkerProcess, free_port, healthscore, kcat_consume, kcat_produce, wait_for
-from tests.integration.test_delivery import Receiver, alert, deliver_env, start_deliver
-from tests.integration.test_end_to_end import event, metric_value
+from tests.integration.conftest import (
+    PROJECT_ROOT,
+    Namespace,
+    Receiver,
+    WorkerProcess,
+    alert,
+    deliver_env,
+    event,
+    free_port,
+    healthscore,
+    kcat_consume,
+    kcat_produce,
+    metric_value,
+    start_deliver,
+    wait_for,
+)
 
 HASH_KEY = "a-test-hash-key-0123456789abcdef"
 

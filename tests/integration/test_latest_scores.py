@@ -15,9 +15,23 @@ from scoring.output import encode_json
 from scoring.structs import ComponentMessage, HealthMessage
 from stream import metrics
 from stream.settings import load_settings
-from stream.sinks.redis_cache import FLUSH_CHUNK, SCORE_FIELDS, LatestScoreCache, alerts_key, customer_key, scores_key
-from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, kcat_produce, wait_for
-from tests.integration.test_end_to_end import event
+from stream.sinks.redis_cache import (
+    FLUSH_CHUNK,
+    SCORE_FIELDS,
+    LatestScoreCache,
+    alerts_key,
+    customer_key,
+    scores_key,
+)
+from tests.integration.conftest import (
+    Namespace,
+    WorkerProcess,
+    event,
+    kcat_consume,
+    kcat_produce,
+    metric_value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +179,7 @@ def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_f
                 cache.offer(customer, encode_json(message(customer, 40.0)))
             assert not cache.flush_due(now)
             cache.offer("c-3", encode_json(message("c-3", 41.0)))
-            assert cache.flush_due(time.monotonic())  # as many waiting as the limit: memory comes first
+            assert cache.flush_due(now)  # as many waiting as the limit: memory comes first
             await cache.flush()
             assert cache.pending == 0
             cache.offer("c-4", encode_json(message("c-4", 42.0)))
@@ -179,10 +193,11 @@ def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_f
         quick = LatestScoreCache(settings.redis_url, prefix, backlog_interval_seconds=0.2)
         try:
             quick.catching_up(True)
-            assert not quick.flush_due(time.monotonic())
-            await asyncio.sleep(0.3)
-            quick.catching_up(True)  # still catching up, but the backlog interval has passed since the last flush
-            assert quick.flush_due(time.monotonic())
+            now = time.monotonic()
+            assert not quick.flush_due(now)
+            # 0.3 s later (a tick's time, passed in): still catching up, but the backlog
+            # interval has passed since the last flush.
+            assert quick.flush_due(now + 0.3)
         finally:
             await quick.close()
 
@@ -219,7 +234,6 @@ def test_redis_that_lost_the_scores_is_refilled_with_every_customer(namespace: N
     """Redis comes back empty (here: every key of the namespace deleted, as a restart without
     persistence or a FLUSHALL leaves it): the worker notices its marker is gone and writes the
     latest score of every customer it owns again, those without a new event included."""
-    from tests.integration.test_end_to_end import metric_value
 
     customers = [f"r{index:03d}" for index in range(120)]
     usage = namespace.topic("usage")

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,14 @@ from typing import Iterator
 import pytest
 
 from stream.settings import PROJECT_ROOT
-from tests.integration.conftest import Namespace, WorkerProcess, free_port, healthscore, make_namespace, wait_for
+from tests.integration.conftest import (
+    Namespace,
+    WorkerProcess,
+    free_port,
+    healthscore,
+    make_namespace,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +135,8 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(fed_worker,
     prometheus = Prometheus(namespace.settings.web_port, tmp_path)
     try:
         wait_for(lambda: prometheus.query('up{job="healthscore"} == 1')["data"]["result"], timeout=30, message="a scrape")
-        time.sleep(6)  # a few more scrapes, so rates over any window have two samples
+        # Rates over any window need two samples: wait until Prometheus holds three scrapes.
+        wait_for(lambda: prometheus.query('count_over_time(up{job="healthscore"}[5m]) >= 3')["data"]["result"], timeout=60, message="three scrapes")
         failures = {}
         for uid, title, expression in dashboard_expressions():
             answer = prometheus.query(expression)

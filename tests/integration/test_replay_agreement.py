@@ -7,40 +7,24 @@ import json
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
 from stream.commands.generate import write_history
-from tests.integration.conftest import Namespace, WorkerProcess, kcat_consume, wait_for
-from tests.integration.test_end_to_end import metric_value
+from tests.integration.conftest import (
+    Namespace,
+    WorkerProcess,
+    kcat_consume,
+    metric_value,
+    produce_file,
+    wait_for,
+    wait_until_published,
+)
 
 pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
-
-
-async def produce_file(namespace: Namespace, path: Path) -> int:
-    """Every event of a history file to its input topic, keyed by customer (the Java partitioner)."""
-    from aiokafka import AIOKafkaProducer
-
-    from scoring.contract import EVENT_TYPES
-
-    names = {kind: name for name, kind in namespace.settings.topics.inputs().items()}
-    producer = AIOKafkaProducer(bootstrap_servers=namespace.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
-    await producer.start()
-    count = 0
-    try:
-        for line in path.read_bytes().splitlines():
-            value = msgspec.json.decode(line)
-            topic = names[EVENT_TYPES[value["type"]][0]]
-            await producer.send(topic, line, key=value["customer_id"].encode())
-            count += 1
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return count
 
 
 @pytest.mark.parametrize("worker", ["default", "python"], indirect=True)
@@ -62,7 +46,7 @@ def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, work
         timeout=120,
         message="the worker to apply every event",
     )
-    time.sleep(1)
+    wait_until_published(namespace, worker)
     from_worker: dict[str, dict] = {}
     for line in kcat_consume(namespace.topic("health")):
         key, _, value = line.partition("\t")

@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PROJECT_ROOT, Namespace, WorkerProcess, free_port, kcat_produce, wait_for
-from tests.integration.test_alerts import committed_and_end_offsets
-from tests.integration.test_end_to_end import metric_value
+from tests.integration.conftest import (
+    FAULT_INJECTION,
+    PROJECT_ROOT,
+    Namespace,
+    WorkerProcess,
+    committed_and_end_offsets,
+    free_port,
+    kcat_produce,
+    metric_value,
+    usage_event,
+    wait_for,
+    wait_until_committed,
+)
 
 pytestmark = pytest.mark.integration
 
 CUSTOMERS = 600
 ROUNDS = 3
 
-
-def usage_event(event_id: str, customer: str, at_ms: int) -> bytes:
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "type": "usage.session",
-            "customer_id": customer,
-            "occurred_at": at_ms,
-            "data": {"user_id": "u1", "duration_seconds": 60},
-        }
-    ).encode()
 
 
 def test_a_restarted_worker_reads_every_record_back_and_knows_every_event_it_applied(namespace: Namespace, tmp_path: Path) -> None:
@@ -73,7 +71,6 @@ def test_a_restarted_worker_reads_every_record_back_and_knows_every_event_it_app
         worker.stop()
 
 
-FAULT_INJECTION = Path(__file__).parent / "fault_injection"
 
 
 def test_records_fetched_while_a_recovery_ends_are_fetched_again_not_skipped(namespace: Namespace, tmp_path: Path) -> None:
@@ -171,7 +168,8 @@ def test_a_worker_joining_under_load_leaves_every_event_applied_exactly_once(nam
             message="every event applied by one of the two workers",
             explain=lambda: f"applied {applied()}\n--- first ---\n{first.log_tail(30)}\n--- second ---\n{second.log_tail(30)}",
         )
-        time.sleep(3)  # anything applied a second time would show by now
+        # Every record committed by the group: nothing is left that either could apply again.
+        wait_until_committed(first.namespace, [usage], explain=lambda: f"{first.log_tail(30)}\n--- second ---\n{second.log_tail(30)}")
         by_worker = [metric_value(worker.metrics_url, "healthscore_events_total", topic=usage, outcome="applied") for worker in workers]
         assert sum(by_worker) == len(backlog)
         assert all(by_worker), f"the second worker joined too late to share the work: {by_worker}"

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -27,8 +25,8 @@ from stream.kafka.clients import connection_options
 from stream.services.local import SecuredListener, ServicePaths, start_kafka
 from stream.settings import isolated_environment
 from stream.sinks.alert_ledger import AlertLedger
+from tests.helpers import run_cli as shared_run_cli
 from tests.integration.conftest import (
-    PROJECT_ROOT,
     Certificates,
     Namespace,
     WorkerProcess,
@@ -97,13 +95,9 @@ def secured_namespace(broker: SecuredBroker, tmp_path: Path, partitions: int = 4
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """A ``healthscore`` command with these variables over the test's environment (without the
-    shared broker's HEALTHSCORE_KAFKA_BOOTSTRAP, which would contradict kafka.bootstrap)."""
-    base = {key: value for key, value in os.environ.items() if key != "HEALTHSCORE_KAFKA_BOOTSTRAP"}
-    return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], cwd=PROJECT_ROOT, env={**base, **env},
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )
+    """A command against the secured broker: without the shared broker's
+    HEALTHSCORE_KAFKA_BOOTSTRAP, which would contradict kafka.bootstrap."""
+    return shared_run_cli(env, *args, timeout=timeout, drop=("HEALTHSCORE_KAFKA_BOOTSTRAP",))
 
 
 def swept_customers(worker: WorkerProcess) -> float:
@@ -218,7 +212,10 @@ def test_the_alert_ledger_with_refused_credentials_holds_alerts_back(secured_bro
 
     async def refused_run() -> tuple[bool | None, float]:
         task = asyncio.create_task(check(ledger))
-        await asyncio.sleep(3)
+        for _ in range(100):  # until the gauge says the alert waits (at most 5 s)
+            if metrics.ALERTS_WAITING_FOR_LEDGER._value.get() == waiting_before + 1:
+                break
+            await asyncio.sleep(0.05)
         waiting = metrics.ALERTS_WAITING_FOR_LEDGER._value.get()
         return await task, waiting
 

@@ -19,8 +19,18 @@ import pytest
 import redis
 
 from stream.sinks.redis_connection import CLUSTER_ACL_EXTRA, WORKER_ACL
-from tests.integration.conftest import PROJECT_ROOT, Certificates, Namespace, WorkerProcess, free_port, kcat_produce, make_certificates, make_namespace, wait_for
-from tests.integration.test_end_to_end import event
+from tests.integration.conftest import (
+    PROJECT_ROOT,
+    Certificates,
+    Namespace,
+    WorkerProcess,
+    event,
+    free_port,
+    kcat_produce,
+    make_certificates,
+    make_namespace,
+    wait_for,
+)
 
 PASSWORD = "redis-Secr3t-pw"
 ADMIN_PASSWORD = "admin-Secr3t"
@@ -199,8 +209,14 @@ def test_a_redis_cluster_gets_each_customer_in_one_slot_and_the_api_reads_it(ser
         worker.stop()
     cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0], username="admin", password=ADMIN_PASSWORD, decode_responses=True)
     prefix = namespace.env["HEALTHSCORE_REDIS_KEY_PREFIX"]
-    slots = {cluster.keyslot(f"{prefix}:customer:{{{c}}}") for c in customers}
-    assert len(slots) > 3  # spread over the cluster ...
-    assert cluster.keyslot(f"{prefix}:customer:{{cust-0}}") == cluster.keyslot(f"{prefix}:alerts:{{cust-0}}")  # ... each customer in one slot
+    # The keys the worker wrote, as each node holds them (not slots the test computes).
+    node_of: dict[str, str] = {}
+    for node in cluster.get_primaries():
+        for key in cluster.keys(f"{prefix}:*", target_nodes=node):
+            node_of[key] = node.name
+    nodes_by_customer = {c: {node for key, node in node_of.items() if key.endswith(f"{{{c}}}")} for c in customers}
+    assert all(len(nodes) == 1 for nodes in nodes_by_customer.values()), nodes_by_customer  # each customer's keys on one node
+    assert {f"{prefix}:customer:{{cust-0}}", f"{prefix}:alerts:{{cust-0}}"} <= set(node_of)
+    assert len(set().union(*nodes_by_customer.values())) == len(cluster.get_primaries()) == 3  # spread over the cluster
     assert cluster.llen(f"{prefix}:alerts:{{cust-0}}") >= 1
     assert "Redis write failed" not in worker.log_path.read_text()

@@ -4,9 +4,6 @@ test or bench run are deleted afterwards, and only those."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,9 +11,16 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream.kafka.topics import TopicLayoutError, changelog_topic, delete_topics_containing, leaderless, wait_for_leaders, wanted_topics
+from stream.kafka.topics import (
+    TopicLayoutError,
+    changelog_topic,
+    delete_topics_containing,
+    leaderless,
+    wait_for_leaders,
+    wanted_topics,
+)
 from stream.settings import KafkaSettings
-from tests.integration.conftest import PROJECT_ROOT, Namespace, make_namespace
+from tests.integration.conftest import Namespace, make_namespace, run_cli
 
 
 async def describe(bootstrap: str, names: list[str]) -> list[dict]:
@@ -76,12 +80,6 @@ def test_deleting_a_namespace_s_topics_leaves_every_other_topic(services: None, 
     assert asyncio.run(delete_topics_containing(KafkaSettings(), [])) == 0
 
 
-def run_cli(namespace: Namespace, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
-        cwd=PROJECT_ROOT, env={**os.environ, **namespace.env, **env}, capture_output=True, text=True, timeout=120,
-    )
-
 
 def test_topics_makes_the_changelog_and_the_retentions_and_check_finds_them_as_configured(namespace: Namespace) -> None:
     """The namespace fixture ran ensure_topics (what `healthscore topics` runs)."""
@@ -89,18 +87,17 @@ def test_topics_makes_the_changelog_and_the_retentions_and_check_finds_them_as_c
     configs = asyncio.run(topic_configs(settings.kafka_bootstrap, [changelog_topic(settings), namespace.topic("alerts")]))
     assert configs[changelog_topic(settings)]["cleanup.policy"] == "compact"
     assert configs[namespace.topic("alerts")]["retention.ms"] == str(30 * 86_400_000)
-    checked = run_cli(namespace, "topics", "--check")
+    checked = run_cli(namespace.env, "topics", "--check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "All topics as configured" in checked.stdout
 
 
 def test_check_names_every_difference_and_fails(namespace: Namespace) -> None:
-    checked = run_cli(
-        namespace, "topics", "--check",
+    checked = run_cli({**namespace.env, **dict(
         HEALTHSCORE_TOPICS__REPLICATION_FACTOR="3",
         HEALTHSCORE_TOPICS__ALERTS_RETENTION_DAYS="10",
         HEALTHSCORE_TOPICS__HEALTH=f"{namespace.tag}-never-created",
-    )
+    )}, "topics", "--check")
     assert checked.returncode == 1
     lines = checked.stdout.splitlines()
     assert f"{namespace.tag}-never-created: missing (create it with `healthscore topics`)" in lines
@@ -110,11 +107,8 @@ def test_check_names_every_difference_and_fails(namespace: Namespace) -> None:
 
 
 def test_without_runtime_creation_a_missing_topic_stops_the_worker_with_its_name(namespace: Namespace) -> None:
-    started = run_cli(
-        namespace, "worker",
-        HEALTHSCORE_TOPICS__ALLOW_RUNTIME_CREATION="false",
-        HEALTHSCORE_TOPICS__ALERTS=f"{namespace.tag}-no-alerts-topic",
-    )
+    started = run_cli({**namespace.env, "HEALTHSCORE_TOPICS__ALLOW_RUNTIME_CREATION": "false",
+                       "HEALTHSCORE_TOPICS__ALERTS": f"{namespace.tag}-no-alerts-topic"}, "worker")
     assert started.returncode != 0
     assert f"topics.allow_runtime_creation is false and these topics are missing on 127.0.0.1:9092: {namespace.tag}-no-alerts-topic" in started.stderr
     assert "Traceback" not in started.stderr

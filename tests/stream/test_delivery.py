@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from slack_sdk.models.blocks import Block
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from stream.delivery.endpoints import Deliverer
 from stream.delivery.payloads import ALERT_RAISED, read_alert, reasons_text, slack_message, wanted
@@ -72,13 +72,26 @@ def settings_for(*endpoints: EndpointSettings, schedule: list[float] = [0.05, 0.
     return DeliverySettings(endpoints=list(endpoints), retry_schedule_seconds=schedule, max_wait_per_alert_seconds=wait, request_timeout_seconds=2)
 
 
-async def deliver_once(answers: list[tuple[int, dict[str, str]]], **settings: Any) -> tuple[Any, Receiver]:
+class RecordedSleep:
+    """The delivery's waits, recorded instead of slept: the test checks what it would wait,
+    never how long the machine took."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+async def deliver_once(answers: list[tuple[int, dict[str, str]]], sleep: RecordedSleep | None = None, **settings: Any) -> tuple[Any, Receiver]:
     receiver = Receiver(answers)
     url = await receiver.start()
     try:
         target = endpoint(url)
         async with aiohttp.ClientSession() as session:
-            outcome = await Deliverer(settings_for(target, **settings), session).deliver(target, RAW, read_alert(RAW))
+            deliverer = Deliverer(settings_for(target, **settings), session, **({"sleep": sleep} if sleep else {}))
+            outcome = await deliverer.deliver(target, RAW, read_alert(RAW))
     finally:
         await receiver.stop()
     return outcome, receiver
@@ -91,23 +104,26 @@ def test_a_webhook_is_signed_as_standard_webhooks_and_verifies_with_their_librar
     payload = Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
     assert headers["webhook-id"] == "a-1"
     assert payload["type"] == ALERT_RAISED and payload["data"] == ALERT
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError, match="No matching signature found"):
         Webhook("whsec_" + base64.b64encode(b"another-secret-entirely!").decode()).verify(body, {k.lower(): v for k, v in headers.items()})
 
 
 def test_a_failing_receiver_gets_it_on_the_fourth_attempt_with_growing_delays() -> None:
-    outcome, receiver = asyncio.run(deliver_once([(500, {})] * 3))
-    assert outcome.delivered and outcome.attempts == 4
-    times = [at for at, _, _ in receiver.requests]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
-    assert gaps[0] >= 0.05 and gaps[1] > gaps[0] and gaps[2] > gaps[1]
+    sleep = RecordedSleep()
+    outcome, receiver = asyncio.run(deliver_once([(500, {})] * 3, sleep))
+    assert outcome.delivered and outcome.attempts == 4 and len(receiver.requests) == 4
+    # The schedule [0.05, 0.1, 0.2], each with up to 20 % jitter.
+    assert len(sleep.delays) == 3
+    for delay, planned in zip(sleep.delays, [0.05, 0.1, 0.2]):
+        assert planned <= delay <= planned * 1.2
     assert len({headers["webhook-id"] for _, headers, _ in receiver.requests}) == 1  # one id across retries
 
 
 def test_retry_after_is_honoured() -> None:
-    outcome, receiver = asyncio.run(deliver_once([(429, {"Retry-After": "1"})]))
+    sleep = RecordedSleep()
+    outcome, receiver = asyncio.run(deliver_once([(429, {"Retry-After": "1"})], sleep))
     assert outcome.delivered and outcome.attempts == 2
-    assert receiver.requests[1][0] - receiver.requests[0][0] >= 1.0
+    assert sleep.delays == [1.0]  # Retry-After over the schedule's 0.05
 
 
 def test_410_disables_the_endpoint_and_parks() -> None:
@@ -134,19 +150,20 @@ def test_an_endpoint_down_for_good_parks_after_its_wait_then_parks_at_once_while
         healthy_url = await healthy.start()
         down = EndpointSettings(name="down", kind="webhook", url="http://127.0.0.1:9/hook", secret=SECRET, **LOCAL)
         up = EndpointSettings(name="up", kind="webhook", url=healthy_url, secret=SECRET, **LOCAL)
+        sleep = RecordedSleep()
         async with aiohttp.ClientSession() as session:
-            deliverer = Deliverer(settings_for(down, up, schedule=[0.2, 0.4], wait=0.5), session)
-            started = time.monotonic()
+            # A wait of 30 s per alert, a schedule of 10 s then 40 s: one retry, then parked.
+            deliverer = Deliverer(settings_for(down, up, schedule=[10, 40], wait=30), session, sleep=sleep)
             first = await asyncio.gather(deliverer.deliver(down, RAW, read_alert(RAW)), deliverer.deliver(up, RAW, read_alert(RAW)))
-            second_started = time.monotonic()
+            waited_first = list(sleep.delays)
             second = await asyncio.gather(deliverer.deliver(down, RAW, read_alert(RAW)), deliverer.deliver(up, RAW, read_alert(RAW)))
-            assert time.monotonic() - second_started < 0.3  # the paused endpoint parks at once
-            assert second_started - started < 2
+            assert sleep.delays == waited_first  # the paused endpoint parks at once: no wait, no attempt
         await healthy.stop()
+        assert len(waited_first) == 1 and 10 <= waited_first[0] <= 12
         return list(first), list(second), healthy
 
     first, second, healthy = asyncio.run(scenario())
-    assert [o.delivered for o in first] == [False, True] and first[0].attempts >= 2
+    assert [o.delivered for o in first] == [False, True] and first[0].attempts == 2
     assert [o.delivered for o in second] == [False, True] and second[0].attempts == 0
     assert len(healthy.requests) == 2
 
