@@ -76,7 +76,7 @@ class OAuthTokenSource(AbstractTokenProvider):
         return token
 
     async def _run_command(self) -> str:
-        """A string runs in a shell (``/bin/sh -c``: pipes and variables work, as in the README's
+        """A string runs in a shell (``/bin/sh -c``: pipes and variables work, as in docs/deploy.md's
         ``curl ... | jq`` example); a list runs as it is, without one."""
         assert self._command is not None
         try:

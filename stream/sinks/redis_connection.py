@@ -17,8 +17,8 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 
 from stream.settings import Settings
 
-#: The ACL a worker's Redis user needs, with the key prefix in place of PREFIX (README,
-#: "Redis in production"); the tests run the worker as a user with exactly these.
+#: The ACL a worker's Redis user needs, with the key prefix in place of PREFIX (docs/deploy.md,
+#: "A secured Kafka and Redis"); the tests run the worker as a user with exactly these.
 WORKER_ACL = (
     "on ~PREFIX:* resetchannels -@all +ping +auth +script|load +evalsha"
     " +set +hset +zadd +lpush +ltrim +hgetall +hmget +zrange +lrange +del +zrem"
@@ -64,7 +64,7 @@ def explain(settings: Settings, error: BaseException) -> str | None:
     if isinstance(error, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         return f"Redis at {where} refused the login of user {user!r}: check redis_username and redis_password (HEALTHSCORE_REDIS_PASSWORD)"
     if isinstance(error, NoPermissionError) or text.startswith("NOPERM") or "NOPERM" in text:
-        return f"Redis user {user!r} lacks a permission the worker needs ({text}): grant the ACL in the README, 'Redis in production'"
+        return f"Redis user {user!r} lacks a permission the worker needs ({text}): grant the ACL in docs/deploy.md, 'A secured Kafka and Redis'"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return (
             f"the certificate of Redis at {where} is not trusted ({text.split('] ')[-1]}): set redis_tls_cafile to the CA"

@@ -440,7 +440,24 @@ SECRET = "whsec_" + base64.b64encode(b"integration-secret-24byt").decode()
 LOCAL = {"allow_insecure_http": True, "allow_private_network": True}
 
 
-class Receiver:
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _ThreadedServer:
+    """An HTTP server on 127.0.0.1:``port`` in a daemon thread, until ``stop``."""
+
+    def _serve(self, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(_ThreadedServer):
     """A webhook receiver in a thread: verifies each request's signature with ``secret`` (the
     endpoints' SECRET by default), answers 200 after ``delay``, or 401 to a bad signature."""
 
@@ -450,7 +467,7 @@ class Receiver:
         receiver = self
         expected = Webhook(secret or SECRET)
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["content-length"]))
                 try:
@@ -465,15 +482,7 @@ class Receiver:
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(port, Handler)
 
 
 def alert(number: int) -> tuple[str, bytes]:
@@ -507,26 +516,18 @@ def start_deliver(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 
-class SlackReceiver:
+class SlackReceiver(_ThreadedServer):
     """A Slack incoming-webhook stand-in in a thread: keeps each JSON body, answers 200 "ok"."""
 
     def __init__(self, port: int) -> None:
         self.bodies: list[dict] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(port, Handler)

@@ -1,5 +1,5 @@
 """Redis as it runs in production: TLS only (a CA and server certificate made by openssl),
-an ACL user with exactly the permissions the README lists, and a Redis Cluster of three
+an ACL user with exactly the permissions docs/deploy.md lists, and a Redis Cluster of three
 nodes. The worker's scores land and the API answers from them; a wrong password or an
 untrusted certificate stops the start naming the setting."""
 
@@ -37,7 +37,7 @@ ADMIN_PASSWORD = "admin-Secr3t"
 
 
 def acl_file(directory: Path, extra: str = "") -> Path:
-    """The worker's user with the README's rules (for every test prefix), and an admin for the test's own checks."""
+    """The worker's user with the documented rules (docs/deploy.md) (for every test prefix), and an admin for the test's own checks."""
     path = directory / "users.acl"
     rules = WORKER_ACL.replace("PREFIX", "hs-*")
     path.write_text(

@@ -75,8 +75,8 @@ def test_an_unreachable_broker_is_reported_naming_kafka_bootstrap() -> None:
         asyncio.run(check_access(KafkaSettings(bootstrap="no-port")))
 
 
-def test_the_readmes_token_command_runs_as_written_in_a_shell(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's `curl ... | jq -r .access_token`, against an identity provider on 127.0.0.1
+def test_the_documented_token_command_runs_as_written_in_a_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/deploy.md's `curl ... | jq -r .access_token`, against an identity provider on 127.0.0.1
     (its URL the only change), with the client's credentials from the environment."""
     import re
     import threading
@@ -86,7 +86,7 @@ def test_the_readmes_token_command_runs_as_written_in_a_shell(monkeypatch: pytes
 
     from stream.settings import PROJECT_ROOT
 
-    line = next(line for line in (PROJECT_ROOT / "README.md").read_text().splitlines() if line.startswith('sasl_oauth_token_command = "curl'))
+    line = next(line for line in (PROJECT_ROOT / "docs" / "deploy.md").read_text().splitlines() if line.startswith('sasl_oauth_token_command = "curl'))
     command = tomllib.loads(line)["sasl_oauth_token_command"]
     seen: list[tuple[str, bytes]] = []
 

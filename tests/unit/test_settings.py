@@ -245,11 +245,11 @@ def test_redis_connection_settings_that_cannot_work_are_refused(monkeypatch: pyt
     assert "hunter2-pw" not in str(raised.value)
 
 
-def test_the_readme_lists_the_redis_acl_the_tests_run_the_worker_with() -> None:
+def test_the_docs_list_the_redis_acl_the_tests_run_the_worker_with() -> None:
     from pathlib import Path
 
     from stream.sinks.redis_connection import CLUSTER_ACL_EXTRA, WORKER_ACL
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     assert f"ACL SETUSER healthscore >PASSWORD {WORKER_ACL.replace('PREFIX', 'healthscore')}" in readme
     assert f"ACL SETUSER healthscore {CLUSTER_ACL_EXTRA}" in readme
