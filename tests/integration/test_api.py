@@ -72,7 +72,7 @@ def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Nam
 
 def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespace: Namespace, locked_worker: WorkerProcess) -> None:
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
-    status, body = wait_for(lambda: (lambda answer: answer if answer[1].get_json("processing") == "running" else None)(get_json(f"{base}/healthz")),
+    status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "running" else None)(get_json(f"{base}/healthz")),
                             timeout=30, message="running")
     assert (status, body) == (200, {"status": "alive", "processing": "running"})
     assert get_json(f"{base}/readyz") == (200, {"status": "ready", "processing": "running"})
@@ -122,14 +122,14 @@ def test_readyz_stays_200_while_the_state_is_read_back_and_healthz_says_so(names
     held.start(until=b"active offsets at start of reading")
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     try:
-        status, body = wait_for(lambda: (lambda answer: answer if answer[1].get_json("processing") == "recovering" else None)(get_json(f"{base}/healthz")),
+        status, body = wait_for(lambda: (lambda answer: answer if answer[1].get("processing") == "recovering" else None)(get_json(f"{base}/healthz")),
                                 timeout=30, message="recovering")
         assert (status, body) == (200, {"status": "alive", "processing": "recovering"})
         assert get_json(f"{base}/readyz") == (200, {"status": "ready", "processing": "recovering"})
         assert get_json(f"{base}/customers/acme/health")[0] == 200  # lookups work meanwhile
         assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 1
         hold.unlink()
-        wait_for(lambda: get_json(f"{base}/healthz")[1].get_json("processing") == "running", timeout=30, message="running")
+        wait_for(lambda: get_json(f"{base}/healthz")[1].get("processing") == "running", timeout=30, message="running")
         assert metric_value(held.metrics_url, "healthscore_processing_state", state="recovering") == 0
     finally:
         held.stop()
