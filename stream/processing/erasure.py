@@ -99,6 +99,11 @@ class Eraser:
         record = ErasureRecord(request.subject, request.request_id, request.reason, rfc3339(request.at_ms), rfc3339(now_ms), deleted, expires)
         outputs.add(self._audit_topic, partition, request.subject.encode(), msgspec.json.encode(record))
         self._erased.note(record)  # on the deny-list at once: its next events here are refused
+        if self._settings is not None and self._settings.privacy.hash_key is None:
+            log.error(
+                "An erasure was applied, but privacy.hash_key is not set on this worker: it cannot recognise the erased "
+                "customer among its events (set HEALTHSCORE_PRIVACY__HASH_KEY to the key `healthscore erase` used)"
+            )
         metrics.ERASURES.inc()
         log.info("Erased a customer on partition %s (request %s): %s", partition, request.request_id, ", ".join(deleted))
 
