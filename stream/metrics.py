@@ -256,6 +256,7 @@ EVENTS_OUT_OF_ORDER = Counter(
     "max_task_idle_seconds, or a producer sent them late): scores stay exact, alerts are evaluated on the "
     "path as it was applied (docs/alerts.md).",
     ["topic"],
+    registry=REGISTRY,
 )
 RECORDS_FETCHED_AGAIN = Counter(
     "healthscore_records_fetched_again",

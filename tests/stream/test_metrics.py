@@ -40,3 +40,17 @@ def test_a_value_on_a_bucket_bound_counts_in_that_bucket() -> None:
     assert registry.get_sample_value("bound_seconds_bucket", {"le": "0.5"}) == 1
     assert registry.get_sample_value("bound_seconds_bucket", {"le": "1.0"}) == 2
     assert registry.get_sample_value("bound_seconds_count") == 2
+
+
+def test_every_metric_is_declared_in_the_registry_the_worker_exposes() -> None:
+    """A metric declared without registry=REGISTRY goes to prometheus_client's default registry
+    and is never on /metrics (healthscore_events_out_of_order_total was, until 2026-12-06)."""
+    from prometheus_client import Counter, Gauge, Histogram, generate_latest
+
+    from stream import metrics
+
+    declared = {name: value for name, value in vars(metrics).items() if isinstance(value, (Counter, Gauge, Histogram))}
+    registered = {collector for collector in metrics.REGISTRY._collector_to_names}
+    assert declared and [name for name, value in declared.items() if value not in registered] == []
+    metrics.initialize(["usage"], [])
+    assert 'healthscore_events_out_of_order_total{topic="usage"} 0.0' in generate_latest(metrics.REGISTRY).decode()
