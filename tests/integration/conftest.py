@@ -264,6 +264,7 @@ def kcat_consume(topic: str, fmt: str = "%k\t%s\n", bootstrap: str = "127.0.0.1:
     return [line for line in result.stdout.decode().split("\n") if line]
 
 
+@dataclass(frozen=True)
 class PrivateBroker:
     """A broker of a test's own: its port, controller port and data directory."""
 
