@@ -406,6 +406,13 @@ def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | 
     ids = [*customer_ids, *([line.strip() for line in id_file if line.strip()] if id_file else [])]
     if not ids:
         raise click.UsageError("give customer ids, or --file, or --status ID")
+    from scoring.contract import MAX_TEXT
+
+    too_long = sum(1 for customer_id in ids if len(customer_id) > MAX_TEXT)
+    if too_long:
+        raise click.BadParameter(f"{too_long} id(s) longer than {MAX_TEXT} characters: no such customer can exist", param_hint="CUSTOMER_IDS")
+    if len(reason) > MAX_TEXT:
+        raise click.BadParameter(f"at most {MAX_TEXT} characters (a ticket number, a legal basis)", param_hint="--reason")
     now = time.time()
     requests = [new_request(key, customer_id, reason, now, allow_return) for customer_id in dict.fromkeys(ids)]
     _run_kafka(send_requests(settings.kafka, settings.topics.sweep, requests), settings)

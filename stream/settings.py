@@ -131,6 +131,11 @@ class KafkaSettings(Frozen):
         if uses_sasl and self.sasl_mechanism is None:
             problems.append(f"kafka.sasl_mechanism is required with security_protocol {self.security_protocol} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
         if self.sasl_mechanism == "OAUTHBEARER":
+            command = self.sasl_oauth_token_command
+            if isinstance(command, list) and (not command or not all(part.strip() for part in command)):
+                problems.append("kafka.sasl_oauth_token_command as a list needs a program and no empty argument")
+            if isinstance(command, str) and not command.strip():
+                problems.append("kafka.sasl_oauth_token_command is empty: give the command that prints the token")
             if (self.sasl_oauth_token_file is None) == (self.sasl_oauth_token_command is None):
                 problems.append("kafka.sasl_mechanism OAUTHBEARER takes its token from kafka.sasl_oauth_token_file or kafka.sasl_oauth_token_command: set one")
         elif uses_sasl and self.sasl_mechanism is not None:

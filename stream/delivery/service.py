@@ -86,8 +86,7 @@ class Delivery:
         to now first: an erasure a moment ago counts)."""
         if self._erased is None:
             return False
-        self._erased.stale = True
-        await self._erased.ready()
+        await self._erased.refresh()
         try:
             occurred_ms = int(datetime.fromisoformat(alert.occurred_at.replace("Z", "+00:00")).timestamp() * 1000)
         except ValueError:

@@ -33,7 +33,7 @@ async def erasures_without_key(settings: Settings) -> int:
     erased = ErasedCustomers(b"")
     follower = ErasedCustomersFollower(settings, erased)
     try:
-        await follower._follower.catch_up()
+        await follower.catch_up()
     finally:
         await follower.stop()
     return len(erased)
@@ -70,6 +70,15 @@ class ErasedCustomersFollower:
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
             log.error("An audit record on %s[%s]@%s cannot be read (%s): skipped", record.topic, record.partition, record.offset, error)
 
+    async def catch_up(self) -> None:
+        """Reads what was added to the audit topic since the last read (once, no retry)."""
+        await self._follower.catch_up()
+
+    async def refresh(self) -> None:
+        """:meth:`ready`, whether or not the list is stale (an erasure a moment ago counts)."""
+        self.stale = True
+        await self.ready()
+
     async def ready(self) -> None:
         """Reads what was added to the audit topic when the list is stale; waits (retrying,
         logged once) while the topic cannot be read, rather than apply events without it."""
@@ -78,7 +87,7 @@ class ErasedCustomersFollower:
         pause, waiting = self.retry_seconds, False
         while True:
             try:
-                await self._follower.catch_up()
+                await self.catch_up()
                 break
             except Exception as error:  # Kafka away, a topic being created: wait, never skip
                 if not waiting:

@@ -89,3 +89,11 @@ def test_a_sweep_in_the_future_is_refused_before_anything_is_sent(at: str, monke
     assert result.exit_code == 2, result.output
     assert "max_future_skew_seconds" in result.output and "--at" in result.output
     assert "cannot reach Kafka" not in result.output
+
+
+@pytest.mark.parametrize(("args", "hint"), [(["erase", "x" * 257], "CUSTOMER_IDS"), (["erase", "acme", "--reason", "r" * 257], "--reason")])
+def test_erase_refuses_what_cannot_be_a_customer_or_a_reason(args: list[str], hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSCORE_PRIVACY__HASH_KEY", "a-test-hash-key-0123456789abcdef")
+    monkeypatch.setenv("HEALTHSCORE_KAFKA_BOOTSTRAP", f"127.0.0.1:{unused_port()}")  # refused before any Kafka call
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and hint in result.output and "256 characters" in result.output

@@ -253,3 +253,19 @@ def test_the_docs_list_the_redis_acl_the_tests_run_the_worker_with() -> None:
     readme = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     assert f"ACL SETUSER healthscore >PASSWORD {WORKER_ACL.replace('PREFIX', 'healthscore')}" in readme
     assert f"ACL SETUSER healthscore {CLUSTER_ACL_EXTRA}" in readme
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"agent_stall_seconds": 0}, "agent_stall_seconds"),
+    ({"agent_stall_seconds": 10**9}, "agent_stall_seconds"),
+    ({"changelog_max_compaction_lag_days": -1}, "changelog_max_compaction_lag_days"),
+    ({"changelog_max_compaction_lag_days": 10**6}, "changelog_max_compaction_lag_days"),
+    ({"privacy": {"erasure_quarantine_days": -1}}, "erasure_quarantine_days"),
+    ({"privacy": {"erasure_quarantine_days": 1e9}}, "erasure_quarantine_days"),
+    ({"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_command": []}}, "needs a program"),
+    ({"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_command": ["", "x"]}}, "needs a program"),
+    ({"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_command": "  "}}, "is empty"),
+])
+def test_the_new_settings_refuse_values_that_make_no_sense(overrides: dict, named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(**overrides)
