@@ -17,18 +17,61 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Final
 
-from scoring.health import HealthScore, ScoringParameters, band_for, expected_purchases_next
-from scoring.state import DAY_MS, CustomerState, window_total
+import msgspec
+
+from scoring.contract import DEFAULT_SURVEY_SCALES, Event, SurveyAnswered
+from scoring.health import HealthScore, ScoringParameters, band_for, expected_purchases_next, is_detractor
+from scoring.state import DAY_MS, CustomerState, SurveyResponse, window_total
 from scoring.structs import NO_DECISION, Alert, AlertDecision, Reason
 
 __all__ = ["NO_DECISION", "Alert", "AlertDecision", "Reason"]
 
-RULES: Final = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")
+RULES: Final = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence", "detractor")
 BAND_RANK: Final = {"healthy": 0, "at_risk": 1, "critical": 2}
 HOUR_MS: Final = 3_600_000
 BUDGET_WINDOW_MS: Final = 30 * DAY_MS
 #: Alerts raised at the same moment are taken in this order when the budget has room for only some.
 SEVERITY_RANK: Final = {"critical": 0, "warning": 1}
+
+
+@dataclass(frozen=True)
+class Action:
+    """A playbook's step ([alerts.actions]): for alerts of ``rule`` (and, when set, of this
+    severity and band), what to do, who does it, and within how many hours."""
+
+    rule: str
+    action: str
+    owner: str
+    due_hours: float
+    severity: str | None = None
+    band: str | None = None
+
+
+#: The defaults, from the source articles' action plans (docs/alerts.md, "Actions").
+DEFAULT_ACTIONS: Final = (
+    Action("detractor", "Contact the customer about their answer: thank them, ask what went wrong and agree on a fix", "csm", 48.0),
+    Action("silence", "Call the customer: their usage stopped; find out why and help them back to the product", "csm", 72.0),
+    Action("band_downgrade", "Review what moved the score and plan an action with the customer", "csm", 120.0),
+    Action("band_downgrade", "Call the customer this week: review what moved the score and agree on a rescue plan", "csm", 48.0, severity="critical"),
+    Action("payment_trouble", "Check billing with the customer: failed or overdue payments, card and invoice details", "billing", 48.0),
+    Action("cancellation", "Hold an exit interview: ask why they left and what would bring them back", "csm", 72.0),
+    Action("purchase_activity", "Reach out with an offer that fits their past purchases", "marketing", 120.0),
+    Action("sharp_drop", "Look at what changed (tickets, payments, answers) and contact the customer", "csm", 48.0),
+    Action("digest", "Read the day's summary and act on what needs it", "csm", 24.0),
+)
+
+
+def action_for(actions: tuple[Action, ...], rule: str, severity: str, band: str) -> Action | None:
+    """The most specific action for an alert (rule, then severity and band if set); the first of equals."""
+    chosen = None
+    best = -1
+    for action in actions:
+        if action.rule != rule or action.severity not in (None, severity) or action.band not in (None, band):
+            continue
+        specificity = (action.severity is not None) + (action.band is not None)
+        if specificity > best:
+            chosen, best = action, specificity
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -44,6 +87,12 @@ class AlertParameters:
     purchase_activity: bool = True
     #: Alert when BG/NBD expects fewer purchases than this in the outlook period.
     purchase_activity_min_expected: float = 0.2
+    #: Without BG/NBD: a customer without a subscription lapses when it has not bought for longer
+    #: than this many times its usual gap between purchase days (and ``purchase_lapse_min_days``),
+    #: once it has ``purchase_lapse_min_purchases`` purchase days.
+    purchase_lapse_gap_multiplier: float = 3.0
+    purchase_lapse_min_days: float = 14.0
+    purchase_lapse_min_purchases: int = 3
     payment_trouble: bool = False
     payment_failures_30d: int = 2
     payment_overdue_days: float = 7.0
@@ -67,6 +116,10 @@ class AlertParameters:
     #: Rules whose alerts are not sent one by one but summarised per customer per day, in one
     #: alert of rule and severity ``digest`` (outside the budget).
     digest_rules: tuple[str, ...] = ()
+    #: An NPS answer of 0-6 or a CSAT of 1-2 (of 5): one alert per answer.
+    detractor: bool = True
+    #: The recommended action of each alert (the first, most specific match).
+    actions: tuple[Action, ...] = DEFAULT_ACTIONS
 
     def enabled(self, rule: str) -> bool:
         return bool(getattr(self, rule))
@@ -134,6 +187,19 @@ def _sharp_drop(state: CustomerState, health: HealthScore, at_ms: int, rules: Al
     return ("warning", "score fell {:.1f} points from {:.1f} within {:g} days", (peak - health.score, peak, rules.sharp_drop_window_days))
 
 
+def purchase_lapse(state: CustomerState, at_ms: int, rules: AlertParameters) -> tuple[float, float] | None:
+    """(days without a purchase, usual gap in days) when a customer without a subscription has not
+    bought for longer than ``purchase_lapse_gap_multiplier`` times its usual gap between purchase
+    days (and at least ``purchase_lapse_min_days``)."""
+    if state.mrr > 0 or state.cancelled_ms or state.purchase_days < rules.purchase_lapse_min_purchases:
+        return None
+    gap = (state.last_purchase_ms // DAY_MS - state.first_purchase_ms // DAY_MS) / (state.purchase_days - 1)
+    silent_days = (at_ms - state.last_purchase_ms) / DAY_MS
+    if silent_days > max(rules.purchase_lapse_min_days, rules.purchase_lapse_gap_multiplier * gap):
+        return silent_days, gap
+    return None
+
+
 def _payment_trouble(state: CustomerState, at_ms: int, rules: AlertParameters) -> Holding | None:
     if not state.has_billing:  # no payment events: nothing to check
         return None
@@ -161,11 +227,15 @@ def _conditions(
     if rules.purchase_activity:
         # Scoring computed it for the same moment (BG/NBD costs several µs a call).
         expected = health.expected_purchases if health.as_of_ms == at_ms else expected_purchases_next(state, at_ms, scoring)
-        found["purchase_activity"] = (
-            ("warning", "expected purchases in the next {:g} days: {:.2f}", (scoring.purchase_outlook_days, expected))
-            if expected is not None and expected < rules.purchase_activity_min_expected
-            else None
-        )
+        if expected is not None:
+            found["purchase_activity"] = (
+                ("warning", "expected purchases in the next {:g} days: {:.2f}", (scoring.purchase_outlook_days, expected))
+                if expected < rules.purchase_activity_min_expected
+                else None
+            )
+        else:  # no BG/NBD: the customer's own purchase rhythm
+            lapse = purchase_lapse(state, at_ms, rules)
+            found["purchase_activity"] = ("warning", "no purchase for {:.0f} days; usually every {:.1f} days", lapse) if lapse else None
     if rules.payment_trouble:
         found["payment_trouble"] = _payment_trouble(state, at_ms, rules)
     if rules.silence:
@@ -183,10 +253,32 @@ def _cancellation(state: CustomerState, at_ms: int) -> Opened | None:
     if state.cancelled_ms and state.cancelled_ms <= at_ms:
         if state.alert_episodes.get("cancellation") != state.cancelled_ms:
             state.alert_episodes["cancellation"] = state.cancelled_ms
-            return ("cancellation", str(state.cancelled_ms), "critical", "subscription cancelled")
+            reason = f": {state.cancellation_reason}" if state.cancellation_reason else ""
+            return ("cancellation", str(state.cancelled_ms), "critical", "subscription cancelled" + reason)
     elif "cancellation" in state.alert_episodes and not state.cancelled_ms:
         del state.alert_episodes["cancellation"]
     return None
+
+
+def number_text(value: float) -> str:
+    """A survey number as people write it: 6, not 6.0; else its shortest form (6.5)."""
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return msgspec.json.encode(value).decode()
+
+
+def _detractor(event: Event) -> Opened | None:
+    """A detractor's answer (NPS 0-6, CSAT 1-2 of 5): one alert per answer, the event its episode."""
+    data = event.data
+    if not isinstance(data, SurveyAnswered):
+        return None
+    low, high = data.scale or DEFAULT_SURVEY_SCALES[data.survey]
+    if not is_detractor(SurveyResponse(data.survey, data.score, low, high, event.occurred_at_ms)):
+        return None
+    detail = f"{data.survey.upper()} answer {number_text(data.score)} on {number_text(low)}-{number_text(high)}"
+    if data.comment:
+        detail += f': "{data.comment}"'
+    return ("detractor", event.event_id, "warning", detail)
 
 
 def _band_downgrade(
@@ -224,10 +316,16 @@ def evaluate(
     scoring: ScoringParameters,
     rules: AlertParameters,
     by_time: bool = False,
+    event: Event | None = None,
 ) -> AlertDecision:
     """Checks every enabled rule for the customer at ``at_ms`` and updates the record's alert state.
-    ``by_time``: a rescoring without an event (the sweep), where only time moved the score."""
+    ``by_time``: a rescoring without an event (the sweep), where only time moved the score;
+    ``event``: the event just applied (the detractor rule reads its answer)."""
     opened: list[Opened] = []
+    if rules.detractor and event is not None:
+        answer = _detractor(event)
+        if answer is not None:
+            opened.append(answer)
     if rules.cancellation:
         cancelled = _cancellation(state, at_ms)
         if cancelled is not None:
@@ -244,7 +342,7 @@ def evaluate(
             severity, template, values = holds
             opened.append((rule, str(at_ms), severity, template.format(*values)))
     _remember_score(state, health, at_ms, rules)
-    digest = _due_digest(state, health, at_ms)
+    digest = _due_digest(state, health, at_ms, rules)
     if not opened and digest is None:
         return NO_DECISION
     decision = _raise(state, health, at_ms, rules, opened)
@@ -253,7 +351,10 @@ def evaluate(
     return AlertDecision([digest, *decision.raised], decision.suppressed)
 
 
-def _alert(state: CustomerState, health: HealthScore, at_ms: int, rule: str, episode: str, severity: str, detail: str) -> Alert:
+def _alert(
+    state: CustomerState, health: HealthScore, at_ms: int, rule: str, episode: str, severity: str, detail: str, rules: AlertParameters
+) -> Alert:
+    action = action_for(rules.actions, rule, severity, health.band)
     return Alert(
         alert_id=alert_id(state.customer_id, rule, episode),
         customer_id=state.customer_id,
@@ -267,10 +368,13 @@ def _alert(state: CustomerState, health: HealthScore, at_ms: int, rule: str, epi
         occurred_at_ms=at_ms,
         detail=detail,
         plan=state.plan,
+        recommended_action=action.action if action else None,
+        action_owner=action.owner if action else None,
+        action_due_hours=action.due_hours if action else None,
     )
 
 
-def _due_digest(state: CustomerState, health: HealthScore, at_ms: int) -> Alert | None:
+def _due_digest(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters) -> Alert | None:
     """The summary of an earlier day's digest alerts, at the customer's first rescoring of a later day."""
     if not state.alert_digest or state.alert_digest[0][0] // DAY_MS >= at_ms // DAY_MS:
         return None
@@ -278,7 +382,7 @@ def _due_digest(state: CustomerState, health: HealthScore, at_ms: int) -> Alert 
     items = "; ".join(f"{rule}: {detail}" for _, rule, detail in state.alert_digest)
     detail = f"{len(state.alert_digest)} alert(s) on {time.strftime('%Y-%m-%d', time.gmtime(day * 86_400))}: {items}"
     state.alert_digest = []
-    return _alert(state, health, at_ms, "digest", str(day), "digest", detail)
+    return _alert(state, health, at_ms, "digest", str(day), "digest", detail, rules)
 
 
 def _raise(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertParameters, opened: list[Opened]) -> AlertDecision:
@@ -304,7 +408,7 @@ def _raise(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertPa
             continue
         if budget:
             state.alert_times.append(at_ms)
-        raised.append(_alert(state, health, at_ms, rule, episode, severity, detail))
+        raised.append(_alert(state, health, at_ms, rule, episode, severity, detail, rules))
     return AlertDecision(raised, suppressed)
 
 

@@ -44,6 +44,8 @@ MAX_ITEMS: Final = 1_000
 MAX_DURATION_SECONDS: Final = 2_592_000.0
 #: Either end of a survey's scale, and so its score.
 MAX_SURVEY_SCALE: Final = 1_000_000.0
+#: Characters of a survey answer's free-text comment (shown in the detractor alert).
+MAX_COMMENT: Final = 1_000
 #: Timestamps from 2100-01-01T00:00:00Z on are refused (a due date too: a unit mistake).
 LATEST_MS: Final = 4_102_444_800_000
 
@@ -51,6 +53,7 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=MAX_MONEY)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+Comment = Annotated[str, msgspec.Meta(max_length=MAX_COMMENT)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
 SurveyNumber = Annotated[float, msgspec.Meta(ge=-MAX_SURVEY_SCALE, le=MAX_SURVEY_SCALE)]
 
@@ -106,6 +109,8 @@ class SurveyAnswered(msgspec.Struct, frozen=True):
     survey: Literal["nps", "csat", "ces"]
     score: SurveyNumber
     scale: tuple[SurveyNumber, SurveyNumber] | None = None
+    #: What the customer wrote with the answer, if anything.
+    comment: Comment | None = None
 
 
 class InvoiceIssued(msgspec.Struct, frozen=True):

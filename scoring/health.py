@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Final, Mapping
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
-from scoring.state import DAY_MS, DEFAULT_USER_HASH_KEY, CustomerState
+from scoring.state import DAY_MS, DEFAULT_USER_HASH_KEY, CustomerState, SurveyResponse
 from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
-MODEL_REVISION: Final = "2"
+MODEL_REVISION: Final = "3"
 COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments")
 DEFAULT_WEIGHTS: dict[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
 #: Penalty in points per open ticket, by priority (low, normal, high, urgent).
@@ -40,6 +40,10 @@ class ScoringParameters:
     segment_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     healthy_min: float = 50.0
     at_risk_min: float = 35.0
+    #: A customer with events on fewer distinct days than this is held below ``healthy_min``:
+    #: thin evidence cannot make a customer healthy; confidence grows with those days up to
+    #: it (docs/model.md, "Confidence"). 0: no such rule.
+    healthy_min_active_days: int = 3
     usage_half_life_days: float = 7.0
     key_features: tuple[str, ...] = ()
     purchase_half_life_days: float = 45.0
@@ -72,20 +76,25 @@ def activity_sums(state: CustomerState, at_ms: int) -> ActivitySums:
     today = at_ms // DAY_MS
     end = bisect_right(days, today)
     sessions, features, purchases, failed = counts.sessions, counts.feature_uses, counts.purchases, counts.payments_failed
-    activity_7d = activity_90d = orders_30d = orders_90d = failed_30d = 0
+    activity_7d = activity_30d = activity_60d = activity_90d = orders_30d = orders_90d = failed_30d = 0
     for index in range(bisect_left(days, today - 89, 0, end), end):
         activity = sessions[index] + features[index]
         orders = purchases[index]
         activity_90d += activity
         orders_90d += orders
         age = today - days[index]
-        if age < 30:
-            orders_30d += orders
-            failed_30d += failed[index]
-            if age < 7:
-                activity_7d += activity
+        if age < 60:
+            activity_60d += activity
+            if age < 30:
+                activity_30d += activity
+                orders_30d += orders
+                failed_30d += failed[index]
+                if age < 7:
+                    activity_7d += activity
     return ActivitySums(
         activity_7d=activity_7d,
+        activity_30d=activity_30d,
+        activity_60d=activity_60d,
         activity_90d=activity_90d,
         orders_30d=orders_30d,
         orders_90d=orders_90d,
@@ -173,6 +182,29 @@ def support_score(state: CustomerState, parameters: ScoringParameters) -> float 
     return max(0.0, 100.0 - load - slow - reopens)
 
 
+def nps_rating(answer: SurveyResponse) -> float:
+    """An NPS answer on the 0-10 scale (its own scale, if another was sent, mapped onto it)."""
+    return 10.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+
+
+def answer_points(answer: SurveyResponse) -> float:
+    """One answer on 0-100. NPS by category, as the NPS itself counts it (promoter 9-10: 100,
+    passive 7-8: 50, detractor 0-6: 0); CSAT and CES linearly on their scale."""
+    if answer.survey == "nps":
+        rating = nps_rating(answer)
+        return 100.0 if rating >= 9.0 else 50.0 if rating >= 7.0 else 0.0
+    return 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+
+
+def is_detractor(answer: SurveyResponse) -> bool:
+    """NPS 0-6, or CSAT 1-2 of 5 (the lowest quarter of its scale): the customers to contact first."""
+    if answer.survey == "nps":
+        return nps_rating(answer) < 7.0
+    if answer.survey == "csat":
+        return (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min) <= 0.25
+    return False
+
+
 def sentiment_score(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
     """Recency-weighted mean of survey answers on 0-100, pulled toward a neutral 50 as they age.
 
@@ -187,7 +219,7 @@ def sentiment_score(state: CustomerState, at_ms: int, parameters: ScoringParamet
     weights = 0.25
     for answer in answers:
         weight = decay(at_ms - answer.answered_ms, parameters.sentiment_half_life_days)
-        total += weight * 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+        total += weight * answer_points(answer)
         weights += weight
     return total / weights
 
@@ -228,11 +260,17 @@ def churn_risk_for(score: float, weakest_component: float = 100.0) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+def usage_growth(sums: ActivitySums) -> float | None:
+    """Activity of the last 30 days over the 30 days before, minus 1 (None without activity then)."""
+    before = sums.activity_60d - sums.activity_30d
+    # float() first, as the kernel converts: exact below 2**53, and rounded the same way above
+    return float(sums.activity_30d) / float(before) - 1.0 if before > 0 else None
+
+
 def _component_values(
-    state: CustomerState, at_ms: int, parameters: ScoringParameters, expected: float | None
+    state: CustomerState, at_ms: int, parameters: ScoringParameters, expected: float | None, sums: ActivitySums
 ) -> tuple[float | None, ...]:
     """Each component's score (None without data), in the order of COMPONENTS."""
-    sums = activity_sums(state, at_ms)
     return (
         usage_score(state, at_ms, sums, parameters),
         purchase_score(state, at_ms, sums, parameters, expected),
@@ -244,7 +282,7 @@ def _component_values(
 
 def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> dict[str, float | None]:
     expected = expected_purchases_next(state, at_ms, parameters)
-    return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters, expected)))
+    return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters, expected, activity_sums(state, at_ms))))
 
 
 def score_state(
@@ -261,7 +299,8 @@ def score_state(
     """
     weights = parameters.weights_for(state.plan)
     expected = expected_purchases_next(state, at_ms, parameters)
-    values = _component_values(state, at_ms, parameters, expected)
+    sums = activity_sums(state, at_ms)
+    values = _component_values(state, at_ms, parameters, expected, sums)
     present: list[tuple[str, float, float]] = []
     total_weight = 0.0
     all_weights = 0.0
@@ -291,7 +330,12 @@ def score_state(
         if name not in components:
             changes.append((-abs(contribution), name, -contribution))
     composite = min(100.0, max(0.0, composite))
-    if state.cancelled_ms and state.cancelled_ms <= at_ms:
+    confidence = total_weight / all_weights
+    if state.active_days < parameters.healthy_min_active_days:  # thin evidence
+        confidence *= state.active_days / parameters.healthy_min_active_days
+        composite = min(composite, parameters.healthy_min - 0.01)
+    cancelled = bool(state.cancelled_ms) and state.cancelled_ms <= at_ms
+    if cancelled:
         composite = min(composite, parameters.at_risk_min - 0.01)
     return HealthScore(
         score=round(composite, 2),
@@ -299,10 +343,14 @@ def score_state(
         churn_risk=round(churn_risk_for(composite, weakest), 4),
         components=components,
         as_of_ms=at_ms,
-        confidence=total_weight / all_weights,
+        confidence=confidence,
         changes=_largest_first(changes),
         previous_score=previous_score,
         expected_purchases=expected,
+        cancelled_ms=state.cancelled_ms if cancelled else 0,
+        cancellation_reason=state.cancellation_reason if cancelled else None,
+        mrr=state.mrr,
+        usage_growth=usage_growth(sums) if state.last_usage_ms else None,
     )
 
 

@@ -47,6 +47,7 @@ def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -
         [(plan, list(weights.items())) for plan, weights in parameters.segment_weights.items()],
         parameters.healthy_min,
         parameters.at_risk_min,
+        parameters.healthy_min_active_days,
         parameters.usage_half_life_days,
         list(parameters.key_features),
         parameters.purchase_half_life_days,

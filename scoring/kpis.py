@@ -23,6 +23,34 @@ def _counts(**counts: float) -> None:
             raise ValueError(f"{name} must be a non-negative finite number, got {value}")
 
 
+# --- Exit reasons ----------------------------------------------------------------------
+
+#: The reason codes counted by default (``cancellation_reasons``); anything else is ``other``.
+DEFAULT_CANCELLATION_REASONS = ("price", "missing_feature", "competitor", "support", "no_longer_needed", "business_closed", "technical_issues")
+
+
+def cancellation_reason_label(reason: str | None, known: Sequence[str]) -> str:
+    """The label a cancellation is counted under: its reason code when it is one of ``known``
+    (case and surrounding spaces aside, spaces and dashes read as underscores), ``unspecified``
+    without a reason, else ``other``: a bounded set of labels whatever producers send."""
+    if not reason or not reason.strip():
+        return "unspecified"
+    code = reason.strip().lower().replace(" ", "_").replace("-", "_")
+    return code if code in known else "other"
+
+
+# --- Customers ready for more ----------------------------------------------------------
+
+
+def expansion_growth(band: str, confidence: float, usage_growth: float | None, min_confidence: float, min_growth: float) -> float | None:
+    """The usage growth that makes a customer an expansion candidate (upsell, cross-sell): a
+    healthy customer, scored on enough evidence (``min_confidence``), whose activity of the
+    last 30 days is at least ``min_growth`` (0.2: 20 %) above the 30 days before; else None."""
+    if band != "healthy" or confidence < min_confidence or usage_growth is None or usage_growth < min_growth:
+        return None
+    return usage_growth
+
+
 # --- Customer base, per period -------------------------------------------------------
 
 

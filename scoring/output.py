@@ -67,6 +67,11 @@ def health_message(
         as_of if computed_at_ms == health.as_of_ms else rfc3339(computed_at_ms),
         model_version,
         trigger_event_id,
+        health.cancelled_ms != 0,
+        rfc3339(health.cancelled_ms) if health.cancelled_ms else None,
+        health.cancellation_reason,
+        health.mrr,
+        None if health.usage_growth is None else floor(health.usage_growth * 10_000.0 + 0.5) / 10_000.0,
     )
 
 
@@ -91,4 +96,7 @@ def alert_message(alert: Alert, raised_at_ms: int, model_version: str) -> dict:
         "raised_at": rfc3339(raised_at_ms),
         "model_version": model_version,
         "plan": alert.plan,
+        "recommended_action": alert.recommended_action,
+        "action_owner": alert.action_owner,
+        "action_due_at": None if alert.action_due_hours is None else rfc3339(raised_at_ms + int(alert.action_due_hours * 3_600_000)),
     }

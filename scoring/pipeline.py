@@ -27,6 +27,7 @@ def _score_and_alert(
     rules: AlertParameters | None,
     min_change: float = 0.0,
     by_time: bool = False,
+    event: Event | None = None,
 ) -> tuple[HealthScore | None, AlertDecision]:
     previous = state.published
     if previous is None:
@@ -35,7 +36,7 @@ def _score_and_alert(
         health = score_state(state, at_ms, parameters, previous.contributions, previous.score)
     if health is None:
         return None, NO_ALERTS
-    alerts = evaluate(state, health, at_ms, parameters, rules, by_time) if rules is not None else NO_ALERTS
+    alerts = evaluate(state, health, at_ms, parameters, rules, by_time, event) if rules is not None else NO_ALERTS
     if previous is not None and not has_changed(previous.score, previous.band, health, previous.contributions):
         return None, alerts
     if previous is not None and previous.band == health.band and abs(health.score - previous.score) < min_change:
@@ -66,7 +67,7 @@ def step(
     outcome = apply_event(state, event, dedup_capacity, source, parameters.user_hash_key)
     if outcome is not Outcome.APPLIED:
         return Step(outcome, None)
-    health, alerts = _score_and_alert(state, state.last_event_ms, parameters, rules)
+    health, alerts = _score_and_alert(state, state.last_event_ms, parameters, rules, event=event)
     return Step(outcome, health, alerts)
 
 

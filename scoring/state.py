@@ -79,11 +79,14 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CustomerState)
 _elements = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
-#: The layout this code writes. Layout 1: the 35 fields before ``layout``; 2: ``layout`` added.
-#: A newer layout appends fields after ``layout``; this code keeps them (:func:`decode_record`).
-LAYOUT: Final = 2
-#: Fields of the record this code knows, ``layout`` last.
+#: The layout this code writes. Layout 1: the 35 fields before ``layout``; 2: ``layout`` added;
+#: 3: ``cancellation_reason`` after it. A newer layout appends fields after the known ones;
+#: this code keeps them (:func:`decode_record`).
+LAYOUT: Final = 3
+#: Fields of the record this code knows.
 KNOWN_FIELDS: Final = len(CustomerState.__struct_fields__)
+#: Where ``layout`` is in the record (it stays there; later layouts append after the known fields).
+LAYOUT_INDEX: Final = CustomerState.__struct_fields__.index("layout")
 
 
 def new_state(customer_id: str) -> CustomerState:
@@ -334,8 +337,11 @@ def _apply_billing(state: CustomerState, data: object, at: int, day: int) -> Non
                 state.mrr = data.mrr
             if state.cancelled_ms and at > state.cancelled_ms:
                 state.cancelled_ms = 0  # resubscribed
+                state.cancellation_reason = None
         case SubscriptionCancelled():
             state.has_billing = True
+            if at >= state.cancelled_ms:  # the latest cancellation's reason
+                state.cancellation_reason = data.reason or None
             state.cancelled_ms = max(state.cancelled_ms, at)
 
 

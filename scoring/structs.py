@@ -128,6 +128,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     #: The record's layout version (scoring.state.LAYOUT), always the last known field: a
     #: record without it is of layout 1. New fields go after it, in a new layout.
     layout: int = 1
+    #: Layout 3: why the customer cancelled (subscription.cancelled data.reason), while cancelled.
+    cancellation_reason: str | None = None
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):
@@ -151,12 +153,22 @@ class HealthScore(msgspec.Struct, frozen=True, gc=False):
     #: BG/NBD expected purchases in the outlook period at ``as_of_ms`` (None without a fitted
     #: model or for subscribers): the alert rules reuse it instead of computing it again.
     expected_purchases: float | None = None
+    #: When the subscription was cancelled (0: not cancelled at ``as_of_ms``), and why.
+    cancelled_ms: int = 0
+    cancellation_reason: str | None = None
+    #: The customer's monthly recurring revenue (for ties in the riskiest list).
+    mrr: float = 0.0
+    #: Activity (sessions and feature uses) of the last 30 days over the 30 before, minus 1;
+    #: None without activity in the 30 days before (docs/model.md, "Customers ready for more").
+    usage_growth: float | None = None
 
 
 class ActivitySums(msgspec.Struct, frozen=True, gc=False):
-    """Sums over the day buckets of the last 7, 30 and 90 days, from one pass."""
+    """Sums over the day buckets of the last 7, 30, 60 and 90 days, from one pass."""
 
     activity_7d: int
+    activity_30d: int
+    activity_60d: int
     activity_90d: int
     orders_30d: int
     orders_90d: int
@@ -182,6 +194,10 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     detail: str
     #: The customer's plan (subscription.updated data.plan), for routing alerts by segment.
     plan: str | None = None
+    #: The playbook's step for this alert ([alerts.actions]): what to do, who, within how many hours.
+    recommended_action: str | None = None
+    action_owner: str | None = None
+    action_due_hours: float | None = None
 
 
 class AlertDecision(msgspec.Struct, frozen=True, gc=False):
@@ -248,3 +264,9 @@ class HealthMessage(msgspec.Struct, gc=False):
     computed_at: str
     model_version: str
     trigger_event_id: str | None
+    #: Whether the customer had cancelled at ``as_of``, when, and why (the exit reason).
+    cancelled: bool
+    cancelled_at: str | None
+    cancellation_reason: str | None
+    mrr: float
+    usage_growth: float | None

@@ -158,6 +158,13 @@ STATE_RECORDS_UNREADABLE = Counter(
     "is rebuilt from its next events.",
     registry=REGISTRY,
 )
+CANCELLATIONS = Counter(
+    "healthscore_cancellations",
+    "Subscriptions cancelled (subscription.cancelled applied), by exit reason: one of cancellation_reasons, "
+    "unspecified without a reason, other for anything else.",
+    ["reason"],
+    registry=REGISTRY,
+)
 CUSTOMERS_EVICTED = Counter(
     "healthscore_customers_evicted",
     "Customers evicted by the sweep after state_ttl_days without an event (record and Redis keys deleted); "

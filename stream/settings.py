@@ -7,20 +7,22 @@ environment with a double underscore, e.g. ``HEALTHSCORE_TOPICS__PURCHASES``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scoring.contract import TopicKind
-from scoring.alerts import RULES, AlertParameters
+from scoring.alerts import DEFAULT_ACTIONS, RULES, Action, AlertParameters
 from scoring.bgnbd import BgNbdParameters
 from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
+from scoring.kpis import DEFAULT_CANCELLATION_REASONS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: The shortest bearer token accepted (api_tokens, api_tokens_file, metrics_token).
@@ -196,6 +198,8 @@ class ScoringSettings(Frozen):
     expected_purchases_midpoint: float = Field(1.0, gt=0)
     support_target_resolution_hours: float = Field(48.0, gt=0)
     sentiment_half_life_days: float = Field(90.0, gt=0)
+    #: Fewer distinct days with events than this: held below healthy_min, confidence scaled down.
+    healthy_min_active_days: int = Field(3, ge=0, le=365)
     bgnbd: BgNbdSettings | None = None
 
     @field_validator("weights")
@@ -218,6 +222,7 @@ class ScoringSettings(Frozen):
             segment_weights={plan: dict(segment.weights) for plan, segment in self.segments.items()},
             healthy_min=self.healthy_min,
             at_risk_min=self.at_risk_min,
+            healthy_min_active_days=self.healthy_min_active_days,
             usage_half_life_days=self.usage_half_life_days,
             key_features=tuple(self.key_features),
             purchase_half_life_days=self.purchase_half_life_days,
@@ -230,6 +235,37 @@ class ScoringSettings(Frozen):
         )
 
 
+class ExpansionSettings(Frozen):
+    """Who is listed by GET /customers/expansion (scoring.kpis.expansion_growth): healthy
+    customers scored with at least ``min_confidence`` whose activity of the last 30 days is at
+    least ``min_usage_growth`` (0.2: 20 %) above the 30 days before."""
+
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_usage_growth: float = Field(0.2, gt=0, le=1000)
+
+    def rule(self) -> tuple[float, float]:
+        return (self.min_confidence, self.min_usage_growth)
+
+
+class ActionSettings(Frozen):
+    """One step of the playbook: alerts of ``rule`` (and of ``severity`` and ``band`` when
+    set) carry this action, its owner's role and a due time ``due_hours`` after they are raised."""
+
+    rule: str
+    severity: Literal["warning", "critical", "digest"] | None = None
+    band: Literal["healthy", "at_risk", "critical"] | None = None
+    action: str = Field(min_length=1, max_length=500)
+    owner: str = Field(min_length=1, max_length=64)
+    due_hours: float = Field(gt=0, le=8760)
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, rule: str) -> str:
+        if rule not in (*RULES, "digest"):
+            raise ValueError(f"unknown rule {rule!r}; known: {[*RULES, 'digest']}")
+        return rule
+
+
 class AlertSettings(Frozen):
     """Thresholds of the alert rules (docs/alerts.md); each rule can be switched off."""
 
@@ -240,6 +276,10 @@ class AlertSettings(Frozen):
     sharp_drop_window_days: float = Field(7.0, gt=0, le=90)
     purchase_activity: bool = True
     purchase_activity_min_expected: float = Field(0.2, gt=0)
+    purchase_lapse_gap_multiplier: float = Field(3.0, ge=1, le=100)
+    purchase_lapse_min_days: float = Field(14.0, gt=0, le=3650)
+    purchase_lapse_min_purchases: int = Field(3, ge=2, le=1000)
+    detractor: bool = True
     payment_trouble: bool = False
     payment_failures_30d: int = Field(2, ge=1)
     payment_overdue_days: float = Field(7.0, ge=0)
@@ -255,6 +295,8 @@ class AlertSettings(Frozen):
     #: (scoring/fleet_budget.py); alerts raised at the same moment go riskiest first.
     max_alerts_per_day: int = Field(0, ge=0)
     digest_rules: list[str] = []
+    #: The playbook (docs/alerts.md, "Actions"); setting it replaces the whole default list.
+    actions: list[ActionSettings] = Field(default_factory=lambda: [ActionSettings(**dataclasses.asdict(action)) for action in DEFAULT_ACTIONS])
 
     @field_validator("digest_rules")
     @classmethod
@@ -265,7 +307,10 @@ class AlertSettings(Frozen):
         return rules
 
     def parameters(self) -> AlertParameters:
-        return AlertParameters(**{**self.model_dump(exclude={"max_alerts_per_day"}), "digest_rules": tuple(self.digest_rules)})
+        return AlertParameters(
+            **{**self.model_dump(exclude={"max_alerts_per_day", "actions"}), "digest_rules": tuple(self.digest_rules)},
+            actions=tuple(Action(**action.model_dump()) for action in self.actions),
+        )
 
 
 def private_address(host: str) -> bool:
@@ -486,6 +531,7 @@ class Settings(BaseSettings):
     log_repeat_interval_seconds: float = Field(30.0, gt=0, le=3600)
     scoring: ScoringSettings = ScoringSettings()
     alerts: AlertSettings = AlertSettings()
+    expansion: ExpansionSettings = ExpansionSettings()
     #: How often consumed offsets are committed; a crash reprocesses at most this much (idempotently).
     commit_interval_seconds: float = Field(2.8, gt=0)
     #: Offsets are also committed once this many events were processed since the last commit.
@@ -501,6 +547,10 @@ class Settings(BaseSettings):
     #: topic with reason unknown_type, or counted (healthscore_events_total{outcome="unknown_type"})
     #: and skipped, so a new type upstream does not fill the dead-letter topic and page someone.
     unknown_event_types: Literal["dead_letter", "count_and_skip"] = "dead_letter"
+    #: Exit reason codes counted in healthscore_cancellations_total{reason} (others: "other").
+    cancellation_reasons: list[Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]] = Field(
+        default_factory=lambda: list(DEFAULT_CANCELLATION_REASONS), max_length=50
+    )
     #: Longest a partition's records wait while a co-partitioned input partition has unread records on
     #: the broker and none buffered, so that a backlog is applied in event-time order like the replay
     #: (stream/kafka/event_time.py); 0 merges only what is buffered. A partition read to its end never holds.

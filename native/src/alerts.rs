@@ -1,12 +1,12 @@
-//! `scoring.alerts.evaluate` for models without BG/NBD (the purchase-activity rule needs
-//! its expected purchases, so it never holds here), statement for statement.
+//! `scoring.alerts.evaluate` for models without BG/NBD (the purchase-activity rule is then
+//! the lapse from the customer's own purchase rhythm), statement for statement.
 
 use sha2::{Digest, Sha256};
 
-use crate::apply::{py_max, DAY_MS};
-use crate::health::{band_for, py_round, HealthScore, Parameters};
-use crate::message::rfc3339;
-use crate::state::{CustomerState, PAYMENTS_FAILED};
+use crate::apply::{default_scale, py_max, Data, Event, DAY_MS};
+use crate::health::{band_for, is_detractor, py_round, HealthScore, Parameters};
+use crate::message::{rfc3339, Json};
+use crate::state::{CustomerState, SurveyResponse, PAYMENTS_FAILED};
 
 const HOUR_MS: f64 = 3_600_000.0;
 const BUDGET_WINDOW_MS: i64 = 30 * DAY_MS;
@@ -22,6 +22,9 @@ pub struct AlertParameters {
     /// `format(sharp_drop_window_days, "g")`, from Python: the detail text shows it so.
     pub sharp_drop_window_text: String,
     pub purchase_activity: bool,
+    pub purchase_lapse_gap_multiplier: f64,
+    pub purchase_lapse_min_days: f64,
+    pub purchase_lapse_min_purchases: i64,
     pub payment_trouble: bool,
     pub payment_failures_30d: i64,
     pub payment_overdue_days: f64,
@@ -34,6 +37,38 @@ pub struct AlertParameters {
     pub cooldown_hours: f64,
     pub max_alerts_per_customer_30d: i64,
     pub digest_rules: Vec<String>,
+    pub detractor: bool,
+    pub actions: Vec<Action>,
+}
+
+/// `scoring.alerts.Action`: severity and band `None` match any.
+pub struct Action {
+    pub rule: String,
+    pub action: String,
+    pub owner: String,
+    pub due_hours: f64,
+    pub severity: Option<String>,
+    pub band: Option<String>,
+}
+
+/// `scoring.alerts.action_for`: the most specific match, the first of equals.
+fn action_for<'a>(actions: &'a [Action], rule: &str, severity: &str, band: &str) -> Option<&'a Action> {
+    let mut chosen = None;
+    let mut best = -1;
+    for action in actions {
+        if action.rule != rule
+            || action.severity.as_deref().is_some_and(|wanted| wanted != severity)
+            || action.band.as_deref().is_some_and(|wanted| wanted != band)
+        {
+            continue;
+        }
+        let specificity = i32::from(action.severity.is_some()) + i32::from(action.band.is_some());
+        if specificity > best {
+            chosen = Some(action);
+            best = specificity;
+        }
+    }
+    chosen
 }
 
 pub struct Alert {
@@ -50,6 +85,84 @@ pub struct Alert {
     pub detail: String,
     /// The customer's plan, for routing alerts by segment (`scoring.structs.Alert.plan`).
     pub plan: Option<String>,
+    pub recommended_action: Option<String>,
+    pub action_owner: Option<String>,
+    pub action_due_hours: Option<f64>,
+}
+
+/// `scoring.alerts._alert`: an alert of the customer's current score, with its playbook step.
+#[allow(clippy::too_many_arguments)]
+fn make_alert(
+    state: &CustomerState,
+    health: &HealthScore,
+    at_ms: i64,
+    rule: &'static str,
+    episode: &str,
+    severity: &'static str,
+    detail: String,
+    reasons: &[(String, f64)],
+    rules: &AlertParameters,
+) -> Alert {
+    let action = action_for(&rules.actions, rule, severity, health.band);
+    Alert {
+        alert_id: alert_id(&state.customer_id, rule, episode),
+        customer_id: state.customer_id.clone(),
+        rule,
+        severity,
+        score: health.score,
+        previous_score: health.previous_score,
+        band: health.band,
+        churn_risk: health.churn_risk,
+        reasons: reasons.to_vec(),
+        occurred_at_ms: at_ms,
+        detail,
+        plan: state.plan.clone(),
+        recommended_action: action.map(|action| action.action.clone()),
+        action_owner: action.map(|action| action.owner.clone()),
+        action_due_hours: action.map(|action| action.due_hours),
+    }
+}
+
+/// `scoring.alerts.number_text`: 6, not 6.0; else the shortest form.
+fn number_text(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        return format!("{}", value as i64);
+    }
+    let mut json = Json::new();
+    json.float(value);
+    String::from_utf8(json.bytes).unwrap_or_default()
+}
+
+/// `scoring.alerts._detractor`: one alert per detractor's answer, the event its episode.
+fn detractor(event: &Event) -> Option<(&'static str, String, &'static str, String)> {
+    let Data::SurveyAnswered { survey, score, scale, comment } = &event.data else {
+        return None;
+    };
+    let (low, high) = scale.or_else(|| default_scale(survey))?;
+    let answer = SurveyResponse { survey: survey.clone(), score: *score, scale_min: low, scale_max: high, answered_ms: event.occurred_at_ms };
+    if !is_detractor(&answer) {
+        return None;
+    }
+    let mut detail = format!("{} answer {} on {}-{}", survey.to_uppercase(), number_text(*score), number_text(low), number_text(high));
+    if let Some(comment) = comment.as_deref().filter(|text| !text.is_empty()) {
+        detail.push_str(&format!(": \"{comment}\""));
+    }
+    Some(("detractor", event.event_id.clone(), "warning", detail))
+}
+
+/// `scoring.alerts.purchase_lapse`.
+fn purchase_lapse(state: &CustomerState, at_ms: i64, rules: &AlertParameters) -> Option<(f64, f64)> {
+    if state.mrr > 0.0 || state.cancelled_ms != 0 || state.purchase_days < rules.purchase_lapse_min_purchases {
+        return None;
+    }
+    let days = state.last_purchase_ms.div_euclid(DAY_MS) - state.first_purchase_ms.div_euclid(DAY_MS);
+    let gap = days as f64 / (state.purchase_days - 1) as f64;
+    let silent_days = (at_ms - state.last_purchase_ms) as f64 / DAY_MS as f64;
+    if silent_days > py_max(rules.purchase_lapse_min_days, rules.purchase_lapse_gap_multiplier * gap) {
+        Some((silent_days, gap))
+    } else {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -175,7 +288,9 @@ fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &A
         found.push(("sharp_drop", detail));
     }
     if rules.purchase_activity {
-        found.push(("purchase_activity", None)); // no BG/NBD, no expected purchases
+        // no BG/NBD here: the customer's own purchase rhythm
+        let lapse = purchase_lapse(state, at_ms, rules);
+        found.push(("purchase_activity", lapse.map(|(silent_days, gap)| format!("no purchase for {silent_days:.0} days; usually every {gap:.1} days"))));
     }
     if rules.payment_trouble && !state.has_billing {
         found.push(("payment_trouble", None));
@@ -225,7 +340,7 @@ fn remember_score(state: &mut CustomerState, health: &HealthScore, at_ms: i64, r
 }
 
 /// `scoring.alerts._due_digest`: the summary of an earlier day's digest alerts.
-fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reasons: &[(String, f64)]) -> Option<Alert> {
+fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reasons: &[(String, f64)], rules: &AlertParameters) -> Option<Alert> {
     let first = state.alert_digest.first()?.0;
     if first.div_euclid(DAY_MS) >= at_ms.div_euclid(DAY_MS) {
         return None;
@@ -235,21 +350,7 @@ fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reaso
     let date = rfc3339(day * DAY_MS);
     let detail = format!("{} alert(s) on {}: {}", state.alert_digest.len(), &date[..10], items.join("; "));
     state.alert_digest.clear();
-    let episode = day.to_string();
-    Some(Alert {
-        alert_id: alert_id(&state.customer_id, "digest", &episode),
-        customer_id: state.customer_id.clone(),
-        rule: "digest",
-        severity: "digest",
-        score: health.score,
-        previous_score: health.previous_score,
-        band: health.band,
-        churn_risk: health.churn_risk,
-        reasons: reasons.to_vec(),
-        occurred_at_ms: at_ms,
-        detail,
-        plan: state.plan.clone(),
-    })
+    Some(make_alert(state, health, at_ms, "digest", &day.to_string(), "digest", detail, reasons, rules))
 }
 
 pub fn evaluate(
@@ -258,13 +359,21 @@ pub fn evaluate(
     at_ms: i64,
     scoring: &Parameters,
     rules: &AlertParameters,
+    event: &Event,
 ) -> AlertDecision {
     let mut opened: Vec<(&'static str, String, &'static str, String)> = Vec::new();
+    if rules.detractor {
+        opened.extend(detractor(event));
+    }
 
     if rules.cancellation && state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
         if episode_get(&state.alert_episodes, "cancellation") != Some(state.cancelled_ms) {
             episode_set(&mut state.alert_episodes, "cancellation", state.cancelled_ms);
-            opened.push(("cancellation", state.cancelled_ms.to_string(), "critical", "subscription cancelled".to_owned()));
+            let detail = match state.cancellation_reason.as_deref().filter(|reason| !reason.is_empty()) {
+                Some(reason) => format!("subscription cancelled: {reason}"),
+                None => "subscription cancelled".to_owned(),
+            };
+            opened.push(("cancellation", state.cancelled_ms.to_string(), "critical", detail));
         }
     } else if episode_get(&state.alert_episodes, "cancellation").is_some() && state.cancelled_ms == 0 {
         episode_remove(&mut state.alert_episodes, "cancellation");
@@ -312,7 +421,7 @@ pub fn evaluate(
     remember_score(state, health, at_ms, rules);
     let mut decision = AlertDecision::default();
     let reasons: Vec<(String, f64)> = health.changes.iter().take(3).map(|(name, change)| (name.clone(), py_round(*change, 2))).collect();
-    if let Some(digest) = due_digest(state, health, at_ms, &reasons) {
+    if let Some(digest) = due_digest(state, health, at_ms, &reasons, rules) {
         decision.raised.push(digest);
     }
     if opened.is_empty() && decision.raised.is_empty() {
@@ -342,20 +451,7 @@ pub fn evaluate(
         if budget != 0 {
             state.alert_times.push(at_ms);
         }
-        decision.raised.push(Alert {
-            alert_id: alert_id(&state.customer_id, rule, &episode),
-            customer_id: state.customer_id.clone(),
-            rule,
-            severity,
-            score: health.score,
-            previous_score: health.previous_score,
-            band: health.band,
-            churn_risk: health.churn_risk,
-            reasons: reasons.clone(),
-            occurred_at_ms: at_ms,
-            detail,
-            plan: state.plan.clone(),
-        });
+        decision.raised.push(make_alert(state, health, at_ms, rule, &episode, severity, detail, &reasons, rules));
     }
     decision
 }

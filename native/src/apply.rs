@@ -35,12 +35,12 @@ pub enum Data {
     TicketOpened { ticket_id: String, priority: String },
     TicketResolved { ticket_id: String },
     TicketReopened { ticket_id: String },
-    SurveyAnswered { survey: String, score: f64, scale: Option<(f64, f64)> },
+    SurveyAnswered { survey: String, score: f64, scale: Option<(f64, f64)>, comment: Option<String> },
     InvoiceIssued { invoice_id: String, amount: f64, due_ms: i64 },
     PaymentSucceeded { invoice_id: String },
     PaymentFailed,
     SubscriptionUpdated { mrr: f64, plan: Option<String> },
-    SubscriptionCancelled,
+    SubscriptionCancelled { reason: Option<String> },
 }
 
 pub struct Event {
@@ -278,7 +278,7 @@ pub fn apply_event(
             state.tickets_reopened += 1;
             open_ticket(state, ticket_id, at, 1);
         }
-        Data::SurveyAnswered { survey, score, scale } => {
+        Data::SurveyAnswered { survey, score, scale, .. } => {
             let (low, high) = scale.or_else(|| default_scale(survey)).unwrap_or((0.0, 10.0));
             state.surveys.push(SurveyResponse { survey: survey.clone(), score: *score, scale_min: low, scale_max: high, answered_ms: at });
             state.surveys.sort_by_key(|response| response.answered_ms);
@@ -311,10 +311,14 @@ pub fn apply_event(
             }
             if state.cancelled_ms != 0 && at > state.cancelled_ms {
                 state.cancelled_ms = 0;
+                state.cancellation_reason = None;
             }
         }
-        Data::SubscriptionCancelled => {
+        Data::SubscriptionCancelled { reason } => {
             state.has_billing = true;
+            if at >= state.cancelled_ms {
+                state.cancellation_reason = reason.clone().filter(|text| !text.is_empty());
+            }
             state.cancelled_ms = state.cancelled_ms.max(at);
         }
     }

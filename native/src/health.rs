@@ -19,6 +19,7 @@ pub struct Parameters {
     pub segment_weights: Vec<(String, Vec<(String, f64)>)>,
     pub healthy_min: f64,
     pub at_risk_min: f64,
+    pub healthy_min_active_days: i64,
     pub usage_half_life_days: f64,
     pub key_features: Vec<String>,
     pub purchase_half_life_days: f64,
@@ -57,10 +58,17 @@ pub struct HealthScore {
     pub confidence: f64,
     pub changes: Vec<(String, f64)>,
     pub previous_score: Option<f64>,
+    /// Cancelled at `as_of_ms` (0: not), and why.
+    pub cancelled_ms: i64,
+    pub cancellation_reason: Option<String>,
+    pub mrr: f64,
+    pub usage_growth: Option<f64>,
 }
 
 struct ActivitySums {
     activity_7d: i64,
+    activity_30d: i64,
+    activity_60d: i64,
     activity_90d: i64,
     orders_30d: i64,
     orders_90d: i64,
@@ -73,18 +81,22 @@ fn activity_sums(state: &CustomerState, at_ms: i64) -> ActivitySums {
     let today = at_ms.div_euclid(DAY_MS);
     let end = days.partition_point(|day| *day <= today);
     let start = days[..end].partition_point(|day| *day < today - 89);
-    let mut sums = ActivitySums { activity_7d: 0, activity_90d: 0, orders_30d: 0, orders_90d: 0, failed_payments_30d: 0 };
+    let mut sums = ActivitySums { activity_7d: 0, activity_30d: 0, activity_60d: 0, activity_90d: 0, orders_30d: 0, orders_90d: 0, failed_payments_30d: 0 };
     for index in start..end {
         let activity = counts.columns[SESSIONS][index] + counts.columns[FEATURE_USES][index];
         let orders = counts.columns[PURCHASES][index];
         sums.activity_90d += activity;
         sums.orders_90d += orders;
         let age = today - days[index];
-        if age < 30 {
-            sums.orders_30d += orders;
-            sums.failed_payments_30d += counts.columns[PAYMENTS_FAILED][index];
-            if age < 7 {
-                sums.activity_7d += activity;
+        if age < 60 {
+            sums.activity_60d += activity;
+            if age < 30 {
+                sums.activity_30d += activity;
+                sums.orders_30d += orders;
+                sums.failed_payments_30d += counts.columns[PAYMENTS_FAILED][index];
+                if age < 7 {
+                    sums.activity_7d += activity;
+                }
             }
         }
     }
@@ -166,6 +178,29 @@ fn support_score(state: &CustomerState, parameters: &Parameters) -> Option<f64> 
     Some(py_max(0.0, 100.0 - load - slow - reopens))
 }
 
+/// `scoring.health.nps_rating`.
+fn nps_rating(answer: &SurveyResponse) -> f64 {
+    10.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+}
+
+/// `scoring.health.answer_points`: NPS by category, the others linearly.
+fn answer_points(answer: &SurveyResponse) -> f64 {
+    if answer.survey == "nps" {
+        let rating = nps_rating(answer);
+        return if rating >= 9.0 { 100.0 } else if rating >= 7.0 { 50.0 } else { 0.0 };
+    }
+    100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
+}
+
+/// `scoring.health.is_detractor`: NPS 0-6, or CSAT in the lowest quarter of its scale.
+pub fn is_detractor(answer: &SurveyResponse) -> bool {
+    match answer.survey.as_str() {
+        "nps" => nps_rating(answer) < 7.0,
+        "csat" => (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min) <= 0.25,
+        _ => false,
+    }
+}
+
 fn sentiment_score(state: &CustomerState, at_ms: i64, parameters: &Parameters) -> Option<f64> {
     let mut total = 0.25 * 50.0;
     let mut weights = 0.25;
@@ -173,7 +208,7 @@ fn sentiment_score(state: &CustomerState, at_ms: i64, parameters: &Parameters) -
     for answer in state.surveys.iter().filter(|answer| answer.answered_ms <= at_ms) {
         any = true;
         let weight = decay(at_ms - answer.answered_ms, parameters.sentiment_half_life_days);
-        total += weight * 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min);
+        total += weight * answer_points(answer);
         weights += weight;
     }
     if any { Some(total / weights) } else { None }
@@ -302,17 +337,33 @@ pub fn score_state(
         }
     }
     composite = py_min(100.0, py_max(0.0, composite));
-    if state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
+    let mut confidence = total_weight / all_weights;
+    if state.active_days < parameters.healthy_min_active_days {
+        confidence *= state.active_days as f64 / parameters.healthy_min_active_days as f64;
+        composite = py_min(composite, parameters.healthy_min - 0.01);
+    }
+    let cancelled = state.cancelled_ms != 0 && state.cancelled_ms <= at_ms;
+    if cancelled {
         composite = py_min(composite, parameters.at_risk_min - 0.01);
     }
+    let before_30d = sums.activity_60d - sums.activity_30d;
+    let usage_growth = if state.last_usage_ms != 0 && before_30d > 0 {
+        Some(sums.activity_30d as f64 / before_30d as f64 - 1.0)
+    } else {
+        None
+    };
     Some(HealthScore {
         score: py_round(composite, 2),
         band: band_for(composite, parameters),
         churn_risk: py_round(churn_risk_for(composite, weakest), 4),
         components,
         as_of_ms: at_ms,
-        confidence: total_weight / all_weights,
+        confidence,
         changes: largest_first(changes),
         previous_score,
+        cancelled_ms: if cancelled { state.cancelled_ms } else { 0 },
+        cancellation_reason: if cancelled { state.cancellation_reason.clone() } else { None },
+        mrr: state.mrr,
+        usage_growth,
     })
 }

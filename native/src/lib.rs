@@ -18,7 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use alerts::AlertParameters;
+use alerts::{Action, AlertParameters};
 use apply::{Event, Outcome};
 use health::{HealthScore, Parameters};
 use state::{CustomerState, PublishedScore};
@@ -65,12 +65,13 @@ struct Kernel {
 impl Kernel {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key))]
+    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, healthy_min_active_days, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key))]
     fn new(
         weights: Vec<(String, f64)>,
         segment_weights: Vec<(String, Vec<(String, f64)>)>,
         healthy_min: f64,
         at_risk_min: f64,
+        healthy_min_active_days: i64,
         usage_half_life_days: f64,
         key_features: Vec<String>,
         purchase_half_life_days: f64,
@@ -90,6 +91,9 @@ impl Kernel {
                 sharp_drop_window_days: rules.getattr("sharp_drop_window_days")?.extract()?,
                 sharp_drop_window_text: rules.py().eval(c"lambda days: format(days, 'g')", None, None)?.call1((rules.getattr("sharp_drop_window_days")?,))?.extract()?,
                 purchase_activity: rules.getattr("purchase_activity")?.extract()?,
+                purchase_lapse_gap_multiplier: rules.getattr("purchase_lapse_gap_multiplier")?.extract()?,
+                purchase_lapse_min_days: rules.getattr("purchase_lapse_min_days")?.extract()?,
+                purchase_lapse_min_purchases: rules.getattr("purchase_lapse_min_purchases")?.extract()?,
                 payment_trouble: rules.getattr("payment_trouble")?.extract()?,
                 payment_failures_30d: rules.getattr("payment_failures_30d")?.extract()?,
                 payment_overdue_days: rules.getattr("payment_overdue_days")?.extract()?,
@@ -102,6 +106,22 @@ impl Kernel {
                 cooldown_hours: rules.getattr("cooldown_hours")?.extract()?,
                 max_alerts_per_customer_30d: rules.getattr("max_alerts_per_customer_30d")?.extract()?,
                 digest_rules: rules.getattr("digest_rules")?.extract()?,
+                detractor: rules.getattr("detractor")?.extract()?,
+                actions: rules
+                    .getattr("actions")?
+                    .try_iter()?
+                    .map(|action| {
+                        let action = action?;
+                        Ok(Action {
+                            rule: action.getattr("rule")?.extract()?,
+                            action: action.getattr("action")?.extract()?,
+                            owner: action.getattr("owner")?.extract()?,
+                            due_hours: action.getattr("due_hours")?.extract()?,
+                            severity: action.getattr("severity")?.extract()?,
+                            band: action.getattr("band")?.extract()?,
+                        })
+                    })
+                    .collect::<PyResult<Vec<Action>>>()?,
             }),
         };
         Ok(Kernel {
@@ -112,6 +132,7 @@ impl Kernel {
                 segment_weights,
                 healthy_min,
                 at_risk_min,
+                healthy_min_active_days,
                 usage_half_life_days,
                 key_features,
                 purchase_half_life_days,
@@ -212,7 +233,7 @@ impl Kernel {
             let previous_score = state.published.as_ref().map(|published| published.score);
             if let Some(health) = health::score_state(&state, at_ms, &self.parameters, previous, previous_score) {
                 if let Some(rules) = &self.rules {
-                    let decision = alerts::evaluate(&mut state, &health, at_ms, &self.parameters, rules);
+                    let decision = alerts::evaluate(&mut state, &health, at_ms, &self.parameters, rules, event);
                     for alert in &decision.raised {
                         let message = message::alert_message(alert, computed_at_ms, &self.model_version);
                         raised.push((alert.alert_id.clone(), alert.rule, alert.severity, PyBytes::new(py, &message)));

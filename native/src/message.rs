@@ -184,6 +184,20 @@ pub fn health_message(
     json.string_field("model_version", model_version);
     json.key("trigger_event_id");
     json.optional_string(trigger_event_id);
+    json.raw(",");
+    json.key("cancelled");
+    json.raw(if health.cancelled_ms != 0 { "true" } else { "false" });
+    json.raw(",");
+    json.key("cancelled_at");
+    let cancelled_at = (health.cancelled_ms != 0).then(|| rfc3339(health.cancelled_ms));
+    json.optional_string(cancelled_at.as_deref());
+    json.raw(",");
+    json.key("cancellation_reason");
+    json.optional_string(health.cancellation_reason.as_deref());
+    json.raw(",");
+    json.float_field("mrr", health.mrr);
+    json.key("usage_growth");
+    json.optional_float(health.usage_growth.map(|growth| half_up(growth, 10_000.0)));
     json.raw("}");
     std::mem::take(&mut json.bytes)
 }
@@ -221,10 +235,17 @@ pub fn alert_message(alert: &Alert, raised_at_ms: i64, model_version: &str) -> V
     json.string(model_version);
     json.raw(",");
     json.key("plan");
-    match &alert.plan {
-        Some(plan) => json.string(plan),
-        None => json.raw("null"),
-    }
+    json.optional_string(alert.plan.as_deref());
+    json.raw(",");
+    json.key("recommended_action");
+    json.optional_string(alert.recommended_action.as_deref());
+    json.raw(",");
+    json.key("action_owner");
+    json.optional_string(alert.action_owner.as_deref());
+    json.raw(",");
+    json.key("action_due_at");
+    let due_at = alert.action_due_hours.map(|hours| rfc3339(raised_at_ms + (hours * 3_600_000.0) as i64));
+    json.optional_string(due_at.as_deref());
     json.raw("}");
     std::mem::take(&mut json.bytes)
 }

@@ -6,8 +6,8 @@ use crate::msgpack::{Reader, Result, Writer};
 
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
-pub const LAYOUT: i64 = 2;
-pub const KNOWN_FIELDS: usize = 36;
+pub const LAYOUT: i64 = 3;
+pub const KNOWN_FIELDS: usize = 37;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -95,8 +95,10 @@ pub struct CustomerState {
     pub recent_scores: Vec<(i64, f64)>,
     pub alert_times: Vec<i64>,
     pub alert_digest: Vec<(i64, String, String)>,
-    /// The record's layout version, the last known field (1: written before it existed).
+    /// The record's layout version (1: written before it existed).
     pub layout: i64,
+    /// Layout 3: why the customer cancelled, while cancelled.
+    pub cancellation_reason: Option<String>,
 }
 
 impl CustomerState {
@@ -138,6 +140,7 @@ impl CustomerState {
             alert_times: Vec::new(),
             alert_digest: Vec::new(),
             layout: LAYOUT,
+            cancellation_reason: None,
         }
     }
 }
@@ -321,6 +324,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     });
     state.layout = 1; // a record without the field predates it
     field!(state.layout, reader.int()?);
+    field!(state.cancellation_reason, optional_string(reader)?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -447,5 +451,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.string(detail);
     }
     w.int(state.layout.max(LAYOUT)); // an older layout's record is written in this one
+    write_optional_string(w, &state.cancellation_reason);
     writer.bytes
 }

@@ -22,6 +22,8 @@ const EARLIEST_MS: i64 = 946_684_800_000;
 // the kernel declines, and the contract names the reason (`out_of_range`, `too_long`).
 const LATEST_MS: i64 = 4_102_444_800_000;
 const MAX_TEXT: usize = 256;
+/// `scoring.contract.MAX_COMMENT`: characters of a survey answer's comment.
+const MAX_COMMENT: usize = 1_000;
 const MAX_MONEY: f64 = 1_000_000_000.0;
 const MAX_QUANTITY: i64 = 1_000_000;
 const MAX_ITEMS: usize = 1_000;
@@ -236,6 +238,8 @@ struct SurveyAnsweredData {
     score: f64,
     #[serde(default)]
     scale: Option<(f64, f64)>,
+    #[serde(default)]
+    comment: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -359,10 +363,11 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
             let default = default_scale(&data.survey)?; // also: the survey is one of the three
             let (low, high) = data.scale.unwrap_or(default);
             let in_range = survey_number(low) && survey_number(high) && low < high && low <= data.score && data.score <= high;
-            if !(survey_number(data.score) && in_range) {
+            let comment_fits = data.comment.as_deref().is_none_or(|text| text.len() <= MAX_COMMENT || text.chars().count() <= MAX_COMMENT);
+            if !(survey_number(data.score) && in_range && comment_fits) {
                 return None;
             }
-            Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale }
+            Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale, comment: data.comment }
         }
         "invoice.issued" => {
             let data: InvoiceIssuedData = parse(raw)?;
@@ -401,7 +406,7 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
             if !short_or_none(&data.reason) {
                 return None;
             }
-            Data::SubscriptionCancelled
+            Data::SubscriptionCancelled { reason: data.reason }
         }
         _ => return None,
     })
@@ -414,7 +419,7 @@ pub fn read_accepted(value: &[u8], occurred_at_ms: i64, due_ms: Option<i64>) -> 
     let data = match (envelope.data, envelope.kind) {
         (Some(raw), kind) => payload(kind, raw, due_ms),
         (None, "checkout.abandoned") => Some(Data::CheckoutAbandoned),
-        (None, "subscription.cancelled") => Some(Data::SubscriptionCancelled),
+        (None, "subscription.cancelled") => Some(Data::SubscriptionCancelled { reason: None }),
         (None, _) => None,
     };
     let data = data.ok_or_else(|| format!("the kernel does not read this {} payload", envelope.kind))?;

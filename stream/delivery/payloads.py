@@ -38,6 +38,9 @@ class Alert(msgspec.Struct):
     occurred_at: str = ""
     raised_at: str = ""
     plan: str | None = None
+    recommended_action: str | None = None
+    action_owner: str | None = None
+    action_due_at: str | None = None
 
 
 _alert = msgspec.json.Decoder(Alert)
@@ -105,6 +108,13 @@ def mrkdwn_escaped(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def next_step_text(alert: Alert) -> str:
+    """"*Next step* (csm, by 2026-12-08 10:00 UTC)" and the playbook's action, escaped."""
+    due = f", by {alert.action_due_at[:16].replace('T', ' ')} UTC" if alert.action_due_at else ""
+    owner = mrkdwn_escaped(alert.action_owner or "")
+    return f"*Next step* ({owner}{due})\n{mrkdwn_escaped(alert.recommended_action or '')}"
+
+
 def slack_message(alert: Alert, customer_url_template: str | None) -> dict:
     """A Block Kit message built with slack_sdk's models (which check the limits of each block);
     every customer-supplied string is escaped and cut to those limits."""
@@ -126,6 +136,8 @@ def slack_message(alert: Alert, customer_url_template: str | None) -> dict:
     ]
     if alert.detail:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=fit(mrkdwn_escaped(alert.detail), TEXT_CHARACTERS))]))
+    if alert.recommended_action:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=fit(next_step_text(alert), TEXT_CHARACTERS))))
     if customer_url_template:
         url = customer_url_template.format(customer_id=quote(alert.customer_id, safe=""))
         if len(url) <= URL_CHARACTERS:

@@ -13,13 +13,15 @@ import logging
 from collections import Counter
 from typing import Any, Awaitable, Iterable, Mapping
 
+import msgspec
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from scoring import kernel
 from scoring.alerts import AlertParameters
-from scoring.contract import Event, Rejection, RejectReason, TopicKind, decode_event
+from scoring.contract import Event, Rejection, RejectReason, SubscriptionCancelled, TopicKind, decode_event
 from scoring.health import ScoringParameters
+from scoring.kpis import cancellation_reason_label
 from scoring.pipeline import step
 from scoring.privacy import ErasedCustomers
 from scoring.state import Outcome
@@ -35,6 +37,20 @@ log = logging.getLogger("healthscore.worker")
 DECLINED = object()
 
 Waiting = Awaitable[None] | None
+
+
+class _CancelledData(msgspec.Struct):
+    reason: str | None = None
+
+
+class _Cancellation(msgspec.Struct):
+    """What counting an applied cancellation reads of its message (the kernel took the rest)."""
+
+    type: str
+    data: _CancelledData | None = None
+
+
+_cancellation = msgspec.json.Decoder(_Cancellation)
 
 
 def validate_batch(
@@ -95,6 +111,8 @@ class EventPath:
         self._max_skew_ms = settings.max_future_skew_seconds * 1000
         self._forward_misrouted = settings.misrouted_events == "forward"
         self._skip_unknown_types = settings.unknown_event_types == "count_and_skip"
+        self._cancellation_reasons = tuple(settings.cancellation_reasons)
+        self._payments_topics = {topic for topic, kind in input_kinds.items() if kind is TopicKind.PAYMENTS}
         self._partition_counts: dict[str, int] = {}  # learnt when the agent starts
         self._warned_misrouted: set[str] = set()
 
@@ -174,6 +192,8 @@ class EventPath:
         counts[message.topic, result.outcome._value_] += 1  # not .value: Enum's property costs 0.5 us
         if result.outcome is not Outcome.APPLIED:
             return None
+        if isinstance(decoded.data, SubscriptionCancelled):
+            metrics.CANCELLATIONS.labels(cancellation_reason_label(decoded.data.reason, self._cancellation_reasons)).inc()
         publisher = self._publisher
         publisher.queue_score(outputs, message.key, message.partition, decoded.customer_id, result, decoded.event_id, decoded.occurred_at_ms)
         if result.alerts.raised or result.alerts.suppressed:
@@ -238,6 +258,8 @@ class EventPath:
         counts[message.topic, outcome] += 1
         if outcome != "applied":
             return None
+        if message.topic in self._payments_topics and b"subscription.cancelled" in message.value:
+            self._count_cancellation(message.value)
         publisher = self._publisher
         if published is not None:
             encoded, score, churn_risk = published
@@ -245,3 +267,13 @@ class EventPath:
         if raised or suppressed:
             return publisher.publish_alerts(outputs, message.key, message.partition, customer_id, raised, suppressed)
         return None
+
+    def _count_cancellation(self, value: bytes) -> None:
+        """healthscore_cancellations_total by exit reason, for a cancellation the kernel applied."""
+        try:
+            event = _cancellation.decode(value)
+        except msgspec.DecodeError:  # the kernel accepted it, so this does not happen; never fail for a count
+            return
+        if event.type == "subscription.cancelled":
+            reason = event.data.reason if event.data is not None else None
+            metrics.CANCELLATIONS.labels(cancellation_reason_label(reason, self._cancellation_reasons)).inc()

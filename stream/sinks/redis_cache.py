@@ -14,6 +14,8 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+from scoring.kpis import expansion_growth
+from stream.sinks.alert_ledger import epoch_ms
 from stream import metrics
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,23 @@ def customer_key(prefix: str, customer_id: str, hash_tag: bool = False) -> str:
 
 
 def scores_key(prefix: str) -> str:
-    """Sorted set of every customer by latest score: the riskiest are ZRANGE 0 49."""
+    """Sorted set of the live (not cancelled) customers by latest score: the riskiest are ZRANGE 0 49."""
     return f"{prefix}:scores"
+
+
+def cancelled_key(prefix: str) -> str:
+    """Sorted set of the cancelled customers by latest score (they keep an order among themselves)."""
+    return f"{prefix}:cancelled"
+
+
+def churned_key(prefix: str) -> str:
+    """Sorted set of the cancelled customers by when they cancelled (epoch ms)."""
+    return f"{prefix}:churned"
+
+
+def expansion_key(prefix: str) -> str:
+    """Sorted set of the customers ready for more by their usage growth (scoring.kpis.expansion_growth)."""
+    return f"{prefix}:expansion"
 
 
 def alerts_key(prefix: str, customer_id: str, hash_tag: bool = False) -> str:
@@ -52,7 +69,13 @@ BACKLOG_QUIET_SECONDS = 1.0
 
 
 #: The hash fields of ``HGETALL <prefix>:customer:<id>`` (README), in row order after the id.
-SCORE_FIELDS = ("score", "band", "churn_risk", "as_of", "computed_at", "model_version", "components", "changes", "confidence")
+SCORE_FIELDS = (
+    "score", "band", "churn_risk", "as_of", "computed_at", "model_version", "components", "changes", "confidence",
+    "cancelled", "cancelled_at", "cancellation_reason", "mrr", "usage_growth",
+)
+#: After the hash fields of each customer: when it cancelled (epoch ms, or empty: live) and its
+#: usage growth if it is an expansion candidate (else empty). They place it in the sorted sets.
+_RANK_ARGUMENTS = 2
 
 # Writes the rows of one flush: the recent alerts lists, the customer hashes, the sorted set
 # by score. The rows come as plain arguments: ARGV = prefix, alerts kept per customer, the
@@ -72,11 +95,27 @@ for _ = 1, tonumber(ARGV[3]) do
   redis.call('LTRIM', key, 0, keep)
   index = index + 2
 end
-local scores = prefix .. ':scores'
+local scores, cancelled, churned, expansion = prefix .. ':scores', prefix .. ':cancelled', prefix .. ':churned', prefix .. ':expansion'
 while index <= #ARGV do
-  redis.call('HSET', prefix .. ':customer:' .. ARGV[index], {_HSET_FIELDS})
-  redis.call('ZADD', scores, ARGV[index + 1], ARGV[index])
-  index = index + {len(SCORE_FIELDS) + 1}
+  local customer = ARGV[index]
+  redis.call('HSET', prefix .. ':customer:' .. customer, {_HSET_FIELDS})
+  local cancelled_ms = ARGV[index + {len(SCORE_FIELDS) + 1}]
+  if cancelled_ms == '' then
+    redis.call('ZADD', scores, ARGV[index + 1], customer)
+    redis.call('ZREM', cancelled, customer)
+    redis.call('ZREM', churned, customer)
+  else
+    redis.call('ZADD', cancelled, ARGV[index + 1], customer)
+    redis.call('ZADD', churned, cancelled_ms, customer)
+    redis.call('ZREM', scores, customer)
+  end
+  local growth = ARGV[index + {len(SCORE_FIELDS) + 2}]
+  if growth == '' then
+    redis.call('ZREM', expansion, customer)
+  else
+    redis.call('ZADD', expansion, growth, customer)
+  end
+  index = index + {len(SCORE_FIELDS) + 1 + 2}
 end
 return 0
 """
@@ -103,52 +142,53 @@ class _StoredScore(msgspec.Struct):
     as_of: str
     computed_at: str
     model_version: str
+    cancelled: bool = False
+    cancelled_at: str | None = None
+    cancellation_reason: str | None = None
+    mrr: float = 0.0
+    usage_growth: float | None = None
 
 
 _stored_score = msgspec.json.Decoder(_StoredScore)
 
+#: (min_confidence, min_usage_growth) of the expansion list (settings' [expansion]).
+ExpansionRule = tuple[float, float]
+DEFAULT_EXPANSION: ExpansionRule = (0.5, 0.2)
 
-_ROW = _BULK * (len(SCORE_FIELDS) + 1)
 
-
-def _score_arguments(customer_id: str, encoded: bytes) -> bytes:
-    """The customer's id and hash values as script arguments (numbers as Python prints them)."""
+def _stored_values(encoded: bytes, expansion: ExpansionRule) -> tuple[bytes, ...]:
+    """The SCORE_FIELDS of a message as the hash keeps them (numbers as Python prints them,
+    an absent value as empty), then when it cancelled and its expansion growth."""
     message = _stored_score.decode(encoded)
+    growth = expansion_growth(message.band, message.confidence, message.usage_growth, *expansion)
+    cancelled_ms = epoch_ms(message.cancelled_at) if message.cancelled and message.cancelled_at else None
+    return (
+        repr(message.score).encode(), message.band.encode(), repr(message.churn_risk).encode(), message.as_of.encode(),
+        message.computed_at.encode(), message.model_version.encode(), bytes(message.components), bytes(message.changes),
+        repr(message.confidence).encode(), b"1" if message.cancelled else b"0", (message.cancelled_at or "").encode(),
+        (message.cancellation_reason or "").encode(), repr(message.mrr).encode(),
+        b"" if message.usage_growth is None else repr(message.usage_growth).encode(),
+        b"" if cancelled_ms is None else str(cancelled_ms).encode(), b"" if growth is None else repr(growth).encode(),
+    )
+
+
+_ROW = _BULK * (len(SCORE_FIELDS) + 1 + _RANK_ARGUMENTS)
+
+
+def _score_arguments(customer_id: str, encoded: bytes, expansion: ExpansionRule) -> bytes:
+    """The customer's id, hash values and ranks as script arguments, in one formatting."""
     customer = customer_id.encode()
-    score = repr(message.score).encode()
-    band = message.band.encode()
-    churn_risk = repr(message.churn_risk).encode()
-    as_of = message.as_of.encode()
-    computed_at = message.computed_at.encode()
-    model_version = message.model_version.encode()
-    components = bytes(message.components)
-    changes = bytes(message.changes)
-    confidence = repr(message.confidence).encode()
-    # One formatting of ten (length, value) pairs: a loop over the values took half as long again.
-    return _ROW % (
-        len(customer), customer, len(score), score, len(band), band, len(churn_risk), churn_risk,
-        len(as_of), as_of, len(computed_at), computed_at, len(model_version), model_version,
-        len(components), components, len(changes), changes, len(confidence), confidence,
-    )
+    values = _stored_values(encoded, expansion)
+    return _ROW % (len(customer), customer, *itertools.chain.from_iterable((len(value), value) for value in values))
 
 
-def _score_fields(encoded: bytes) -> dict[bytes, bytes]:
-    """The customer's hash fields, as the script writes them (for the per-key cluster writes)."""
-    message = _stored_score.decode(encoded)
-    values = (
-        repr(message.score), message.band, repr(message.churn_risk), message.as_of, message.computed_at,
-        message.model_version, bytes(message.components), bytes(message.changes), repr(message.confidence),
-    )
-    return {name.encode(): value if isinstance(value, bytes) else value.encode() for name, value in zip(SCORE_FIELDS, values)}
-
-
-def _script_call(prefix: str, alerts: list[tuple[str, bytes]], scores: dict[str, bytes]) -> list[bytes]:
+def _script_call(prefix: str, alerts: list[tuple[str, bytes]], scores: dict[str, bytes], expansion: ExpansionRule) -> list[bytes]:
     """EVALSHA of the write script with these rows, packed here: redis-py packs each argument
     in Python, which cost more per customer than scoring it."""
     arguments = [_bulk(prefix.encode()), _bulk(str(RECENT_ALERTS).encode()), _bulk(str(len(alerts)).encode())]
     arguments += [_bulk(customer_id.encode()) + _bulk(encoded) for customer_id, encoded in alerts]
-    arguments += [_score_arguments(customer_id, encoded) for customer_id, encoded in scores.items()]
-    count = 3 + 2 * len(alerts) + (len(SCORE_FIELDS) + 1) * len(scores)
+    arguments += [_score_arguments(customer_id, encoded, expansion) for customer_id, encoded in scores.items()]
+    count = 3 + 2 * len(alerts) + (len(SCORE_FIELDS) + 1 + _RANK_ARGUMENTS) * len(scores)
     return [b"*%d\r\n" % (count + 3), _bulk(b"EVALSHA"), _bulk(_WRITE_SCRIPT_SHA), _bulk(b"0"), *arguments]
 
 
@@ -195,6 +235,7 @@ class LatestScoreCache:
         prefix: str,
         backlog_interval_seconds: float = 0.0,
         backlog_pending_limit: int = BACKLOG_PENDING_LIMIT,
+        expansion: ExpansionRule = DEFAULT_EXPANSION,
     ) -> None:
         """``client``: from stream/sinks/redis_connection.py (TLS, ACL user, cluster), or a plain URL."""
         if isinstance(client, str):
@@ -203,6 +244,7 @@ class LatestScoreCache:
         #: A cluster takes per-key commands and hash-tagged keys instead of the one-script write.
         self.hash_tags = isinstance(client, RedisCluster)
         self._prefix = prefix
+        self._expansion = expansion
         self._pending: dict[str, bytes] = {}
         self._pending_alerts: list[tuple[str, bytes]] = []
         self._pending_erasures: list[str] = []  # evicted customers whose keys are to go
@@ -308,7 +350,7 @@ class LatestScoreCache:
             if self.hash_tags:
                 await self._write_per_key(alerts, scores)
             else:
-                await self._write(_script_call(self._prefix, alerts, scores))
+                await self._write(_script_call(self._prefix, alerts, scores, self._expansion))
         except (RedisError, OSError) as error:
             metrics.REDIS_WRITE_FAILURES.inc()
             gone = self._gone_during_flush  # erased meanwhile: never put back
@@ -348,13 +390,23 @@ class LatestScoreCache:
             key = alerts_key(self._prefix, customer_id, hash_tag=True)
             pipe.lpush(key, encoded)
             pipe.ltrim(key, 0, RECENT_ALERTS - 1)
-        ranks = {}
+        prefix = self._prefix
         for customer_id, encoded in scores.items():
-            fields = _score_fields(encoded)
-            pipe.hset(customer_key(self._prefix, customer_id, hash_tag=True), mapping=fields)
-            ranks[customer_id] = float(fields[b"score"])
-        if ranks:
-            pipe.zadd(scores_key(self._prefix), ranks)
+            *values, cancelled_ms, growth = _stored_values(encoded, self._expansion)
+            pipe.hset(customer_key(prefix, customer_id, hash_tag=True), mapping=dict(zip(SCORE_FIELDS, values)))
+            score = float(values[0])
+            if cancelled_ms:
+                pipe.zadd(cancelled_key(prefix), {customer_id: score})
+                pipe.zadd(churned_key(prefix), {customer_id: int(cancelled_ms)})
+                pipe.zrem(scores_key(prefix), customer_id)
+            else:
+                pipe.zadd(scores_key(prefix), {customer_id: score})
+                pipe.zrem(cancelled_key(prefix), customer_id)
+                pipe.zrem(churned_key(prefix), customer_id)
+            if growth:
+                pipe.zadd(expansion_key(prefix), {customer_id: float(growth)})
+            else:
+                pipe.zrem(expansion_key(prefix), customer_id)
         await pipe.execute()
 
     def queue_erase(self, customer_id: str) -> None:
@@ -383,7 +435,8 @@ class LatestScoreCache:
         for customer_id in customer_ids:
             pipe.delete(customer_key(self._prefix, customer_id, self.hash_tags))
             pipe.delete(alerts_key(self._prefix, customer_id, self.hash_tags))
-        pipe.zrem(scores_key(self._prefix), *customer_ids)
+        for ranking in (scores_key, cancelled_key, churned_key, expansion_key):
+            pipe.zrem(ranking(self._prefix), *customer_ids)
         await pipe.execute()
 
     async def close(self) -> None:

@@ -142,7 +142,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     app.transport.Consumer = BulkDeliveryConsumer.configured(settings.fetch_max_wait_seconds, write_changelog if deferred else None)
 
     # Sinks, and what a batch publishes through them.
-    cache = LatestScoreCache(redis_client(settings), settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds)
+    cache = LatestScoreCache(redis_client(settings), settings.redis_key_prefix, settings.redis_backlog_flush_interval_seconds, expansion=settings.expansion.rule())
     budget = FleetBudget(settings.alerts.max_alerts_per_day, settings.partitions)
     ledger = AlertLedger(
         connection_options(settings.kafka), settings.topics.alerts, settings.alert_tail_messages, budget,

@@ -12,7 +12,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 import faust
 import msgspec
@@ -22,7 +23,16 @@ from redis.exceptions import RedisError
 
 from stream import metrics
 from stream.settings import Settings
-from stream.sinks.redis_cache import RECENT_ALERTS, LatestScoreCache, alerts_key, customer_key, scores_key
+from stream.sinks.redis_cache import (
+    RECENT_ALERTS,
+    LatestScoreCache,
+    alerts_key,
+    cancelled_key,
+    churned_key,
+    customer_key,
+    expansion_key,
+    scores_key,
+)
 
 MAX_AT_RISK = 1000
 _LIMIT = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit takes "²", which int() refuses
@@ -156,41 +166,83 @@ def redis_unavailable(view: View, exc: BaseException) -> Response:
     return error(view, 503, "Redis is unavailable")
 
 
+#: The hash fields each list entry shows, after its id and score.
+LIST_FIELDS = ("band", "churn_risk", "confidence", "mrr", "as_of", "cancelled_at", "cancellation_reason", "usage_growth")
+#: Customers tied with the last of a page that are read to break the tie (by churn risk, then MRR).
+MAX_TIES = 1000
+_NUMBERS = {"churn_risk", "confidence", "mrr", "usage_growth"}
+
+
+def _value(name: str, raw: bytes | None) -> object:
+    if not raw:
+        return None
+    text = raw.decode()
+    return float(text) if name in _NUMBERS else text
+
+
+def riskiest_first(entry: dict) -> tuple:
+    """Lowest score first; ties by churn risk (higher first), then MRR (bigger account first), then id."""
+    return (entry["score"], -(entry["churn_risk"] or 0.0), -(entry["mrr"] or 0.0), entry["customer_id"])
+
+
+async def list_entries(redis: Any, prefix: str, tagged: bool, ranked: list[tuple[bytes, float]], score_name: str = "score") -> list[dict]:
+    """Each ranked customer with the LIST_FIELDS of its hash (one round trip)."""
+    if not ranked:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for customer_id, _ in ranked:
+            pipe.hmget(customer_key(prefix, customer_id.decode(), tagged), "score", *LIST_FIELDS)
+        details = await pipe.execute()
+    entries = []
+    for (customer_id, rank), (score, *values) in zip(ranked, details):
+        entry = {"customer_id": customer_id.decode(), "score": float(score) if score else None}
+        entry.update({name: _value(name, raw) for name, raw in zip(LIST_FIELDS, values)})
+        entry["cancelled"] = entry["cancelled_at"] is not None
+        if score_name != "score":
+            entry[score_name] = rank
+        entries.append(entry)
+    return entries
+
+
+async def riskiest(redis: Any, prefix: str, tagged: bool, key: str, limit: int) -> list[dict]:
+    """The ``limit`` lowest scores of a ranking, ties at the page's edge broken by riskiest_first."""
+    ranked = await redis.zrange(key, 0, limit - 1, withscores=True)
+    if len(ranked) == limit:
+        edge = ranked[-1][1]
+        ties = await redis.zrange(key, edge, edge, byscore=True, offset=0, num=MAX_TIES, withscores=True)
+        ranked = list({member: score for member, score in [*ranked, *ties]}.items())
+    entries = await list_entries(redis, prefix, tagged, ranked)
+    for entry in entries:
+        entry["score"] = entry["score"] if entry["score"] is not None else 0.0
+    entries.sort(key=riskiest_first)
+    return entries[:limit]
+
+
+def query_limit(request: Request) -> int | str:
+    """``?limit=`` (1-1000, default 50), or why it is refused."""
+    raw_limit = request.query.get("limit", "50")
+    if _LIMIT.fullmatch(raw_limit) is None or not 1 <= int(raw_limit) <= MAX_AT_RISK:
+        return f"limit must be an integer from 1 to {MAX_AT_RISK}, got {raw_limit[:20]!r}"
+    return int(raw_limit)
+
+
+def query_since_ms(request: Request) -> int | str:
+    """``?since=`` as RFC 3339 or a date (UTC), default the last 30 days; or why it is refused."""
+    raw = request.query.get("since")
+    if raw is None:
+        return int(time.time() * 1000) - 30 * 86_400_000
+    try:
+        moment = datetime.fromisoformat(raw[:40])
+    except ValueError:
+        return f"since must be an RFC 3339 time or a date (YYYY-MM-DD), got {raw[:40]!r}"
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
 def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_tokens: list[bytes]) -> None:
     """The customer lookups, from Redis, behind the bearer tokens when there are any."""
     redis = cache.client
     tagged = cache.hash_tags
-
-    @app.page("/customers/at-risk")
-    class AtRisk(View):
-        """Lowest scores first: ``?limit=N`` (1-1000, default 50)."""
-
-        async def get(self, request: Request) -> Response:
-            denied = refused(self, request, api_tokens)
-            if denied is not None:
-                return denied
-            raw_limit = request.query.get("limit", "50")
-            if _LIMIT.fullmatch(raw_limit) is None or not 1 <= int(raw_limit) <= MAX_AT_RISK:
-                return error(self, 400, f"limit must be an integer from 1 to {MAX_AT_RISK}, got {raw_limit[:20]!r}")
-            try:
-                ranked = await redis.zrange(scores_key(prefix), 0, int(raw_limit) - 1, withscores=True)
-                async with redis.pipeline(transaction=False) as pipe:
-                    for customer_id, _ in ranked:
-                        pipe.hmget(customer_key(prefix, customer_id.decode(), tagged), "band", "churn_risk", "as_of")
-                    details = await pipe.execute() if ranked else []
-            except (RedisError, OSError) as exc:
-                return redis_unavailable(self, exc)
-            customers = [
-                {
-                    "customer_id": customer_id.decode(),
-                    "score": score,
-                    "band": band.decode() if band else None,
-                    "churn_risk": float(risk) if risk else None,
-                    "as_of": as_of.decode() if as_of else None,
-                }
-                for (customer_id, score), (band, risk, as_of) in zip(ranked, details)
-            ]
-            return self.json({"customers": customers, "count": len(customers)})
+    register_lists(app, redis, prefix, tagged, api_tokens)
 
     @app.page("/customers/{customer_id}/health")
     class CustomerHealth(View):
@@ -207,19 +259,92 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                 return redis_unavailable(self, exc)
             if not fields:
                 return error(self, 404, "unknown customer (no score yet)")
-            values = {key.decode(): value.decode() for key, value in fields.items()}
+            values = {key.decode(): value for key, value in fields.items()}
+            text = {key: value.decode() for key, value in values.items()}
             return self.json(
                 {
                     "customer_id": customer_id,
-                    "score": float(values["score"]),
-                    "band": values["band"],
-                    "churn_risk": float(values["churn_risk"]),
-                    "confidence": float(values["confidence"]) if "confidence" in values else None,
-                    "components": msgspec.json.decode(values["components"]),
-                    "changes": msgspec.json.decode(values["changes"]) if "changes" in values else {},
-                    "as_of": values["as_of"],
-                    "computed_at": values["computed_at"],
-                    "model_version": values["model_version"],
+                    "score": float(text["score"]),
+                    "band": text["band"],
+                    "churn_risk": float(text["churn_risk"]),
+                    "confidence": _value("confidence", values.get("confidence")),
+                    "components": msgspec.json.decode(text["components"]),
+                    "changes": msgspec.json.decode(text["changes"]) if "changes" in text else {},
+                    "as_of": text["as_of"],
+                    "computed_at": text["computed_at"],
+                    "model_version": text["model_version"],
+                    "cancelled": text.get("cancelled") == "1",
+                    "cancelled_at": _value("cancelled_at", values.get("cancelled_at")),
+                    "cancellation_reason": _value("cancellation_reason", values.get("cancellation_reason")),
+                    "mrr": _value("mrr", values.get("mrr")),
+                    "usage_growth": _value("usage_growth", values.get("usage_growth")),
                     "recent_alerts": [msgspec.json.decode(alert) for alert in recent],
                 }
             )
+
+
+def register_lists(app: faust.App, redis: Any, prefix: str, tagged: bool, api_tokens: list[bytes]) -> None:
+    """The lists a customer-success manager opens: the riskiest still to save, who left, who is ready for more."""
+    register_at_risk(app, redis, prefix, tagged, api_tokens)
+    register_churned_and_expansion(app, redis, prefix, tagged, api_tokens)
+
+
+def register_at_risk(app: faust.App, redis: Any, prefix: str, tagged: bool, api_tokens: list[bytes]) -> None:
+    @app.page("/customers/at-risk")
+    class AtRisk(View):
+        """Live customers, lowest scores first (``?limit=``); ``?include_cancelled=true`` lists the
+        cancelled after them."""
+
+        async def get(self, request: Request) -> Response:
+            denied = refused(self, request, api_tokens)
+            if denied is not None:
+                return denied
+            limit = query_limit(request)
+            include = request.query.get("include_cancelled", "false").lower()
+            if isinstance(limit, str) or include not in ("true", "false", "1", "0"):
+                return error(self, 400, limit if isinstance(limit, str) else "include_cancelled must be true or false")
+            try:
+                customers = await riskiest(redis, prefix, tagged, scores_key(prefix), limit)
+                if include in ("true", "1") and len(customers) < limit:
+                    customers += await riskiest(redis, prefix, tagged, cancelled_key(prefix), limit - len(customers))
+            except (RedisError, OSError) as exc:
+                return redis_unavailable(self, exc)
+            return self.json({"customers": customers, "count": len(customers)})
+
+
+def register_churned_and_expansion(app: faust.App, redis: Any, prefix: str, tagged: bool, api_tokens: list[bytes]) -> None:
+    @app.page("/customers/churned")
+    class Churned(View):
+        """Customers who cancelled since ``?since=`` (default: 30 days ago), latest first, with their exit reason."""
+
+        async def get(self, request: Request) -> Response:
+            denied = refused(self, request, api_tokens)
+            if denied is not None:
+                return denied
+            limit, since_ms = query_limit(request), query_since_ms(request)
+            if isinstance(limit, str) or isinstance(since_ms, str):
+                return error(self, 400, limit if isinstance(limit, str) else str(since_ms))
+            try:
+                ranked = await redis.zrange(churned_key(prefix), "+inf", since_ms, desc=True, byscore=True, offset=0, num=limit, withscores=True)
+                customers = await list_entries(redis, prefix, tagged, ranked)
+            except (RedisError, OSError) as exc:
+                return redis_unavailable(self, exc)
+            return self.json({"customers": customers, "count": len(customers)})
+
+    @app.page("/customers/expansion")
+    class Expansion(View):
+        """Healthy customers ready for more (upsell, cross-sell), fastest-growing usage first."""
+
+        async def get(self, request: Request) -> Response:
+            denied = refused(self, request, api_tokens)
+            if denied is not None:
+                return denied
+            limit = query_limit(request)
+            if isinstance(limit, str):
+                return error(self, 400, limit)
+            try:
+                ranked = await redis.zrange(expansion_key(prefix), 0, limit - 1, desc=True, withscores=True)
+                customers = await list_entries(redis, prefix, tagged, ranked)
+            except (RedisError, OSError) as exc:
+                return redis_unavailable(self, exc)
+            return self.json({"customers": customers, "count": len(customers)})

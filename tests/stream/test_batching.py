@@ -526,18 +526,18 @@ def test_erasing_forgets_an_open_or_stored_record_and_its_index_entry_and_queues
 def test_a_record_of_a_newer_layout_keeps_its_unknown_fields_through_a_batch() -> None:
     import msgspec
 
-    from scoring.state import KNOWN_FIELDS
+    from scoring.state import KNOWN_FIELDS, LAYOUT, LAYOUT_INDEX
 
     table = Table()
     fields = msgspec.msgpack.decode(encode_state(new_state("acme")))
-    fields[KNOWN_FIELDS - 1] = 3  # written by a future layout 3, with one more field
+    fields[LAYOUT_INDEX] = LAYOUT + 1  # written by a future layout, with one more field
     table.data[b"acme"] = msgspec.msgpack.encode([*fields, ["from", "the", "future"]])
     outputs = Outputs()
     working = WorkingSet(table, {}, outputs, "changelog")
     assert working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.APPLIED
     working.write_back()
     written = msgspec.msgpack.decode(table.data[b"acme"])
-    assert written[KNOWN_FIELDS:] == [["from", "the", "future"]] and written[KNOWN_FIELDS - 1] == 3
+    assert written[KNOWN_FIELDS:] == [["from", "the", "future"]] and written[LAYOUT_INDEX] == LAYOUT + 1
     assert decode_state(table.data[b"acme"]).events_applied == 1
 
 

@@ -179,6 +179,26 @@ def test_the_slack_message_is_valid_block_kit_built_with_slack_sdk() -> None:
     json.dumps(message)
 
 
+def test_the_recommended_action_is_shown_in_slack_and_carried_in_the_webhook_body() -> None:
+    from datetime import datetime, timezone
+
+    from stream.delivery.payloads import webhook_body
+
+    with_action = msgspec.json.encode({**ALERT, "recommended_action": "Call <them> & fix it", "action_owner": "csm",
+                                       "action_due_at": "2026-12-03T10:00:00.050Z"})
+    message = slack_message(read_alert(with_action), None)
+    kinds = [block["type"] for block in message["blocks"]]
+    assert kinds == ["header", "section", "context", "section"]
+    step = message["blocks"][-1]
+    Block.parse(step).validate_json()
+    assert step["text"]["text"] == "*Next step* (csm, by 2026-12-03 10:00 UTC)\nCall &lt;them&gt; &amp; fix it"
+    # Without an action (an alert from before playbooks) no such block.
+    assert [block["type"] for block in slack_message(read_alert(RAW), None)["blocks"]] == ["header", "section", "context"]
+    body = json.loads(webhook_body(with_action, datetime(2026, 12, 1, tzinfo=timezone.utc)))
+    assert (body["data"]["recommended_action"], body["data"]["action_owner"], body["data"]["action_due_at"]) == (
+        "Call <them> & fix it", "csm", "2026-12-03T10:00:00.050Z")
+
+
 def test_the_slack_endpoint_receives_the_block_kit_json() -> None:
     async def scenario() -> Receiver:
         receiver = Receiver()

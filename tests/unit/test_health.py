@@ -11,10 +11,13 @@ from scoring.contract import (
     PaymentFailed,
     PurchaseCompleted,
     SubscriptionCancelled,
+    SubscriptionUpdated,
     SurveyAnswered,
     TicketOpened,
     UsageSession,
 )
+from dataclasses import replace
+
 from scoring.health import ScoringParameters, band_for, churn_risk_for, has_changed, score_state
 from scoring.state import DAY_MS, apply_event, new_state
 
@@ -54,11 +57,51 @@ def test_inactivity_lowers_the_score_as_time_passes_without_events() -> None:
 
 
 def test_missing_components_are_left_out_and_their_weight_spread_over_the_rest() -> None:
-    health = score_state(active_customer(), T0 + 29 * DAY_MS, PARAMETERS)
+    health = score_state(active_customer(), T0 + 29 * DAY_MS, replace(PARAMETERS, healthy_min_active_days=0))
     assert set(health.components) == {"usage"}
     assert health.components["usage"].weight == 1.0
     assert health.confidence == pytest.approx(0.30)
     assert health.score == health.components["usage"].score
+
+
+def test_a_single_short_session_is_not_enough_to_be_healthy() -> None:
+    # The customer: one 5-second session scored 100, healthy, confidence 0.30.
+    state = new_state("acme")
+    apply_event(state, ev("s", T0, UsageSession("u1", 5)))
+    health = score_state(state, T0, PARAMETERS)
+    assert health.components["usage"].score == 100.0
+    assert health.band == "at_risk" and health.score == PARAMETERS.healthy_min - 0.01
+    assert health.confidence == pytest.approx(0.30 / 3)  # a third of the days of evidence healthy needs
+    # More components the same day: still one day of evidence.
+    apply_event(state, ev("u", T0, SubscriptionUpdated(49.0)))
+    assert score_state(state, T0, PARAMETERS).band == "at_risk"
+    # Events on three distinct days: enough.
+    for day in (1, 2):
+        apply_event(state, ev(f"s{day}", T0 + day * DAY_MS, UsageSession("u1", 5)))
+    health = score_state(state, T0 + 2 * DAY_MS, PARAMETERS)
+    assert health.band == "healthy" and health.confidence == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("answer", "points"), [(10, 100.0), (9, 100.0), (8, 50.0), (7, 50.0), (6.99, 0.0), (6, 0.0), (0, 0.0)])
+def test_an_nps_answer_counts_by_its_category(answer: float, points: float) -> None:
+    from scoring.health import answer_points, is_detractor
+    from scoring.state import SurveyResponse
+
+    response = SurveyResponse("nps", answer, 0.0, 10.0, T0)
+    assert answer_points(response) == points
+    assert is_detractor(response) == (answer < 7)
+    # The same answer sent on another scale (0-100) is mapped onto 0-10 first.
+    assert answer_points(SurveyResponse("nps", answer * 10, 0.0, 100.0, T0)) == points
+
+
+@pytest.mark.parametrize(("answer", "detractor"), [(1, True), (2, True), (3, False), (5, False)])
+def test_a_csat_of_1_or_2_is_a_detractors_and_counts_linearly(answer: int, detractor: bool) -> None:
+    from scoring.health import answer_points, is_detractor
+    from scoring.state import SurveyResponse
+
+    response = SurveyResponse("csat", answer, 1.0, 5.0, T0)
+    assert is_detractor(response) is detractor
+    assert answer_points(response) == 100.0 * (answer - 1) / 4
 
 
 def test_contributions_add_up_to_the_score_and_weights_to_one() -> None:
@@ -127,6 +170,7 @@ def test_score_stays_within_0_and_100(sessions, failures, open_tickets, nps, lat
 def test_one_more_failed_payment_never_raises_the_score(failures: int) -> None:
     def score_with(count: int) -> float:
         state = active_customer()
+        apply_event(state, ev("m", state.last_event_ms, SubscriptionUpdated(49.0)))  # a subscriber: payments has data
         for index in range(count):
             apply_event(state, ev(f"f{index}", state.last_event_ms, PaymentFailed("i", 5.0)))
         return score_state(state, state.last_event_ms, PARAMETERS).score
@@ -136,10 +180,9 @@ def test_one_more_failed_payment_never_raises_the_score(failures: int) -> None:
 
 # --- Explanation, segments, purchase activity, sentiment, monotonicity ------------------
 
-from dataclasses import replace  # noqa: E402
 
 from scoring.bgnbd import BgNbdParameters  # noqa: E402
-from scoring.contract import InvoiceIssued, SubscriptionUpdated, TicketResolved  # noqa: E402
+from scoring.contract import InvoiceIssued, TicketResolved  # noqa: E402
 from scoring.health import component_scores, explain  # noqa: E402
 from scoring.pipeline import rescore, step  # noqa: E402
 
@@ -147,6 +190,7 @@ from scoring.pipeline import rescore, step  # noqa: E402
 def test_each_published_score_says_how_much_each_component_moved_it() -> None:
     state = active_customer()
     at = state.last_event_ms
+    PARAMETERS = replace(globals()["PARAMETERS"], healthy_min_active_days=0)  # no cap on thin evidence here
     initial = rescore(state, at, PARAMETERS)
     assert initial.previous_score is None and initial.changes == {"usage": initial.score}
     first = step(state, ev("f", at, PaymentFailed("i1", 10.0)), PARAMETERS, 64).publish

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 import shutil
 from typing import Any
 
@@ -24,6 +25,7 @@ from scoring.compiled import PURE_PYTHON_VARIABLE
 from scoring.contract import (
     LATEST_MS,
     MAX_DURATION_SECONDS,
+    MAX_COMMENT,
     MAX_ITEMS,
     MAX_MONEY,
     MAX_QUANTITY,
@@ -82,6 +84,8 @@ class Both:
         self.alerts = 0
         self.digests = 0
         self.suppressed = 0
+        self.rules_raised: Counter[str] = Counter()
+        self.actions = 0
 
     def apply(self, value: bytes, event: Event, topic: TopicKind, partition: int, offset: int) -> None:
         key = event.customer_id.encode()
@@ -118,6 +122,8 @@ class Both:
         ], event
         assert suppressed == list(expected.alerts.suppressed), event
         self.alerts += len(raised)
+        self.rules_raised.update(alert.rule for alert in expected.alerts.raised)
+        self.actions += sum(1 for alert in expected.alerts.raised if alert.recommended_action)
         self.digests += sum(1 for alert in expected.alerts.raised if alert.rule == "digest")
         self.suppressed += len(suppressed)
         # The kernel scores a stored record at any time as the model does.
@@ -169,6 +175,10 @@ def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameter
         assert both.suppressed == 0
     if rules.digest_rules:
         assert both.digests > 10
+    # Every rule the generator's customers give reasons for ran through both models.
+    expected_rules = {"band_downgrade", "cancellation", "detractor", "purchase_activity", "payment_trouble"} - set(rules.digest_rules)
+    assert expected_rules <= set(both.rules_raised), both.rules_raised
+    assert both.actions == both.alerts  # the default playbook has an action for every rule
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
@@ -220,10 +230,12 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStr
         return {"ticket_id": draw(small_ids)}
     if event_type == "survey.answered":
         survey = draw(st.sampled_from(["nps", "csat", "ces"]))
+        comment = draw(st.sampled_from([None, None, "", "too slow", 'said "no" \\ then\nleft', "é" * MAX_COMMENT]))
+        extra = {} if comment is None else {"comment": comment}
         if draw(st.booleans()):
-            return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10]}
+            return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10], **extra}
         low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}[survey]
-        return {"survey": survey, "score": draw(st.integers(low, high))}
+        return {"survey": survey, "score": draw(st.integers(low, high)), **extra}
     if event_type == "invoice.issued":
         due = at_ms + draw(st.integers(-40, 40)) * DAY_MS
         return {"invoice_id": draw(small_ids), "amount": draw(amounts), "due_at": draw(st.sampled_from([due, "2026-09-01T10:00:00+02:00"]))}
@@ -235,7 +247,7 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStr
         if plan is not None:
             payload["plan"] = plan
         return payload
-    return draw(st.sampled_from([{}, {"reason": "price"}]))
+    return draw(st.sampled_from([{}, {"reason": "price"}, {"reason": ""}, {"reason": "moved to \"Rival\""}]))
 
 
 @st.composite
@@ -307,7 +319,7 @@ def test_an_alert_held_back_by_the_cooldown_is_reported_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35])
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0
@@ -402,6 +414,7 @@ ODD_VALUES = [
     MAX_MONEY, MAX_MONEY + 1, 2e17, 10**30, MAX_QUANTITY, MAX_QUANTITY + 1, MAX_DURATION_SECONDS + 1, MAX_SURVEY_SCALE + 1,
     [-MAX_SURVEY_SCALE - 1, 10], LATEST_MS - 1, LATEST_MS, "2100-01-01T00:00:00Z", "x" * 257, "é" * 257, "2026-01-01",
     [{"sku": "a", "quantity": 1, "unit_price": 1}] * (MAX_ITEMS + 1), [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}],
+    "c" * MAX_COMMENT, "é" * (MAX_COMMENT + 1), "c" * (MAX_COMMENT + 1),
 ]
 
 
@@ -434,7 +447,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     if mutation == "envelope":
         body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "data" and isinstance(body["data"], dict):
-        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan"]))] = draw(st.sampled_from(ODD_VALUES))
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "drop":
         target = body if draw(st.booleans()) or not body["data"] else body["data"]
         del target[draw(st.sampled_from(sorted(target)))]

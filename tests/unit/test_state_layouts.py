@@ -15,10 +15,12 @@ from scoring import kernel
 from scoring.contract import Event, TopicKind, decode_event
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
-from scoring.state import KNOWN_FIELDS, LAYOUT, decode_record, decode_state, encode_record, encode_state
+from scoring.state import KNOWN_FIELDS, LAYOUT, LAYOUT_INDEX, decode_record, decode_state, encode_record, encode_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "state"
 LAYOUT_1 = sorted((FIXTURES / "layout-1").glob("*.msgpack"))
+LAYOUT_2 = sorted((FIXTURES / "layout-2").glob("*.msgpack"))
+OLDER = [*LAYOUT_1, *LAYOUT_2]
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
 
 
@@ -28,7 +30,7 @@ def as_json(state: object) -> list:
 
 
 def test_the_fixtures_are_there() -> None:
-    assert len(LAYOUT_1) == 6
+    assert len(LAYOUT_1) == len(LAYOUT_2) == 6
 
 
 @pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
@@ -38,9 +40,18 @@ def test_a_layout_1_record_reads_as_it_was_written_and_is_written_back_in_this_l
     state, unknown = decode_record(raw)
     assert unknown == () and state.layout == 1
     read = as_json(state)  # positional, as stored
-    assert len(expected) == 35 and read == [*expected, 1]  # every field of the old record, none lost or shifted
+    assert len(expected) == 35 and read == [*expected, 1, None]  # every field of the old record, none lost or shifted
     again = encode_state(state)
-    assert as_json(decode_state(again)) == [*expected, LAYOUT]
+    assert as_json(decode_state(again)) == [*expected, LAYOUT, None]
+
+
+@pytest.mark.parametrize("path", LAYOUT_2, ids=lambda path: path.stem)
+def test_a_layout_2_record_reads_as_it_was_written_and_is_written_back_in_this_layout(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".json").read_text())
+    state, unknown = decode_record(path.read_bytes())
+    assert unknown == () and state.layout == 2
+    assert len(expected) == 36 and as_json(state) == [*expected, None]  # no exit reason: it was not kept
+    assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, None]
 
 
 def usage_event(customer: str, at_ms: int) -> tuple[bytes, Event]:
@@ -52,8 +63,8 @@ def usage_event(customer: str, at_ms: int) -> tuple[bytes, Event]:
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
-def test_the_kernel_reads_a_layout_1_record_and_writes_what_the_model_writes(path: Path) -> None:
+@pytest.mark.parametrize("path", OLDER, ids=lambda path: f"{path.parent.name}-{path.stem}")
+def test_the_kernel_reads_an_older_record_and_writes_what_the_model_writes(path: Path) -> None:
     raw = path.read_bytes()
     state = decode_state(raw)
     value, event = usage_event(state.customer_id, state.last_event_ms + 3_600_000)
@@ -63,13 +74,13 @@ def test_the_kernel_reads_a_layout_1_record_and_writes_what_the_model_writes(pat
         raw, state.customer_id, value, event.occurred_at_ms, kernel.due_ms(event.data, event.occurred_at_ms), (kernel.STREAM_INDEX[TopicKind.USAGE], 0, 10**9), 32, event.occurred_at_ms,
     )
     assert outcome == expected.outcome.value == "applied"
-    assert record == encode_state(state)  # layout 2 from both
+    assert record == encode_state(state)  # this layout from both
 
 
 def newer_layout(raw: bytes) -> bytes:
-    """A record as a future layout 3 would write it: this layout's fields (layout = 3) and two more."""
+    """A record as a future layout would write it: this layout's fields (layout one more) and two more."""
     fields = msgspec.msgpack.decode(raw)
-    fields[KNOWN_FIELDS - 1] = 3
+    fields[LAYOUT_INDEX] = LAYOUT + 1
     return msgspec.msgpack.encode([*fields, {"future": [1, 2]}, "zz"])
 
 
@@ -77,13 +88,15 @@ def test_a_newer_layouts_fields_are_kept_when_this_code_writes_the_record_back()
     raw = encode_state(decode_state(LAYOUT_1[0].read_bytes()))
     newer = newer_layout(raw)
     state, unknown = decode_record(newer)
-    assert state.layout == 3 and len(unknown) == 2
+    assert state.layout == LAYOUT + 1 and len(unknown) == 2
     value, event = usage_event(state.customer_id, state.last_event_ms + 3_600_000)
     assert step(state, event, ScoringParameters(), 32, (TopicKind.USAGE, 0, 10**9), None).outcome.value == "applied"
     written = msgspec.msgpack.decode(encode_record(state, unknown))
     assert written[KNOWN_FIELDS:] == [{"future": [1, 2]}, "zz"]  # not dropped
-    assert written[KNOWN_FIELDS - 1] == 3  # still a layout 3 record
-    assert written[:KNOWN_FIELDS - 1] == msgspec.msgpack.decode(encode_state(state))[:KNOWN_FIELDS - 1]
+    assert written[LAYOUT_INDEX] == LAYOUT + 1  # still a record of the newer layout
+    this_layout = msgspec.msgpack.decode(encode_state(state))
+    del written[LAYOUT_INDEX], this_layout[LAYOUT_INDEX]
+    assert written[: KNOWN_FIELDS - 1] == this_layout
 
 
 @needs_kernel
