@@ -30,6 +30,8 @@ RULES: Final = ("band_downgrade", "sharp_drop", "purchase_activity", "payment_tr
 BAND_RANK: Final = {"healthy": 0, "at_risk": 1, "critical": 2}
 HOUR_MS: Final = 3_600_000
 BUDGET_WINDOW_MS: Final = 30 * DAY_MS
+#: Rules with one alert per event (each answer its own episode): the cooldown does not hold them back.
+PER_EVENT_RULES: Final = ("detractor",)
 #: Alerts raised at the same moment are taken in this order when the budget has room for only some.
 SEVERITY_RANK: Final = {"critical": 0, "warning": 1}
 
@@ -90,7 +92,7 @@ class AlertParameters:
     #: Without BG/NBD: a customer without a subscription lapses when it has not bought for longer
     #: than this many times its usual gap between purchase days (and ``purchase_lapse_min_days``),
     #: once it has ``purchase_lapse_min_purchases`` purchase days.
-    purchase_lapse_gap_multiplier: float = 3.0
+    purchase_lapse_gap_multiplier: float = 4.0
     purchase_lapse_min_days: float = 14.0
     purchase_lapse_min_purchases: int = 3
     payment_trouble: bool = False
@@ -112,7 +114,7 @@ class AlertParameters:
     cooldown_hours: float = 24.0
     #: At most this many alerts per customer in any 30 days (0: no limit); simultaneous ones
     #: are taken critical first, the rest suppressed.
-    max_alerts_per_customer_30d: int = 2
+    max_alerts_per_customer_30d: int = 1
     #: Rules whose alerts are not sent one by one but summarised per customer per day, in one
     #: alert of rule and severity ``digest`` (outside the budget).
     digest_rules: tuple[str, ...] = ()
@@ -262,6 +264,7 @@ def _cancellation(state: CustomerState, at_ms: int) -> Opened | None:
 
 def number_text(value: float) -> str:
     """A survey number as people write it: 6, not 6.0; else its shortest form (6.5)."""
+    value = float(value)  # an int from a caller: the same text as the float the contract reads
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return msgspec.json.encode(value).decode()
@@ -399,7 +402,8 @@ def _raise(state: CustomerState, health: HealthScore, at_ms: int, rules: AlertPa
     for rule, episode, severity, detail in opened:
         last = state.alert_last_raised.get(rule)
         digested = rule in rules.digest_rules
-        if (last is not None and 0 <= at_ms - last < cooldown_ms) or (not digested and budget and len(state.alert_times) >= budget):
+        cooling = last is not None and 0 <= at_ms - last < cooldown_ms and rule not in PER_EVENT_RULES
+        if cooling or (not digested and budget and len(state.alert_times) >= budget):
             suppressed.append((rule, severity))
             continue
         state.alert_last_raised[rule] = at_ms

@@ -36,8 +36,16 @@ $hs watch --limit 40
 wait "$generator"
 sleep 2
 echo
-echo "The 10 riskiest customers, from Redis (ZRANGE healthscore:scores 0 9 WITHSCORES):"
-redis-cli -h 127.0.0.1 ZRANGE healthscore:scores 0 9 WITHSCORES | paste - -
+api="http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}"
+echo "The 10 riskiest customers still to save (GET /customers/at-risk?limit=10: live customers only;"
+echo "who already left: /customers/churned), with the next step of their latest alert:"
+{
+  printf 'customer\tscore\tband\tchurn risk\tconfidence\tnext step\n'
+  curl -s "$api/customers/at-risk?limit=10" | jq -r '.customers[].customer_id' | while read -r customer; do
+    curl -s "$api/customers/$customer/health" | jq -r '[.customer_id, .score, .band, .churn_risk, .confidence,
+      ((.recent_alerts[0] // {}) | if .recommended_action then "\(.action_owner): \(.recommended_action)" else "no alert yet" end)] | @tsv'
+  done
+} | column -t -s $'\t'
 echo
 echo "Worker metrics that moved (all of them: http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics):"
 curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics" \

@@ -19,6 +19,8 @@ command -v kcat >/dev/null || need+=(kcat)
 # curl and jq: the README's OAUTHBEARER token command is tested as written.
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
+# column (util-linux's, in bsdextrautils): scripts/demo.sh prints its closing list with it.
+command -v column >/dev/null || need+=(bsdextrautils)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)

@@ -276,7 +276,7 @@ class AlertSettings(Frozen):
     sharp_drop_window_days: float = Field(7.0, gt=0, le=90)
     purchase_activity: bool = True
     purchase_activity_min_expected: float = Field(0.2, gt=0)
-    purchase_lapse_gap_multiplier: float = Field(3.0, ge=1, le=100)
+    purchase_lapse_gap_multiplier: float = Field(4.0, ge=1, le=100)
     purchase_lapse_min_days: float = Field(14.0, gt=0, le=3650)
     purchase_lapse_min_purchases: int = Field(3, ge=2, le=1000)
     detractor: bool = True
@@ -290,7 +290,7 @@ class AlertSettings(Frozen):
     silence_min_days: float = Field(3.0, gt=0)
     silence_min_active_days: int = Field(3, ge=2)
     cooldown_hours: float = Field(24.0, ge=0)
-    max_alerts_per_customer_30d: int = Field(2, ge=0)
+    max_alerts_per_customer_30d: int = Field(1, ge=0)
     #: At most this many alerts a day across the fleet (0: no limit), spent per partition
     #: (scoring/fleet_budget.py); alerts raised at the same moment go riskiest first.
     max_alerts_per_day: int = Field(0, ge=0)

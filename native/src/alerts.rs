@@ -434,10 +434,12 @@ pub fn evaluate(
     }
     opened.sort_by_key(|entry| severity_rank(entry.2)); // stable, as Python's sort
     for (rule, episode, severity, detail) in opened {
-        let cooling = episode_get(&state.alert_last_raised, rule).is_some_and(|last| {
-            let since_last = (at_ms - last) as f64;
-            0.0 <= since_last && since_last < cooldown_ms
-        });
+        // `scoring.alerts.PER_EVENT_RULES`: one alert per answer, never held back by the cooldown.
+        let cooling = rule != "detractor"
+            && episode_get(&state.alert_last_raised, rule).is_some_and(|last| {
+                let since_last = (at_ms - last) as f64;
+                0.0 <= since_last && since_last < cooldown_ms
+            });
         let digested = rules.digest_rules.iter().any(|name| name == rule);
         if cooling || (!digested && budget != 0 && state.alert_times.len() as i64 >= budget) {
             decision.suppressed.push((rule, severity));

@@ -124,7 +124,9 @@ def test_lookups_for_people_and_tools(namespace: Namespace, worker_with_payment_
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
     status, body = wait_for(lambda: (lambda r: r if r[0] == 200 and r[1]["count"] == 2 else None)(get_json(f"{base}/customers/at-risk?limit=10")), message="two customers in Redis")
     assert [c["customer_id"] for c in body["customers"]] == ["shaky", "fine"]
-    assert body["customers"][0]["score"] < body["customers"][1]["score"]
+    # One day of events each: both held below healthy (49.99); the tie goes to the higher churn risk.
+    shaky, fine = body["customers"]
+    assert shaky["score"] <= fine["score"] and shaky["churn_risk"] > fine["churn_risk"]
 
     def shaky_with_alert():
         status, found = get_json(f"{base}/customers/shaky/health")

@@ -26,11 +26,12 @@ from scoring.state import DAY_MS, new_state
 T0 = 1_790_000_000_000 // DAY_MS * DAY_MS
 #: The scenarios below are written for band edges at 70 and 40.
 SCORING = ScoringParameters(healthy_min=70.0, at_risk_min=40.0)
-ONLY = {rule: False for rule in ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence")}
+ONLY = {rule: False for rule in ("band_downgrade", "sharp_drop", "purchase_activity", "payment_trouble", "cancellation", "silence", "detractor")}
 
 
 def rules(**enabled) -> AlertParameters:
-    return AlertParameters(**{**ONLY, **enabled})
+    """Only the rules named; the per-customer budget the scenarios were written for (2 in 30 days)."""
+    return AlertParameters(**{**ONLY, "max_alerts_per_customer_30d": 2, **enabled})
 
 
 def ev(event_id: str, at: int, data) -> Event:
@@ -321,3 +322,70 @@ def test_digest_rules_are_summarised_per_customer_per_day_outside_the_budget() -
     assert "band_downgrade: band fell from at_risk to critical" in summary[0].detail
     assert summary[0].alert_id == alert_id("acme", "digest", str(T0 // DAY_MS)) and state.alert_digest == []
     assert evaluate(state, score_with_changes(31, next_day + 1000, {}), next_day + 1000, SCORING, parameters).raised == []
+
+
+# --- Detractors, lapsed buyers, actions ---------------------------------------------------
+
+
+def test_a_detractor_is_alerted_once_per_answer_with_its_comment() -> None:
+    from scoring.contract import SurveyAnswered
+
+    state = new_state("acme")
+    answers = [
+        ("n1", T0, SurveyAnswered("nps", 6, comment="Support never answers")),
+        ("n2", T0 + 2 * DAY_MS, SurveyAnswered("nps", 8)),  # passive: nothing
+        ("n3", T0 + 4 * DAY_MS, SurveyAnswered("csat", 1)),
+        ("n4", T0 + 6 * DAY_MS, SurveyAnswered("csat", 3)),  # neutral: nothing
+        ("n5", T0 + 8 * DAY_MS, SurveyAnswered("nps", 6.5, (0.0, 10.0))),
+    ]
+    raised = []
+    for event_id, at, answer in answers:
+        raised += step(state, ev(event_id, at, answer), SCORING, 32, rules=rules(detractor=True, max_alerts_per_customer_30d=0)).alerts.raised
+    assert [(alert.rule, alert.detail) for alert in raised] == [
+        ("detractor", 'NPS answer 6 on 0-10: "Support never answers"'),
+        ("detractor", "CSAT answer 1 on 1-5"),
+        ("detractor", "NPS answer 6.5 on 0-10"),
+    ]
+    assert [alert.alert_id for alert in raised] == [alert_id("acme", "detractor", event_id) for event_id in ("n1", "n3", "n5")]
+    # Two answers applied at the same moment (their topic read late): both alerted, no cooldown.
+    late = new_state("late")
+    step(late, ev("u", T0 + 10 * DAY_MS, UsageSession("u1", 60)), SCORING, 32)
+    both = [step(late, ev(f"a{n}", T0 + n * DAY_MS, SurveyAnswered("nps", 2)), SCORING, 32, rules=rules(detractor=True, max_alerts_per_customer_30d=0))
+            for n in (1, 2)]
+    assert [len(result.alerts.raised) for result in both] == [1, 1]
+    # The same answer again (a redelivery) is a duplicate: no second alert.
+    assert step(state, ev("n1", T0 + 9 * DAY_MS, answers[0][2]), SCORING, 32, rules=rules(detractor=True)).alerts.raised == []
+
+
+def test_a_buyer_without_a_subscription_lapses_after_four_usual_gaps() -> None:
+    state = new_state("shop")
+    for week in range(4):  # a purchase a week
+        step(state, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted(f"o{week}", 20.0, "EUR")), SCORING, 32, rules=rules(purchase_activity=True))
+    last = T0 + 21 * DAY_MS
+    assert sweep(state, last + 27 * DAY_MS, SCORING, rules(purchase_activity=True)).alerts.raised == []  # 27 days < 4 x 7
+    lapsed = sweep(state, last + 29 * DAY_MS, SCORING, rules(purchase_activity=True)).alerts.raised
+    assert [(alert.rule, alert.detail) for alert in lapsed] == [("purchase_activity", "no purchase for 29 days; usually every 7.0 days")]
+    assert sweep(state, last + 35 * DAY_MS, SCORING, rules(purchase_activity=True)).alerts.raised == []  # one episode
+    # A subscriber is watched by silence instead.
+    subscribed = new_state("saas")
+    step(subscribed, ev("m", T0, SubscriptionUpdated(99.0)), SCORING, 32)
+    for week in range(4):
+        step(subscribed, ev(f"p{week}", T0 + week * 7 * DAY_MS, PurchaseCompleted(f"o{week}", 20.0, "EUR")), SCORING, 32)
+    assert sweep(subscribed, last + 40 * DAY_MS, SCORING, rules(purchase_activity=True)).alerts.raised == []
+
+
+def test_every_alert_carries_the_most_specific_action_of_the_playbook() -> None:
+    from scoring.alerts import DEFAULT_ACTIONS, Action, action_for
+
+    assert action_for(DEFAULT_ACTIONS, "band_downgrade", "critical", "critical").due_hours == 48.0
+    assert action_for(DEFAULT_ACTIONS, "band_downgrade", "warning", "at_risk").due_hours == 120.0
+    playbook = (Action("silence", "any", "csm", 24.0), Action("silence", "at risk", "csm", 12.0, band="at_risk"),
+                Action("silence", "warning at risk", "am", 6.0, severity="warning", band="at_risk"))
+    assert action_for(playbook, "silence", "warning", "at_risk").action == "warning at risk"
+    assert action_for(playbook, "silence", "warning", "critical").action == "any"
+    assert action_for(playbook, "cancellation", "critical", "critical") is None
+    state = new_state("acme")
+    step(state, ev("m", T0, SubscriptionUpdated(99.0)), SCORING, 32)
+    cancelled = step(state, ev("c", T0 + DAY_MS, SubscriptionCancelled("competitor")), SCORING, 32, rules=rules(cancellation=True)).alerts.raised
+    assert [(alert.detail, alert.action_owner, alert.action_due_hours) for alert in cancelled] == [("subscription cancelled: competitor", "csm", 72.0)]
+    assert cancelled[0].recommended_action.startswith("Hold an exit interview")

@@ -68,7 +68,7 @@ def score_row(health: Any) -> tuple:
 
 
 #: Every rule on (the defaults leave two off), with the per-customer budget.
-ALL_RULES = AlertParameters(sharp_drop=True, payment_trouble=True)
+ALL_RULES = AlertParameters(sharp_drop=True, payment_trouble=True, max_alerts_per_customer_30d=2)
 
 
 class Both:

@@ -40,6 +40,12 @@ def test_settings_are_frozen() -> None:
         ("HEALTHSCORE_WEB_PORT", "70000", "web_port"),
         ("HEALTHSCORE_PRODUCER_COMPRESSION", "brotli", "producer_compression"),
         ("HEALTHSCORE_NO_SUCH_KEY", "1", None),
+        ("HEALTHSCORE_ALERTS__PURCHASE_LAPSE_MIN_PURCHASES", "1", "alerts.purchase_lapse_min_purchases"),
+        ("HEALTHSCORE_ALERTS__ACTIONS", '[{"rule": "silense", "action": "call", "owner": "csm", "due_hours": 24}]', "alerts.actions"),
+        ("HEALTHSCORE_ALERTS__ACTIONS", '[{"rule": "silence", "action": "call", "owner": "csm", "due_hours": 0}]', "alerts.actions"),
+        ("HEALTHSCORE_CANCELLATION_REASONS", '["price", "Too Expensive!"]', "cancellation_reasons"),
+        ("HEALTHSCORE_SCORING__HEALTHY_MIN_ACTIVE_DAYS", "-1", "scoring.healthy_min_active_days"),
+        ("HEALTHSCORE_EXPANSION__MIN_CONFIDENCE", "1.5", "expansion.min_confidence"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named_key: str | None) -> None:
@@ -269,3 +275,10 @@ def test_the_docs_list_the_redis_acl_the_tests_run_the_worker_with() -> None:
 def test_the_new_settings_refuse_values_that_make_no_sense(overrides: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(**overrides)
+
+
+def test_the_shipped_playbook_is_the_default_one() -> None:
+    from scoring.alerts import AlertParameters
+
+    # config/healthscore.toml writes the defaults out for people to edit: they must be the same.
+    assert load_settings().alerts.parameters() == AlertParameters()
