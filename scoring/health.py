@@ -386,7 +386,16 @@ def has_changed(
     current: HealthScore,
     previous_components: Mapping[str, float] | None = None,
 ) -> bool:
-    """A score is republished when its rounded value, its band or the set of components with data moves."""
+    """A score is republished when its rounded value, its band, the set of components with data,
+    or a component's contribution (to the published hundredth) moves: under a cap (thin
+    evidence, a cancellation) the score stays put while what it is made of changes."""
     if previous_score is None or previous_score != current.score or previous_band != current.band:
         return True
-    return previous_components is not None and previous_components.keys() != current.components.keys()
+    if previous_components is None:
+        return False
+    if previous_components.keys() != current.components.keys():
+        return True
+    for name, component in current.components.items():
+        if round(component.contribution, 2) != round(previous_components[name], 2):
+            return True
+    return False

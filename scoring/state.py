@@ -294,7 +294,7 @@ def _apply_support(state: CustomerState, data: TicketOpened | TicketResolved | T
     match data:
         case TicketOpened():
             add_count(state.counts, day, "tickets_opened")
-            _open_ticket(state, data.ticket_id, at, PRIORITIES.index(data.priority))
+            _open_ticket(state, data.ticket_id, at, PRIORITIES.index(data.priority), reprioritize=True)
         case TicketResolved():
             for ticket in state.open_tickets:
                 if ticket.ticket_id == data.ticket_id:
@@ -345,9 +345,13 @@ def _apply_billing(state: CustomerState, data: object, at: int, day: int) -> Non
             state.cancelled_ms = max(state.cancelled_ms, at)
 
 
-def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int) -> None:
-    if any(ticket.ticket_id == ticket_id for ticket in state.open_tickets):
-        return
+def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int, reprioritize: bool = False) -> None:
+    """A ticket opened (or reopened); ``ticket.opened`` for one already open changes its priority."""
+    for ticket in state.open_tickets:
+        if ticket.ticket_id == ticket_id:
+            if reprioritize:
+                ticket.priority = priority
+            return
     state.open_tickets.append(OpenTicket(ticket_id, at, priority))
     del state.open_tickets[:-MAX_OPEN_TICKETS]
 

@@ -265,8 +265,8 @@ class HealthMessage(msgspec.Struct, gc=False):
     model_version: str
     trigger_event_id: str | None
     #: Whether the customer had cancelled at ``as_of``, when, and why (the exit reason).
-    cancelled: bool
-    cancelled_at: str | None
-    cancellation_reason: str | None
-    mrr: float
-    usage_growth: float | None
+    cancelled: bool = False
+    cancelled_at: str | None = None
+    cancellation_reason: str | None = None
+    mrr: float = 0.0
+    usage_growth: float | None = None

@@ -473,6 +473,42 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
     asyncio.run(main_loop())
 
 
+@main.command()
+def ingest() -> None:
+    """Receive events over HTTP and produce them into the four input topics: our own contract
+    (POST /v1/events, bearer tokens), Stripe webhooks (POST /stripe), Zendesk webhooks (POST
+    /zendesk) and Segment's tracking API (POST /v1/batch, /v1/track, /v1/group, ...: point an
+    SDK's host here). Signatures and tokens from [ingest] (docs/ingest.md). Answers 2xx only
+    once Kafka acknowledged, so the sender retries otherwise; keeps no state. /metrics and
+    /healthz on the same port (ingest.port, 6068)."""
+    import signal
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream.ingest.server import serve
+    from stream.kafka.clients import connection_options
+
+    settings = _settings()
+    _check_kafka(settings)
+    topics = settings.topics
+    for topic in (topics.purchases, topics.usage, topics.tickets, topics.payments, topics.ingest_rejected):
+        _require_topic(settings, topic)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        producer = AIOKafkaProducer(**connection_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=2)
+        await producer.start()
+        try:
+            await serve(settings, producer, stop, echo=click.echo)
+        finally:
+            await producer.stop()
+
+    asyncio.run(main_loop())
+
+
 @main.command("sweep")
 @click.option(
     "--at",

@@ -158,6 +158,40 @@ STATE_RECORDS_UNREADABLE = Counter(
     "is rebuilt from its next events.",
     registry=REGISTRY,
 )
+INGEST_REQUESTS = Counter(
+    "healthscore_ingest_requests",
+    "Requests `healthscore ingest` answered, by source (events, stripe, zendesk, segment) and HTTP status.",
+    ["source", "status"],
+    registry=REGISTRY,
+)
+INGEST_EVENTS = Counter(
+    "healthscore_ingest_events", "Events `healthscore ingest` produced (acknowledged by Kafka), by input topic.", ["topic"], registry=REGISTRY
+)
+INGEST_REJECTED = Counter(
+    "healthscore_ingest_rejected",
+    "Events `healthscore ingest` could not produce, by source and reason (the contract's reasons, no_customer_id, "
+    "unreadable); from the webhook sources they are parked on the ingest.rejected topic.",
+    ["source", "reason"],
+    registry=REGISTRY,
+)
+INGEST_IGNORED = Counter(
+    "healthscore_ingest_ignored",
+    "Source events `healthscore ingest` does not map (answered 200 so the source does not retry), by source and type.",
+    ["source", "type"],
+    registry=REGISTRY,
+)
+INGEST_SIGNATURE_FAILURES = Counter(
+    "healthscore_ingest_signature_failures",
+    "Requests refused for a missing or wrong signature, token or write key (nothing produced), by source.",
+    ["source"],
+    registry=REGISTRY,
+)
+INGEST_PRODUCE_LATENCY = Histogram(
+    "healthscore_ingest_produce_latency_seconds",
+    "From a request's events handed to the producer to Kafka's acknowledgement of all of them.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    registry=REGISTRY,
+)
 CANCELLATIONS = Counter(
     "healthscore_cancellations",
     "Subscriptions cancelled (subscription.cancelled applied), by exit reason: one of cancellation_reasons, "

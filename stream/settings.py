@@ -51,6 +51,9 @@ class TopicNames(Frozen):
     #: Alerts `healthscore deliver` could not deliver to an endpoint (retries spent, or the
     #: endpoint disabled), with the endpoint and last error in headers, for `--redrive`.
     delivery_failed: str = "churn-alerts.delivery-failed"
+    #: What `healthscore ingest` received and could not turn into events (no customer id, a
+    #: value past the contract's bounds): the original body, with the source and reason in headers.
+    ingest_rejected: str = "ingest.rejected"
     #: Replicas of every topic ``healthscore topics`` and the worker create: 1 on a local broker,
     #: 3 on a production cluster (managed clusters refuse 1, or cannot write it with acks=all).
     replication_factor: int = Field(1, ge=1, le=16)
@@ -396,6 +399,66 @@ class EndpointSettings(Frozen):
         return self.secret.get_secret_value() if self.secret is not None else None
 
 
+_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+
+
+class IngestSettings(Frozen):
+    """`healthscore ingest`: events from Stripe, Zendesk, Segment and our own contract over
+    HTTP into the input topics (docs/ingest.md). Credentials are secrets, several at once for
+    rotation; a source without its credential is not served."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(6068, ge=1, le=65535)
+    #: Bearer tokens for POST /v1/events (our contract), and/or a file of them, one per line.
+    api_tokens: list[SecretStr] = []
+    api_tokens_file: Path | None = None
+    #: Segment write keys (HTTP basic auth user, as Segment's SDKs send it).
+    segment_write_keys: list[SecretStr] = []
+    #: Stripe endpoint signing secrets (whsec_...), and Zendesk webhook signing secrets.
+    stripe_webhook_secrets: list[SecretStr] = []
+    zendesk_webhook_secrets: list[SecretStr] = []
+    #: Where the customer id is: "customer" (the Stripe customer id) or "metadata.<key>" (of
+    #: the object, or of the invoice's subscription details).
+    stripe_customer_id_from: str = Field("customer", pattern=r"^(customer|metadata\.[A-Za-z0-9_-]{1,64})$")
+    #: A dotted path into the Zendesk payload ("detail.organization_id": Zendesk's organization id).
+    zendesk_customer_id_from: str = Field("detail.organization_id", pattern=_PATH, max_length=128)
+    #: A dotted path into a Segment call for the account ("context.groupId": Segment's B2B spec).
+    segment_account_from: str = Field("context.groupId", pattern=_PATH, max_length=128)
+    #: Track events that are sessions (usage.session); any other track is a feature use.
+    segment_session_events: list[str] = ["Session Started", "Application Opened", "Signed In"]
+    #: Track event name -> the feature it counts as (unlisted names count as themselves).
+    segment_features: dict[str, str] = {}
+    #: Largest request body accepted (413 beyond).
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=33_554_432)
+    #: How old a signed webhook's timestamp may be (Stripe's default tolerance is 300 s).
+    signature_tolerance_seconds: int = Field(300, ge=10, le=86_400)
+
+    @model_validator(mode="after")
+    def _safe_to_serve(self) -> "IngestSettings":
+        if self.api_tokens_file is not None and not self.api_tokens_file.is_file():
+            raise ValueError(f"api_tokens_file: {self.api_tokens_file} is not a file")
+        for where, tokens in (("api_tokens", self.api_tokens), ("segment_write_keys", self.segment_write_keys),
+                              ("stripe_webhook_secrets", self.stripe_webhook_secrets), ("zendesk_webhook_secrets", self.zendesk_webhook_secrets)):
+            if any(len(token.get_secret_value()) < 16 for token in tokens):
+                raise ValueError(f"{where}: every entry must be at least 16 characters")
+        short = [token for token in self.all_api_tokens() if len(token) < MIN_TOKEN_CHARACTERS]
+        if short:
+            raise ValueError(f"api_tokens: bearer tokens must be at least {MIN_TOKEN_CHARACTERS} characters")
+        credentials = self.all_api_tokens() or self.segment_write_keys or self.stripe_webhook_secrets or self.zendesk_webhook_secrets
+        if not credentials and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no credentials are configured (api_tokens, "
+                "segment_write_keys, stripe_webhook_secrets, zendesk_webhook_secrets): set them first"
+            )
+        return self
+
+    def all_api_tokens(self) -> list[str]:
+        tokens = [token.get_secret_value() for token in self.api_tokens]
+        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
+            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()]
+        return [token for token in tokens if token]
+
+
 class DeliverySettings(Frozen):
     """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (README, "Alerts to Slack and webhooks")."""
 
@@ -521,6 +584,7 @@ class Settings(BaseSettings):
     topics: TopicNames = TopicNames()
     privacy: PrivacySettings = PrivacySettings()
     delivery: DeliverySettings = DeliverySettings()
+    ingest: IngestSettings = Field(default_factory=lambda: IngestSettings())
     max_future_skew_seconds: int = Field(300, ge=0)
     dedup_capacity: int = Field(32, ge=1, le=4096)
     log_level: str = "info"

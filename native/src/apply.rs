@@ -173,8 +173,12 @@ fn keep_last<T>(values: &mut Vec<T>, count: usize) {
     }
 }
 
-fn open_ticket(state: &mut CustomerState, ticket_id: &str, at: i64, priority: i64) {
-    if state.open_tickets.iter().any(|ticket| ticket.ticket_id == ticket_id) {
+/// `scoring.state._open_ticket`: `ticket.opened` for a ticket already open changes its priority.
+fn open_ticket(state: &mut CustomerState, ticket_id: &str, at: i64, priority: i64, reprioritize: bool) {
+    if let Some(ticket) = state.open_tickets.iter_mut().find(|ticket| ticket.ticket_id == ticket_id) {
+        if reprioritize {
+            ticket.priority = priority;
+        }
         return;
     }
     state.open_tickets.push(OpenTicket { ticket_id: ticket_id.to_owned(), opened_ms: at, priority });
@@ -264,7 +268,7 @@ pub fn apply_event(
         Data::TicketOpened { ticket_id, priority } => {
             add_count(&mut state.counts, day, TICKETS_OPENED, 1);
             let rank = PRIORITIES.iter().position(|known| known == priority).unwrap_or(1) as i64;
-            open_ticket(state, ticket_id, at, rank);
+            open_ticket(state, ticket_id, at, rank, true);
         }
         Data::TicketResolved { ticket_id } => {
             if let Some(index) = state.open_tickets.iter().position(|ticket| &ticket.ticket_id == ticket_id) {
@@ -276,7 +280,7 @@ pub fn apply_event(
         }
         Data::TicketReopened { ticket_id } => {
             state.tickets_reopened += 1;
-            open_ticket(state, ticket_id, at, 1);
+            open_ticket(state, ticket_id, at, 1, false);
         }
         Data::SurveyAnswered { survey, score, scale, .. } => {
             let (low, high) = scale.or_else(|| default_scale(survey)).unwrap_or((0.0, 10.0));

@@ -43,8 +43,16 @@ fn has_changed(previous: &PublishedScore, current: &HealthScore) -> bool {
     if previous.score != current.score || previous.band != current.band {
         return true;
     }
-    previous.contributions.len() != current.components.len()
+    if previous.contributions.len() != current.components.len()
         || current.components.iter().any(|component| !previous.contributions.iter().any(|(name, _)| name == component.name))
+    {
+        return true;
+    }
+    // A component's contribution moved (to the published hundredth): under a cap the score stays put.
+    current.components.iter().any(|component| {
+        let before = previous.contributions.iter().find(|(name, _)| name == component.name).map_or(0.0, |(_, value)| *value);
+        health::py_round(component.contribution, 2) != health::py_round(before, 2)
+    })
 }
 
 /// A published score as the worker needs it: the message's bytes, the score and the churn risk.

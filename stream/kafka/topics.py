@@ -76,6 +76,7 @@ def topic_plans(settings: Settings) -> dict[str, TopicPlan]:
     plans[topics.health] = TopicPlan(partitions, retention(topics.health_retention_days), False)
     plans[topics.alerts] = TopicPlan(partitions, retention(topics.alerts_retention_days), False)
     plans[topics.delivery_failed] = TopicPlan(partitions, retention(topics.alerts_retention_days), False)
+    plans[topics.ingest_rejected] = TopicPlan(partitions, retention(topics.dead_letter_retention_days), False)
     plans[changelog_topic(settings)] = TopicPlan(partitions, {**common, **changelog_configs(settings)}, True)
     # The proof of each erasure, one record per erased customer (its keyed hash): never expires.
     plans[topics.erasures] = TopicPlan(partitions, {**common, "cleanup.policy": "compact"}, False)

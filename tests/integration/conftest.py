@@ -221,6 +221,18 @@ def worker(namespace: Namespace, tmp_path: Path, request: pytest.FixtureRequest)
     process.stop()
 
 
+@pytest.fixture
+def worker_without_budget(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A started worker without the per-customer alert budget (one alert in any 30 days by
+    default), which holds back all but the first of the alerts a customer's events open at
+    once: for tests of what each rule raises."""
+    namespace.env["HEALTHSCORE_ALERTS__MAX_ALERTS_PER_CUSTOMER_30D"] = "0"
+    process = WorkerProcess(namespace, tmp_path / "worker.log")
+    process.start()
+    yield process
+    process.stop()
+
+
 def kcat_produce(topic: str, lines: list[tuple[str | None, bytes]], compression: str = "none") -> None:
     """Produces with kcat: one message per (key, value); key None sends no key."""
     keyed = [(k, v) for k, v in lines if k is not None]

@@ -44,7 +44,9 @@ def scores_of(namespace: Namespace, customer: str) -> list[dict]:
 
 
 
-def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namespace: Namespace, worker: WorkerProcess) -> None:
+def test_a_silent_customer_gets_a_lower_score_and_an_alert_from_the_sweep(namespace: Namespace, worker_without_budget: WorkerProcess) -> None:
+    # The sweep opens band_downgrade and silence at once; the budget (one alert in 30 days) would keep one.
+    worker = worker_without_budget
     # A subscriber who used the product every day for two weeks, then stopped 10 days ago.
     start = NOW_MS - 24 * DAY_MS
     kcat_produce(namespace.topic("payments"), [("quiet", event("quiet-m", "subscription.updated", "quiet", start, {"mrr": 99.0}))])

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from scoring.health import MODEL_REVISION
 from stream.settings import PROJECT_ROOT
 from tests.integration.conftest import (
     FAULT_INJECTION,
@@ -67,7 +68,7 @@ def test_lookups_and_metrics_need_a_token_and_faust_pages_are_off(namespace: Nam
         assert get_json(base + path, API_TOKEN)[0] == 404, path
     log = locked_worker.log_path.read_text()
     assert API_TOKEN not in log and METRICS_TOKEN not in log
-    assert "healthscore " in log and "model 2+" in log
+    assert "healthscore " in log and f"model {MODEL_REVISION}+" in log
 
 
 def test_probes_answer_without_a_token_and_say_when_the_worker_is_ready(namespace: Namespace, locked_worker: WorkerProcess) -> None:
@@ -102,7 +103,7 @@ def test_json_logs_parse_line_by_line(namespace: Namespace, tmp_path: Path) -> N
     assert len(records) > 10
     assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
     assert any(record["level"] == "WARNING" and record["message"].startswith("Dead-lettered") for record in records)
-    assert any(record["message"].startswith("healthscore ") and "model 2+" in record["message"] for record in records)
+    assert any(record["message"].startswith("healthscore ") and f"model {MODEL_REVISION}+" in record["message"] for record in records)
 
 
 def test_readyz_stays_200_while_the_state_is_read_back_and_healthz_says_so(namespace: Namespace, tmp_path: Path) -> None:

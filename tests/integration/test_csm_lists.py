@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -111,18 +109,8 @@ def test_the_riskiest_list_is_of_customers_still_to_save(namespace: Namespace, w
     assert exit_alert["action_due_at"] > exit_alert["raised_at"]
 
 
-@pytest.fixture
-def worker_without_budget(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
-    """A worker without the per-customer budget (one alert in 30 days by default), which would
-    hold back the second answer's alert: the rule itself is what is tested here."""
-    namespace.env["HEALTHSCORE_ALERTS__MAX_ALERTS_PER_CUSTOMER_30D"] = "0"
-    process = WorkerProcess(namespace, tmp_path / "worker.log")
-    process.start()
-    yield process
-    process.stop()
-
-
 def test_detractors_are_alerted_once_per_answer_and_growing_customers_listed(namespace: Namespace, worker_without_budget: WorkerProcess) -> None:
+    # Without the budget (one alert in 30 days), which would hold back the second answer's alert.
     worker = worker_without_budget
     payments, usage = subscriber("unhappy", 99.0, {day: 1 for day in range(-30, 40, 3)}, first_day=-30)  # steady for 70 days
     # Usage that grew: one session a day in the 30 days before the last 30, three a day since.

@@ -68,6 +68,12 @@ def expected_hash(sent: HealthMessage) -> dict[str, str]:
         "components": msgspec.json.encode(sent.components).decode(),
         "changes": msgspec.json.encode(sent.changes).decode(),
         "confidence": repr(sent.confidence),
+        # An absent value is an empty string in the hash.
+        "cancelled": "1" if sent.cancelled else "0",
+        "cancelled_at": sent.cancelled_at or "",
+        "cancellation_reason": sent.cancellation_reason or "",
+        "mrr": repr(sent.mrr),
+        "usage_growth": "" if sent.usage_growth is None else repr(sent.usage_growth),
     }
     assert set(values) == set(SCORE_FIELDS)
     return values

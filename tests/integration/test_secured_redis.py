@@ -204,7 +204,11 @@ def test_a_redis_cluster_gets_each_customer_in_one_slot_and_the_api_reads_it(ser
         assert wait_for(lambda: (customer_health(namespace, "cust-0") or {}).get("recent_alerts"), timeout=30, message="cust-0's alert")
         port = namespace.env["HEALTHSCORE_WEB_PORT"]
         ranked = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/at-risk?limit=100", timeout=5).read())
-        assert ranked["count"] == 40 and all(entry["band"] for entry in ranked["customers"])
+        assert ranked["count"] == 39 and "cust-0" not in {entry["customer_id"] for entry in ranked["customers"]}  # cancelled: not at risk
+        everyone = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/at-risk?limit=100&include_cancelled=true", timeout=5).read())
+        assert everyone["count"] == 40 and everyone["customers"][-1]["customer_id"] == "cust-0" and all(entry["band"] for entry in everyone["customers"])
+        churned = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/churned?since=1970-01-01", timeout=5).read())
+        assert [entry["customer_id"] for entry in churned["customers"]] == ["cust-0"]
     finally:
         worker.stop()
     cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0], username="admin", password=ADMIN_PASSWORD, decode_responses=True)

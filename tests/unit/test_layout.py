@@ -22,6 +22,7 @@ ALLOWED = {
     "commands": {"stream.kafka", *SHARED},
     "services": SHARED,
     "delivery": {"stream.kafka", "stream.state", *SHARED},
+    "ingest": {"stream.kafka", *SHARED},
 }
 
 #: "About 80 lines": the longest a function may be.

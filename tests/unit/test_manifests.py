@@ -39,12 +39,20 @@ def pod_specs() -> list[tuple[str, dict]]:
     return specs
 
 
+def stand_in(name: str) -> str:
+    """A stand-in value for a secret: the JSON lists as JSON lists."""
+    if name == "HEALTHSCORE_DELIVERY__ENDPOINTS":
+        return ('[{"name": "crm", "kind": "webhook", "url": "https://crm.example.com/hooks/healthscore", "secret": "whsec_'
+                + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY" + '"}]')
+    if name.startswith("HEALTHSCORE_INGEST__"):
+        return '["' + "x" * 40 + '"]'
+    return "x" * 40
+
+
 def secret_env(spec: dict) -> dict[str, str]:
     """The container's variables that come from a secret, each with a stand-in value."""
     return {
-        variable["name"]: "x" * 40 if variable["name"] != "HEALTHSCORE_DELIVERY__ENDPOINTS" else
-        '[{"name": "crm", "kind": "webhook", "url": "https://crm.example.com/hooks/healthscore", "secret": "whsec_'
-        + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY" + '"}]'
+        variable["name"]: stand_in(variable["name"])
         for container in spec["containers"] for variable in container.get("env", []) if "valueFrom" in variable
     }
 
@@ -124,6 +132,20 @@ def test_deliver_runs_with_settings_it_accepts(tmp_path: Path, monkeypatch: pyte
     settings = load_settings()
     assert [endpoint.name for endpoint in settings.delivery.endpoints] == ["crm"]
     assert settings.delivery.metrics_port == container["ports"][0]["containerPort"]
+
+
+def test_ingest_runs_with_settings_it_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ingest = by_kind("Deployment", "healthscore-ingest")["spec"]["template"]["spec"]
+    (container,) = ingest["containers"]
+    assert container["args"] == ["ingest"] and container["securityContext"]["readOnlyRootFilesystem"]
+    (tmp_path / "healthscore.toml").write_text(by_kind("ConfigMap")["data"]["healthscore.toml"])
+    monkeypatch.setenv("HEALTHSCORE_CONFIG", str(tmp_path / "healthscore.toml"))
+    for name, value in {**secret_env(ingest), **{v["name"]: v["value"] for v in container["env"] if "value" in v}}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.ingest.host == "0.0.0.0" and len(settings.ingest.stripe_webhook_secrets) == 1
+    assert settings.ingest.port == container["ports"][0]["containerPort"] == by_kind("Service", "healthscore-ingest")["spec"]["ports"][0]["port"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_the_network_policies_select_every_pod_and_keep_delivery_off_private_addresses() -> None:
