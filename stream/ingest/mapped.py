@@ -63,7 +63,7 @@ def identifier(value: Any) -> str | None:
 
 def seconds_to_ms(value: Any) -> int | None:
     """A Unix time in seconds (Stripe's ``created``) in epoch ms, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10**11:  # NaN and infinities too
         return None
     return int(value * 1000)
 

@@ -117,6 +117,16 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
+def mapped_safely(source: str, mapping: Callable[..., Mapped], *arguments: object) -> Mapped:
+    """A mapping that raised (a payload shaped in a way it does not expect) is a rejection with
+    the body parked, never a 500 the source would retry for days."""
+    try:
+        return mapping(*arguments)
+    except Exception as exception:  # noqa: BLE001 - reported, counted and parked
+        log.exception("Mapping a %s payload failed", source)
+        return Mapped(rejected=(("unreadable", f"the {source} mapping failed: {type(exception).__name__}"),))
+
+
 class Ingest:
     """The routes, with the producer they share."""
 
@@ -216,7 +226,7 @@ class Ingest:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError:
             return error(400, "the body is not JSON")
-        return await self._deliver("stripe", stripe.map_event(payload, self._ingest.stripe_customer_id_from), body)
+        return await self._deliver("stripe", mapped_safely("stripe", stripe.map_event, payload, self._ingest.stripe_customer_id_from), body)
 
     async def zendesk(self, request: web.Request) -> web.Response:
         if not self._zendesk:
@@ -230,7 +240,7 @@ class Ingest:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError:
             return error(400, "the body is not JSON")
-        return await self._deliver("zendesk", zendesk.map_event(payload, self._ingest.zendesk_customer_id_from), body)
+        return await self._deliver("zendesk", mapped_safely("zendesk", zendesk.map_event, payload, self._ingest.zendesk_customer_id_from), body)
 
     async def segment(self, request: web.Request) -> web.Response:
         """Segment's tracking API (/v1/track, /v1/batch, ...), the write key as basic auth user."""
@@ -244,7 +254,8 @@ class Ingest:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError:
             return error(400, "the body is not JSON")
-        response = await self._deliver("segment", segment.map_body(payload, self._segment, request.match_info["call"]), body)
+        mapped = mapped_safely("segment", segment.map_body, payload, self._segment, request.match_info["call"])
+        response = await self._deliver("segment", mapped, body)
         if response.status == 200:
             return web.json_response({"success": True})  # what Segment's API answers
         return response

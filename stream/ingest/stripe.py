@@ -57,8 +57,12 @@ def monthly_recurring_revenue(subscription: dict) -> float | None:
     if not isinstance(items, list):
         return None
     for item in items:
-        price = item.get("price") or item.get("plan") or {} if isinstance(item, dict) else {}
+        price = (item.get("price") or item.get("plan")) if isinstance(item, dict) else None
+        if not isinstance(price, dict):
+            return None
         recurring = price.get("recurring") or {"interval": price.get("interval"), "interval_count": price.get("interval_count")}
+        if not isinstance(recurring, dict):
+            return None
         unit = money(price.get("unit_amount", price.get("amount")), price.get("currency"))
         months = MONTHS_PER.get(recurring.get("interval") or "month")
         count = recurring.get("interval_count") or 1
@@ -71,8 +75,9 @@ def monthly_recurring_revenue(subscription: dict) -> float | None:
 
 def plan_of(subscription: dict) -> str | None:
     """A readable plan name: the first item's price nickname or lookup key, or its product id."""
-    price = at_path(subscription, "items.data")
-    price = (price[0].get("price") or {}) if isinstance(price, list) and price and isinstance(price[0], dict) else {}
+    items = at_path(subscription, "items.data")
+    price = items[0].get("price") if isinstance(items, list) and items and isinstance(items[0], dict) else None
+    price = price if isinstance(price, dict) else {}
     for name in (price.get("nickname"), price.get("lookup_key"), at_path(subscription, "plan.nickname"), price.get("product")):
         if isinstance(name, str) and name:
             return name[:256]

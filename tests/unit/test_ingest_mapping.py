@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring.contract import Event, TopicKind, decode_event
 from stream.ingest import segment, stripe, zendesk
@@ -67,6 +69,9 @@ def test_a_stripe_dispute_without_a_customer_is_rejected_and_an_unmapped_type_ig
                                 {"invoice_id": "ch_1Xyz", "amount": 49.0, "reason": "dispute: fraudulent"})]
     assert stripe.map_event(fixture("stripe-payment_intent.created.json"), "customer").ignored == ("payment_intent.created",)
     assert stripe.map_event({"no": "type"}, "customer").rejected[0][0] == "unreadable"
+    for created in (float("nan"), float("inf"), 1e400, -5, "1764900000"):
+        odd = fixture("stripe-invoice.payment_failed.json") | {"created": created}
+        assert stripe.map_event(odd, "customer").rejected[0][0] == "unreadable", created
 
 
 def test_a_paused_subscription_has_no_mrr_and_a_canceled_status_is_a_cancellation() -> None:
@@ -153,3 +158,45 @@ def test_an_event_ingest_accepts_is_one_the_worker_accepts_and_a_bad_one_gets_th
     lines = parse_body(b'{"a": 1}\n{not json\n')
     assert lines[0] == {"a": 1} and lines[1].reason.value == "not_json"
     assert parse_body(b"   ").reason.value == "not_json"
+
+
+@pytest.mark.parametrize("items", [["not an item"], [{"price": "price_1"}], [{"price": {"unit_amount": "12", "currency": "eur"}}], "no list"])
+def test_odd_subscription_items_are_a_rejection_not_an_exception(items: object) -> None:
+    odd = fixture("stripe-customer.subscription.updated.json")
+    odd["data"]["object"]["items"] = {"data": items}
+    assert [reason for reason, _ in stripe.map_event(odd, "customer").rejected] == ["unreadable"]
+
+
+def test_a_mapping_that_raises_becomes_a_parked_rejection() -> None:
+    from stream.ingest.server import mapped_safely
+
+    def broken(payload: object) -> Mapped:
+        raise KeyError("surprise")
+
+    assert mapped_safely("stripe", broken, {}).rejected == (("unreadable", "the stripe mapping failed: KeyError"),)
+
+
+KEYS = ["type", "id", "created", "data", "object", "customer", "metadata", "account_id", "items", "price", "quantity", "recurring",
+        "interval", "unit_amount", "currency", "detail", "event", "current", "previous", "time", "organization_id", "priority",
+        "status", "batch", "userId", "event", "context", "groupId", "traits", "mrr", "messageId", "timestamp", "properties"]
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True), st.text(max_size=20),
+              st.sampled_from(["invoice.payment_failed", "customer.subscription.updated", "zen:event-type:ticket.status_changed",
+                               "healthscore.satisfaction", "track", "group", "month", "year", "eur", "SOLVED", "2026-12-01T10:00:00Z"])),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS), children, max_size=6)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=json_values)
+def test_no_payload_makes_a_mapping_raise(payload: object) -> None:
+    """Whatever an authenticated source sends, each mapping answers with data (events,
+    rejections, ignored types), and every event it gives is checked like any other."""
+    rules = segment.SegmentRules()
+    for mapped in (stripe.map_event(payload, "customer"), stripe.map_event(payload, "metadata.account_id"),
+                   zendesk.map_event(payload, "detail.organization_id"), segment.map_body(payload, rules, "batch"),
+                   segment.map_call(payload, rules)):
+        assert isinstance(mapped, Mapped)
+        for item in mapped.events:
+            check(item, NOW_MS, 300_000)  # never raises either: a Checked or a Rejection
