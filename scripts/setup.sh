@@ -3,8 +3,12 @@
 # OpenJDK 17 and Maven expected; the rest is installed): Debian's redis-server,
 # kcat and prometheus, a virtualenv with the project, and Apache Kafka's jars
 # from Maven Central. Safe to run again: it only does what is missing.
+# --with-image: also podman, runc and debootstrap, to build and run the container image
+# (scripts/image-build.sh; the test suite's image test needs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_image=false
+[ "${1:-}" = "--with-image" ] && with_image=true
 
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
@@ -24,6 +28,11 @@ command -v column >/dev/null || need+=(bsdextrautils)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+if $with_image; then
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
+  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+fi
 if ((${#need[@]})); then
   echo "Installing Debian packages: ${need[*]}"
   sudo_cmd=""

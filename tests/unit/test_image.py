@@ -1,6 +1,7 @@
-"""The Dockerfile, checked offline (this machine has no Docker engine; see docs/deploy.md):
-a build stage with the compilers, a run stage without them, not root, the config read from
-/etc/healthscore, and the model compiled with the Rust kernel or no image at all."""
+"""The Dockerfile, checked as text: a build stage with the compilers, a run stage without
+them that installs from wheels alone (from the build stage or the host), not root, the config
+read from /etc/healthscore, and the model compiled with the Rust kernel or no image at all.
+The image itself is built and run with podman in tests/integration/test_image.py."""
 
 from __future__ import annotations
 
@@ -22,28 +23,40 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 
 def stages() -> list[list[tuple[str, str]]]:
+    """Each stage's instructions (the ARGs before the first FROM left out)."""
     result: list[list[tuple[str, str]]] = []
     for keyword, rest in instructions(DOCKERFILE):
         if keyword == "FROM":
             result.append([])
-        result[-1].append((keyword, rest))
+        if result:
+            result[-1].append((keyword, rest))
     return result
 
 
+def build_and_run() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    every = stages()
+    return every[0], every[-1]
+
+
 def test_the_image_is_built_in_one_stage_and_run_from_another_without_compilers() -> None:
-    build, run = stages()
-    assert build[0] == ("FROM", "python:3.11-slim-bookworm AS build")
+    build, run = build_and_run()
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm") in instructions(DOCKERFILE)
+    assert build[0] == ("FROM", "${BASE_IMAGE} AS build")
     build_text = " ".join(rest for _, rest in build)
     assert "gcc" in build_text and "rustup" in build_text and "pip wheel" in build_text
     assert ("COPY", "native ./native") in build
     run_text = " ".join(rest for _, rest in run)
-    assert run[0] == ("FROM", "python:3.11-slim-bookworm")
+    assert run[0] == ("FROM", "${BASE_IMAGE}")
     assert "gcc" not in run_text and "cargo" not in run_text and "rustup" not in run_text
-    assert ("COPY", "--from=build /wheels /wheels") in run
+    assert ("COPY", "--from=wheels /wheels /wheels") in run and "--no-index" in run_text
+    # The wheels come from the build stage (the default) or from the host's .image-wheels/.
+    assert ("ARG", "WHEELS=build") in instructions(DOCKERFILE)
+    assert ("FROM", "wheels-${WHEELS} AS wheels") in instructions(DOCKERFILE)
+    assert ("COPY", ".image-wheels/ /wheels/") in instructions(DOCKERFILE)
 
 
 def test_the_worker_runs_as_an_unprivileged_user_with_its_config_in_etc() -> None:
-    _, run = stages()
+    _, run = build_and_run()
     users = [rest for keyword, rest in run if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     env = " ".join(rest for keyword, rest in run if keyword == "ENV")
@@ -55,7 +68,7 @@ def test_the_worker_runs_as_an_unprivileged_user_with_its_config_in_etc() -> Non
 
 
 def test_no_image_without_the_compiled_model_and_the_rust_kernel() -> None:
-    _, run = stages()
+    _, run = build_and_run()
     checks = [rest for keyword, rest in run if keyword == "RUN" and "healthscore version" in rest]
     assert checks and 'grep -q "compiled, Rust kernel built"' in checks[-1]
     assert run[-2:] == [("ENTRYPOINT", '["healthscore"]'), ("CMD", '["worker"]')]
