@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-localhost/healthscore:dev}"
 bash scripts/setup.sh --with-image >/dev/null
+mkdir -p .data
 podman=(podman --runtime runc)
 limits=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 slim=docker.io/library/python:3.11-slim-bookworm
