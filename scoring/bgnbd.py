@@ -175,15 +175,19 @@ def fit(histories: Sequence[PurchaseHistory]) -> FitResult:
 def summarize(
     purchases: Sequence[tuple[str, int]], calibration_end_ms: int, time_unit_days: float
 ) -> dict[str, PurchaseHistory]:
-    """Per-customer (x, t_x, T) from (customer id, purchase time in epoch ms) pairs before the calibration end.
+    """Per-customer (x, t_x, T) from (customer id, purchase time in epoch ms) pairs up to the
+    calibration end, by the book (the published CDNOW analysis, and ``lifetimes``'
+    ``summary_data_from_transaction_data``): purchases dated on or before the calibration end
+    day count, and T runs from the first purchase day to that day.
 
     Purchases on the same UTC day count once, as in the worker's state.
     """
     day_ms = 86_400_000
     unit_ms = time_unit_days * day_ms
+    last_day = calibration_end_ms // day_ms
     days: dict[str, set[int]] = {}
     for customer_id, at_ms in purchases:
-        if at_ms < calibration_end_ms:
+        if at_ms // day_ms <= last_day:
             days.setdefault(customer_id, set()).add(at_ms // day_ms)
     histories = {}
     for customer_id, purchase_days in days.items():

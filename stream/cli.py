@@ -566,7 +566,7 @@ def version() -> None:
 
 @main.command("fit-bgnbd")
 @click.option("--transactions", "transactions_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with a header and columns customer_id,occurred_at,amount.")
-@click.option("--calibration-end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="YYYY-MM-DD (UTC): only purchases before it are used; customer ages are measured to it.")
+@click.option("--calibration-end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="YYYY-MM-DD (UTC): purchases dated on or before it are used; customer ages (T) are measured from the first purchase day to it.")
 @click.option("--time-unit", type=click.Choice(["day", "week"]), default="week", show_default=True, help="Unit of t_x, T and alpha.")
 def fit_bgnbd(transactions_file: Path, calibration_end: datetime, time_unit: str) -> None:
     """Fit the BG/NBD purchase model by maximum likelihood and print its parameters as JSON.

@@ -7,6 +7,7 @@ import json
 import math
 import random
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,31 @@ def test_summarize_counts_distinct_purchase_days_before_the_calibration_end() ->
     histories = summarize(purchases, calibration_end_ms=start + 28 * day, time_unit_days=7.0)
     assert histories["a"] == PurchaseHistory(1, 1.0, 4.0)
     assert histories["b"] == PurchaseHistory(0, 0.0, 2.0)
+
+
+def test_a_purchase_on_the_calibration_end_day_counts_and_t_runs_to_that_day() -> None:
+    day = 86_400_000
+    start = 1_700_000_000_000 // day * day
+    end = start + 28 * day
+    histories = summarize([("a", start), ("a", end + 23 * 3_600_000), ("a", end + day)], calibration_end_ms=end, time_unit_days=7.0)
+    assert histories["a"] == PurchaseHistory(1, 4.0, 4.0)  # the purchase dated on the end day, not the day after
+
+
+def test_fit_bgnbd_on_the_cdnow_sample_gives_the_published_estimates() -> None:
+    """Fader, Hardie & Lee (2005), "Counting your customers the easy way", on the CDNOW sample
+    (2,357 customers, weekly, calibration to 1997-09-30): r 0.243, alpha 4.414, a 0.793, b 2.426.
+    bench/data/cdnow_sample.csv is that sample (from the `lifetimes` package's datasets)."""
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    sample = Path(__file__).resolve().parents[2] / "bench" / "data" / "cdnow_sample.csv"
+    result = CliRunner().invoke(main, ["fit-bgnbd", "--transactions", str(sample), "--calibration-end", "1997-09-30", "--time-unit", "week"])
+    assert result.exit_code == 0, result.output
+    fitted = json.loads(result.output)
+    assert fitted["customers"] == 2357
+    for name, published in {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}.items():
+        assert fitted[name] == pytest.approx(published, rel=0.01), name
 
 
 def test_fit_bgnbd_command_reads_a_csv_and_prints_the_parameters(tmp_path) -> None:
