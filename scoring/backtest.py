@@ -100,6 +100,32 @@ def calibration(risks: Sequence[float], churned: Sequence[bool], bins: int = 10)
     ]
 
 
+def brier_score(risks: Sequence[float], churned: Sequence[bool]) -> float | None:
+    """Mean squared difference between each predicted probability and what happened (0 or 1):
+    lower is better; predicting the base rate for everyone scores base × (1 − base)."""
+    if not risks:
+        return None
+    return sum((risk - float(label)) ** 2 for risk, label in zip(risks, churned)) / len(risks)
+
+
+def reliability(risks: Sequence[float], churned: Sequence[bool], groups: int = 10) -> list[tuple[float, float, int]]:
+    """(mean predicted risk, observed churn rate, customers) per tenth of the customers ordered
+    by predicted risk (ties kept together in the lower group): read it as "of the customers
+    given about p, how many churned"."""
+    ordered = sorted(zip(risks, churned), key=lambda pair: pair[0])
+    rows: list[tuple[float, float, int]] = []
+    start = 0
+    for group in range(1, groups + 1):
+        end = round(group * len(ordered) / groups)
+        while 0 < end < len(ordered) and ordered[end][0] == ordered[end - 1][0]:
+            end += 1
+        members = ordered[start:end]
+        if members:
+            rows.append((sum(r for r, _ in members) / len(members), sum(l for _, l in members) / len(members), len(members)))
+        start = max(start, end)
+    return rows
+
+
 def median_or_none(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 

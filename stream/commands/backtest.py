@@ -94,7 +94,14 @@ def run_backtest(
         "model": {
             **{key: _round(value) for key, value in asdict(metrics.ranking_quality(rankings["model"], churned, k)).items()},
             "at_risk_or_critical": {"precision": _round(bands.precision), "recall": _round(bands.recall), "flagged": bands.flagged},
+            # churn_risk read as a probability of churning within the horizon
+            "brier": _round(metrics.brier_score(rankings["model"], churned)),
+            "brier_base_rate": _round(metrics.brier_score([sum(churned) / len(churned)] * len(churned), churned)),
         },
+        "reliability": [
+            {"predicted": _round(predicted), "observed": _round(observed), "customers": count}
+            for predicted, observed, count in metrics.reliability(rankings["model"], churned)
+        ],
         "baselines": {
             name: {key: _round(value) for key, value in asdict(metrics.ranking_quality(risks, churned, k)).items()}
             for name, risks in rankings.items()
@@ -259,6 +266,20 @@ that first alert to churn.</p>
 <table><tr><th>band</th><th>customers</th><th>share</th><th>churn rate</th></tr>{bands}</table>"""
 
 
+def _reliability_html(summary: dict) -> str:
+    """The Brier score and the reliability table: churn_risk read as a probability."""
+    model = summary["model"]
+    rows = "".join(
+        f"<tr><td>{index}</td><td>{row['predicted']:.3f}</td><td>{row['observed']:.3f}</td><td>{row['customers']}</td></tr>"
+        for index, row in enumerate(summary["reliability"], 1)
+    )
+    brier = "n/a" if model["brier"] is None else f"{model['brier']:.4f}"
+    return f"""<h2>churn_risk as a probability</h2>
+<p>Brier score {brier} (predicting the base rate for everyone: {model['brier_base_rate']:.4f}; lower is better).
+Each tenth of the customers by predicted risk, what was predicted and what happened within the horizon:</p>
+<table><tr><th>tenth</th><th>mean predicted</th><th>observed churn rate</th><th>customers</th></tr>{rows}</table>"""
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -341,6 +362,7 @@ Model version <code>{html.escape(summary['model_version'])}</code>.</p>
 <p>Alerted churners: {lead['alerted_churners']} of {lead['churners']}; median lead time from the first alert (in the 90 days before as-of) to churn:
 {'n/a' if lead['median'] is None else f"{lead['median']:.1f} days"}.</p>
 {_alert_quality_html(summary)}
+{_reliability_html(summary)}
 <div class="figures">
 <img alt="ROC curves of the model and the baselines" src="data:image/png;base64,{images['roc']}">
 <img alt="Calibration of churn_risk" src="data:image/png;base64,{images['calibration']}">

@@ -55,6 +55,22 @@ def test_calibration_bins_by_hand() -> None:
     assert m.calibration([0.05, 0.08, 0.95], [False, True, True]) == [(pytest.approx(0.065), 0.5, 2), (0.95, 1.0, 1)]
 
 
+def test_the_brier_score_and_the_reliability_table() -> None:
+    assert m.brier_score([0.0, 1.0], [False, True]) == 0.0
+    assert m.brier_score([0.5, 0.5], [False, True]) == 0.25
+    assert m.brier_score([], []) is None
+    base = 0.2
+    assert m.brier_score([base] * 10, [True] * 2 + [False] * 8) == pytest.approx(base * (1 - base))
+    risks = [index / 100 for index in range(100)]
+    rows = m.reliability(risks, [index >= 90 for index in range(100)])
+    assert len(rows) == 10 and all(count == 10 for _, _, count in rows)
+    assert [observed for _, observed, _ in rows] == [0.0] * 9 + [1.0]
+    assert rows[0][0] == pytest.approx(0.045)
+    # Ties stay in one group: 30 customers at the same risk are one row.
+    tied = m.reliability([0.1] * 30 + [0.9] * 10, [False] * 30 + [True] * 10, groups=4)
+    assert [(count, observed) for _, observed, count in tied] == [(30, 0.0), (10, 1.0)]
+
+
 def test_rfm_scores_recent_frequent_big_spenders_as_safest() -> None:
     risk = m.rfm_risk(recency_days=[1, 50, 2, 80, 3], frequency=[40, 1, 30, 0, 20], monetary=[500, 5, 300, 0, 100])
     assert risk.index(min(risk)) == 0 and risk.index(max(risk)) == 3
