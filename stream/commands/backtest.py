@@ -290,6 +290,20 @@ def _figure_png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _distribution_png(plt, scores: list[float], churned: list[bool]) -> str:
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    edges = list(range(0, 105, 5))
+    axis.hist([s for s, c in zip(scores, churned) if not c], bins=edges, alpha=0.6, label="retained", density=True)
+    axis.hist([s for s, c in zip(scores, churned) if c], bins=edges, alpha=0.6, label="churned", density=True)
+    axis.set_xlabel("health score at as-of")
+    axis.set_ylabel("share of customers")
+    axis.set_title("Score distribution: churned vs retained")
+    axis.legend()
+    png = _figure_png(figure)
+    plt.close(figure)
+    return png
+
+
 def write_report(path: Path, summary: dict, rankings: dict[str, list[float]], churned: list[bool], scores: list[float]) -> None:
     """A self-contained HTML page: metrics table, ROC curves, calibration, score distributions."""
     import matplotlib
@@ -324,16 +338,7 @@ def write_report(path: Path, summary: dict, rankings: dict[str, list[float]], ch
     images["calibration"] = _figure_png(figure)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    edges = list(range(0, 105, 5))
-    axis.hist([s for s, c in zip(scores, churned) if not c], bins=edges, alpha=0.6, label="retained", density=True)
-    axis.hist([s for s, c in zip(scores, churned) if c], bins=edges, alpha=0.6, label="churned", density=True)
-    axis.set_xlabel("health score at as-of")
-    axis.set_ylabel("share of customers")
-    axis.set_title("Score distribution: churned vs retained")
-    axis.legend()
-    images["distribution"] = _figure_png(figure)
-    plt.close(figure)
+    images["distribution"] = _distribution_png(plt, scores, churned)
 
     def row(name: str, values: dict) -> str:
         cells = "".join(f"<td>{'' if values.get(key) is None else f'{values[key]:.3f}'}</td>" for key in ("roc_auc", "precision_at_k", "lift_at_k"))
