@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Final, Mapping
 
 from scoring.bgnbd import BgNbdParameters, PurchaseHistory, expected_purchases
+from scoring.churn import ChurnModel, churn_features, churn_probability
 from scoring.state import DAY_MS, DEFAULT_USER_HASH_KEY, CustomerState, SurveyResponse
 from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
@@ -56,6 +57,8 @@ class ScoringParameters:
     sentiment_half_life_days: float = 90.0
     #: The secret of the users' keyed fingerprints in the record (privacy.hash_key).
     user_hash_key: bytes = DEFAULT_USER_HASH_KEY
+    #: A churn model fitted by `healthscore calibrate` ([scoring.churn_risk]); None: the prior.
+    churn_model: ChurnModel | None = None
 
     @property
     def model_version(self) -> str:
@@ -337,10 +340,16 @@ def score_state(
     cancelled = bool(state.cancelled_ms) and state.cancelled_ms <= at_ms
     if cancelled:
         composite = min(composite, parameters.at_risk_min - 0.01)
+    score = round(composite, 2)
+    model = parameters.churn_model
+    if model is None:
+        risk = churn_risk_for(composite, weakest)
+    else:
+        risk = churn_probability(model, churn_features(score, components, confidence, at_ms - state.last_event_ms, state.active_days))
     return HealthScore(
-        score=round(composite, 2),
+        score=score,
         band=band_for(composite, parameters),
-        churn_risk=round(churn_risk_for(composite, weakest), 4),
+        churn_risk=round(risk, 4),
         components=components,
         as_of_ms=at_ms,
         confidence=confidence,
@@ -351,6 +360,7 @@ def score_state(
         cancellation_reason=state.cancellation_reason if cancelled else None,
         mrr=state.mrr,
         usage_growth=usage_growth(sums) if state.last_usage_ms else None,
+        churn_risk_horizon_days=model.horizon_days if model is not None else None,
     )
 
 

@@ -56,6 +56,9 @@ def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -
         rules,
         parameters.model_version,
         parameters.user_hash_key,
+        None if parameters.churn_model is None else (
+            parameters.churn_model.intercept, list(parameters.churn_model.coefficients), parameters.churn_model.horizon_days
+        ),
     )
 
 

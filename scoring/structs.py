@@ -161,6 +161,8 @@ class HealthScore(msgspec.Struct, frozen=True, gc=False):
     #: Activity (sessions and feature uses) of the last 30 days over the 30 before, minus 1;
     #: None without activity in the 30 days before (docs/model.md, "Customers ready for more").
     usage_growth: float | None = None
+    #: The horizon a calibrated churn_risk is the probability of churning within (None: the prior).
+    churn_risk_horizon_days: float | None = None
 
 
 class ActivitySums(msgspec.Struct, frozen=True, gc=False):
@@ -270,3 +272,4 @@ class HealthMessage(msgspec.Struct, gc=False):
     cancellation_reason: str | None = None
     mrr: float = 0.0
     usage_growth: float | None = None
+    churn_risk_horizon_days: float | None = None

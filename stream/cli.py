@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import logging
 import logging.config
@@ -362,6 +363,46 @@ def backtest(
         )
     except BacktestError as error:
         raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="History: JSON Lines (wire contract) or a purchase CSV customer_id,occurred_at,amount, with the events after --as-of too (they say who churned when there is no --labels).")
+@click.option("--labels", "labels_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV customer_id,churned_at. Without it, churn means no purchase within the horizon.")
+@click.option("--as-of", "as_of", required=True, help="Fit on every customer's state at this time (RFC 3339, YYYY-MM-DD or epoch ms).")
+@click.option("--horizon", "horizon_days", required=True, type=click.FloatRange(min=1, max=3650), help="Days after --as-of: churn_risk becomes the probability of churning within them.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the config with the fitted model (must not exist): the current config file with [scoring.churn_risk] added or replaced; run with HEALTHSCORE_CONFIG=this file.")
+def calibrate(input_path: Path, labels_path: Path | None, as_of: str, horizon_days: float, output_path: Path) -> None:
+    """Fit the churn risk on your own history: replay it to --as-of through the worker's model,
+    label who churned within --horizon days, fit a regularised logistic regression on the
+    features the worker has when it scores (docs/model.md, "Calibrated churn risk"), and
+    write a config that uses it. Prints the ROC AUC and Brier score before and after (out of
+    sample, cross-validated), the coefficients, and suggested component weights (printed,
+    never applied). Check it out of time with `healthscore backtest` at a later --as-of."""
+    from stream.commands.backtest import BacktestError
+    from stream.commands.calibrate import run_calibration
+
+    if output_path.exists():
+        raise click.BadParameter(f"{output_path} exists: choose another path (the active config is never overwritten)", param_hint="--output")
+    settings = _settings()
+    as_of_ms = _parse_time(as_of, "--as-of")
+    try:
+        summary, config_text = run_calibration(settings, input_path, labels_path, as_of_ms, horizon_days, lambda t: click.echo(t, err=True))
+    except BacktestError as error:
+        raise click.ClickException(str(error)) from None
+    output_path.write_text(config_text)
+    previous = os.environ.get("HEALTHSCORE_CONFIG")
+    os.environ["HEALTHSCORE_CONFIG"] = str(output_path)
+    try:
+        load_settings()  # the file it wrote is one the worker accepts
+    except SettingsError as error:
+        raise click.ClickException(f"the config written to {output_path} does not load: {error}") from None
+    finally:
+        if previous is None:
+            del os.environ["HEALTHSCORE_CONFIG"]
+        else:
+            os.environ["HEALTHSCORE_CONFIG"] = previous
+    summary["config"] = str(output_path)
     click.echo(json.dumps(summary, indent=2))
 
 

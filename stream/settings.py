@@ -22,6 +22,7 @@ from scoring.contract import TopicKind
 from scoring.alerts import DEFAULT_ACTIONS, RULES, Action, AlertParameters
 from scoring.bgnbd import BgNbdParameters
 from scoring.health import COMPONENTS, DEFAULT_WEIGHTS, ScoringParameters
+from scoring.churn import FEATURES, ChurnModel
 from scoring.kpis import DEFAULT_CANCELLATION_REASONS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +190,34 @@ class BgNbdSettings(Frozen):
     time_unit: Literal["day", "week"] = "day"
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+
+
+class ChurnRiskSettings(Frozen):
+    """A churn model `healthscore calibrate` fitted (docs/model.md, "Calibrated churn risk"):
+    churn_risk becomes the probability of churning within ``horizon_days``."""
+
+    horizon_days: float = Field(gt=0, le=3650)
+    intercept: Finite
+    #: One coefficient per feature of scoring.churn.FEATURES.
+    coefficients: dict[str, Finite]
+    #: What it was fitted on, for the record.
+    fitted_at: str = ""
+    as_of: str = ""
+    customers: int = Field(0, ge=0)
+    churned: int = Field(0, ge=0)
+
+    @field_validator("coefficients")
+    @classmethod
+    def _every_feature(cls, coefficients: dict[str, float]) -> dict[str, float]:
+        if set(coefficients) != set(FEATURES):
+            raise ValueError(f"one coefficient per feature, no other: {list(FEATURES)}; got {sorted(coefficients)}")
+        return coefficients
+
+    def model(self) -> ChurnModel:
+        return ChurnModel(self.intercept, tuple(self.coefficients[name] for name in FEATURES), self.horizon_days)
+
+
 class ScoringSettings(Frozen):
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
@@ -204,6 +233,7 @@ class ScoringSettings(Frozen):
     #: Fewer distinct days with events than this: held below healthy_min, confidence scaled down.
     healthy_min_active_days: int = Field(3, ge=0, le=365)
     bgnbd: BgNbdSettings | None = None
+    churn_risk: ChurnRiskSettings | None = None
 
     @field_validator("weights")
     @classmethod
@@ -235,6 +265,7 @@ class ScoringSettings(Frozen):
             expected_purchases_midpoint=self.expected_purchases_midpoint,
             support_target_resolution_hours=self.support_target_resolution_hours,
             sentiment_half_life_days=self.sentiment_half_life_days,
+            churn_model=self.churn_risk.model() if self.churn_risk is not None else None,
         )
 
 

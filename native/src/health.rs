@@ -12,6 +12,34 @@ extern "C" {
     // The C library's, as CPython's float ** and math.exp call them.
     fn pow(base: f64, exponent: f64) -> f64;
     fn exp(value: f64) -> f64;
+    fn log1p(value: f64) -> f64;
+}
+
+/// `scoring.churn.ChurnModel`: coefficients in the order of `scoring.churn.FEATURES`.
+pub struct ChurnModel {
+    pub intercept: f64,
+    pub coefficients: Vec<f64>,
+    pub horizon_days: f64,
+}
+
+/// `scoring.churn.churn_features` then `churn_probability`, operation for operation.
+fn churn_probability(model: &ChurnModel, score: f64, components: &[Component], confidence: f64, silent_ms: i64, active_days: i64) -> f64 {
+    let mut features = Vec::with_capacity(9);
+    features.push(score / 100.0);
+    for name in COMPONENTS {
+        features.push(components.iter().find(|component| component.name == name).map_or(0.5, |component| component.score / 100.0));
+    }
+    features.push(confidence);
+    unsafe {
+        features.push(log1p(silent_ms.max(0) as f64 / DAY_MS as f64));
+        features.push(log1p(active_days as f64));
+    }
+    let mut z = model.intercept;
+    for (coefficient, feature) in model.coefficients.iter().zip(&features) {
+        z += coefficient * feature;
+    }
+    z = py_min(500.0, py_max(-500.0, z));
+    1.0 / (1.0 + unsafe { exp(-z) })
 }
 
 pub struct Parameters {
@@ -27,6 +55,8 @@ pub struct Parameters {
     pub sentiment_half_life_days: f64,
     /// The key of the users' keyed fingerprints (privacy.hash_key).
     pub user_hash_key: Vec<u8>,
+    /// A churn model fitted by `healthscore calibrate`; None: the prior.
+    pub churn_model: Option<ChurnModel>,
 }
 
 impl Parameters {
@@ -63,6 +93,7 @@ pub struct HealthScore {
     pub cancellation_reason: Option<String>,
     pub mrr: f64,
     pub usage_growth: Option<f64>,
+    pub churn_risk_horizon_days: Option<f64>,
 }
 
 struct ActivitySums {
@@ -352,10 +383,15 @@ pub fn score_state(
     } else {
         None
     };
+    let score = py_round(composite, 2);
+    let risk = match &parameters.churn_model {
+        None => churn_risk_for(composite, weakest),
+        Some(model) => churn_probability(model, score, &components, confidence, at_ms - state.last_event_ms, state.active_days),
+    };
     Some(HealthScore {
-        score: py_round(composite, 2),
+        score,
         band: band_for(composite, parameters),
-        churn_risk: py_round(churn_risk_for(composite, weakest), 4),
+        churn_risk: py_round(risk, 4),
         components,
         as_of_ms: at_ms,
         confidence,
@@ -365,5 +401,6 @@ pub fn score_state(
         cancellation_reason: if cancelled { state.cancellation_reason.clone() } else { None },
         mrr: state.mrr,
         usage_growth,
+        churn_risk_horizon_days: parameters.churn_model.as_ref().map(|model| model.horizon_days),
     })
 }

@@ -20,7 +20,7 @@ use pyo3::types::PyBytes;
 
 use alerts::{Action, AlertParameters};
 use apply::{Event, Outcome};
-use health::{HealthScore, Parameters};
+use health::{ChurnModel, HealthScore, Parameters};
 use state::{CustomerState, PublishedScore};
 
 fn decode_or_new(stored: Option<&[u8]>, customer_id: &str) -> PyResult<CustomerState> {
@@ -73,7 +73,7 @@ struct Kernel {
 impl Kernel {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, healthy_min_active_days, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key))]
+    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, healthy_min_active_days, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key, churn_model=None))]
     fn new(
         weights: Vec<(String, f64)>,
         segment_weights: Vec<(String, Vec<(String, f64)>)>,
@@ -88,6 +88,7 @@ impl Kernel {
         rules: Option<&Bound<'_, PyAny>>,
         model_version: String,
         user_hash_key: Vec<u8>,
+        churn_model: Option<(f64, Vec<f64>, f64)>,
     ) -> PyResult<Self> {
         let rules = match rules {
             None => None,
@@ -147,6 +148,7 @@ impl Kernel {
                 support_target_resolution_hours,
                 sentiment_half_life_days,
                 user_hash_key,
+                churn_model: churn_model.map(|(intercept, coefficients, horizon_days)| ChurnModel { intercept, coefficients, horizon_days }),
             },
         })
     }

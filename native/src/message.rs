@@ -198,6 +198,9 @@ pub fn health_message(
     json.float_field("mrr", health.mrr);
     json.key("usage_growth");
     json.optional_float(health.usage_growth.map(|growth| half_up(growth, 10_000.0)));
+    json.raw(",");
+    json.key("churn_risk_horizon_days");
+    json.optional_float(health.churn_risk_horizon_days);
     json.raw("}");
     std::mem::take(&mut json.bytes)
 }

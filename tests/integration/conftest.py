@@ -215,10 +215,20 @@ def worker(namespace: Namespace, tmp_path: Path, request: pytest.FixtureRequest)
     instead of the Rust kernel (the default where the kernel is built)."""
     if getattr(request, "param", None) == "python":
         namespace.env["HEALTHSCORE_NATIVE_KERNEL"] = "false"
+    if getattr(request, "param", None) == "calibrated":
+        namespace.env["HEALTHSCORE_SCORING__CHURN_RISK"] = json.dumps(CALIBRATED)
     process = WorkerProcess(namespace, tmp_path / "worker.log")
     process.start()
     yield process
     process.stop()
+
+
+#: A churn model as `healthscore calibrate` writes one ([scoring.churn_risk]), for the worker fixture's "calibrated".
+CALIBRATED = {
+    "horizon_days": 30.0, "intercept": 14.1,
+    "coefficients": {"score": -0.99, "usage": -1.03, "purchases": -0.6, "support": -1.77, "sentiment": -4.62, "payments": 2.14,
+                     "confidence": -3.45, "log_days_silent": 0.68, "log_active_days": -3.09},
+}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from stream.cli import main
 from stream.commands.generate import write_history
 from tests.integration.conftest import (
+    CALIBRATED,
     Namespace,
     WorkerProcess,
     kcat_consume,
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
 
 
-@pytest.mark.parametrize("worker", ["default", "python"], indirect=True)
+@pytest.mark.parametrize("worker", ["default", "python", "calibrated"], indirect=True)
 def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, worker: WorkerProcess, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # The replay runs the Python model: the worker must agree with it through the Rust kernel
     # (where it is built, as in CI) and through the Python model.
@@ -52,7 +53,9 @@ def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, work
         key, _, value = line.partition("\t")
         from_worker[key] = json.loads(value)
 
-    result = CliRunner().invoke(main, ["replay", "--input", str(history), "--sweep-every", "0"])
+    calibrated = request.node.callspec.params["worker"] == "calibrated"
+    env = {"HEALTHSCORE_SCORING__CHURN_RISK": json.dumps(CALIBRATED)} if calibrated else {}
+    result = CliRunner().invoke(main, ["replay", "--input", str(history), "--sweep-every", "0"], env=env)
     assert result.exit_code == 0, result.output
     from_replay: dict[str, dict] = {}
     for line in result.stdout.splitlines():
@@ -64,7 +67,10 @@ def test_worker_and_replay_agree_on_every_final_score(namespace: Namespace, work
     disagreements = {
         customer: (from_worker[customer]["score"], from_replay[customer]["score"])
         for customer in from_worker
-        if (from_worker[customer]["score"], from_worker[customer]["band"]) != (from_replay[customer]["score"], from_replay[customer]["band"])
+        if (from_worker[customer]["score"], from_worker[customer]["band"], from_worker[customer]["churn_risk"])
+        != (from_replay[customer]["score"], from_replay[customer]["band"], from_replay[customer]["churn_risk"])
     }
     assert not disagreements, disagreements
+    # The calibrated churn risk, and its horizon in every score message.
+    assert all(from_worker[c]["churn_risk_horizon_days"] == (30.0 if calibrated else None) for c in from_worker)
     assert all(from_worker[c]["as_of"] == from_replay[c]["as_of"] for c in from_worker)

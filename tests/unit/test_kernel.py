@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from scoring import kernel
 from scoring.alerts import AlertParameters
+from scoring.churn import ChurnModel
 from scoring.compiled import PURE_PYTHON_VARIABLE
 from scoring.contract import (
     LATEST_MS,
@@ -146,8 +147,10 @@ class Both:
             segment_weights={"enterprise": {"usage": 0.5, "purchases": 0.0, "support": 0.3, "sentiment": 0.1, "payments": 0.1}},
             usage_half_life_days=3.0,
         ),
+        # A churn model as `healthscore calibrate` writes one (every feature weighing in).
+        ScoringParameters(churn_model=ChurnModel(-1.3, (-2.1, -0.8, -0.4, 0.3, -0.6, -1.7, 0.9, 0.75, -0.2), 30.0)),
     ],
-    ids=["defaults", "key-features-and-segments"],
+    ids=["defaults", "key-features-and-segments", "calibrated"],
 )
 @pytest.mark.parametrize(
     "rules",
@@ -291,6 +294,7 @@ def test_any_history_gives_the_same_records_messages_and_scores(history: list, w
     parameters = ScoringParameters(
         key_features=("reports",) if with_segments else (),
         segment_weights={"enterprise": {"usage": 0.6, "support": 0.4}} if with_segments else {},
+        churn_model=ChurnModel(0.4, (-3.0, -1.0, 0.5, -0.2, -0.9, -1.1, 1.3, 0.6, -0.35), 45.0) if with_segments else None,
     )
     both = Both(parameters, rules)
     for value, event, topic, partition, offset in history:
