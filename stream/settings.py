@@ -433,6 +433,14 @@ class EndpointSettings(Frozen):
 _PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
 
 
+def bearer_tokens(tokens: list[SecretStr], tokens_file: Path | None) -> list[str]:
+    """The accepted bearer tokens: those set, and the non-empty lines of the file."""
+    found = [token.get_secret_value() for token in tokens]
+    if tokens_file is not None and tokens_file.is_file():
+        found += [line.strip() for line in tokens_file.read_text().splitlines() if line.strip()]
+    return [token for token in found if token]
+
+
 class IngestSettings(Frozen):
     """`healthscore ingest`: events from Stripe, Zendesk, Segment and our own contract over
     HTTP into the input topics (docs/ingest.md). Credentials are secrets, several at once for
@@ -484,10 +492,7 @@ class IngestSettings(Frozen):
         return self
 
     def all_api_tokens(self) -> list[str]:
-        tokens = [token.get_secret_value() for token in self.api_tokens]
-        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
-            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()]
-        return [token for token in tokens if token]
+        return bearer_tokens(self.api_tokens, self.api_tokens_file)
 
 
 class DeliverySettings(Frozen):
@@ -812,10 +817,7 @@ class Settings(BaseSettings):
 
     def all_api_tokens(self) -> list[str]:
         """The accepted bearer tokens: ``api_tokens`` and the lines of ``api_tokens_file``."""
-        tokens = [token.get_secret_value() for token in self.api_tokens]
-        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
-            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()]
-        return [token for token in tokens if token]
+        return bearer_tokens(self.api_tokens, self.api_tokens_file)
 
     @model_validator(mode="after")
     def _buffer_holds_a_fetch(self) -> "Settings":
