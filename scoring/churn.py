@@ -36,7 +36,8 @@ def churn_features(
     score: float, components: Mapping[str, ComponentScore], confidence: float, silent_ms: int, active_days: int
 ) -> list[float]:
     """The features of one score: the published score and each component on 0-1 (a missing one
-    at 0.5), the confidence, log(1 + days since the last event), log(1 + days with events)."""
+    at 0.5), the confidence, log(1 + days since the last event), log(1 + days with counted
+    events in the last 90 days: ``scoring.health.days_with_events``, whatever their order)."""
     features = [score / 100.0]
     for name in COMPONENTS:
         component = components.get(name)

@@ -263,6 +263,15 @@ def churn_risk_for(score: float, weakest_component: float = 100.0) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+def days_with_events(state: CustomerState, at_ms: int) -> int:
+    """Days with counted events in the 90 days ending at ``at_ms``: the same whatever order the
+    events arrived in (``active_days`` counts a day only when it comes after the last one)."""
+    days = state.counts.days
+    today = at_ms // DAY_MS
+    end = bisect_right(days, today)
+    return end - bisect_left(days, today - 89, 0, end)
+
+
 def usage_growth(sums: ActivitySums) -> float | None:
     """Activity of the last 30 days over the 30 days before, minus 1 (None without activity then)."""
     before = sums.activity_60d - sums.activity_30d
@@ -345,7 +354,8 @@ def score_state(
     if model is None:
         risk = churn_risk_for(composite, weakest)
     else:
-        risk = churn_probability(model, churn_features(score, components, confidence, at_ms - state.last_event_ms, state.active_days))
+        features = churn_features(score, components, confidence, at_ms - state.last_event_ms, days_with_events(state, at_ms))
+        risk = churn_probability(model, features)
     return HealthScore(
         score=score,
         band=band_for(composite, parameters),

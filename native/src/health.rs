@@ -134,6 +134,15 @@ fn activity_sums(state: &CustomerState, at_ms: i64) -> ActivitySums {
     sums
 }
 
+/// `scoring.health.days_with_events`: days with counted events in the 90 days ending at `at_ms`.
+fn days_with_events(state: &CustomerState, at_ms: i64) -> i64 {
+    let days = &state.counts.days;
+    let today = at_ms.div_euclid(DAY_MS);
+    let end = days.partition_point(|day| *day <= today);
+    let start = days[..end].partition_point(|day| *day < today - 89);
+    (end - start) as i64
+}
+
 fn decay(elapsed_ms: i64, half_life_days: f64) -> f64 {
     if elapsed_ms <= 0 {
         return 1.0;
@@ -386,7 +395,7 @@ pub fn score_state(
     let score = py_round(composite, 2);
     let risk = match &parameters.churn_model {
         None => churn_risk_for(composite, weakest),
-        Some(model) => churn_probability(model, score, &components, confidence, at_ms - state.last_event_ms, state.active_days),
+        Some(model) => churn_probability(model, score, &components, confidence, at_ms - state.last_event_ms, days_with_events(state, at_ms)),
     };
     Some(HealthScore {
         score,

@@ -17,6 +17,7 @@ from typing import Callable
 
 from scoring import backtest as metrics
 from scoring.churn import COMPONENTS, FEATURES, churn_features
+from scoring.health import days_with_events
 from scoring.output import rfc3339
 from stream.commands.backtest import BacktestError, _churn_labels, _replay_until
 from stream.commands.history import read_history
@@ -108,7 +109,7 @@ def run_calibration(
                             f"at least {MIN_PER_CLASS} of each are needed to fit (a longer history, another --as-of or --horizon)")
     states = replayer.states
     features = [churn_features(finals[c].score, finals[c].components, finals[c].confidence, as_of_ms - states[c].last_event_ms,
-                               states[c].active_days) for c in population]
+                               days_with_events(states[c], as_of_ms)) for c in population]
     intercept, fitted, strength, out_of_sample = _fit(features, churned)
     coefficients = dict(zip(FEATURES, fitted))
     prior = [finals[c].churn_risk for c in population]
