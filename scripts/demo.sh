@@ -36,6 +36,14 @@ $hs watch --limit 40
 wait "$generator"
 sleep 2
 echo
+echo "Worker metrics that moved (all of them: http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics):"
+curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics" \
+  | grep -E "^healthscore_(events_total|scores_published_total|dead_letters_total|alerts_raised_total|alerts_suppressed_total)" \
+  | grep -v " 0.0$" || true
+echo
+echo "Lookups: curl -s 127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"
+curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"; echo
+echo
 api="http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}"
 echo "The 10 riskiest customers still to save (GET /customers/at-risk?limit=10: live customers only;"
 echo "who already left: /customers/churned), with the next step of their latest alert:"
@@ -46,11 +54,3 @@ echo "who already left: /customers/churned), with the next step of their latest 
       ((.recent_alerts[0] // {}) | if .recommended_action then "\(.action_owner): \(.recommended_action)" else "no alert yet" end)] | @tsv'
   done
 } | column -t -s $'\t'
-echo
-echo "Worker metrics that moved (all of them: http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics):"
-curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/metrics" \
-  | grep -E "^healthscore_(events_total|scores_published_total|dead_letters_total|alerts_raised_total|alerts_suppressed_total)" \
-  | grep -v " 0.0$" || true
-echo
-echo "Lookups: curl -s 127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"
-curl -s "http://127.0.0.1:${HEALTHSCORE_WEB_PORT:-6066}/customers/at-risk?limit=5"; echo
