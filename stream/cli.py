@@ -371,12 +371,14 @@ def backtest(
 @click.option("--labels", "labels_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV customer_id,churned_at. Without it, churn means no purchase within the horizon.")
 @click.option("--as-of", "as_of", required=True, help="Fit on every customer's state at this time (RFC 3339, YYYY-MM-DD or epoch ms).")
 @click.option("--horizon", "horizon_days", required=True, type=click.FloatRange(min=1, max=3650), help="Days after --as-of: churn_risk becomes the probability of churning within them.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the config with the fitted model (must not exist): the current config file with [scoring.churn_risk] added or replaced; run with HEALTHSCORE_CONFIG=this file.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the config with the fitted model (must not exist): the current config file with [scoring.churn_risk] (and [scoring.bgnbd] when fitted) added or replaced; run with HEALTHSCORE_CONFIG=this file.")
 def calibrate(input_path: Path, labels_path: Path | None, as_of: str, horizon_days: float, output_path: Path) -> None:
     """Fit the churn risk on your own history: replay it to --as-of through the worker's model,
     label who churned within --horizon days, fit a regularised logistic regression on the
     features the worker has when it scores (docs/model.md, "Calibrated churn risk"), and
-    write a config that uses it. Prints the ROC AUC and Brier score before and after (out of
+    write a config that uses it. When at least 50 customers without a subscription bought
+    (10 of them more than once), BG/NBD is fitted on their purchases first, as fit-bgnbd
+    does, and written to [scoring.bgnbd] too. Prints the ROC AUC and Brier score before and after (out of
     sample, cross-validated), the coefficients, and suggested component weights (printed,
     never applied). Check it out of time with `healthscore backtest` at a later --as-of."""
     from stream.commands.backtest import BacktestError
