@@ -106,11 +106,19 @@ class TicketReopened(msgspec.Struct, frozen=True):
 
 
 class SurveyAnswered(msgspec.Struct, frozen=True):
-    survey: Literal["nps", "csat", "ces"]
+    """One answer. ``cli`` is one question of the Customer Loyalty Index (1 = very likely to
+    6 = not at all); ``csi`` one of the Customer Secure Index's three (``question`` one of
+    CSI_QUESTIONS; yes 1, no 0 by default)."""
+
+    survey: Literal["nps", "csat", "ces", "cli", "csi"]
     score: SurveyNumber
     scale: tuple[SurveyNumber, SurveyNumber] | None = None
     #: What the customer wrote with the answer, if anything.
     comment: Comment | None = None
+    #: Which question of the survey (required for csi; free for the others).
+    question: Text | None = None
+    #: The touchpoint or ticket the answer rates (a CSAT after a ticket, a call...), if any.
+    touchpoint: Text | None = None
 
 
 class InvoiceIssued(msgspec.Struct, frozen=True):
@@ -180,7 +188,11 @@ DEFAULT_SURVEY_SCALES: dict[str, tuple[float, float]] = {
     "nps": (0.0, 10.0),
     "csat": (1.0, 5.0),
     "ces": (1.0, 7.0),
+    "cli": (1.0, 6.0),
+    "csi": (0.0, 1.0),
 }
+#: The Customer Secure Index's questions: satisfied overall, would buy again, would recommend.
+CSI_QUESTIONS: Final = ("satisfied", "buy_again", "recommend")
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -440,6 +452,8 @@ def _checked(
             return Rejection(RejectReason.INVALID_FIELD, f"data.scale [{low}, {high}] is not a range")
         if not low <= data.score <= high:
             return Rejection(RejectReason.INVALID_FIELD, f"data.score {data.score} outside scale [{low}, {high}]")
+        if data.survey == "csi" and data.question not in CSI_QUESTIONS:
+            return Rejection(RejectReason.INVALID_FIELD, f"data.question of a csi answer must be one of {', '.join(CSI_QUESTIONS)}")
     if isinstance(data, InvoiceIssued):
         due = parse_timestamp_ms(data.due_at, "data.due_at")
         if isinstance(due, Rejection):

@@ -24,7 +24,7 @@ from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
-MODEL_REVISION: Final = "3"
+MODEL_REVISION: Final = "4"
 COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments")
 DEFAULT_WEIGHTS: dict[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
 #: Penalty in points per open ticket, by priority (low, normal, high, urgent).
@@ -192,10 +192,13 @@ def nps_rating(answer: SurveyResponse) -> float:
 
 def answer_points(answer: SurveyResponse) -> float:
     """One answer on 0-100. NPS by category, as the NPS itself counts it (promoter 9-10: 100,
-    passive 7-8: 50, detractor 0-6: 0); CSAT and CES linearly on their scale."""
+    passive 7-8: 50, detractor 0-6: 0); a loyalty-index (cli) answer by the articles' table,
+    its scale reversed (1: 100 ... 6: 0); CSAT, CES and CSI linearly on their scale."""
     if answer.survey == "nps":
         rating = nps_rating(answer)
         return 100.0 if rating >= 9.0 else 50.0 if rating >= 7.0 else 0.0
+    if answer.survey == "cli":
+        return 100.0 * (answer.scale_max - answer.score) / (answer.scale_max - answer.scale_min)
     return 100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
 
 

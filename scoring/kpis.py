@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from scoring.contract import CSI_QUESTIONS
 from scoring.state import DAY_MS, PRIORITIES, CustomerState, day_total, window_total
+from scoring.structs import SurveyResponse
 
 
 def _counts(**counts: float) -> None:
@@ -209,6 +211,31 @@ def customer_effort_score(answers: Sequence[float]) -> float | None:
     return None if not answers else sum(answers) / len(answers)
 
 
+def loyalty_points(score: float, scale_min: float = 1.0, scale_max: float = 6.0) -> float:
+    """One Customer Loyalty Index answer in points: the articles' table on 1-6 (1: 100, 2: 80
+    ... 6: 0), and the same straight line on another scale (its best end first)."""
+    if not scale_min <= score <= scale_max or scale_min >= scale_max:
+        raise ValueError(f"loyalty answer {score} is outside its scale {scale_min}-{scale_max}")
+    return 100.0 * (scale_max - score) / (scale_max - scale_min)
+
+
+def customer_secure(answers: dict[str, float]) -> bool | None:
+    """The Customer Secure Index for one customer: secure when the answers to all three
+    questions (satisfied, would buy again, would recommend; each as a share 0-1 of its scale)
+    are positive (above the middle of the scale); None until all three are answered."""
+    if any(question not in answers for question in CSI_QUESTIONS):
+        return None
+    return all(answers[question] > 0.5 for question in CSI_QUESTIONS)
+
+
+def customer_secure_rate(secure: int, answered: int) -> float | None:
+    """Secure customers / customers who answered all three CSI questions × 100."""
+    _counts(secure=secure, answered=answered)
+    if secure > answered:
+        raise ValueError(f"secure customers ({secure}) cannot outnumber those who answered ({answered})")
+    return None if answered == 0 else secure / answered * 100
+
+
 def customer_loyalty_index(answers: Sequence[int]) -> float | None:
     """Each answer on 1-6 maps to 100, 80, 60, 40, 20, 0 points; the index is the mean."""
     points = []
@@ -255,6 +282,8 @@ class CustomerKpis:
     nps: float | None
     csat: float | None
     ces: float | None
+    customer_loyalty_index: float | None
+    customer_secure: bool | None
     failed_payments_30d: int
     overdue_invoices: int
     max_days_overdue: float
@@ -267,6 +296,30 @@ def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
     return sum(1 for last_day in state.users_last_day.values() if today - days < last_day <= today)
 
 
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def answer_share(response: SurveyResponse) -> float:
+    """Where an answer sits on its scale, 0 (lowest) to 1 (highest)."""
+    return (response.score - response.scale_min) / (response.scale_max - response.scale_min)
+
+
+def recent_answers(surveys: Sequence[SurveyResponse], since_ms: int, at_ms: int) -> tuple[dict[str, list[SurveyResponse]], dict[str, float]]:
+    """The answers given in [since_ms, at_ms] by survey (nps, csat, ces, cli), and each CSI
+    question's latest answer as a share of its scale (the record keeps them as ``csi.<question>``)."""
+    answers: dict[str, list[SurveyResponse]] = {"nps": [], "csat": [], "ces": [], "cli": []}
+    secure: dict[str, float] = {}
+    for response in sorted(surveys, key=lambda r: r.answered_ms):
+        if not since_ms <= response.answered_ms <= at_ms:
+            continue
+        if response.survey.startswith("csi."):
+            secure[response.survey[4:]] = answer_share(response)
+        elif response.survey in answers:
+            answers[response.survey].append(response)
+    return answers, secure
+
+
 def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = ()) -> CustomerKpis:
     """Everything a customer-success manager reads about one customer, at ``at_ms``."""
     today = at_ms // DAY_MS
@@ -277,10 +330,7 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
     if key_features:
         used = sum(1 for f in key_features if today - 30 < state.features_last_day.get(f, -(10**9)) <= today)
         adoption = used / len(key_features)
-    answers = {"nps": [], "csat": [], "ces": []}
-    for response in state.surveys:
-        if at_ms - response.answered_ms <= 90 * DAY_MS and response.answered_ms <= at_ms:
-            answers[response.survey].append(response)
+    answers, secure_answers = recent_answers(state.surveys, at_ms - 90 * DAY_MS, at_ms)
     nps_value = None
     if answers["nps"]:
         # Answers on different NPS scales are put on 0-10 before categorizing.
@@ -317,6 +367,8 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         nps=nps_value,
         csat=csat(csat_answers),
         ces=customer_effort_score(ces_answers),
+        customer_loyalty_index=mean([loyalty_points(r.score, r.scale_min, r.scale_max) for r in answers["cli"]]),
+        customer_secure=customer_secure(secure_answers),
         failed_payments_30d=window_total(state, "payments_failed", at_ms, 30),
         overdue_invoices=len(overdue),
         max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
@@ -353,6 +405,12 @@ class FleetTotals:
     csat_answers: int = 0
     ces_sum: float = 0.0
     ces_answers: int = 0
+    #: Customer Loyalty Index: points (0-100) of the answers, and how many.
+    cli_points_sum: float = 0.0
+    cli_answers: int = 0
+    #: Customer Secure Index: customers who answered all three questions, and of them the secure.
+    csi_answered: int = 0
+    csi_secure: int = 0
     resolution_seconds_sum: float = 0.0
     resolutions: int = 0
     mrr: float = 0.0
@@ -381,23 +439,32 @@ class FleetTotals:
         self.repeat_buyers += orders >= 2
         if state.published is not None:
             self.bands[state.published.band] = self.bands.get(state.published.band, 0) + 1
-        for response in state.surveys:
-            if not start <= response.answered_ms <= at:
-                continue
-            scale = (response.scale_min, response.scale_max)
-            share = (response.score - response.scale_min) / (response.scale_max - response.scale_min)
-            if response.survey == "nps" and (int(scale[0]), int(scale[1])) in NPS_SCALES:
-                self.nps[nps_category(response.score, scale)] += 1
-            elif response.survey == "csat":
-                self.csat_answers += 1
-                self.csat_satisfied += 1 + 4 * share >= 4
-            elif response.survey == "ces":
-                self.ces_answers += 1
-                self.ces_sum += 1 + 6 * share
+        self._add_answers(state, start, at)
         self.resolution_seconds_sum += sum(state.resolution_seconds)
         self.resolutions += len(state.resolution_seconds)
         if state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at):
             self.mrr += state.mrr
+
+
+    def _add_answers(self, state: CustomerState, start: int, at: int) -> None:
+        answers, secure_answers = recent_answers(state.surveys, start, at)
+        for response in answers["nps"]:
+            scale = (response.scale_min, response.scale_max)
+            if (int(scale[0]), int(scale[1])) in NPS_SCALES:
+                self.nps[nps_category(response.score, scale)] += 1
+        for response in answers["csat"]:
+            self.csat_answers += 1
+            self.csat_satisfied += 1 + 4 * answer_share(response) >= 4
+        for response in answers["ces"]:
+            self.ces_answers += 1
+            self.ces_sum += 1 + 6 * answer_share(response)
+        for response in answers["cli"]:
+            self.cli_answers += 1
+            self.cli_points_sum += loyalty_points(response.score, response.scale_min, response.scale_max)
+        secure = customer_secure(secure_answers)
+        if secure is not None:
+            self.csi_answered += 1
+            self.csi_secure += secure
 
 
 COUNTERS_FOR_ACTIVITY = ("sessions", "feature_uses", "purchases", "tickets_opened", "payments_failed")

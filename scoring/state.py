@@ -308,7 +308,9 @@ def _apply_support(state: CustomerState, data: TicketOpened | TicketResolved | T
             _open_ticket(state, data.ticket_id, at, PRIORITIES.index("normal"))
         case SurveyAnswered():
             low, high = data.scale or DEFAULT_SURVEY_SCALES[data.survey]
-            state.surveys.append(SurveyResponse(data.survey, data.score, low, high, at))
+            # A CSI answer is kept with its question ("csi.recommend"): the index needs all three.
+            kind = f"csi.{data.question}" if data.survey == "csi" else data.survey
+            state.surveys.append(SurveyResponse(kind, data.score, low, high, at))
             state.surveys.sort(key=lambda response: response.answered_ms)
             del state.surveys[:-MAX_SURVEYS]
 

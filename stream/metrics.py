@@ -346,6 +346,17 @@ FLEET_SURVEY_ANSWERS = Gauge(
     registry=REGISTRY,
 )
 FLEET_CES_SCORE_SUM = Gauge("healthscore_fleet_ces_score_sum", "Sum of CES answers (1-7) in the trailing period.", registry=REGISTRY)
+FLEET_CLI_POINTS_SUM = Gauge(
+    "healthscore_fleet_cli_points_sum",
+    "Sum of Customer Loyalty Index answers in points (1: 100 ... 6: 0) in the trailing period; the answers are survey=cli of healthscore_fleet_survey_answers.",
+    registry=REGISTRY,
+)
+FLEET_SECURE_CUSTOMERS = Gauge(
+    "healthscore_fleet_secure_customers",
+    "Customers who answered all three Customer Secure Index questions in the trailing period (answered), and of them the secure (all three positive).",
+    ["status"],
+    registry=REGISTRY,
+)
 FLEET_RESOLUTION_SECONDS_SUM = Gauge(
     "healthscore_fleet_resolution_seconds_sum", "Sum of recent ticket resolution times.", registry=REGISTRY
 )

@@ -135,7 +135,7 @@ fn number_text(value: f64) -> String {
 
 /// `scoring.alerts._detractor`: one alert per detractor's answer, the event its episode.
 fn detractor(event: &Event) -> Option<(&'static str, String, &'static str, String)> {
-    let Data::SurveyAnswered { survey, score, scale, comment } = &event.data else {
+    let Data::SurveyAnswered { survey, score, scale, comment, .. } = &event.data else {
         return None;
     };
     let (low, high) = scale.or_else(|| default_scale(survey))?;

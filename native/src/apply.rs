@@ -35,7 +35,7 @@ pub enum Data {
     TicketOpened { ticket_id: String, priority: String },
     TicketResolved { ticket_id: String },
     TicketReopened { ticket_id: String },
-    SurveyAnswered { survey: String, score: f64, scale: Option<(f64, f64)>, comment: Option<String> },
+    SurveyAnswered { survey: String, score: f64, scale: Option<(f64, f64)>, comment: Option<String>, question: Option<String> },
     InvoiceIssued { invoice_id: String, amount: f64, due_ms: i64 },
     PaymentSucceeded { invoice_id: String },
     PaymentFailed,
@@ -72,6 +72,8 @@ pub fn default_scale(survey: &str) -> Option<(f64, f64)> {
         "nps" => Some((0.0, 10.0)),
         "csat" => Some((1.0, 5.0)),
         "ces" => Some((1.0, 7.0)),
+        "cli" => Some((1.0, 6.0)),
+        "csi" => Some((0.0, 1.0)),
         _ => None,
     }
 }
@@ -282,9 +284,11 @@ pub fn apply_event(
             state.tickets_reopened += 1;
             open_ticket(state, ticket_id, at, 1, false);
         }
-        Data::SurveyAnswered { survey, score, scale, .. } => {
+        Data::SurveyAnswered { survey, score, scale, question, .. } => {
             let (low, high) = scale.or_else(|| default_scale(survey)).unwrap_or((0.0, 10.0));
-            state.surveys.push(SurveyResponse { survey: survey.clone(), score: *score, scale_min: low, scale_max: high, answered_ms: at });
+            // A CSI answer is kept with its question ("csi.recommend"): the index needs all three.
+            let kind = if survey == "csi" { format!("csi.{}", question.as_deref().unwrap_or_default()) } else { survey.clone() };
+            state.surveys.push(SurveyResponse { survey: kind, score: *score, scale_min: low, scale_max: high, answered_ms: at });
             state.surveys.sort_by_key(|response| response.answered_ms);
             keep_last(&mut state.surveys, MAX_SURVEYS);
         }

@@ -223,11 +223,14 @@ fn nps_rating(answer: &SurveyResponse) -> f64 {
     10.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
 }
 
-/// `scoring.health.answer_points`: NPS by category, the others linearly.
+/// `scoring.health.answer_points`: NPS by category, CLI reversed, the others linearly.
 fn answer_points(answer: &SurveyResponse) -> f64 {
     if answer.survey == "nps" {
         let rating = nps_rating(answer);
         return if rating >= 9.0 { 100.0 } else if rating >= 7.0 { 50.0 } else { 0.0 };
+    }
+    if answer.survey == "cli" {
+        return 100.0 * (answer.scale_max - answer.score) / (answer.scale_max - answer.scale_min);
     }
     100.0 * (answer.score - answer.scale_min) / (answer.scale_max - answer.scale_min)
 }

@@ -240,7 +240,14 @@ struct SurveyAnsweredData {
     scale: Option<(f64, f64)>,
     #[serde(default)]
     comment: Option<String>,
+    #[serde(default)]
+    question: Option<String>,
+    #[serde(default)]
+    touchpoint: Option<String>,
 }
+
+/// `scoring.contract.CSI_QUESTIONS`.
+const CSI_QUESTIONS: [&str; 3] = ["satisfied", "buy_again", "recommend"];
 
 #[derive(Deserialize)]
 struct InvoiceIssuedData {
@@ -360,14 +367,16 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
         }
         "survey.answered" => {
             let data: SurveyAnsweredData = parse(raw)?;
-            let default = default_scale(&data.survey)?; // also: the survey is one of the three
+            let default = default_scale(&data.survey)?; // also: the survey is one of the five
             let (low, high) = data.scale.unwrap_or(default);
             let in_range = survey_number(low) && survey_number(high) && low < high && low <= data.score && data.score <= high;
             let comment_fits = data.comment.as_deref().is_none_or(|text| text.len() <= MAX_COMMENT || text.chars().count() <= MAX_COMMENT);
-            if !(survey_number(data.score) && in_range && comment_fits) {
+            let texts_fit = short_or_none(&data.question) && short_or_none(&data.touchpoint);
+            let question_known = data.survey != "csi" || data.question.as_deref().is_some_and(|question| CSI_QUESTIONS.contains(&question));
+            if !(survey_number(data.score) && in_range && comment_fits && texts_fit && question_known) {
                 return None;
             }
-            Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale, comment: data.comment }
+            Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale, comment: data.comment, question: data.question }
         }
         "invoice.issued" => {
             let data: InvoiceIssuedData = parse(raw)?;

@@ -105,6 +105,10 @@ def test_a_tombstone_and_bytes_that_are_not_utf8_are_named_not_raised() -> None:
         (raw(type="ticket.opened", data={"ticket_id": "t", "priority": "meh"}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
         (raw(type="survey.answered", data={"survey": "nps", "score": 11}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
         (raw(type="survey.answered", data={"survey": "csat", "score": 3, "scale": [5, 1]}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "csi", "score": 1}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "csi", "score": 1, "question": "happy"}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "cli", "score": 7}), b"acme", TopicKind.TICKETS, RejectReason.INVALID_FIELD),
+        (raw(type="survey.answered", data={"survey": "cli", "score": 2, "touchpoint": "t" * 257}), b"acme", TopicKind.TICKETS, RejectReason.TOO_LONG),
         (raw(type="invoice.issued", data={"invoice_id": "i", "amount": 5, "due_at": "soon"}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_TIMESTAMP),
         (raw(type="subscription.updated", data={"mrr": -5}), b"acme", TopicKind.PAYMENTS, RejectReason.INVALID_AMOUNT),
         # The documented bounds (docs/events.md, "Bounds").

@@ -253,6 +253,16 @@ def test_a_customer_who_stops_answering_drifts_back_to_neutral_sentiment() -> No
     assert 50 < scores[-1] < 55
 
 
+@pytest.mark.parametrize(("survey", "score", "question", "sentiment"), [
+    ("cli", 1, None, 90.0), ("cli", 6, None, 10.0),  # the loyalty index's 1 is its best answer
+    ("csi", 1, "recommend", 90.0), ("csi", 0, "buy_again", 10.0),
+])
+def test_loyalty_and_secure_answers_move_sentiment_their_way(survey: str, score: float, question: str | None, sentiment: float) -> None:
+    state = new_state("acme")
+    apply_event(state, ev("a", T0, SurveyAnswered(survey, score, question=question)))
+    assert component_scores(state, T0, PARAMETERS)["sentiment"] == sentiment
+
+
 def test_slow_resolution_and_reopens_lower_support() -> None:
     def support_with(resolution_hours: float, reopened: bool) -> float:
         state = new_state("acme")

@@ -232,12 +232,18 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStr
     if event_type in ("ticket.resolved", "ticket.reopened"):
         return {"ticket_id": draw(small_ids)}
     if event_type == "survey.answered":
-        survey = draw(st.sampled_from(["nps", "csat", "ces"]))
+        survey = draw(st.sampled_from(["nps", "csat", "ces", "cli", "csi"]))
         comment = draw(st.sampled_from([None, None, "", "too slow", 'said "no" \\ then\nleft', "é" * MAX_COMMENT]))
         extra = {} if comment is None else {"comment": comment}
+        questions = ["satisfied", "buy_again", "recommend"] if survey == "csi" else [None, "q7", "recommend", "é" * 256]
+        question = draw(st.sampled_from(questions))
+        if question is not None:
+            extra["question"] = question
+        if draw(st.booleans()):
+            extra["touchpoint"] = draw(st.sampled_from(["ticket-1", "qbr", "", "é" * 256]))
         if draw(st.booleans()):
             return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10], **extra}
-        low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}[survey]
+        low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7), "cli": (1, 6), "csi": (0, 1)}[survey]
         return {"survey": survey, "score": draw(st.integers(low, high)), **extra}
     if event_type == "invoice.issued":
         due = at_ms + draw(st.integers(-40, 40)) * DAY_MS
@@ -418,7 +424,7 @@ ODD_VALUES = [
     MAX_MONEY, MAX_MONEY + 1, 2e17, 10**30, MAX_QUANTITY, MAX_QUANTITY + 1, MAX_DURATION_SECONDS + 1, MAX_SURVEY_SCALE + 1,
     [-MAX_SURVEY_SCALE - 1, 10], LATEST_MS - 1, LATEST_MS, "2100-01-01T00:00:00Z", "x" * 257, "é" * 257, "2026-01-01",
     [{"sku": "a", "quantity": 1, "unit_price": 1}] * (MAX_ITEMS + 1), [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}],
-    "c" * MAX_COMMENT, "é" * (MAX_COMMENT + 1), "c" * (MAX_COMMENT + 1),
+    "c" * MAX_COMMENT, "é" * (MAX_COMMENT + 1), "c" * (MAX_COMMENT + 1), "cli", "csi", "satisfied", "buy_again",
 ]
 
 
@@ -451,7 +457,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     if mutation == "envelope":
         body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "data" and isinstance(body["data"], dict):
-        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment"]))] = draw(st.sampled_from(ODD_VALUES))
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment", "question", "touchpoint"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "drop":
         target = body if draw(st.booleans()) or not body["data"] else body["data"]
         del target[draw(st.sampled_from(sorted(target)))]

@@ -221,3 +221,45 @@ def test_fleet_totals_count_the_period() -> None:
     assert fleet.nps == {"promoter": 1, "passive": 0, "detractor": 1}
     assert (fleet.csat_satisfied, fleet.csat_answers) == (1, 1)
     assert fleet.mrr == 50.0
+
+
+@pytest.mark.parametrize(("answer", "points"), [(1, 100.0), (2, 80.0), (3, 60.0), (4, 40.0), (5, 20.0), (6, 0.0)])
+def test_each_loyalty_answer_is_worth_the_articles_points(answer: int, points: float) -> None:
+    assert kpis.loyalty_points(answer) == points
+    assert kpis.customer_loyalty_index([answer]) == points
+
+
+@pytest.mark.parametrize(
+    ("answers", "secure"),
+    [
+        ({"satisfied": 1.0, "buy_again": 1.0, "recommend": 1.0}, True),
+        ({"satisfied": 1.0, "buy_again": 0.0, "recommend": 1.0}, False),
+        ({"satisfied": 0.75, "buy_again": 1.0, "recommend": 0.6}, True),
+        ({"satisfied": 0.5, "buy_again": 1.0, "recommend": 1.0}, False),  # the middle of the scale is not positive
+        ({"satisfied": 1.0, "recommend": 1.0}, None),  # one question unanswered: no status yet
+    ],
+)
+def test_a_customer_is_secure_when_all_three_answers_are_positive(answers: dict, secure: bool | None) -> None:
+    assert kpis.customer_secure(answers) is secure
+
+
+def test_loyalty_and_secure_answers_in_the_customer_and_fleet_kpis() -> None:
+    at = T0
+    loyal, unsure, silent = new_state("loyal"), new_state("unsure"), new_state("silent")
+    for index, answer in enumerate((1, 2, 3)):
+        apply_event(loyal, ev(f"l{index}", at - DAY_MS, SurveyAnswered("cli", answer, question=f"q{index}")))
+    for question in ("satisfied", "buy_again", "recommend"):
+        apply_event(loyal, ev(f"s-{question}", at - DAY_MS, SurveyAnswered("csi", 1, question=question)))
+        apply_event(unsure, ev(f"u-{question}", at - 2 * DAY_MS, SurveyAnswered("csi", 1, question=question)))
+    apply_event(unsure, ev("u-again", at - DAY_MS, SurveyAnswered("csi", 0, question="buy_again")))  # the latest answer counts
+    apply_event(unsure, ev("u-cli", at - DAY_MS, SurveyAnswered("cli", 5, scale=(1, 5))))  # 1-5: its worst end is 0 points
+    apply_event(silent, ev("x", at - DAY_MS, UsageSession("u", 60)))
+    assert kpis.customer_kpis(loyal, at).customer_loyalty_index == 80.0 and kpis.customer_kpis(loyal, at).customer_secure is True
+    assert kpis.customer_kpis(unsure, at).customer_loyalty_index == 0.0 and kpis.customer_kpis(unsure, at).customer_secure is False
+    assert kpis.customer_kpis(silent, at).customer_loyalty_index is None and kpis.customer_kpis(silent, at).customer_secure is None
+    fleet = kpis.FleetTotals(at_ms=at, period_days=30)
+    for state in (loyal, unsure, silent):
+        fleet.add(state)
+    assert (fleet.cli_answers, fleet.cli_points_sum) == (4, 240.0)
+    assert (fleet.csi_answered, fleet.csi_secure) == (2, 1)
+    assert kpis.customer_secure_rate(fleet.csi_secure, fleet.csi_answered) == 50.0
