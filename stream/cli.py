@@ -409,6 +409,27 @@ def calibrate(input_path: Path, labels_path: Path | None, as_of: str, horizon_da
 
 
 @main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="History: JSON Lines (wire contract) or a purchase CSV customer_id,occurred_at,amount; include the period before --from (who was a customer at the start is read from it).")
+@click.option("--from", "first", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="First day of the period (YYYY-MM-DD, UTC).")
+@click.option("--to", "last", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day of the period, included (YYYY-MM-DD, UTC).")
+@click.option("--acquisition-spend", "spend", type=click.FloatRange(min=0, max=1e15), default=None, help="Acquisition spend over the period, for cac and ltv_to_cac (else the config's [[kpis.acquisition_spend]] entries within the period; else null).")
+@click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json", show_default=True, help="One JSON object, or a table for people.")
+def kpis(input_path: Path, first: datetime, last: datetime, spend: float | None, output_format: str) -> None:
+    """The fleet's KPIs over one period of a history, by the source articles' definitions
+    (docs/model.md, "KPIs of a period"): customers at start and end, new, lost, retention
+    and churn, lifetime, repurchase, loyal customers, basket, upsell, abandonment, LTV, CAC,
+    MRR and its growth (existing customers only, with new, expansion, contraction and
+    churned MRR), NPS, CSAT, CES, Loyalty and Secure indexes, participation, time to
+    resolution, DAU/WAU/MAU. A figure the data does not allow is null."""
+    from stream.commands.kpis import as_json, as_table, period_kpis
+
+    if last < first:
+        raise click.BadParameter(f"{last:%Y-%m-%d} is before --from {first:%Y-%m-%d}", param_hint="--to")
+    result = period_kpis(_settings(), input_path, first.date(), last.date(), spend, lambda t: click.echo(t, err=True))
+    click.echo(as_table(result) if output_format == "table" else as_json(result))
+
+
+@main.command()
 @click.argument("customer_ids", nargs=-1)
 @click.option("--file", "id_file", type=click.File("r"), help="Also erase the customer ids in this file, one per line ('-': standard input).")
 @click.option("--reason", default="", help="Why, kept in the audit record (a ticket number, 'GDPR art. 17 request'); no personal data.")

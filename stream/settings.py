@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import ssl
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -279,6 +280,33 @@ class ExpansionSettings(Frozen):
 
     def rule(self) -> tuple[float, float]:
         return (self.min_confidence, self.min_usage_growth)
+
+
+class AcquisitionSpend(Frozen):
+    """Acquisition (marketing and sales) spend over [start, end], dates inclusive, for the CAC
+    and LTV/CAC of ``healthscore kpis``."""
+
+    start: date
+    end: date
+    amount: float = Field(ge=0, le=1e15, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AcquisitionSpend":
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        return self
+
+
+class KpiSettings(Frozen):
+    """Inputs of the period KPIs that events do not carry."""
+
+    #: Spend per period; `healthscore kpis` sums the entries lying within its --from/--to
+    #: (--acquisition-spend overrides).
+    acquisition_spend: tuple[AcquisitionSpend, ...] = ()
+
+    def spend_within(self, first: date, last: date) -> float | None:
+        inside = [entry.amount for entry in self.acquisition_spend if first <= entry.start and entry.end <= last]
+        return sum(inside) if inside else None
 
 
 class ActionSettings(Frozen):
@@ -632,6 +660,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     alerts: AlertSettings = AlertSettings()
     expansion: ExpansionSettings = ExpansionSettings()
+    kpis: KpiSettings = KpiSettings()
     #: How often consumed offsets are committed; a crash reprocesses at most this much (idempotently).
     commit_interval_seconds: float = Field(2.8, gt=0)
     #: Offsets are also committed once this many events were processed since the last commit.

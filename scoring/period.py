@@ -1,0 +1,289 @@
+"""The fleet's KPIs over one period, from the events themselves (``healthscore kpis``).
+
+The worker's fleet metrics are trailing windows read off state records; an analyst asks
+about a given month or year of history, with the articles' definitions. Here every KPI is
+computed from the events' own dates, so a figure can be windowed exactly (a ticket solved
+before the period does not count in its resolution time). Pure: the period and the events
+come in, numbers go out; ``None`` where the data does not allow a figure.
+
+Aggregation shape: ``PeriodKpis(period)``, ``add(customer_events)`` once per customer (its
+events in any order), ``result()``. Definitions (docs/model.md, "KPIs of a period"):
+
+- a customer **at a time t** has had an event before t, is not cancelled at t, and either
+  pays a subscription at t or had an event in the period-long window before t;
+- **retained**: a customer at the start who is still one at the end having had an event in
+  the period, or still subscribed; **lost**: at the start, not retained; **new**: first event
+  in the period; **returning**: neither at the start nor new, but a customer at the end (came
+  back after a gap). Retention = retained / at start, never above 100 %: returning customers
+  count at the end, not as retained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from scoring import kpis
+from scoring.contract import (
+    CheckoutAbandoned,
+    Event,
+    PurchaseCompleted,
+    SubscriptionCancelled,
+    SubscriptionUpdated,
+    SurveyAnswered,
+    TicketOpened,
+    TicketReopened,
+    TicketResolved,
+    UsageFeature,
+    UsageSession,
+    DEFAULT_SURVEY_SCALES,
+)
+from scoring.structs import SurveyResponse
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Period:
+    """[start_ms, end_ms): the first day's start to the day after the last day."""
+
+    start_ms: int
+    end_ms: int
+    acquisition_spend: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.end_ms <= self.start_ms:
+            raise ValueError("the period must end after it starts")
+        if self.acquisition_spend is not None and not (math.isfinite(self.acquisition_spend) and self.acquisition_spend >= 0):
+            raise ValueError(f"acquisition spend must be a non-negative amount, got {self.acquisition_spend}")
+
+    @property
+    def length_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+
+@dataclass
+class _Subscription:
+    """MRR over time: (time, mrr) steps, a cancellation being a step to 0."""
+
+    steps: list[tuple[int, float, bool]] = field(default_factory=list)
+
+    def at(self, at_ms: int) -> tuple[float, bool]:
+        """(MRR, cancelled) just before ``at_ms``."""
+        mrr, cancelled = 0.0, False
+        for when, value, is_cancellation in self.steps:
+            if when >= at_ms:
+                break
+            mrr, cancelled = value, is_cancellation
+        return mrr, cancelled
+
+
+def _customer_at(times: list[int], subscription: _Subscription, at_ms: int, window_ms: int) -> bool:
+    mrr, cancelled = subscription.at(at_ms)
+    if cancelled or not times or times[0] >= at_ms:
+        return False
+    return mrr > 0 or any(at_ms - window_ms <= t < at_ms for t in times)
+
+
+@dataclass
+class PeriodKpis:
+    period: Period
+    customers_at_start: int = 0
+    customers_at_end: int = 0
+    new_customers: int = 0
+    retained: int = 0
+    returning_customers: int = 0
+    active_in_period: int = 0
+    activated: int = 0
+    buyers: int = 0
+    repeat_buyers: int = 0
+    regular_customers: int = 0
+    existing_buyers: int = 0
+    upsold: int = 0
+    orders: int = 0
+    revenue: float = 0.0
+    abandoned: int = 0
+    frequency_sum: float = 0.0
+    mrr_start: float = 0.0
+    mrr_end: float = 0.0
+    mrr_end_existing: float = 0.0
+    mrr_new: float = 0.0
+    mrr_expansion: float = 0.0
+    mrr_contraction: float = 0.0
+    mrr_churned: float = 0.0
+    answers: dict[str, list[SurveyResponse]] = field(default_factory=lambda: {"nps": [], "csat": [], "ces": [], "cli": []})
+    csi_answered: int = 0
+    csi_secure: int = 0
+    participants: int = 0
+    resolution_hours: list[float] = field(default_factory=list)
+    users_by_last_day: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, events: Iterable[Event]) -> None:
+        """One customer's events (any order; repeated event ids count once)."""
+        unique = {event.event_id: event for event in events}
+        ordered = sorted(unique.values(), key=lambda event: (event.occurred_at_ms, event.event_id))
+        if not ordered:
+            return
+        start, end, window = self.period.start_ms, self.period.end_ms, self.period.length_ms
+        subscription = _Subscription()
+        for event in ordered:
+            if isinstance(event.data, SubscriptionUpdated):
+                subscription.steps.append((event.occurred_at_ms, event.data.mrr, False))
+            elif isinstance(event.data, SubscriptionCancelled):
+                subscription.steps.append((event.occurred_at_ms, 0.0, True))
+        times = [event.occurred_at_ms for event in ordered]
+        in_period = [event for event in ordered if start <= event.occurred_at_ms < end]
+        at_start = _customer_at(times, subscription, start, window)
+        at_end = _customer_at(times, subscription, end, window)
+        new = start <= times[0] < end
+        self.customers_at_start += at_start
+        self.customers_at_end += at_end
+        self.new_customers += new
+        self.retained += at_start and at_end
+        self.returning_customers += at_end and not at_start and not new
+        self.active_in_period += bool(in_period)
+        self._add_purchases(ordered, in_period, new)
+        self._add_revenue(subscription, at_start, at_end)
+        self._add_answers(ordered[0].customer_id, in_period)
+        self._add_resolutions(ordered)
+
+    def _add_purchases(self, ordered: list[Event], in_period: list[Event], new: bool) -> None:
+        start = self.period.start_ms
+        purchases = [event for event in in_period if isinstance(event.data, PurchaseCompleted)]
+        earlier = [event for event in ordered if isinstance(event.data, PurchaseCompleted) and event.occurred_at_ms < start]
+        purchase_days = {event.occurred_at_ms // DAY_MS for event in purchases}
+        self.orders += len(purchases)
+        self.revenue += sum(event.data.amount for event in purchases)  # type: ignore[union-attr]
+        self.abandoned += sum(1 for event in in_period if isinstance(event.data, CheckoutAbandoned))
+        self.activated += new and bool(purchases or any(isinstance(e.data, SubscriptionUpdated) and e.data.mrr > 0 for e in in_period))
+        if not purchases:
+            return
+        self.buyers += 1
+        self.frequency_sum += len(purchases)
+        self.repeat_buyers += len(purchase_days) >= 2
+        # The articles' regular customers: existing ones who bought again, new ones who bought more than once.
+        self.regular_customers += bool(earlier) or len(purchase_days) >= 2
+        if earlier:
+            self.existing_buyers += 1
+            before = {item.category for event in earlier for item in event.data.items if item.category}  # type: ignore[union-attr]
+            now = {item.category for event in purchases for item in event.data.items if item.category}  # type: ignore[union-attr]
+            self.upsold += bool(now - before)
+
+    def _add_revenue(self, subscription: _Subscription, at_start: bool, at_end: bool) -> None:
+        mrr_start, _ = subscription.at(self.period.start_ms)
+        mrr_end, cancelled_end = subscription.at(self.period.end_ms)
+        mrr_end = 0.0 if cancelled_end else mrr_end
+        mrr_start = mrr_start if at_start else 0.0
+        self.mrr_start += mrr_start
+        self.mrr_end += mrr_end
+        if mrr_start > 0:
+            self.mrr_end_existing += mrr_end
+            if mrr_end == 0:
+                self.mrr_churned += mrr_start
+            else:
+                self.mrr_expansion += max(0.0, mrr_end - mrr_start)
+                self.mrr_contraction += max(0.0, mrr_start - mrr_end)
+        else:
+            self.mrr_new += mrr_end
+
+    def _add_answers(self, customer_id: str, in_period: list[Event]) -> None:
+        responses = []
+        for event in in_period:
+            data = event.data
+            if isinstance(data, SurveyAnswered):
+                low, high = data.scale or DEFAULT_SURVEY_SCALES[data.survey]
+                kind = f"csi.{data.question}" if data.survey == "csi" else data.survey
+                responses.append(SurveyResponse(kind, data.score, low, high, event.occurred_at_ms))
+            elif isinstance(data, (UsageSession, UsageFeature)):
+                key = (customer_id, data.user_id)
+                self.users_by_last_day[key] = max(self.users_by_last_day.get(key, 0), event.occurred_at_ms // DAY_MS)
+        self.participants += bool(responses)
+        answers, secure = kpis.recent_answers(responses, self.period.start_ms, self.period.end_ms - 1)
+        for survey, given in answers.items():
+            self.answers[survey].extend(given)
+        status = kpis.customer_secure(secure)
+        if status is not None:
+            self.csi_answered += 1
+            self.csi_secure += status
+
+    def _add_resolutions(self, ordered: list[Event]) -> None:
+        """Open → resolved times of the tickets resolved in the period (a reopened ticket
+        counts again from its reopening, as the worker counts it)."""
+        opened: dict[str, int] = {}
+        for event in ordered:
+            data = event.data
+            if isinstance(data, (TicketOpened, TicketReopened)):
+                opened.setdefault(data.ticket_id, event.occurred_at_ms)
+            elif isinstance(data, TicketResolved) and data.ticket_id in opened:
+                opened_ms = opened.pop(data.ticket_id)
+                if self.period.start_ms <= event.occurred_at_ms < self.period.end_ms:
+                    self.resolution_hours.append((event.occurred_at_ms - opened_ms) / 3_600_000)
+
+    def result(self) -> dict[str, float | int | None]:
+        return _result(self)
+
+
+def _rate(part: float, whole: float) -> float | None:
+    return None if whole == 0 else part / whole * 100
+
+
+def _result(k: PeriodKpis) -> dict[str, float | int | None]:
+    churn = _rate(k.customers_at_start - k.retained, k.customers_at_start)
+    lifetime = kpis.customer_lifetime(churn)
+    lifetime = None if lifetime is None or math.isinf(lifetime) else lifetime
+    basket = kpis.average_basket(k.revenue, k.orders)
+    frequency = k.frequency_sum / k.buyers if k.buyers else None
+    ltv = basket * frequency * lifetime if basket is not None and frequency is not None and lifetime is not None else None
+    spend = k.period.acquisition_spend
+    cac = spend / k.new_customers if spend is not None and k.new_customers else None
+    end_day = (k.period.end_ms - 1) // DAY_MS
+    dau, wau, mau = (sum(1 for day in k.users_by_last_day.values() if end_day - days < day <= end_day) for days in (1, 7, 30))
+    answers = k.answers
+    return {
+        "customers_at_start": k.customers_at_start,
+        "customers_at_end": k.customers_at_end,
+        "new_customers": k.new_customers,
+        "lost_customers": k.customers_at_start - k.retained,
+        "returning_customers": k.returning_customers,
+        "retention_rate": _rate(k.retained, k.customers_at_start),
+        "churn_rate": churn,
+        "customer_lifetime_periods": lifetime,
+        "repurchase_rate": _rate(k.repeat_buyers, k.buyers),
+        "repurchase_rate_per_customer": _rate(k.repeat_buyers, k.active_in_period),
+        "loyal_customer_rate": _rate(k.regular_customers, k.active_in_period),
+        "average_basket": basket,
+        "average_spend_per_customer": k.revenue / k.buyers if k.buyers else None,
+        "upsell_rate": _rate(k.upsold, k.existing_buyers),
+        "upsell_rate_per_customer": _rate(k.upsold, k.active_in_period),
+        "checkout_abandonment_rate": kpis.checkout_abandonment_rate(k.abandoned, k.orders),
+        "ltv": ltv,
+        "cac": cac,
+        "ltv_to_cac": kpis.ltv_to_cac(ltv, cac) if ltv is not None and cac else None,
+        "acquisition_rate": _rate(k.new_customers, k.customers_at_start),
+        "activation_rate": _rate(k.activated, k.new_customers),
+        "mrr_start": k.mrr_start,
+        "mrr_end": k.mrr_end,
+        "mrr_growth_rate": kpis.growth_rate(k.mrr_start, k.mrr_end_existing),
+        "mrr_new": k.mrr_new,
+        "mrr_expansion": k.mrr_expansion,
+        "mrr_contraction": k.mrr_contraction,
+        "mrr_churned": k.mrr_churned,
+        "nps": _nps(answers["nps"]),
+        "csat": kpis.csat([1 + 4 * kpis.answer_share(r) for r in answers["csat"]]),
+        "ces": kpis.customer_effort_score([1 + 6 * kpis.answer_share(r) for r in answers["ces"]]),
+        "customer_loyalty_index": kpis.mean([kpis.loyalty_points(r.score, r.scale_min, r.scale_max) for r in answers["cli"]]),
+        "customer_secure_rate": kpis.customer_secure_rate(k.csi_secure, k.csi_answered),
+        "participation_rate": _rate(k.participants, k.active_in_period),
+        "mean_time_to_resolution_hours": kpis.mean(k.resolution_hours),
+        "dau": dau,
+        "wau": wau,
+        "mau": mau,
+        "stickiness": dau / mau if mau else None,
+    }
+
+
+def _nps(responses: list[SurveyResponse]) -> float | None:
+    known = [r for r in responses if (int(r.scale_min), int(r.scale_max)) in kpis.NPS_SCALES]
+    categories = [kpis.nps_category(r.score, (r.scale_min, r.scale_max)) for r in known]
+    return (categories.count("promoter") - categories.count("detractor")) / len(categories) * 100 if categories else None
