@@ -414,6 +414,16 @@ class FleetTotals:
     resolution_seconds_sum: float = 0.0
     resolutions: int = 0
     mrr: float = 0.0
+    #: Orders, revenue and abandoned checkouts in the period (average basket, abandonment, LTV).
+    orders: int = 0
+    revenue: float = 0.0
+    abandoned_checkouts: int = 0
+    #: The articles' regular customers: bought in the period, and bought before it or on two days in it.
+    regular_customers: int = 0
+    #: Customers who answered at least one survey in the period (participation).
+    survey_participants: int = 0
+    #: Distinct users active in the last 1, 7 and 30 days, summed over customers (DAU, WAU, MAU).
+    active_users: dict[str, int] = field(default_factory=lambda: {"1d": 0, "7d": 0, "30d": 0})
 
     def add(self, state: CustomerState) -> None:
         at = self.at_ms
@@ -437,6 +447,15 @@ class FleetTotals:
         orders = day_total(counts, "purchases", start_day + 1, today)
         self.buyers += orders >= 1
         self.repeat_buyers += orders >= 2
+        self.orders += orders
+        self.revenue += day_total(counts, "revenue_cents", start_day + 1, today) / 100
+        self.abandoned_checkouts += day_total(counts, "abandoned_checkouts", start_day + 1, today)
+        bought_before = bool(state.first_purchase_ms) and state.first_purchase_ms < start
+        purchase_days_in_period = sum(1 for day, count in zip(counts.days, counts.purchases) if start_day < day <= today and count)
+        self.regular_customers += orders >= 1 and (bought_before or purchase_days_in_period >= 2)
+        self.survey_participants += any(start <= response.answered_ms <= at for response in state.surveys)
+        for window, days in (("1d", 1), ("7d", 7), ("30d", 30)):
+            self.active_users[window] += _active_users(state, at, days)
         if state.published is not None:
             self.bands[state.published.band] = self.bands.get(state.published.band, 0) + 1
         self._add_answers(state, start, at)

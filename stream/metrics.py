@@ -329,13 +329,13 @@ CHURN_RISK = BatchedHistogram(
 CUSTOMERS_BY_BAND = Gauge("healthscore_customers", "Customers per band of their latest score.", ["band"], registry=REGISTRY)
 FLEET_CUSTOMERS = Gauge(
     "healthscore_fleet_customers",
-    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period.",
+    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period, answered_survey.",
     ["state"],
     registry=REGISTRY,
 )
 FLEET_BUYERS = Gauge(
     "healthscore_fleet_buyers",
-    "Customers who bought in the trailing period: one_or_more, two_or_more purchases.",
+    "Customers who bought in the trailing period: one_or_more, two_or_more purchases; regular (bought before the period, or on two days in it).",
     ["purchases"],
     registry=REGISTRY,
 )
@@ -346,6 +346,15 @@ FLEET_SURVEY_ANSWERS = Gauge(
     registry=REGISTRY,
 )
 FLEET_CES_SCORE_SUM = Gauge("healthscore_fleet_ces_score_sum", "Sum of CES answers (1-7) in the trailing period.", registry=REGISTRY)
+FLEET_ORDERS = Gauge("healthscore_fleet_orders", "Orders in the trailing period.", registry=REGISTRY)
+FLEET_REVENUE_SUM = Gauge("healthscore_fleet_revenue_sum", "Revenue of the orders in the trailing period (the currency of the events).", registry=REGISTRY)
+FLEET_ABANDONED_CHECKOUTS = Gauge("healthscore_fleet_abandoned_checkouts", "Abandoned checkouts in the trailing period.", registry=REGISTRY)
+FLEET_ACTIVE_USERS = Gauge(
+    "healthscore_fleet_active_users",
+    "Distinct users active in the last 1d, 7d or 30d, summed over customers (DAU, WAU, MAU).",
+    ["window"],
+    registry=REGISTRY,
+)
 FLEET_CLI_POINTS_SUM = Gauge(
     "healthscore_fleet_cli_points_sum",
     "Sum of Customer Loyalty Index answers in points (1: 100 ... 6: 0) in the trailing period; the answers are survey=cli of healthscore_fleet_survey_answers.",

@@ -84,6 +84,13 @@ def publish_fleet(totals: FleetTotals) -> None:
         metrics.FLEET_CUSTOMERS.labels(state).set(count)
     metrics.FLEET_BUYERS.labels("one_or_more").set(totals.buyers)
     metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
+    metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
+    metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
+    metrics.FLEET_ORDERS.set(totals.orders)
+    metrics.FLEET_REVENUE_SUM.set(totals.revenue)
+    metrics.FLEET_ABANDONED_CHECKOUTS.set(totals.abandoned_checkouts)
+    for window, users in totals.active_users.items():
+        metrics.FLEET_ACTIVE_USERS.labels(window).set(users)
     for category, count in totals.nps.items():
         metrics.FLEET_SURVEY_ANSWERS.labels("nps", category).set(count)
     metrics.FLEET_SURVEY_ANSWERS.labels("csat", "satisfied").set(totals.csat_satisfied)

@@ -44,7 +44,7 @@ def test_promtool_check_config(config: str) -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 rules found" in result.stdout
+    assert "10 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -153,7 +153,7 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(fed_worker,
         prometheus.stop()
 
 
-ALLOWED_LABELS = {"topic", "outcome", "reason", "rule", "severity", "band", "state", "purchases", "survey", "category", "action", "version", "model_version", "kernel", "le"}
+ALLOWED_LABELS = {"topic", "outcome", "reason", "rule", "severity", "band", "state", "purchases", "survey", "category", "action", "version", "model_version", "kernel", "le", "status", "window"}
 
 
 def test_no_metric_label_grows_with_the_number_of_customers(fed_worker) -> None:

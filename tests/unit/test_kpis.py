@@ -263,3 +263,24 @@ def test_loyalty_and_secure_answers_in_the_customer_and_fleet_kpis() -> None:
     assert (fleet.cli_answers, fleet.cli_points_sum) == (4, 240.0)
     assert (fleet.csi_answered, fleet.csi_secure) == (2, 1)
     assert kpis.customer_secure_rate(fleet.csi_secure, fleet.csi_answered) == 50.0
+
+
+def test_fleet_totals_of_baskets_users_loyalty_and_participation() -> None:
+    at = T0
+    old, newcomer, browser = new_state("old"), new_state("newcomer"), new_state("browser")
+    apply_event(old, ev("o0", at - 60 * DAY_MS, PurchaseCompleted("o0", 10.0, "EUR")))  # bought before the period
+    apply_event(old, ev("o1", at - 5 * DAY_MS, PurchaseCompleted("o1", 30.0, "EUR")))
+    apply_event(newcomer, ev("n1", at - 9 * DAY_MS, PurchaseCompleted("n1", 20.0, "EUR")))
+    apply_event(newcomer, ev("n2", at - 9 * DAY_MS, PurchaseCompleted("n2", 40.0, "EUR")))  # one day: not yet regular
+    apply_event(newcomer, ev("n3", at - 8 * DAY_MS, CheckoutAbandoned(15.0)))
+    apply_event(browser, ev("s1", at, UsageSession("u1", 60)))
+    apply_event(browser, ev("s2", at - 3 * DAY_MS, UsageSession("u2", 60)))
+    apply_event(browser, ev("s3", at - 20 * DAY_MS, UsageSession("u3", 60)))
+    apply_event(browser, ev("a1", at - DAY_MS, SurveyAnswered("csat", 4)))
+    fleet = kpis.FleetTotals(at_ms=at, period_days=30)
+    for state in (old, newcomer, browser):
+        fleet.add(state)
+    assert (fleet.orders, fleet.revenue, fleet.abandoned_checkouts) == (3, 90.0, 1)
+    assert (fleet.buyers, fleet.regular_customers, fleet.survey_participants) == (2, 1, 1)
+    assert fleet.active_users == {"1d": 1, "7d": 2, "30d": 3}
+    assert kpis.average_basket(fleet.revenue, fleet.orders) == 30.0
