@@ -137,7 +137,7 @@ def alert_id(customer_id: str, rule: str, episode: str) -> str:
 Holding = tuple[str, str, tuple]
 
 #: The components time lowers without any event (recency and answers fading); the others fall through events.
-DECAYING_COMPONENTS: Final = ("usage", "purchases", "sentiment")
+DECAYING_COMPONENTS: Final = ("usage", "purchases", "sentiment", "relationship")
 
 
 def fell_by_time(health: HealthScore) -> bool:

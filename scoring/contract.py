@@ -46,6 +46,12 @@ MAX_DURATION_SECONDS: Final = 2_592_000.0
 MAX_SURVEY_SCALE: Final = 1_000_000.0
 #: Characters of a survey answer's free-text comment (shown in the detractor alert).
 MAX_COMMENT: Final = 1_000
+#: Reason codes of one CSM pulse.
+MAX_PULSE_REASONS: Final = 8
+#: A pulse without ``expires_at`` counts for this many days.
+PULSE_VALID_DAYS: Final = 90
+#: The CSM pulse's scale: 1 at serious risk, 2 concerned, 3 neutral, 4 good, 5 advocate.
+PULSE_RATINGS: Final = ("at_serious_risk", "concerned", "neutral", "good", "advocate")
 #: Timestamps from 2100-01-01T00:00:00Z on are refused (a due date too: a unit mistake).
 LATEST_MS: Final = 4_102_444_800_000
 
@@ -110,7 +116,7 @@ class SurveyAnswered(msgspec.Struct, frozen=True):
     6 = not at all); ``csi`` one of the Customer Secure Index's three (``question`` one of
     CSI_QUESTIONS; yes 1, no 0 by default)."""
 
-    survey: Literal["nps", "csat", "ces", "cli", "csi"]
+    survey: SurveyKind
     score: SurveyNumber
     scale: tuple[SurveyNumber, SurveyNumber] | None = None
     #: What the customer wrote with the answer, if anything.
@@ -119,6 +125,37 @@ class SurveyAnswered(msgspec.Struct, frozen=True):
     question: Text | None = None
     #: The touchpoint or ticket the answer rates (a CSAT after a ticket, a call...), if any.
     touchpoint: Text | None = None
+
+
+SurveyKind = Literal["nps", "csat", "ces", "cli", "csi"]
+
+
+class SurveySent(msgspec.Struct, frozen=True):
+    """A survey sent to the customer: with the answers, it says who does not answer."""
+
+    survey: SurveyKind
+    #: The touchpoint or ticket the survey asks about, if any.
+    touchpoint: Text | None = None
+
+
+class CsmTouchpoint(msgspec.Struct, frozen=True):
+    """A conversation between the customer-success manager and the customer."""
+
+    channel: Literal["call", "meeting", "email", "qbr"]
+    sentiment: Literal["positive", "neutral", "negative"] | None = None
+    outcome: Text | None = None
+    #: Who (a CSM's id or name); kept out of metrics and INFO logs like customer ids.
+    csm: Text | None = None
+
+
+class CsmPulse(msgspec.Struct, frozen=True):
+    """A CSM's rating of the account (PULSE_RATINGS), valid until ``expires_at`` (default:
+    PULSE_VALID_DAYS after it was given): an auditable, expiring input, not an override."""
+
+    rating: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    reasons: Annotated[tuple[Text, ...], msgspec.Meta(max_length=MAX_PULSE_REASONS)] = ()
+    expires_at: str | int | None = None
+    csm: Text | None = None
 
 
 class InvoiceIssued(msgspec.Struct, frozen=True):
@@ -158,6 +195,9 @@ EventData = Union[
     TicketResolved,
     TicketReopened,
     SurveyAnswered,
+    SurveySent,
+    CsmTouchpoint,
+    CsmPulse,
     InvoiceIssued,
     PaymentSucceeded,
     PaymentFailed,
@@ -176,6 +216,9 @@ EVENT_TYPES: dict[str, tuple[TopicKind, type]] = {
     "ticket.resolved": (TopicKind.TICKETS, TicketResolved),
     "ticket.reopened": (TopicKind.TICKETS, TicketReopened),
     "survey.answered": (TopicKind.TICKETS, SurveyAnswered),
+    "survey.sent": (TopicKind.TICKETS, SurveySent),
+    "csm.touchpoint": (TopicKind.TICKETS, CsmTouchpoint),
+    "csm.pulse": (TopicKind.TICKETS, CsmPulse),
     "invoice.issued": (TopicKind.PAYMENTS, InvoiceIssued),
     "payment.succeeded": (TopicKind.PAYMENTS, PaymentSucceeded),
     "payment.failed": (TopicKind.PAYMENTS, PaymentFailed),
@@ -458,5 +501,9 @@ def _checked(
         due = parse_timestamp_ms(data.due_at, "data.due_at")
         if isinstance(due, Rejection):
             return due
+    if isinstance(data, CsmPulse) and data.expires_at is not None:
+        expires = parse_timestamp_ms(data.expires_at, "data.expires_at")
+        if isinstance(expires, Rejection):
+            return expires
 
     return Event(event_id=event_id, type=event_type, customer_id=customer_id, occurred_at_ms=occurred_at_ms, data=data)

@@ -25,8 +25,10 @@ from scoring.structs import ActivitySums, ComponentScore, HealthScore
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
 MODEL_REVISION: Final = "4"
-COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments")
-DEFAULT_WEIGHTS: dict[str, float] = {"usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20}
+COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments", "relationship")
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20, "relationship": 0.10,
+}
 #: Penalty in points per open ticket, by priority (low, normal, high, urgent).
 OPEN_TICKET_PENALTY: Final = (4.0, 8.0, 15.0, 25.0)
 
@@ -55,6 +57,12 @@ class ScoringParameters:
     expected_purchases_midpoint: float = 1.0
     support_target_resolution_hours: float = 48.0
     sentiment_half_life_days: float = 90.0
+    #: A survey sent and not answered within this many days counts as an answer of
+    #: ``unanswered_survey_points`` in sentiment, from then on (docs/model.md, "sentiment").
+    survey_response_days: float = 14.0
+    unanswered_survey_points: float = 25.0
+    #: Half-life of a CSM touchpoint's weight in the relationship component.
+    relationship_half_life_days: float = 30.0
     #: The secret of the users' keyed fingerprints in the record (privacy.hash_key).
     user_hash_key: bytes = DEFAULT_USER_HASH_KEY
     #: A churn model fitted by `healthscore calibrate` ([scoring.churn_risk]); None: the prior.
@@ -219,7 +227,8 @@ def sentiment_score(state: CustomerState, at_ms: int, parameters: ScoringParamet
     drifts back to neutral: silence is not praise.
     """
     answers = [s for s in state.surveys if s.answered_ms <= at_ms]
-    if not answers:
+    missed = unanswered_deadlines(state, at_ms, parameters)
+    if not answers and not missed:
         return None
     total = 0.25 * 50.0
     weights = 0.25
@@ -227,7 +236,56 @@ def sentiment_score(state: CustomerState, at_ms: int, parameters: ScoringParamet
         weight = decay(at_ms - answer.answered_ms, parameters.sentiment_half_life_days)
         total += weight * answer_points(answer)
         weights += weight
+    for deadline in missed:  # a survey left unanswered: disengagement, counted from its deadline
+        weight = decay(at_ms - deadline, parameters.sentiment_half_life_days)
+        total += weight * parameters.unanswered_survey_points
+        weights += weight
     return total / weights
+
+
+def survey_kind(response: SurveyResponse) -> str:
+    """The survey an answer belongs to (a CSI answer is kept as ``csi.<question>``)."""
+    return response.survey.partition(".")[0]
+
+
+def unanswered_deadlines(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> list[int]:
+    """The response deadlines passed by ``at_ms`` of the surveys sent and not answered within
+    them (an answer of the same survey between sending and deadline), oldest first."""
+    window = int(parameters.survey_response_days * DAY_MS)
+    deadlines = []
+    for sent_ms, kind in state.survey_invites:
+        deadline = sent_ms + window
+        if deadline > at_ms:
+            continue
+        answered = False
+        for answer in state.surveys:
+            if sent_ms <= answer.answered_ms <= deadline and survey_kind(answer) == kind:
+                answered = True
+                break
+        if not answered:
+            deadlines.append(deadline)
+    return deadlines
+
+
+def relationship_score(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> float | None:
+    """The customer-success relationship: 100 × the recency of the last CSM touchpoint not
+    marked negative (halving every ``relationship_half_life_days``), at most 50 when a negative
+    one came after it; with a valid pulse, the mean of that and the pulse (1: 0 ... 5: 100).
+    None without a touchpoint or a valid pulse: an expired pulse only flags the customer."""
+    valid_pulse = state.pulse_rating > 0 and at_ms < state.pulse_expires_ms
+    if not (state.contact_ms or state.negative_contact_ms or valid_pulse):
+        return None
+    contact = 100.0 * decay(at_ms - state.contact_ms, parameters.relationship_half_life_days) if state.contact_ms else 0.0
+    if state.negative_contact_ms > state.contact_ms:
+        contact = min(contact, 50.0)
+    if valid_pulse:
+        return 0.5 * contact + 0.5 * 25.0 * (state.pulse_rating - 1)
+    return contact
+
+
+def needs_fresh_pulse(state: CustomerState, at_ms: int) -> bool:
+    """A CSM pulse was given and has expired: the account needs a fresh one."""
+    return state.pulse_rating > 0 and at_ms >= state.pulse_expires_ms
 
 
 def payment_score(state: CustomerState, at_ms: int, sums: ActivitySums) -> float | None:
@@ -292,6 +350,7 @@ def _component_values(
         support_score(state, parameters),
         sentiment_score(state, at_ms, parameters),
         payment_score(state, at_ms, sums),
+        relationship_score(state, at_ms, parameters),
     )
 
 
@@ -319,8 +378,11 @@ def score_state(
     present: list[tuple[str, float, float]] = []
     total_weight = 0.0
     all_weights = 0.0
+    managed = bool(state.contact_ms or state.negative_contact_ms or state.pulse_rating)
     for name, value in zip(COMPONENTS, values):
         weight = weights.get(name, 0)
+        if name == "relationship" and not managed:
+            continue  # an account no CSM has touched lacks no evidence: its confidence is as before
         all_weights += weight
         if value is not None and weight > 0:
             present.append((name, value, weight))
@@ -374,6 +436,7 @@ def score_state(
         mrr=state.mrr,
         usage_growth=usage_growth(sums) if state.last_usage_ms else None,
         churn_risk_horizon_days=model.horizon_days if model is not None else None,
+        needs_fresh_pulse=needs_fresh_pulse(state, at_ms),
     )
 
 

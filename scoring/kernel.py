@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring.contract import InvoiceIssued, TopicKind, parse_timestamp_ms
+from scoring.contract import CsmPulse, InvoiceIssued, TopicKind, parse_timestamp_ms
+from scoring.state import pulse_expiry_ms
 from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters
 
@@ -53,6 +54,9 @@ def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -
         parameters.purchase_half_life_days,
         parameters.support_target_resolution_hours,
         parameters.sentiment_half_life_days,
+        parameters.survey_response_days,
+        parameters.unanswered_survey_points,
+        parameters.relationship_half_life_days,
         rules,
         parameters.model_version,
         parameters.user_hash_key,
@@ -63,8 +67,10 @@ def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -
 
 
 def due_ms(data: object, occurred_at_ms: int) -> int | None:
-    """An invoice's due time as ``scoring.state.apply_event`` reads it (the kernel does not
-    parse timestamps yet); None for other events."""
+    """An invoice's due time, or a CSM pulse's expiry, as ``scoring.state.apply_event`` reads
+    it (so both models agree on the parse); None for other events."""
+    if isinstance(data, CsmPulse):
+        return pulse_expiry_ms(data, occurred_at_ms)
     if not isinstance(data, InvoiceIssued):
         return None
     due = parse_timestamp_ms(data.due_at, "data.due_at")

@@ -73,6 +73,7 @@ def health_message(
         health.mrr,
         None if health.usage_growth is None else floor(health.usage_growth * 10_000.0 + 0.5) / 10_000.0,
         health.churn_risk_horizon_days,
+        health.needs_fresh_pulse,
     )
 
 

@@ -19,7 +19,10 @@ import msgspec
 
 from scoring.contract import (
     DEFAULT_SURVEY_SCALES,
+    PULSE_VALID_DAYS,
     CheckoutAbandoned,
+    CsmPulse,
+    CsmTouchpoint,
     Event,
     InvoiceIssued,
     PaymentFailed,
@@ -29,6 +32,7 @@ from scoring.contract import (
     SubscriptionCancelled,
     SubscriptionUpdated,
     SurveyAnswered,
+    SurveySent,
     TicketOpened,
     TopicKind,
     TicketReopened,
@@ -62,6 +66,7 @@ MAX_CATEGORIES: Final = 24
 MAX_OPEN_TICKETS: Final = 32
 MAX_RESOLUTIONS: Final = 16
 MAX_SURVEYS: Final = 12
+MAX_INVITES: Final = 12
 MAX_INVOICES: Final = 24
 DEFAULT_DEDUP_CAPACITY: Final = 32
 #: A day counter saturates here (2**53 - 1, exact as a float): with the contract's bounds a
@@ -80,9 +85,10 @@ _decoder = msgspec.msgpack.Decoder(CustomerState)
 _elements = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 #: The layout this code writes. Layout 1: the 35 fields before ``layout``; 2: ``layout`` added;
-#: 3: ``cancellation_reason`` after it. A newer layout appends fields after the known ones;
-#: this code keeps them (:func:`decode_record`).
-LAYOUT: Final = 3
+#: 3: ``cancellation_reason`` after it; 4: the CSM relationship (contact, pulse) and survey
+#: invitations after that. A newer layout appends fields after the known ones; this code
+#: keeps them (:func:`decode_record`).
+LAYOUT: Final = 4
 #: Fields of the record this code knows.
 KNOWN_FIELDS: Final = len(CustomerState.__struct_fields__)
 #: Where ``layout`` is in the record (it stays there; later layouts append after the known fields).
@@ -217,9 +223,19 @@ def apply_event(
 
     state.applied_ids = (state.applied_ids + fingerprint)[-dedup_capacity * _FINGERPRINT_BYTES :]
     day = at // DAY_MS
-    _note_activity(state, at, day)
     data = event.data
-    if isinstance(data, (UsageSession, UsageFeature)):
+    if isinstance(data, (SurveySent, CsmPulse)):
+        # The company's own acts, not the customer's: they leave its activity (and silence) alone.
+        state.events_applied += 1
+        _apply_outbound(state, data, at)
+        return Outcome.APPLIED
+    _note_activity(state, at, day)
+    if isinstance(data, CsmTouchpoint):
+        if data.sentiment == "negative":
+            state.negative_contact_ms = max(state.negative_contact_ms, at)
+        else:
+            state.contact_ms = max(state.contact_ms, at)
+    elif isinstance(data, (UsageSession, UsageFeature)):
         _apply_usage(state, data, at, day, user_key)
     elif isinstance(data, (PurchaseCompleted, PurchaseRefunded, CheckoutAbandoned)):
         _apply_purchase(state, data, at, day)
@@ -229,6 +245,28 @@ def apply_event(
         _apply_billing(state, data, at, day)
     drop_days_before(state.counts, state.last_event_ms // DAY_MS - WINDOW_DAYS + 1)
     return Outcome.APPLIED
+
+
+def pulse_expiry_ms(data: CsmPulse, at: int) -> int:
+    """Until when a pulse counts: its ``expires_at``, else PULSE_VALID_DAYS after it was given."""
+    if data.expires_at is None:
+        return at + PULSE_VALID_DAYS * DAY_MS
+    expires = parse_timestamp_ms(data.expires_at, "expires_at")
+    return expires if isinstance(expires, int) else at + PULSE_VALID_DAYS * DAY_MS
+
+
+def _apply_outbound(state: CustomerState, data: SurveySent | CsmPulse, at: int) -> None:
+    """A survey sent, or a CSM's pulse: the latest pulse by time wins (the lower rating on a tie),
+    whatever order they arrive in."""
+    if isinstance(data, SurveySent):
+        state.survey_invites.append((at, data.survey))
+        state.survey_invites.sort()
+        del state.survey_invites[:-MAX_INVITES]
+    elif at > state.pulse_at_ms or (at == state.pulse_at_ms and data.rating < state.pulse_rating):
+        state.pulse_rating = data.rating
+        state.pulse_at_ms = at
+        state.pulse_expires_ms = pulse_expiry_ms(data, at)
+        state.pulse_reasons = list(data.reasons)
 
 
 def _redelivered(state: CustomerState, source: tuple[TopicKind, int, int]) -> bool:

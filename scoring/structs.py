@@ -130,6 +130,18 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     layout: int = 1
     #: Layout 3: why the customer cancelled (subscription.cancelled data.reason), while cancelled.
     cancellation_reason: str | None = None
+    #: Layout 4: the customer-success relationship and survey invitations. The latest CSM
+    #: touchpoint not marked negative, and the latest negative one (0: none).
+    contact_ms: int = 0
+    negative_contact_ms: int = 0
+    #: The latest CSM pulse: its rating 1-5 (0: none), when it was given, until when it
+    #: counts, its reason codes (kept for the audit, never scored).
+    pulse_rating: int = 0
+    pulse_at_ms: int = 0
+    pulse_expires_ms: int = 0
+    pulse_reasons: list[str] = []
+    #: Surveys sent: (when, survey kind), the latest MAX_INVITES by time.
+    survey_invites: list[tuple[int, str]] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):
@@ -163,6 +175,8 @@ class HealthScore(msgspec.Struct, frozen=True, gc=False):
     usage_growth: float | None = None
     #: The horizon a calibrated churn_risk is the probability of churning within (None: the prior).
     churn_risk_horizon_days: float | None = None
+    #: A CSM pulse was given and has expired (scoring.health.needs_fresh_pulse).
+    needs_fresh_pulse: bool = False
 
 
 class ActivitySums(msgspec.Struct, frozen=True, gc=False):
@@ -273,3 +287,4 @@ class HealthMessage(msgspec.Struct, gc=False):
     mrr: float = 0.0
     usage_growth: float | None = None
     churn_risk_horizon_days: float | None = None
+    needs_fresh_pulse: bool = False

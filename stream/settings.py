@@ -231,6 +231,9 @@ class ScoringSettings(Frozen):
     expected_purchases_midpoint: float = Field(1.0, gt=0)
     support_target_resolution_hours: float = Field(48.0, gt=0)
     sentiment_half_life_days: float = Field(90.0, gt=0)
+    survey_response_days: float = Field(14.0, gt=0, le=365)
+    unanswered_survey_points: float = Field(25.0, ge=0, le=100)
+    relationship_half_life_days: float = Field(30.0, gt=0, le=3650)
     #: Fewer distinct days with events than this: held below healthy_min, confidence scaled down.
     healthy_min_active_days: int = Field(3, ge=0, le=365)
     bgnbd: BgNbdSettings | None = None
@@ -266,6 +269,9 @@ class ScoringSettings(Frozen):
             expected_purchases_midpoint=self.expected_purchases_midpoint,
             support_target_resolution_hours=self.support_target_resolution_hours,
             sentiment_half_life_days=self.sentiment_half_life_days,
+            survey_response_days=self.survey_response_days,
+            unanswered_survey_points=self.unanswered_survey_points,
+            relationship_half_life_days=self.relationship_half_life_days,
             churn_model=self.churn_risk.model() if self.churn_risk is not None else None,
         )
 

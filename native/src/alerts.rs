@@ -11,7 +11,7 @@ use crate::state::{CustomerState, SurveyResponse, PAYMENTS_FAILED};
 const HOUR_MS: f64 = 3_600_000.0;
 const BUDGET_WINDOW_MS: i64 = 30 * DAY_MS;
 /// `scoring.alerts.DECAYING_COMPONENTS`.
-const DECAYING_COMPONENTS: [&str; 3] = ["usage", "purchases", "sentiment"];
+const DECAYING_COMPONENTS: [&str; 4] = ["usage", "purchases", "sentiment", "relationship"];
 
 pub struct AlertParameters {
     pub band_downgrade: bool,

@@ -16,6 +16,9 @@ const MAX_CATEGORIES: usize = 24;
 const MAX_OPEN_TICKETS: usize = 32;
 const MAX_RESOLUTIONS: usize = 16;
 const MAX_SURVEYS: usize = 12;
+const MAX_INVITES: usize = 12;
+/// `scoring.contract.PULSE_VALID_DAYS`.
+const PULSE_VALID_DAYS: i64 = 90;
 const MAX_INVOICES: usize = 24;
 const FINGERPRINT_BYTES: usize = 8;
 /// `scoring.state.COUNTER_MAX`: a day counter saturates here.
@@ -41,6 +44,10 @@ pub enum Data {
     PaymentFailed,
     SubscriptionUpdated { mrr: f64, plan: Option<String> },
     SubscriptionCancelled { reason: Option<String> },
+    SurveySent { survey: String },
+    CsmTouchpoint { negative: bool },
+    /// `expires_ms`: as `scoring.state.pulse_expiry_ms` reads it (None: PULSE_VALID_DAYS after it was given).
+    CsmPulse { rating: i64, reasons: Vec<String>, expires_ms: Option<i64> },
 }
 
 pub struct Event {
@@ -216,6 +223,25 @@ pub fn apply_event(
     state.applied_ids.extend_from_slice(&fingerprint);
     keep_last(&mut state.applied_ids, dedup_capacity * FINGERPRINT_BYTES);
     state.events_applied += 1;
+    // The company's own acts, not the customer's: they leave its activity (and silence) alone.
+    match &event.data {
+        Data::SurveySent { survey } => {
+            state.survey_invites.push((at, survey.clone()));
+            state.survey_invites.sort();
+            keep_last(&mut state.survey_invites, MAX_INVITES);
+            return Outcome::Applied;
+        }
+        Data::CsmPulse { rating, reasons, expires_ms } => {
+            if at > state.pulse_at_ms || (at == state.pulse_at_ms && *rating < state.pulse_rating) {
+                state.pulse_rating = *rating;
+                state.pulse_at_ms = at;
+                state.pulse_expires_ms = expires_ms.unwrap_or(at + PULSE_VALID_DAYS * DAY_MS);
+                state.pulse_reasons = reasons.clone();
+            }
+            return Outcome::Applied;
+        }
+        _ => {}
+    }
     let day = at.div_euclid(DAY_MS);
     let last_day = state.last_event_ms.div_euclid(DAY_MS);
     if state.active_days == 0 {
@@ -329,6 +355,14 @@ pub fn apply_event(
             }
             state.cancelled_ms = state.cancelled_ms.max(at);
         }
+        Data::CsmTouchpoint { negative } => {
+            if *negative {
+                state.negative_contact_ms = state.negative_contact_ms.max(at);
+            } else {
+                state.contact_ms = state.contact_ms.max(at);
+            }
+        }
+        Data::SurveySent { .. } | Data::CsmPulse { .. } => {} // applied above
     }
     let cut = state.last_event_ms.div_euclid(DAY_MS) - WINDOW_DAYS + 1;
     drop_days_before(&mut state.counts, cut);

@@ -5,7 +5,9 @@
 use crate::apply::{py_max, py_min, DAY_MS};
 use crate::state::*;
 
-pub const COMPONENTS: [&str; 5] = ["usage", "purchases", "support", "sentiment", "payments"];
+pub const COMPONENTS: [&str; 6] = ["usage", "purchases", "support", "sentiment", "payments", "relationship"];
+/// `scoring.churn.COMPONENTS`: the components among the churn model's features.
+const CHURN_COMPONENTS: [&str; 5] = ["usage", "purchases", "support", "sentiment", "payments"];
 const OPEN_TICKET_PENALTY: [f64; 4] = [4.0, 8.0, 15.0, 25.0];
 
 extern "C" {
@@ -26,7 +28,7 @@ pub struct ChurnModel {
 fn churn_probability(model: &ChurnModel, score: f64, components: &[Component], confidence: f64, silent_ms: i64, active_days: i64) -> f64 {
     let mut features = Vec::with_capacity(9);
     features.push(score / 100.0);
-    for name in COMPONENTS {
+    for name in CHURN_COMPONENTS {
         features.push(components.iter().find(|component| component.name == name).map_or(0.5, |component| component.score / 100.0));
     }
     features.push(confidence);
@@ -53,6 +55,9 @@ pub struct Parameters {
     pub purchase_half_life_days: f64,
     pub support_target_resolution_hours: f64,
     pub sentiment_half_life_days: f64,
+    pub survey_response_days: f64,
+    pub unanswered_survey_points: f64,
+    pub relationship_half_life_days: f64,
     /// The key of the users' keyed fingerprints (privacy.hash_key).
     pub user_hash_key: Vec<u8>,
     /// A churn model fitted by `healthscore calibrate`; None: the prior.
@@ -94,6 +99,7 @@ pub struct HealthScore {
     pub mrr: f64,
     pub usage_growth: Option<f64>,
     pub churn_risk_horizon_days: Option<f64>,
+    pub needs_fresh_pulse: bool,
 }
 
 struct ActivitySums {
@@ -254,7 +260,51 @@ fn sentiment_score(state: &CustomerState, at_ms: i64, parameters: &Parameters) -
         total += weight * answer_points(answer);
         weights += weight;
     }
+    for deadline in unanswered_deadlines(state, at_ms, parameters) {
+        any = true;
+        let weight = decay(at_ms - deadline, parameters.sentiment_half_life_days);
+        total += weight * parameters.unanswered_survey_points;
+        weights += weight;
+    }
     if any { Some(total / weights) } else { None }
+}
+
+/// `scoring.health.survey_kind`: a CSI answer is kept as `csi.<question>`.
+fn survey_kind(survey: &str) -> &str {
+    survey.split('.').next().unwrap_or(survey)
+}
+
+/// `scoring.health.unanswered_deadlines`.
+fn unanswered_deadlines(state: &CustomerState, at_ms: i64, parameters: &Parameters) -> Vec<i64> {
+    let window = (parameters.survey_response_days * DAY_MS as f64) as i64;
+    let mut deadlines = Vec::new();
+    for (sent_ms, kind) in &state.survey_invites {
+        let deadline = sent_ms + window;
+        if deadline > at_ms {
+            continue;
+        }
+        let answered = state.surveys.iter().any(|answer| *sent_ms <= answer.answered_ms && answer.answered_ms <= deadline && survey_kind(&answer.survey) == kind);
+        if !answered {
+            deadlines.push(deadline);
+        }
+    }
+    deadlines
+}
+
+/// `scoring.health.relationship_score`.
+fn relationship_score(state: &CustomerState, at_ms: i64, parameters: &Parameters) -> Option<f64> {
+    let valid_pulse = state.pulse_rating > 0 && at_ms < state.pulse_expires_ms;
+    if !(state.contact_ms != 0 || state.negative_contact_ms != 0 || valid_pulse) {
+        return None;
+    }
+    let mut contact = if state.contact_ms != 0 { 100.0 * decay(at_ms - state.contact_ms, parameters.relationship_half_life_days) } else { 0.0 };
+    if state.negative_contact_ms > state.contact_ms {
+        contact = py_min(contact, 50.0);
+    }
+    if valid_pulse {
+        return Some(0.5 * contact + 0.5 * 25.0 * (state.pulse_rating - 1) as f64);
+    }
+    Some(contact)
 }
 
 fn payment_score(state: &CustomerState, at_ms: i64, sums: &ActivitySums) -> Option<f64> {
@@ -341,12 +391,17 @@ pub fn score_state(
         support_score(state, parameters),
         sentiment_score(state, at_ms, parameters),
         payment_score(state, at_ms, &sums),
+        relationship_score(state, at_ms, parameters),
     ];
-    let mut present: Vec<(&'static str, f64, f64)> = Vec::with_capacity(5);
+    let mut present: Vec<(&'static str, f64, f64)> = Vec::with_capacity(6);
     let mut total_weight = 0.0;
     let mut all_weights = 0.0;
+    let managed = state.contact_ms != 0 || state.negative_contact_ms != 0 || state.pulse_rating != 0;
     for (name, value) in COMPONENTS.iter().zip(values) {
         let weight = weights.iter().find(|(known, _)| known == name).map_or(0.0, |(_, weight)| *weight);
+        if *name == "relationship" && !managed {
+            continue; // an account no CSM has touched lacks no evidence
+        }
         all_weights += weight;
         if let Some(value) = value {
             if weight > 0.0 {
@@ -414,5 +469,6 @@ pub fn score_state(
         mrr: state.mrr,
         usage_growth,
         churn_risk_horizon_days: parameters.churn_model.as_ref().map(|model| model.horizon_days),
+        needs_fresh_pulse: state.pulse_rating > 0 && at_ms >= state.pulse_expires_ms,
     })
 }

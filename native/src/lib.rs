@@ -73,7 +73,7 @@ struct Kernel {
 impl Kernel {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, healthy_min_active_days, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, rules, model_version, user_hash_key, churn_model=None))]
+    #[pyo3(signature = (weights, segment_weights, healthy_min, at_risk_min, healthy_min_active_days, usage_half_life_days, key_features, purchase_half_life_days, support_target_resolution_hours, sentiment_half_life_days, survey_response_days, unanswered_survey_points, relationship_half_life_days, rules, model_version, user_hash_key, churn_model=None))]
     fn new(
         weights: Vec<(String, f64)>,
         segment_weights: Vec<(String, Vec<(String, f64)>)>,
@@ -85,6 +85,9 @@ impl Kernel {
         purchase_half_life_days: f64,
         support_target_resolution_hours: f64,
         sentiment_half_life_days: f64,
+        survey_response_days: f64,
+        unanswered_survey_points: f64,
+        relationship_half_life_days: f64,
         rules: Option<&Bound<'_, PyAny>>,
         model_version: String,
         user_hash_key: Vec<u8>,
@@ -147,6 +150,9 @@ impl Kernel {
                 purchase_half_life_days,
                 support_target_resolution_hours,
                 sentiment_half_life_days,
+                survey_response_days,
+                unanswered_survey_points,
+                relationship_half_life_days,
                 user_hash_key,
                 churn_model: churn_model.map(|(intercept, coefficients, horizon_days)| ChurnModel { intercept, coefficients, horizon_days }),
             },

@@ -201,6 +201,9 @@ pub fn health_message(
     json.raw(",");
     json.key("churn_risk_horizon_days");
     json.optional_float(health.churn_risk_horizon_days);
+    json.raw(",");
+    json.key("needs_fresh_pulse");
+    json.raw(if health.needs_fresh_pulse { "true" } else { "false" });
     json.raw("}");
     std::mem::take(&mut json.bytes)
 }

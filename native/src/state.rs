@@ -6,8 +6,8 @@ use crate::msgpack::{Reader, Result, Writer};
 
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
-pub const LAYOUT: i64 = 3;
-pub const KNOWN_FIELDS: usize = 37;
+pub const LAYOUT: i64 = 4;
+pub const KNOWN_FIELDS: usize = 44;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -99,6 +99,14 @@ pub struct CustomerState {
     pub layout: i64,
     /// Layout 3: why the customer cancelled, while cancelled.
     pub cancellation_reason: Option<String>,
+    /// Layout 4: the latest CSM touchpoints (not negative, negative), the latest pulse, survey invitations.
+    pub contact_ms: i64,
+    pub negative_contact_ms: i64,
+    pub pulse_rating: i64,
+    pub pulse_at_ms: i64,
+    pub pulse_expires_ms: i64,
+    pub pulse_reasons: Vec<String>,
+    pub survey_invites: Vec<(i64, String)>,
 }
 
 impl CustomerState {
@@ -141,6 +149,13 @@ impl CustomerState {
             alert_digest: Vec::new(),
             layout: LAYOUT,
             cancellation_reason: None,
+            contact_ms: 0,
+            negative_contact_ms: 0,
+            pulse_rating: 0,
+            pulse_at_ms: 0,
+            pulse_expires_ms: 0,
+            pulse_reasons: Vec::new(),
+            survey_invites: Vec::new(),
         }
     }
 }
@@ -325,6 +340,24 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     state.layout = 1; // a record without the field predates it
     field!(state.layout, reader.int()?);
     field!(state.cancellation_reason, optional_string(reader)?);
+    field!(state.contact_ms, reader.int()?);
+    field!(state.negative_contact_ms, reader.int()?);
+    field!(state.pulse_rating, reader.int()?);
+    field!(state.pulse_at_ms, reader.int()?);
+    field!(state.pulse_expires_ms, reader.int()?);
+    field!(state.pulse_reasons, {
+        let length = reader.array()?;
+        (0..length).map(|_| reader.string()).collect::<Result<Vec<String>>>()?
+    });
+    field!(state.survey_invites, {
+        let length = reader.array()?;
+        let mut invites = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 2, 2, "a survey invitation of an unknown length")?;
+            invites.push((reader.int()?, reader.string()?));
+        }
+        invites
+    });
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -452,5 +485,20 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
     }
     w.int(state.layout.max(LAYOUT)); // an older layout's record is written in this one
     write_optional_string(w, &state.cancellation_reason);
+    w.int(state.contact_ms);
+    w.int(state.negative_contact_ms);
+    w.int(state.pulse_rating);
+    w.int(state.pulse_at_ms);
+    w.int(state.pulse_expires_ms);
+    w.array(state.pulse_reasons.len());
+    for reason in &state.pulse_reasons {
+        w.string(reason);
+    }
+    w.array(state.survey_invites.len());
+    for (sent_ms, survey) in &state.survey_invites {
+        w.array(2);
+        w.int(*sent_ms);
+        w.string(survey);
+    }
     writer.bytes
 }

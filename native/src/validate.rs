@@ -283,12 +283,44 @@ struct SubscriptionCancelledData {
     reason: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct SurveySentData {
+    survey: String,
+    #[serde(default)]
+    touchpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CsmTouchpointData {
+    channel: String,
+    #[serde(default)]
+    sentiment: Option<String>,
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    csm: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CsmPulseData {
+    rating: i64,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    csm: Option<String>,
+}
+
+/// `scoring.contract.MAX_PULSE_REASONS`.
+const MAX_PULSE_REASONS: usize = 8;
+
 /// The stream of each event type, as the index of `TopicKind` (purchases, usage, tickets, payments).
 fn stream_of(kind: &str) -> Option<usize> {
     Some(match kind {
         "purchase.completed" | "purchase.refunded" | "checkout.abandoned" => 0,
         "usage.session" | "usage.feature" => 1,
-        "ticket.opened" | "ticket.resolved" | "ticket.reopened" | "survey.answered" => 2,
+        "ticket.opened" | "ticket.resolved" | "ticket.reopened" | "survey.answered" | "survey.sent" | "csm.touchpoint" | "csm.pulse" => 2,
         "invoice.issued" | "payment.succeeded" | "payment.failed" | "subscription.updated" | "subscription.cancelled" => 3,
         _ => return None,
     })
@@ -377,6 +409,36 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
                 return None;
             }
             Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale, comment: data.comment, question: data.question }
+        }
+        "survey.sent" => {
+            let data: SurveySentData = parse(raw)?;
+            default_scale(&data.survey)?; // the survey is one of the five
+            if !short_or_none(&data.touchpoint) {
+                return None;
+            }
+            Data::SurveySent { survey: data.survey }
+        }
+        "csm.touchpoint" => {
+            let data: CsmTouchpointData = parse(raw)?;
+            let channel_known = ["call", "meeting", "email", "qbr"].contains(&data.channel.as_str());
+            let sentiment_known = data.sentiment.as_deref().is_none_or(|sentiment| ["positive", "neutral", "negative"].contains(&sentiment));
+            if !(channel_known && sentiment_known && short_or_none(&data.outcome) && short_or_none(&data.csm)) {
+                return None;
+            }
+            Data::CsmTouchpoint { negative: data.sentiment.as_deref() == Some("negative") }
+        }
+        "csm.pulse" => {
+            let data: CsmPulseData = parse(raw)?;
+            let expires_ms = match (due_ms, &data.expires_at) {
+                (Some(expires_ms), _) => Some(expires_ms),
+                (None, Some(expires_at)) => Some(timestamp_ms(expires_at)?),
+                (None, None) => None,
+            };
+            let reasons_fit = data.reasons.len() <= MAX_PULSE_REASONS && data.reasons.iter().all(|reason| short(reason));
+            if !((1..=5).contains(&data.rating) && reasons_fit && short_or_none(&data.csm)) {
+                return None;
+            }
+            Data::CsmPulse { rating: data.rating, reasons: data.reasons, expires_ms }
         }
         "invoice.issued" => {
             let data: InvoiceIssuedData = parse(raw)?;

@@ -7,6 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring.contract import (
+    CsmPulse,
+    CsmTouchpoint,
+    SurveySent,
     Event,
     PaymentFailed,
     PurchaseCompleted,
@@ -261,6 +264,50 @@ def test_loyalty_and_secure_answers_move_sentiment_their_way(survey: str, score:
     state = new_state("acme")
     apply_event(state, ev("a", T0, SurveyAnswered(survey, score, question=question)))
     assert component_scores(state, T0, PARAMETERS)["sentiment"] == sentiment
+
+
+def test_the_relationship_follows_the_last_good_contact_and_a_valid_pulse() -> None:
+    state = new_state("acme")
+    apply_event(state, ev("s", T0, UsageSession("u", 60)))
+    assert "relationship" not in score_state(state, T0, PARAMETERS).components  # no CSM: left out
+    confidence_without = score_state(state, T0, replace(PARAMETERS, healthy_min_active_days=0)).confidence
+    apply_event(state, ev("c", T0, CsmTouchpoint("call", "positive")))
+    relationship = [component_scores(state, T0 + days * DAY_MS, PARAMETERS)["relationship"] for days in (0, 30, 60)]
+    assert relationship == [100.0, 50.0, 25.0]  # halving every relationship_half_life_days
+    apply_event(state, ev("n", T0 + DAY_MS, CsmTouchpoint("meeting", "negative")))
+    assert component_scores(state, T0 + DAY_MS, PARAMETERS)["relationship"] == 50.0  # capped after a bad meeting
+    apply_event(state, ev("p", T0 + 2 * DAY_MS, CsmPulse(5, ("expanding",), T0 + 10 * DAY_MS)))
+    at = T0 + 2 * DAY_MS
+    assert component_scores(state, at, PARAMETERS)["relationship"] == 0.5 * 50.0 + 0.5 * 100.0
+    later = T0 + 11 * DAY_MS
+    health = score_state(state, later, PARAMETERS)
+    assert health.needs_fresh_pulse and not score_state(state, at, PARAMETERS).needs_fresh_pulse
+    assert health.components["relationship"].score == 50.0  # the expired pulse no longer counts: the capped contact alone
+    assert confidence_without == pytest.approx(0.30)  # a customer no CSM touched: usage's 0.30 of the weights, as before the component
+    assert state.last_event_ms == T0 + DAY_MS  # the pulse is the company's act: not the customer's activity
+
+
+def test_a_pulse_alone_arriving_late_or_early_keeps_the_latest() -> None:
+    one, two = new_state("a"), new_state("b")
+    older, newer = ev("p1", T0, CsmPulse(2)), ev("p2", T0 + DAY_MS, CsmPulse(4))
+    for state, order in ((one, (older, newer)), (two, (newer, older))):
+        for event in order:
+            apply_event(state, event)
+    assert (one.pulse_rating, one.pulse_expires_ms) == (two.pulse_rating, two.pulse_expires_ms) == (4, T0 + 91 * DAY_MS)
+
+
+def test_surveys_left_unanswered_lower_sentiment_and_an_answer_in_time_does_not() -> None:
+    ignored, answered = new_state("ignored"), new_state("answered")
+    for state in (ignored, answered):
+        apply_event(state, ev(f"{state.customer_id}-s", T0, UsageSession("u", 60)))
+        apply_event(state, ev(f"{state.customer_id}-i", T0, SurveySent("nps")))
+    apply_event(answered, ev("a", T0 + 5 * DAY_MS, SurveyAnswered("nps", 9)))
+    before_deadline = T0 + 13 * DAY_MS
+    assert component_scores(ignored, before_deadline, PARAMETERS)["sentiment"] is None  # not yet missed
+    after = T0 + 14 * DAY_MS
+    assert component_scores(ignored, after, PARAMETERS)["sentiment"] == pytest.approx((12.5 + 25.0) / 1.25)
+    assert component_scores(answered, after, PARAMETERS)["sentiment"] > 80  # its answer counts, no penalty
+    assert ignored.last_event_ms == T0  # sending a survey is not the customer's activity
 
 
 def test_slow_resolution_and_reopens_lower_support() -> None:

@@ -197,6 +197,9 @@ EVENT_TYPES = [
     ("ticket.resolved", TopicKind.TICKETS),
     ("ticket.reopened", TopicKind.TICKETS),
     ("survey.answered", TopicKind.TICKETS),
+    ("survey.sent", TopicKind.TICKETS),
+    ("csm.touchpoint", TopicKind.TICKETS),
+    ("csm.pulse", TopicKind.TICKETS),
     ("invoice.issued", TopicKind.PAYMENTS),
     ("payment.succeeded", TopicKind.PAYMENTS),
     ("payment.failed", TopicKind.PAYMENTS),
@@ -245,6 +248,27 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStr
             return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10], **extra}
         low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7), "cli": (1, 6), "csi": (0, 1)}[survey]
         return {"survey": survey, "score": draw(st.integers(low, high)), **extra}
+    if event_type == "survey.sent":
+        payload = {"survey": draw(st.sampled_from(["nps", "csat", "ces", "cli", "csi"]))}
+        if draw(st.booleans()):
+            payload["touchpoint"] = draw(st.sampled_from(["ticket-1", "", "é" * 256]))
+        return payload
+    if event_type == "csm.touchpoint":
+        payload = {"channel": draw(st.sampled_from(["call", "meeting", "email", "qbr"]))}
+        sentiment = draw(st.sampled_from([None, "positive", "neutral", "negative", "negative"]))
+        if sentiment is not None:
+            payload["sentiment"] = sentiment
+        if draw(st.booleans()):
+            payload["outcome"] = draw(st.sampled_from(["renewal agreed", "", "é" * 256]))
+        return payload
+    if event_type == "csm.pulse":
+        payload = {"rating": draw(st.integers(1, 5))}
+        if draw(st.booleans()):
+            payload["reasons"] = draw(st.sampled_from([[], ["champion_left"], ["budget", "adoption", "x" * 256] + ["r"] * 5]))
+        expiry = draw(st.sampled_from([None, None, at_ms + draw(st.integers(-10, 120)) * DAY_MS, "2026-12-31T00:00:00+01:00"]))
+        if expiry is not None:
+            payload["expires_at"] = expiry
+        return payload
     if event_type == "invoice.issued":
         due = at_ms + draw(st.integers(-40, 40)) * DAY_MS
         return {"invoice_id": draw(small_ids), "amount": draw(amounts), "due_at": draw(st.sampled_from([due, "2026-09-01T10:00:00+02:00"]))}
@@ -329,7 +353,35 @@ def test_an_alert_held_back_by_the_cooldown_is_reported_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36])
+def test_the_csm_relationship_and_survey_invitations_score_the_same() -> None:
+    """A managed account: a call, a pulse that expires, a survey left unanswered, a negative
+    meeting; both models publish the same messages, needs_fresh_pulse included."""
+    both = Both(ScoringParameters())
+    history = [
+        ("usage.session", {"user_id": "u1", "duration_seconds": 600}, 0, TopicKind.USAGE),
+        ("csm.touchpoint", {"channel": "call", "sentiment": "positive", "outcome": "renewal talk"}, 1, TopicKind.TICKETS),
+        ("csm.pulse", {"rating": 4, "reasons": ["champion_engaged"], "expires_at": T0 - 30 * DAY_MS}, 2, TopicKind.TICKETS),
+        ("survey.sent", {"survey": "nps"}, 3, TopicKind.TICKETS),
+        ("usage.session", {"user_id": "u1", "duration_seconds": 600}, 20, TopicKind.USAGE),
+        ("csm.touchpoint", {"channel": "meeting", "sentiment": "negative"}, 30, TopicKind.TICKETS),
+        ("usage.session", {"user_id": "u2", "duration_seconds": 600}, 45, TopicKind.USAGE),
+    ]
+    messages = []
+    for offset, (event_type, data, day, topic) in enumerate(history):
+        value = msgspec.json.encode({"event_id": f"e{offset}", "type": event_type, "customer_id": "acme", "occurred_at": T0 - 60 * DAY_MS + day * DAY_MS, "data": data})
+        event = decode_event(b"acme", value, topic, T0, 300_000)
+        assert isinstance(event, Event), event
+        both.apply(value, event, topic, 0, offset)
+        state = decode_state(both.model_store[b"acme"])
+        if state.published is not None:
+            health = score_state(state, state.last_event_ms, both.parameters)
+            messages.append((day, health.needs_fresh_pulse, "relationship" in health.components, health.components["sentiment"].score if "sentiment" in health.components else None))
+    assert messages[-1] == (45, True, True, pytest.approx((12.5 + 25.0 * 0.5 ** (28 / 90)) / (0.25 + 0.5 ** (28 / 90))))
+    assert decode_state(both.model_store[b"acme"]).pulse_reasons == ["champion_engaged"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36, 37, 38, 41, 43])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0
@@ -425,6 +477,7 @@ ODD_VALUES = [
     [-MAX_SURVEY_SCALE - 1, 10], LATEST_MS - 1, LATEST_MS, "2100-01-01T00:00:00Z", "x" * 257, "é" * 257, "2026-01-01",
     [{"sku": "a", "quantity": 1, "unit_price": 1}] * (MAX_ITEMS + 1), [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}],
     "c" * MAX_COMMENT, "é" * (MAX_COMMENT + 1), "c" * (MAX_COMMENT + 1), "cli", "csi", "satisfied", "buy_again",
+    "qbr", "negative", 5, 6, ["a"] * 9, ["x" * 257], "survey.sent", "csm.pulse",
 ]
 
 
@@ -457,7 +510,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     if mutation == "envelope":
         body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "data" and isinstance(body["data"], dict):
-        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment", "question", "touchpoint"]))] = draw(st.sampled_from(ODD_VALUES))
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment", "question", "touchpoint", "expires_at", "reasons", "sentiment"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "drop":
         target = body if draw(st.booleans()) or not body["data"] else body["data"]
         del target[draw(st.sampled_from(sorted(target)))]

@@ -20,7 +20,10 @@ from scoring.state import KNOWN_FIELDS, LAYOUT, LAYOUT_INDEX, decode_record, dec
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "state"
 LAYOUT_1 = sorted((FIXTURES / "layout-1").glob("*.msgpack"))
 LAYOUT_2 = sorted((FIXTURES / "layout-2").glob("*.msgpack"))
-OLDER = [*LAYOUT_1, *LAYOUT_2]
+LAYOUT_3 = sorted((FIXTURES / "layout-3").glob("*.msgpack"))
+OLDER = [*LAYOUT_1, *LAYOUT_2, *LAYOUT_3]
+#: The fields layout 4 appended, as a record without them reads: no CSM contact, pulse or invitation.
+LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], []]
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
 
 
@@ -30,7 +33,7 @@ def as_json(state: object) -> list:
 
 
 def test_the_fixtures_are_there() -> None:
-    assert len(LAYOUT_1) == len(LAYOUT_2) == 6
+    assert len(LAYOUT_1) == len(LAYOUT_2) == len(LAYOUT_3) == 6
 
 
 @pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
@@ -40,9 +43,9 @@ def test_a_layout_1_record_reads_as_it_was_written_and_is_written_back_in_this_l
     state, unknown = decode_record(raw)
     assert unknown == () and state.layout == 1
     read = as_json(state)  # positional, as stored
-    assert len(expected) == 35 and read == [*expected, 1, None]  # every field of the old record, none lost or shifted
+    assert len(expected) == 35 and read == [*expected, 1, None, *LAYOUT_4_DEFAULTS]  # every field of the old record, none lost or shifted
     again = encode_state(state)
-    assert as_json(decode_state(again)) == [*expected, LAYOUT, None]
+    assert as_json(decode_state(again)) == [*expected, LAYOUT, None, *LAYOUT_4_DEFAULTS]
 
 
 @pytest.mark.parametrize("path", LAYOUT_2, ids=lambda path: path.stem)
@@ -50,8 +53,17 @@ def test_a_layout_2_record_reads_as_it_was_written_and_is_written_back_in_this_l
     expected = json.loads(path.with_suffix(".json").read_text())
     state, unknown = decode_record(path.read_bytes())
     assert unknown == () and state.layout == 2
-    assert len(expected) == 36 and as_json(state) == [*expected, None]  # no exit reason: it was not kept
-    assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, None]
+    assert len(expected) == 36 and as_json(state) == [*expected, None, *LAYOUT_4_DEFAULTS]  # no exit reason: it was not kept
+    assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, None, *LAYOUT_4_DEFAULTS]
+
+
+@pytest.mark.parametrize("path", LAYOUT_3, ids=lambda path: path.stem)
+def test_a_layout_3_record_reads_as_it_was_written_and_is_written_back_in_this_layout(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".json").read_text())
+    state, unknown = decode_record(path.read_bytes())
+    assert unknown == () and state.layout == 3
+    assert len(expected) == 37 and as_json(state) == [*expected, *LAYOUT_4_DEFAULTS]  # the exit reason kept
+    assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, expected[-1], *LAYOUT_4_DEFAULTS]
 
 
 def usage_event(customer: str, at_ms: int) -> tuple[bytes, Event]:
