@@ -284,6 +284,13 @@ class CustomerKpis:
     ces: float | None
     customer_loyalty_index: float | None
     customer_secure: bool | None
+    #: Surveys sent in the last 90 days answered in time, of those answered or missed (None: none sent).
+    survey_response_rate: float | None
+    #: The customer-success relationship: days since the last CSM touchpoint (None: never),
+    #: the latest pulse's rating while valid (None: none or expired), whether it needs a fresh one.
+    days_since_csm_contact: float | None
+    csm_pulse: int | None
+    needs_fresh_pulse: bool
     failed_payments_30d: int
     overdue_invoices: int
     max_days_overdue: float
@@ -294,6 +301,11 @@ class CustomerKpis:
 def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
     today = at_ms // DAY_MS
     return sum(1 for last_day in state.users_last_day.values() if today - days < last_day <= today)
+
+
+def _rate_or_none(part: int, other: int) -> float | None:
+    """part / (part + other) × 100; None when both are 0."""
+    return None if part + other == 0 else part / (part + other) * 100
 
 
 def mean(values: Sequence[float]) -> float | None:
@@ -320,7 +332,26 @@ def recent_answers(surveys: Sequence[SurveyResponse], since_ms: int, at_ms: int)
     return answers, secure
 
 
-def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = ()) -> CustomerKpis:
+def invitation_outcomes(
+    invites: Sequence[tuple[int, str]], answers: Sequence[SurveyResponse], since_ms: int, at_ms: int, response_days: float
+) -> tuple[int, int]:
+    """(answered, missed) of the surveys sent in [since_ms, at_ms]: answered when an answer of
+    the same survey came within ``response_days`` of sending, missed once that deadline passed
+    by ``at_ms`` without one (still open ones count in neither)."""
+    window = int(response_days * DAY_MS)
+    answered = missed = 0
+    for sent_ms, kind in invites:
+        if not since_ms <= sent_ms <= at_ms:
+            continue
+        deadline = sent_ms + window
+        if any(sent_ms <= a.answered_ms <= min(deadline, at_ms) and a.survey.partition(".")[0] == kind for a in answers):
+            answered += 1
+        elif deadline <= at_ms:
+            missed += 1
+    return answered, missed
+
+
+def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = (), survey_response_days: float = 14.0) -> CustomerKpis:
     """Everything a customer-success manager reads about one customer, at ``at_ms``."""
     today = at_ms // DAY_MS
     dau, wau, mau = (_active_users(state, at_ms, days) for days in (1, 7, 30))
@@ -369,6 +400,10 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         ces=customer_effort_score(ces_answers),
         customer_loyalty_index=mean([loyalty_points(r.score, r.scale_min, r.scale_max) for r in answers["cli"]]),
         customer_secure=customer_secure(secure_answers),
+        survey_response_rate=_rate_or_none(*invitation_outcomes(state.survey_invites, state.surveys, at_ms - 90 * DAY_MS, at_ms, survey_response_days)),
+        days_since_csm_contact=(at_ms - last_contact) / DAY_MS if (last_contact := max(state.contact_ms, state.negative_contact_ms)) else None,
+        csm_pulse=state.pulse_rating if state.pulse_rating and at_ms < state.pulse_expires_ms else None,
+        needs_fresh_pulse=bool(state.pulse_rating) and at_ms >= state.pulse_expires_ms,
         failed_payments_30d=window_total(state, "payments_failed", at_ms, 30),
         overdue_invoices=len(overdue),
         max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
@@ -392,6 +427,7 @@ class FleetTotals:
 
     at_ms: int
     period_days: int = 30
+    survey_response_days: float = 14.0
     customers: int = 0
     active: int = 0
     active_at_period_start: int = 0
@@ -422,6 +458,9 @@ class FleetTotals:
     regular_customers: int = 0
     #: Customers who answered at least one survey in the period (participation).
     survey_participants: int = 0
+    #: Surveys sent in the period answered in time, and missed (their deadline passed unanswered).
+    invitations_answered: int = 0
+    invitations_missed: int = 0
     #: Distinct users active in the last 1, 7 and 30 days, summed over customers (DAU, WAU, MAU).
     active_users: dict[str, int] = field(default_factory=lambda: {"1d": 0, "7d": 0, "30d": 0})
 
@@ -454,6 +493,9 @@ class FleetTotals:
         purchase_days_in_period = sum(1 for day, count in zip(counts.days, counts.purchases) if start_day < day <= today and count)
         self.regular_customers += orders >= 1 and (bought_before or purchase_days_in_period >= 2)
         self.survey_participants += any(start <= response.answered_ms <= at for response in state.surveys)
+        answered, missed = invitation_outcomes(state.survey_invites, state.surveys, start, at, self.survey_response_days)
+        self.invitations_answered += answered
+        self.invitations_missed += missed
         for window, days in (("1d", 1), ("7d", 7), ("30d", 30)):
             self.active_users[window] += _active_users(state, at, days)
         if state.published is not None:

@@ -27,11 +27,13 @@ from typing import Iterable
 from scoring import kpis
 from scoring.contract import (
     CheckoutAbandoned,
+    CsmPulse,
     Event,
     PurchaseCompleted,
     SubscriptionCancelled,
     SubscriptionUpdated,
     SurveyAnswered,
+    SurveySent,
     TicketOpened,
     TicketReopened,
     TicketResolved,
@@ -51,6 +53,8 @@ class Period:
     start_ms: int
     end_ms: int
     acquisition_spend: float | None = None
+    #: A survey sent and not answered within this many days is missed (scoring.survey_response_days).
+    survey_response_days: float = 14.0
 
     def __post_init__(self) -> None:
         if self.end_ms <= self.start_ms:
@@ -116,6 +120,8 @@ class PeriodKpis:
     csi_answered: int = 0
     csi_secure: int = 0
     participants: int = 0
+    invitations_answered: int = 0
+    invitations_missed: int = 0
     resolution_hours: list[float] = field(default_factory=list)
     users_by_last_day: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -132,8 +138,13 @@ class PeriodKpis:
                 subscription.steps.append((event.occurred_at_ms, event.data.mrr, False))
             elif isinstance(event.data, SubscriptionCancelled):
                 subscription.steps.append((event.occurred_at_ms, 0.0, True))
-        times = [event.occurred_at_ms for event in ordered]
-        in_period = [event for event in ordered if start <= event.occurred_at_ms < end]
+        # Surveys sent and CSM pulses are the company's acts: they do not make a customer active.
+        own = [event for event in ordered if not isinstance(event.data, (SurveySent, CsmPulse))]
+        if not own:
+            self._add_invitations(ordered)
+            return
+        times = [event.occurred_at_ms for event in own]
+        in_period = [event for event in own if start <= event.occurred_at_ms < end]
         at_start = _customer_at(times, subscription, start, window)
         at_end = _customer_at(times, subscription, end, window)
         new = start <= times[0] < end
@@ -145,7 +156,8 @@ class PeriodKpis:
         self.active_in_period += bool(in_period)
         self._add_purchases(ordered, in_period, new)
         self._add_revenue(subscription, at_start, at_end)
-        self._add_answers(ordered[0].customer_id, in_period)
+        self._add_answers(own[0].customer_id, in_period)
+        self._add_invitations(ordered)
         self._add_resolutions(ordered)
 
     def _add_purchases(self, ordered: list[Event], in_period: list[Event], new: bool) -> None:
@@ -206,6 +218,20 @@ class PeriodKpis:
         if status is not None:
             self.csi_answered += 1
             self.csi_secure += status
+
+    def _add_invitations(self, ordered: list[Event]) -> None:
+        """Surveys sent in the period: answered in time, or missed by the period's end."""
+        invites = [(event.occurred_at_ms, event.data.survey) for event in ordered if isinstance(event.data, SurveySent)]
+        if not invites:
+            return
+        answers = []
+        for event in ordered:
+            data = event.data
+            if isinstance(data, SurveyAnswered):
+                answers.append(SurveyResponse(data.survey, data.score, 0.0, 1.0, event.occurred_at_ms))
+        answered, missed = kpis.invitation_outcomes(invites, answers, self.period.start_ms, self.period.end_ms - 1, self.period.survey_response_days)
+        self.invitations_answered += answered
+        self.invitations_missed += missed
 
     def _add_resolutions(self, ordered: list[Event]) -> None:
         """Open → resolved times of the tickets resolved in the period (a reopened ticket
@@ -275,6 +301,7 @@ def _result(k: PeriodKpis) -> dict[str, float | int | None]:
         "customer_loyalty_index": kpis.mean([kpis.loyalty_points(r.score, r.scale_min, r.scale_max) for r in answers["cli"]]),
         "customer_secure_rate": kpis.customer_secure_rate(k.csi_secure, k.csi_answered),
         "participation_rate": _rate(k.participants, k.active_in_period),
+        "survey_response_rate": _rate(k.invitations_answered, k.invitations_answered + k.invitations_missed),
         "mean_time_to_resolution_hours": kpis.mean(k.resolution_hours),
         "dau": dau,
         "wau": wau,

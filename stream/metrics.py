@@ -355,6 +355,12 @@ FLEET_ACTIVE_USERS = Gauge(
     ["window"],
     registry=REGISTRY,
 )
+FLEET_SURVEY_INVITATIONS = Gauge(
+    "healthscore_fleet_survey_invitations",
+    "Surveys sent in the trailing period: answered in time, or missed (deadline passed unanswered).",
+    ["status"],
+    registry=REGISTRY,
+)
 FLEET_CLI_POINTS_SUM = Gauge(
     "healthscore_fleet_cli_points_sum",
     "Sum of Customer Loyalty Index answers in points (1: 100 ... 6: 0) in the trailing period; the answers are survey=cli of healthscore_fleet_survey_answers.",

@@ -21,7 +21,8 @@ SECTIONS = (
                    "average_spend_per_customer", "upsell_rate", "upsell_rate_per_customer", "checkout_abandonment_rate")),
     ("Value", ("ltv", "cac", "ltv_to_cac", "mrr_start", "mrr_end", "mrr_growth_rate", "mrr_new", "mrr_expansion",
                "mrr_contraction", "mrr_churned")),
-    ("Voice of the customer", ("nps", "csat", "ces", "customer_loyalty_index", "customer_secure_rate", "participation_rate")),
+    ("Voice of the customer", ("nps", "csat", "ces", "customer_loyalty_index", "customer_secure_rate", "participation_rate",
+                                "survey_response_rate")),
     ("Support and usage", ("mean_time_to_resolution_hours", "dau", "wau", "mau", "stickiness")),
 )
 
@@ -40,7 +41,7 @@ def period_kpis(settings: Settings, input_path: Path, first: date, last: date, s
     if spend is None:
         spend = settings.kpis.spend_within(first, last)
         source = "config [[kpis.acquisition_spend]]" if spend is not None else "none"
-    period = Period(day_start_ms(first), day_start_ms(last + timedelta(days=1)), spend)
+    period = Period(day_start_ms(first), day_start_ms(last + timedelta(days=1)), spend, settings.scoring.survey_response_days)
     by_customer: dict[str, list] = {}
     for event in history.events:
         by_customer.setdefault(event.customer_id, []).append(event)

@@ -44,6 +44,7 @@ class FleetExport:
         sweep_topic: str,
         period_days: int,
         clock: Callable[[], float] = time.time,
+        survey_response_days: float = 14.0,
     ) -> None:
         self._app = app
         self._table = table
@@ -52,6 +53,7 @@ class FleetExport:
         self._sweep_topic = sweep_topic
         self._period_days = period_days
         self._clock = clock
+        self._survey_response_days = survey_response_days
 
     async def export(self) -> None:
         consumer = self._app.consumer
@@ -60,7 +62,7 @@ class FleetExport:
         for name, records in lag.items():
             metrics.CONSUMER_LAG.labels(name).set(records)
         owned = {tp.partition for tp in assignment if tp.topic == self._sweep_topic}
-        totals = FleetTotals(int(self._clock() * 1000), self._period_days)
+        totals = FleetTotals(int(self._clock() * 1000), self._period_days, self._survey_response_days)
         for partition in owned:
             for index, key in enumerate(list(self._keys_by_partition.get(partition, ()))):
                 stored = self._table.get(key)
@@ -86,6 +88,8 @@ def publish_fleet(totals: FleetTotals) -> None:
     metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
     metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
     metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
+    metrics.FLEET_SURVEY_INVITATIONS.labels("answered").set(totals.invitations_answered)
+    metrics.FLEET_SURVEY_INVITATIONS.labels("missed").set(totals.invitations_missed)
     metrics.FLEET_ORDERS.set(totals.orders)
     metrics.FLEET_REVENUE_SUM.set(totals.revenue)
     metrics.FLEET_ABANDONED_CHECKOUTS.set(totals.abandoned_checkouts)

@@ -284,3 +284,20 @@ def test_fleet_totals_of_baskets_users_loyalty_and_participation() -> None:
     assert (fleet.buyers, fleet.regular_customers, fleet.survey_participants) == (2, 1, 1)
     assert fleet.active_users == {"1d": 1, "7d": 2, "30d": 3}
     assert kpis.average_basket(fleet.revenue, fleet.orders) == 30.0
+
+
+def test_customer_kpis_of_the_relationship_and_the_surveys_sent() -> None:
+    from scoring.contract import CsmPulse, CsmTouchpoint, SurveySent
+
+    state = new_state("acme")
+    apply_event(state, ev("t", T0 - 10 * DAY_MS, CsmTouchpoint("qbr", "positive")))
+    apply_event(state, ev("p", T0 - 10 * DAY_MS, CsmPulse(4, ("adoption",), T0 + DAY_MS)))
+    apply_event(state, ev("s1", T0 - 40 * DAY_MS, SurveySent("nps")))
+    apply_event(state, ev("a1", T0 - 35 * DAY_MS, SurveyAnswered("nps", 9)))
+    apply_event(state, ev("s2", T0 - 30 * DAY_MS, SurveySent("csat")))  # never answered: missed
+    apply_event(state, ev("s3", T0 - 2 * DAY_MS, SurveySent("ces")))  # still open
+    now = kpis.customer_kpis(state, T0)
+    assert (now.survey_response_rate, now.days_since_csm_contact, now.csm_pulse, now.needs_fresh_pulse) == (50.0, 10.0, 4, False)
+    later = kpis.customer_kpis(state, T0 + 2 * DAY_MS)
+    assert (later.csm_pulse, later.needs_fresh_pulse) == (None, True)
+    assert kpis.customer_kpis(new_state("quiet"), T0).survey_response_rate is None

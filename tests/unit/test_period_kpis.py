@@ -127,6 +127,19 @@ def test_customer_secure_rate(tmp_path: Path) -> None:
     assert history.run(tmp_path)["customer_secure_rate"] == 50.0  # partial has no status yet
 
 
+def test_survey_response_rate_of_the_surveys_sent(tmp_path: Path) -> None:
+    history = History()
+    history.add("prompt", 2, "survey.sent", survey="nps")
+    history.add("prompt", 4, "survey.answered", survey="nps", score=9)
+    history.add("late", 2, "survey.sent", survey="csat")
+    history.add("late", 20, "survey.answered", survey="csat", score=5)  # after its 14 days: missed
+    history.add("silent", 3, "survey.sent", survey="csi")
+    history.add("pending", 25, "survey.sent", survey="nps")  # its deadline is after the period: neither
+    result = history.run(tmp_path)
+    assert result["survey_response_rate"] == pytest.approx(100 / 3)
+    assert result["participation_rate"] == pytest.approx(100.0)  # every active customer answered something
+
+
 def test_resolution_time_counts_only_tickets_resolved_in_the_period(tmp_path: Path) -> None:
     history = History()
     history.add("acme", -300, "ticket.opened", ticket_id="old", priority="normal")
@@ -201,7 +214,7 @@ def test_the_table_shows_every_key(tmp_path: Path) -> None:
 EVENT_KINDS = sorted(EVENT_TYPES)
 RATES = ("retention_rate", "churn_rate", "repurchase_rate", "repurchase_rate_per_customer", "loyal_customer_rate", "upsell_rate",
          "upsell_rate_per_customer", "checkout_abandonment_rate", "activation_rate", "csat", "customer_loyalty_index",
-         "customer_secure_rate", "participation_rate")
+         "customer_secure_rate", "participation_rate", "survey_response_rate")
 
 
 @st.composite
