@@ -122,6 +122,10 @@ return 0
 _WRITE_SCRIPT_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest().encode()
 
 
+#: A customer's KPIs into its hash, only if the hash exists (an erased customer's is gone).
+KPIS_SCRIPT = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'kpis', ARGV[1]) end return 0"
+
+
 #: One argument in the Redis protocol (RESP), from its length and bytes.
 _BULK = b"$%d\r\n%b\r\n"
 
@@ -407,6 +411,16 @@ class LatestScoreCache:
                 pipe.zadd(expansion_key(prefix), {customer_id: float(growth)})
             else:
                 pipe.zrem(expansion_key(prefix), customer_id)
+        await pipe.execute()
+
+    async def write_kpis(self, rows: list[tuple[str, bytes]]) -> None:
+        """Each customer's KPIs (JSON) into the ``kpis`` field of its hash, only where the hash
+        exists: an atomic check, so an erased customer's hash is never brought back."""
+        pipe = self._client.pipeline(transaction=False)
+        for customer_id, encoded in rows:
+            if customer_id in self._gone_during_flush:
+                continue
+            pipe.eval(KPIS_SCRIPT, 1, customer_key(self._prefix, customer_id, self.hash_tags), encoded)
         await pipe.execute()
 
     def queue_erase(self, customer_id: str) -> None:

@@ -39,7 +39,7 @@ from stream.state.recovery import GroupedRecoveryTableManager
 from stream.state.table import KeysByPartition, customer_state_table, persisted_offsets
 from stream.worker import web
 from stream.worker.cache_refill import CacheRefill
-from stream.worker.fleet import FleetExport
+from stream.worker.fleet import FleetExport, FleetOptions
 from stream.worker.rebalance import connect_rebalance_hooks
 from stream.worker.timers import Timers
 from stream.worker.web import AgentProgress
@@ -113,6 +113,11 @@ def agent_alive(agent: faust.types.AgentT) -> bool:
     return any(actor.actor_task is not None and not actor.actor_task.done() and not actor.crashed for actor in actors)
 
 
+def fleet_options(settings: Settings, cache: LatestScoreCache) -> FleetOptions:
+    scoring = settings.scoring
+    return FleetOptions(settings.fleet_period_days, scoring.survey_response_days, tuple(scoring.key_features), cache.write_kpis)
+
+
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     parameters = settings.model_parameters()
     rules = settings.alerts.parameters()
@@ -178,8 +183,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     progress = AgentProgress(lambda: topics.source.queue.qsize(), lambda: agent_alive(agent), settings.agent_stall_seconds)
     handler.on_batch_done = progress.note_batch
 
-    fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, settings.fleet_period_days, clock,
-                        settings.scoring.survey_response_days)
+    fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, fleet_options(settings, cache), clock)
     refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock)
 
     @app.on_rebalance_complete.connect

@@ -1,15 +1,22 @@
-"""Fleet KPIs and consumer lag, exported as gauges from the records this worker owns."""
+"""Fleet KPIs and consumer lag, exported as gauges from the records this worker owns, and
+each owned customer's KPIs into its Redis hash (GET /customers/{id}/kpis), in the same pass."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import faust
 from faust.types import TP
 
-from scoring.kpis import FleetTotals
+import msgspec
+
+from scoring.kpis import FleetTotals, customer_kpis
+from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
 from stream.state.table import KeysByPartition
@@ -32,6 +39,21 @@ def consumer_lag(
     return lag
 
 
+log = logging.getLogger(__name__)
+
+#: Where each customer's KPIs go: (customer id, JSON) rows, written only for customers Redis knows.
+KpisWriter = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    period_days: int = 30
+    survey_response_days: float = 14.0
+    key_features: tuple[str, ...] = ()
+    #: None: the customers' KPIs are not written (the gauges still are).
+    write_kpis: KpisWriter | None = None
+
+
 class FleetExport:
     """Reads every owned record (read-only, yielding to the stream every 1,000) into the gauges."""
 
@@ -42,18 +64,16 @@ class FleetExport:
         keys_by_partition: KeysByPartition,
         input_topics: Iterable[str],
         sweep_topic: str,
-        period_days: int,
+        options: FleetOptions,
         clock: Callable[[], float] = time.time,
-        survey_response_days: float = 14.0,
     ) -> None:
         self._app = app
         self._table = table
         self._keys_by_partition = keys_by_partition
         self._input_topics = list(input_topics)
         self._sweep_topic = sweep_topic
-        self._period_days = period_days
+        self._options = options
         self._clock = clock
-        self._survey_response_days = survey_response_days
 
     async def export(self) -> None:
         consumer = self._app.consumer
@@ -62,15 +82,39 @@ class FleetExport:
         for name, records in lag.items():
             metrics.CONSUMER_LAG.labels(name).set(records)
         owned = {tp.partition for tp in assignment if tp.topic == self._sweep_topic}
-        totals = FleetTotals(int(self._clock() * 1000), self._period_days, self._survey_response_days)
+        options = self._options
+        now_ms = int(self._clock() * 1000)
+        totals = FleetTotals(now_ms, options.period_days, options.survey_response_days)
+        rows: list[tuple[str, bytes]] = []
         for partition in owned:
             for index, key in enumerate(list(self._keys_by_partition.get(partition, ()))):
                 stored = self._table.get(key)
                 if stored is not None:
-                    totals.add(decode_state(stored))
+                    state = decode_state(stored)
+                    totals.add(state)
+                    if options.write_kpis is not None:
+                        rows.append((state.customer_id, customer_kpis_json(state, now_ms, options)))
                 if index % 1000 == 999:
+                    await self._write(rows)
+                    rows = []
                     await asyncio.sleep(0)  # let the stream run
+        await self._write(rows)
         publish_fleet(totals)
+
+    async def _write(self, rows: list[tuple[str, bytes]]) -> None:
+        """The customers' KPIs; a Redis failure is logged and skipped (the next export writes them)."""
+        if not rows or self._options.write_kpis is None:
+            return
+        try:
+            await self._options.write_kpis(rows)
+        except Exception:
+            log.warning("Writing %d customers' KPIs to Redis failed; the next export tries again", len(rows), exc_info=True)
+
+
+def customer_kpis_json(state: Any, now_ms: int, options: FleetOptions) -> bytes:
+    """``scoring.kpis.customer_kpis`` with the time it was computed at, as JSON."""
+    kpis = customer_kpis(state, now_ms, options.key_features, options.survey_response_days)
+    return msgspec.json.encode({"as_of": rfc3339(now_ms), **dataclasses.asdict(kpis)})
 
 
 def publish_fleet(totals: FleetTotals) -> None:

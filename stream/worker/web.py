@@ -279,8 +279,26 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                     "mrr": _value("mrr", values.get("mrr")),
                     "usage_growth": _value("usage_growth", values.get("usage_growth")),
                     "recent_alerts": [msgspec.json.decode(alert) for alert in recent],
+                    "kpis": msgspec.json.decode(values["kpis"]) if "kpis" in values else None,
                 }
             )
+
+    @app.page("/customers/{customer_id}/kpis")
+    class CustomerKpis(View):
+        """Everything a customer-success manager reads about one customer (scoring.kpis.customer_kpis),
+        as of the worker's last fleet export (``as_of``; every fleet_metrics_interval_seconds)."""
+
+        async def get(self, request: Request, customer_id: str) -> Response:
+            denied = refused(self, request, api_tokens)
+            if denied is not None:
+                return denied
+            try:
+                stored = await redis.hget(customer_key(prefix, customer_id, tagged), "kpis")
+            except (RedisError, OSError) as exc:
+                return redis_unavailable(self, exc)
+            if stored is None:
+                return error(self, 404, "no KPIs for this customer yet (unknown, or not exported since its first score)")
+            return self.json({"customer_id": customer_id, **msgspec.json.decode(stored)})
 
 
 def register_lists(app: faust.App, redis: Any, prefix: str, tagged: bool, api_tokens: list[bytes]) -> None:

@@ -235,8 +235,9 @@ CALIBRATED = {
 def worker_without_budget(namespace: Namespace, tmp_path: Path) -> Iterator[WorkerProcess]:
     """A started worker without the per-customer alert budget (one alert in any 30 days by
     default), which holds back all but the first of the alerts a customer's events open at
-    once: for tests of what each rule raises."""
+    once: for tests of what each rule raises. Its fleet export (gauges, customers' KPIs) runs every second."""
     namespace.env["HEALTHSCORE_ALERTS__MAX_ALERTS_PER_CUSTOMER_30D"] = "0"
+    namespace.env["HEALTHSCORE_FLEET_METRICS_INTERVAL_SECONDS"] = "1"
     process = WorkerProcess(namespace, tmp_path / "worker.log")
     process.start()
     yield process

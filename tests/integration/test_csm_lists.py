@@ -127,6 +127,11 @@ def test_detractors_are_alerted_once_per_answer_and_growing_customers_listed(nam
     url = worker.metrics_url
     wait_for(lambda: metric_value(url, "healthscore_events_total", topic=namespace.topic("tickets"), outcome="duplicate") == 1, message="the repeat dropped")
     wait_until_published(namespace, worker)
+    kcat_produce(namespace.topic("tickets"), [  # the customer-success manager's side
+        ("unhappy", event("s1", "survey.sent", "unhappy", START + 19 * DAY_MS, {"survey": "nps"})),
+        ("unhappy", event("c1", "csm.touchpoint", "unhappy", START + 36 * DAY_MS, {"channel": "qbr", "sentiment": "positive"})),
+        ("unhappy", event("p1", "csm.pulse", "unhappy", START + 37 * DAY_MS, {"rating": 2, "reasons": ["champion_left"]})),
+    ])
     detractor = wait_for(lambda: (lambda found: found if len(found) == 2 else None)([a for a in alerts_of(namespace, "unhappy") if a["rule"] == "detractor"]),
                          message="two detractor alerts", explain=lambda: repr(alerts_of(namespace, "unhappy")))
     assert [a["detail"] for a in detractor] == ['NPS answer 3 on 0-10: "Too slow since the update"', "CSAT answer 2 on 1-5"]
@@ -134,6 +139,14 @@ def test_detractors_are_alerted_once_per_answer_and_growing_customers_listed(nam
     assert metric_value(url, "healthscore_alerts_raised_total", rule="detractor", severity="warning") == 2
 
     base = f"http://127.0.0.1:{namespace.settings.web_port}"
+    # The customer's KPIs, written to Redis by the fleet export (every second here).
+    kpis = wait_for(lambda: (lambda r: r[1] if r[0] == 200 and r[1]["csm_pulse"] else None)(get_json(f"{base}/customers/unhappy/kpis")),
+                    message="the customer's KPIs")
+    assert kpis["customer_id"] == "unhappy" and kpis["csm_pulse"] == 2 and kpis["survey_response_rate"] == 100.0
+    assert kpis["nps"] == 0.0 and kpis["csat"] == 0.0 and kpis["mrr"] == 99.0 and kpis["needs_fresh_pulse"] is False
+    status, health = get_json(f"{base}/customers/unhappy/health")
+    assert status == 200 and health["kpis"]["csm_pulse"] == 2 and "relationship" in health["components"]
+    assert get_json(f"{base}/customers/nobody-at-all/kpis")[0] == 404
     ready = wait_for(lambda: (lambda r: r[1]["customers"] if r[0] == 200 and r[1]["count"] else None)(get_json(f"{base}/customers/expansion?limit=5")),
                      message="an expansion candidate")
     assert [entry["customer_id"] for entry in ready] == ["growing"]
