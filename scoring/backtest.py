@@ -8,6 +8,7 @@ them against a hand computation (tests/unit/test_backtest.py does).
 from __future__ import annotations
 
 import statistics
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -268,3 +269,64 @@ def edge_for_share(scores: Sequence[float], share: float) -> float | None:
     ordered = sorted(scores)
     index = int(share * len(ordered))
     return ordered[min(index, len(ordered) - 1)]
+
+
+# --- Did our actions help? ---------------------------------------------------------------
+
+#: One customer's published scores in time order: (as_of_ms, score, band).
+ScoreHistory = list[tuple[int, float, str]]
+
+
+def score_before(history: ScoreHistory, at_ms: int) -> tuple[float, str] | None:
+    """The last score published strictly before ``at_ms`` (what a CSM saw then), or None."""
+    index = bisect_left(history, (at_ms,)) - 1
+    return (history[index][1], history[index][2]) if index >= 0 else None
+
+
+@dataclass(frozen=True)
+class TouchpointEffect:
+    """Health change over the ``days`` after a CSM touchpoint, against customers without one
+    who were in the same band on the same day: an association, not a causal estimate (CSMs
+    choose whom they call)."""
+
+    touched: int
+    mean_change_touched: float | None
+    mean_change_comparable: float | None
+    difference: float | None
+    days: float
+
+
+def touchpoint_effect(touches: dict[str, int], histories: dict[str, ScoreHistory], untouched: list[str], days: float) -> TouchpointEffect:
+    """``touches``: each touched customer's touchpoint time. A touched customer counts when it
+    had a score before the touchpoint and comparable customers (same band that day) exist."""
+    after_ms = int(days * 86_400_000)
+    comparable: dict[tuple[int, str], float | None] = {}
+    touched_changes: list[float] = []
+    comparable_changes: list[float] = []
+    for customer, at_ms in sorted(touches.items()):
+        history = histories.get(customer, [])
+        before, after = score_before(history, at_ms), score_before(history, at_ms + after_ms + 1)
+        if before is None or after is None:
+            continue
+        key = (at_ms // 86_400_000, before[1])
+        if key not in comparable:
+            comparable[key] = _band_change(histories, untouched, key[0] * 86_400_000, after_ms, before[1])
+        if comparable[key] is None:
+            continue
+        touched_changes.append(after[0] - before[0])
+        comparable_changes.append(comparable[key])  # type: ignore[arg-type]
+    mean_touched = sum(touched_changes) / len(touched_changes) if touched_changes else None
+    mean_comparable = sum(comparable_changes) / len(comparable_changes) if comparable_changes else None
+    difference = mean_touched - mean_comparable if mean_touched is not None and mean_comparable is not None else None
+    return TouchpointEffect(len(touched_changes), mean_touched, mean_comparable, difference, days)
+
+
+def _band_change(histories: dict[str, ScoreHistory], customers: list[str], day_ms: int, after_ms: int, band: str) -> float | None:
+    """Mean score change over ``after_ms`` from ``day_ms`` of the customers in ``band`` then."""
+    changes = []
+    for customer in customers:
+        history = histories.get(customer, [])
+        before, after = score_before(history, day_ms), score_before(history, day_ms + after_ms + 1)
+        if before is not None and after is not None and before[1] == band:
+            changes.append(after[0] - before[0])
+    return sum(changes) / len(changes) if changes else None

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from scoring import backtest as metrics
-from scoring.contract import PurchaseCompleted
+from scoring.contract import CsmTouchpoint, PurchaseCompleted
 from scoring.output import rfc3339
-from scoring.replay import AlertRaised, Replayer
+from scoring.replay import AlertRaised, Replayer, ScoreChanged
 from scoring.state import DAY_MS, day_total
 from stream.commands.history import budgeted, read_history
 from stream.settings import Settings
@@ -64,7 +64,8 @@ def run_backtest(
     if history.rejected:
         echo(f"{len(history.rejected)} of {history.read} lines rejected and left out (run `healthscore replay --rejects FILE` to see them)")
     horizon_ms = int(horizon_days * DAY_MS)
-    replayer, alerts = _replay_until(settings, history.events, as_of_ms)
+    scores: dict[str, metrics.ScoreHistory] = {}
+    replayer, alerts = _replay_until(settings, history.events, as_of_ms, scores)
     first_alert: dict[str, RaisedAlert] = {}
     for alert in alerts:
         if alert.at_ms >= as_of_ms - 90 * DAY_MS:
@@ -121,6 +122,7 @@ def run_backtest(
             for b in metrics.band_shares([finals[c].band for c in population], churned, ("healthy", "at_risk", "critical"))
         ],
         "band_edges_for_shares": _band_edges([finals[c].score for c in population], band_shares),
+        "csm_touchpoints": _touchpoint_effect(history.events, scores, as_of_ms),
     }
     if report_path is not None:
         write_report(report_path, summary, rankings, churned, [finals[c].score for c in population])
@@ -135,8 +137,11 @@ class RaisedAlert(NamedTuple):
     at_ms: int
 
 
-def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Replayer, list[RaisedAlert]]:
-    """The worker's model run over the history before ``as_of_ms``, and every alert it raised."""
+def _replay_until(
+    settings: Settings, events: list, as_of_ms: int, scores: dict[str, metrics.ScoreHistory] | None = None
+) -> tuple[Replayer, list[RaisedAlert]]:
+    """The worker's model run over the history before ``as_of_ms``, and every alert it raised
+    (and every score it published, per customer, into ``scores`` when given)."""
     replayer = Replayer(
         settings.model_parameters(),
         settings.alerts.parameters(),
@@ -145,12 +150,30 @@ def _replay_until(settings: Settings, events: list, as_of_ms: int) -> tuple[Repl
         settings.sweep_min_score_change,
         settings.state_ttl_ms,
     )
-    alerts = [
-        RaisedAlert(item.alert.customer_id, item.alert.rule, item.alert.severity, item.alert.occurred_at_ms)
-        for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings)
-        if isinstance(item, AlertRaised)
-    ]
+    alerts = []
+    for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):
+        if isinstance(item, AlertRaised):
+            alerts.append(RaisedAlert(item.alert.customer_id, item.alert.rule, item.alert.severity, item.alert.occurred_at_ms))
+        elif scores is not None and isinstance(item, ScoreChanged):
+            scores.setdefault(item.customer_id, []).append((item.health.as_of_ms, item.health.score, item.health.band))
     return replayer, alerts
+
+
+def _touchpoint_effect(events: list, scores: dict[str, metrics.ScoreHistory], as_of_ms: int, days: float = 30.0) -> dict:
+    """Customers with a CSM touchpoint in the 30 days ending ``days`` before ``as_of_ms``: their
+    score change over the ``days`` after it, against customers without one in the 90 days
+    before ``as_of_ms`` who were in the same band that day (docs/model.md: not causal)."""
+    start, end = as_of_ms - int((days + 30) * DAY_MS), as_of_ms - int(days * DAY_MS)
+    touches: dict[str, int] = {}
+    recently_touched = set()
+    for event in events:
+        if isinstance(event.data, CsmTouchpoint) and as_of_ms - 90 * DAY_MS <= event.occurred_at_ms <= as_of_ms:
+            recently_touched.add(event.customer_id)
+            if start <= event.occurred_at_ms < end:
+                touches[event.customer_id] = min(touches.get(event.customer_id, event.occurred_at_ms), event.occurred_at_ms)
+    untouched = [customer for customer in sorted(scores) if customer not in recently_touched]
+    effect = metrics.touchpoint_effect(touches, {c: sorted(h) for c, h in scores.items()}, untouched, days)
+    return {key: _round(value) if isinstance(value, float) else value for key, value in asdict(effect).items()}
 
 
 def _alert_quality(
@@ -304,6 +327,18 @@ def _distribution_png(plt, scores: list[float], churned: list[bool]) -> str:
     return png
 
 
+def _touchpoints_html(summary: dict) -> str:
+    effect = summary["csm_touchpoints"]
+    if not effect["touched"]:
+        return "<h2>Did our actions help?</h2><p>No customer with a CSM touchpoint (csm.touchpoint) to compare in the window.</p>"
+    return (
+        f"<h2>Did our actions help?</h2><p>{effect['touched']} customers with a CSM touchpoint: score change over the "
+        f"{effect['days']:g} days after it {effect['mean_change_touched']:+.2f} points, against {effect['mean_change_comparable']:+.2f} "
+        f"for customers without one who were in the same band that day (difference {effect['difference']:+.2f}). "
+        "An association, not a causal estimate: CSMs choose whom they call.</p>"
+    )
+
+
 def write_report(path: Path, summary: dict, rankings: dict[str, list[float]], churned: list[bool], scores: list[float]) -> None:
     """A self-contained HTML page: metrics table, ROC curves, calibration, score distributions."""
     import matplotlib
@@ -368,6 +403,7 @@ Model version <code>{html.escape(summary['model_version'])}</code>.</p>
 {'n/a' if lead['median'] is None else f"{lead['median']:.1f} days"}.</p>
 {_alert_quality_html(summary)}
 {_reliability_html(summary)}
+{_touchpoints_html(summary)}
 <div class="figures">
 <img alt="ROC curves of the model and the baselines" src="data:image/png;base64,{images['roc']}">
 <img alt="Calibration of churn_risk" src="data:image/png;base64,{images['calibration']}">

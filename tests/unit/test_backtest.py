@@ -122,6 +122,42 @@ def test_backtest_command_prints_a_summary_and_writes_a_readable_report(tmp_path
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
 
 
+def test_the_touchpoint_effect_compares_with_customers_in_the_same_band_that_day() -> None:
+    day = 86_400_000
+    histories = {
+        "called": [(0, 40.0, "at_risk"), (10 * day, 42.0, "at_risk"), (35 * day, 60.0, "healthy")],
+        "also-at-risk": [(0, 41.0, "at_risk"), (20 * day, 36.0, "at_risk"), (40 * day, 30.0, "critical")],
+        "healthy": [(0, 80.0, "healthy"), (40 * day, 90.0, "healthy")],  # another band: not comparable
+        "new": [(20 * day, 50.0, "healthy")],  # no score before the touchpoint's day: not comparable
+    }
+    effect = m.touchpoint_effect({"called": 5 * day + 3}, histories, ["also-at-risk", "healthy", "new"], 30.0)
+    # called: 40 before the call, 60 thirty days after; also-at-risk, at risk that day too: 41 then 36.
+    assert effect.touched == 1
+    assert effect.mean_change_touched == 20.0 and effect.mean_change_comparable == -5.0 and effect.difference == 25.0
+    assert m.touchpoint_effect({"called": 5 * day}, histories, ["healthy"], 30.0).touched == 0  # nobody comparable
+    assert m.touchpoint_effect({}, histories, ["also-at-risk"], 30.0).difference is None
+
+
+def test_the_backtest_reports_the_health_after_csm_touchpoints(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    end = 1_790_000_000_000
+    write_history(str(history), str(tmp_path / "labels.csv"), customers=200, events=12_000, start_ms=end - 150 * 86_400_000, end_ms=end, seed=5)
+    as_of = 1_785_542_400_000  # 2026-08-01
+    customers = sorted({json.loads(line)["customer_id"] for line in history.read_text().splitlines()})[:40]
+    with history.open("a") as handle:
+        for index, customer in enumerate(customers):
+            at = as_of - (45 + index % 10) * 86_400_000
+            handle.write(json.dumps({"event_id": f"csm-{index}", "type": "csm.touchpoint", "customer_id": customer, "occurred_at": at,
+                                     "data": {"channel": "call", "sentiment": "positive"}}) + "\n")
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["backtest", "--input", str(history), "--as-of", "2026-08-01", "--horizon", "30", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    effect = json.loads(result.stdout)["csm_touchpoints"]
+    assert 0 < effect["touched"] <= 40 and effect["days"] == 30.0
+    assert effect["difference"] == pytest.approx(effect["mean_change_touched"] - effect["mean_change_comparable"], abs=1e-3)
+    assert "Did our actions help?" in report.read_text() and "not a causal estimate" in report.read_text()
+
+
 def test_without_labels_churn_means_no_purchase_within_the_horizon(tmp_path: Path) -> None:
     orders = tmp_path / "orders.csv"
     rows = ["customer_id,occurred_at,amount"]
