@@ -4,12 +4,15 @@ raising silence and overdue alerts, without an event to trigger it.
 A sweep is a tick (:class:`SweepTick`) on each partition of the sweep topic, so it goes
 through the same agent as the events, in order with them. Each tick rescores one chunk
 of the partition's customers, in key order, then sends the next tick for the rest: the
-events have their turn between chunks.
+events have their turn between chunks. The partition's keys are sorted once per sweep (at
+its first tick, or the first this worker sees after a restart), not once per chunk: sorting
+a million keys for each 500-customer chunk made a sweep quadratic in the customers.
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from typing import Iterable
 
 import faust
@@ -29,6 +32,10 @@ from stream.settings import Settings
 from stream.state.working_set import WorkingSet
 
 log = logging.getLogger("healthscore.worker")
+
+
+#: Sweeps in progress whose key order is kept (a partition swept twice at once is two).
+MAX_SWEEPS_IN_PROGRESS = 64
 
 
 class SweepTick(msgspec.Struct, frozen=True):
@@ -63,6 +70,25 @@ class Sweeper:
         self._publisher = publisher
         self._topic = sweep_topic
         self._clock = clock
+        #: (partition, sweep time) → the partition's keys in order, taken at the sweep's first tick.
+        self._orders: dict[tuple[int, int], list[bytes]] = {}
+
+    def _chunk(self, partition: int, at_ms: int, after: bytes) -> tuple[list[bytes], bytes | None]:
+        """The next chunk of keys after ``after`` still in the partition, and where the next
+        tick starts (None: the sweep of this partition is done)."""
+        keys = self._keys_by_partition.get(partition, set())
+        order = self._orders.get((partition, at_ms))
+        if order is None:
+            order = self._orders[(partition, at_ms)] = sorted(key for key in keys if key > after)
+            while len(self._orders) > MAX_SWEEPS_IN_PROGRESS:
+                del self._orders[next(iter(self._orders))]
+        start = bisect_right(order, after)
+        window = order[start : start + self._chunk_size]
+        chunk = [key for key in window if key in keys]  # erased or evicted since the sweep began: skipped
+        if start + self._chunk_size < len(order):
+            return chunk, window[-1]
+        self._orders.pop((partition, at_ms), None)
+        return chunk, None
 
     async def start(self, owned_partitions: Iterable[int]) -> None:
         """Each worker sweeps the partitions it owns, at the current time."""
@@ -105,8 +131,7 @@ class Sweeper:
             return
         partition = message.partition
         after = tick.after.encode() if tick.after is not None else b""
-        pending = sorted(key for key in self._keys_by_partition.get(partition, ()) if key > after)
-        chunk = pending[: self._chunk_size]
+        chunk, next_after = self._chunk(partition, tick.at_ms, after)
         expired: list[bytes] = []
         for key in chunk:
             customer_id = key.decode()
@@ -117,9 +142,9 @@ class Sweeper:
                 self._publisher.queue_score(outputs, key, partition, customer_id, result, None, tick.at_ms)
                 await self._publisher.queue_alerts(outputs, key, partition, customer_id, result)
         metrics.SWEEP_CUSTOMERS.inc(len(chunk))
-        if len(pending) > len(chunk):
+        if next_after is not None:
             # Let the stream have its turn, then continue where this step stopped.
-            next_tick = SweepTick(tick.at_ms, tick.started_at, chunk[-1].decode())
+            next_tick = SweepTick(tick.at_ms, tick.started_at, next_after.decode())
             await self._topic.send(value=msgspec.json.encode(next_tick), partition=partition)
         else:
             metrics.SWEEP_DURATION.observe(max(0.0, self._clock() - tick.started_at))
