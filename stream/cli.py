@@ -445,8 +445,7 @@ def erase(customer_ids: tuple[str, ...], id_file, reason: str, status_of: str | 
     the id. The customer stays erased: its events are refused (outcome "erased"), also when
     an input topic is read again, and its waiting or parked alerts are not delivered, until
     `erase --allow-return ID` (or privacy.erasure_quarantine_days after the erasure).
-    Copies that go by retention, with their dates: `erase --status ID` (README, "Privacy
-    and data lifecycle")."""
+    Copies that go by retention, with their dates: `erase --status ID` (docs/privacy.md)."""
     from scoring.privacy import subject_hash
     from stream.commands.erase import audit_records, new_request, send_requests
 
@@ -521,7 +520,7 @@ def deliver(test_endpoint: str | None, redrive_endpoint: str | None) -> None:
         raise click.ClickException(str(error)) from None
     if not settings.delivery.endpoints:
         # Consuming with nowhere to deliver would commit the alerts past: refuse instead.
-        raise click.ClickException("no [[delivery.endpoints]] configured: add one (README, 'Alerts to Slack and webhooks') before starting deliver")
+        raise click.ClickException("no [[delivery.endpoints]] configured: add one (docs/delivery.md) before starting deliver")
     _check_kafka(settings)
     _require_topic(settings, settings.topics.delivery_failed)
     _check_erasures_readable(settings)

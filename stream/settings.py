@@ -530,7 +530,7 @@ class IngestSettings(Frozen):
 
 
 class DeliverySettings(Frozen):
-    """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (README, "Alerts to Slack and webhooks")."""
+    """`healthscore deliver`: alerts from churn-alerts to webhooks and Slack (docs/delivery.md)."""
 
     endpoints: list[EndpointSettings] = []
     #: The consumer group of the delivery processes (its own: it never slows the workers).
@@ -589,7 +589,7 @@ class DeliverySettings(Frozen):
 
 
 class PrivacySettings(Frozen):
-    """Personal data: erasure and what is kept (README, "Privacy and data lifecycle")."""
+    """Personal data: erasure and what is kept (docs/privacy.md)."""
 
     #: The secret of the keyed hashes that stand for customer ids in the erasure audit trail
     #: (HEALTHSCORE_PRIVACY__HASH_KEY; at least 16 characters). `healthscore erase` needs it.
