@@ -48,6 +48,8 @@ pub enum Data {
     CsmTouchpoint { negative: bool },
     /// `expires_ms`: as `scoring.state.pulse_expiry_ms` reads it (None: PULSE_VALID_DAYS after it was given).
     CsmPulse { rating: i64, reasons: Vec<String>, expires_ms: Option<i64> },
+    /// 0 sent, 1 opened, 2 clicked, 3 unsubscribed.
+    Email { action: usize },
 }
 
 pub struct Event {
@@ -194,6 +196,39 @@ fn open_ticket(state: &mut CustomerState, ticket_id: &str, at: i64, priority: i6
     keep_last(&mut state.open_tickets, MAX_OPEN_TICKETS);
 }
 
+/// `scoring.state._apply_email`: per-day counts of e-mails sent, opened and clicked over the
+/// 90 days up to the latest e-mail day, and the latest unsubscription.
+fn apply_email(state: &mut CustomerState, action: usize, at: i64) {
+    if action == 3 {
+        state.email_unsubscribed_ms = state.email_unsubscribed_ms.max(at);
+        return;
+    }
+    let day = at.div_euclid(DAY_MS);
+    let latest = state.email_days.iter().map(|entry| entry.0).max().unwrap_or(day).max(day);
+    if day <= latest - WINDOW_DAYS {
+        return;
+    }
+    match state.email_days.iter_mut().find(|entry| entry.0 == day) {
+        Some(entry) => bump_email(entry, action),
+        None => {
+            let mut entry = (day, 0, 0, 0);
+            bump_email(&mut entry, action);
+            state.email_days.push(entry);
+            state.email_days.sort();
+        }
+    }
+    state.email_days.retain(|entry| entry.0 > latest - WINDOW_DAYS);
+}
+
+fn bump_email(entry: &mut (i64, i64, i64, i64), action: usize) {
+    let count = match action {
+        0 => &mut entry.1,
+        1 => &mut entry.2,
+        _ => &mut entry.3,
+    };
+    *count = (*count + 1).min(COUNTER_MAX);
+}
+
 /// `source` is (index of the input stream in `TopicKind`, partition, offset).
 pub fn apply_event(
     state: &mut CustomerState,
@@ -229,6 +264,10 @@ pub fn apply_event(
             state.survey_invites.push((at, survey.clone()));
             state.survey_invites.sort();
             keep_last(&mut state.survey_invites, MAX_INVITES);
+            return Outcome::Applied;
+        }
+        Data::Email { action } => {
+            apply_email(state, *action, at);
             return Outcome::Applied;
         }
         Data::CsmPulse { rating, reasons, expires_ms } => {
@@ -362,7 +401,7 @@ pub fn apply_event(
                 state.contact_ms = state.contact_ms.max(at);
             }
         }
-        Data::SurveySent { .. } | Data::CsmPulse { .. } => {} // applied above
+        Data::SurveySent { .. } | Data::CsmPulse { .. } | Data::Email { .. } => {} // applied above
     }
     let cut = state.last_event_ms.div_euclid(DAY_MS) - WINDOW_DAYS + 1;
     drop_days_before(&mut state.counts, cut);

@@ -7,7 +7,7 @@ use crate::msgpack::{Reader, Result, Writer};
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
 pub const LAYOUT: i64 = 4;
-pub const KNOWN_FIELDS: usize = 44;
+pub const KNOWN_FIELDS: usize = 46;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -107,6 +107,9 @@ pub struct CustomerState {
     pub pulse_expires_ms: i64,
     pub pulse_reasons: Vec<String>,
     pub survey_invites: Vec<(i64, String)>,
+    /// Per day (day, e-mails sent, opened, clicked) over the 90 days up to the latest, and the latest unsubscription.
+    pub email_days: Vec<(i64, i64, i64, i64)>,
+    pub email_unsubscribed_ms: i64,
 }
 
 impl CustomerState {
@@ -156,6 +159,8 @@ impl CustomerState {
             pulse_expires_ms: 0,
             pulse_reasons: Vec::new(),
             survey_invites: Vec::new(),
+            email_days: Vec::new(),
+            email_unsubscribed_ms: 0,
         }
     }
 }
@@ -358,6 +363,16 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         }
         invites
     });
+    field!(state.email_days, {
+        let length = reader.array()?;
+        let mut days = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 4, 4, "an e-mail day of an unknown length")?;
+            days.push((reader.int()?, reader.int()?, reader.int()?, reader.int()?));
+        }
+        days
+    });
+    field!(state.email_unsubscribed_ms, reader.int()?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -500,5 +515,14 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.int(*sent_ms);
         w.string(survey);
     }
+    w.array(state.email_days.len());
+    for (day, sent, opened, clicked) in &state.email_days {
+        w.array(4);
+        w.int(*day);
+        w.int(*sent);
+        w.int(*opened);
+        w.int(*clicked);
+    }
+    w.int(state.email_unsubscribed_ms);
     writer.bytes
 }

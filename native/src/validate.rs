@@ -312,6 +312,14 @@ struct CsmPulseData {
     csm: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct EmailData {
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+}
+
 /// `scoring.contract.MAX_PULSE_REASONS`.
 const MAX_PULSE_REASONS: usize = 8;
 
@@ -319,7 +327,7 @@ const MAX_PULSE_REASONS: usize = 8;
 fn stream_of(kind: &str) -> Option<usize> {
     Some(match kind {
         "purchase.completed" | "purchase.refunded" | "checkout.abandoned" => 0,
-        "usage.session" | "usage.feature" => 1,
+        "usage.session" | "usage.feature" | "email.sent" | "email.opened" | "email.clicked" | "email.unsubscribed" => 1,
         "ticket.opened" | "ticket.resolved" | "ticket.reopened" | "survey.answered" | "survey.sent" | "csm.touchpoint" | "csm.pulse" => 2,
         "invoice.issued" | "payment.succeeded" | "payment.failed" | "subscription.updated" | "subscription.cancelled" => 3,
         _ => return None,
@@ -409,6 +417,14 @@ pub fn payload(kind: &str, raw: &RawValue, due_ms: Option<i64>) -> Option<Data> 
                 return None;
             }
             Data::SurveyAnswered { survey: data.survey, score: data.score, scale: data.scale, comment: data.comment, question: data.question }
+        }
+        "email.sent" | "email.opened" | "email.clicked" | "email.unsubscribed" => {
+            let data: EmailData = parse(raw)?;
+            if !(short_or_none(&data.campaign) && short_or_none(&data.message_id)) {
+                return None;
+            }
+            let action = ["email.sent", "email.opened", "email.clicked", "email.unsubscribed"].iter().position(|known| *known == kind)?;
+            Data::Email { action }
         }
         "survey.sent" => {
             let data: SurveySentData = parse(raw)?;

@@ -66,10 +66,7 @@ def run_backtest(
     horizon_ms = int(horizon_days * DAY_MS)
     scores: dict[str, metrics.ScoreHistory] = {}
     replayer, alerts = _replay_until(settings, history.events, as_of_ms, scores)
-    first_alert: dict[str, RaisedAlert] = {}
-    for alert in alerts:
-        if alert.at_ms >= as_of_ms - 90 * DAY_MS:
-            first_alert.setdefault(alert.customer_id, alert)
+    first_alert = _first_alerts(alerts, as_of_ms)
     population, churned_at, label_source = _churn_labels(replayer, history.events, labels_path, as_of_ms, horizon_ms)
     if not population:
         raise BacktestError(f"no customer has history before {rfc3339(as_of_ms)}")
@@ -128,6 +125,15 @@ def run_backtest(
         write_report(report_path, summary, rankings, churned, [finals[c].score for c in population])
         summary["report"] = str(report_path)
     return summary
+
+
+def _first_alerts(alerts: list, as_of_ms: int) -> dict:
+    """Each customer's first alert in the 90 days before ``as_of_ms``."""
+    first: dict[str, RaisedAlert] = {}
+    for alert in alerts:
+        if alert.at_ms >= as_of_ms - 90 * DAY_MS:
+            first.setdefault(alert.customer_id, alert)
+    return first
 
 
 class RaisedAlert(NamedTuple):
