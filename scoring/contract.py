@@ -138,6 +138,31 @@ class SurveySent(msgspec.Struct, frozen=True):
     touchpoint: Text | None = None
 
 
+class EmailEvent(msgspec.Struct, frozen=True):
+    """A marketing or lifecycle e-mail sent to the customer, opened, clicked, or the customer
+    unsubscribing: loyalty signals the articles count (open rate, reactivity, unsubscribe
+    rate, solicitations). Counted for the KPIs only: the score does not use them (docs/model.md)."""
+
+    campaign: Text | None = None
+    message_id: Text | None = None
+
+
+class EmailSent(EmailEvent, frozen=True):
+    pass
+
+
+class EmailOpened(EmailEvent, frozen=True):
+    pass
+
+
+class EmailClicked(EmailEvent, frozen=True):
+    pass
+
+
+class EmailUnsubscribed(EmailEvent, frozen=True):
+    pass
+
+
 class CsmTouchpoint(msgspec.Struct, frozen=True):
     """A conversation between the customer-success manager and the customer."""
 
@@ -198,6 +223,10 @@ EventData = Union[
     SurveySent,
     CsmTouchpoint,
     CsmPulse,
+    EmailSent,
+    EmailOpened,
+    EmailClicked,
+    EmailUnsubscribed,
     InvoiceIssued,
     PaymentSucceeded,
     PaymentFailed,
@@ -212,6 +241,10 @@ EVENT_TYPES: dict[str, tuple[TopicKind, type]] = {
     "checkout.abandoned": (TopicKind.PURCHASES, CheckoutAbandoned),
     "usage.session": (TopicKind.USAGE, UsageSession),
     "usage.feature": (TopicKind.USAGE, UsageFeature),
+    "email.sent": (TopicKind.USAGE, EmailSent),
+    "email.opened": (TopicKind.USAGE, EmailOpened),
+    "email.clicked": (TopicKind.USAGE, EmailClicked),
+    "email.unsubscribed": (TopicKind.USAGE, EmailUnsubscribed),
     "ticket.opened": (TopicKind.TICKETS, TicketOpened),
     "ticket.resolved": (TopicKind.TICKETS, TicketResolved),
     "ticket.reopened": (TopicKind.TICKETS, TicketReopened),

@@ -291,6 +291,13 @@ class CustomerKpis:
     days_since_csm_contact: float | None
     csm_pulse: int | None
     needs_fresh_pulse: bool
+    #: E-mails of the last 90 days: sent, opened / sent, clicked / sent, clicked / opened (the
+    #: articles' reactivity), and whether the customer unsubscribed.
+    emails_sent_90d: int
+    email_open_rate: float | None
+    email_click_rate: float | None
+    email_reactivity: float | None
+    email_unsubscribed: bool
     failed_payments_30d: int
     overdue_invoices: int
     max_days_overdue: float
@@ -301,6 +308,33 @@ class CustomerKpis:
 def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
     today = at_ms // DAY_MS
     return sum(1 for last_day in state.users_last_day.values() if today - days < last_day <= today)
+
+
+def email_totals(state: CustomerState, since_ms: int, at_ms: int) -> tuple[int, int, int]:
+    """E-mails sent, opened and clicked on the days of [since_ms, at_ms]."""
+    first, last = since_ms // DAY_MS, at_ms // DAY_MS
+    sent = opened = clicked = 0
+    for day, day_sent, day_opened, day_clicked in state.email_days:
+        if first <= day <= last:
+            sent += day_sent
+            opened += day_opened
+            clicked += day_clicked
+    return sent, opened, clicked
+
+
+def share(part: float, whole: float) -> float | None:
+    """part / whole × 100, capped at 100 (an e-mail opened twice, or one sent before the window); None over 0."""
+    return None if whole == 0 else min(100.0, part / whole * 100)
+
+
+def _email_kpis(sent: int, opened: int, clicked: int, unsubscribed_ms: int) -> dict:
+    return {
+        "emails_sent_90d": sent,
+        "email_open_rate": share(opened, sent),
+        "email_click_rate": share(clicked, sent),
+        "email_reactivity": share(clicked, opened),
+        "email_unsubscribed": bool(unsubscribed_ms),
+    }
 
 
 def _rate_or_none(part: int, other: int) -> float | None:
@@ -404,6 +438,7 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         days_since_csm_contact=(at_ms - last_contact) / DAY_MS if (last_contact := max(state.contact_ms, state.negative_contact_ms)) else None,
         csm_pulse=state.pulse_rating if state.pulse_rating and at_ms < state.pulse_expires_ms else None,
         needs_fresh_pulse=bool(state.pulse_rating) and at_ms >= state.pulse_expires_ms,
+        **_email_kpis(*email_totals(state, at_ms - 90 * DAY_MS, at_ms), state.email_unsubscribed_ms),
         failed_payments_30d=window_total(state, "payments_failed", at_ms, 30),
         overdue_invoices=len(overdue),
         max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
@@ -458,6 +493,10 @@ class FleetTotals:
     regular_customers: int = 0
     #: Customers who answered at least one survey in the period (participation).
     survey_participants: int = 0
+    #: E-mails in the period: sent, opened, clicked; customers e-mailed; customers who unsubscribed.
+    emails: dict[str, int] = field(default_factory=lambda: {"sent": 0, "opened": 0, "clicked": 0})
+    customers_emailed: int = 0
+    customers_unsubscribed: int = 0
     #: Surveys sent in the period answered in time, and missed (their deadline passed unanswered).
     invitations_answered: int = 0
     invitations_missed: int = 0
@@ -494,6 +533,12 @@ class FleetTotals:
         self.regular_customers += orders >= 1 and (bought_before or purchase_days_in_period >= 2)
         self.survey_participants += any(start <= response.answered_ms <= at for response in state.surveys)
         answered, missed = invitation_outcomes(state.survey_invites, state.surveys, start, at, self.survey_response_days)
+        sent, opened, clicked = email_totals(state, start, at)
+        self.emails["sent"] += sent
+        self.emails["opened"] += opened
+        self.emails["clicked"] += clicked
+        self.customers_emailed += sent > 0
+        self.customers_unsubscribed += start <= state.email_unsubscribed_ms <= at
         self.invitations_answered += answered
         self.invitations_missed += missed
         for window, days in (("1d", 1), ("7d", 7), ("30d", 30)):

@@ -28,6 +28,11 @@ from scoring import kpis
 from scoring.contract import (
     CheckoutAbandoned,
     CsmPulse,
+    EmailClicked,
+    EmailEvent,
+    EmailOpened,
+    EmailSent,
+    EmailUnsubscribed,
     Event,
     PurchaseCompleted,
     SubscriptionCancelled,
@@ -122,6 +127,11 @@ class PeriodKpis:
     participants: int = 0
     invitations_answered: int = 0
     invitations_missed: int = 0
+    emails_sent: int = 0
+    emails_opened: int = 0
+    emails_clicked: int = 0
+    customers_emailed: int = 0
+    customers_unsubscribed: int = 0
     resolution_hours: list[float] = field(default_factory=list)
     users_by_last_day: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -139,7 +149,8 @@ class PeriodKpis:
             elif isinstance(event.data, SubscriptionCancelled):
                 subscription.steps.append((event.occurred_at_ms, 0.0, True))
         # Surveys sent and CSM pulses are the company's acts: they do not make a customer active.
-        own = [event for event in ordered if not isinstance(event.data, (SurveySent, CsmPulse))]
+        own = [event for event in ordered if not isinstance(event.data, (SurveySent, CsmPulse, EmailEvent))]
+        self._add_emails(ordered)
         if not own:
             self._add_invitations(ordered)
             return
@@ -218,6 +229,17 @@ class PeriodKpis:
         if status is not None:
             self.csi_answered += 1
             self.csi_secure += status
+
+    def _add_emails(self, ordered: list[Event]) -> None:
+        """E-mails of the period: sent, opened, clicked; whether the customer was e-mailed, unsubscribed."""
+        start, end = self.period.start_ms, self.period.end_ms
+        in_period = [event.data for event in ordered if isinstance(event.data, EmailEvent) and start <= event.occurred_at_ms < end]
+        sent = sum(1 for data in in_period if isinstance(data, EmailSent))
+        self.emails_sent += sent
+        self.emails_opened += sum(1 for data in in_period if isinstance(data, EmailOpened))
+        self.emails_clicked += sum(1 for data in in_period if isinstance(data, EmailClicked))
+        self.customers_emailed += sent > 0
+        self.customers_unsubscribed += any(isinstance(data, EmailUnsubscribed) for data in in_period)
 
     def _add_invitations(self, ordered: list[Event]) -> None:
         """Surveys sent in the period: answered in time, or missed by the period's end."""
@@ -302,6 +324,11 @@ def _result(k: PeriodKpis) -> dict[str, float | int | None]:
         "customer_secure_rate": kpis.customer_secure_rate(k.csi_secure, k.csi_answered),
         "participation_rate": _rate(k.participants, k.active_in_period),
         "survey_response_rate": _rate(k.invitations_answered, k.invitations_answered + k.invitations_missed),
+        "email_open_rate": kpis.share(k.emails_opened, k.emails_sent),
+        "email_click_rate": kpis.share(k.emails_clicked, k.emails_sent),
+        "email_reactivity_rate": kpis.share(k.emails_clicked, k.emails_opened),
+        "email_unsubscribe_rate": kpis.share(k.customers_unsubscribed, k.customers_emailed),
+        "solicitations_per_customer": k.emails_sent / k.customers_emailed if k.customers_emailed else None,
         "mean_time_to_resolution_hours": kpis.mean(k.resolution_hours),
         "dau": dau,
         "wau": wau,

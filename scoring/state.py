@@ -23,6 +23,10 @@ from scoring.contract import (
     CheckoutAbandoned,
     CsmPulse,
     CsmTouchpoint,
+    EmailClicked,
+    EmailEvent,
+    EmailOpened,
+    EmailUnsubscribed,
     Event,
     InvoiceIssued,
     PaymentFailed,
@@ -224,10 +228,14 @@ def apply_event(
     state.applied_ids = (state.applied_ids + fingerprint)[-dedup_capacity * _FINGERPRINT_BYTES :]
     day = at // DAY_MS
     data = event.data
-    if isinstance(data, (SurveySent, CsmPulse)):
-        # The company's own acts, not the customer's: they leave its activity (and silence) alone.
+    if isinstance(data, (SurveySent, CsmPulse, EmailEvent)):
+        # The company's own acts (and the e-mails, counted for the KPIs only): they leave the
+        # customer's activity (and silence) alone.
         state.events_applied += 1
-        _apply_outbound(state, data, at)
+        if isinstance(data, EmailEvent):
+            _apply_email(state, data, at)
+        else:
+            _apply_outbound(state, data, at)
         return Outcome.APPLIED
     _note_activity(state, at, day)
     if isinstance(data, CsmTouchpoint):
@@ -253,6 +261,35 @@ def pulse_expiry_ms(data: CsmPulse, at: int) -> int:
         return at + PULSE_VALID_DAYS * DAY_MS
     expires = parse_timestamp_ms(data.expires_at, "expires_at")
     return expires if isinstance(expires, int) else at + PULSE_VALID_DAYS * DAY_MS
+
+
+def _apply_email(state: CustomerState, data: EmailEvent, at: int) -> None:
+    """Per-day counts of e-mails sent, opened and clicked over the 90 days up to the latest
+    e-mail day (whatever order they arrive in), and the latest unsubscription."""
+    if isinstance(data, EmailUnsubscribed):
+        state.email_unsubscribed_ms = max(state.email_unsubscribed_ms, at)
+        return
+    day = at // DAY_MS
+    latest = day
+    for entry in state.email_days:
+        latest = max(latest, entry[0])
+    if day <= latest - WINDOW_DAYS:
+        return
+    column = 3 if isinstance(data, EmailClicked) else 2 if isinstance(data, EmailOpened) else 1
+    for index, entry in enumerate(state.email_days):
+        if entry[0] == day:
+            state.email_days[index] = _bumped(entry, column)
+            break
+    else:
+        state.email_days.append(_bumped((day, 0, 0, 0), column))
+        state.email_days.sort()
+    state.email_days = [entry for entry in state.email_days if entry[0] > latest - WINDOW_DAYS]
+
+
+def _bumped(entry: tuple[int, int, int, int], column: int) -> tuple[int, int, int, int]:
+    counts = list(entry)
+    counts[column] = min(counts[column] + 1, COUNTER_MAX)
+    return (counts[0], counts[1], counts[2], counts[3])
 
 
 def _apply_outbound(state: CustomerState, data: SurveySent | CsmPulse, at: int) -> None:

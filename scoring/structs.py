@@ -142,6 +142,10 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     pulse_reasons: list[str] = []
     #: Surveys sent: (when, survey kind), the latest MAX_INVITES by time.
     survey_invites: list[tuple[int, str]] = []
+    #: Per day (day, e-mails sent, opened, clicked) over the 90 days up to the latest e-mail
+    #: day, and the latest unsubscription (0: none). KPIs only, never scored.
+    email_days: list[tuple[int, int, int, int]] = []
+    email_unsubscribed_ms: int = 0
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

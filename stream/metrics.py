@@ -329,7 +329,7 @@ CHURN_RISK = BatchedHistogram(
 CUSTOMERS_BY_BAND = Gauge("healthscore_customers", "Customers per band of their latest score.", ["band"], registry=REGISTRY)
 FLEET_CUSTOMERS = Gauge(
     "healthscore_fleet_customers",
-    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period, answered_survey.",
+    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period, answered_survey, emailed (sent an e-mail in the period), unsubscribed (in the period).",
     ["state"],
     registry=REGISTRY,
 )
@@ -353,6 +353,12 @@ FLEET_ACTIVE_USERS = Gauge(
     "healthscore_fleet_active_users",
     "Distinct users active in the last 1d, 7d or 30d, summed over customers (DAU, WAU, MAU).",
     ["window"],
+    registry=REGISTRY,
+)
+FLEET_EMAILS = Gauge(
+    "healthscore_fleet_emails",
+    "E-mails in the trailing period by action: sent, opened, clicked (KPIs only; the score does not use them).",
+    ["action"],
     registry=REGISTRY,
 )
 FLEET_SURVEY_INVITATIONS = Gauge(

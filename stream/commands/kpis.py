@@ -23,6 +23,7 @@ SECTIONS = (
                "mrr_contraction", "mrr_churned")),
     ("Voice of the customer", ("nps", "csat", "ces", "customer_loyalty_index", "customer_secure_rate", "participation_rate",
                                 "survey_response_rate")),
+    ("E-mail", ("email_open_rate", "email_click_rate", "email_reactivity_rate", "email_unsubscribe_rate", "solicitations_per_customer")),
     ("Support and usage", ("mean_time_to_resolution_hours", "dau", "wau", "mau", "stickiness")),
 )
 

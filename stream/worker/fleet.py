@@ -132,6 +132,10 @@ def publish_fleet(totals: FleetTotals) -> None:
     metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
     metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
     metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
+    for action, count in totals.emails.items():
+        metrics.FLEET_EMAILS.labels(action).set(count)
+    metrics.FLEET_CUSTOMERS.labels("emailed").set(totals.customers_emailed)
+    metrics.FLEET_CUSTOMERS.labels("unsubscribed").set(totals.customers_unsubscribed)
     metrics.FLEET_SURVEY_INVITATIONS.labels("answered").set(totals.invitations_answered)
     metrics.FLEET_SURVEY_INVITATIONS.labels("missed").set(totals.invitations_missed)
     metrics.FLEET_ORDERS.set(totals.orders)

@@ -193,6 +193,10 @@ EVENT_TYPES = [
     ("checkout.abandoned", TopicKind.PURCHASES),
     ("usage.session", TopicKind.USAGE),
     ("usage.feature", TopicKind.USAGE),
+    ("email.sent", TopicKind.USAGE),
+    ("email.opened", TopicKind.USAGE),
+    ("email.clicked", TopicKind.USAGE),
+    ("email.unsubscribed", TopicKind.USAGE),
     ("ticket.opened", TopicKind.TICKETS),
     ("ticket.resolved", TopicKind.TICKETS),
     ("ticket.reopened", TopicKind.TICKETS),
@@ -248,6 +252,8 @@ def payloads(draw: st.DrawFn, event_type: str, at_ms: int, amounts: st.SearchStr
             return {"survey": survey, "score": draw(st.floats(0, 10)), "scale": [0, 10], **extra}
         low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7), "cli": (1, 6), "csi": (0, 1)}[survey]
         return {"survey": survey, "score": draw(st.integers(low, high)), **extra}
+    if event_type.startswith("email."):
+        return draw(st.sampled_from([{}, {"campaign": "spring"}, {"message_id": "m-1", "campaign": ""}, {"campaign": "é" * 256}]))
     if event_type == "survey.sent":
         payload = {"survey": draw(st.sampled_from(["nps", "csat", "ces", "cli", "csi"]))}
         if draw(st.booleans()):
@@ -381,7 +387,7 @@ def test_the_csm_relationship_and_survey_invitations_score_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36, 37, 38, 41, 43])
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36, 37, 38, 41, 43, 44, 45])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0
@@ -477,7 +483,7 @@ ODD_VALUES = [
     [-MAX_SURVEY_SCALE - 1, 10], LATEST_MS - 1, LATEST_MS, "2100-01-01T00:00:00Z", "x" * 257, "é" * 257, "2026-01-01",
     [{"sku": "a", "quantity": 1, "unit_price": 1}] * (MAX_ITEMS + 1), [{"sku": "a", "quantity": 1, "unit_price": 1, "category": "c" * 257}],
     "c" * MAX_COMMENT, "é" * (MAX_COMMENT + 1), "c" * (MAX_COMMENT + 1), "cli", "csi", "satisfied", "buy_again",
-    "qbr", "negative", 5, 6, ["a"] * 9, ["x" * 257], "survey.sent", "csm.pulse",
+    "qbr", "negative", 5, 6, ["a"] * 9, ["x" * 257], "survey.sent", "csm.pulse", "email.opened",
 ]
 
 
@@ -510,7 +516,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, bytes, TopicKind]:
     if mutation == "envelope":
         body[draw(st.sampled_from(sorted(body)))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "data" and isinstance(body["data"], dict):
-        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment", "question", "touchpoint", "expires_at", "reasons", "sentiment"]))] = draw(st.sampled_from(ODD_VALUES))
+        body["data"][draw(st.sampled_from(sorted(body["data"]) + ["reason", "count", "scale", "items", "plan", "comment", "question", "touchpoint", "expires_at", "reasons", "sentiment", "campaign", "message_id"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "drop":
         target = body if draw(st.booleans()) or not body["data"] else body["data"]
         del target[draw(st.sampled_from(sorted(target)))]
