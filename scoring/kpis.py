@@ -310,6 +310,13 @@ def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
     return sum(1 for last_day in state.users_last_day.values() if today - days < last_day <= today)
 
 
+def resolutions_between(state: CustomerState, first_day: int, last_day: int) -> list[float]:
+    """Resolution times (seconds) of the tickets resolved on the UTC days first_day..last_day;
+    those an older record kept without their day are left out."""
+    dated = list(zip(reversed(state.resolution_seconds), reversed(state.resolution_days)))
+    return [seconds for seconds, day in reversed(dated) if first_day <= day <= last_day]
+
+
 def email_totals(state: CustomerState, since_ms: int, at_ms: int) -> tuple[int, int, int]:
     """E-mails sent, opened and clicked on the days of [since_ms, at_ms]."""
     first, last = since_ms // DAY_MS, at_ms // DAY_MS
@@ -408,7 +415,7 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
             nps_value = (known.count("promoter") - known.count("detractor")) / len(known) * 100
     csat_answers = [1 + 4 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["csat"]]
     ces_answers = [1 + 6 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["ces"]]
-    resolutions_hours = [seconds / 3600 for seconds in state.resolution_seconds]
+    resolutions_hours = [seconds / 3600 for seconds in resolutions_between(state, today - 29, today)]
     handled = state.tickets_resolved + state.tickets_reopened
     overdue = [invoice for invoice in state.unpaid_invoices if invoice.due_ms < at_ms]
     return CustomerKpis(
@@ -546,8 +553,9 @@ class FleetTotals:
         if state.published is not None:
             self.bands[state.published.band] = self.bands.get(state.published.band, 0) + 1
         self._add_answers(state, start, at)
-        self.resolution_seconds_sum += sum(state.resolution_seconds)
-        self.resolutions += len(state.resolution_seconds)
+        resolved = resolutions_between(state, start_day + 1, today)
+        self.resolution_seconds_sum += sum(resolved)
+        self.resolutions += len(resolved)
         if state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at):
             self.mrr += state.mrr
 

@@ -377,6 +377,8 @@ def _apply_support(state: CustomerState, data: TicketOpened | TicketResolved | T
                     state.tickets_resolved += 1
                     state.resolution_seconds.append(max(0.0, (at - ticket.opened_ms) / 1000))
                     del state.resolution_seconds[:-MAX_RESOLUTIONS]
+                    state.resolution_days.append(day)
+                    del state.resolution_days[:-MAX_RESOLUTIONS]
                     break
         case TicketReopened():
             state.tickets_reopened += 1

@@ -146,6 +146,10 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     #: day, and the latest unsubscription (0: none). KPIs only, never scored.
     email_days: list[tuple[int, int, int, int]] = []
     email_unsubscribed_ms: int = 0
+    #: The UTC day each of the last resolutions happened, aligned with the end of
+    #: ``resolution_seconds`` (a record of an older layout has durations without days: those
+    #: are left out of windowed figures), so time to resolution can be windowed by date.
+    resolution_days: list[int] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

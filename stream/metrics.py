@@ -379,9 +379,9 @@ FLEET_SECURE_CUSTOMERS = Gauge(
     registry=REGISTRY,
 )
 FLEET_RESOLUTION_SECONDS_SUM = Gauge(
-    "healthscore_fleet_resolution_seconds_sum", "Sum of recent ticket resolution times.", registry=REGISTRY
+    "healthscore_fleet_resolution_seconds_sum", "Sum of the resolution times of the tickets resolved in the trailing period.", registry=REGISTRY
 )
-FLEET_RESOLUTIONS = Gauge("healthscore_fleet_resolutions", "Recent resolved tickets counted in the sum.", registry=REGISTRY)
+FLEET_RESOLUTIONS = Gauge("healthscore_fleet_resolutions", "Tickets resolved in the trailing period (counted in the sum).", registry=REGISTRY)
 FLEET_MRR = Gauge("healthscore_fleet_mrr", "Monthly recurring revenue of subscribed, not cancelled customers.", registry=REGISTRY)
 FLEET_PERIOD_DAYS = Gauge("healthscore_fleet_period_days", "Length of the trailing period of the fleet KPIs.", registry=REGISTRY)
 

@@ -343,6 +343,8 @@ pub fn apply_event(
                 state.tickets_resolved += 1;
                 state.resolution_seconds.push(py_max(0.0, (at - ticket.opened_ms) as f64 / 1000.0));
                 keep_last(&mut state.resolution_seconds, MAX_RESOLUTIONS);
+                state.resolution_days.push(day);
+                keep_last(&mut state.resolution_days, MAX_RESOLUTIONS);
             }
         }
         Data::TicketReopened { ticket_id } => {

@@ -7,7 +7,7 @@ use crate::msgpack::{Reader, Result, Writer};
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
 pub const LAYOUT: i64 = 4;
-pub const KNOWN_FIELDS: usize = 46;
+pub const KNOWN_FIELDS: usize = 47;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -110,6 +110,8 @@ pub struct CustomerState {
     /// Per day (day, e-mails sent, opened, clicked) over the 90 days up to the latest, and the latest unsubscription.
     pub email_days: Vec<(i64, i64, i64, i64)>,
     pub email_unsubscribed_ms: i64,
+    /// The UTC day of each of the last resolutions, aligned with the end of `resolution_seconds`.
+    pub resolution_days: Vec<i64>,
 }
 
 impl CustomerState {
@@ -161,6 +163,7 @@ impl CustomerState {
             survey_invites: Vec::new(),
             email_days: Vec::new(),
             email_unsubscribed_ms: 0,
+            resolution_days: Vec::new(),
         }
     }
 }
@@ -373,6 +376,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         days
     });
     field!(state.email_unsubscribed_ms, reader.int()?);
+    field!(state.resolution_days, int_list(reader)?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -524,5 +528,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.int(*clicked);
     }
     w.int(state.email_unsubscribed_ms);
+    write_int_list(w, &state.resolution_days);
     writer.bytes
 }

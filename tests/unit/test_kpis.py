@@ -301,3 +301,17 @@ def test_customer_kpis_of_the_relationship_and_the_surveys_sent() -> None:
     later = kpis.customer_kpis(state, T0 + 2 * DAY_MS)
     assert (later.csm_pulse, later.needs_fresh_pulse) == (None, True)
     assert kpis.customer_kpis(new_state("quiet"), T0).survey_response_rate is None
+
+
+def test_time_to_resolution_counts_the_tickets_resolved_in_the_window_only() -> None:
+    state = new_state("acme")
+    apply_event(state, ev("o-old", T0 - 300 * DAY_MS, TicketOpened("old", "normal")))
+    apply_event(state, ev("r-old", T0 - 297 * DAY_MS, TicketResolved("old")))  # 72 h, 297 days ago
+    apply_event(state, ev("o-new", T0 - 3 * DAY_MS, TicketOpened("new", "high")))
+    apply_event(state, ev("r-new", T0 - 2 * DAY_MS, TicketResolved("new")))  # 24 h
+    assert kpis.customer_kpis(state, T0).mean_resolution_hours == 24.0
+    fleet = kpis.FleetTotals(at_ms=T0, period_days=30)
+    fleet.add(state)
+    assert (fleet.resolutions, fleet.resolution_seconds_sum) == (1, 24 * 3600.0)
+    state.resolution_days = state.resolution_days[1:]  # as an older layout kept it: the oldest duration without its day
+    assert kpis.customer_kpis(state, T0).mean_resolution_hours == 24.0
