@@ -133,6 +133,8 @@ class PeriodKpis:
     customers_emailed: int = 0
     customers_unsubscribed: int = 0
     resolution_hours: list[float] = field(default_factory=list)
+    #: CSAT answers that name the touchpoint they rate: touchpoint → [satisfied, answers].
+    csat_by_touchpoint: dict[str, list[int]] = field(default_factory=dict)
     users_by_last_day: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, events: Iterable[Event]) -> None:
@@ -218,6 +220,10 @@ class PeriodKpis:
                 low, high = data.scale or DEFAULT_SURVEY_SCALES[data.survey]
                 kind = f"csi.{data.question}" if data.survey == "csi" else data.survey
                 responses.append(SurveyResponse(kind, data.score, low, high, event.occurred_at_ms))
+                if data.survey == "csat" and data.touchpoint:
+                    counts = self.csat_by_touchpoint.setdefault(data.touchpoint, [0, 0])
+                    counts[0] += 1 + 4 * (data.score - low) / (high - low) >= 4
+                    counts[1] += 1
             elif isinstance(data, (UsageSession, UsageFeature)):
                 key = (customer_id, data.user_id)
                 self.users_by_last_day[key] = max(self.users_by_last_day.get(key, 0), event.occurred_at_ms // DAY_MS)
@@ -324,6 +330,7 @@ def _result(k: PeriodKpis) -> dict[str, float | int | None]:
         "customer_secure_rate": kpis.customer_secure_rate(k.csi_secure, k.csi_answered),
         "participation_rate": _rate(k.participants, k.active_in_period),
         "survey_response_rate": _rate(k.invitations_answered, k.invitations_answered + k.invitations_missed),
+        "csat_by_touchpoint": _csat_by_touchpoint(k.csat_by_touchpoint),
         "email_open_rate": kpis.share(k.emails_opened, k.emails_sent),
         "email_click_rate": kpis.share(k.emails_clicked, k.emails_sent),
         "email_reactivity_rate": kpis.share(k.emails_clicked, k.emails_opened),
@@ -335,6 +342,24 @@ def _result(k: PeriodKpis) -> dict[str, float | int | None]:
         "mau": mau,
         "stickiness": dau / mau if mau else None,
     }
+
+
+#: Touchpoints shown by name in ``csat_by_touchpoint`` (the most answered); the rest are ``other``.
+MAX_TOUCHPOINTS = 20
+
+
+def _csat_by_touchpoint(counts: dict[str, list[int]]) -> dict[str, dict[str, float | int]] | None:
+    """CSAT (%) and answers per touchpoint rated (``survey.answered`` ``touchpoint``), the
+    MAX_TOUCHPOINTS most answered by name; None when no answer names one."""
+    if not counts:
+        return None
+    ranked = sorted(counts.items(), key=lambda item: (-item[1][1], item[0]))
+    shown: dict[str, list[int]] = {name: list(value) for name, value in ranked[:MAX_TOUCHPOINTS]}
+    for _, (satisfied, answers) in ranked[MAX_TOUCHPOINTS:]:
+        other = shown.setdefault("other", [0, 0])
+        other[0] += satisfied
+        other[1] += answers
+    return {name: {"csat": satisfied / answers * 100, "answers": answers} for name, (satisfied, answers) in shown.items()}
 
 
 def _nps(responses: list[SurveyResponse]) -> float | None:

@@ -22,7 +22,7 @@ SECTIONS = (
     ("Value", ("ltv", "cac", "ltv_to_cac", "mrr_start", "mrr_end", "mrr_growth_rate", "mrr_new", "mrr_expansion",
                "mrr_contraction", "mrr_churned")),
     ("Voice of the customer", ("nps", "csat", "ces", "customer_loyalty_index", "customer_secure_rate", "participation_rate",
-                                "survey_response_rate")),
+                                "survey_response_rate", "csat_by_touchpoint")),
     ("E-mail", ("email_open_rate", "email_click_rate", "email_reactivity_rate", "email_unsubscribe_rate", "solicitations_per_customer")),
     ("Support and usage", ("mean_time_to_resolution_hours", "dau", "wau", "mau", "stickiness")),
 )
@@ -64,9 +64,11 @@ def as_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _shown(value: float | int | None) -> str:
+def _shown(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict):  # csat_by_touchpoint
+        return ", ".join(f"{name} {figures['csat']:.1f} % ({figures['answers']})" for name, figures in value.items())
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"

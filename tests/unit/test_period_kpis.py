@@ -118,6 +118,16 @@ def test_survey_kpis_of_the_articles(tmp_path: Path, survey: str, answers: list[
     assert result["participation_rate"] == pytest.approx(len(answers) / (len(answers) + 1) * 100)
 
 
+def test_csat_is_tied_to_the_touchpoint_it_rates(tmp_path: Path) -> None:
+    history = History()
+    for index, (touchpoint, score) in enumerate([("support_ticket", 5), ("support_ticket", 2), ("onboarding", 4), (None, 1)]):
+        data = {"survey": "csat", "score": score, **({"touchpoint": touchpoint} if touchpoint else {})}
+        history.add(f"c{index}", 3, "survey.answered", **data)
+    result = history.run(tmp_path)
+    assert result["csat"] == 50.0
+    assert result["csat_by_touchpoint"] == {"support_ticket": {"csat": 50.0, "answers": 2}, "onboarding": {"csat": 100.0, "answers": 1}}
+
+
 def test_customer_secure_rate(tmp_path: Path) -> None:
     history = History()
     for customer, replies in (("sure", (1, 1, 1)), ("unsure", (1, 0, 1)), ("partial", (1, 1, None))):
