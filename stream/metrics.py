@@ -355,6 +355,11 @@ FLEET_ACTIVE_USERS = Gauge(
     ["window"],
     registry=REGISTRY,
 )
+FLEET_ACQUISITION_SPEND = Gauge(
+    "healthscore_fleet_acquisition_spend",
+    "Acquisition spend over the trailing period, as configured (kpis.fleet_acquisition_spend; every worker exports the same value: use max()).",
+    registry=REGISTRY,
+)
 FLEET_EMAILS = Gauge(
     "healthscore_fleet_emails",
     "E-mails in the trailing period by action: sent, opened, clicked (KPIs only; the score does not use them).",

@@ -309,6 +309,9 @@ class KpiSettings(Frozen):
     #: Spend per period; `healthscore kpis` sums the entries lying within its --from/--to
     #: (--acquisition-spend overrides).
     acquisition_spend: tuple[AcquisitionSpend, ...] = ()
+    #: Acquisition spend over each trailing fleet period (fleet_period_days), exported as
+    #: healthscore_fleet_acquisition_spend for the LTV/CAC panel and rule; None: not exported.
+    fleet_acquisition_spend: float | None = Field(None, ge=0, le=1e15, allow_inf_nan=False)
 
     def spend_within(self, first: date, last: date) -> float | None:
         inside = [entry.amount for entry in self.acquisition_spend if first <= entry.start and entry.end <= last]

@@ -50,6 +50,7 @@ class FleetOptions:
     period_days: int = 30
     survey_response_days: float = 14.0
     key_features: tuple[str, ...] = ()
+    acquisition_spend: float | None = None
     #: None: the customers' KPIs are not written (the gauges still are).
     write_kpis: KpisWriter | None = None
 
@@ -100,6 +101,8 @@ class FleetExport:
                     await asyncio.sleep(0)  # let the stream run
         await self._write(rows)
         publish_fleet(totals)
+        if options.acquisition_spend is not None:
+            metrics.FLEET_ACQUISITION_SPEND.set(options.acquisition_spend)
 
     async def _write(self, rows: list[tuple[str, bytes]]) -> None:
         """The customers' KPIs; a Redis failure is logged and skipped (the next export writes them)."""

@@ -44,7 +44,7 @@ def test_promtool_check_config(config: str) -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "10 rules found" in result.stdout
+    assert "11 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -120,6 +120,7 @@ class Prometheus:
 def fed_worker(services: None, tmp_path: Path) -> Iterator[tuple[Namespace, WorkerProcess]]:
     namespace = make_namespace(tmp_path)
     namespace.env["HEALTHSCORE_FLEET_METRICS_INTERVAL_SECONDS"] = "1"
+    namespace.env["HEALTHSCORE_KPIS__FLEET_ACQUISITION_SPEND"] = "1000"  # the LTV/CAC panel's series
     worker = WorkerProcess(namespace, tmp_path / "worker.log")
     worker.start()
     try:
