@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from scoring.contract import CSI_QUESTIONS
-from scoring.state import DAY_MS, PRIORITIES, CustomerState, day_total, window_total
+from scoring.state import DAY_MS, MAX_MRR_CHANGES, PRIORITIES, CustomerState, day_total, window_total
 from scoring.structs import SurveyResponse
 
 
@@ -500,6 +500,9 @@ class FleetTotals:
     regular_customers: int = 0
     #: Customers who answered at least one survey in the period (participation).
     survey_participants: int = 0
+    #: MRR movement over the period (the articles' MRR growth: customers paying at its start
+    #: only, new customers' revenue apart): start, existing_end, new, expansion, contraction, churned.
+    mrr_movement: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MRR_MOVEMENTS, 0.0))
     #: E-mails in the period: sent, opened, clicked; customers e-mailed; customers who unsubscribed.
     emails: dict[str, int] = field(default_factory=lambda: {"sent": 0, "opened": 0, "clicked": 0})
     customers_emailed: int = 0
@@ -556,9 +559,27 @@ class FleetTotals:
         resolved = resolutions_between(state, start_day + 1, today)
         self.resolution_seconds_sum += sum(resolved)
         self.resolutions += len(resolved)
-        if state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at):
-            self.mrr += state.mrr
+        end_mrr = state.mrr if state.mrr > 0 and not (state.cancelled_ms and state.cancelled_ms <= at) else 0.0
+        self.mrr += end_mrr
+        self._add_mrr_movement(state, start, end_mrr)
 
+
+    def _add_mrr_movement(self, state: CustomerState, start: int, end_mrr: float) -> None:
+        start_mrr = mrr_at(state, start)
+        if start_mrr is None:
+            return
+        movement = self.mrr_movement
+        if start_mrr <= 0:
+            movement["new"] += end_mrr
+            return
+        movement["start"] += start_mrr
+        movement["existing_end"] += end_mrr
+        if end_mrr == 0:
+            movement["churned"] += start_mrr
+        elif end_mrr > start_mrr:
+            movement["expansion"] += end_mrr - start_mrr
+        else:
+            movement["contraction"] += start_mrr - end_mrr
 
     def _add_answers(self, state: CustomerState, start: int, at: int) -> None:
         answers, secure_answers = recent_answers(state.surveys, start, at)
@@ -579,6 +600,27 @@ class FleetTotals:
         if secure is not None:
             self.csi_answered += 1
             self.csi_secure += secure
+
+
+MRR_MOVEMENTS = ("start", "existing_end", "new", "expansion", "contraction", "churned")
+
+
+def mrr_at(state: CustomerState, at_ms: int) -> float | None:
+    """The customer's MRR just before ``at_ms`` from its recorded changes (a cancellation is 0);
+    0 before its first change; None when older changes were dropped from the record (its last
+    MAX_MRR_CHANGES) and none is left before ``at_ms``. A record written before the changes
+    were kept (layout 3 or older) has none: its current MRR stands for the whole period."""
+    changes = state.mrr_changes
+    if not changes:
+        return 0.0 if state.cancelled_ms else state.mrr
+    value = None
+    for when, mrr in changes:
+        if when >= at_ms:
+            break
+        value = mrr
+    if value is None:
+        return None if len(changes) >= MAX_MRR_CHANGES else 0.0
+    return value
 
 
 COUNTERS_FOR_ACTIVITY = ("sessions", "feature_uses", "purchases", "tickets_opened", "payments_failed")

@@ -71,6 +71,7 @@ MAX_OPEN_TICKETS: Final = 32
 MAX_RESOLUTIONS: Final = 16
 MAX_SURVEYS: Final = 12
 MAX_INVITES: Final = 12
+MAX_MRR_CHANGES: Final = 8
 MAX_INVOICES: Final = 24
 DEFAULT_DEDUP_CAPACITY: Final = 32
 #: A day counter saturates here (2**53 - 1, exact as a float): with the contract's bounds a
@@ -417,11 +418,19 @@ def _apply_billing(state: CustomerState, data: object, at: int, day: int) -> Non
             if state.cancelled_ms and at > state.cancelled_ms:
                 state.cancelled_ms = 0  # resubscribed
                 state.cancellation_reason = None
+            _note_mrr(state, at, data.mrr)
         case SubscriptionCancelled():
             state.has_billing = True
             if at >= state.cancelled_ms:  # the latest cancellation's reason
                 state.cancellation_reason = data.reason or None
             state.cancelled_ms = max(state.cancelled_ms, at)
+            _note_mrr(state, at, 0.0)
+
+
+def _note_mrr(state: CustomerState, at: int, mrr: float) -> None:
+    state.mrr_changes.append((at, mrr))
+    state.mrr_changes.sort()
+    del state.mrr_changes[:-MAX_MRR_CHANGES]
 
 
 def _open_ticket(state: CustomerState, ticket_id: str, at: int, priority: int, reprioritize: bool = False) -> None:

@@ -150,6 +150,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     #: ``resolution_seconds`` (a record of an older layout has durations without days: those
     #: are left out of windowed figures), so time to resolution can be windowed by date.
     resolution_days: list[int] = []
+    #: The last MAX_MRR_CHANGES changes of MRR by time, (when, MRR after it; a cancellation is
+    #: 0.0): the MRR at a period's start, for MRR growth of existing customers.
+    mrr_changes: list[tuple[int, float]] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

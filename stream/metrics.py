@@ -355,6 +355,12 @@ FLEET_ACTIVE_USERS = Gauge(
     ["window"],
     registry=REGISTRY,
 )
+FLEET_MRR_MOVEMENT = Gauge(
+    "healthscore_fleet_mrr_movement",
+    "MRR over the trailing period: start (of customers paying at its start), existing_end (theirs now), new (of customers paying nothing at the start), expansion, contraction, churned.",
+    ["kind"],
+    registry=REGISTRY,
+)
 FLEET_ACQUISITION_SPEND = Gauge(
     "healthscore_fleet_acquisition_spend",
     "Acquisition spend over the trailing period, as configured (kpis.fleet_acquisition_spend; every worker exports the same value: use max()).",

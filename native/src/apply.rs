@@ -17,6 +17,7 @@ const MAX_OPEN_TICKETS: usize = 32;
 const MAX_RESOLUTIONS: usize = 16;
 const MAX_SURVEYS: usize = 12;
 const MAX_INVITES: usize = 12;
+const MAX_MRR_CHANGES: usize = 8;
 /// `scoring.contract.PULSE_VALID_DAYS`.
 const PULSE_VALID_DAYS: i64 = 90;
 const MAX_INVOICES: usize = 24;
@@ -194,6 +195,13 @@ fn open_ticket(state: &mut CustomerState, ticket_id: &str, at: i64, priority: i6
     }
     state.open_tickets.push(OpenTicket { ticket_id: ticket_id.to_owned(), opened_ms: at, priority });
     keep_last(&mut state.open_tickets, MAX_OPEN_TICKETS);
+}
+
+/// `scoring.state._note_mrr`: the changes sorted as Python sorts (time, MRR) tuples.
+fn note_mrr(state: &mut CustomerState, at: i64, mrr: f64) {
+    state.mrr_changes.push((at, mrr));
+    state.mrr_changes.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)));
+    keep_last(&mut state.mrr_changes, MAX_MRR_CHANGES);
 }
 
 /// `scoring.state._apply_email`: per-day counts of e-mails sent, opened and clicked over the
@@ -388,6 +396,7 @@ pub fn apply_event(
                 state.cancelled_ms = 0;
                 state.cancellation_reason = None;
             }
+            note_mrr(state, at, *mrr);
         }
         Data::SubscriptionCancelled { reason } => {
             state.has_billing = true;
@@ -395,6 +404,7 @@ pub fn apply_event(
                 state.cancellation_reason = reason.clone().filter(|text| !text.is_empty());
             }
             state.cancelled_ms = state.cancelled_ms.max(at);
+            note_mrr(state, at, 0.0);
         }
         Data::CsmTouchpoint { negative } => {
             if *negative {

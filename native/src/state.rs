@@ -7,7 +7,7 @@ use crate::msgpack::{Reader, Result, Writer};
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
 pub const LAYOUT: i64 = 4;
-pub const KNOWN_FIELDS: usize = 47;
+pub const KNOWN_FIELDS: usize = 48;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -112,6 +112,8 @@ pub struct CustomerState {
     pub email_unsubscribed_ms: i64,
     /// The UTC day of each of the last resolutions, aligned with the end of `resolution_seconds`.
     pub resolution_days: Vec<i64>,
+    /// The last changes of MRR by time: (when, MRR after it; a cancellation is 0.0).
+    pub mrr_changes: Vec<(i64, f64)>,
 }
 
 impl CustomerState {
@@ -164,6 +166,7 @@ impl CustomerState {
             email_days: Vec::new(),
             email_unsubscribed_ms: 0,
             resolution_days: Vec::new(),
+            mrr_changes: Vec::new(),
         }
     }
 }
@@ -377,6 +380,15 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     });
     field!(state.email_unsubscribed_ms, reader.int()?);
     field!(state.resolution_days, int_list(reader)?);
+    field!(state.mrr_changes, {
+        let length = reader.array()?;
+        let mut changes = Vec::with_capacity(length);
+        for _ in 0..length {
+            Fields::open(reader, 2, 2, "an MRR change of an unknown length")?;
+            changes.push((reader.int()?, reader.float()?));
+        }
+        changes
+    });
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -529,5 +541,11 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
     }
     w.int(state.email_unsubscribed_ms);
     write_int_list(w, &state.resolution_days);
+    w.array(state.mrr_changes.len());
+    for (at_ms, mrr) in &state.mrr_changes {
+        w.array(2);
+        w.int(*at_ms);
+        w.float(*mrr);
+    }
     writer.bytes
 }

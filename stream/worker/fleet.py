@@ -135,6 +135,8 @@ def publish_fleet(totals: FleetTotals) -> None:
     metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
     metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
     metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
+    for kind, amount in totals.mrr_movement.items():
+        metrics.FLEET_MRR_MOVEMENT.labels(kind).set(amount)
     for action, count in totals.emails.items():
         metrics.FLEET_EMAILS.labels(action).set(count)
     metrics.FLEET_CUSTOMERS.labels("emailed").set(totals.customers_emailed)

@@ -154,7 +154,7 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(fed_worker,
         prometheus.stop()
 
 
-ALLOWED_LABELS = {"topic", "outcome", "reason", "rule", "severity", "band", "state", "purchases", "survey", "category", "action", "version", "model_version", "kernel", "le", "status", "window"}
+ALLOWED_LABELS = {"topic", "outcome", "reason", "rule", "severity", "band", "state", "purchases", "survey", "category", "action", "version", "model_version", "kernel", "le", "status", "window", "kind"}
 
 
 def test_no_metric_label_grows_with_the_number_of_customers(fed_worker) -> None:

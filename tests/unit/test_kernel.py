@@ -387,7 +387,7 @@ def test_the_csm_relationship_and_survey_invitations_score_the_same() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36, 37, 38, 41, 43, 44, 45])
+@pytest.mark.parametrize("fields", [1, 3, 10, 24, 26, 29, 32, 33, 34, 35, 36, 37, 38, 41, 43, 44, 45, 46, 47])
 def test_a_record_from_an_older_version_reads_with_the_defaults_of_newer_fields(fields: int) -> None:
     state = new_state("acme")
     state.last_event_ms = T0

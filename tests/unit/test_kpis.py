@@ -315,3 +315,25 @@ def test_time_to_resolution_counts_the_tickets_resolved_in_the_window_only() -> 
     assert (fleet.resolutions, fleet.resolution_seconds_sum) == (1, 24 * 3600.0)
     state.resolution_days = state.resolution_days[1:]  # as an older layout kept it: the oldest duration without its day
     assert kpis.customer_kpis(state, T0).mean_resolution_hours == 24.0
+
+
+def test_fleet_mrr_growth_is_of_customers_paying_at_the_start_with_new_revenue_apart() -> None:
+    from scoring.contract import SubscriptionCancelled
+
+    at = T0
+    fleet = kpis.FleetTotals(at_ms=at, period_days=30)
+    for customer, start_mrr, change in (("grows", 100.0, 120.0), ("shrinks", 100.0, 90.0), ("leaves", 50.0, None), ("joins", None, 500.0)):
+        state = new_state(customer)
+        apply_event(state, ev(f"{customer}-s", at - 40 * DAY_MS, UsageSession("u", 60)))
+        if start_mrr is not None:
+            apply_event(state, ev(f"{customer}-m0", at - 40 * DAY_MS, SubscriptionUpdated(start_mrr)))
+        if change is None:
+            apply_event(state, ev(f"{customer}-c", at - 10 * DAY_MS, SubscriptionCancelled("price")))
+        else:
+            apply_event(state, ev(f"{customer}-m1", at - 10 * DAY_MS, SubscriptionUpdated(change)))
+        fleet.add(state)
+    movement = fleet.mrr_movement
+    assert (movement["start"], movement["existing_end"]) == (250.0, 210.0)
+    assert (movement["new"], movement["expansion"], movement["contraction"], movement["churned"]) == (500.0, 20.0, 10.0, 50.0)
+    assert kpis.growth_rate(movement["start"], movement["existing_end"]) == pytest.approx(-16.0)  # the newcomer's 500 left out
+    assert fleet.mrr == 710.0

@@ -23,7 +23,7 @@ LAYOUT_2 = sorted((FIXTURES / "layout-2").glob("*.msgpack"))
 LAYOUT_3 = sorted((FIXTURES / "layout-3").glob("*.msgpack"))
 OLDER = [*LAYOUT_1, *LAYOUT_2, *LAYOUT_3]
 #: The fields layout 4 appended, as a record without them reads: no CSM contact, pulse or invitation.
-LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], [], [], 0, []]
+LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], [], [], 0, [], []]
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
 
 
