@@ -290,43 +290,27 @@ def test_an_erasure_during_a_flush_is_never_undone_by_it(services: None) -> None
     assert set(cache._pending) == {"kept"}  # "gone" was not put back
 
 
-def test_customer_kpis_land_only_in_hashes_that_exist(services: None) -> None:
+def test_customer_kpis_land_beside_the_score_and_only_in_hashes_that_exist(services: None) -> None:
     """The fleet export's KPI rows: written into a known customer's hash, never creating the
     hash of a customer Redis does not know (an erased customer's was deleted)."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
-    async def run() -> None:
+    async def run() -> dict:
         cache = LatestScoreCache(settings.redis_url, prefix)
         try:
             cache.offer("known", encode_json(message("known", 61.5)))
             await cache.flush()
             await cache.write_kpis([("known", b'{"nps": 30.0}'), ("erased", b'{"nps": 0.0}')])
+            stored = client.hgetall(customer_key(prefix, "known"))
             await cache.erase("known")
             await cache.write_kpis([("known", b'{"nps": 40.0}')])  # after the erasure: nothing comes back
+            return stored
         finally:
             await cache.close()
 
-    asyncio.run(run())
+    stored = asyncio.run(run())
+    assert stored["kpis"] == '{"nps": 30.0}' and stored["score"] == "61.5"
     assert not client.exists(customer_key(prefix, "erased"))
     assert not client.exists(customer_key(prefix, "known"))
-
-
-def test_customer_kpis_are_written_beside_the_score(services: None) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = load_settings()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-
-    async def run() -> None:
-        cache = LatestScoreCache(settings.redis_url, prefix)
-        try:
-            cache.offer("known", encode_json(message("known", 61.5)))
-            await cache.flush()
-            await cache.write_kpis([("known", b'{"nps": 30.0}')])
-        finally:
-            await cache.close()
-
-    asyncio.run(run())
-    stored = client.hgetall(customer_key(prefix, "known"))
-    assert stored["kpis"] == '{"nps": 30.0}' and stored["score"] == "61.5"
