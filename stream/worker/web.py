@@ -293,7 +293,7 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
             if denied is not None:
                 return denied
             try:
-                stored = await redis.hget(customer_key(prefix, customer_id, tagged), "kpis")
+                stored, = await redis.hmget(customer_key(prefix, customer_id, tagged), ["kpis"])  # HMGET: in the documented ACL
             except (RedisError, OSError) as exc:
                 return redis_unavailable(self, exc)
             if stored is None:

@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     WorkerProcess,
     event,
     free_port,
+    get_json,
     kcat_produce,
     make_certificates,
     make_namespace,
@@ -120,11 +121,16 @@ def produce_scores(namespace: Namespace, customers: list[str]) -> None:
 
 def test_scores_land_in_redis_over_tls_as_an_acl_user_with_the_documented_rules(services: None, tls_redis: TlsRedis, tmp_path: Path) -> None:
     namespace = make_namespace(tmp_path)
+    namespace.env["HEALTHSCORE_FLEET_METRICS_INTERVAL_SECONDS"] = "1"  # the customers' KPIs too, within the documented ACL
     worker = start_worker_with(namespace, tls_redis.env(), tmp_path / "worker.log")
     try:
         produce_scores(namespace, ["acme", "globex"])
         found = wait_for(lambda: customer_health(namespace, "globex"), timeout=60, message="globex's score through TLS", explain=worker.log_tail)
         assert found["band"] in ("healthy", "at_risk", "critical")
+        port = namespace.env["HEALTHSCORE_WEB_PORT"]
+        kpis = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(get_json(f"http://127.0.0.1:{port}/customers/globex/kpis")),
+                        timeout=30, message="globex's KPIs through the ACL user", explain=worker.log_tail)
+        assert kpis["customer_id"] == "globex" and "as_of" in kpis
         prefix = namespace.env["HEALTHSCORE_REDIS_KEY_PREFIX"]
         admin = tls_redis.admin()
         assert admin.hget(f"{prefix}:customer:acme", "band")
@@ -192,6 +198,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
 
 def test_a_redis_cluster_gets_each_customer_in_one_slot_and_the_api_reads_it(services: None, redis_cluster: list[int], tmp_path: Path) -> None:
     namespace = make_namespace(tmp_path)
+    namespace.env["HEALTHSCORE_FLEET_METRICS_INTERVAL_SECONDS"] = "1"  # the customers' KPIs into the cluster too
     env = {"HEALTHSCORE_REDIS_URL": f"redis://127.0.0.1:{redis_cluster[0]}/0", "HEALTHSCORE_REDIS_CLUSTER": "true",
            "HEALTHSCORE_REDIS_USERNAME": "healthscore", "HEALTHSCORE_REDIS_PASSWORD": PASSWORD}
     worker = start_worker_with(namespace, env, tmp_path / "worker.log")
@@ -209,6 +216,9 @@ def test_a_redis_cluster_gets_each_customer_in_one_slot_and_the_api_reads_it(ser
         assert everyone["count"] == 40 and everyone["customers"][-1]["customer_id"] == "cust-0" and all(entry["band"] for entry in everyone["customers"])
         churned = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/churned?since=1970-01-01", timeout=5).read())
         assert [entry["customer_id"] for entry in churned["customers"]] == ["cust-0"]
+        kpis = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(get_json(f"http://127.0.0.1:{port}/customers/cust-0/kpis")),
+                        timeout=30, message="cust-0's KPIs from the cluster", explain=worker.log_tail)
+        assert kpis["mrr"] == 80.0
     finally:
         worker.stop()
     cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0], username="admin", password=ADMIN_PASSWORD, decode_responses=True)
