@@ -6,6 +6,7 @@ import asyncio
 import os
 import json
 import logging
+import math
 import logging.config
 import sys
 import time
@@ -425,6 +426,11 @@ def kpis(input_path: Path, first: datetime, last: datetime, spend: float | None,
 
     if last < first:
         raise click.BadParameter(f"{last:%Y-%m-%d} is before --from {first:%Y-%m-%d}", param_hint="--to")
+    for option, day in (("--from", first), ("--to", last)):
+        if not 2000 <= day.year < 2100:  # the contract's event times: a year outside is a typo
+            raise click.BadParameter(f"{day:%Y-%m-%d} is outside 2000-2099, the years events can have", param_hint=option)
+    if spend is not None and not math.isfinite(spend):
+        raise click.BadParameter("must be a finite amount", param_hint="--acquisition-spend")
     result = period_kpis(_settings(), input_path, first.date(), last.date(), spend, lambda t: click.echo(t, err=True))
     click.echo(as_table(result) if output_format == "table" else as_json(result))
 

@@ -269,3 +269,18 @@ def test_every_rate_stays_in_its_range(data: st.DataObject) -> None:
     assert result["customers_at_end"] >= result["customers_at_start"] - result["lost_customers"] >= 0
     assert result["stickiness"] is None or 0.0 <= result["stickiness"] <= 1.0
     assert result["acquisition_rate"] is None or result["acquisition_rate"] >= 0.0  # new / at start: above 100 % when the base more than doubles
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [(["--from", "2026-03-01", "--to", "9999-12-31"], "--to"), (["--from", "1970-01-01", "--to", "2026-03-01"], "--from"),
+     (["--from", "2026-03-01", "--to", "2026-03-31", "--acquisition-spend", "nan"], "--acquisition-spend"),
+     (["--from", "2026-03-01", "--to", "2026-03-31", "--acquisition-spend", "-1"], "--acquisition-spend"),
+     (["--from", "", "--to", "2026-03-31"], "--from")],
+)
+def test_odd_periods_and_spends_are_refused_naming_the_option(tmp_path: Path, extra: list[str], named: str) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps({"event_id": "e", "type": "usage.session", "customer_id": "a", "occurred_at": START,
+                                "data": {"user_id": "u", "duration_seconds": 5}}) + "\n")
+    result = CliRunner().invoke(main, ["kpis", "--input", str(path), *extra])
+    assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output
