@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from scoring.contract import CSI_QUESTIONS
+from scoring.health import survey_kind
 from scoring.state import DAY_MS, MAX_MRR_CHANGES, PRIORITIES, CustomerState, day_total, window_total
 from scoring.structs import SurveyResponse
 
@@ -358,6 +359,11 @@ def answer_share(response: SurveyResponse) -> float:
     return (response.score - response.scale_min) / (response.scale_max - response.scale_min)
 
 
+def as_csat(response: SurveyResponse) -> float:
+    """A CSAT answer on 1-5, whatever scale it was sent on (4-5 is satisfied)."""
+    return 1 + 4 * answer_share(response)
+
+
 def recent_answers(surveys: Sequence[SurveyResponse], since_ms: int, at_ms: int) -> tuple[dict[str, list[SurveyResponse]], dict[str, float]]:
     """The answers given in [since_ms, at_ms] by survey (nps, csat, ces, cli), and each CSI
     question's latest answer as a share of its scale (the record keeps them as ``csi.<question>``)."""
@@ -385,7 +391,7 @@ def invitation_outcomes(
         if not since_ms <= sent_ms <= at_ms:
             continue
         deadline = sent_ms + window
-        if any(sent_ms <= a.answered_ms <= min(deadline, at_ms) and a.survey.partition(".")[0] == kind for a in answers):
+        if any(sent_ms <= a.answered_ms <= min(deadline, at_ms) and survey_kind(a) == kind for a in answers):
             answered += 1
         elif deadline <= at_ms:
             missed += 1
@@ -413,7 +419,7 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         known = [c for c in categories if c]
         if known:
             nps_value = (known.count("promoter") - known.count("detractor")) / len(known) * 100
-    csat_answers = [1 + 4 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["csat"]]
+    csat_answers = [as_csat(r) for r in answers["csat"]]
     ces_answers = [1 + 6 * (r.score - r.scale_min) / (r.scale_max - r.scale_min) for r in answers["ces"]]
     resolutions_hours = [seconds / 3600 for seconds in resolutions_between(state, today - 29, today)]
     handled = state.tickets_resolved + state.tickets_reopened
@@ -589,7 +595,7 @@ class FleetTotals:
                 self.nps[nps_category(response.score, scale)] += 1
         for response in answers["csat"]:
             self.csat_answers += 1
-            self.csat_satisfied += 1 + 4 * answer_share(response) >= 4
+            self.csat_satisfied += as_csat(response) >= 4
         for response in answers["ces"]:
             self.ces_answers += 1
             self.ces_sum += 1 + 6 * answer_share(response)

@@ -222,7 +222,7 @@ class PeriodKpis:
                 responses.append(SurveyResponse(kind, data.score, low, high, event.occurred_at_ms))
                 if data.survey == "csat" and data.touchpoint:
                     counts = self.csat_by_touchpoint.setdefault(data.touchpoint, [0, 0])
-                    counts[0] += 1 + 4 * (data.score - low) / (high - low) >= 4
+                    counts[0] += kpis.as_csat(responses[-1]) >= 4
                     counts[1] += 1
             elif isinstance(data, (UsageSession, UsageFeature)):
                 key = (customer_id, data.user_id)
@@ -324,7 +324,7 @@ def _result(k: PeriodKpis) -> dict[str, float | int | None]:
         "mrr_contraction": k.mrr_contraction,
         "mrr_churned": k.mrr_churned,
         "nps": _nps(answers["nps"]),
-        "csat": kpis.csat([1 + 4 * kpis.answer_share(r) for r in answers["csat"]]),
+        "csat": kpis.csat([kpis.as_csat(r) for r in answers["csat"]]),
         "ces": kpis.customer_effort_score([1 + 6 * kpis.answer_share(r) for r in answers["ces"]]),
         "customer_loyalty_index": kpis.mean([kpis.loyalty_points(r.score, r.scale_min, r.scale_max) for r in answers["cli"]]),
         "customer_secure_rate": kpis.customer_secure_rate(k.csi_secure, k.csi_answered),
