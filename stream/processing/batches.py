@@ -34,6 +34,7 @@ from stream.processing.sweep import Sweeper
 from stream.sinks.redis_cache import LatestScoreCache
 from stream.state.changelog import DeferredChangelog
 from stream.state.erased import ErasedCustomersFollower
+from stream.state.table import KeysByPartition
 from stream.state.working_set import WorkingSet
 
 log = logging.getLogger("healthscore.worker")
@@ -46,7 +47,7 @@ class BatchHandler:
         self,
         app: faust.App,
         table: Any,
-        keys_by_partition: dict[int, set[bytes]],
+        keys_by_partition: KeysByPartition,
         changelog_topic: str,
         on_changelog_delivered: Delivered,
         deferred: DeferredChangelog | None,

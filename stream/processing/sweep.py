@@ -29,6 +29,7 @@ from stream import metrics
 from stream.kafka.producer import Outputs
 from stream.processing.publishing import Clock, Publisher
 from stream.settings import Settings
+from stream.state.table import KeysByPartition
 from stream.state.working_set import WorkingSet
 
 log = logging.getLogger("healthscore.worker")
@@ -54,7 +55,7 @@ class Sweeper:
         settings: Settings,
         parameters: ScoringParameters,
         rules: AlertParameters,
-        keys_by_partition: dict[int, set[bytes]],
+        keys_by_partition: KeysByPartition,
         publisher: Publisher,
         sweep_topic: faust.TopicT,
         clock: Clock,

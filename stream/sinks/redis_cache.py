@@ -123,8 +123,8 @@ _WRITE_SCRIPT_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest().encode()
 
 
 #: A customer's KPIs into its hash, only if the hash has a score (an erased customer's is gone):
-#: HMGET and HSET, which the documented ACL grants (EXISTS it does not).
-KPIS_SCRIPT = "if redis.call('HMGET', KEYS[1], 'score')[1] then redis.call('HSET', KEYS[1], 'kpis', ARGV[1]) end return 0"
+#: HMGET and HSET, which the documented ACL grants (EXISTS it does not). 1 when written.
+KPIS_SCRIPT = "if redis.call('HMGET', KEYS[1], 'score')[1] then redis.call('HSET', KEYS[1], 'kpis', ARGV[1]) return 1 end return 0"
 KPIS_SCRIPT_SHA = hashlib.sha1(KPIS_SCRIPT.encode()).hexdigest()
 
 
@@ -415,21 +415,24 @@ class LatestScoreCache:
                 pipe.zrem(expansion_key(prefix), customer_id)
         await pipe.execute()
 
-    async def write_kpis(self, rows: list[tuple[str, bytes]]) -> None:
+    async def write_kpis(self, rows: list[tuple[str, bytes]]) -> list[str]:
         """Each customer's KPIs (JSON) into the ``kpis`` field of its hash, only where the hash
         exists: an atomic check, so an erased customer's hash is never brought back. By
-        EVALSHA after SCRIPT LOAD, the commands the documented ACL grants (docs/deploy.md)."""
+        EVALSHA after SCRIPT LOAD, the commands the documented ACL grants (docs/deploy.md).
+        Returns the customers not written (no hash yet: their first score is on its way)."""
         await self._client.script_load(KPIS_SCRIPT)  # every node of a cluster; cheap when loaded
-        rows = [(customer_id, encoded) for customer_id, encoded in rows if customer_id not in self._gone_during_flush]
+        gone = self._gone_during_flush
+        rows = [(customer_id, encoded) for customer_id, encoded in rows if customer_id not in gone]
         if self.hash_tags:  # a cluster pipeline refuses EVALSHA: one call per customer, concurrently
-            await asyncio.gather(*(
+            written = await asyncio.gather(*(
                 self._client.evalsha(KPIS_SCRIPT_SHA, 1, customer_key(self._prefix, customer_id, True), encoded) for customer_id, encoded in rows
             ))
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for customer_id, encoded in rows:
-            pipe.evalsha(KPIS_SCRIPT_SHA, 1, customer_key(self._prefix, customer_id, False), encoded)
-        await pipe.execute()
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for customer_id, encoded in rows:
+                pipe.evalsha(KPIS_SCRIPT_SHA, 1, customer_key(self._prefix, customer_id, False), encoded)
+            written = await pipe.execute()
+        return [customer_id for (customer_id, _encoded), done in zip(rows, written) if not done]
 
     def queue_erase(self, customer_id: str) -> None:
         """Deletes the customer's keys at the next flush (retried like the writes)."""

@@ -31,6 +31,7 @@ import msgspec
 from scoring.state import CustomerState, Outcome, decode_record, encode_record, new_state
 from stream import metrics
 from stream.kafka.producer import Outputs
+from stream.state.table import KeysByPartition
 
 log = logging.getLogger("healthscore.worker")
 
@@ -91,7 +92,7 @@ class WorkingSet:
     def __init__(
         self,
         table: Any,
-        keys_by_partition: dict[int, set[bytes]],
+        keys_by_partition: KeysByPartition,
         outputs: Outputs,
         changelog_topic: str,
         capacity: int = DECODED_RECORDS,
@@ -148,10 +149,12 @@ class WorkingSet:
         if open_record is not None:  # decoded by an earlier step of this batch: store it first
             self._write(key, open_record)
         data = self._data
-        record, result = action(data.get(key))
+        before = data.get(key)
+        record, result = action(before)
         if record is not None:
             data[key] = record
             self._changed_natively[key] = partition
+            self._keys_by_partition.written(partition, key, before)
         return result
 
     def erase(self, key: bytes, partition: int) -> bool:
@@ -159,8 +162,9 @@ class WorkingSet:
         returns whether there was one. Its events later in the batch start a new record."""
         had = self._records.pop(key, None) is not None
         self._changed_natively.pop(key, None)
-        had = self._data.pop(key, None) is not None or had
-        self._keys_by_partition.get(partition, set()).discard(key)
+        before = self._data.pop(key, None)
+        had = before is not None or had
+        self._keys_by_partition.erased(partition, key, before)
         self._outputs.add(self._changelog_topic, partition, key, None)
         return had
 
@@ -173,7 +177,6 @@ class WorkingSet:
         data = self._data
         for key, partition in self._changed_natively.items():
             self._outputs.add(self._changelog_topic, partition, key, data[key])
-            self._keys_by_partition.setdefault(partition, set()).add(key)
             written += 1
         self._changed_natively.clear()
         return written
@@ -191,8 +194,9 @@ class WorkingSet:
         # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
         # the changelog record goes to the source partition, as Faust would send it.
         self._outputs.add(self._changelog_topic, record.partition, key, encoded)
+        before = self._data.get(key)
         self._data[key] = encoded
-        self._keys_by_partition.setdefault(record.partition, set()).add(key)
+        self._keys_by_partition.written(record.partition, key, before)
         return 1
 
     def _without_failed_actions(self, record: _Record, error: BaseException) -> bytes | None:

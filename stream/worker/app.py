@@ -133,7 +133,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     topics = WorkerTopics.declare(app, settings)
 
     # State: the table, its changelog written once per commit (or per batch), the key index.
-    keys_by_partition: KeysByPartition = {}
+    keys_by_partition = KeysByPartition()
     table = customer_state_table(app, settings, keys_by_partition)
     changelog_topic = table.changelog_topic.get_topic_name()
     on_changelog_delivered = persisted_offsets(table, changelog_topic)
@@ -185,7 +185,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     handler.on_batch_done = progress.note_batch
 
     fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, fleet_options(settings, cache), clock)
-    refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock)
+    refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock, fleet.rewrite_all_kpis)
 
     @app.on_rebalance_complete.connect
     async def refill_owned_customers(sender: faust.App, **kwargs: object) -> None:

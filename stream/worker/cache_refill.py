@@ -14,7 +14,7 @@ a chunk costs a few milliseconds, between the agent's batches.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import faust
 import msgspec
@@ -43,6 +43,7 @@ class CacheRefill:
         parameters: ScoringParameters,
         cache: LatestScoreCache,
         clock: Clock,
+        on_refilled: Callable[[], None] | None = None,
     ) -> None:
         self._app = app
         self._table = table
@@ -53,6 +54,10 @@ class CacheRefill:
         self._cache = cache
         self._clock = clock
         self._queue: list[bytes] = []
+        #: Called once Redis, after losing its data, has every owned customer's score again
+        #: (the fleet export then writes their KPIs again).
+        self._on_refilled = on_refilled
+        self._refilling_after_loss = False
 
     def queue_owned(self) -> int:
         """Queues every customer of the partitions this worker owns; returns how many."""
@@ -65,11 +70,15 @@ class CacheRefill:
         if await self._cache.lost_since_last_check():
             metrics.REDIS_REFILLS.inc()
             log.warning("Redis lost the cached scores (restarted empty or flushed): rewriting those of %s customers", self.queue_owned())
+            self._refilling_after_loss = True
         if self._queue:
             chunk, self._queue = self._queue[:REFILL_CHUNK], self._queue[REFILL_CHUNK:]
             metrics.REDIS_REFILLED_CUSTOMERS.inc(self.rewrite(chunk))
             if not self._queue:
                 log.info("Redis refilled")
+                if self._refilling_after_loss and self._on_refilled is not None:
+                    self._on_refilled()
+                self._refilling_after_loss = False
 
     def rewrite(self, keys: list[bytes]) -> int:
         """Offers the cache the latest score of each customer; returns how many."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from faust.types import TP
 
 import msgspec
 
+from scoring.fleet_sums import Sums, add_to, contribution, empty_sums, remove_from, totals_from, unchanged_until
 from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
@@ -41,8 +43,17 @@ def consumer_lag(
 
 log = logging.getLogger(__name__)
 
-#: Where each customer's KPIs go: (customer id, JSON) rows, written only for customers Redis knows.
-KpisWriter = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
+#: Where each customer's KPIs go: (customer id, JSON) rows, written only for customers Redis
+#: knows; returns the customer ids it did not write (not known to Redis yet).
+KpisWriter = Callable[[list[tuple[str, bytes]]], Awaitable[list[str]]]
+#: Customers whose time comes within the same minute are kept together (checked early, never late).
+DUE_BUCKET_MS = 60_000
+#: Exports a customer's KPIs are offered again when Redis did not know the customer yet.
+KPI_WRITE_ATTEMPTS = 3
+#: Customers recomputed between two yields to the stream.
+CHUNK = 1000
+#: The bytes the totals counted for a customer due by time alone: what the table holds.
+_AS_STORED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,43 @@ class FleetOptions:
     write_kpis: KpisWriter | None = None
 
 
+@dataclass
+class PartitionTotals:
+    """One partition's fleet totals at ``at_ms`` (integer sums of its customers' contributions)
+    and, by minute, the customers whose contribution or KPIs time alone will next change."""
+
+    at_ms: int
+    sums: Sums = dataclasses.field(default_factory=empty_sums)
+    due: dict[int, set[bytes]] = dataclasses.field(default_factory=dict)
+    due_order: list[int] = dataclasses.field(default_factory=list)  # a heap of the minutes in ``due``
+
+    def schedule(self, key: bytes, until: int | None) -> None:
+        if until is not None:
+            bucket = until // DUE_BUCKET_MS
+            if bucket not in self.due:
+                self.due[bucket] = set()
+                heapq.heappush(self.due_order, bucket)
+            self.due[bucket].add(key)
+
+    def unschedule(self, key: bytes, until: int | None) -> None:
+        if until is not None and (keys := self.due.get(until // DUE_BUCKET_MS)) is not None:
+            keys.discard(key)
+
+    def take_due(self, at_ms: int) -> set[bytes]:
+        """The customers whose time came by ``at_ms``."""
+        due: set[bytes] = set()
+        while self.due_order and self.due_order[0] <= at_ms // DUE_BUCKET_MS:
+            due |= self.due.pop(heapq.heappop(self.due_order), set())
+        return due
+
+
 class FleetExport:
-    """Reads every owned record (read-only, yielding to the stream every 1,000) into the gauges."""
+    """Keeps each owned partition's fleet totals up to date and exports them as gauges.
+
+    A customer is recomputed only when its record changed (``KeysByPartition.take_changes``,
+    with the bytes the totals counted) or when ``scoring.fleet_sums.unchanged_until`` said time
+    alone would change it; a partition newly owned or restored from its changelog is counted
+    in full once. Each recomputed customer's KPIs are written to Redis in the same pass."""
 
     def __init__(
         self,
@@ -75,6 +121,15 @@ class FleetExport:
         self._sweep_topic = sweep_topic
         self._options = options
         self._clock = clock
+        self._partitions: dict[int, PartitionTotals] = {}
+        self._kpi_retries: dict[bytes, int] = {}
+        #: Customers recomputed by the last export (for the benchmark and the log).
+        self.recomputed = 0
+
+    def rewrite_all_kpis(self) -> None:
+        """After Redis lost its data: the next export writes every owned customer's KPIs again."""
+        for totals in self._partitions.values():
+            totals.at_ms = -1  # marks the partition for a full count
 
     async def export(self) -> None:
         consumer = self._app.consumer
@@ -83,35 +138,119 @@ class FleetExport:
         for name, records in lag.items():
             metrics.CONSUMER_LAG.labels(name).set(records)
         owned = {tp.partition for tp in assignment if tp.topic == self._sweep_topic}
-        options = self._options
-        now_ms = int(self._clock() * 1000)
-        totals = FleetTotals(now_ms, options.period_days, options.survey_response_days)
-        rows: list[tuple[str, bytes]] = []
-        for partition in owned:
-            for index, key in enumerate(list(self._keys_by_partition.get(partition, ()))):
-                stored = self._table.get(key)
-                if stored is not None:
-                    state = decode_state(stored)
-                    totals.add(state)
-                    if options.write_kpis is not None:
-                        rows.append((state.customer_id, customer_kpis_json(state, now_ms, options)))
-                if index % 1000 == 999:
-                    await self._write(rows)
-                    rows = []
-                    await asyncio.sleep(0)  # let the stream run
-        await self._write(rows)
-        publish_fleet(totals)
-        if options.acquisition_spend is not None:
-            metrics.FLEET_ACQUISITION_SPEND.set(options.acquisition_spend)
+        await self.update(owned, int(self._clock() * 1000))
+        publish_fleet(self.totals(owned))
+        if self._options.acquisition_spend is not None:
+            metrics.FLEET_ACQUISITION_SPEND.set(self._options.acquisition_spend)
 
-    async def _write(self, rows: list[tuple[str, bytes]]) -> None:
-        """The customers' KPIs; a Redis failure is logged and skipped (the next export writes them)."""
-        if not rows or self._options.write_kpis is None:
-            return
-        try:
-            await self._options.write_kpis(rows)
-        except Exception as error:  # the error's text can name a customer's key: only its type is logged
-            log.warning("Writing %d customers' KPIs to Redis failed (%s); the next export tries again", len(rows), type(error).__name__)
+    def totals(self, owned: Iterable[int]) -> FleetTotals:
+        """The owned partitions' totals together, at the last update's time."""
+        sums = empty_sums()
+        at_ms = 0
+        for partition in owned:
+            if (part := self._partitions.get(partition)) is not None:
+                add_to(sums, part.sums)
+                at_ms = max(at_ms, part.at_ms)
+        return totals_from(sums, at_ms, self._options.period_days, self._options.survey_response_days)
+
+    async def update(self, owned: set[int], now_ms: int) -> None:
+        """Brings every owned partition's totals to ``now_ms``, touching only what changed."""
+        keys_by_partition = self._keys_by_partition
+        for partition in set(self._partitions) - owned:  # moved to another worker
+            del self._partitions[partition]
+        self.recomputed = 0
+        rows: list[tuple[str, bytes]] = []
+        for partition in sorted(owned):
+            part = self._partitions.get(partition)
+            if part is None or part.at_ms < 0 or partition in keys_by_partition.restored:
+                keys_by_partition.restored.discard(partition)
+                keys_by_partition.take_changes(partition)
+                part = self._partitions[partition] = PartitionTotals(now_ms)
+                counted: dict[bytes, Any] = dict.fromkeys(keys_by_partition.get(partition, ()))
+            else:
+                counted = keys_by_partition.take_changes(partition)
+                for key in part.take_due(now_ms):
+                    counted.setdefault(key, _AS_STORED)
+            for index, (key, before) in enumerate(counted.items()):
+                row = self._recount(partition, part, key, before, now_ms)
+                if row is not None:
+                    rows.append(row)
+                if index % CHUNK == CHUNK - 1:
+                    rows = await self._write(rows)
+            part.at_ms = now_ms
+            self.recomputed += len(counted)
+        rows += self._retried_kpis(now_ms)
+        await self._write(rows, final=True)
+
+    def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, now_ms: int) -> tuple[str, bytes] | None:
+        """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
+        its contribution now; returns its KPI row. Synchronous: the stream cannot write between."""
+        options = self._options
+        current = self._table.get(key)
+        changed = self._keys_by_partition.changed.get(partition)
+        written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
+        if before is _AS_STORED:  # due by time alone: the totals counted what the table held
+            before = changed[key] if written_meanwhile else current  # type: ignore[index]
+        old = _decoded(before)
+        if old is not None:
+            remove_from(part.sums, contribution(old, part.at_ms, options.period_days, options.survey_response_days))
+            part.unschedule(key, unchanged_until(old, part.at_ms, options.period_days, options.survey_response_days))
+        if written_meanwhile:  # the next export replaces what is counted now
+            changed[key] = current  # type: ignore[index]
+        new = _decoded(current)
+        if new is None:
+            return None
+        add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
+        part.schedule(key, unchanged_until(new, now_ms, options.period_days, options.survey_response_days))
+        self._kpi_retries.pop(key, None)
+        return (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
+
+    def _retried_kpis(self, now_ms: int) -> list[tuple[str, bytes]]:
+        """KPI rows of the customers Redis did not know at the last export (its score was on its way)."""
+        rows = []
+        for key in list(self._kpi_retries):
+            state = _decoded(self._table.get(key))
+            if state is None or self._options.write_kpis is None:  # erased meanwhile
+                del self._kpi_retries[key]
+            else:
+                rows.append((state.customer_id, customer_kpis_json(state, now_ms, self._options)))
+        return rows
+
+    async def _write(self, rows: list[tuple[str, bytes]], final: bool = False) -> list[tuple[str, bytes]]:
+        """The customers' KPIs (a Redis failure is logged: they are offered again at the next
+        export), then a yield to the stream; returns an empty list for the next rows."""
+        write = self._options.write_kpis
+        if rows and write is not None:
+            try:
+                unwritten = await write(rows)
+            except Exception as error:  # the error's text can name a customer's key: only its type is logged
+                log.warning("Writing %d customers' KPIs to Redis failed (%s); the next export tries again", len(rows), type(error).__name__)
+                unwritten = [customer_id for customer_id, _json in rows]
+            self._note_unwritten(unwritten)
+            for customer_id in {customer_id for customer_id, _json in rows} - set(unwritten):
+                self._kpi_retries.pop(customer_id.encode(), None)
+        if not final:
+            await asyncio.sleep(0)  # let the stream run
+        return []
+
+    def _note_unwritten(self, customer_ids: list[str]) -> None:
+        for customer_id in customer_ids:
+            key = customer_id.encode()
+            attempts = self._kpi_retries.get(key, KPI_WRITE_ATTEMPTS) - 1
+            if attempts > 0:
+                self._kpi_retries[key] = attempts
+            else:
+                self._kpi_retries.pop(key, None)
+
+
+def _decoded(stored: bytes | None) -> Any:
+    """The record, or None (no record, or one the worker's own path reports as unreadable)."""
+    if stored is None:
+        return None
+    try:
+        return decode_state(stored)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return None
 
 
 def customer_kpis_json(state: Any, now_ms: int, options: FleetOptions) -> bytes:

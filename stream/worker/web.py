@@ -21,6 +21,8 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from scoring.fleet_sums import aged_kpis
+from scoring.output import rfc3339
 from stream import metrics
 from stream.settings import Settings
 from stream.sinks.redis_cache import (
@@ -279,14 +281,15 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                     "mrr": _value("mrr", values.get("mrr")),
                     "usage_growth": _value("usage_growth", values.get("usage_growth")),
                     "recent_alerts": [msgspec.json.decode(alert) for alert in recent],
-                    "kpis": msgspec.json.decode(values["kpis"]) if "kpis" in values else None,
+                    "kpis": served_kpis(values["kpis"], int(time.time() * 1000)) if "kpis" in values else None,
                 }
             )
 
     @app.page("/customers/{customer_id}/kpis")
     class CustomerKpis(View):
-        """Everything a customer-success manager reads about one customer (scoring.kpis.customer_kpis),
-        as of the worker's last fleet export (``as_of``; every fleet_metrics_interval_seconds)."""
+        """Everything a customer-success manager reads about one customer (scoring.kpis.customer_kpis):
+        computed by the fleet export (``computed_at``) when the customer's record changed or a
+        window edge passed, its ages (days since) given at the time of reading (``as_of``)."""
 
         async def get(self, request: Request, customer_id: str) -> Response:
             denied = refused(self, request, api_tokens)
@@ -298,7 +301,19 @@ def register_lookups(app: faust.App, cache: LatestScoreCache, prefix: str, api_t
                 return redis_unavailable(self, exc)
             if stored is None:
                 return error(self, 404, "no KPIs for this customer yet (unknown, or not exported since its first score)")
-            return self.json({"customer_id": customer_id, **msgspec.json.decode(stored)})
+            return self.json({"customer_id": customer_id, **served_kpis(stored, int(time.time() * 1000))})
+
+
+def served_kpis(stored: bytes | str, now_ms: int) -> dict[str, Any]:
+    """A customer's KPIs as the fleet export wrote them (``as_of`` the time they were computed),
+    their ages moved to ``now_ms``: exact until the export recomputes them at their next window edge."""
+    kpis = msgspec.json.decode(stored)
+    try:
+        computed_ms = round(datetime.fromisoformat(kpis["as_of"]).timestamp() * 1000)
+    except (KeyError, TypeError, ValueError):
+        return kpis
+    now_ms = max(now_ms, computed_ms)
+    return {**aged_kpis(kpis, computed_ms, now_ms), "as_of": rfc3339(now_ms), "computed_at": kpis["as_of"]}
 
 
 def register_lists(app: faust.App, redis: Any, prefix: str, tagged: bool, api_tokens: list[bytes]) -> None:

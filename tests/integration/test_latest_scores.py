@@ -302,15 +302,16 @@ def test_customer_kpis_land_beside_the_score_and_only_in_hashes_that_exist(servi
         try:
             cache.offer("known", encode_json(message("known", 61.5)))
             await cache.flush()
-            await cache.write_kpis([("known", b'{"nps": 30.0}'), ("erased", b'{"nps": 0.0}')])
+            unwritten = await cache.write_kpis([("known", b'{"nps": 30.0}'), ("erased", b'{"nps": 0.0}')])
             stored = client.hgetall(customer_key(prefix, "known"))
             await cache.erase("known")
-            await cache.write_kpis([("known", b'{"nps": 40.0}')])  # after the erasure: nothing comes back
-            return stored
+            unwritten += await cache.write_kpis([("known", b'{"nps": 40.0}')])  # after the erasure: nothing comes back
+            return {**stored, "unwritten": unwritten}
         finally:
             await cache.close()
 
     stored = asyncio.run(run())
     assert stored["kpis"] == '{"nps": 30.0}' and stored["score"] == "61.5"
+    assert stored["unwritten"] == ["erased", "known"]  # the fleet export offers them again, a few times
     assert not client.exists(customer_key(prefix, "erased"))
     assert not client.exists(customer_key(prefix, "known"))

@@ -26,6 +26,7 @@ from scoring.state import Outcome, decode_state, encode_state, new_state
 from stream.kafka.batching import BatchInProgress, BatchQueue, BulkDeliveryConsumer, RecordBatch, RecordRun, Refetches
 from stream.kafka.event_time import EventTimeMerge
 from stream.kafka.producer import Outputs
+from stream.state.table import KeysByPartition
 from stream.state.working_set import WorkingSet
 
 END_MS = 1_790_000_000_000
@@ -250,7 +251,7 @@ def test_runs_from_before_a_rebalance_are_dropped_unacked() -> None:
 def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_final_state() -> None:
     table = Table()
     outputs = Outputs()
-    working = WorkingSet(table, {}, outputs, "changelog")
+    working = WorkingSet(table, KeysByPartition(), outputs, "changelog")
     results = [working.run(b"acme", 3, "acme", apply(usage("acme", f"e{i}", END_MS - 3_600_000 + i * 60_000), i)) for i in range(3)]
     working.run(b"beta", 3, "beta", apply(usage("beta", "b1", END_MS - 1000), 10))
     assert [result.outcome for result in results] == [Outcome.APPLIED] * 3
@@ -265,7 +266,7 @@ def test_a_customer_with_several_events_in_a_batch_is_written_once_with_the_fina
 
 def test_the_next_batch_starts_from_what_the_table_holds() -> None:
     table = Table()
-    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
     working.write_back()
     again = working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
@@ -281,19 +282,19 @@ def test_records_are_read_and_written_in_the_dict_under_fausts_memory_store() ->
     store = table.data
     assert isinstance(store.data, dict)
 
-    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
     working.write_back()
     assert decode_state(store[b"acme"]).events_applied == 1
     assert store.data[b"acme"] == store[b"acme"]
-    again = WorkingSet(table, {}, Outputs(), "changelog")
+    again = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     assert again.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.DUPLICATE
 
 
 def test_beyond_its_capacity_the_least_recently_used_record_is_written_back_first() -> None:
     table = Table()
     outputs = Outputs()
-    keys_by_partition: dict[int, set[bytes]] = {}
+    keys_by_partition = KeysByPartition()
     working = WorkingSet(table, keys_by_partition, outputs, "changelog", capacity=2)
     at = END_MS - 3_600_000
     working.run(b"acme", 0, "acme", apply(usage("acme", "a1", at), 1))
@@ -319,7 +320,7 @@ def test_a_failing_step_leaves_no_half_applied_change() -> None:
     table = Table()
     stored = new_state("acme")
     table.data[b"acme"] = encode_state(stored)
-    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1))
 
     def broken(state):
@@ -414,7 +415,7 @@ def native_step(event_id: str, at_ms: int, offset: int):
 def test_a_record_changed_by_the_kernel_and_by_the_model_in_one_batch_ends_with_every_change() -> None:
     table = Table()
     outputs = Outputs()
-    keys_by_partition: dict[int, set[bytes]] = {}
+    keys_by_partition = KeysByPartition()
     working = WorkingSet(table, keys_by_partition, outputs, "changelog")
     at = END_MS - 3_600_000
     working.run(b"acme", 0, "acme", apply(usage("acme", "e1", at), 1))  # decoded, still open
@@ -431,7 +432,7 @@ def test_a_record_changed_by_the_kernel_and_by_the_model_in_one_batch_ends_with_
 def test_a_failing_native_step_changes_nothing() -> None:
     table = Table()
     table.data[b"acme"] = b"stored"
-    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
 
     def unreadable(stored: bytes | None) -> tuple[bytes | None, str]:
         raise ValueError("a record the kernel cannot read")
@@ -506,7 +507,7 @@ def test_a_rebalance_waits_for_the_batch_being_applied_and_no_longer() -> None:
 def test_erasing_forgets_an_open_or_stored_record_and_its_index_entry_and_queues_a_tombstone() -> None:
     table = Table()
     outputs = Outputs()
-    keys_by_partition: dict[int, set[bytes]] = {}
+    keys_by_partition = KeysByPartition()
     working = WorkingSet(table, keys_by_partition, outputs, "changelog")
     working.run(b"stored", 2, "stored", apply(usage("stored", "s1", END_MS - 5000), 1))
     working.write_back()
@@ -533,7 +534,7 @@ def test_a_record_of_a_newer_layout_keeps_its_unknown_fields_through_a_batch() -
     fields[LAYOUT_INDEX] = LAYOUT + 1  # written by a future layout, with one more field
     table.data[b"acme"] = msgspec.msgpack.encode([*fields, ["from", "the", "future"]])
     outputs = Outputs()
-    working = WorkingSet(table, {}, outputs, "changelog")
+    working = WorkingSet(table, KeysByPartition(), outputs, "changelog")
     assert working.run(b"acme", 0, "acme", apply(usage("acme", "e1", END_MS - 5000), 1)).outcome is Outcome.APPLIED
     working.write_back()
     written = msgspec.msgpack.decode(table.data[b"acme"])
@@ -547,7 +548,7 @@ def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_e
     table = Table()
     table.data[b"acme"] = b"\xdc\x00\x24garbage"
     before = metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") or 0.0
-    working = WorkingSet(table, {}, Outputs(), "changelog")
+    working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     met_at = SimpleNamespace(topic="product-usage", partition=5, offset=77)
     assert working.run(b"acme", 5, "acme", apply(usage("acme", "e1", END_MS - 5000), 1), met_at).outcome is Outcome.APPLIED
     working.write_back()
@@ -563,7 +564,7 @@ def test_a_change_that_cannot_be_encoded_is_left_out_of_the_record_and_reported(
     left out (and reported for the dead-letter topic), the batch's other actions stay."""
     table = Table()
     outputs = Outputs()
-    working = WorkingSet(table, {}, outputs, "changelog")
+    working = WorkingSet(table, KeysByPartition(), outputs, "changelog")
     at = END_MS - 3_600_000
     working.run(b"acme", 0, "acme", apply(usage("acme", "a1", at), 1), record(1))
     apply_then_break = apply(usage("acme", "a2", at + 1000), 2)
