@@ -686,6 +686,7 @@ def run_peer(peer: str, settings, events: int, timeout: float) -> dict:
             "--topics", ",".join(settings.topics.inputs()),
             "--events", str(events),
             "--partitions", str(settings.partitions),
+            *(["--output", f"{settings.topics.health}.quix-model"] if peer == "quixstreams-model" else []),
         ],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(ROOT / ".data" / f"bench-{peer}.log", "wb"), stdin=subprocess.DEVNULL,
     )
@@ -706,8 +707,13 @@ def run_peer(peer: str, settings, events: int, timeout: float) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result is None:
         return {"name": peer, "error": f"did not finish {events} events; see .data/bench-{peer}.log"}
-    names = {"naive-faust": "naive Faust agent, table update per event", "quixstreams": "Quix Streams, per-customer state"}
+    names = {
+        "naive-faust": "naive Faust agent, table update per event",
+        "quixstreams": "Quix Streams, per-customer state",
+        "quixstreams-model": "Quix Streams running this model",
+    }
     return {
+        **{name: result[name] for name in ("scores", "alerts", "rejected") if name in result},
         "name": names[peer],
         "events": result["events"],
         "seconds": result["seconds"],
@@ -777,7 +783,7 @@ def main() -> None:
     plain = asyncio.run(plain_consumer(settings, args.events))
     peers = []
     if not args.skip_peers:
-        for peer in ("naive-faust", "quixstreams"):
+        for peer in ("naive-faust", "quixstreams", "quixstreams-model"):
             print(f"Running {peer}...")
             peers.append(run_peer(peer, settings, args.events, args.timeout))
     print("Running the worker...")
@@ -834,6 +840,12 @@ def main() -> None:
             f" p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms"
             f" ({latency['scores_measured']} scores; the feed used {latency['feed_cpu_share']:.0%} of a core)"
         )
+    for row in peers:
+        if "scores" in row:
+            print(
+                f"{row['name']}: {row['scores']} scores and {row['alerts']} alerts produced (the worker merges the topics in event-time order;"
+                f" this peer reads each on its own); worker {row['events_per_second'] and worker['events_per_second'] / row['events_per_second']:.2f}x its rate"
+            )
     print(
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"
         f" {worker['mean_batch_events']:.0f} records on average, {worker['batch_seconds']:.1f} s inside them"

@@ -42,20 +42,23 @@ def empty_sums() -> Sums:
     return {}
 
 
+#: The FleetTotals fields that are sums (looked up once: ``dataclasses.fields`` is slow).
+_SUM_FIELDS = tuple(item.name for item in dataclasses.fields(FleetTotals) if item.name not in _PARAMETERS)
+
+
 def contribution(state: CustomerState, at_ms: int, period_days: int, survey_response_days: float) -> Sums:
-    """One customer's part of the fleet totals at ``at_ms``, as integers."""
+    """One customer's part of the fleet totals at ``at_ms``, as integers; zeros left out."""
     totals = FleetTotals(at_ms, period_days, survey_response_days)
     totals.add(state)
     vector: Sums = {}
-    for item in dataclasses.fields(FleetTotals):
-        if item.name in _PARAMETERS:
-            continue
-        value = getattr(totals, item.name)
+    for name in _SUM_FIELDS:
+        value = getattr(totals, name)
         if isinstance(value, dict):
             for key, part in value.items():
-                vector[f"{item.name}.{key}"] = _fixed(part)
-        else:
-            vector[item.name] = _fixed(value)
+                if part:
+                    vector[f"{name}.{key}"] = _fixed(part)
+        elif value:
+            vector[name] = _fixed(value)
     return vector
 
 

@@ -395,6 +395,16 @@ FLEET_RESOLUTION_SECONDS_SUM = Gauge(
 FLEET_RESOLUTIONS = Gauge("healthscore_fleet_resolutions", "Tickets resolved in the trailing period (counted in the sum).", registry=REGISTRY)
 FLEET_MRR = Gauge("healthscore_fleet_mrr", "Monthly recurring revenue of subscribed, not cancelled customers.", registry=REGISTRY)
 FLEET_PERIOD_DAYS = Gauge("healthscore_fleet_period_days", "Length of the trailing period of the fleet KPIs.", registry=REGISTRY)
+FLEET_EXPORT_SECONDS = Gauge(
+    "healthscore_fleet_export_seconds",
+    "How long the last fleet export took (recounting changed and due customers, writing their KPIs).",
+    registry=REGISTRY,
+)
+FLEET_EXPORT_RECOMPUTED = Gauge(
+    "healthscore_fleet_export_recomputed_customers",
+    "Customers the last fleet export recomputed: records changed since the one before, window edges passed, partitions counted in full.",
+    registry=REGISTRY,
+)
 
 
 def initialize(consumed_topics: list[str], produced_topics: tuple[str, ...] | list[str] = ()) -> None:

@@ -138,8 +138,11 @@ class FleetExport:
         for name, records in lag.items():
             metrics.CONSUMER_LAG.labels(name).set(records)
         owned = {tp.partition for tp in assignment if tp.topic == self._sweep_topic}
+        started = time.perf_counter()
         await self.update(owned, int(self._clock() * 1000))
         publish_fleet(self.totals(owned))
+        metrics.FLEET_EXPORT_SECONDS.set(time.perf_counter() - started)
+        metrics.FLEET_EXPORT_RECOMPUTED.set(self.recomputed)
         if self._options.acquisition_spend is not None:
             metrics.FLEET_ACQUISITION_SPEND.set(self._options.acquisition_spend)
 
@@ -197,7 +200,7 @@ class FleetExport:
             part.unschedule(key, unchanged_until(old, part.at_ms, options.period_days, options.survey_response_days))
         if written_meanwhile:  # the next export replaces what is counted now
             changed[key] = current  # type: ignore[index]
-        new = _decoded(current)
+        new = old if before is current else _decoded(current)  # due by time alone: one decode
         if new is None:
             return None
         add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
@@ -255,8 +258,8 @@ def _decoded(stored: bytes | None) -> Any:
 
 def customer_kpis_json(state: Any, now_ms: int, options: FleetOptions) -> bytes:
     """``scoring.kpis.customer_kpis`` with the time it was computed at, as JSON."""
-    kpis = customer_kpis(state, now_ms, options.key_features, options.survey_response_days)
-    return msgspec.json.encode({"as_of": rfc3339(now_ms), **dataclasses.asdict(kpis)})
+    kpis = msgspec.json.encode(customer_kpis(state, now_ms, options.key_features, options.survey_response_days))
+    return b'{"as_of":"%s",%s' % (rfc3339(now_ms).encode(), kpis[1:])  # msgspec encodes the dataclass itself (asdict took 40 %)
 
 
 def publish_fleet(totals: FleetTotals) -> None:

@@ -1,0 +1,156 @@
+"""What the fleet export costs with many customers (run on demand, not in the test suite).
+
+    .venv/bin/python bench/fleet_export.py --customers 1000000 --changed 0.01
+
+Builds ``--customers`` records in memory (the generator's mix: ``--templates`` customers'
+histories over 30 days, each record copied under new customer ids), spread over 12
+partitions, then times, with the worker's own FleetExport (stream/worker/fleet.py) and no
+broker or Redis (KPI rows are made, not written):
+
+- ``first_count``: the first export, which counts every customer (as after a start or
+  a rebalance; what every export cost before issue 38);
+- ``idle``: an export a minute later with nothing changed;
+- ``changed``: an export after ``--changed`` of the customers got a new event;
+- ``next_midnight``: an export just after the next UTC midnight, when every customer
+  active in the last days is due (the day windows move) and nothing else changed;
+- ``a_day_later_idle``: an export a minute after that.
+
+The export's totals are checked against a full recomputation at the end. Prints JSON and
+writes bench/results/fleet_export-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scoring.contract import Event, UsageSession  # noqa: E402
+from scoring.fleet_sums import add_to, contribution, empty_sums  # noqa: E402
+from scoring.health import ScoringParameters  # noqa: E402
+from scoring.pipeline import step  # noqa: E402
+from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
+from scoring.contract import decode_event  # noqa: E402
+from stream.commands.generate import EventSynthesizer  # noqa: E402
+from stream.memory import collect_garbage_rarely  # noqa: E402
+from stream.kafka.producer import Outputs  # noqa: E402
+from stream.state.table import KeysByPartition  # noqa: E402
+from stream.state.working_set import WorkingSet  # noqa: E402
+from stream.worker.fleet import FleetExport, FleetOptions  # noqa: E402
+from throughput import write_result  # noqa: E402
+
+PARTITIONS = 12
+END_MS = 1_790_000_000_000 // DAY_MS * DAY_MS + 15 * 3_600_000  # 15:00 UTC
+
+
+class Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+
+def templates(count: int) -> list[bytes]:
+    """The records of ``count`` customers after the generator's mix over 30 days (20 events each)."""
+    parameters = ScoringParameters()
+    states: dict[str, object] = {}
+    for generated in EventSynthesizer(count, seed=5).timeline(count * 20, END_MS - 30 * DAY_MS, END_MS - 60_000):
+        event = decode_event(generated.customer_id.encode(), msgspec.json.encode(generated.value), generated.topic, END_MS, 300_000)
+        if isinstance(event, Event):
+            state = states.setdefault(event.customer_id, new_state(event.customer_id))
+            step(state, event, parameters, 32)  # type: ignore[arg-type]
+    return [encode_state(state) for state in states.values()]  # type: ignore[arg-type]
+
+
+def fill(table: Table, keys: KeysByPartition, customers: int, template_records: list[bytes]) -> None:
+    for index in range(customers):
+        state = decode_state(template_records[index % len(template_records)])
+        state.customer_id = f"c{index:08d}"
+        key = state.customer_id.encode()
+        table.data[key] = encode_state(state)
+        keys.setdefault(index % PARTITIONS, set()).add(key)
+        if index % 200_000 == 199_999:
+            print(f"  {index + 1:,} records", file=sys.stderr, flush=True)
+
+
+async def timed(export: FleetExport, at_ms: int) -> dict:
+    started = time.perf_counter()
+    await export.update(set(range(PARTITIONS)), at_ms)
+    return {"seconds": round(time.perf_counter() - started, 4), "recomputed": export.recomputed}
+
+
+def touch(table: Table, keys: KeysByPartition, share: float, at_ms: int) -> int:
+    """A new session for every 1/share-th customer, through the worker's WorkingSet."""
+    step_every = max(1, round(1 / share)) if share > 0 else 0
+    touched = 0
+    for index in range(0, len(table.data), step_every or len(table.data) + 1):
+        customer = f"c{index:08d}"
+        working = WorkingSet(table, keys, Outputs(), "changelog")
+        event = Event(event_id=f"bench-{index}", type="usage.session", customer_id=customer, occurred_at_ms=at_ms, data=UsageSession("u", 60))
+        working.run(customer.encode(), index % PARTITIONS, customer, lambda state, event=event: step(state, event, ScoringParameters(), 32))
+        working.write_back()
+        touched += 1
+    return touched
+
+
+async def measure(customers: int, template_count: int, changed: float) -> dict:
+    collect_garbage_rarely()
+    table, keys = Table(), KeysByPartition()
+    print(f"building {customers:,} records from {template_count:,} histories", file=sys.stderr, flush=True)
+    fill(table, keys, customers, templates(template_count))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rows: list[int] = []
+
+    async def count_rows(batch: list[tuple[str, bytes]]) -> list[str]:
+        rows.append(len(batch))
+        return []
+
+    export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows))  # type: ignore[arg-type]
+    figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count}
+    now = END_MS
+    figures["first_count"] = await timed(export, now)
+    figures["rss_growth_mib_first_count"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
+    figures["idle"] = await timed(export, now + 60_000)
+    figures["changed_customers"] = touch(table, keys, changed, now + 90_000)
+    figures["changed"] = await timed(export, now + 120_000)
+    midnight = (now // DAY_MS + 1) * DAY_MS
+    figures["next_midnight"] = await timed(export, midnight + 30_000)
+    figures["a_day_later_idle"] = await timed(export, midnight + 90_000)
+    figures["kpi_rows_written"] = sum(rows)
+    full = empty_sums()
+    for stored in table.data.values():
+        add_to(full, contribution(decode_state(stored), midnight + 90_000, 30, 14.0))
+    exported = empty_sums()
+    for part in export._partitions.values():
+        add_to(exported, part.sums)
+    figures["equal_to_full_recomputation"] = {k: v for k, v in full.items() if v} == {k: v for k, v in exported.items() if v}
+    figures["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=200_000, help="records in the table (default 200,000)")
+    parser.add_argument("--templates", type=int, default=2_000, help="distinct generated histories the records copy")
+    parser.add_argument("--changed", type=float, default=0.01, help="share of customers with a new event before the third export")
+    args = parser.parse_args()
+    if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1:
+        parser.error("--customers and --templates must be at least 1, --changed between 0 and 1")
+    figures = asyncio.run(measure(args.customers, args.templates, args.changed))
+    print(json.dumps(figures, indent=2))
+    write_result("fleet_export", figures)
+
+
+if __name__ == "__main__":
+    main()
