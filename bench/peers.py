@@ -110,7 +110,8 @@ def quixstreams_model(bootstrap: str, topics: list[str], events: int, output: st
         consumer_group=f"quix-model-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         state_dir=f"/tmp/quix-state-{uuid.uuid4().hex[:6]}",
-        rocksdb_options=RocksDBOptions(dumps=lambda value: value, loads=lambda value: value),  # the record's own bytes
+        # The record's own bytes as the value (the state key, a str, as UTF-8).
+        rocksdb_options=RocksDBOptions(dumps=lambda value: value if isinstance(value, bytes) else value.encode(), loads=lambda value: value),
         loglevel="WARNING",
     )
     seen = {"n": 0, "first": 0.0, "scores": 0, "alerts": 0, "rejected": 0}
@@ -129,9 +130,9 @@ def quixstreams_model(bootstrap: str, topics: list[str], events: int, output: st
             state.set("record", encode_record(record, unknown))
             if result.publish is not None:
                 out.append(encode_json(health_message(event.customer_id, result.publish, now_ms, model_version, event.event_id)))
-            out += [encode_json(alert_message(alert, now_ms, model_version)) for alert in result.alerts]
+            out += [encode_json(alert_message(alert, now_ms, model_version)) for alert in result.alerts.raised]
             seen["scores"] += result.publish is not None
-            seen["alerts"] += len(result.alerts)
+            seen["alerts"] += len(result.alerts.raised)
         else:
             seen["rejected"] += 1
         if seen["n"] == events:

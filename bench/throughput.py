@@ -8,14 +8,16 @@ It starts the project's Kafka and Redis if needed, loads N generated events into
 fresh topics, then drains them with (1) a plain aiokafka consumer that only
 decodes the JSON (the ceiling), (2) a naive Faust agent that decodes and updates
 one table key per event (the floor), (3) Quix Streams keeping a per-customer
-count in its state (the Python peer), and (4) ``healthscore worker``, until every
-event is counted in its /metrics. Before all that it measures the latency from event
+count in its state, (3b) a Quix Streams application running this project's own model
+(``scoring.pipeline.step`` with the record in Quix's RocksDB state, scores and alerts
+produced to a topic: what a user would build instead), and (4) ``healthscore worker``,
+until every event is counted in its /metrics. Before all that it measures the latency from event
 time to the score on the health topic at a fixed rate (on a quiet broker), and after
 it the scaling: two workers in one group against one worker, each on three times the
 events loaded before they start, over the stretch where every worker is busy
 (``--scaling-rounds N`` alternates the two N times and reports the median ratio;
 ``--one-worker-cpus 0`` gives the one-worker phase, broker and Redis included, one CPU). It
-prints a table and writes it as JSON under bench/results/. (2) and (3) live in
+prints a table and writes it as JSON under bench/results/. (2), (3) and (3b) live in
 bench/peers.py.
 """
 
@@ -730,6 +732,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a consumer after this many seconds")
     parser.add_argument("--skip-peers", action="store_true", help="only the plain consumer and the worker")
+    parser.add_argument(
+        "--peers", default="naive-faust,quixstreams,quixstreams-model",
+        help="the peers to run, comma-separated (default: naive-faust,quixstreams,quixstreams-model)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="scaling: this many workers in one group against one (default 2; 1: skip)")
     parser.add_argument(
         "--scaling-rounds", type=int, default=1,
@@ -749,6 +755,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scaling_rounds < 1:
         parser.error("--scaling-rounds must be at least 1")
+    if not set(args.peers.split(",")) <= {"naive-faust", "quixstreams", "quixstreams-model"}:
+        parser.error("--peers takes naive-faust, quixstreams and quixstreams-model")
     if args.profile is not None and py_spy() is None:
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
 
@@ -783,7 +791,7 @@ def main() -> None:
     plain = asyncio.run(plain_consumer(settings, args.events))
     peers = []
     if not args.skip_peers:
-        for peer in ("naive-faust", "quixstreams", "quixstreams-model"):
+        for peer in args.peers.split(","):
             print(f"Running {peer}...")
             peers.append(run_peer(peer, settings, args.events, args.timeout))
     print("Running the worker...")
