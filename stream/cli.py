@@ -245,7 +245,12 @@ def topics(check: bool) -> None:
 @click.option("--events", "event_count", default=None, type=click.IntRange(1), help="With --output: how many events.")
 @click.option("--labels", "labels_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="With --output: where to write the ground-truth churn labels (customer_id,churned_at); default FILE.labels.csv.")
 @click.option("--end", "end_text", default=None, help="With --output: when the history ends (RFC 3339, YYYY-MM-DD or epoch ms; default now). With a fixed end, the same options write the same file.")
-def generate(customers: int, rate: float, duration: float, history_days: float, seed: int, output_path: Path | None, event_count: int | None, labels_path: Path | None, end_text: str | None) -> None:
+@click.option(
+    "--with-csm", "csm", is_flag=True,
+    help="Also the company's side: CSM touchpoints and pulses, CSAT surveys sent (answered less by customers in trouble), e-mails;"
+    " their tone follows each customer's trouble. Off by default, so a seed gives the events it always gave.",
+)
+def generate(customers: int, rate: float, duration: float, history_days: float, seed: int, output_path: Path | None, event_count: int | None, labels_path: Path | None, end_text: str | None, csm: bool) -> None:
     """Produce realistic events to the four input topics: healthy customers,
     slowly disengaging ones, payment trouble and cancellations.
 
@@ -259,7 +264,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
         total = event_count or max(1, int(rate * duration))
         end_ms = _parse_time(end_text, "--end") if end_text else int(time.time() * 1000)
         start_ms = end_ms - int(max(history_days, 1.0) * 86_400_000)
-        written, churned = write_history(str(output_path), str(labels), customers, total, start_ms, end_ms, seed)
+        written, churned = write_history(str(output_path), str(labels), customers, total, start_ms, end_ms, seed, csm=csm)
         click.echo(f"Wrote {written} events for {customers} customers to {output_path}; {churned} churned customers in {labels}")
         return
     if end_text is not None:
@@ -268,7 +273,7 @@ def generate(customers: int, rate: float, duration: float, history_days: float, 
 
     settings = _settings()
     topic_names = {kind: name for name, kind in settings.topics.inputs().items()}
-    _run_kafka(produce(settings.kafka, topic_names, customers, rate, duration, history_days, seed, echo=click.echo), settings)
+    _run_kafka(produce(settings.kafka, topic_names, customers, rate, duration, history_days, seed, echo=click.echo, csm=csm), settings)
 
 
 @main.command()

@@ -25,6 +25,8 @@ PERSONAS = ("healthy", "disengaging", "payment_trouble", "cancelling")
 PERSONA_SHARES = (0.55, 0.2, 0.15, 0.1)
 FEATURES = ("dashboards", "reports", "exports", "integrations", "alerts", "api")
 CATEGORIES = ("basics", "addons", "premium", "services")
+#: With ``csm``: the share of events that are the company's outreach.
+OUTREACH_SHARE = 0.08
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,12 @@ class GeneratedEvent:
 class EventSynthesizer:
     """Deterministic for a seed: the same arguments give the same events."""
 
-    def __init__(self, customers: int, seed: int = 7) -> None:
+    def __init__(self, customers: int, seed: int = 7, csm: bool = False) -> None:
         self._random = random.Random(seed)
+        #: Also the company's side: CSM touchpoints and pulses, surveys sent, e-mails (off:
+        #: the mix, and so every seed's events, stay as they were before these existed).
+        self._csm = csm
+        self._invites: dict[str, list[str]] = {}
         self._seed = seed
         self._sequence = 0
         rng = self._random
@@ -102,6 +108,8 @@ class EventSynthesizer:
         if persona == "cancelling" and progress >= self.churn_progress[customer] and customer not in self._cancelled:
             self._cancelled[customer] = at_ms
             return TopicKind.PAYMENTS, "subscription.cancelled", {"reason": "switched vendor"}
+        if self._csm and rng.random() < OUTREACH_SHARE:
+            return self._outreach(customer, self._troubled(customer, persona, progress))
         roll = rng.random()
         user = f"{customer}-u{rng.randint(1, 8)}"
         if roll < 0.45:
@@ -123,6 +131,9 @@ class EventSynthesizer:
             tickets = self._open_tickets.setdefault(customer, [])
             if tickets and rng.random() < (0.7 if persona == "healthy" else 0.3):
                 return TopicKind.TICKETS, "ticket.resolved", {"ticket_id": tickets.pop(0)}
+            if self._csm and self._invites.get(customer) and rng.random() < 0.5:  # answers a survey it was sent
+                kind = self._invites[customer].pop(0)
+                return TopicKind.TICKETS, "survey.answered", {"survey": kind, "score": rng.randint(1, 3) if self._troubled(customer, persona, progress) else rng.randint(4, 5)}
             if rng.random() < 0.35:
                 good = persona == "healthy"
                 score = rng.randint(8, 10) if good else rng.randint(2, 7)
@@ -144,6 +155,30 @@ class EventSynthesizer:
         invoices.append(invoice)
         return TopicKind.PAYMENTS, "invoice.issued", {"invoice_id": invoice, "amount": 99.0, "due_at": at_ms + 7 * DAY_MS}
 
+    def _troubled(self, customer: str, persona: str, progress: float) -> bool:
+        """Whether the customer is on its way out at this point of the run (its signals sour)."""
+        if persona == "payment_trouble":
+            return True
+        if persona == "disengaging":
+            return progress > self._decline_start[customer]
+        return persona == "cancelling" and progress > self.churn_progress[customer] - 0.3
+
+    def _outreach(self, customer: str, troubled: bool) -> tuple[TopicKind, str, dict]:
+        """The company's side (``csm=True``): its tone follows the customer's trouble, as the
+        articles say it does; a customer in trouble also answers fewer surveys (it is active less)."""
+        rng = self._random
+        roll = rng.random()
+        if roll < 0.3:
+            sentiment = rng.choice(("negative", "negative", "neutral", "positive") if troubled else ("positive", "positive", "neutral"))
+            return TopicKind.TICKETS, "csm.touchpoint", {"channel": rng.choice(("call", "meeting", "email", "qbr")), "sentiment": sentiment}
+        if roll < 0.45:
+            return TopicKind.TICKETS, "csm.pulse", {"rating": rng.randint(1, 3) if troubled else rng.randint(3, 5)}
+        if roll < 0.75:
+            self._invites.setdefault(customer, []).append("csat")
+            return TopicKind.TICKETS, "survey.sent", {"survey": "csat"}
+        action = rng.choice(("sent", "sent", "sent", "unsubscribed") if troubled else ("sent", "opened", "opened", "clicked"))
+        return TopicKind.USAGE, f"email.{action}", {"campaign": "newsletter"}
+
     def timeline(self, total: int, start_ms: int, end_ms: int) -> Iterator[GeneratedEvent]:
         """``total`` events spread evenly from ``start_ms`` to ``end_ms`` of event time."""
         for index in range(total):
@@ -160,12 +195,13 @@ async def produce(
     history_days: float,
     seed: int,
     echo=print,
+    csm: bool = False,
 ) -> int:
     """Sends rate × duration events to Kafka, paced in wall time; returns how many were sent."""
     from aiokafka import AIOKafkaProducer
 
     total = max(1, int(rate * duration))
-    synthesizer = EventSynthesizer(customers, seed)
+    synthesizer = EventSynthesizer(customers, seed, csm)
     producer = AIOKafkaProducer(**connection_options(kafka), acks="all", enable_idempotence=True, linger_ms=5)
     encoder = msgspec.json.Encoder()
     history_ms = history_days * DAY_MS
@@ -200,6 +236,7 @@ def write_history(
     end_ms: int,
     seed: int,
     progress=None,
+    csm: bool = False,
 ) -> tuple[int, int]:
     """Writes the same synthetic history as JSON Lines, and its ground-truth churn labels as CSV.
 
@@ -207,7 +244,7 @@ def write_history(
     """
     from scoring.output import rfc3339
 
-    synthesizer = EventSynthesizer(customers, seed)
+    synthesizer = EventSynthesizer(customers, seed, csm)
     encoder = msgspec.json.Encoder()
     with open(path, "wb") as out:
         for index, generated in enumerate(synthesizer.timeline(events, start_ms, end_ms)):
