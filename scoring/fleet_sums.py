@@ -30,7 +30,8 @@ from scoring.state import DAY_MS, CustomerState
 FIXED_POINT = 1_000_000
 #: FleetTotals fields that are its parameters, not sums.
 _PARAMETERS = ("at_ms", "period_days", "survey_response_days")
-#: Fixed windows (days) of customer_kpis: DAU/WAU/MAU, sessions, orders, resolutions, e-mails, answers.
+#: Fixed windows (days) of customer_kpis: DAU/WAU/MAU, sessions, orders, resolutions, e-mails, answers
+#: (as days, and as milliseconds for the 30 and 90 days before the evaluation time).
 _KPI_WINDOWS_DAYS = (1, 7, 30, 90)
 #: The continuous KPIs of customer_kpis: linear in time between the moments above.
 AGEING_KPIS = ("days_since_last_purchase", "days_since_csm_contact")
@@ -96,7 +97,8 @@ def unchanged_until(state: CustomerState, at_ms: int, period_days: int, survey_r
     new event; None when time alone never changes them again."""
     period_ms = period_days * DAY_MS
     response_ms = int(survey_response_days * DAY_MS)
-    shifts_ms = sorted({0, 1, period_ms, period_ms + 1, 2 * period_ms, 2 * period_ms + 1, 90 * DAY_MS, 90 * DAY_MS + 1, response_ms, response_ms + 1})
+    shifts_ms = sorted({0, 1, period_ms, period_ms + 1, 2 * period_ms, 2 * period_ms + 1, response_ms, response_ms + 1,
+                        *(w for days in (30, 90) for w in (days * DAY_MS, days * DAY_MS + 1))})
     shifts_days = sorted({0, 1, 2, period_days, period_days + 1, 2 * period_days, 2 * period_days + 1,
                           *(w for days in _KPI_WINDOWS_DAYS for w in (days, days + 1))})
     first: int | None = None
@@ -137,6 +139,9 @@ def _timestamps(state: CustomerState) -> Iterator[int]:
         yield when
     for invoice in state.unpaid_invoices:
         yield invoice.due_ms
+    for first in state.category_first_ms:
+        if first:
+            yield first
 
 
 def _days(state: CustomerState) -> Iterator[int]:

@@ -304,6 +304,32 @@ class CustomerKpis:
     max_days_overdue: float
     mrr: float
     mrr_growth: float | None
+    #: Revenue of the last 90 days; the articles' LTV for this customer: average basket ×
+    #: orders per 30 days (both over 90 days) × expected lifetime in 30-day periods, 1 / its
+    #: churn risk (at most MAX_LIFETIME_PERIODS; None without orders or a score).
+    revenue_90d: float = 0.0
+    ltv: float | None = None
+    #: Upsell: categories first bought in the last 30 days, and whether the customer had
+    #: bought before those 30 days and bought a category new to it in them.
+    new_categories_30d: int = 0
+    upsell_30d: bool = False
+
+
+#: The expected lifetime an LTV assumes at most (ten years of 30-day periods).
+MAX_LIFETIME_PERIODS = 120.0
+
+
+def customer_lifetime_value(revenue: float, orders: int, window_days: int, churn_risk: float | None) -> float | None:
+    """Average basket × orders per 30 days × expected lifetime in 30-day periods (1 / churn risk)."""
+    if orders <= 0 or churn_risk is None:
+        return None
+    lifetime = MAX_LIFETIME_PERIODS if churn_risk <= 1 / MAX_LIFETIME_PERIODS else 1 / churn_risk
+    return revenue / orders * (orders * 30 / window_days) * lifetime
+
+
+def new_categories(state: CustomerState, since_ms: int, at_ms: int) -> int:
+    """Categories first bought in [since_ms, at_ms] (an older record's categories, without their time, are not)."""
+    return sum(1 for first in state.category_first_ms if first and since_ms <= first <= at_ms)
 
 
 def _active_users(state: CustomerState, at_ms: int, days: int) -> int:
@@ -398,8 +424,11 @@ def invitation_outcomes(
     return answered, missed
 
 
-def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] = (), survey_response_days: float = 14.0) -> CustomerKpis:
-    """Everything a customer-success manager reads about one customer, at ``at_ms``."""
+def customer_kpis(
+    state: CustomerState, at_ms: int, key_features: Sequence[str] = (), survey_response_days: float = 14.0, churn_risk: float | None = None
+) -> CustomerKpis:
+    """Everything a customer-success manager reads about one customer, at ``at_ms``; ``churn_risk``
+    (its score's, at ``at_ms``) gives the LTV its expected lifetime."""
     today = at_ms // DAY_MS
     dau, wau, mau = (_active_users(state, at_ms, days) for days in (1, 7, 30))
     orders = window_total(state, "purchases", at_ms, 30)
@@ -457,6 +486,10 @@ def customer_kpis(state: CustomerState, at_ms: int, key_features: Sequence[str] 
         max_days_overdue=max(((at_ms - i.due_ms) / DAY_MS for i in overdue), default=0.0),
         mrr=state.mrr,
         mrr_growth=growth_rate(state.previous_mrr, state.mrr) if state.previous_mrr else None,
+        revenue_90d=(revenue_90d := window_total(state, "revenue_cents", at_ms, 90) / 100),
+        ltv=customer_lifetime_value(revenue_90d, window_total(state, "purchases", at_ms, 90), 90, churn_risk),
+        new_categories_30d=(fresh := new_categories(state, at_ms - 30 * DAY_MS, at_ms)),
+        upsell_30d=fresh > 0 and 0 < state.first_purchase_ms < at_ms - 30 * DAY_MS,
     )
 
 
@@ -516,6 +549,10 @@ class FleetTotals:
     #: Surveys sent in the period answered in time, and missed (their deadline passed unanswered).
     invitations_answered: int = 0
     invitations_missed: int = 0
+    #: Upsell: buyers in the period who had bought before it, and of them those who bought a
+    #: category new to them in it.
+    existing_buyers: int = 0
+    upsold: int = 0
     #: Distinct users active in the last 1, 7 and 30 days, summed over customers (DAU, WAU, MAU).
     active_users: dict[str, int] = field(default_factory=lambda: {"1d": 0, "7d": 0, "30d": 0})
 
@@ -547,6 +584,9 @@ class FleetTotals:
         bought_before = bool(state.first_purchase_ms) and state.first_purchase_ms < start
         purchase_days_in_period = sum(1 for day, count in zip(counts.days, counts.purchases) if start_day < day <= today and count)
         self.regular_customers += orders >= 1 and (bought_before or purchase_days_in_period >= 2)
+        existing = orders >= 1 and bought_before
+        self.existing_buyers += existing
+        self.upsold += existing and new_categories(state, start, at) > 0
         self.survey_participants += any(start <= response.answered_ms <= at for response in state.surveys)
         answered, missed = invitation_outcomes(state.survey_invites, state.surveys, start, at, self.survey_response_days)
         sent, opened, clicked = email_totals(state, start, at)

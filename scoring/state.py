@@ -93,7 +93,7 @@ _elements = msgspec.msgpack.Decoder(list[msgspec.Raw])
 #: 3: ``cancellation_reason`` after it; 4: the CSM relationship (contact, pulse) and survey
 #: invitations after that. A newer layout appends fields after the known ones; this code
 #: keeps them (:func:`decode_record`).
-LAYOUT: Final = 4
+LAYOUT: Final = 5
 #: Fields of the record this code knows.
 KNOWN_FIELDS: Final = len(CustomerState.__struct_fields__)
 #: Where ``layout`` is in the record (it stays there; later layouts append after the known fields).
@@ -358,12 +358,27 @@ def _apply_purchase(state: CustomerState, data: PurchaseCompleted | PurchaseRefu
                 state.first_purchase_ms = at
             state.last_purchase_ms = max(state.last_purchase_ms, at)
             for item in data.items:
-                if item.category and item.category not in state.categories and len(state.categories) < MAX_CATEGORIES:
-                    state.categories.append(item.category)
+                if item.category:
+                    _note_category(state, item.category, at)
         case PurchaseRefunded():
             add_count(counts, day, "refunds_cents", round(data.amount * 100))
         case CheckoutAbandoned():
             add_count(counts, day, "abandoned_checkouts")
+
+
+def _note_category(state: CustomerState, category: str, at: int) -> None:
+    """A category bought at ``at``: kept (up to MAX_CATEGORIES) with its earliest purchase time,
+    whatever order the purchases arrive in (an older layout's categories read as bought at 0)."""
+    first = state.category_first_ms
+    while len(first) < len(state.categories):
+        first.append(0)
+    if category in state.categories:
+        index = state.categories.index(category)
+        if first[index] > at:
+            first[index] = at
+    elif len(state.categories) < MAX_CATEGORIES:
+        state.categories.append(category)
+        first.append(at)
 
 
 def _apply_support(state: CustomerState, data: TicketOpened | TicketResolved | TicketReopened | SurveyAnswered, at: int, day: int) -> None:

@@ -153,6 +153,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     #: The last MAX_MRR_CHANGES changes of MRR by time, (when, MRR after it; a cancellation is
     #: 0.0): the MRR at a period's start, for MRR growth of existing customers.
     mrr_changes: list[tuple[int, float]] = []
+    #: Layout 5: when each of ``categories`` was first bought (the earliest purchase's event
+    #: time; 0 where a record of an older layout did not keep it), for upsell.
+    category_first_ms: list[int] = []
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

@@ -335,7 +335,8 @@ FLEET_CUSTOMERS = Gauge(
 )
 FLEET_BUYERS = Gauge(
     "healthscore_fleet_buyers",
-    "Customers who bought in the trailing period: one_or_more, two_or_more purchases; regular (bought before the period, or on two days in it).",
+    "Customers who bought in the trailing period: one_or_more, two_or_more purchases; regular (bought before the period, or on two days in it);"
+    " existing (bought before the period too); upsold (existing, and bought a category new to them in the period).",
     ["purchases"],
     registry=REGISTRY,
 )

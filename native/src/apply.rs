@@ -328,8 +328,8 @@ pub fn apply_event(
             state.last_purchase_ms = state.last_purchase_ms.max(at);
             for item in items {
                 if let Some(category) = &item.category {
-                    if !category.is_empty() && !state.categories.contains(category) && state.categories.len() < MAX_CATEGORIES {
-                        state.categories.push(category.clone());
+                    if !category.is_empty() {
+                        note_category(state, category, at);
                     }
                 }
             }
@@ -428,4 +428,20 @@ pub fn py_max(a: f64, b: f64) -> f64 {
 /// Python's `min(a, b)` of floats: `a` unless `b` is less.
 pub fn py_min(a: f64, b: f64) -> f64 {
     if b < a { b } else { a }
+}
+
+/// A category bought at `at`: kept (up to MAX_CATEGORIES) with its earliest purchase time,
+/// whatever order the purchases arrive in (`scoring.state._note_category`).
+fn note_category(state: &mut CustomerState, category: &str, at: i64) {
+    while state.category_first_ms.len() < state.categories.len() {
+        state.category_first_ms.push(0);
+    }
+    if let Some(index) = state.categories.iter().position(|known| known == category) {
+        if state.category_first_ms[index] > at {
+            state.category_first_ms[index] = at;
+        }
+    } else if state.categories.len() < MAX_CATEGORIES {
+        state.categories.push(category.to_string());
+        state.category_first_ms.push(at);
+    }
 }

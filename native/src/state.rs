@@ -6,8 +6,8 @@ use crate::msgpack::{Reader, Result, Writer};
 
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
-pub const LAYOUT: i64 = 4;
-pub const KNOWN_FIELDS: usize = 48;
+pub const LAYOUT: i64 = 5;
+pub const KNOWN_FIELDS: usize = 49;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -114,6 +114,8 @@ pub struct CustomerState {
     pub resolution_days: Vec<i64>,
     /// The last changes of MRR by time: (when, MRR after it; a cancellation is 0.0).
     pub mrr_changes: Vec<(i64, f64)>,
+    /// Layout 5: when each of `categories` was first bought (0: an older layout did not keep it).
+    pub category_first_ms: Vec<i64>,
 }
 
 impl CustomerState {
@@ -167,6 +169,7 @@ impl CustomerState {
             email_unsubscribed_ms: 0,
             resolution_days: Vec::new(),
             mrr_changes: Vec::new(),
+            category_first_ms: Vec::new(),
         }
     }
 }
@@ -389,6 +392,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         }
         changes
     });
+    field!(state.category_first_ms, int_list(reader)?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -547,5 +551,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.int(*at_ms);
         w.float(*mrr);
     }
+    write_int_list(w, &state.category_first_ms);
     writer.bytes
 }

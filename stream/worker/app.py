@@ -116,7 +116,7 @@ def agent_alive(agent: faust.types.AgentT) -> bool:
 def fleet_options(settings: Settings, cache: LatestScoreCache) -> FleetOptions:
     scoring = settings.scoring
     return FleetOptions(settings.fleet_period_days, scoring.survey_response_days, tuple(scoring.key_features),
-                        settings.kpis.fleet_acquisition_spend, cache.write_kpis)
+                        settings.kpis.fleet_acquisition_spend, cache.write_kpis, settings.model_parameters())
 
 
 def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:

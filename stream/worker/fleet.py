@@ -17,6 +17,7 @@ from faust.types import TP
 import msgspec
 
 from scoring.fleet_sums import Sums, add_to, contribution, empty_sums, remove_from, totals_from, unchanged_until
+from scoring.health import ScoringParameters, score_state
 from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
@@ -64,6 +65,8 @@ class FleetOptions:
     acquisition_spend: float | None = None
     #: None: the customers' KPIs are not written (the gauges still are).
     write_kpis: KpisWriter | None = None
+    #: The model, for each customer's churn risk (its LTV's expected lifetime); None: no LTV.
+    parameters: ScoringParameters | None = None
 
 
 @dataclass
@@ -258,7 +261,9 @@ def _decoded(stored: bytes | None) -> Any:
 
 def customer_kpis_json(state: Any, now_ms: int, options: FleetOptions) -> bytes:
     """``scoring.kpis.customer_kpis`` with the time it was computed at, as JSON."""
-    kpis = msgspec.json.encode(customer_kpis(state, now_ms, options.key_features, options.survey_response_days))
+    health = score_state(state, max(now_ms, state.last_event_ms), options.parameters) if options.parameters is not None else None
+    churn_risk = health.churn_risk if health is not None else None
+    kpis = msgspec.json.encode(customer_kpis(state, now_ms, options.key_features, options.survey_response_days, churn_risk))
     return b'{"as_of":"%s",%s' % (rfc3339(now_ms).encode(), kpis[1:])  # msgspec encodes the dataclass itself (asdict took 40 %)
 
 
@@ -276,6 +281,8 @@ def publish_fleet(totals: FleetTotals) -> None:
     metrics.FLEET_BUYERS.labels("one_or_more").set(totals.buyers)
     metrics.FLEET_BUYERS.labels("two_or_more").set(totals.repeat_buyers)
     metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
+    metrics.FLEET_BUYERS.labels("existing").set(totals.existing_buyers)
+    metrics.FLEET_BUYERS.labels("upsold").set(totals.upsold)
     metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
     for kind, amount in totals.mrr_movement.items():
         metrics.FLEET_MRR_MOVEMENT.labels(kind).set(amount)

@@ -337,3 +337,35 @@ def test_fleet_mrr_growth_is_of_customers_paying_at_the_start_with_new_revenue_a
     assert (movement["new"], movement["expansion"], movement["contraction"], movement["churned"]) == (500.0, 20.0, 10.0, 50.0)
     assert kpis.growth_rate(movement["start"], movement["existing_end"]) == pytest.approx(-16.0)  # the newcomer's 500 left out
     assert fleet.mrr == 710.0
+
+
+def test_upsell_and_lifetime_value_per_customer_and_for_the_fleet() -> None:
+    """Issue 36: upsell (a buyer from before the period buying a category new to it) per
+    customer and per fleet, and a customer's LTV by the articles' formula."""
+    from scoring.contract import Item
+
+    def order(event_id: str, at: int, amount: float, category: str) -> Event:
+        item = Item(sku="s", quantity=1, unit_price=amount, category=category)
+        return ev(event_id, at, PurchaseCompleted(event_id, amount, "EUR", (item,)))
+
+    at = T0
+    upsold, loyal, newcomer = new_state("upsold"), new_state("loyal"), new_state("newcomer")
+    apply_event(upsold, order("u0", at - 80 * DAY_MS, 50.0, "basics"))
+    apply_event(upsold, order("u1", at - 40 * DAY_MS, 50.0, "basics"))
+    apply_event(upsold, order("u2", at - 5 * DAY_MS, 50.0, "premium"))  # new to it, in the period
+    apply_event(loyal, order("l0", at - 70 * DAY_MS, 20.0, "basics"))
+    apply_event(loyal, order("l1", at - 3 * DAY_MS, 20.0, "basics"))  # bought again, nothing new
+    apply_event(newcomer, order("n0", at - 2 * DAY_MS, 30.0, "premium"))  # new, but no customer before the period
+    fleet = kpis.FleetTotals(at_ms=at, period_days=30)
+    for state in (upsold, loyal, newcomer):
+        fleet.add(state)
+    assert (fleet.existing_buyers, fleet.upsold) == (2, 1)
+    assert kpis.upsell_rate(fleet.upsold, fleet.existing_buyers) == 50.0
+
+    customer = kpis.customer_kpis(upsold, at, churn_risk=0.05)
+    assert (customer.new_categories_30d, customer.upsell_30d) == (1, True)
+    assert kpis.customer_kpis(newcomer, at).upsell_30d is False and kpis.customer_kpis(loyal, at).new_categories_30d == 0
+    # 150 € over 90 days in 3 orders: a 50 € basket, one order per 30 days, 1 / 0.05 = 20 periods.
+    assert customer.revenue_90d == 150.0 and customer.ltv == pytest.approx(1000.0)
+    assert kpis.customer_kpis(upsold, at).ltv is None  # no score, no lifetime
+    assert kpis.customer_lifetime_value(150.0, 3, 90, 0.0) == pytest.approx(50 * 1 * kpis.MAX_LIFETIME_PERIODS)

@@ -21,9 +21,12 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "state"
 LAYOUT_1 = sorted((FIXTURES / "layout-1").glob("*.msgpack"))
 LAYOUT_2 = sorted((FIXTURES / "layout-2").glob("*.msgpack"))
 LAYOUT_3 = sorted((FIXTURES / "layout-3").glob("*.msgpack"))
-OLDER = [*LAYOUT_1, *LAYOUT_2, *LAYOUT_3]
+LAYOUT_4 = sorted((FIXTURES / "layout-4").glob("*.msgpack"))
+OLDER = [*LAYOUT_1, *LAYOUT_2, *LAYOUT_3, *LAYOUT_4]
+#: The fields layout 5 appended, as a record without them reads: no category's first purchase time.
+LAYOUT_5_DEFAULTS = [[]]
 #: The fields layout 4 appended, as a record without them reads: no CSM contact, pulse or invitation.
-LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], [], [], 0, [], []]
+LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], [], [], 0, [], [], *LAYOUT_5_DEFAULTS]
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
 
 
@@ -33,7 +36,7 @@ def as_json(state: object) -> list:
 
 
 def test_the_fixtures_are_there() -> None:
-    assert len(LAYOUT_1) == len(LAYOUT_2) == len(LAYOUT_3) == 6
+    assert len(LAYOUT_1) == len(LAYOUT_2) == len(LAYOUT_3) == len(LAYOUT_4) == 6
 
 
 @pytest.mark.parametrize("path", LAYOUT_1, ids=lambda path: path.stem)
@@ -64,6 +67,34 @@ def test_a_layout_3_record_reads_as_it_was_written_and_is_written_back_in_this_l
     assert unknown == () and state.layout == 3
     assert len(expected) == 37 and as_json(state) == [*expected, *LAYOUT_4_DEFAULTS]  # the exit reason kept
     assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, expected[-1], *LAYOUT_4_DEFAULTS]
+
+
+@pytest.mark.parametrize("path", LAYOUT_4, ids=lambda path: path.stem)
+def test_a_layout_4_record_reads_as_it_was_written_and_is_written_back_in_this_layout(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".json").read_text())
+    state, unknown = decode_record(path.read_bytes())
+    assert unknown == () and state.layout == 4
+    assert len(expected) == 48 and as_json(state) == [*expected, *LAYOUT_5_DEFAULTS]  # the relationship, invitations, e-mails kept
+    assert as_json(decode_state(encode_state(state))) == [*expected[:LAYOUT_INDEX], LAYOUT, *expected[LAYOUT_INDEX + 1:], *LAYOUT_5_DEFAULTS]
+
+
+def test_a_category_of_an_older_record_counts_as_bought_long_ago_and_a_new_one_at_its_time() -> None:
+    from scoring.contract import Item, PurchaseCompleted
+
+    state = decode_state(LAYOUT_4[1].read_bytes())  # cust-00004: three categories, none with its time
+    known = list(state.categories)
+    at = state.last_event_ms + 3_600_000
+
+    def buy(category: str, when: int) -> None:
+        item = Item(sku="s", quantity=1, unit_price=1.0, category=category)
+        step(state, Event(event_id=f"p-{category}-{when}", type="purchase.completed", customer_id=state.customer_id, occurred_at_ms=when,
+                          data=PurchaseCompleted(order_id="o", amount=1.0, currency="EUR", items=(item,))), ScoringParameters(), 32)
+
+    buy(known[0], at)
+    buy("brand-new", at)
+    buy("brand-new", at - 5000)  # arrives late, happened earlier
+    assert state.categories == [*known, "brand-new"]
+    assert state.category_first_ms == [0] * len(known) + [at - 5000]
 
 
 def usage_event(customer: str, at_ms: int) -> tuple[bytes, Event]:
