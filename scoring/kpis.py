@@ -313,6 +313,9 @@ class CustomerKpis:
     #: bought before those 30 days and bought a category new to it in them.
     new_categories_30d: int = 0
     upsell_30d: bool = False
+    #: Did our action help: the published score now minus the one just before the latest CSM
+    #: touchpoint not marked negative (None: no such touchpoint, or no score then or now).
+    score_change_since_csm_contact: float | None = None
 
 
 #: The expected lifetime an LTV assumes at most (ten years of 30-day periods).
@@ -490,7 +493,15 @@ def customer_kpis(
         ltv=customer_lifetime_value(revenue_90d, window_total(state, "purchases", at_ms, 90), 90, churn_risk),
         new_categories_30d=(fresh := new_categories(state, at_ms - 30 * DAY_MS, at_ms)),
         upsell_30d=fresh > 0 and 0 < state.first_purchase_ms < at_ms - 30 * DAY_MS,
+        score_change_since_csm_contact=score_change_since_contact(state),
     )
+
+
+def score_change_since_contact(state: CustomerState) -> float | None:
+    """The published score minus the one just before the latest positive or neutral CSM touchpoint."""
+    if state.contact_score < 0 or state.published is None:
+        return None
+    return round(state.published.score - state.contact_score, 2)
 
 
 # --- The fleet, per period: counts and sums that add up across workers ----------------
@@ -553,6 +564,10 @@ class FleetTotals:
     #: category new to them in it.
     existing_buyers: int = 0
     upsold: int = 0
+    #: Customers whose latest CSM touchpoint (not negative) fell in the period, with a score then,
+    #: and the sum of their score changes since (points): did our actions help?
+    csm_touched: int = 0
+    score_change_since_touchpoint_sum: float = 0.0
     #: Distinct users active in the last 1, 7 and 30 days, summed over customers (DAU, WAU, MAU).
     active_users: dict[str, int] = field(default_factory=lambda: {"1d": 0, "7d": 0, "30d": 0})
 
@@ -587,6 +602,10 @@ class FleetTotals:
         existing = orders >= 1 and bought_before
         self.existing_buyers += existing
         self.upsold += existing and new_categories(state, start, at) > 0
+        change = score_change_since_contact(state)
+        if change is not None and start <= state.contact_ms <= at:
+            self.csm_touched += 1
+            self.score_change_since_touchpoint_sum += change
         self.survey_participants += any(start <= response.answered_ms <= at for response in state.surveys)
         answered, missed = invitation_outcomes(state.survey_invites, state.surveys, start, at, self.survey_response_days)
         sent, opened, clicked = email_totals(state, start, at)

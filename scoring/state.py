@@ -243,6 +243,8 @@ def apply_event(
         if data.sentiment == "negative":
             state.negative_contact_ms = max(state.negative_contact_ms, at)
         else:
+            if at >= state.contact_ms:  # the latest touchpoint by its time, whatever order they arrive in
+                state.contact_score = state.published.score if state.published is not None else -1.0
             state.contact_ms = max(state.contact_ms, at)
     elif isinstance(data, (UsageSession, UsageFeature)):
         _apply_usage(state, data, at, day, user_key)

@@ -156,6 +156,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     #: Layout 5: when each of ``categories`` was first bought (the earliest purchase's event
     #: time; 0 where a record of an older layout did not keep it), for upsell.
     category_first_ms: list[int] = []
+    #: The published score just before the latest touchpoint not marked negative (-1: none,
+    #: or none published then): did the customer's health move after the CSM's action?
+    contact_score: float = -1.0
 
 
 class ComponentScore(msgspec.Struct, frozen=True, gc=False):

@@ -329,7 +329,7 @@ CHURN_RISK = BatchedHistogram(
 CUSTOMERS_BY_BAND = Gauge("healthscore_customers", "Customers per band of their latest score.", ["band"], registry=REGISTRY)
 FLEET_CUSTOMERS = Gauge(
     "healthscore_fleet_customers",
-    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period, answered_survey, emailed (sent an e-mail in the period), unsubscribed (in the period).",
+    "Customers by state in the trailing period: total, active, active_at_period_start, new_in_period, lost_in_period, answered_survey, emailed (sent an e-mail in the period), unsubscribed (in the period), csm_touched (latest CSM touchpoint, not negative, in the period, with a score just before it).",
     ["state"],
     registry=REGISTRY,
 )
@@ -396,6 +396,12 @@ FLEET_RESOLUTION_SECONDS_SUM = Gauge(
 FLEET_RESOLUTIONS = Gauge("healthscore_fleet_resolutions", "Tickets resolved in the trailing period (counted in the sum).", registry=REGISTRY)
 FLEET_MRR = Gauge("healthscore_fleet_mrr", "Monthly recurring revenue of subscribed, not cancelled customers.", registry=REGISTRY)
 FLEET_PERIOD_DAYS = Gauge("healthscore_fleet_period_days", "Length of the trailing period of the fleet KPIs.", registry=REGISTRY)
+FLEET_SCORE_CHANGE_SINCE_TOUCHPOINT_SUM = Gauge(
+    "healthscore_fleet_score_change_since_touchpoint_sum",
+    "Sum over the customers whose latest CSM touchpoint (not negative) fell in the period of their score now minus just"
+    " before it, in points; divide by healthscore_fleet_customers{state=\"csm_touched\"}.",
+    registry=REGISTRY,
+)
 FLEET_EXPORT_SECONDS = Gauge(
     "healthscore_fleet_export_seconds",
     "How long the last fleet export took (recounting changed and due customers, writing their KPIs).",

@@ -410,6 +410,9 @@ pub fn apply_event(
             if *negative {
                 state.negative_contact_ms = state.negative_contact_ms.max(at);
             } else {
+                if at >= state.contact_ms {
+                    state.contact_score = state.published.as_ref().map_or(-1.0, |published| published.score);
+                }
                 state.contact_ms = state.contact_ms.max(at);
             }
         }

@@ -7,7 +7,7 @@ use crate::msgpack::{Reader, Result, Writer};
 /// The layout this code writes (`scoring.state.LAYOUT`) and the fields it knows, `layout` last:
 /// a record with more was written by a newer layout and is declined (the Python model keeps them).
 pub const LAYOUT: i64 = 5;
-pub const KNOWN_FIELDS: usize = 49;
+pub const KNOWN_FIELDS: usize = 50;
 
 /// The day counters, in the order of `scoring.structs.COUNTERS`.
 pub const COUNTERS: usize = 8;
@@ -116,6 +116,8 @@ pub struct CustomerState {
     pub mrr_changes: Vec<(i64, f64)>,
     /// Layout 5: when each of `categories` was first bought (0: an older layout did not keep it).
     pub category_first_ms: Vec<i64>,
+    /// The published score just before the latest touchpoint not marked negative (-1: none).
+    pub contact_score: f64,
 }
 
 impl CustomerState {
@@ -170,6 +172,7 @@ impl CustomerState {
             resolution_days: Vec::new(),
             mrr_changes: Vec::new(),
             category_first_ms: Vec::new(),
+            contact_score: -1.0,
         }
     }
 }
@@ -393,6 +396,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
         changes
     });
     field!(state.category_first_ms, int_list(reader)?);
+    field!(state.contact_score, reader.float()?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
@@ -552,5 +556,6 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         w.float(*mrr);
     }
     write_int_list(w, &state.category_first_ms);
+    w.float(state.contact_score);
     writer.bytes
 }

@@ -283,6 +283,8 @@ def publish_fleet(totals: FleetTotals) -> None:
     metrics.FLEET_BUYERS.labels("regular").set(totals.regular_customers)
     metrics.FLEET_BUYERS.labels("existing").set(totals.existing_buyers)
     metrics.FLEET_BUYERS.labels("upsold").set(totals.upsold)
+    metrics.FLEET_CUSTOMERS.labels("csm_touched").set(totals.csm_touched)
+    metrics.FLEET_SCORE_CHANGE_SINCE_TOUCHPOINT_SUM.set(totals.score_change_since_touchpoint_sum)
     metrics.FLEET_CUSTOMERS.labels("answered_survey").set(totals.survey_participants)
     for kind, amount in totals.mrr_movement.items():
         metrics.FLEET_MRR_MOVEMENT.labels(kind).set(amount)

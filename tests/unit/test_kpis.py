@@ -369,3 +369,30 @@ def test_upsell_and_lifetime_value_per_customer_and_for_the_fleet() -> None:
     assert customer.revenue_90d == 150.0 and customer.ltv == pytest.approx(1000.0)
     assert kpis.customer_kpis(upsold, at).ltv is None  # no score, no lifetime
     assert kpis.customer_lifetime_value(150.0, 3, 90, 0.0) == pytest.approx(50 * 1 * kpis.MAX_LIFETIME_PERIODS)
+
+
+def test_the_score_before_the_latest_touchpoint_and_the_change_since() -> None:
+    """Did our actions help: the published score just before the latest touchpoint not marked
+    negative, whatever order the touchpoints arrive in; per customer and for the fleet."""
+    from scoring.contract import CsmTouchpoint
+    from scoring.health import ScoringParameters
+    from scoring.pipeline import step
+
+    parameters = ScoringParameters()
+    state = new_state("acme")
+    step(state, ev("s1", T0 - 20 * DAY_MS, UsageSession("u1", 600)), parameters, 32)
+    before = state.published.score
+    step(state, ev("c1", T0 - 10 * DAY_MS, CsmTouchpoint("call", "positive")), parameters, 32)
+    assert state.contact_score == before
+    step(state, ev("c0", T0 - 15 * DAY_MS, CsmTouchpoint("call", "positive")), parameters, 32)  # older, arrives late
+    step(state, ev("c2", T0 - 9 * DAY_MS, CsmTouchpoint("call", "negative")), parameters, 32)  # negative: not an action that counts
+    assert state.contact_score == before
+    for day in range(8, 0, -1):
+        step(state, ev(f"s-{day}", T0 - day * DAY_MS, UsageSession("u1", 600)), parameters, 32)
+    change = kpis.customer_kpis(state, T0).score_change_since_csm_contact
+    assert change == round(state.published.score - before, 2) and change != 0
+    fleet = kpis.FleetTotals(at_ms=T0, period_days=30)
+    fleet.add(state)
+    fleet.add(new_state("untouched"))
+    assert (fleet.csm_touched, fleet.score_change_since_touchpoint_sum) == (1, change)
+    assert kpis.customer_kpis(new_state("untouched"), T0).score_change_since_csm_contact is None

@@ -23,8 +23,9 @@ LAYOUT_2 = sorted((FIXTURES / "layout-2").glob("*.msgpack"))
 LAYOUT_3 = sorted((FIXTURES / "layout-3").glob("*.msgpack"))
 LAYOUT_4 = sorted((FIXTURES / "layout-4").glob("*.msgpack"))
 OLDER = [*LAYOUT_1, *LAYOUT_2, *LAYOUT_3, *LAYOUT_4]
-#: The fields layout 5 appended, as a record without them reads: no category's first purchase time.
-LAYOUT_5_DEFAULTS = [[]]
+#: The fields layout 5 appended, as a record without them reads: no category's first purchase
+#: time, no score at a touchpoint.
+LAYOUT_5_DEFAULTS = [[], -1.0]
 #: The fields layout 4 appended, as a record without them reads: no CSM contact, pulse or invitation.
 LAYOUT_4_DEFAULTS = [0, 0, 0, 0, 0, [], [], [], 0, [], [], *LAYOUT_5_DEFAULTS]
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
