@@ -177,12 +177,16 @@ class FleetExport:
                 counted = keys_by_partition.take_changes(partition)
                 for key in part.take_due(now_ms):
                     counted.setdefault(key, _AS_STORED)
-            for index, (key, before) in enumerate(counted.items()):
-                row = self._recount(partition, part, key, before, now_ms)
-                if row is not None:
-                    rows.append(row)
-                if index % CHUNK == CHUNK - 1:
-                    rows = await self._write(rows)
+            try:
+                for index, (key, before) in enumerate(counted.items()):
+                    row = self._recount(partition, part, key, before, now_ms)
+                    if row is not None:
+                        rows.append(row)
+                    if index % CHUNK == CHUNK - 1:
+                        rows = await self._write(rows)
+            except BaseException:  # the changes taken are half counted: count the partition in full next time
+                part.at_ms = -1
+                raise
             part.at_ms = now_ms
             self.recomputed += len(counted)
         rows += self._retried_kpis(now_ms)
@@ -228,21 +232,23 @@ class FleetExport:
         write = self._options.write_kpis
         if rows and write is not None:
             try:
-                unwritten = await write(rows)
+                unwritten, failed = await write(rows), False
             except Exception as error:  # the error's text can name a customer's key: only its type is logged
                 log.warning("Writing %d customers' KPIs to Redis failed (%s); the next export tries again", len(rows), type(error).__name__)
-                unwritten = [customer_id for customer_id, _json in rows]
-            self._note_unwritten(unwritten)
+                unwritten, failed = [customer_id for customer_id, _json in rows], True
+            self._note_unwritten(unwritten, failed)
             for customer_id in {customer_id for customer_id, _json in rows} - set(unwritten):
                 self._kpi_retries.pop(customer_id.encode(), None)
         if not final:
             await asyncio.sleep(0)  # let the stream run
         return []
 
-    def _note_unwritten(self, customer_ids: list[str]) -> None:
+    def _note_unwritten(self, customer_ids: list[str], failed: bool) -> None:
+        """Offered again at the next exports: while Redis fails, until it answers; while it does
+        not know the customer yet, KPI_WRITE_ATTEMPTS times in all."""
         for customer_id in customer_ids:
             key = customer_id.encode()
-            attempts = self._kpi_retries.get(key, KPI_WRITE_ATTEMPTS) - 1
+            attempts = KPI_WRITE_ATTEMPTS if failed else self._kpi_retries.get(key, KPI_WRITE_ATTEMPTS) - 1
             if attempts > 0:
                 self._kpi_retries[key] = attempts
             else:

@@ -180,3 +180,33 @@ def test_a_customer_due_and_written_while_the_export_yields_is_counted_once(monk
     world.streaming = False
     asyncio.run(world.export.update({0, 1, 2}, at + DAY_MS))
     check(world, {0, 1, 2}, at + DAY_MS)
+
+
+def test_kpis_wait_out_a_redis_outage_and_a_failed_pass_is_counted_in_full_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scoring.contract import Event, UsageSession
+
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    world = World([], set())
+    world.streaming = False
+    for index in range(6):
+        world.apply(Event(event_id=f"e{index}", type="usage.session", customer_id=f"c{index}", occurred_at_ms=at - 3_600_000, data=UsageSession("u", 60)))
+    answering = world.write_kpis
+
+    async def down(rows: list[tuple[str, bytes]]) -> list[str]:
+        raise ConnectionError("Redis is down")
+
+    world.export._options = dataclasses.replace(world.export._options, write_kpis=down)
+    for minute in range(5):  # more exports than KPI_WRITE_ATTEMPTS: nothing is given up while Redis fails
+        asyncio.run(world.export.update({0, 1, 2}, at + minute * 60_000))
+    world.export._options = dataclasses.replace(world.export._options, write_kpis=answering)
+    asyncio.run(world.export.update({0, 1, 2}, at + 5 * 60_000))
+    assert sorted(world.redis) == [f"c{index}" for index in range(6)]
+
+    world.apply(Event(event_id="x", type="usage.session", customer_id="c1", occurred_at_ms=at, data=UsageSession("v", 60)))
+    original = fleet.contribution
+    monkeypatch.setattr(fleet, "contribution", lambda *args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError):
+        asyncio.run(world.export.update({0, 1, 2}, at + 6 * 60_000))
+    monkeypatch.setattr(fleet, "contribution", original)
+    asyncio.run(world.export.update({0, 1, 2}, at + 7 * 60_000))
+    check(world, {0, 1, 2}, at + 7 * 60_000)
