@@ -144,6 +144,10 @@ def test_detractors_are_alerted_once_per_answer_and_growing_customers_listed(nam
                     message="the customer's KPIs")
     assert kpis["customer_id"] == "unhappy" and kpis["csm_pulse"] == 2 and kpis["survey_response_rate"] == 100.0
     assert kpis["nps"] == 0.0 and kpis["csat"] == 0.0 and kpis["mrr"] == 99.0 and kpis["needs_fresh_pulse"] is False
+    # Did the QBR help: the score now against the one just before it; computed when the record
+    # changed, its ages given at the time of reading.
+    assert isinstance(kpis["score_change_since_csm_contact"], float)
+    assert {"ltv", "revenue_90d", "new_categories_30d", "upsell_30d"} <= set(kpis) and kpis["as_of"] >= kpis["computed_at"]
     status, health = get_json(f"{base}/customers/unhappy/health")
     assert status == 200 and health["kpis"]["csm_pulse"] == 2 and "relationship" in health["components"]
     assert get_json(f"{base}/customers/nobody-at-all/kpis")[0] == 404
