@@ -116,7 +116,8 @@ async def measure(customers: int, template_count: int, changed: float) -> dict:
         rows.append(len(batch))
         return []
 
-    export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows))  # type: ignore[arg-type]
+    # As the worker: KPIs with the LTV (its churn risk needs the model).
+    export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows, parameters=ScoringParameters()))  # type: ignore[arg-type]
     figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count}
     now = END_MS
     figures["first_count"] = await timed(export, now)
