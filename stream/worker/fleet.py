@@ -164,6 +164,8 @@ class FleetExport:
         keys_by_partition = self._keys_by_partition
         for partition in set(self._partitions) - owned:  # moved to another worker
             del self._partitions[partition]
+        for partition in set(keys_by_partition.changed) - owned:  # counted in full if it comes back
+            del keys_by_partition.changed[partition]
         self.recomputed = 0
         rows: list[tuple[str, bytes]] = []
         for partition in sorted(owned):
