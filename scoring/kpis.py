@@ -506,6 +506,9 @@ def score_change_since_contact(state: CustomerState) -> float | None:
 
 # --- The fleet, per period: counts and sums that add up across workers ----------------
 
+MRR_MOVEMENTS: tuple[str, ...] = ("start", "existing_end", "new", "expansion", "contraction", "churned")
+COUNTERS_FOR_ACTIVITY: tuple[str, ...] = ("sessions", "feature_uses", "purchases", "tickets_opened", "payments_failed")
+
 
 @dataclass
 class FleetTotals:
@@ -667,7 +670,6 @@ class FleetTotals:
             self.csi_secure += secure
 
 
-MRR_MOVEMENTS = ("start", "existing_end", "new", "expansion", "contraction", "churned")
 
 
 def mrr_at(state: CustomerState, at_ms: int) -> float | None:
@@ -686,6 +688,3 @@ def mrr_at(state: CustomerState, at_ms: int) -> float | None:
     if value is None:
         return None if len(changes) >= MAX_MRR_CHANGES else 0.0
     return value
-
-
-COUNTERS_FOR_ACTIVITY = ("sessions", "feature_uses", "purchases", "tickets_opened", "payments_failed")
