@@ -199,6 +199,17 @@ impl Fields {
     }
 }
 
+/// A list of (time, value) pairs: the recent scores, the MRR changes.
+fn time_value_pairs(reader: &mut Reader, what: &'static str) -> Result<Vec<(i64, f64)>> {
+    let length = reader.array()?;
+    let mut pairs = Vec::with_capacity(length);
+    for _ in 0..length {
+        Fields::open(reader, 2, 2, what)?;
+        pairs.push((reader.int()?, reader.float()?));
+    }
+    Ok(pairs)
+}
+
 fn int_list(reader: &mut Reader) -> Result<Vec<i64>> {
     let length = reader.array()?;
     let mut values = Vec::with_capacity(length);
@@ -335,15 +346,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     field!(state.alert_band, optional_string(reader)?);
     field!(state.alert_episodes, string_int_map(reader)?);
     field!(state.alert_last_raised, string_int_map(reader)?);
-    field!(state.recent_scores, {
-        let length = reader.array()?;
-        let mut scores = Vec::with_capacity(length);
-        for _ in 0..length {
-            Fields::open(reader, 2, 2, "a recent score of an unknown length")?;
-            scores.push((reader.int()?, reader.float()?));
-        }
-        scores
-    });
+    field!(state.recent_scores, time_value_pairs(reader, "a recent score of an unknown length")?);
     field!(state.alert_times, int_list(reader)?);
     field!(state.alert_digest, {
         let length = reader.array()?;
@@ -386,21 +389,22 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState> {
     });
     field!(state.email_unsubscribed_ms, reader.int()?);
     field!(state.resolution_days, int_list(reader)?);
-    field!(state.mrr_changes, {
-        let length = reader.array()?;
-        let mut changes = Vec::with_capacity(length);
-        for _ in 0..length {
-            Fields::open(reader, 2, 2, "an MRR change of an unknown length")?;
-            changes.push((reader.int()?, reader.float()?));
-        }
-        changes
-    });
+    field!(state.mrr_changes, time_value_pairs(reader, "an MRR change of an unknown length")?);
     field!(state.category_first_ms, int_list(reader)?);
     field!(state.contact_score, reader.float()?);
     if !reader.at_end() {
         return Err("bytes after the record");
     }
     Ok(state)
+}
+
+fn write_time_value_pairs(writer: &mut Writer, pairs: &[(i64, f64)]) {
+    writer.array(pairs.len());
+    for (at, value) in pairs {
+        writer.array(2);
+        writer.int(*at);
+        writer.float(*value);
+    }
 }
 
 fn write_int_list(writer: &mut Writer, values: &[i64]) {
@@ -508,12 +512,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
     write_optional_string(w, &state.alert_band);
     write_string_int_map(w, &state.alert_episodes);
     write_string_int_map(w, &state.alert_last_raised);
-    w.array(state.recent_scores.len());
-    for (day_ms, score) in &state.recent_scores {
-        w.array(2);
-        w.int(*day_ms);
-        w.float(*score);
-    }
+    write_time_value_pairs(w, &state.recent_scores);
     write_int_list(w, &state.alert_times);
     w.array(state.alert_digest.len());
     for (at_ms, rule, detail) in &state.alert_digest {
@@ -549,12 +548,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
     }
     w.int(state.email_unsubscribed_ms);
     write_int_list(w, &state.resolution_days);
-    w.array(state.mrr_changes.len());
-    for (at_ms, mrr) in &state.mrr_changes {
-        w.array(2);
-        w.int(*at_ms);
-        w.float(*mrr);
-    }
+    write_time_value_pairs(w, &state.mrr_changes);
     write_int_list(w, &state.category_first_ms);
     w.float(state.contact_score);
     writer.bytes
