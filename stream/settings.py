@@ -609,6 +609,24 @@ class PrivacySettings(Frozen):
         return key
 
 
+class RocksDbSettings(Frozen):
+    """The customer-state store on local disk (``state_store = "rocksdb"``, stream/state/store.py).
+
+    Memory it takes: the block cache (one, shared by every partition) plus, per partition owned
+    or kept as a standby, up to ``max_write_buffers`` write buffers of ``write_buffer_mb``."""
+
+    #: Blocks of records read recently, kept in memory for every partition's database together.
+    block_cache_mb: int = Field(256, ge=8, le=65_536)
+    #: Each partition's in-memory write buffer before it is written to disk as a file.
+    write_buffer_mb: int = Field(16, ge=1, le=1024)
+    #: Write buffers a partition may hold while older ones are written out.
+    max_write_buffers: int = Field(2, ge=2, le=16)
+    #: A partition's local copy last written longer ago than this is deleted and the partition read
+    #: back from its changelog's start: the changelog may have compacted away tombstones (erased
+    #: customers) written since. Keep it below the changelog's delete.retention.ms (broker default 24 h).
+    max_local_age_hours: float = Field(20.0, gt=0, le=24 * 365)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALTHSCORE_",
@@ -749,6 +767,12 @@ class Settings(BaseSettings):
     #: With the in-memory store such a copy is never used (a partition that moves is read back from
     #: its changelog's start, and the copy is dropped after each recovery), so 0: it costs only CPU.
     standby_replicas: int = Field(0, ge=0, le=16)
+    #: Where the customer records live: "memory" (a dict; a restart reads the whole changelog back)
+    #: or "rocksdb" (one RocksDB database per partition under data_dir: memory bounded by its cache,
+    #: and a restart reads back only the changelog written since the last offset commit). RocksDB is
+    #: the choice for production and for millions of customers (docs/deploy.md).
+    state_store: Literal["memory", "rocksdb"] = "memory"
+    rocksdb: RocksDbSettings = RocksDbSettings()
     #: Run each event through the Rust kernel (native/, scoring/kernel.py) where it is built
     #: and computes the configured model (no BG/NBD); false: always the Python model.
     native_kernel: bool = True
@@ -809,6 +833,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: {getattr(self, name)} is not a file")
         if self.redis_cluster and ("{" in self.redis_key_prefix or "}" in self.redis_key_prefix):
             raise ValueError("redis_key_prefix must not contain { or } with redis_cluster: the customer id is the hash tag")
+        return self
+
+    @model_validator(mode="after")
+    def _state_store_consistent(self) -> "Settings":
+        if self.state_store == "rocksdb" and self.changelog_writes != "per_commit":
+            raise ValueError(
+                'state_store = "rocksdb" needs changelog_writes = "per_commit": the local store is written with the '
+                "changelog at each offset commit, so that it never holds a change the changelog lacks"
+            )
         return self
 
     @model_validator(mode="after")

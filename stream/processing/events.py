@@ -127,7 +127,7 @@ class EventPath:
         on another one. Checked only for a customer without a record here (a customer's first
         event on a partition), so the hash is computed about once per customer."""
         count = self._partition_counts.get(message.topic)
-        if not count or working.knows(message.key):
+        if not count or working.knows(message.key, message.partition):
             return None
         right = (murmur2(message.key) & 0x7FFFFFFF) % count
         if right == message.partition:
@@ -156,7 +156,7 @@ class EventPath:
                     return self._publisher.forward(message, right, counts)
                 metrics.MISROUTED.labels(message.topic, "processed_in_place").inc()
         erased = self._erased
-        if erased and not working.knows(message.key or b""):  # a customer without a record: erased?
+        if erased and not working.knows(message.key or b"", message.partition):  # a customer without a record: erased?
             if decoded is None:
                 decoded = self.validate([message], now_ms)[0]  # the deny-list needs the event's time
             if isinstance(decoded, Event) and erased.refuses(decoded.customer_id, decoded.occurred_at_ms):

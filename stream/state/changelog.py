@@ -30,7 +30,7 @@ from typing import Any
 
 from stream import metrics
 from stream.kafka.producer import Delivered, IdempotentProducer, Outputs
-from stream.state.working_set import table_records
+from stream.state.store import RocksStore, records_of
 
 #: Records per producer call while flushing, so a flush over 100,000 customers never
 #: holds more than this many values outside the table at once.
@@ -84,29 +84,36 @@ class DeferredChangelog:
     async def _flush(self, producer: IdempotentProducer) -> int:
         changed, self._changed = self._changed, {}
         erased, self._erased = self._erased, set()
-        records = table_records(self._table)
-        sent = 0
+        records = records_of(self._table)
+        sent: dict[int, list[tuple[bytes, bytes | None]]] = {}
         try:
             for partition, keys in changed.items():
+                current = records.if_open(partition)
+                if current is None:
+                    continue  # no longer this worker's: written out when it was revoked
                 chunk: list[tuple[bytes | None, bytes | None]] = []
+                done = sent[partition] = []
                 for key in dict.fromkeys(keys):
-                    value = records.get(key)
+                    value = current.get(key)
                     if value is None and key not in erased:
                         continue  # no longer this worker's (Faust dropped it after a rebalance)
                     chunk.append((key, value))  # None: the erased customer's tombstone
+                    done.append((key, value))
                     if len(chunk) >= FLUSH_CHUNK:
-                        sent += await self._send(producer, partition, chunk)
+                        await self._send(producer, partition, chunk)
                         chunk = []
                 if chunk:
-                    sent += await self._send(producer, partition, chunk)
+                    await self._send(producer, partition, chunk)
+            if isinstance(records, RocksStore):
+                await producer.flush()  # delivered: their offsets noted (stream/state/table.py)
+                records.persist(sent)  # the local copy: exactly what the changelog now holds
         except BaseException:
             for partition, keys in changed.items():
                 self._changed[partition] = keys + self._changed.get(partition, [])
             self._erased |= erased
             raise
-        return sent
+        return sum(len(pairs) for pairs in sent.values())
 
-    async def _send(self, producer: IdempotentProducer, partition: int, chunk: list[tuple[bytes | None, bytes | None]]) -> int:
+    async def _send(self, producer: IdempotentProducer, partition: int, chunk: list[tuple[bytes | None, bytes | None]]) -> None:
         await producer.send_records(self._topic, {partition: chunk}, self._on_delivered)
         metrics.CHANGELOG_RECORDS_WRITTEN.inc(len(chunk))
-        return len(chunk)

@@ -10,31 +10,10 @@ from stream import metrics
 from stream.kafka.producer import Delivered
 from stream.kafka.topics import changelog_configs
 from stream.settings import Settings
+from stream.state.keys import KeysByPartition
+from stream.state.store import STORE_SCHEME
 
-class KeysByPartition(dict[int, set[bytes]]):
-    """Which customers live on which partition (for the sweep, the Redis refill and the fleet
-    export): filled as records are written and as the table is restored from its changelog.
-
-    It also notes, for the fleet export (stream/worker/fleet.py), which records changed since
-    the export last took them, with the bytes each had then (None: no record), and which
-    partitions were restored from their changelog (their totals are rebuilt)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed: dict[int, dict[bytes, bytes | None]] = {}
-        self.restored: set[int] = set()
-
-    def written(self, partition: int, key: bytes, before: bytes | None) -> None:
-        self.setdefault(partition, set()).add(key)
-        self.changed.setdefault(partition, {}).setdefault(key, before)
-
-    def erased(self, partition: int, key: bytes, before: bytes | None) -> None:
-        self.get(partition, set()).discard(key)
-        self.changed.setdefault(partition, {}).setdefault(key, before)
-
-    def take_changes(self, partition: int) -> dict[bytes, bytes | None]:
-        """The records changed on ``partition`` since the last call, with their bytes before."""
-        return self.changed.pop(partition, {})
+__all__ = ["KeysByPartition", "customer_state_table", "persisted_offsets"]
 
 
 def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: KeysByPartition) -> Any:
@@ -49,6 +28,12 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
             keys.add(event.message.key)
         metrics.CHANGELOG_RECORDS_RESTORED.inc()
 
+    store: dict[str, Any] = {}
+    if settings.state_store == "rocksdb":
+        store = {
+            "store": f"{STORE_SCHEME}:///customer-state",  # a URL with no path is false: Faust would use its default
+            "options": {"rocksdb": settings.rocksdb, "keys_by_partition": keys_by_partition, "directory": app.conf.tabledir},
+        }
     return app.Table(
         "customer-state",
         default=None,
@@ -59,6 +44,7 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
         # As `healthscore topics` creates it (compacted, small segments), should Faust create it.
         extra_topic_configs=changelog_configs(settings),
         recovery_buffer_size=10_000,
+        **store,
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, MutableMapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from scoring.pipeline import Step
 import msgspec
@@ -31,7 +31,8 @@ import msgspec
 from scoring.state import CustomerState, Outcome, decode_record, encode_record, new_state
 from stream import metrics
 from stream.kafka.producer import Outputs
-from stream.state.table import KeysByPartition
+from stream.state.keys import KeysByPartition
+from stream.state.store import records_of
 
 log = logging.getLogger("healthscore.worker")
 
@@ -77,15 +78,6 @@ def read_record(stored: bytes | None, customer_id: str, partition: int, met_at: 
         return new_state(customer_id), ()
 
 
-def table_records(table: Any) -> MutableMapping[bytes, bytes]:
-    """The table's records as its store keeps them. Faust's in-memory store wraps a dict in a
-    mapping whose get and set take several Python calls each (5 % of the worker's samples in a
-    py-spy profile, 2026-11-30); the dict itself, where there is one."""
-    store = table.data
-    inner = getattr(store, "data", None)
-    return inner if isinstance(inner, dict) else store
-
-
 class WorkingSet:
     """Decoded records of the current batch, keyed by the table key, least recently used first."""
 
@@ -97,7 +89,7 @@ class WorkingSet:
         changelog_topic: str,
         capacity: int = DECODED_RECORDS,
     ) -> None:
-        self._data = table_records(table)
+        self._store = records_of(table)
         self._keys_by_partition = keys_by_partition
         self._outputs = outputs
         self._changelog_topic = changelog_topic
@@ -108,9 +100,9 @@ class WorkingSet:
         #: with it: the caller dead-letters them (``processing_error``).
         self.failed: list[tuple[Any, BaseException]] = []
 
-    def knows(self, key: bytes) -> bool:
+    def knows(self, key: bytes, partition: int) -> bool:
         """Whether the customer has a record on this worker (open in this batch or stored)."""
-        return key in self._records or key in self._data
+        return key in self._records or key in self._store.partition(partition)
 
     def run(self, key: bytes, partition: int, customer_id: str, action: Action, met_at: Any = None) -> Step | None:
         """Runs ``action`` (a pure step) on the customer's record.
@@ -125,7 +117,7 @@ class WorkingSet:
                 self._write(*self._records.popitem(last=False))
             # The store itself, as for writes: Faust's Table.get adds only its sensor hook
             # (the worker has no sensors), at 1 us per call against 0.2 us.
-            stored = self._data.get(key)
+            stored = self._store.partition(partition).get(key)
             state, unknown = read_record(stored, customer_id, partition, met_at)
             record = self._records[key] = _Record(partition, stored, state, unknown)
         else:
@@ -148,7 +140,7 @@ class WorkingSet:
         open_record = self._records.pop(key, None)
         if open_record is not None:  # decoded by an earlier step of this batch: store it first
             self._write(key, open_record)
-        data = self._data
+        data = self._store.partition(partition)
         before = data.get(key)
         record, result = action(before)
         if record is not None:
@@ -162,7 +154,7 @@ class WorkingSet:
         returns whether there was one. Its events later in the batch start a new record."""
         had = self._records.pop(key, None) is not None
         self._changed_natively.pop(key, None)
-        before = self._data.pop(key, None)
+        before = self._store.partition(partition).pop(key, None)
         had = before is not None or had
         self._keys_by_partition.erased(partition, key, before)
         self._outputs.add(self._changelog_topic, partition, key, None)
@@ -174,9 +166,9 @@ class WorkingSet:
         for key, record in self._records.items():
             written += self._write(key, record)
         self._records.clear()
-        data = self._data
+        store = self._store
         for key, partition in self._changed_natively.items():
-            self._outputs.add(self._changelog_topic, partition, key, data[key])
+            self._outputs.add(self._changelog_topic, partition, key, store.partition(partition)[key])
             written += 1
         self._changed_natively.clear()
         return written
@@ -194,8 +186,9 @@ class WorkingSet:
         # What Table.__setitem__ does (it needs Faust's current event; a batch has none):
         # the changelog record goes to the source partition, as Faust would send it.
         self._outputs.add(self._changelog_topic, record.partition, key, encoded)
-        before = self._data.get(key)
-        self._data[key] = encoded
+        data = self._store.partition(record.partition)
+        before = data.get(key)
+        data[key] = encoded
         self._keys_by_partition.written(record.partition, key, before)
         return 1
 

@@ -25,7 +25,8 @@ from scoring.state import decode_state
 from stream import metrics
 from stream.processing.publishing import Clock
 from stream.sinks.redis_cache import LatestScoreCache
-from stream.state.table import KeysByPartition
+from stream.state.keys import KeysByPartition
+from stream.state.store import records_of
 
 log = logging.getLogger("healthscore.worker")
 
@@ -46,14 +47,15 @@ class CacheRefill:
         on_refilled: Callable[[], None] | None = None,
     ) -> None:
         self._app = app
-        self._table = table
+        self._records = records_of(table)
         self._keys_by_partition = keys_by_partition
         self._sweep_topic = sweep_topic
         self._parameters = parameters
         self._model_version = parameters.model_version
         self._cache = cache
         self._clock = clock
-        self._queue: list[bytes] = []
+        #: (partition, its customers still to rewrite), in order.
+        self._queue: list[tuple[int, list[bytes]]] = []
         #: Called once Redis, after losing its data, has every owned customer's score again
         #: (the fleet export then writes their KPIs again).
         self._on_refilled = on_refilled
@@ -62,8 +64,8 @@ class CacheRefill:
     def queue_owned(self) -> int:
         """Queues every customer of the partitions this worker owns; returns how many."""
         owned = sorted(tp.partition for tp in self._app.consumer.assignment() if tp.topic == self._sweep_topic)
-        self._queue = [key for partition in owned for key in self._keys_by_partition.get(partition, ())]
-        return len(self._queue)
+        self._queue = [(partition, list(self._keys_by_partition.get(partition, ()))) for partition in owned]
+        return sum(len(keys) for _, keys in self._queue)
 
     async def step(self) -> None:
         """Checks whether Redis lost the scores, and rewrites the next chunk of them if so."""
@@ -72,21 +74,27 @@ class CacheRefill:
             log.warning("Redis lost the cached scores (restarted empty or flushed): rewriting those of %s customers", self.queue_owned())
             self._refilling_after_loss = True
         if self._queue:
-            chunk, self._queue = self._queue[:REFILL_CHUNK], self._queue[REFILL_CHUNK:]
-            metrics.REDIS_REFILLED_CUSTOMERS.inc(self.rewrite(chunk))
+            partition, keys = self._queue[0]
+            chunk, rest = keys[:REFILL_CHUNK], keys[REFILL_CHUNK:]
+            if rest:
+                self._queue[0] = (partition, rest)
+            else:
+                del self._queue[0]
+            metrics.REDIS_REFILLED_CUSTOMERS.inc(self.rewrite(partition, chunk))
             if not self._queue:
                 log.info("Redis refilled")
                 if self._refilling_after_loss and self._on_refilled is not None:
                     self._on_refilled()
                 self._refilling_after_loss = False
 
-    def rewrite(self, keys: list[bytes]) -> int:
-        """Offers the cache the latest score of each customer; returns how many."""
+    def rewrite(self, partition: int, keys: list[bytes]) -> int:
+        """Offers the cache the latest score of each of the partition's customers; returns how many."""
         now_ms = int(self._clock() * 1000)
         offered = 0
-        for key in keys:
+        records = self._records.if_open(partition)
+        for key in keys if records is not None else ():
             customer_id = key.decode()
-            stored = self._table.get(key)
+            stored = records.get(key)  # type: ignore[union-attr]
             if stored is None or self._cache.is_pending(customer_id):
                 continue  # erased meanwhile, or a newer score is on its way
             try:

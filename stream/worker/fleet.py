@@ -22,7 +22,8 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.table import KeysByPartition
+from stream.state.keys import KeysByPartition
+from stream.state.store import records_of
 
 
 def consumer_lag(
@@ -118,7 +119,7 @@ class FleetExport:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._app = app
-        self._table = table
+        self._records = records_of(table)
         self._keys_by_partition = keys_by_partition
         self._input_topics = list(input_topics)
         self._sweep_topic = sweep_topic
@@ -198,7 +199,7 @@ class FleetExport:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
         its contribution now; returns its KPI row. Synchronous: the stream cannot write between."""
         options = self._options
-        current = self._table.get(key)
+        current = self._stored(partition, key)
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
         if before is _AS_STORED:  # due by time alone: the totals counted what the table held
@@ -217,11 +218,16 @@ class FleetExport:
         self._kpi_retries.pop(key, None)
         return (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
 
+    def _stored(self, partition: int, key: bytes) -> bytes | None:
+        records = self._records.if_open(partition)
+        return None if records is None else records.get(key)
+
     def _retried_kpis(self, now_ms: int) -> list[tuple[str, bytes]]:
         """KPI rows of the customers Redis did not know at the last export (its score was on its way)."""
         rows = []
         for key in list(self._kpi_retries):
-            state = _decoded(self._table.get(key))
+            partition = next((number for number, keys in self._keys_by_partition.items() if key in keys), None)
+            state = _decoded(None if partition is None else self._stored(partition, key))
             if state is None or self._options.write_kpis is None:  # erased meanwhile
                 del self._kpi_retries[key]
             else:

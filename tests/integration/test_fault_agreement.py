@@ -209,14 +209,21 @@ def no_fault(campaign: Campaign) -> None:
 
 
 def sigkill(campaign: Campaign) -> None:
-    """The worker is killed with SIGKILL a third of the way through, and started again."""
+    """The worker is killed with SIGKILL a third of the way through, and started again. It keeps
+    its records in RocksDB (the memory store's SIGKILL is the fleet budget test's): the restarted
+    worker starts from what is on its disk and the changelog written after it."""
+    campaign.namespace.env["HEALTHSCORE_STATE_STORE"] = "rocksdb"
+    # Commits (and so writes to disk) several times before the kill, not once at most.
+    campaign.namespace.env["HEALTHSCORE_COMMIT_INTERVAL_SECONDS"] = "0.5"
     worker = campaign.start_worker()
     campaign.wait_until_applied(worker, campaign.sent / 3)
     applied = campaign.applied(worker)
     worker.kill()
     print(f"sigkill: killed after {applied:.0f} of {campaign.sent} applied")
     assert applied < campaign.sent, "the kill landed after the backlog drained: it proves nothing"
-    campaign.start_worker()
+    restarted = campaign.start_worker()
+    on_disk = re.findall(r"State partition \d+: (\d+) records on local disk", restarted.log_tail(2000))
+    assert on_disk and sum(map(int, on_disk)) > 0, "the restarted worker found nothing on its disk: it proves nothing"
 
 
 def rebalance(campaign: Campaign) -> None:
@@ -225,6 +232,7 @@ def rebalance(campaign: Campaign) -> None:
     seconds to start and the group seconds to rebalance, and the second worker must still find
     events to apply (checked below), or the scenario proves nothing."""
     campaign.namespace.env["FAULT_BATCH_DELAY_SECONDS"] = "0.05"
+    campaign.namespace.env["HEALTHSCORE_STATE_STORE"] = "rocksdb"  # partitions move between two local stores
     first = campaign.start_worker()
     campaign.wait_until_applied(first, campaign.sent / 10)
     second = campaign.start_worker(second=True)

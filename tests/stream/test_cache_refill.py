@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import msgspec
 
 from scoring.contract import Event, SubscriptionUpdated, UsageSession
@@ -46,7 +48,7 @@ def test_each_customer_gets_its_latest_score_back_unless_a_newer_one_waits() -> 
         expected[customer] = (score, band)
     table[b"never-scored"] = encode_state(new_state("never-scored"))
     cache = FakeCache(pending={"c"})
-    refill = CacheRefill(app=None, table=table, keys_by_partition={}, sweep_topic="sweep", parameters=ScoringParameters(), cache=cache, clock=lambda: T0 / 1000 + 99 * 86_400)  # type: ignore[arg-type]
-    assert refill.rewrite([b"a", b"b", b"c", b"never-scored", b"erased"]) == 2
+    refill = CacheRefill(app=None, table=SimpleNamespace(data=table), keys_by_partition={}, sweep_topic="sweep", parameters=ScoringParameters(), cache=cache, clock=lambda: T0 / 1000 + 99 * 86_400)  # type: ignore[arg-type]
+    assert refill.rewrite(0, [b"a", b"b", b"c", b"never-scored", b"erased"]) == 2
     assert {c: (m["score"], m["band"]) for c, m in cache.offered.items()} == {c: expected[c] for c in ("a", "b")}
     assert all(m["trigger_event_id"] is None and m["customer_id"] == c for c, m in cache.offered.items())

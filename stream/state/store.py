@@ -1,0 +1,313 @@
+"""Where the customer records live: Faust's in-memory dict, or one RocksDB database per partition.
+
+Both are read and written one partition at a time (``partition``): the worker always knows
+the partition of the record it touches (the input record's, the sweep tick's), so the RocksDB
+store needs neither an index from every key to its partition (Faust's own store keeps one: a
+dict entry per customer, a gigabyte at 10 million) nor a current event (Faust's asserts one
+on every write; the batch path writes without).
+
+The RocksDB store writes a record to disk only once its changelog record is on the broker.
+A batch's writes wait in memory (``PartitionRecords.pending``) until the next offset commit;
+the commit sends the changelog (stream/state/changelog.py), waits for the producer, and then
+``persist`` writes exactly the values it sent, with the partition's last delivered changelog
+offset, in one atomic WriteBatch. So the copy on disk is always the changelog up to the offset
+stored with it: a restart, even after SIGKILL, reads back only the changelog after that
+offset, and never finds on disk an event whose scores were not published (an event found
+applied is not scored again). Faust's recovery asks ``persisted_offset`` where to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, MutableMapping, Protocol
+
+import rocksdict
+from faust.stores import STORES
+from faust.stores.base import Store
+from faust.types import TP
+
+from stream.settings import RocksDbSettings
+from stream.state.keys import KeysByPartition
+
+log = logging.getLogger("healthscore.worker")
+
+#: Kept in each partition's database beside the records: "<changelog offset> <written at, ms>".
+#: Never a customer key: customer ids are printable (docs/events.md).
+OFFSET_KEY = b"\x00healthscore\x00changelog-offset"
+#: Faust finds the store by the table's URL scheme.
+STORE_SCHEME = "healthscore-rocksdb"
+MB = 1024 * 1024
+_ABSENT: Any = object()
+
+
+class Records(Protocol):
+    """The customer records, one partition at a time."""
+
+    def partition(self, partition: int) -> MutableMapping[bytes, bytes]:
+        """The partition's records, for the agent (opened if it is not yet)."""
+        ...
+
+    def if_open(self, partition: int) -> MutableMapping[bytes, bytes] | None:
+        """The partition's records if this worker holds them now (None: revoked, or never held)."""
+        ...
+
+
+class MemoryRecords:
+    """Faust's in-memory store: one dict for every partition."""
+
+    def __init__(self, data: MutableMapping[bytes, bytes]) -> None:
+        self._data = data
+
+    def partition(self, partition: int) -> MutableMapping[bytes, bytes]:
+        return self._data
+
+    def if_open(self, partition: int) -> MutableMapping[bytes, bytes]:
+        return self._data
+
+
+class PartitionRecords(MutableMapping[bytes, bytes]):
+    """One partition's records: the changes since the last commit (None: deleted) over its database."""
+
+    __slots__ = ("db", "pending")
+
+    def __init__(self, db: rocksdict.Rdict) -> None:
+        self.db = db
+        self.pending: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        value = self.pending.get(key, _ABSENT)
+        if value is _ABSENT:
+            value = self.db.get(key)
+        return default if value is None else value
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        if self.pop(key, None) is None:
+            raise KeyError(key)
+
+    def pop(self, key: bytes, default: Any = None) -> Any:
+        value = self.get(key)
+        self.pending[key] = None
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Every key (from disk, then the pending ones): for tests and tools, not the hot path."""
+        pending = self.pending
+        for key in self.db.keys():
+            if key != OFFSET_KEY and key not in pending:
+                yield key
+        yield from (key for key, value in list(pending.items()) if value is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _NoMapping(dict):  # type: ignore[type-arg]
+    """Faust's table API reads ``store.data``: the records are read per partition instead."""
+
+    def __getitem__(self, key: object) -> Any:
+        raise NotImplementedError("customer records are read per partition: stream.state.store.records_of(table)")
+
+    get = __getitem__  # type: ignore[assignment]
+
+
+class RocksStore(Store):
+    """A RocksDB database per partition under the table directory (``customer-state-<partition>.db``).
+
+    Options (the table's ``options``): ``rocksdb`` (RocksDbSettings), ``keys_by_partition``
+    (filled from each database when it is opened), ``directory``."""
+
+    def __init__(self, url: Any, app: Any, table: Any, **kwargs: Any) -> None:
+        super().__init__(url, app, table, **kwargs)
+        options = dict(self.options or {})
+        self._settings: RocksDbSettings = options["rocksdb"]
+        self._keys: KeysByPartition = options["keys_by_partition"]
+        self._directory = Path(options["directory"])
+        self._cache = rocksdict.Cache(self._settings.block_cache_mb * MB)
+        self._partitions: dict[int, PartitionRecords] = {}
+        #: Highest changelog offset delivered per partition, written with the next ``persist``.
+        self._delivered: dict[int, int] = {}
+        self.data = _NoMapping()
+
+    # --- what the worker reads and writes -------------------------------------------------
+
+    def partition(self, partition: int) -> PartitionRecords:
+        records = self._partitions.get(partition)
+        return records if records is not None else self._open(partition)
+
+    def if_open(self, partition: int) -> PartitionRecords | None:
+        return self._partitions.get(partition)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        """A changelog record was delivered (stream/state/table.py ``persisted_offsets``): its
+        offset is written with the values of the next ``persist``."""
+        if tp.partition in self._partitions and offset > self._delivered.get(tp.partition, -1):
+            self._delivered[tp.partition] = offset
+
+    def persist(self, sent: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
+        """Writes the records a commit sent to the changelog (all delivered: the caller flushed
+        the producer), with each partition's delivered offset, one atomic batch per partition.
+        A pending change newer than what was sent stays pending for the next commit."""
+        for partition in set(sent) | set(self._delivered):
+            records = self._partitions.get(partition)
+            if records is None:  # revoked meanwhile: the next owner reads the changelog
+                continue
+            pairs = sent.get(partition, ())
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in pairs:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            offset = self._delivered.pop(partition, None)
+            if offset is not None:
+                batch.put(OFFSET_KEY, f"{offset} {int(time.time() * 1000)}".encode())
+            records.db.write(batch)
+            pending = records.pending
+            for key, value in pairs:
+                if pending.get(key, _ABSENT) is value:
+                    del pending[key]
+
+    # --- what Faust calls -----------------------------------------------------------------
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """Where recovery starts: after the last changelog offset the database holds."""
+        return self._stored_offset(self.partition(tp.partition).db)[0]
+
+    def apply_changelog_batch(self, batch: Any, to_key: Any, to_value: Any) -> None:
+        """Changelog records read back (recovery, standby copies): straight to each partition's
+        database with the offset of the last one, atomically."""
+        writes: dict[int, rocksdict.WriteBatch] = {}
+        offsets: dict[int, int] = {}
+        for event in batch:
+            message = event.message
+            write = writes.get(message.partition)
+            if write is None:
+                write = writes[message.partition] = rocksdict.WriteBatch(raw_mode=True)
+            if message.value is None:
+                write.delete(message.key)
+            else:
+                write.put(message.key, message.value)
+            offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
+        for partition, write in writes.items():
+            records = self.partition(partition)
+            write.put(OFFSET_KEY, f"{offsets[partition]} {int(time.time() * 1000)}".encode())
+            # What is pending stays: the agent's own writes since its last commit, newer than any
+            # changelog record of a partition it owns.
+            records.db.write(write)
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0) -> None:
+        """Closes the databases of partitions no longer held; a newly assigned partition starts
+        from its database as on disk (anything pending from an earlier ownership is dropped)."""
+        topic = self.table.changelog_topic.get_topic_name()
+        held = {tp.partition for tp in assigned if tp.topic == topic}
+        fresh = {tp.partition for tp in newly_assigned if tp.topic == topic}
+        for partition in list(self._partitions):
+            if partition not in held or partition in fresh:
+                self._close(partition)
+
+    async def on_stop(self) -> None:
+        for partition in list(self._partitions):
+            self._close(partition)
+
+    async def backup_partition(self, tp: Any, flush: bool = True, purge: bool = False, keep: int = 1) -> None:
+        """Not offered: the changelog is the backup."""
+
+    def restore_backup(self, tp: Any, latest: bool = True, backup_id: int = 0) -> None:
+        """Not offered: the changelog is the backup."""
+
+    def reset_state(self) -> None:
+        """Deletes every local database (the changelog is untouched: the next start reads it all)."""
+        for partition in list(self._partitions):
+            self._close(partition)
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    # --- opening and closing --------------------------------------------------------------
+
+    def _path(self, partition: int) -> Path:
+        return self._directory / f"{self.table_name}-{partition}.db"
+
+    def _options(self) -> rocksdict.Options:
+        settings = self._settings
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(settings.write_buffer_mb * MB)
+        options.set_max_write_buffer_number(settings.max_write_buffers)
+        options.set_compression_type(rocksdict.DBCompressionType.lz4())
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(self._cache)
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
+        return options
+
+    def _open(self, partition: int) -> PartitionRecords:
+        path = self._path(partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = rocksdict.Rdict(str(path), self._options())
+        except Exception as error:
+            raise RuntimeError(
+                f"cannot open the state database {path} ({error}); is another worker using the same data_dir? "
+                "Give each worker its own data_dir (HEALTHSCORE_DATA_DIR)"
+            ) from None
+        offset, written_ms = self._stored_offset(db)
+        age_hours = (time.time() * 1000 - written_ms) / 3_600_000 if offset is not None else 0.0
+        if age_hours > self._settings.max_local_age_hours:
+            log.warning("The local copy of state partition %s was last written %.1f h ago (rocksdb.max_local_age_hours %s): "
+                        "deleted; the partition is read back from its changelog", partition, age_hours, self._settings.max_local_age_hours)
+            db.close()
+            rocksdict.Rdict.destroy(str(path))
+            db = rocksdict.Rdict(str(path), self._options())
+            offset = None
+        records = self._partitions[partition] = PartitionRecords(db)
+        self._delivered.pop(partition, None)
+        keys = self._keys.setdefault(partition, set())
+        count = len(keys)
+        keys.update(key for key in db.keys() if key != OFFSET_KEY)
+        self._keys.restored.add(partition)  # the fleet totals count it in full
+        log.info("State partition %s: %s records on local disk, changelog read from %s",
+                 partition, len(keys) - count, "its start" if offset is None else f"offset {offset + 1}")
+        return records
+
+    def _close(self, partition: int) -> None:
+        records = self._partitions.pop(partition)
+        self._delivered.pop(partition, None)
+        self._keys.pop(partition, None)
+        self._keys.changed.pop(partition, None)
+        records.db.close()
+
+    @staticmethod
+    def _stored_offset(db: rocksdict.Rdict) -> tuple[int | None, float]:
+        stored = db.get(OFFSET_KEY)
+        if stored is None:
+            return None, 0.0
+        offset, written_ms = stored.decode().split()
+        return int(offset), float(written_ms)
+
+
+STORES.aliases[STORE_SCHEME] = f"{__name__}:RocksStore"
+
+
+def records_of(table: Any) -> Records:
+    """The table's records, per partition, whichever store holds them. Faust's in-memory store
+    wraps a dict in a mapping whose get and set take several Python calls each (5 % of the
+    worker's samples in a py-spy profile, 2026-11-30): the dict itself, where there is one."""
+    store = table.data
+    if isinstance(store, RocksStore):
+        return store
+    inner = getattr(store, "data", None)
+    return MemoryRecords(inner if isinstance(inner, dict) else store)

@@ -1,0 +1,183 @@
+"""The RocksDB store (stream/state/store.py): what is on disk is always the changelog up to the
+offset stored with it, so a restart reads back only what came after."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+from pydantic import ValidationError
+
+from stream.kafka.producer import Outputs
+from stream.settings import Settings
+from stream.state.changelog import DeferredChangelog
+from stream.state.keys import KeysByPartition
+from stream.state.store import OFFSET_KEY, RocksStore, records_of
+from stream.state.table import customer_state_table, persisted_offsets
+from stream.worker.app import faust_app
+
+CHANGELOG = "healthscore-customer-state-changelog"
+
+
+def open_table(data_dir: Path, **settings: Any) -> tuple[Any, RocksStore, KeysByPartition]:
+    """A worker's table over the RocksDB store in ``data_dir`` (no broker is contacted)."""
+    configured = Settings(state_store="rocksdb", data_dir=data_dir, **settings)
+    keys = KeysByPartition()
+    table = customer_state_table(faust_app(configured), configured, keys)
+    store = table.data
+    assert isinstance(store, RocksStore) and records_of(table) is store
+    return table, store, keys
+
+
+class DeliveringProducer:
+    """Sends like the worker's producer: offsets per partition, each delivery reported."""
+
+    def __init__(self, during_send: Any = None) -> None:
+        self.next_offset: dict[int, int] = {}
+        self.pending: list[tuple[Any, int, int]] = []
+        self.during_send = during_send
+        self.flushes = 0
+
+    async def send_records(self, topic: str, records: dict, on_delivered: Any = None) -> None:
+        for partition, items in records.items():
+            offset = self.next_offset.get(partition, 0) + len(items)
+            self.next_offset[partition] = offset
+            self.pending.append((on_delivered, partition, offset - 1))
+        if self.during_send is not None:
+            self.during_send()
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        for on_delivered, partition, offset in self.pending:
+            on_delivered(partition, offset)
+        self.pending.clear()
+
+
+def commit(table: Any, changes: list[tuple[int, bytes, bytes | None]], producer: DeliveringProducer | None = None) -> DeliveringProducer:
+    """A batch writes ``changes``, then the commit sends the changelog and persists."""
+    store = records_of(table)
+    outputs = Outputs()
+    for partition, key, value in changes:
+        records = store.partition(partition)
+        if value is None:
+            records.pop(key, None)
+        else:
+            records[key] = value
+        outputs.add(CHANGELOG, partition, key, value)
+    producer = producer or DeliveringProducer()
+    deferred = DeferredChangelog(table, CHANGELOG, persisted_offsets(table, CHANGELOG))
+    deferred.take(outputs)
+    asyncio.run(deferred.flush(producer))  # type: ignore[arg-type]
+    return producer
+
+
+def test_writes_reach_the_disk_only_with_the_changelog_and_its_offset(tmp_path: Path) -> None:
+    table, store, keys = open_table(tmp_path)
+    records = store.partition(2)
+    records[b"acme"] = b"v1"
+    assert records.get(b"acme") == b"v1" and records.db.get(b"acme") is None  # pending until the commit
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 2)) is None
+
+    producer = commit(table, [(2, b"acme", b"v2"), (2, b"beta", b"b1"), (5, b"gamma", b"g1")])
+    assert producer.flushes == 1  # delivered before anything is written to disk
+    assert records.db.get(b"acme") == b"v2" and records.db.get(b"beta") == b"b1"
+    assert records.pending == {}
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 2)) == 1
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 5)) == 0
+
+    commit(table, [(2, b"acme", None)], producer)  # erased: a tombstone, then gone from disk
+    assert records.db.get(b"acme") is None and b"acme" not in records
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 2)) == 2
+    asyncio.run(store.on_stop())
+
+    # A restart: the records and the offset are on disk; the keys are indexed from it.
+    table, store, keys = open_table(tmp_path)
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 2)) == 2
+    assert keys[2] == {b"beta"} and 2 in keys.restored
+    assert store.partition(2).get(b"beta") == b"b1"
+    assert OFFSET_KEY not in set(store.partition(2))
+    asyncio.run(store.on_stop())
+
+
+def test_a_change_made_while_the_commit_sends_stays_pending_and_off_the_disk(tmp_path: Path) -> None:
+    """The disk gets the value the changelog got; a newer one waits for the next commit, so the
+    disk never holds a change the changelog lacks (nor misses one it holds below its offset)."""
+    table, store, _ = open_table(tmp_path)
+
+    def batch_meanwhile() -> None:
+        store.partition(1)[b"acme"] = b"newer"
+
+    commit(table, [(1, b"acme", b"sent")], DeliveringProducer(during_send=batch_meanwhile))
+    records = store.partition(1)
+    assert records.db.get(b"acme") == b"sent"
+    assert records.get(b"acme") == b"newer" and records.pending == {b"acme": b"newer"}
+    asyncio.run(store.on_stop())
+
+
+def test_a_failed_send_writes_nothing_to_disk(tmp_path: Path) -> None:
+    table, store, _ = open_table(tmp_path)
+
+    class Failing(DeliveringProducer):
+        async def send_records(self, topic: str, records: dict, on_delivered: Any = None) -> None:
+            raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError):
+        commit(table, [(0, b"acme", b"v1")], Failing())
+    records = store.partition(0)
+    assert records.db.get(b"acme") is None and records.get(b"acme") == b"v1"
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 0)) is None
+    asyncio.run(store.on_stop())
+
+
+def test_changelog_records_read_back_go_to_disk_with_their_offset(tmp_path: Path) -> None:
+    table, store, _ = open_table(tmp_path)
+
+    def event(partition: int, offset: int, key: bytes, value: bytes | None) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, key=key, value=value))
+
+    store.apply_changelog_batch([event(0, 10, b"a", b"1"), event(0, 11, b"b", b"2"), event(0, 12, b"a", None), event(3, 4, b"c", b"3")], None, None)
+    assert store.partition(0).db.get(b"a") is None and store.partition(0).db.get(b"b") == b"2"
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 0)) == 12
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 3)) == 4
+    asyncio.run(store.on_stop())
+
+
+def test_a_rebalance_closes_what_is_no_longer_held_and_starts_a_new_assignment_from_disk(tmp_path: Path) -> None:
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"a", b"1"), (1, b"b", b"1"), (2, b"c", b"1")])
+    store.partition(1)[b"b"] = b"left from an earlier ownership"
+    tp = lambda partition: faust.types.TP(CHANGELOG, partition)  # noqa: E731
+    asyncio.run(store.on_rebalance({tp(0), tp(1), faust.types.TP("input", 2)}, {tp(2)}, {tp(1)}))
+    assert store.if_open(2) is None and 2 not in keys  # revoked: closed, no longer swept or counted
+    assert store.if_open(0) is not None  # kept as it was
+    assert store.partition(1).get(b"b") == b"1"  # newly assigned: as on disk, read on from its offset
+    asyncio.run(store.on_stop())
+
+
+def test_a_local_copy_older_than_the_limit_is_read_back_from_the_changelog(tmp_path: Path) -> None:
+    table, store, _ = open_table(tmp_path)
+    commit(table, [(0, b"a", b"1")])
+    store.partition(0).db.put(OFFSET_KEY, f"0 {int((time.time() - 3 * 3600) * 1000)}".encode())
+    asyncio.run(store.on_stop())
+
+    table, store, keys = open_table(tmp_path, rocksdb={"max_local_age_hours": 2})
+    assert store.persisted_offset(faust.types.TP(CHANGELOG, 0)) is None
+    assert store.partition(0).get(b"a") is None and keys[0] == set()
+    asyncio.run(store.on_stop())
+
+
+def test_faust_table_reads_are_refused_rather_than_answered_empty(tmp_path: Path) -> None:
+    table, store, _ = open_table(tmp_path)
+    with pytest.raises(NotImplementedError, match="per partition"):
+        store.data.get(b"a")
+    asyncio.run(store.on_stop())
+
+
+def test_rocksdb_needs_per_commit_changelog_writes(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match='changelog_writes = "per_commit"'):
+        Settings(state_store="rocksdb", changelog_writes="per_batch", data_dir=tmp_path)
