@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/scale.py                       # 10,000 and 100,000 customers
     .venv/bin/python bench/scale.py --customers 100000
+    .venv/bin/python bench/scale.py --state-store rocksdb --kill --customers 10000 --customers 1000000
+
+``--state-store`` chooses where the worker keeps its records (``state_store``); the report then
+gives the disk the store and the changelog take. ``--kill`` restarts after SIGKILL instead of
+a clean stop. Each size's events per second (to apply its backlog) are in the report, so the
+largest size's rate reads against the smallest's of the same run.
 
 For each size: fresh topics, the generator's mix (``--events-per-customer`` events per
 customer over 30 days), one ``healthscore worker`` until every event is applied, then
@@ -67,8 +73,17 @@ def wait_until(predicate, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}; see .data/bench-*.log")
 
 
-def idle_rss(partitions: int, port: int) -> int:
-    env = namespace_env(new_tag("i"), partitions, port)
+def bytes_under(paths: list[Path]) -> int:
+    return sum(file.stat().st_size for path in paths for file in path.rglob("*") if file.is_file())
+
+
+def changelog_bytes(tag: str) -> int:
+    """What the broker keeps of the namespace's state changelog, on its disk."""
+    return bytes_under([path for path in (default_paths().kafka / "data").glob("*") if tag in path.name and "changelog" in path.name])
+
+
+def idle_rss(partitions: int, port: int, extra: dict[str, str]) -> int:
+    env = {**namespace_env(new_tag("i"), partitions, port), **extra}
     asyncio.run(ensure_topics(settings_for(env), echo=lambda _: None))
     process = start_worker(env, port, "scale-idle")
     try:
@@ -95,8 +110,9 @@ async def send_probe(settings) -> None:
         await producer.stop()
 
 
-def measure(customers: int, per_customer: int, partitions: int, port: int, restart: bool, timeout: float) -> dict:
-    env = namespace_env(new_tag("m"), partitions, port)
+def measure(customers: int, per_customer: int, partitions: int, port: int, restart: bool, timeout: float, extra: dict[str, str], kill: bool) -> dict:
+    tag = new_tag("m")
+    env = {**namespace_env(tag, partitions, port), **extra}
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings, echo=lambda _: None))
     events = customers * per_customer
@@ -111,6 +127,10 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
         time.sleep(2)
         metrics = read_metrics(port)
         rss = process_stats(process.pid)[1]
+        if kill:
+            time.sleep(4)  # past an offset commit: the kill loses nothing a restart should not read again
+            process.kill()
+            process.wait()
     finally:
         stop_workers([process])
     result = {
@@ -118,10 +138,13 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
         "events": events,
         "customers_with_state": int(metrics.get("healthscore_fleet_customers{state=\"total\"}", 0)) or None,
         "seconds_to_apply": seconds,
+        "events_per_second": events / seconds,
         "rss_bytes": rss,
+        "store_disk_bytes": bytes_under([Path(env["HEALTHSCORE_DATA_DIR"])]),
+        "changelog_disk_bytes": changelog_bytes(tag),
     }
     if restart:
-        print("Restarting the worker (same group and changelog)...")
+        print(f"Restarting the worker (same group and changelog) after {'SIGKILL' if kill else 'a clean stop'}...")
         begun = time.perf_counter()
         process = start_worker(env, port, f"scale-{customers}-restart")
         try:
@@ -141,27 +164,32 @@ def main() -> None:
     parser.add_argument("--events-per-customer", type=int, default=5, help="events per customer (default 5)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+    parser.add_argument("--state-store", choices=["memory", "rocksdb"], default="memory", help="the worker's state_store (default memory)")
+    parser.add_argument("--kill", action="store_true", help="restart after SIGKILL rather than a clean stop")
     args = parser.parse_args()
     sizes = sorted(args.customers or [10_000, 100_000])
+    extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
 
     start_redis(default_paths())
     start_kafka(default_paths())
     port = 16080
     print("Measuring an idle worker...")
-    idle = idle_rss(args.partitions, port)
-    rows = [measure(n, args.events_per_customer, args.partitions, port, n == sizes[-1], args.timeout) for n in sizes]
+    idle = idle_rss(args.partitions, port, extra)
+    rows = [measure(n, args.events_per_customer, args.partitions, port, n == sizes[-1], args.timeout, extra, args.kill) for n in sizes]
     print(f"\nidle worker RSS: {idle / 1e6:.0f} MB")
-    print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'RSS MB':>7} {'B/customer':>11} {'(RSS-idle)/customer':>20}")
+    print(f"store: {args.state_store}")
+    print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'ev/s':>7} {'RSS MB':>7} {'B/customer':>11} {'(RSS-idle)/customer':>20} {'store MB':>9} {'changelog MB':>13}")
     for row in rows:
         row["rss_per_customer_bytes"] = row["rss_bytes"] / row["customers"]
         row["rss_above_idle_per_customer_bytes"] = (row["rss_bytes"] - idle) / row["customers"]
         print(
-            f"{row['customers']:>10} {row['events']:>9} {row['seconds_to_apply']:>8.1f} {row['rss_bytes'] / 1e6:>7.0f}"
+            f"{row['customers']:>10} {row['events']:>9} {row['seconds_to_apply']:>8.1f} {row['events_per_second']:>7.0f} {row['rss_bytes'] / 1e6:>7.0f}"
             f" {row['rss_per_customer_bytes']:>11.0f} {row['rss_above_idle_per_customer_bytes']:>20.0f}"
+            f" {row['store_disk_bytes'] / 1e6:>9.0f} {row['changelog_disk_bytes'] / 1e6:>13.0f}"
         )
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
-    write_result("scale", {"idle_rss_bytes": idle, "rows": rows})
+    write_result("scale", {"state_store": args.state_store, "restart_after": "SIGKILL" if args.kill else "SIGTERM", "idle_rss_bytes": idle, "rows": rows})
     deleted = asyncio.run(delete_topics_containing(KafkaSettings(), TAGS))
     print(f"deleted the run's {deleted} topics")
 

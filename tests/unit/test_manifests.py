@@ -34,7 +34,7 @@ def by_kind(kind: str, name: str | None = None) -> dict:
 def pod_specs() -> list[tuple[str, dict]]:
     specs = []
     for _, doc in documents():
-        if doc["kind"] in ("Deployment", "Job"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             specs.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
     return specs
 
@@ -75,7 +75,7 @@ def test_the_kustomization_lists_every_manifest() -> None:
 
 
 def test_the_worker_runs_as_the_image_s_user_with_the_probes_it_serves() -> None:
-    pod = by_kind("Deployment", "healthscore-worker")["spec"]["template"]["spec"]
+    pod = by_kind("StatefulSet", "healthscore-worker")["spec"]["template"]["spec"]
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     uid = re.search(r"^USER (\d+)", dockerfile, re.MULTILINE).group(1)
     assert pod["securityContext"]["runAsNonRoot"] and str(pod["securityContext"]["runAsUser"]) == uid
@@ -87,6 +87,10 @@ def test_the_worker_runs_as_the_image_s_user_with_the_probes_it_serves() -> None
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     config_dir = str(Path(re.search(r"HEALTHSCORE_CONFIG=(\S+)", dockerfile).group(1)).parent)
     assert {config_dir, "/var/lib/healthscore", "/tmp"} <= mounts  # every place it writes is a volume
+    # The RocksDB store's data directory outlives the pod: a restart reads back only the changelog's tail.
+    claims = {claim["metadata"]["name"] for claim in by_kind("StatefulSet", "healthscore-worker")["spec"]["volumeClaimTemplates"]}
+    data = next(mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == "/var/lib/healthscore")
+    assert data in claims and data not in {volume["name"] for volume in pod["volumes"]}
 
 
 def test_the_config_map_holds_settings_the_worker_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +99,7 @@ def test_the_config_map_holds_settings_the_worker_accepts(tmp_path: Path, monkey
     monkeypatch.setenv("HEALTHSCORE_CONFIG", str(tmp_path / "healthscore.toml"))
     with pytest.raises(SettingsError, match="kafka.sasl_password is required"):
         load_settings()  # without the secret: refused, never a plaintext client
-    worker = by_kind("Deployment", "healthscore-worker")["spec"]["template"]["spec"]
+    worker = by_kind("StatefulSet", "healthscore-worker")["spec"]["template"]["spec"]
     for name, value in secret_env(worker).items():
         monkeypatch.setenv(name, value)
     for variable in worker["containers"][0]["env"]:
@@ -107,6 +111,7 @@ def test_the_config_map_holds_settings_the_worker_accepts(tmp_path: Path, monkey
     assert settings.privacy.hash_key is not None
     assert settings.topics.replication_factor == 3 and not settings.topics.allow_runtime_creation
     assert settings.log_format == "json"
+    assert settings.state_store == "rocksdb"
 
 
 def test_every_secret_is_required_and_no_pod_mounts_a_service_account_token() -> None:
@@ -151,7 +156,7 @@ def test_ingest_runs_with_settings_it_accepts(tmp_path: Path, monkeypatch: pytes
 def test_the_network_policies_select_every_pod_and_keep_delivery_off_private_addresses() -> None:
     policies = [doc for _, doc in documents() if doc["kind"] == "NetworkPolicy"]
     selected = {policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for policy in policies}
-    components = {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for _, doc in documents() if doc["kind"] in ("Deployment", "Job")}
+    components = {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for _, doc in documents() if doc["kind"] in ("Deployment", "StatefulSet", "Job")}
     assert selected == components
     (deliver,) = [policy for policy in policies if policy["metadata"]["name"] == "healthscore-deliver"]
     https = [rule for rule in deliver["spec"]["egress"] if "to" in rule]
