@@ -247,6 +247,12 @@ def _conditions(
     return found
 
 
+def conditions_holding(state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters) -> frozenset[str]:
+    """The lasting conditions (purchase activity, payment trouble, silence) holding at ``at_ms``
+    as a sweep sees them; ``health`` is the score at that moment (scoring/due.py)."""
+    return frozenset(rule for rule, holds in _conditions(state, health, at_ms, scoring, rules, True).items() if holds is not None)
+
+
 #: An alert about to be raised: (rule, episode, severity, detail).
 Opened = tuple[str, str, str, str]
 
@@ -344,7 +350,8 @@ def evaluate(
             state.alert_episodes[rule] = at_ms
             severity, template, values = holds
             opened.append((rule, str(at_ms), severity, template.format(*values)))
-    _remember_score(state, health, at_ms, rules)
+    if not by_time:  # the sharp-drop peak is a score at an event: a sweep changes no record it need not
+        _remember_score(state, health, at_ms, rules)
     digest = _due_digest(state, health, at_ms, rules)
     if not opened and digest is None:
         return NO_DECISION

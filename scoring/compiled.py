@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 #: The modules every event goes through; they must not declare msgspec structs (see scoring.structs).
-COMPILED_MODULES = ("state", "health", "alerts", "pipeline", "replay", "output", "kpis", "fleet_sums")
+COMPILED_MODULES = ("state", "health", "alerts", "pipeline", "replay", "output", "kpis", "fleet_sums", "due")
 MANIFEST = "scoring/_compiled_sources.py"
 PURE_PYTHON_VARIABLE = "HEALTHSCORE_PURE_PYTHON"
 _PACKAGE_DIR = Path(__file__).resolve().parent

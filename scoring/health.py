@@ -24,7 +24,7 @@ from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
-MODEL_REVISION: Final = "4"
+MODEL_REVISION: Final = "5"
 COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments", "relationship")
 DEFAULT_WEIGHTS: dict[str, float] = {
     "usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20, "relationship": 0.10,

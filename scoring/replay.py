@@ -5,6 +5,12 @@ runs at every multiple of the sweep period (as the worker's hourly sweep would) 
 rescores the customers silent for at least one period, so decay and silence show
 in the history as they would have live. No
 Kafka, no wall clock: the same input gives the same output.
+
+A sweep rescores only the customers that are due (``due_index``, the default): those with
+an event since the last sweep, and those whose moment from ``scoring.due.next_sweep_due``
+came. It publishes exactly what rescoring every customer at every sweep would (the full
+scan, ``due_index=False``: tests/unit/test_due.py holds them equal), at a cost that grows
+with the events and the due moments instead of customers × sweeps.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Iterable, Iterator
 
 from scoring.alerts import AlertParameters
 from scoring.contract import Event
+from scoring.due import next_sweep_due
 from scoring.health import ScoringParameters, score_state
 from scoring.pipeline import Step, due_for_sweep, expired, step, sweep
 from scoring.state import CustomerState, Outcome, new_state
@@ -30,6 +37,7 @@ class Replayer:
         sweep_every_ms: int | None,
         sweep_min_change: float = 1.0,
         state_ttl_ms: int = 0,
+        due_index: bool = True,
     ) -> None:
         self.parameters = parameters
         self.rules = rules
@@ -41,7 +49,16 @@ class Replayer:
         self.states: dict[str, CustomerState] = {}
         self.outcomes: dict[Outcome, int] = {outcome: 0 for outcome in Outcome}
         self.sweeps = 0
+        #: Customers rescored by sweeps (the full scan rescores every silent customer at each).
+        self.swept = 0
         self._next_sweep_ms: int | None = None
+        self.due_index = due_index
+        #: sweep time → customers due at that sweep; customers with an event since the last sweep.
+        self._due: dict[int, list[str]] = {}
+        self._changed: set[str] = set()
+        #: Each customer's place in ``states`` (the full scan's order), for sweeping the due ones in it.
+        self._order: dict[str, int] = {}
+        self._created = 0
 
     def _outputs(self, customer_id: str, result: Step, trigger: str | None) -> Iterator[ScoreChanged | AlertRaised]:
         if result.publish is not None:
@@ -56,15 +73,63 @@ class Replayer:
         while self._next_sweep_ms <= at_ms:
             sweep_at = self._next_sweep_ms
             self.sweeps += 1
-            for customer_id in [c for c, state in self.states.items() if expired(state, sweep_at, self.state_ttl_ms)]:
-                del self.states[customer_id]  # as the worker's sweep evicts it
-                self.evicted += 1
-            for customer_id, state in self.states.items():
-                if due_for_sweep(state, sweep_at, self.sweep_every_ms):
-                    result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
-                    if result.publish is not None or result.alerts.raised:
-                        yield from self._outputs(customer_id, result, None)
+            if self.due_index:
+                yield from self._sweep_due(sweep_at)
+            else:
+                yield from self._sweep_all(sweep_at)
             self._next_sweep_ms += self.sweep_every_ms
+
+    def _sweep_all(self, sweep_at: int) -> Iterator[ScoreChanged | AlertRaised]:
+        """The full scan: every customer, evicted or rescored if silent."""
+        every = self.sweep_every_ms or 0
+        for customer_id in [c for c, state in self.states.items() if expired(state, sweep_at, self.state_ttl_ms)]:
+            del self.states[customer_id]  # as the worker's sweep evicts it
+            self.evicted += 1
+        for customer_id, state in self.states.items():
+            if due_for_sweep(state, sweep_at, every):
+                self.swept += 1
+                result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
+                if result.publish is not None or result.alerts.raised:
+                    yield from self._outputs(customer_id, result, None)
+
+    def _sweep_due(self, sweep_at: int) -> Iterator[ScoreChanged | AlertRaised]:
+        """The customers changed since the last sweep or due now, in the full scan's order."""
+        every = self.sweep_every_ms or 0
+        changed, self._changed = self._changed, set()
+        candidates = set(self._due.pop(sweep_at, ())) | changed
+        order = self._order
+        for customer_id in sorted(candidates, key=order.__getitem__):
+            state = self.states.get(customer_id)
+            if state is None:
+                continue
+            if expired(state, sweep_at, self.state_ttl_ms):
+                del self.states[customer_id]
+                self.evicted += 1
+                continue
+            if customer_id in changed:  # scored at an event since the last sweep: due now, or when?
+                due = next_sweep_due(state, sweep_at - 1, self.parameters, self.rules, self.sweep_min_change, every, self.state_ttl_ms, every)
+                if due > sweep_at:
+                    self._schedule(customer_id, due)
+                    continue
+            published = False
+            if due_for_sweep(state, sweep_at, every):
+                self.swept += 1
+                result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
+                published = result.publish is not None
+                if published or result.alerts.raised:
+                    yield from self._outputs(customer_id, result, None)
+            if published:  # still moving: most likely due again at the next sweep, no need to work it out
+                self._schedule(customer_id, sweep_at + every)
+            else:
+                self._schedule(customer_id, next_sweep_due(state, sweep_at, self.parameters, self.rules, self.sweep_min_change, every, self.state_ttl_ms, every))
+
+    def _schedule(self, customer_id: str, due_ms: int) -> None:
+        """Due at the first sweep at or after ``due_ms``."""
+        if not self.sweep_every_ms:
+            return
+        every = self.sweep_every_ms
+        tick = -(-due_ms // every) * every
+        self._due.setdefault(max(tick, (self._next_sweep_ms or 0) + every), []).append(customer_id)
 
     def run(self, events: Iterable[Event], until_ms: int | None = None) -> Iterator[ScoreChanged | AlertRaised]:
         """Applies events in order (event time), sweeping in between; stops after ``until_ms``."""
@@ -79,6 +144,9 @@ class Replayer:
             state = self.states.get(event.customer_id)
             if state is None:
                 state = self.states[event.customer_id] = new_state(event.customer_id)
+                self._order[event.customer_id] = self._created
+                self._created += 1
+            self._changed.add(event.customer_id)
             result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
             self.outcomes[result.outcome] += 1
             if result.publish is not None:

@@ -723,8 +723,18 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(3600.0, ge=1)
     #: A sweep publishes a customer's score only if its band changed or it moved at least this much.
     sweep_min_score_change: float = Field(1.0, ge=0)
+    #: A sweep (the worker's, and `healthscore replay`'s and `backtest`'s) rescores only the customers
+    #: that may need it: those with an event since the last sweep and those whose moment came
+    #: (scoring/due.py); it publishes what rescoring every customer would. false: every customer at
+    #: every sweep (the full scan), for comparison.
+    sweep_due_index: bool = True
     #: Event time between sweeps in `healthscore replay` and `backtest` (each costs one rescoring per customer).
     replay_sweep_interval_seconds: float = Field(86400.0, ge=0)
+    #: Which scores a sweep writes in `healthscore replay`: "band_changes" (a score that time alone
+    #: moved within its band is not written: alerts and band changes are as with every score written,
+    #: and the replay runs several times faster) or "as_the_worker" (also every move of
+    #: sweep_min_score_change points, as the worker publishes). `backtest` always reads them as the worker.
+    replay_sweep_scores: Literal["band_changes", "as_the_worker"] = "band_changes"
     #: How often fleet KPIs and consumer lag are recomputed for /metrics.
     fleet_metrics_interval_seconds: float = Field(60.0, ge=0.5)
     #: Trailing period of the fleet KPIs (churn, retention, NPS, ...).

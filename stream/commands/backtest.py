@@ -155,6 +155,7 @@ def _replay_until(
         int(settings.replay_sweep_interval_seconds * 1000) or None,
         settings.sweep_min_score_change,
         settings.state_ttl_ms,
+        settings.sweep_due_index,
     )
     alerts = []
     for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):

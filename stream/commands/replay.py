@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import sys
 import time
 from pathlib import Path
@@ -42,8 +44,9 @@ def run_replay(
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds
     replayer = Replayer(
-        parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, settings.sweep_min_score_change,
-        settings.state_ttl_ms,
+        parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None,
+        math.inf if settings.replay_sweep_scores == "band_changes" else settings.sweep_min_score_change,
+        settings.state_ttl_ms, settings.sweep_due_index,
     )
     encoder = msgspec.json.Encoder()
     buffer = bytearray()

@@ -7,10 +7,18 @@ of the partition's customers, in key order, then sends the next tick for the res
 events have their turn between chunks. The partition's keys are sorted once per sweep (at
 its first tick, or the first this worker sees after a restart), not once per chunk: sorting
 a million keys for each 500-customer chunk made a sweep quadratic in the customers.
+
+The customers a sweep visits are only those that may need it (``sweep_due_index``, on by
+default): the ones written since the partition's last sweep (their moment is worked out
+from their record) and the ones whose moment from ``scoring.due.next_sweep_due`` has come,
+kept by minute in :class:`DueIndex`. A partition this worker has not scheduled yet (a start,
+an assignment, records read back) is visited in full once. What is published is what
+rescoring every customer would publish (scoring/due.py; tests/unit/test_due.py).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from bisect import bisect_right
 from typing import Iterable
@@ -21,6 +29,7 @@ from aiokafka.structs import ConsumerRecord
 
 from scoring.alerts import AlertParameters
 from scoring.contract import Rejection, RejectReason
+from scoring.due import next_sweep_due
 from scoring.health import ScoringParameters
 from scoring.pipeline import Step, due_for_sweep, sweep
 from scoring.pipeline import expired as expired_state
@@ -37,6 +46,34 @@ log = logging.getLogger("healthscore.worker")
 
 #: Sweeps in progress whose key order is kept (a partition swept twice at once is two).
 MAX_SWEEPS_IN_PROGRESS = 64
+#: Customers due within the same minute are kept together (taken early, never late).
+DUE_BUCKET_MS = 60_000
+
+
+class DueIndex:
+    """One partition's customers by the minute their sweep is next due."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, set[bytes]] = {}
+        self._minutes: list[int] = []  # a heap of the minutes in ``_due``
+
+    def schedule(self, key: bytes, due_ms: int) -> None:
+        minute = due_ms // DUE_BUCKET_MS
+        keys = self._due.get(minute)
+        if keys is None:
+            keys = self._due[minute] = set()
+            heapq.heappush(self._minutes, minute)
+        keys.add(key)
+
+    def take(self, at_ms: int) -> set[bytes]:
+        """The customers due by ``at_ms`` (a customer rescheduled later may be among them: early, never late)."""
+        due: set[bytes] = set()
+        while self._minutes and self._minutes[0] <= at_ms // DUE_BUCKET_MS:
+            due |= self._due.pop(heapq.heappop(self._minutes), set())
+        return due
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._due.values())
 
 
 class SweepTick(msgspec.Struct, frozen=True):
@@ -73,6 +110,26 @@ class Sweeper:
         self._clock = clock
         #: (partition, sweep time) → the partition's keys in order, taken at the sweep's first tick.
         self._orders: dict[tuple[int, int], list[bytes]] = {}
+        self._use_index = settings.sweep_due_index
+        #: Per partition: customers by due minute, and those to place (written since, or never placed).
+        self._indexes: dict[int, DueIndex] = {}
+        self._to_place: dict[int, set[bytes]] = {}
+
+    def _candidates(self, partition: int, at_ms: int, keys: set[bytes]) -> Iterable[bytes]:
+        """The customers this sweep visits: every one (the full scan, or a partition not yet
+        placed in the index), else those written since the last sweep and those due."""
+        if not self._use_index:
+            return keys
+        index = self._indexes.get(partition)
+        written = self._keys_by_partition.take_written_since_sweep(partition)
+        if index is None or partition in self._keys_by_partition.sweep_restored:
+            self._keys_by_partition.sweep_restored.discard(partition)
+            index = self._indexes[partition] = DueIndex()
+            self._to_place[partition] = set(keys)
+            return keys
+        to_place = self._to_place.setdefault(partition, set())
+        to_place |= written
+        return to_place | index.take(at_ms)
 
     def _chunk(self, partition: int, at_ms: int, after: bytes) -> tuple[list[bytes], bytes | None]:
         """The next chunk of keys after ``after`` still in the partition, and where the next
@@ -80,7 +137,7 @@ class Sweeper:
         keys = self._keys_by_partition.get(partition, set())
         order = self._orders.get((partition, at_ms))
         if order is None:
-            order = self._orders[(partition, at_ms)] = sorted(key for key in keys if key > after)
+            order = self._orders[(partition, at_ms)] = sorted(key for key in self._candidates(partition, at_ms, keys) if key > after)
             while len(self._orders) > MAX_SWEEPS_IN_PROGRESS:
                 del self._orders[next(iter(self._orders))]
         start = bisect_right(order, after)
@@ -100,15 +157,32 @@ class Sweeper:
         if owned:
             log.info("Sweep started for %s partition(s)", len(owned))
 
-    def swept(self, state: CustomerState, at_ms: int, key: bytes = b"", expired: list[bytes] | None = None) -> Step | None:
+    def swept(
+        self, state: CustomerState, at_ms: int, key: bytes = b"", expired: list[bytes] | None = None, partition: int | None = None
+    ) -> Step | None:
         """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched.
-        A customer past state_ttl_days is noted in ``expired`` instead (the caller evicts it)."""
+        A customer past state_ttl_days is noted in ``expired`` instead (the caller evicts it).
+        With ``partition`` (the due index on), a customer written since the last sweep is
+        rescored only if due now, and every customer visited is placed for its next moment."""
         if expired is not None and expired_state(state, at_ms, self._ttl_ms):
             expired.append(key)
             return None
-        if not due_for_sweep(state, at_ms, self._silence_ms):
-            return None
-        return sweep(state, at_ms, self._parameters, self._rules, self._min_score_change)
+        index = self._indexes.get(partition) if partition is not None else None
+        if index is not None and key in self._to_place.get(partition, ()):  # type: ignore[arg-type]
+            self._to_place[partition].discard(key)  # type: ignore[index]
+            due = self._next_due(state, at_ms - 1)
+            if due > at_ms:
+                index.schedule(key, due)
+                return None
+        result = sweep(state, at_ms, self._parameters, self._rules, self._min_score_change) if due_for_sweep(state, at_ms, self._silence_ms) else None
+        if index is not None:
+            # A score the sweep just published is most likely still moving: due again at the next
+            # sweep, without working it out (early is never wrong).
+            index.schedule(key, at_ms + 1 if result is not None and result.publish is not None else self._next_due(state, at_ms))
+        return result
+
+    def _next_due(self, state: CustomerState, at_ms: int) -> int:
+        return next_sweep_due(state, at_ms, self._parameters, self._rules, self._min_score_change, self._silence_ms, self._ttl_ms, self._silence_ms)
 
     def evict(self, key: bytes, partition: int, customer_id: str, working: WorkingSet) -> None:
         """Keep only what is needed: the record goes (a changelog tombstone), its Redis keys follow."""
@@ -136,7 +210,7 @@ class Sweeper:
         expired: list[bytes] = []
         for key in chunk:
             customer_id = key.decode()
-            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired), message)
+            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired, partition), message)
             if expired and expired[-1] is key:
                 self.evict(key, partition, customer_id, working)
             elif result is not None:

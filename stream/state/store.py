@@ -278,7 +278,7 @@ class RocksStore(Store):
         keys = self._keys.setdefault(partition, set())
         count = len(keys)
         keys.update(key for key in db.keys() if key != OFFSET_KEY)
-        self._keys.restored.add(partition)  # the fleet totals count it in full
+        self._keys.mark_restored(partition)  # the fleet totals and the sweep's index take it in full
         log.info("State partition %s: %s records on local disk, changelog read from %s",
                  partition, len(keys) - count, "its start" if offset is None else f"offset {offset + 1}")
         return records
@@ -288,6 +288,7 @@ class RocksStore(Store):
         self._delivered.pop(partition, None)
         self._keys.pop(partition, None)
         self._keys.changed.pop(partition, None)
+        self._keys.written_since_sweep.pop(partition, None)
         records.db.close()
 
     @staticmethod

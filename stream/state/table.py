@@ -21,7 +21,7 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
 
     async def index_changelog(event: faust.EventT) -> None:
         keys = keys_by_partition.setdefault(event.message.partition, set())
-        keys_by_partition.restored.add(event.message.partition)
+        keys_by_partition.mark_restored(event.message.partition)
         if event.message.value is None:  # an erased customer's tombstone: no sweep, no refill, no KPI
             keys.discard(event.message.key)
         else:

@@ -7,11 +7,16 @@ from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters
 from stream.processing.sweep import MAX_SWEEPS_IN_PROGRESS, Sweeper
 from stream.settings import load_settings
+from stream.state.keys import KeysByPartition
 
 
 def sweeper(keys: dict[int, set[bytes]], chunk_size: int) -> Sweeper:
-    settings = load_settings(sweep_chunk_size=chunk_size)
-    return Sweeper(settings, ScoringParameters(), AlertParameters(), keys, publisher=None, sweep_topic=None, clock=lambda: 0.0)  # type: ignore[arg-type]
+    """A sweeper that visits every customer (the order and chunking are what is tested here;
+    which customers the due index visits is tests/stream/test_sweep_due.py's)."""
+    settings = load_settings(sweep_chunk_size=chunk_size, sweep_due_index=False)
+    index = KeysByPartition()
+    index.update(keys)  # the same sets: the tests change them
+    return Sweeper(settings, ScoringParameters(), AlertParameters(), index, publisher=None, sweep_topic=None, clock=lambda: 0.0)  # type: ignore[arg-type]
 
 
 def walk(sweep: Sweeper, partition: int, at_ms: int) -> list[list[bytes]]:

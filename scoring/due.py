@@ -1,0 +1,229 @@
+"""When a silent customer next needs the sweep: the due-time index's one question.
+
+A sweep rescores a customer without an event. Most of the time that changes nothing that
+matters: the score moves by less than ``sweep_min_score_change`` within its band, no alert
+rule's condition starts or stops holding, nothing is evicted. ``next_sweep_due`` returns a
+moment before which no sweep of the customer can do anything else, so the worker and the
+replay rescore only the customers whose moment came (stream/processing/sweep.py,
+scoring/replay.py) and publish exactly what a sweep of every customer would.
+
+How it is bounded. Between *jump moments* (a day bucket leaving a window, a survey's
+deadline, an invoice falling due, a pulse expiring, a cancellation taking effect, an alert
+rule's silence or lapse deadline, the sweep's own silence threshold, eviction) every
+component of the score is monotone in time: recency and touchpoint decay fall, BG/NBD's
+expected purchases fall with the customer's age, sentiment moves monotonically toward its
+neutral prior (every answer's weight decays by the same factor), an overdue invoice's
+penalty grows. The composite is a positive-weighted mean of the components, clamped and
+capped, so over an interval without a jump each component lies between its values at the
+two ends, and the score between the composite of the lower ends and that of the upper ends.
+An interval is *quiet* when, over that whole range, the band (and the band the hysteresis
+compares) stays the published one, the score stays within ``min_change`` of the published
+score, the same components have data, and the alert conditions hold as the record's open
+episodes say, at both ends (each condition is a threshold on a monotone quantity or a
+deadline). Each stretch between jump moments is tried whole; one that is not quiet is
+halved down to a sweep period, and the search ends at its last moment proven quiet. (A
+score a sweep just published is taken as still moving by the callers: due at the next
+sweep, without a search.)
+
+Pure: no clock, no store; the caller gives the time.
+"""
+
+from __future__ import annotations
+
+from scoring.alerts import BAND_RANK, AlertParameters, baseline_gap_days, conditions_holding, unusual_silence
+from scoring.health import HealthScore, ScoringParameters, band_for, score_state
+from scoring.state import DAY_MS, CustomerState
+
+#: The search stops this far after the moment it starts from (the customer is then due).
+HORIZON_MS = 400 * DAY_MS
+
+
+def next_sweep_due(
+    state: CustomerState,
+    at_ms: int,
+    parameters: ScoringParameters,
+    rules: AlertParameters | None,
+    min_change: float,
+    silence_ms: int,
+    ttl_ms: int,
+    step_ms: int,
+) -> int:
+    """The first moment after ``at_ms`` (the customer scored or swept then, or an event came)
+    at which a sweep could publish, open or close an alert episode, move the alert band, emit
+    a digest or evict the customer (at most a horizon of 400 days later).
+
+    ``silence_ms``: the sweep passes over a customer with an event within this long;
+    ``ttl_ms``: evicted after this long without an event (0: never); ``step_ms``: the sweep's
+    period, the shortest interval worth proving quiet."""
+    start = max(at_ms + 1, state.last_event_ms + silence_ms)
+    limit = start + HORIZON_MS
+    if ttl_ms > 0 and state.last_event_ms > 0:
+        limit = min(limit, state.last_event_ms + ttl_ms)
+    if state.alert_digest:
+        limit = min(limit, (state.alert_digest[0][0] // DAY_MS + 1) * DAY_MS)
+    limit = max(limit, start)
+    jumps = sorted({moment for moment in _jump_moments(state, parameters, rules) if start < moment < limit})
+    jumps.append(limit)
+    segment_start = start
+    for segment_end in jumps:
+        if segment_end <= segment_start:
+            continue
+        first = _probe(state, segment_start, parameters, rules)
+        if not _steady(state, first, segment_start, parameters, rules, min_change):
+            return segment_start
+        last_moment = segment_end - 1
+        if last_moment > segment_start and not _quiet(state, first, _probe(state, last_moment, parameters, rules), last_moment, parameters, rules, min_change):
+            # Something may happen inside: the last moment of the segment proven quiet, to a sweep period.
+            quiet, loud = segment_start, last_moment
+            while loud - quiet > max(1, step_ms):
+                middle = (quiet + loud) // 2
+                if _quiet(state, first, _probe(state, middle, parameters, rules), middle, parameters, rules, min_change):
+                    quiet = middle
+                else:
+                    loud = middle
+            return max(quiet, at_ms + 1)
+        segment_start = segment_end
+    return max(limit, at_ms + 1)
+
+
+def _probe(state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> tuple[HealthScore | None, frozenset[str]]:
+    health = score_state(state, at_ms, parameters)
+    holding = conditions_holding(state, health, at_ms, parameters, rules) if rules is not None and health is not None else frozenset()
+    return health, holding
+
+
+def _steady(
+    state: CustomerState,
+    probe: tuple[HealthScore | None, frozenset[str]],
+    at_ms: int,
+    parameters: ScoringParameters,
+    rules: AlertParameters | None,
+    min_change: float,
+) -> bool:
+    """Whether a sweep at ``at_ms`` alone would leave everything that matters as it is."""
+    health, holding = probe
+    if health is None:
+        return state.published is None
+    return _within(state, health.score, health.score, at_ms, parameters, rules, min_change) and _episodes_agree(state, holding, at_ms, rules)
+
+
+def _quiet(
+    state: CustomerState,
+    first: tuple[HealthScore | None, frozenset[str]],
+    last: tuple[HealthScore | None, frozenset[str]],
+    end_ms: int,
+    parameters: ScoringParameters,
+    rules: AlertParameters | None,
+    min_change: float,
+) -> bool:
+    """Whether no sweep between the two probes (no jump moment between them) would matter."""
+    (a, holding_a), (b, holding_b) = first, last
+    if a is None or b is None:
+        return a is None and b is None and state.published is None
+    if a.components.keys() != b.components.keys() or holding_a != holding_b:
+        return False
+    low = high = 0.0
+    for name, component in a.components.items():
+        other = b.components[name].score
+        low += component.weight * min(component.score, other)
+        high += component.weight * max(component.score, other)
+    low, high = _capped(state, low, end_ms, parameters), _capped(state, high, end_ms, parameters)
+    return _within(state, low, high, end_ms, parameters, rules, min_change) and _episodes_agree(state, holding_b, end_ms, rules)
+
+
+def _capped(state: CustomerState, composite: float, at_ms: int, parameters: ScoringParameters) -> float:
+    """score_state's clamp and caps (thin evidence, a cancellation), which are monotone."""
+    composite = min(100.0, max(0.0, composite))
+    if state.active_days < parameters.healthy_min_active_days:
+        composite = min(composite, parameters.healthy_min - 0.01)
+    if state.cancelled_ms and state.cancelled_ms <= at_ms:
+        composite = min(composite, parameters.at_risk_min - 0.01)
+    return composite
+
+
+def _within(
+    state: CustomerState, low: float, high: float, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None, min_change: float
+) -> bool:
+    """Scores anywhere in [low, high] keep the published band and score (within ``min_change``)
+    and leave the band alerting sees where it is."""
+    published = state.published
+    if published is None:
+        return False
+    band = band_for(low, parameters)
+    if band != published.band or band_for(high, parameters) != band:
+        return False
+    if max(abs(round(low, 2) - published.score), abs(round(high, 2) - published.score)) >= min_change:
+        return False
+    if rules is None or not rules.band_downgrade:
+        return True
+    alert_band = state.alert_band
+    if alert_band is None:  # a sweep would set it
+        return False
+    if BAND_RANK[band_for(high - rules.hysteresis_points, parameters)] < BAND_RANK[alert_band]:
+        return False  # the score clears the band edge by the hysteresis: the alert band moves up
+    if BAND_RANK[band] > BAND_RANK[alert_band]:  # below it, by time alone: alerted once the silence is unusual
+        return unusual_silence(state, at_ms, rules, rules.time_band_gap_multiplier) is None
+    return True
+
+
+def _episodes_agree(state: CustomerState, holding: frozenset[str], at_ms: int, rules: AlertParameters | None) -> bool:
+    """The conditions holding are the episodes open, and a cancellation in effect was alerted:
+    a sweep opens and closes nothing."""
+    if rules is None:
+        return True
+    for rule in ("purchase_activity", "payment_trouble", "silence"):
+        if rules.enabled(rule) and (rule in holding) != (rule in state.alert_episodes):
+            return False
+    cancelled = state.cancelled_ms
+    if rules.cancellation and cancelled and cancelled <= at_ms and state.alert_episodes.get("cancellation") != cancelled:
+        return False
+    return True
+
+
+def _jump_moments(state: CustomerState, parameters: ScoringParameters, rules: AlertParameters | None) -> list[int]:
+    """Every moment at which a component, its presence, a cap or an alert condition can jump."""
+    response_ms = int(parameters.survey_response_days * DAY_MS)
+    moments: list[int] = []
+    for moment in (state.cancelled_ms, state.pulse_expires_ms):
+        if moment:
+            moments.append(moment)
+    for response in state.surveys:
+        moments.append(response.answered_ms)
+    for sent_ms, _kind in state.survey_invites:
+        moments.append(sent_ms + response_ms)
+    for invoice in state.unpaid_invoices:
+        moments.append(invoice.due_ms + 1)  # overdue once past its due moment
+        if rules is not None:
+            moments.append(invoice.due_ms + int(rules.payment_overdue_days * DAY_MS) + 1)
+    counts = state.counts
+    for index, day in enumerate(counts.days):
+        # A day leaves the windows its counts are read in: activity (7 and 90 days: usage's
+        # trend), orders (30 and 90: purchase frequency), failed payments (30).
+        if counts.sessions[index] or counts.feature_uses[index]:
+            moments.extend(((day + 7) * DAY_MS, (day + 90) * DAY_MS))
+        if counts.purchases[index]:
+            moments.extend(((day + 30) * DAY_MS, (day + 90) * DAY_MS))
+        if counts.payments_failed[index]:
+            moments.append((day + 30) * DAY_MS)
+    for day in state.users_last_day.values():  # usage breadth: weekly and monthly users
+        moments.extend(((day + 7) * DAY_MS, (day + 30) * DAY_MS))
+    for day in state.features_last_day.values():  # key features used within 30 days
+        moments.append((day + 30) * DAY_MS)
+    if rules is not None:
+        moments.extend(_alert_deadlines(state, rules))
+    return moments
+
+
+def _alert_deadlines(state: CustomerState, rules: AlertParameters) -> list[int]:
+    """The silence deadlines (the silence rule, and a fall of the band time alone caused) and
+    the purchase lapse deadline: moments a condition starts holding."""
+    deadlines = []
+    gap = baseline_gap_days(state)
+    if gap is not None:
+        for multiplier in (rules.silence_gap_multiplier, rules.time_band_gap_multiplier):
+            deadlines.append(state.last_event_ms + int(max(rules.silence_min_days, multiplier * gap) * DAY_MS) + 1)
+    if state.purchase_days >= max(2, rules.purchase_lapse_min_purchases):
+        purchase_gap = (state.last_purchase_ms // DAY_MS - state.first_purchase_ms // DAY_MS) / (state.purchase_days - 1)
+        lapse_days = max(rules.purchase_lapse_min_days, rules.purchase_lapse_gap_multiplier * purchase_gap)
+        deadlines.append(state.last_purchase_ms + int(lapse_days * DAY_MS) + 1)
+    return deadlines
