@@ -79,6 +79,7 @@ def digest(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=["cdnow-sized", "generated-1m"], action="append", help="(repeatable; default both)")
+    parser.add_argument("--index-only", action="store_true", help="skip the full scan (at 100,000 customers it rescores each one every day: tens of minutes)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -88,16 +89,17 @@ def main() -> None:
             (cdnow_sized if case == "cdnow-sized" else generated)(source)
             row: dict = {"case": case}
             outputs = {}
-            for due_index in (True, False):
+            for due_index in (True,) if args.index_only else (True, False):
                 output = Path(folder) / f"{case}-{due_index}.jsonl"
                 seconds, summary = replay(source, output, due_index)
                 label = "due_index" if due_index else "full_scan"
                 row[label] = {"seconds": seconds, "summary": summary, "output_lines": sum(1 for _ in open(output, "rb"))}
                 outputs[label] = digest(output)
                 print(f"  {label}: {seconds:.1f} s, {row[label]['output_lines']} lines, {json.dumps(summary)}")
-            if outputs["due_index"] != outputs["full_scan"]:
-                raise SystemExit(f"{case}: the due index's output differs from the full scan's")
-            row["identical_output"] = True
+            if "full_scan" in outputs:
+                if outputs["due_index"] != outputs["full_scan"]:
+                    raise SystemExit(f"{case}: the due index's output differs from the full scan's")
+                row["identical_output"] = True
             rows.append(row)
     write_result("replay", {"rows": rows})
 

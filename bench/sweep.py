@@ -2,12 +2,21 @@
 
     .venv/bin/python bench/sweep.py --customers 100000            # in the real worker
     .venv/bin/python bench/sweep.py --customers 100000 --model    # the model alone
+    .venv/bin/python bench/sweep.py --customers 100000 --due      # the due index against a full scan
 
 Worker mode: loads two events per customer (a subscription and a session, 30 days
 ago) into fresh topics, runs ``healthscore worker`` until all are applied, then
 requests a sweep at the current time and measures until every partition reports
 its sweep done (``healthscore_sweep_duration_seconds``). Model mode: the same
 customers' records swept by ``scoring.pipeline.sweep`` in one process, without Kafka.
+
+Due mode (no Kafka): the generator's mix (10 events per customer over 60 days) applied to
+N customers' records, held as bytes on 4 partitions as the worker holds them; the worker's
+``Sweeper`` then sweeps them an hour after the last event with the due index (its first
+sweep places every customer), an hour later with nothing changed, an hour later again after
+1 % of the customers had an event; the last sweep is also made by visiting every customer
+(``sweep_due_index = false``). Each visit decodes the record, sweeps it and encodes it again
+if it changed, as the worker's working set does.
 """
 
 from __future__ import annotations
@@ -69,6 +78,69 @@ def model_mode(customers: int) -> dict:
         store[key] = encode_state(state)
     seconds = time.perf_counter() - started
     return {"mode": "model", "customers": customers, "seconds": seconds, "scores_changed": published, "alerts": alerts}
+
+
+def due_mode(customers: int) -> dict:
+    from stream.commands.generate import EventSynthesizer
+    from stream.processing.sweep import Sweeper
+    from stream.state.keys import KeysByPartition
+    from scoring.contract import decode_event
+
+    scoring, rules = ScoringParameters(), AlertParameters()
+    end = int(time.time() * 1000) // 3_600_000 * 3_600_000
+    states: dict[bytes, object] = {}
+    print(f"Applying {10 * customers} generated events to {customers} customers...")
+    for item in EventSynthesizer(customers, 5).timeline(10 * customers, end - 60 * DAY_MS, end - 60_000):
+        event = decode_event(item.customer_id.encode(), msgspec.json.encode(item.value), item.topic, end, 0)
+        if isinstance(event, Event):
+            state = states.get(event.customer_id.encode())
+            if state is None:
+                state = states[event.customer_id.encode()] = new_state(event.customer_id)
+            step(state, event, scoring, 32, rules=rules)  # type: ignore[arg-type]
+    store = {key: encode_state(state) for key, state in states.items()}  # type: ignore[arg-type]
+
+    def run(sweeper: Sweeper, keys: KeysByPartition, at_ms: int) -> tuple[float, int]:
+        started, visited = time.perf_counter(), 0
+        for partition in sorted(keys):
+            after: bytes | None = b""
+            while after is not None:
+                chunk, after = sweeper._chunk(partition, at_ms, after)
+                for key in chunk:
+                    visited += 1
+                    state = decode_state(store[key])
+                    if sweeper.swept(state, at_ms, key, [], partition) is not None:
+                        store[key] = encode_state(state)
+        return time.perf_counter() - started, visited
+
+    def sweeper_for(due_index: bool) -> tuple[Sweeper, KeysByPartition]:
+        keys = KeysByPartition()
+        for key in store:
+            keys.setdefault(sum(key) % 4, set()).add(key)
+        settings = load_settings(sweep_due_index=due_index, sweep_interval_seconds=3600)
+        return Sweeper(settings, scoring, rules, keys, publisher=None, sweep_topic=None, clock=time.time), keys  # type: ignore[arg-type]
+
+    indexed, keys = sweeper_for(True)
+    first = run(indexed, keys, end + 3_600_000)
+    quiet = run(indexed, keys, end + 2 * 3_600_000)
+    changed = list(store)[:: 100]
+    at = end + 2 * 3_600_000 + 60_000
+    for index, key in enumerate(changed):
+        state = decode_state(store[key])
+        step(state, Event(f"bench-{index}", "usage.session", state.customer_id, at, UsageSession("u", 60)), scoring, 32, rules=rules)
+        store[key] = encode_state(state)
+        keys.written(sum(key) % 4, key, None)
+    one_percent = run(indexed, keys, end + 3 * 3_600_000)
+    full_sweeper, full_keys = sweeper_for(False)
+    full = run(full_sweeper, full_keys, end + 3 * 3_600_000)
+    result = {
+        "mode": "due", "customers": len(store),
+        "first_sweep_placing_everyone": {"seconds": first[0], "visited": first[1]},
+        "an_hour_later_nothing_changed": {"seconds": quiet[0], "visited": quiet[1]},
+        "an_hour_later_1_percent_changed": {"seconds": one_percent[0], "visited": one_percent[1], "changed": len(changed)},
+        "full_scan_then": {"seconds": full[0], "visited": full[1]},
+    }
+    result["cost_of_the_1_percent_sweep_against_a_full_scan"] = one_percent[0] / full[0]
+    return result
 
 
 async def load(settings, customers: int) -> None:
@@ -149,8 +221,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--model", action="store_true", help="sweep the model alone, without Kafka")
+    parser.add_argument("--due", action="store_true", help="the worker's sweep with the due index against a full scan, without Kafka")
     args = parser.parse_args()
-    result = model_mode(args.customers) if args.model else worker_mode(args.customers, args.partitions)
+    if args.due:
+        result = due_mode(args.customers)
+    else:
+        result = model_mode(args.customers) if args.model else worker_mode(args.customers, args.partitions)
     result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     print(json.dumps(result, indent=2))
 

@@ -18,7 +18,6 @@ rescoring every customer would publish (scoring/due.py; tests/unit/test_due.py).
 
 from __future__ import annotations
 
-import heapq
 import logging
 from bisect import bisect_right
 from typing import Iterable
@@ -38,6 +37,7 @@ from stream import metrics
 from stream.kafka.producer import Outputs
 from stream.processing.publishing import Clock, Publisher
 from stream.settings import Settings
+from stream.state.due_index import DueIndex
 from stream.state.table import KeysByPartition
 from stream.state.working_set import WorkingSet
 
@@ -46,36 +46,6 @@ log = logging.getLogger("healthscore.worker")
 
 #: Sweeps in progress whose key order is kept (a partition swept twice at once is two).
 MAX_SWEEPS_IN_PROGRESS = 64
-#: Customers due within the same minute are kept together (taken early, never late).
-DUE_BUCKET_MS = 60_000
-
-
-class DueIndex:
-    """One partition's customers by the minute their sweep is next due."""
-
-    def __init__(self) -> None:
-        self._due: dict[int, set[bytes]] = {}
-        self._minutes: list[int] = []  # a heap of the minutes in ``_due``
-
-    def schedule(self, key: bytes, due_ms: int) -> None:
-        minute = due_ms // DUE_BUCKET_MS
-        keys = self._due.get(minute)
-        if keys is None:
-            keys = self._due[minute] = set()
-            heapq.heappush(self._minutes, minute)
-        keys.add(key)
-
-    def take(self, at_ms: int) -> set[bytes]:
-        """The customers due by ``at_ms`` (a customer rescheduled later may be among them: early, never late)."""
-        due: set[bytes] = set()
-        while self._minutes and self._minutes[0] <= at_ms // DUE_BUCKET_MS:
-            due |= self._due.pop(heapq.heappop(self._minutes), set())
-        return due
-
-    def __len__(self) -> int:
-        return sum(len(keys) for keys in self._due.values())
-
-
 class SweepTick(msgspec.Struct, frozen=True):
     """Rescore the customers of this partition at ``at_ms``, in key order after ``after``."""
 

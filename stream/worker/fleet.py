@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
+from stream.state.due_index import DueIndex
 from stream.state.keys import KeysByPartition
 from stream.state.store import records_of
 
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 #: Where each customer's KPIs go: (customer id, JSON) rows, written only for customers Redis
 #: knows; returns the customer ids it did not write (not known to Redis yet).
 KpisWriter = Callable[[list[tuple[str, bytes]]], Awaitable[list[str]]]
-#: Customers whose time comes within the same minute are kept together (checked early, never late).
-DUE_BUCKET_MS = 60_000
 #: Exports a customer's KPIs are offered again when Redis did not know the customer yet.
 KPI_WRITE_ATTEMPTS = 3
 #: Customers recomputed between two yields to the stream.
@@ -77,27 +75,17 @@ class PartitionTotals:
 
     at_ms: int
     sums: Sums = dataclasses.field(default_factory=empty_sums)
-    due: dict[int, set[bytes]] = dataclasses.field(default_factory=dict)
-    due_order: list[int] = dataclasses.field(default_factory=list)  # a heap of the minutes in ``due``
+    due: DueIndex = dataclasses.field(default_factory=DueIndex)
 
     def schedule(self, key: bytes, until: int | None) -> None:
-        if until is not None:
-            bucket = until // DUE_BUCKET_MS
-            if bucket not in self.due:
-                self.due[bucket] = set()
-                heapq.heappush(self.due_order, bucket)
-            self.due[bucket].add(key)
+        self.due.schedule(key, until)
 
     def unschedule(self, key: bytes, until: int | None) -> None:
-        if until is not None and (keys := self.due.get(until // DUE_BUCKET_MS)) is not None:
-            keys.discard(key)
+        self.due.unschedule(key, until)
 
     def take_due(self, at_ms: int) -> set[bytes]:
         """The customers whose time came by ``at_ms``."""
-        due: set[bytes] = set()
-        while self.due_order and self.due_order[0] <= at_ms // DUE_BUCKET_MS:
-            due |= self.due.pop(heapq.heappop(self.due_order), set())
-        return due
+        return self.due.take(at_ms)
 
 
 class FleetExport:
