@@ -146,9 +146,7 @@ class Sweeper:
                 return None
         result = sweep(state, at_ms, self._parameters, self._rules, self._min_score_change) if due_for_sweep(state, at_ms, self._silence_ms) else None
         if index is not None:
-            # A score the sweep just published is most likely still moving: due again at the next
-            # sweep, without working it out (early is never wrong).
-            index.schedule(key, at_ms + 1 if result is not None and result.publish is not None else self._next_due(state, at_ms))
+            index.schedule(key, self._next_due(state, at_ms))
         return result
 
     def _next_due(self, state: CustomerState, at_ms: int) -> int:
