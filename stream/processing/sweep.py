@@ -88,10 +88,10 @@ class Sweeper:
     def _candidates(self, partition: int, at_ms: int, keys: set[bytes]) -> Iterable[bytes]:
         """The customers this sweep visits: every one (the full scan, or a partition not yet
         placed in the index), else those written since the last sweep and those due."""
+        written = self._keys_by_partition.take_written_since_sweep(partition)
         if not self._use_index:
             return keys
         index = self._indexes.get(partition)
-        written = self._keys_by_partition.take_written_since_sweep(partition)
         if index is None or partition in self._keys_by_partition.sweep_restored:
             self._keys_by_partition.sweep_restored.discard(partition)
             index = self._indexes[partition] = DueIndex()
