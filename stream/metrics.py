@@ -272,7 +272,7 @@ SWEEP_DURATION = Histogram(
 )
 SWEEP_CUSTOMERS = Counter(
     "healthscore_sweep_customers",
-    "Customers rescored by the sweep.",
+    "Customers the sweep visited (with the due index: those written since the last sweep and those due).",
     registry=REGISTRY,
 )
 CHANGELOG_RECORDS_RESTORED = Counter(
