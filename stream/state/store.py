@@ -34,9 +34,10 @@ from stream.state.keys import KeysByPartition
 
 log = logging.getLogger("healthscore.worker")
 
-#: Kept in each partition's database beside the records: "<changelog offset> <written at, ms>".
-#: Never a customer key: customer ids are printable (docs/events.md).
-OFFSET_KEY = b"\x00healthscore\x00changelog-offset"
+#: Kept in each partition's database in a column family of its own (``META``), apart from the
+#: records, so no customer id can ever stand for it: "<changelog offset> <written at, ms>".
+OFFSET_KEY = b"changelog-offset"
+META = "healthscore-meta"
 #: Faust finds the store by the table's URL scheme.
 STORE_SCHEME = "healthscore-rocksdb"
 MB = 1024 * 1024
@@ -69,13 +70,34 @@ class MemoryRecords:
 
 
 class PartitionRecords(MutableMapping[bytes, bytes]):
-    """One partition's records: the changes since the last commit (None: deleted) over its database."""
+    """One partition's records: the changes since the last commit (None: deleted) over its database
+    (``meta``: the column family holding the changelog offset)."""
 
-    __slots__ = ("db", "pending")
+    __slots__ = ("db", "meta", "pending")
 
     def __init__(self, db: rocksdict.Rdict) -> None:
         self.db = db
+        self.meta = db.get_column_family(META)
         self.pending: dict[bytes, bytes | None] = {}
+
+    def close(self) -> None:
+        """The column family first: while it (or a handle on it) is held, the database keeps its lock."""
+        self.meta.close()
+        self.db.close()
+
+    def stored_offset(self) -> tuple[int | None, float]:
+        """The changelog offset on disk and when it was written (ms), or (None, 0)."""
+        stored = self.meta.get(OFFSET_KEY)
+        if stored is None:
+            return None, 0.0
+        offset, written_ms = stored.decode().split()
+        return int(offset), float(written_ms)
+
+    def write(self, batch: rocksdict.WriteBatch, offset: int | None) -> None:
+        """The batch, with the changelog offset it brings the disk to, atomically."""
+        if offset is not None:
+            batch.put(OFFSET_KEY, f"{offset} {int(time.time() * 1000)}".encode(), self.db.get_column_family_handle(META))
+        self.db.write(batch)
 
     def get(self, key: bytes, default: Any = None) -> Any:
         value = self.pending.get(key, _ABSENT)
@@ -108,7 +130,7 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
         """Every key (from disk, then the pending ones): for tests and tools, not the hot path."""
         pending = self.pending
         for key in self.db.keys():
-            if key != OFFSET_KEY and key not in pending:
+            if key not in pending:
                 yield key
         yield from (key for key, value in list(pending.items()) if value is not None)
 
@@ -173,10 +195,7 @@ class RocksStore(Store):
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            offset = self._delivered.pop(partition, None)
-            if offset is not None:
-                batch.put(OFFSET_KEY, f"{offset} {int(time.time() * 1000)}".encode())
-            records.db.write(batch)
+            records.write(batch, self._delivered.pop(partition, None))
             pending = records.pending
             for key, value in pairs:
                 if pending.get(key, _ABSENT) is value:
@@ -186,7 +205,7 @@ class RocksStore(Store):
 
     def persisted_offset(self, tp: TP) -> int | None:
         """Where recovery starts: after the last changelog offset the database holds."""
-        return self._stored_offset(self.partition(tp.partition).db)[0]
+        return self.partition(tp.partition).stored_offset()[0]
 
     def apply_changelog_batch(self, batch: Any, to_key: Any, to_value: Any) -> None:
         """Changelog records read back (recovery, standby copies): straight to each partition's
@@ -205,10 +224,9 @@ class RocksStore(Store):
             offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
         for partition, write in writes.items():
             records = self.partition(partition)
-            write.put(OFFSET_KEY, f"{offsets[partition]} {int(time.time() * 1000)}".encode())
             # What is pending stays: the agent's own writes since its last commit, newer than any
             # changelog record of a partition it owns.
-            records.db.write(write)
+            records.write(write, offsets[partition])
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0) -> None:
         """Closes the databases of partitions no longer held; a newly assigned partition starts
@@ -245,6 +263,7 @@ class RocksStore(Store):
         settings = self._settings
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
+        options.create_missing_column_families(True)
         options.set_write_buffer_size(settings.write_buffer_mb * MB)
         options.set_max_write_buffer_number(settings.max_write_buffers)
         options.set_compression_type(rocksdict.DBCompressionType.lz4())
@@ -257,31 +276,33 @@ class RocksStore(Store):
     def _open(self, partition: int) -> PartitionRecords:
         path = self._path(partition)
         path.parent.mkdir(parents=True, exist_ok=True)
+        records = PartitionRecords(self._open_db(path))
+        offset, written_ms = records.stored_offset()
+        age_hours = (time.time() * 1000 - written_ms) / 3_600_000 if offset is not None else 0.0
+        if age_hours > self._settings.max_local_age_hours:
+            log.warning("The local copy of state partition %s was last written %.1f h ago (rocksdb.max_local_age_hours %s): "
+                        "deleted; the partition is read back from its changelog", partition, age_hours, self._settings.max_local_age_hours)
+            records.close()
+            rocksdict.Rdict.destroy(str(path))
+            records, offset = PartitionRecords(self._open_db(path)), None
+        self._partitions[partition] = records
+        self._delivered.pop(partition, None)
+        keys = self._keys.setdefault(partition, set())
+        count = len(keys)
+        keys.update(records.db.keys())
+        self._keys.mark_restored(partition)  # the fleet totals and the sweep's index take it in full
+        log.info("State partition %s: %s records on local disk, changelog read from %s",
+                 partition, len(keys) - count, "its start" if offset is None else f"offset {offset + 1}")
+        return records
+
+    def _open_db(self, path: Path) -> rocksdict.Rdict:
         try:
-            db = rocksdict.Rdict(str(path), self._options())
+            return rocksdict.Rdict(str(path), self._options(), column_families={META: rocksdict.Options(raw_mode=True)})
         except Exception as error:
             raise RuntimeError(
                 f"cannot open the state database {path} ({error}); is another worker using the same data_dir? "
                 "Give each worker its own data_dir (HEALTHSCORE_DATA_DIR)"
             ) from None
-        offset, written_ms = self._stored_offset(db)
-        age_hours = (time.time() * 1000 - written_ms) / 3_600_000 if offset is not None else 0.0
-        if age_hours > self._settings.max_local_age_hours:
-            log.warning("The local copy of state partition %s was last written %.1f h ago (rocksdb.max_local_age_hours %s): "
-                        "deleted; the partition is read back from its changelog", partition, age_hours, self._settings.max_local_age_hours)
-            db.close()
-            rocksdict.Rdict.destroy(str(path))
-            db = rocksdict.Rdict(str(path), self._options())
-            offset = None
-        records = self._partitions[partition] = PartitionRecords(db)
-        self._delivered.pop(partition, None)
-        keys = self._keys.setdefault(partition, set())
-        count = len(keys)
-        keys.update(key for key in db.keys() if key != OFFSET_KEY)
-        self._keys.mark_restored(partition)  # the fleet totals and the sweep's index take it in full
-        log.info("State partition %s: %s records on local disk, changelog read from %s",
-                 partition, len(keys) - count, "its start" if offset is None else f"offset {offset + 1}")
-        return records
 
     def _close(self, partition: int) -> None:
         records = self._partitions.pop(partition)
@@ -289,15 +310,7 @@ class RocksStore(Store):
         self._keys.pop(partition, None)
         self._keys.changed.pop(partition, None)
         self._keys.written_since_sweep.pop(partition, None)
-        records.db.close()
-
-    @staticmethod
-    def _stored_offset(db: rocksdict.Rdict) -> tuple[int | None, float]:
-        stored = db.get(OFFSET_KEY)
-        if stored is None:
-            return None, 0.0
-        offset, written_ms = stored.decode().split()
-        return int(offset), float(written_ms)
+        records.close()
 
 
 STORES.aliases[STORE_SCHEME] = f"{__name__}:RocksStore"
