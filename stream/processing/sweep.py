@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
+from itertools import islice
 from typing import Iterable
 
 import faust
@@ -37,7 +38,9 @@ from stream import metrics
 from stream.kafka.producer import Outputs
 from stream.processing.publishing import Clock, Publisher
 from stream.settings import Settings
+from stream.state.disk_index import PLACE, SWEEP_DUE, StoredDueIndex, entries
 from stream.state.due_index import DueIndex
+from stream.state.store import PartitionRecords
 from stream.state.table import KeysByPartition
 from stream.state.working_set import WorkingSet
 
@@ -52,6 +55,22 @@ class SweepTick(msgspec.Struct, frozen=True):
     at_ms: int
     started_at: float
     after: str | None = None
+    #: With the RocksDB store and the due index, the list ``after`` is in: None the customers
+    #: written since the last commit, "place" the place markers, "due" the due entries (then
+    #: ``after`` is the entry, in hex). See :class:`StoredChunk`.
+    phase: str | None = None
+
+
+class StoredChunk(msgspec.Struct):
+    """A chunk of a sweep over the RocksDB store: the customers, each with the index entry it
+    was taken from (deleted when the customer is placed again; None: from memory), whether
+    they are visited to be placed, and where the next tick starts (None: done)."""
+
+    keys: list[bytes]
+    entries: list[bytes | None]
+    placing: bool
+    next_after: bytes | None = None
+    next_phase: str | None = None
 
 
 class Sweeper:
@@ -118,6 +137,60 @@ class Sweeper:
         self._orders.pop((partition, at_ms), None)
         return chunk, None
 
+    def _next_chunk(self, partition: int, tick: SweepTick) -> StoredChunk:
+        """The tick's chunk, from memory or from the RocksDB store."""
+        disk = self._keys_by_partition.disk
+        if disk is not None:
+            after = bytes.fromhex(tick.after) if tick.phase == "due" and tick.after else (tick.after or "").encode()
+            return self._stored_chunk(disk.partition(partition), partition, tick.at_ms, after, tick.phase)
+        keys, next_after = self._chunk(partition, tick.at_ms, tick.after.encode() if tick.after is not None else b"")
+        return StoredChunk(keys, [None] * len(keys), None, next_after)  # type: ignore[arg-type]
+
+    def _stored_chunk(self, records: PartitionRecords, partition: int, at_ms: int, after: bytes, phase: str | None) -> StoredChunk:
+        """The next chunk over the RocksDB store. Without the due index: every customer (from disk
+        in key order, with those written since the last commit). With it: those written since the
+        last commit, then the place markers (both to place), then the entries due by ``at_ms``."""
+        size = self._chunk_size
+        if phase is None:
+            written = self._orders.get((partition, at_ms))
+            if written is None:  # taken once per sweep: what a commit has not brought to disk yet
+                written = self._orders[(partition, at_ms)] = records.pending_keys()
+                while len(self._orders) > MAX_SWEEPS_IN_PROGRESS:
+                    del self._orders[next(iter(self._orders))]
+            if not self._use_index:
+                return self._everyone_chunk(records, partition, at_ms, written, after)
+            start = bisect_right(written, after)
+            keys = [key for key in written[start : start + size] if key in records]
+            if start + size < len(written):
+                return StoredChunk(keys, [None] * len(keys), True, written[start + size - 1])
+            self._orders.pop((partition, at_ms), None)
+            return StoredChunk(keys, [None] * len(keys), True, b"", "place")
+        if phase == "place":
+            taken = [(entry, entry[len(PLACE) :]) for entry, _value in islice(entries(records.index, PLACE + after, PLACE), size + 1)]
+            taken = [pair for pair in taken if pair[1] != after][:size]
+            next_after, next_phase = (taken[-1][1], "place") if len(taken) == size else (b"", "due")
+        else:
+            taken = StoredDueIndex(records.index, SWEEP_DUE).walk(at_ms, after, size)
+            next_after, next_phase = (taken[-1][0], "due") if len(taken) == size else (None, None)
+        kept: dict[bytes, bytes] = {}  # key -> entry: a customer once per chunk (an earlier entry may stay behind)
+        for entry, key in taken:
+            if key in kept or key not in records:  # a second entry, or erased or evicted since: the entry goes
+                records.index.delete(entry)
+            else:
+                kept[key] = entry
+        return StoredChunk(list(kept), list(kept.values()), phase == "place", next_after, next_phase)
+
+    def _everyone_chunk(self, records: PartitionRecords, partition: int, at_ms: int, written: list[bytes], after: bytes) -> StoredChunk:
+        """The next customers after ``after``, from disk and from those not yet committed."""
+        size = self._chunk_size
+        start = bisect_right(written, after)
+        keys = sorted(set(records.keys_after(after, size)) | set(written[start : start + size]))[:size]
+        next_after = keys[-1] if len(keys) == size else None  # fewer: both lists are done
+        if next_after is None:
+            self._orders.pop((partition, at_ms), None)
+        kept = [key for key in keys if key in records]  # erased since the commit
+        return StoredChunk(kept, [None] * len(kept), False, next_after)
+
     async def start(self, owned_partitions: Iterable[int]) -> None:
         """Each worker sweeps the partitions it owns, at the current time."""
         now = self._clock()
@@ -128,26 +201,41 @@ class Sweeper:
             log.info("Sweep started for %s partition(s)", len(owned))
 
     def swept(
-        self, state: CustomerState, at_ms: int, key: bytes = b"", expired: list[bytes] | None = None, partition: int | None = None
+        self, state: CustomerState, at_ms: int, key: bytes = b"", expired: list[bytes] | None = None, partition: int | None = None,
+        placing: bool | None = None, entry: bytes | None = None,
     ) -> Step | None:
         """Silent customers only (scoring.pipeline.due_for_sweep); None leaves the record untouched.
         A customer past state_ttl_days is noted in ``expired`` instead (the caller evicts it).
-        With ``partition`` (the due index on), a customer written since the last sweep is
-        rescored only if due now, and every customer visited is placed for its next moment."""
+        With ``partition`` (the due index on), a customer to place (written since the last
+        sweep: ``placing``, or looked up in memory when None) is rescored only if due now, and
+        every customer visited is placed for its next moment; ``entry``, the stored index entry
+        it was taken from, is deleted as it is placed again."""
         if expired is not None and expired_state(state, at_ms, self._ttl_ms):
             expired.append(key)
             return None
-        index = self._indexes.get(partition) if partition is not None else None
-        if index is not None and key in self._to_place.get(partition, ()):  # type: ignore[arg-type]
-            self._to_place[partition].discard(key)  # type: ignore[index]
-            due = self._next_due(state, at_ms - 1)
-            if due > at_ms:
+        index = self._index_of(partition)
+        if index is not None:
+            if placing is None:
+                placing = key in self._to_place.get(partition, ())  # type: ignore[arg-type]
+                self._to_place.get(partition, set()).discard(key)  # type: ignore[arg-type]
+            if entry is not None:
+                self._keys_by_partition.disk.partition(partition).index.delete(entry)
+            if placing and (due := self._next_due(state, at_ms - 1)) > at_ms:
                 index.schedule(key, due)
                 return None
         result = sweep(state, at_ms, self._parameters, self._rules, self._min_score_change) if due_for_sweep(state, at_ms, self._silence_ms) else None
         if index is not None:
             index.schedule(key, self._next_due(state, at_ms))
         return result
+
+    def _index_of(self, partition: int | None) -> DueIndex | StoredDueIndex | None:
+        """The partition's due index (None: the index is off, or no partition was given)."""
+        if partition is None or not self._use_index:
+            return None
+        disk = self._keys_by_partition.disk
+        if disk is None:
+            return self._indexes.get(partition)
+        return StoredDueIndex(disk.partition(partition).index, SWEEP_DUE)
 
     def _next_due(self, state: CustomerState, at_ms: int) -> int:
         return next_sweep_due(state, at_ms, self._parameters, self._rules, self._min_score_change, self._silence_ms, self._ttl_ms, self._silence_ms)
@@ -173,21 +261,23 @@ class Sweeper:
             )
             return
         partition = message.partition
-        after = tick.after.encode() if tick.after is not None else b""
-        chunk, next_after = self._chunk(partition, tick.at_ms, after)
+        chunk = self._next_chunk(partition, tick)
         expired: list[bytes] = []
-        for key in chunk:
+        for key, entry in zip(chunk.keys, chunk.entries):
             customer_id = key.decode()
-            result = working.run(key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired, partition), message)
+            result = working.run(
+                key, partition, customer_id, lambda state: self.swept(state, tick.at_ms, key, expired, partition, chunk.placing, entry), message
+            )
             if expired and expired[-1] is key:
                 self.evict(key, partition, customer_id, working)
             elif result is not None:
                 self._publisher.queue_score(outputs, key, partition, customer_id, result, None, tick.at_ms)
                 await self._publisher.queue_alerts(outputs, key, partition, customer_id, result)
-        metrics.SWEEP_CUSTOMERS.inc(len(chunk))
-        if next_after is not None:
+        metrics.SWEEP_CUSTOMERS.inc(len(chunk.keys))
+        if chunk.next_after is not None:
             # Let the stream have its turn, then continue where this step stopped.
-            next_tick = SweepTick(tick.at_ms, tick.started_at, next_after.decode())
+            after = chunk.next_after.hex() if chunk.next_phase == "due" else chunk.next_after.decode()
+            next_tick = SweepTick(tick.at_ms, tick.started_at, after, chunk.next_phase)
             await self._topic.send(value=msgspec.json.encode(next_tick), partition=partition)
         else:
             metrics.SWEEP_DURATION.observe(max(0.0, self._clock() - tick.started_at))

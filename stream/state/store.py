@@ -30,6 +30,7 @@ from faust.stores.base import Store
 from faust.types import TP
 
 from stream.settings import RocksDbSettings
+from stream.state.disk_index import PLACE
 from stream.state.keys import KeysByPartition
 
 log = logging.getLogger("healthscore.worker")
@@ -38,6 +39,10 @@ log = logging.getLogger("healthscore.worker")
 #: records, so no customer id can ever stand for it: "<changelog offset> <written at, ms>".
 OFFSET_KEY = b"changelog-offset"
 META = "healthscore-meta"
+#: The sweep's and the fleet export's indexes (stream/state/disk_index.py), in a column family of
+#: their own; ``INDEXED_KEY`` in META says every record on disk has its place marker.
+INDEX = "healthscore-index"
+INDEXED_KEY = b"place-markers"
 #: Faust finds the store by the table's URL scheme.
 STORE_SCHEME = "healthscore-rocksdb"
 MB = 1024 * 1024
@@ -73,17 +78,34 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
     """One partition's records: the changes since the last commit (None: deleted) over its database
     (``meta``: the column family holding the changelog offset)."""
 
-    __slots__ = ("db", "meta", "pending")
+    __slots__ = ("db", "meta", "index", "pending")
 
     def __init__(self, db: rocksdict.Rdict) -> None:
         self.db = db
         self.meta = db.get_column_family(META)
+        self.index = db.get_column_family(INDEX)
         self.pending: dict[bytes, bytes | None] = {}
 
     def close(self) -> None:
-        """The column family first: while it (or a handle on it) is held, the database keeps its lock."""
+        """The column families first: while one (or a handle on it) is held, the database keeps its lock."""
         self.meta.close()
+        self.index.close()
         self.db.close()
+
+    def keys_after(self, after: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys on disk after ``after``, in order (pending writes not included)."""
+        keys: list[bytes] = []
+        for key in self.db.keys(from_key=after):
+            if key == after:
+                continue
+            if len(keys) == limit:
+                break
+            keys.append(key)
+        return keys
+
+    def pending_keys(self) -> list[bytes]:
+        """The keys written since the last commit and still there, in order."""
+        return sorted(key for key, value in self.pending.items() if value is not None)
 
     def stored_offset(self) -> tuple[int | None, float]:
         """The changelog offset on disk and when it was written (ms), or (None, 0)."""
@@ -93,10 +115,15 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
         offset, written_ms = stored.decode().split()
         return int(offset), float(written_ms)
 
-    def write(self, batch: rocksdict.WriteBatch, offset: int | None) -> None:
-        """The batch, with the changelog offset it brings the disk to, atomically."""
+    def write(self, batch: rocksdict.WriteBatch, offset: int | None, written: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        """The batch, with the changelog offset it brings the disk to and a place marker for
+        each key ``written`` (the sweep works out its next moment), atomically."""
         if offset is not None:
             batch.put(OFFSET_KEY, f"{offset} {int(time.time() * 1000)}".encode(), self.db.get_column_family_handle(META))
+        if written:
+            index = self.db.get_column_family_handle(INDEX)
+            for key in written:
+                batch.put(PLACE + key, b"", index)
         self.db.write(batch)
 
     def get(self, key: bytes, default: Any = None) -> Any:
@@ -151,13 +178,14 @@ class RocksStore(Store):
     """A RocksDB database per partition under the table directory (``customer-state-<partition>.db``).
 
     Options (the table's ``options``): ``rocksdb`` (RocksDbSettings), ``keys_by_partition``
-    (filled from each database when it is opened), ``directory``."""
+    (told to read each partition's keys from its database), ``directory``."""
 
     def __init__(self, url: Any, app: Any, table: Any, **kwargs: Any) -> None:
         super().__init__(url, app, table, **kwargs)
         options = dict(self.options or {})
         self._settings: RocksDbSettings = options["rocksdb"]
         self._keys: KeysByPartition = options["keys_by_partition"]
+        self._keys.disk = self  # the keys are read from the databases, not kept in memory
         self._directory = Path(options["directory"])
         self._cache = rocksdict.Cache(self._settings.block_cache_mb * MB)
         self._partitions: dict[int, PartitionRecords] = {}
@@ -195,7 +223,7 @@ class RocksStore(Store):
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            records.write(batch, self._delivered.pop(partition, None))
+            records.write(batch, self._delivered.pop(partition, None), [key for key, _value in pairs])
             pending = records.pending
             for key, value in pairs:
                 if pending.get(key, _ABSENT) is value:
@@ -212,21 +240,24 @@ class RocksStore(Store):
         database with the offset of the last one, atomically."""
         writes: dict[int, rocksdict.WriteBatch] = {}
         offsets: dict[int, int] = {}
+        keys: dict[int, list[bytes]] = {}
         for event in batch:
             message = event.message
             write = writes.get(message.partition)
             if write is None:
                 write = writes[message.partition] = rocksdict.WriteBatch(raw_mode=True)
+                keys[message.partition] = []
             if message.value is None:
                 write.delete(message.key)
             else:
                 write.put(message.key, message.value)
+            keys[message.partition].append(message.key)
             offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
         for partition, write in writes.items():
             records = self.partition(partition)
             # What is pending stays: the agent's own writes since its last commit, newer than any
             # changelog record of a partition it owns.
-            records.write(write, offsets[partition])
+            records.write(write, offsets[partition], keys[partition])
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0) -> None:
         """Closes the databases of partitions no longer held; a newly assigned partition starts
@@ -287,17 +318,31 @@ class RocksStore(Store):
             records, offset = PartitionRecords(self._open_db(path)), None
         self._partitions[partition] = records
         self._delivered.pop(partition, None)
-        keys = self._keys.setdefault(partition, set())
-        count = len(keys)
-        keys.update(records.db.keys())
-        self._keys.mark_restored(partition)  # the fleet totals and the sweep's index take it in full
-        log.info("State partition %s: %s records on local disk, changelog read from %s",
-                 partition, len(keys) - count, "its start" if offset is None else f"offset {offset + 1}")
+        self._mark_unplaced(records)
+        self._keys.restored.add(partition)  # the fleet totals count it in full
+        log.info("State partition %s: about %s records on local disk, changelog read from %s", partition,
+                 records.db.property_int_value("rocksdb.estimate-num-keys"), "its start" if offset is None else f"offset {offset + 1}")
         return records
+
+    @staticmethod
+    def _mark_unplaced(records: PartitionRecords) -> None:
+        """A database written before the place markers existed: every record gets one (once)."""
+        if records.meta.get(INDEXED_KEY) is not None:
+            return
+        index = records.db.get_column_family_handle(INDEX)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for count, key in enumerate(records.db.keys(), 1):
+            batch.put(PLACE + key, b"", index)
+            if count % 100_000 == 0:
+                records.db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(INDEXED_KEY, b"1", records.db.get_column_family_handle(META))
+        records.db.write(batch)
 
     def _open_db(self, path: Path) -> rocksdict.Rdict:
         try:
-            return rocksdict.Rdict(str(path), self._options(), column_families={META: rocksdict.Options(raw_mode=True)})
+            return rocksdict.Rdict(str(path), self._options(),
+                                   column_families={META: rocksdict.Options(raw_mode=True), INDEX: rocksdict.Options(raw_mode=True)})
         except Exception as error:
             raise RuntimeError(
                 f"cannot open the state database {path} ({error}); is another worker using the same data_dir? "
@@ -307,9 +352,7 @@ class RocksStore(Store):
     def _close(self, partition: int) -> None:
         records = self._partitions.pop(partition)
         self._delivered.pop(partition, None)
-        self._keys.pop(partition, None)
         self._keys.changed.pop(partition, None)
-        self._keys.written_since_sweep.pop(partition, None)
         records.close()
 
 

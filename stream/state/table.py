@@ -20,13 +20,15 @@ def customer_state_table(app: faust.App, settings: Settings, keys_by_partition: 
     """Declares the table on ``app``; records restored from the changelog are indexed by partition."""
 
     async def index_changelog(event: faust.EventT) -> None:
-        keys = keys_by_partition.setdefault(event.message.partition, set())
         keys_by_partition.mark_restored(event.message.partition)
+        metrics.CHANGELOG_RECORDS_RESTORED.inc()
+        if keys_by_partition.disk is not None:  # the keys are in the databases, with place markers
+            return
+        keys = keys_by_partition.setdefault(event.message.partition, set())
         if event.message.value is None:  # an erased customer's tombstone: no sweep, no refill, no KPI
             keys.discard(event.message.key)
         else:
             keys.add(event.message.key)
-        metrics.CHANGELOG_RECORDS_RESTORED.inc()
 
     store: dict[str, Any] = {}
     if settings.state_store == "rocksdb":

@@ -14,7 +14,8 @@ a chunk costs a few milliseconds, between the agent's batches.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterator
 
 import faust
 import msgspec
@@ -55,17 +56,18 @@ class CacheRefill:
         self._cache = cache
         self._clock = clock
         #: (partition, its customers still to rewrite), in order.
-        self._queue: list[tuple[int, list[bytes]]] = []
+        self._queue: list[tuple[int, Iterator[bytes]]] = []
         #: Called once Redis, after losing its data, has every owned customer's score again
         #: (the fleet export then writes their KPIs again).
         self._on_refilled = on_refilled
         self._refilling_after_loss = False
 
     def queue_owned(self) -> int:
-        """Queues every customer of the partitions this worker owns; returns how many."""
+        """Queues every customer of the partitions this worker owns; returns how many (about as
+        many, from the RocksDB store's estimate: its keys are read as the refill goes)."""
         owned = sorted(tp.partition for tp in self._app.consumer.assignment() if tp.topic == self._sweep_topic)
-        self._queue = [(partition, list(self._keys_by_partition.get(partition, ()))) for partition in owned]
-        return sum(len(keys) for _, keys in self._queue)
+        self._queue = [(partition, self._keys_by_partition.walk(partition, REFILL_CHUNK)) for partition in owned]
+        return sum(self._keys_by_partition.count(partition) for partition in owned)
 
     async def step(self) -> None:
         """Checks whether Redis lost the scores, and rewrites the next chunk of them if so."""
@@ -75,10 +77,8 @@ class CacheRefill:
             self._refilling_after_loss = True
         if self._queue:
             partition, keys = self._queue[0]
-            chunk, rest = keys[:REFILL_CHUNK], keys[REFILL_CHUNK:]
-            if rest:
-                self._queue[0] = (partition, rest)
-            else:
+            chunk = list(islice(keys, REFILL_CHUNK))
+            if len(chunk) < REFILL_CHUNK:
                 del self._queue[0]
             metrics.REDIS_REFILLED_CUSTOMERS.inc(self.rewrite(partition, chunk))
             if not self._queue:

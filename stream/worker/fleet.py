@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import faust
 from faust.types import TP
@@ -21,8 +21,9 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
+from stream.state.disk_index import COUNTED, FLEET_DUE, StoredDueIndex, clear_prefix
 from stream.state.due_index import DueIndex
-from stream.state.keys import KeysByPartition
+from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
 
 
@@ -71,21 +72,12 @@ class FleetOptions:
 @dataclass
 class PartitionTotals:
     """One partition's fleet totals at ``at_ms`` (integer sums of its customers' contributions)
-    and, by minute, the customers whose contribution or KPIs time alone will next change."""
+    and, by minute, the customers whose contribution or KPIs time alone will next change (on
+    the RocksDB store that index is on disk: stream/state/disk_index.py)."""
 
     at_ms: int
     sums: Sums = dataclasses.field(default_factory=empty_sums)
     due: DueIndex = dataclasses.field(default_factory=DueIndex)
-
-    def schedule(self, key: bytes, until: int | None) -> None:
-        self.due.schedule(key, until)
-
-    def unschedule(self, key: bytes, until: int | None) -> None:
-        self.due.unschedule(key, until)
-
-    def take_due(self, at_ms: int) -> set[bytes]:
-        """The customers whose time came by ``at_ms``."""
-        return self.due.take(at_ms)
 
 
 class FleetExport:
@@ -163,48 +155,80 @@ class FleetExport:
                 keys_by_partition.restored.discard(partition)
                 keys_by_partition.take_changes(partition)
                 part = self._partitions[partition] = PartitionTotals(now_ms)
-                counted: dict[bytes, Any] = dict.fromkeys(keys_by_partition.get(partition, ()))
+                counted: Iterable[tuple[bytes, Any]] = ((key, None) for key in self._every_key(partition))
             else:
-                counted = keys_by_partition.take_changes(partition)
-                for key in part.take_due(now_ms):
-                    counted.setdefault(key, _AS_STORED)
+                changes = keys_by_partition.take_changes(partition)
+                index = self._index(partition)
+                for key in (part.due if index is None else StoredDueIndex(index, FLEET_DUE)).take(now_ms):
+                    changes.setdefault(key, _AS_STORED)
+                counted = changes.items()
             try:
-                for index, (key, before) in enumerate(counted.items()):
+                for index, (key, before) in enumerate(counted, 1):
                     row = self._recount(partition, part, key, before, now_ms)
                     if row is not None:
                         rows.append(row)
-                    if index % CHUNK == CHUNK - 1:
+                    if index % CHUNK == 0:
                         rows = await self._write(rows)
+                    self.recomputed += 1
             except BaseException:  # the changes taken are half counted: count the partition in full next time
                 part.at_ms = -1
                 raise
             part.at_ms = now_ms
-            self.recomputed += len(counted)
         rows += self._retried_kpis(now_ms)
         await self._write(rows, final=True)
+
+    def _every_key(self, partition: int) -> Iterator[bytes]:
+        """The partition's customers for a full count (on the RocksDB store, the entries of an
+        earlier count are cleared first)."""
+        if (index := self._index(partition)) is not None:
+            clear_prefix(index, COUNTED)
+            clear_prefix(index, FLEET_DUE)
+        yield from self._keys_by_partition.walk(partition, CHUNK)
+
+    def _index(self, partition: int) -> Any:
+        """The partition's index column family on the RocksDB store (None: in memory, or not held)."""
+        disk = self._keys_by_partition.disk
+        records = disk.if_open(partition) if disk is not None else None
+        return None if records is None else records.index
 
     def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, now_ms: int) -> tuple[str, bytes] | None:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
         its contribution now; returns its KPI row. Synchronous: the stream cannot write between."""
         options = self._options
+        on_disk = self._keys_by_partition.disk is not None
+        index = self._index(partition)
+        if on_disk and index is None:  # the partition moved away during the pass: its totals go at the next
+            return None
         current = self._stored(partition, key)
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
         if before is _AS_STORED:  # due by time alone: the totals counted what the table held
             before = changed[key] if written_meanwhile else current  # type: ignore[index]
+        if before is COUNTED_ON_DISK:
+            before = index.get(COUNTED + key)
         old = _decoded(before)
+        due = part.due if index is None else StoredDueIndex(index, FLEET_DUE)
         if old is not None:
             remove_from(part.sums, contribution(old, part.at_ms, options.period_days, options.survey_response_days))
-            part.unschedule(key, unchanged_until(old, part.at_ms, options.period_days, options.survey_response_days))
-        if written_meanwhile:  # the next export replaces what is counted now
+            due.unschedule(key, unchanged_until(old, part.at_ms, options.period_days, options.survey_response_days))
+        if index is not None:  # what the next export removes (COUNTED_ON_DISK)
+            self._count_on_disk(index, key, current)
+        elif written_meanwhile:  # the next export replaces what is counted now
             changed[key] = current  # type: ignore[index]
         new = old if before is current else _decoded(current)  # due by time alone: one decode
         if new is None:
             return None
         add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
-        part.schedule(key, unchanged_until(new, now_ms, options.period_days, options.survey_response_days))
+        due.schedule(key, unchanged_until(new, now_ms, options.period_days, options.survey_response_days))
         self._kpi_retries.pop(key, None)
         return (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
+
+    @staticmethod
+    def _count_on_disk(index: Any, key: bytes, current: bytes | None) -> None:
+        if current is None:
+            index.delete(COUNTED + key)
+        else:
+            index.put(COUNTED + key, current)
 
     def _stored(self, partition: int, key: bytes) -> bytes | None:
         records = self._records.if_open(partition)
@@ -214,7 +238,7 @@ class FleetExport:
         """KPI rows of the customers Redis did not know at the last export (its score was on its way)."""
         rows = []
         for key in list(self._kpi_retries):
-            partition = next((number for number, keys in self._keys_by_partition.items() if key in keys), None)
+            partition = next((number for number in self._partitions if self._keys_by_partition.holds(number, key)), None)
             state = _decoded(None if partition is None else self._stored(partition, key))
             if state is None or self._options.write_kpis is None:  # erased meanwhile
                 del self._kpi_retries[key]

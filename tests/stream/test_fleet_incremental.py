@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import tempfile
 import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
@@ -21,10 +25,12 @@ from scoring.kpis import customer_kpis
 from scoring.pipeline import step
 from scoring.state import DAY_MS, decode_state, encode_state, new_state
 from stream.kafka.producer import Outputs
-from stream.state.table import KeysByPartition
+from stream.settings import Settings
+from stream.state.table import KeysByPartition, customer_state_table
 from stream.state.working_set import WorkingSet
 from stream.worker import fleet
 from stream.worker.fleet import FleetExport, FleetOptions
+from stream.worker.app import faust_app
 from stream.worker.web import served_kpis
 from tests.unit.test_kernel import T0, histories
 
@@ -45,11 +51,17 @@ class Table:
 
 
 class World:
-    """A table written through the worker's WorkingSet, and an export that sees it."""
+    """A table written through the worker's WorkingSet, and an export that sees it. With
+    ``directory``, the table is the RocksDB store (the export's indexes on disk), and writes
+    reach the disk at commits made at random moments (``chooser``)."""
 
-    def __init__(self, events: list, unknown_to_redis: set[str]) -> None:
-        self.table = Table()
+    def __init__(self, events: list, unknown_to_redis: set[str], directory: Path | None = None, chooser: random.Random | None = None) -> None:
         self.keys = KeysByPartition()
+        self.table: Any = Table()
+        if directory is not None:
+            configured = Settings(state_store="rocksdb", data_dir=directory)
+            self.table = customer_state_table(faust_app(configured), configured, self.keys)
+        self.chooser = chooser or random.Random(0)
         self.pending = list(events)  # applied one per KPI write, as the stream would while the export yields
         self.redis: dict[str, bytes] = {}
         self.streaming = True
@@ -61,20 +73,42 @@ class World:
         working = WorkingSet(self.table, self.keys, Outputs(), "changelog")
         working.run(customer.encode(), partition_of(customer), customer, lambda state: step(state, event, PARAMETERS, 32))  # type: ignore[arg-type]
         working.write_back()
+        self.maybe_commit()
+
+    def maybe_commit(self) -> None:
+        if self.keys.disk is not None and self.chooser.random() < 0.5:
+            store = self.keys.disk
+            store.persist({partition: list(store.partition(partition).pending.items()) for partition in range(3)})
+
+    def stored(self, key: bytes) -> bytes | None:
+        if self.keys.disk is None:
+            return self.table.data.get(key)
+        return self.keys.disk.partition(partition_of(key.decode())).get(key)  # type: ignore[no-any-return]
+
+    def customers(self, partition: int) -> list[bytes]:
+        return list(self.keys.walk(partition))
 
     def restore(self, event: object) -> None:
         """What a changelog restore does: the store written directly, the partition marked."""
         customer = event.customer_id  # type: ignore[attr-defined]
-        stored = self.table.data.get(customer.encode())
+        stored = self.stored(customer.encode())
         state = decode_state(stored) if stored is not None else new_state(customer)
         step(state, event, PARAMETERS, 32)  # type: ignore[arg-type]
+        partition = partition_of(customer)
+        if self.keys.disk is not None:
+            self.maybe_commit()
+            message = SimpleNamespace(partition=partition, offset=0, key=customer.encode(), value=encode_state(state))
+            self.keys.disk.apply_changelog_batch([SimpleNamespace(message=message)], None, None)
+            self.keys.mark_restored(partition)
+            return
         self.table.data[customer.encode()] = encode_state(state)
-        self.keys.setdefault(partition_of(customer), set()).add(customer.encode())
-        self.keys.restored.add(partition_of(customer))
+        self.keys.setdefault(partition, set()).add(customer.encode())
+        self.keys.restored.add(partition)
 
     def erase(self, customer: str) -> None:
         working = WorkingSet(self.table, self.keys, Outputs(), "changelog")
         working.erase(customer.encode(), partition_of(customer))
+        self.maybe_commit()
 
     async def write_kpis(self, rows: list[tuple[str, bytes]]) -> list[str]:
         unwritten = [customer for customer, _json in rows if customer in self.unknown]
@@ -88,8 +122,8 @@ class World:
 def full_sums(world: World, owned: set[int], at_ms: int) -> dict[str, int]:
     sums = empty_sums()
     for partition in owned:
-        for key in world.keys.get(partition, ()):
-            add_to(sums, contribution(decode_state(world.table.data[key]), at_ms, OPTIONS["period_days"], OPTIONS["survey_response_days"]))
+        for key in world.customers(partition):
+            add_to(sums, contribution(decode_state(world.stored(key)), at_ms, OPTIONS["period_days"], OPTIONS["survey_response_days"]))
     return {name: value for name, value in sums.items() if value}
 
 
@@ -103,8 +137,8 @@ def exported_sums(world: World, owned: set[int]) -> dict[str, int]:
 def check(world: World, owned: set[int], at_ms: int) -> None:
     assert exported_sums(world, owned) == full_sums(world, owned, at_ms)
     for partition in owned:
-        for key in world.keys.get(partition, ()):
-            state = decode_state(world.table.data[key])
+        for key in world.customers(partition):
+            state = decode_state(world.stored(key))
             expected = msgspec.json.decode(msgspec.json.encode(dataclasses.asdict(customer_kpis(state, at_ms, ("reports",), 2.5))))
             served = served_kpis(world.redis[state.customer_id], at_ms)
             for name, value in expected.items():
@@ -112,14 +146,21 @@ def check(world: World, owned: set[int], at_ms: int) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(parts=st.lists(histories(), min_size=1, max_size=3), steps=st.lists(st.integers(0, 40 * 24), min_size=2, max_size=8), seed=st.integers(0, 1000))
-def test_the_incremental_export_equals_a_full_recomputation(parts: list, steps: list, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@given(parts=st.lists(histories(), min_size=1, max_size=3), steps=st.lists(st.integers(0, 40 * 24), min_size=2, max_size=8), seed=st.integers(0, 1000),
+       on_disk=st.booleans())
+def test_the_incremental_export_equals_a_full_recomputation(parts: list, steps: list, seed: int, on_disk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory, and on the RocksDB store (the counted records and due entries on disk)."""
+    with tempfile.TemporaryDirectory() as directory:
+        incremental_equals_full(parts, steps, seed, Path(directory) if on_disk else None, monkeypatch)
+
+
+def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleet, "CHUNK", 2)  # (the same for every example) yield often: records change during the pass
     events = [msgspec.structs.replace(event, customer_id=f"{index}-{event.customer_id}") for index, history in enumerate(parts) for _v, event, *_rest in history]
     chooser = random.Random(seed)
     chooser.shuffle(events)
     customers = sorted({event.customer_id for event in events})
-    world = World(events[len(events) // 2:], unknown_to_redis=set(customers[:2]))
+    world = World(events[len(events) // 2:], unknown_to_redis=set(customers[:2]), directory=directory, chooser=chooser)
     for event in events[: len(events) // 2]:
         world.apply(event)
     owned = {0, 1, 2}
@@ -138,6 +179,8 @@ def test_the_incremental_export_equals_a_full_recomputation(parts: list, steps: 
         asyncio.run(world.export.update(owned, now))  # KPIs not written the first time are offered again
         check(world, owned, now)
         world.streaming = True
+    if world.keys.disk is not None:
+        asyncio.run(world.keys.disk.on_stop())
 
 
 def test_only_changed_and_due_customers_are_recomputed() -> None:

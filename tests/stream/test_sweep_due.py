@@ -5,7 +5,10 @@ not plan for."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,10 +16,12 @@ from hypothesis import strategies as st
 from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
-from scoring.state import DAY_MS, encode_state, new_state
-from stream.processing.sweep import Sweeper
+from scoring.state import DAY_MS, decode_state, encode_state, new_state
+from stream.processing.sweep import Sweeper, SweepTick
 from stream.settings import load_settings
 from stream.state.keys import KeysByPartition
+from stream.state.table import customer_state_table
+from stream.worker.app import faust_app
 from tests.unit.test_due import SENSITIVE
 from tests.unit.test_kernel import histories
 
@@ -84,3 +89,111 @@ def test_the_index_sweep_publishes_what_visiting_everyone_does(history: list, ru
         tick += HOUR_MS * (1 + (ticks * 7 + jitter) % 3) if pending else DAY_MS // 4
     assert {key: encode_state(state) for key, state in indexed.states.items()} == {key: encode_state(state) for key, state in full.states.items()}  # type: ignore[arg-type]
     assert indexed.visited <= full.visited
+
+
+class StoredWorker:
+    """The same sweeper over the RocksDB store (stream/state/disk_index.py): records written
+    pending, brought to disk by commits at random moments (each with its place markers), a
+    sweep walked tick by tick through its phases, and a restart (close, reopen) in between."""
+
+    def __init__(self, rules: AlertParameters, directory: Path, chunk_size: int) -> None:
+        self.rules = rules
+        self.directory = directory
+        self.chunk_size = chunk_size
+        self.visited = 0
+        self.open()
+
+    def open(self) -> None:
+        configured = load_settings(sweep_due_index=True, sweep_interval_seconds=3600, state_ttl_days=25, sweep_chunk_size=self.chunk_size,
+                                   state_store="rocksdb", data_dir=self.directory)
+        self.keys = KeysByPartition()
+        self.table = customer_state_table(faust_app(configured), configured, self.keys)
+        self.store = self.table.data
+        self.sweeper = Sweeper(configured, ScoringParameters(), self.rules, self.keys, publisher=None, sweep_topic=None, clock=lambda: 0.0)  # type: ignore[arg-type]
+
+    def restart(self) -> None:
+        self.commit()
+        asyncio.run(self.store.on_stop())
+        self.open()
+
+    def commit(self) -> None:
+        """What the offset commit does once the changelog is delivered: the pending writes to disk."""
+        sent = {partition: list(self.store.partition(partition).pending.items()) for partition in (0, 1)}
+        self.store.persist(sent)
+
+    def state(self, key: bytes, partition: int) -> object:
+        stored = self.store.partition(partition).get(key)
+        return decode_state(stored) if stored is not None else None
+
+    def write(self, key: bytes, partition: int, state: object) -> None:
+        records = self.store.partition(partition)
+        encoded = encode_state(state)  # type: ignore[arg-type]
+        if records.get(key) != encoded:  # the worker writes a record back only when a step changed it
+            records[key] = encoded
+
+    def apply(self, event: object, partition: int) -> list:
+        key = event.customer_id.encode()  # type: ignore[attr-defined]
+        state = self.state(key, partition) or new_state(event.customer_id)  # type: ignore[attr-defined]
+        result = step(state, event, ScoringParameters(), 32, rules=self.rules)  # type: ignore[arg-type]
+        self.write(key, partition, state)
+        self.keys.written(partition, key, None)
+        return [result.publish, result.alerts.raised]
+
+    def sweep(self, at_ms: int) -> list:
+        published = []
+        for partition in (0, 1):
+            tick = SweepTick(at_ms, 0.0)
+            while True:
+                chunk = self.sweeper._next_chunk(partition, tick)
+                for key, entry in zip(chunk.keys, chunk.entries):
+                    self.visited += 1
+                    expired: list[bytes] = []
+                    state = self.state(key, partition)
+                    result = self.sweeper.swept(state, at_ms, key, expired, partition, chunk.placing, entry)  # type: ignore[arg-type]
+                    if expired:
+                        self.store.partition(partition).pop(key)
+                        continue
+                    self.write(key, partition, state)
+                    if result is not None and (result.publish is not None or result.alerts.raised):
+                        published.append((key, result.publish, result.alerts.raised))
+                if chunk.next_after is None:
+                    break
+                after = chunk.next_after.hex() if chunk.next_phase == "due" else chunk.next_after.decode()
+                tick = SweepTick(at_ms, 0.0, after, chunk.next_phase)
+        return sorted(published, key=lambda item: item[0])
+
+    def states(self) -> dict[bytes, bytes]:
+        return {key: self.store.partition(partition)[key] for partition in (0, 1) for key in self.keys.walk(partition)}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=histories(), rules=st.sampled_from([AlertParameters(), SENSITIVE]), restart_at=st.integers(0, 40), jitter=st.integers(0, 50),
+       commits=st.integers(0, 3), chunk_size=st.sampled_from([1, 3, 500]))
+def test_the_index_on_disk_publishes_what_visiting_everyone_does(
+    history: list, rules: AlertParameters, restart_at: int, jitter: int, commits: int, chunk_size: int
+) -> None:
+    """Place markers and due entries on disk: the same scores, alerts and records as a full scan,
+    with commits before some sweeps only (customers written since are found in memory) and a
+    restart (the indexes read back from disk, nothing placed in full again)."""
+    events = sorted((event for _value, event, *_ in history), key=lambda event: event.occurred_at_ms)
+    with tempfile.TemporaryDirectory() as directory:
+        full, stored = Worker(False, rules), StoredWorker(rules, Path(directory), chunk_size)
+        tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
+        end = events[-1].occurred_at_ms + 40 * DAY_MS
+        pending = list(events)
+        ticks = 0
+        while tick < end:
+            while pending and pending[0].occurred_at_ms < tick:
+                event = pending.pop(0)
+                partition = sum(event.customer_id.encode()) % 2
+                assert full.apply(event, partition) == stored.apply(copy.copy(event), partition)
+            if (ticks + commits) % 3 != 0:  # else the sweep finds the writes still pending
+                stored.commit()
+            assert stored.sweep(tick) == sorted(full.sweep(tick), key=lambda item: item[0])
+            ticks += 1
+            if ticks == restart_at:
+                stored.restart()
+            tick += HOUR_MS * (1 + (ticks * 7 + jitter) % 3) if pending else DAY_MS // 4
+        assert stored.states() == {key: encode_state(state) for key, state in full.states.items()}  # type: ignore[arg-type]
+        assert stored.visited <= 2 * full.visited + 10
+        asyncio.run(stored.store.on_stop())

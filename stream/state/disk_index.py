@@ -1,0 +1,105 @@
+"""The sweep's and the fleet export's per-customer indexes, kept on disk beside the records
+(the RocksDB store's ``healthscore-index`` column family), so a worker's memory does not grow
+with its customers: at 10 million, sets of keys in Python take about 75 bytes per customer
+each, more than the whole memory target.
+
+Entries, by prefix (a customer key is any string of 1-256 characters, after the prefix):
+
+- ``p`` + key: the customer was written since the sweep last placed it (its next due moment
+  is to be worked out). Written in the same atomic batch as the record itself, at the commit
+  and when changelog records are read back, so a restart after SIGKILL loses none.
+- ``s`` + minute + key: the sweep's next moment for the customer (stream/processing/sweep.py).
+- ``f`` + minute + key: the fleet export's next recount of the customer (stream/worker/fleet.py).
+- ``c`` + key: the record as the fleet totals last counted it (what its old contribution is
+  removed from).
+
+A minute is 8 bytes big-endian, so keys sort by time. Like :class:`stream.state.due_index.DueIndex`,
+an entry may stay behind in an earlier minute: a customer is taken early, never late.
+
+Imports: the standard library and rocksdict only (the store opens the column family).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from stream.state.due_index import DUE_BUCKET_MS
+
+PLACE = b"p"
+SWEEP_DUE = b"s"
+FLEET_DUE = b"f"
+COUNTED = b"c"
+MINUTE_BYTES = 8
+
+
+def minute_entry(prefix: bytes, due_ms: int, key: bytes) -> bytes:
+    """The entry of ``key`` due at ``due_ms`` (times before 1970 are taken as 1970: early)."""
+    return prefix + max(0, due_ms // DUE_BUCKET_MS).to_bytes(MINUTE_BYTES, "big") + key
+
+
+def entries(index: Any, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(entry, value) from ``start`` on while entries have ``prefix``. The iterator lives only
+    while the caller reads: a column family with an iterator open cannot be closed."""
+    cursor = index.iter()
+    try:
+        cursor.seek(start)
+        while cursor.valid():
+            entry = cursor.key()
+            if not entry.startswith(prefix):
+                return
+            yield entry, cursor.value()
+            cursor.next()
+    finally:
+        del cursor
+
+
+class StoredDueIndex:
+    """:class:`stream.state.due_index.DueIndex` over a partition's index column family."""
+
+    def __init__(self, index: Any, prefix: bytes) -> None:
+        self._index = index
+        self._prefix = prefix
+
+    def schedule(self, key: bytes, due_ms: int | None) -> None:
+        """``due_ms`` None: nothing is ever due for the customer by time alone."""
+        if due_ms is not None:
+            self._index.put(minute_entry(self._prefix, due_ms, key), b"")
+
+    def unschedule(self, key: bytes, due_ms: int | None) -> None:
+        if due_ms is not None:
+            self._index.delete(minute_entry(self._prefix, due_ms, key))
+
+    def walk(self, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (entry, customer key) due by ``at_ms``, after the entry ``after``
+        (b"": from the first). The entries stay: the caller deletes each once the customer is
+        placed again, so a crash in between leaves it to be taken again, never lost."""
+        last_minute = max(0, at_ms // DUE_BUCKET_MS)
+        taken: list[tuple[bytes, bytes]] = []
+        skip = len(self._prefix) + MINUTE_BYTES
+        for entry, _value in entries(self._index, after or self._prefix, self._prefix):
+            if entry == after:
+                continue
+            if int.from_bytes(entry[len(self._prefix) : skip], "big") > last_minute or len(taken) == limit:
+                break
+            taken.append((entry, entry[skip:]))
+        return taken
+
+    def take(self, at_ms: int) -> set[bytes]:
+        """Every customer due by ``at_ms``, taken off the index."""
+        due: set[bytes] = set()
+        while chunk := self.walk(at_ms, b"", 10_000):
+            due.update(key for _entry, key in chunk)
+            for entry, _key in chunk:
+                self._index.delete(entry)
+        return due
+
+    def clear(self) -> None:
+        clear_prefix(self._index, self._prefix)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in entries(self._index, self._prefix, self._prefix))
+
+
+def clear_prefix(index: Any, prefix: bytes) -> None:
+    """Deletes every entry under ``prefix`` (one range tombstone)."""
+    index.delete_range(prefix, prefix[:-1] + bytes([prefix[-1] + 1]))
