@@ -222,7 +222,7 @@ def sigkill(campaign: Campaign) -> None:
     print(f"sigkill: killed after {applied:.0f} of {campaign.sent} applied")
     assert applied < campaign.sent, "the kill landed after the backlog drained: it proves nothing"
     restarted = campaign.start_worker()
-    on_disk = re.findall(r"State partition \d+: (\d+) records on local disk", restarted.log_tail(2000))
+    on_disk = re.findall(r"State partition \d+: about (\d+) records on local disk", restarted.log_tail(2000))
     assert on_disk and sum(map(int, on_disk)) > 0, "the restarted worker found nothing on its disk: it proves nothing"
 
 
