@@ -77,6 +77,14 @@ def bytes_under(paths: list[Path]) -> int:
     return sum(file.stat().st_size for path in paths for file in path.rglob("*") if file.is_file())
 
 
+def peak_rss(pid: int) -> int:
+    """The process's highest resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def changelog_bytes(tag: str) -> int:
     """What the broker keeps of the namespace's state changelog, on its disk."""
     return bytes_under([path for path in (default_paths().kafka / "data").glob("*") if tag in path.name and "changelog" in path.name])
@@ -127,6 +135,7 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
         time.sleep(2)
         metrics = read_metrics(port)
         rss = process_stats(process.pid)[1]
+        peak = peak_rss(process.pid)
         if kill:
             time.sleep(4)  # past an offset commit: the kill loses nothing a restart should not read again
             process.kill()
@@ -140,6 +149,7 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
         "seconds_to_apply": seconds,
         "events_per_second": events / seconds,
         "rss_bytes": rss,
+        "peak_rss_bytes": peak,
         "store_disk_bytes": bytes_under([Path(env["HEALTHSCORE_DATA_DIR"])]),
         "changelog_disk_bytes": changelog_bytes(tag),
     }
@@ -153,6 +163,7 @@ def measure(customers: int, per_customer: int, partitions: int, port: int, resta
             result["restart_seconds"] = time.perf_counter() - begun
             result["changelog_records_restored"] = int(read_metrics(port).get("healthscore_changelog_records_restored_total", 0))
             result["rss_after_restart_bytes"] = process_stats(process.pid)[1]
+            result["peak_rss_after_restart_bytes"] = peak_rss(process.pid)
         finally:
             stop_workers([process])
     return result
@@ -178,12 +189,13 @@ def main() -> None:
     rows = [measure(n, args.events_per_customer, args.partitions, port, n == sizes[-1], args.timeout, extra, args.kill) for n in sizes]
     print(f"\nidle worker RSS: {idle / 1e6:.0f} MB")
     print(f"store: {args.state_store}")
-    print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'ev/s':>7} {'RSS MB':>7} {'B/customer':>11} {'(RSS-idle)/customer':>20} {'store MB':>9} {'changelog MB':>13}")
+    print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'ev/s':>7} {'RSS MB':>7} {'peak MB':>8} {'B/customer':>11} {'(RSS-idle)/customer':>20} {'store MB':>9} {'changelog MB':>13}")
     for row in rows:
         row["rss_per_customer_bytes"] = row["rss_bytes"] / row["customers"]
         row["rss_above_idle_per_customer_bytes"] = (row["rss_bytes"] - idle) / row["customers"]
         print(
             f"{row['customers']:>10} {row['events']:>9} {row['seconds_to_apply']:>8.1f} {row['events_per_second']:>7.0f} {row['rss_bytes'] / 1e6:>7.0f}"
+            f" {row['peak_rss_bytes'] / 1e6:>8.0f}"
             f" {row['rss_per_customer_bytes']:>11.0f} {row['rss_above_idle_per_customer_bytes']:>20.0f}"
             f" {row['store_disk_bytes'] / 1e6:>9.0f} {row['changelog_disk_bytes'] / 1e6:>13.0f}"
         )
