@@ -50,7 +50,7 @@ from model_cost import speed_probe  # noqa: E402  (bench/ is the script's direct
 from stream.commands.generate import EventSynthesizer, GeneratedEvent  # noqa: E402
 from stream.kafka.clients import connection_options  # noqa: E402
 from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
-from stream.settings import isolated_environment, load_settings  # noqa: E402
+from stream.settings import TopicNames, isolated_environment, load_settings  # noqa: E402
 from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
 
 DAY_MS = 86_400_000
@@ -249,6 +249,18 @@ def py_spy() -> Path | None:
     beside = Path(sys.executable).parent / "py-spy"
     found = beside if beside.exists() else shutil.which("py-spy")
     return Path(found) if found else None
+
+
+def same_inputs(env: dict[str, str], settings, tag: str, partitions: int, port: int) -> dict[str, str]:
+    """A namespace of its own (consumer group, changelog, outputs, Redis prefix, data) that reads
+    the input topics of ``env``: another worker drains the same loaded events from the start."""
+    fresh = namespace_env(tag, partitions, port)
+    inputs = set(settings.topics.inputs())
+    for field in TopicNames.name_fields():
+        if getattr(settings.topics, field) in inputs:
+            fresh[f"HEALTHSCORE_TOPICS__{field.upper()}"] = env[f"HEALTHSCORE_TOPICS__{field.upper()}"]
+    asyncio.run(ensure_topics(settings_for(fresh), echo=lambda _: None))
+    return fresh
 
 
 def run_workers(env: dict[str, str], ports: list[int], events: int, timeout: float, profile: Path | None = None) -> dict:
@@ -736,6 +748,11 @@ def main() -> None:
         "--peers", default="naive-faust,quixstreams,quixstreams-model",
         help="the peers to run, comma-separated (default: naive-faust,quixstreams,quixstreams-model)",
     )
+    parser.add_argument(
+        "--worker-stores", default="memory",
+        help="the worker's state_store for its run, comma-separated: memory, rocksdb or both (default memory);"
+        " each store's worker drains the same loaded events, as a consumer group and changelog of its own",
+    )
     parser.add_argument("--workers", type=int, default=2, help="scaling: this many workers in one group against one (default 2; 1: skip)")
     parser.add_argument(
         "--scaling-rounds", type=int, default=1,
@@ -757,6 +774,9 @@ def main() -> None:
         parser.error("--scaling-rounds must be at least 1")
     if not set(args.peers.split(",")) <= {"naive-faust", "quixstreams", "quixstreams-model"}:
         parser.error("--peers takes naive-faust, quixstreams and quixstreams-model")
+    stores = args.worker_stores.split(",")
+    if not stores or not set(stores) <= {"memory", "rocksdb"}:
+        parser.error("--worker-stores takes memory, rocksdb or memory,rocksdb")
     if args.profile is not None and py_spy() is None:
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
 
@@ -794,8 +814,14 @@ def main() -> None:
         for peer in args.peers.split(","):
             print(f"Running {peer}...")
             peers.append(run_peer(peer, settings, args.events, args.timeout))
-    print("Running the worker...")
-    worker = run_workers(env, [port], args.events, args.timeout, args.profile)
+    workers = []
+    for store in stores:
+        print(f"Running the worker ({store} store)...")
+        store_env = env if store == stores[0] else same_inputs(env, settings, f"{tag}{store[0]}", args.partitions, port)
+        workers.append(run_workers({**store_env, "HEALTHSCORE_STATE_STORE": store}, [port], args.events, args.timeout, args.profile if store == stores[0] else None))
+        workers[-1]["name"] += f" [{store}]"
+        workers[-1]["state_store"] = store
+    worker = workers[0]
     scaled = None
     if args.workers > 1:
         print(
@@ -820,7 +846,7 @@ def main() -> None:
     failed = [row for row in peers if "error" in row]
     for row in failed:
         print(f"{row['name']}: {row['error']}")
-    rows = [plain, *[row for row in peers if "error" not in row], worker]
+    rows = [plain, *[row for row in peers if "error" not in row], *workers]
     ceiling = plain["events_per_second"]
     print(f"\n{'consumer':<44} {'events':>8} {'seconds':>8} {'events/s':>10} {'vs plain':>9} {'CPU s':>7} {'RSS MB':>7}")
     for row in rows:
@@ -852,7 +878,8 @@ def main() -> None:
         if "scores" in row:
             print(
                 f"{row['name']}: {row['scores']} scores and {row['alerts']} alerts produced (the worker merges the topics in event-time order;"
-                f" this peer reads each on its own); worker {row['events_per_second'] and worker['events_per_second'] / row['events_per_second']:.2f}x its rate"
+                f" this peer reads each on its own); "
+                + ", ".join(f"worker [{w['state_store']}] {row['events_per_second'] and w['events_per_second'] / row['events_per_second']:.2f}x its rate" for w in workers)
             )
     print(
         f"worker: {worker['scores_published']:.0f} scores published; {worker['batches']:.0f} batches of"

@@ -149,10 +149,11 @@ def _within(
     published = state.published
     if published is None:
         return False
+    low, high = round(low, 2), round(high, 2)  # as score_state rounds the score its band is read from
     band = band_for(low, parameters)
     if band != published.band or band_for(high, parameters) != band:
         return False
-    if max(abs(round(low, 2) - published.score), abs(round(high, 2) - published.score)) >= min_change:
+    if max(abs(low - published.score), abs(high - published.score)) >= min_change:
         return False
     if rules is None or not rules.band_downgrade:
         return True

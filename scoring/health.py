@@ -24,7 +24,7 @@ from scoring.structs import ActivitySums, ComponentScore, HealthScore
 
 __all__ = ["ActivitySums", "ComponentScore", "HealthScore"]
 
-MODEL_REVISION: Final = "5"
+MODEL_REVISION: Final = "6"
 COMPONENTS: Final = ("usage", "purchases", "support", "sentiment", "payments", "relationship")
 DEFAULT_WEIGHTS: dict[str, float] = {
     "usage": 0.30, "purchases": 0.20, "support": 0.15, "sentiment": 0.15, "payments": 0.20, "relationship": 0.10,
@@ -423,7 +423,7 @@ def score_state(
         risk = churn_probability(model, features)
     return HealthScore(
         score=score,
-        band=band_for(composite, parameters),
+        band=band_for(score, parameters),  # the score shown: 49.999... is 50.0, and healthy (revision 6)
         churn_risk=round(risk, 4),
         components=components,
         as_of_ms=at_ms,

@@ -457,7 +457,7 @@ pub fn score_state(
     };
     Some(HealthScore {
         score,
-        band: band_for(composite, parameters),
+        band: band_for(score, parameters), // the score shown (model revision 6)
         churn_risk: py_round(risk, 4),
         components,
         as_of_ms: at_ms,

@@ -10,8 +10,13 @@ Entries, by prefix (a customer key is any string of 1-256 characters, after the 
   and when changelog records are read back, so a restart after SIGKILL loses none.
 - ``s`` + minute + key: the sweep's next moment for the customer (stream/processing/sweep.py).
 - ``f`` + minute + key: the fleet export's next recount of the customer (stream/worker/fleet.py).
-- ``c`` + key: the record as the fleet totals last counted it (what its old contribution is
+- ``c`` + key: when the fleet totals last counted the customer (8 bytes, ms) and the record they counted (what its old contribution is
   removed from).
+- ``x`` + key: the record changed since the fleet export last counted it. Written with the
+  record at each commit, like ``p``: the export walks them, so nothing in memory grows with
+  the customers a backlog touches between two exports.
+- ``S`` + key and ``F`` + key: the minute of the customer's ``s`` and ``f`` entry, so that a
+  new moment replaces the old entry and an erasure finds every entry naming the customer.
 
 A minute is 8 bytes big-endian, so keys sort by time. Like :class:`stream.state.due_index.DueIndex`,
 an entry may stay behind in an earlier minute: a customer is taken early, never late.
@@ -29,6 +34,7 @@ PLACE = b"p"
 SWEEP_DUE = b"s"
 FLEET_DUE = b"f"
 COUNTED = b"c"
+CHANGED = b"x"
 MINUTE_BYTES = 8
 
 
@@ -61,13 +67,23 @@ class StoredDueIndex:
         self._prefix = prefix
 
     def schedule(self, key: bytes, due_ms: int | None) -> None:
-        """``due_ms`` None: nothing is ever due for the customer by time alone."""
+        """The customer's moment becomes ``due_ms`` (None: nothing is ever due by time alone)."""
+        self.forget(key)
         if due_ms is not None:
-            self._index.put(minute_entry(self._prefix, due_ms, key), b"")
+            entry = minute_entry(self._prefix, due_ms, key)
+            self._index.put(entry, b"")
+            self._index.put(self._prefix.upper() + key, entry[len(self._prefix) : len(self._prefix) + MINUTE_BYTES])
 
     def unschedule(self, key: bytes, due_ms: int | None) -> None:
-        if due_ms is not None:
-            self._index.delete(minute_entry(self._prefix, due_ms, key))
+        self.forget(key)
+
+    def forget(self, key: bytes) -> None:
+        """Deletes the customer's entry, wherever it is."""
+        where = self._prefix.upper() + key
+        minute = self._index.get(where)
+        if minute is not None:
+            self._index.delete(self._prefix + minute + key)
+            self._index.delete(where)
 
     def walk(self, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` (entry, customer key) due by ``at_ms``, after the entry ``after``

@@ -78,8 +78,7 @@ class KeysByPartition(dict[int, set[bytes]]):
             self.sweep_restored.add(partition)
 
     def written(self, partition: int, key: bytes, before: bytes | None) -> None:
-        if self.disk is not None:
-            self.changed.setdefault(partition, {}).setdefault(key, COUNTED_ON_DISK)
+        if self.disk is not None:  # the commit writes the record's change marker with it
             return
         self.setdefault(partition, set()).add(key)
         self.changed.setdefault(partition, {}).setdefault(key, before)
@@ -87,7 +86,11 @@ class KeysByPartition(dict[int, set[bytes]]):
 
     def erased(self, partition: int, key: bytes, before: bytes | None) -> None:
         if self.disk is not None:
-            self.changed.setdefault(partition, {}).setdefault(key, COUNTED_ON_DISK)
+            # Nothing naming the customer stays in the index: the fleet's next export removes
+            # what it counted from a copy in memory, as with the in-memory store.
+            changes = self.changed.setdefault(partition, {})
+            counted = self.disk.forget(partition, key)
+            changes.setdefault(key, counted)
             return
         self.get(partition, set()).discard(key)
         self.changed.setdefault(partition, {}).setdefault(key, before)

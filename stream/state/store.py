@@ -30,7 +30,7 @@ from faust.stores.base import Store
 from faust.types import TP
 
 from stream.settings import RocksDbSettings
-from stream.state.disk_index import PLACE
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, PLACE, SWEEP_DUE, StoredDueIndex
 from stream.state.keys import KeysByPartition
 
 log = logging.getLogger("healthscore.worker")
@@ -115,15 +115,17 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
         offset, written_ms = stored.decode().split()
         return int(offset), float(written_ms)
 
-    def write(self, batch: rocksdict.WriteBatch, offset: int | None, written: list[bytes] = ()) -> None:  # type: ignore[assignment]
-        """The batch, with the changelog offset it brings the disk to and a place marker for
-        each key ``written`` (the sweep works out its next moment), atomically."""
+    def write(self, batch: rocksdict.WriteBatch, offset: int | None, written: list[bytes] = (), markers: tuple[bytes, ...] = (PLACE,)) -> None:  # type: ignore[assignment]
+        """The batch, with the changelog offset it brings the disk to and, for each key ``written``,
+        its ``markers`` (stream/state/disk_index.py: the sweep places it, the fleet export
+        recounts it), atomically."""
         if offset is not None:
             batch.put(OFFSET_KEY, f"{offset} {int(time.time() * 1000)}".encode(), self.db.get_column_family_handle(META))
         if written:
             index = self.db.get_column_family_handle(INDEX)
             for key in written:
-                batch.put(PLACE + key, b"", index)
+                for marker in markers:
+                    batch.put(marker + key, b"", index)
         self.db.write(batch)
 
     def get(self, key: bytes, default: Any = None) -> Any:
@@ -223,11 +225,22 @@ class RocksStore(Store):
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            records.write(batch, self._delivered.pop(partition, None), [key for key, _value in pairs])
+            records.write(batch, self._delivered.pop(partition, None), [key for key, value in pairs if value is not None], (PLACE, CHANGED))
             pending = records.pending
             for key, value in pairs:
                 if pending.get(key, _ABSENT) is value:
                     del pending[key]
+
+    def forget(self, partition: int, key: bytes) -> bytes | None:
+        """An erased customer: every index entry naming it goes (stream/state/disk_index.py);
+        returns the record the fleet totals counted, for the export to remove."""
+        records = self.partition(partition)
+        counted = records.index.get(COUNTED + key)
+        for prefix in (COUNTED, PLACE, CHANGED):
+            records.index.delete(prefix + key)
+        for prefix in (SWEEP_DUE, FLEET_DUE):
+            StoredDueIndex(records.index, prefix).forget(key)
+        return counted  # type: ignore[no-any-return]
 
     # --- what Faust calls -----------------------------------------------------------------
 
@@ -240,24 +253,25 @@ class RocksStore(Store):
         database with the offset of the last one, atomically."""
         writes: dict[int, rocksdict.WriteBatch] = {}
         offsets: dict[int, int] = {}
-        keys: dict[int, list[bytes]] = {}
+        keys: dict[int, dict[bytes, bool]] = {}  # whether each key has a record after the batch
         for event in batch:
             message = event.message
             write = writes.get(message.partition)
             if write is None:
                 write = writes[message.partition] = rocksdict.WriteBatch(raw_mode=True)
-                keys[message.partition] = []
+                keys[message.partition] = {}
             if message.value is None:
                 write.delete(message.key)
+                self.forget(message.partition, message.key)  # an erasure read back: nothing names it
             else:
                 write.put(message.key, message.value)
-            keys[message.partition].append(message.key)
+            keys[message.partition][message.key] = message.value is not None
             offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
         for partition, write in writes.items():
             records = self.partition(partition)
             # What is pending stays: the agent's own writes since its last commit, newer than any
             # changelog record of a partition it owns.
-            records.write(write, offsets[partition], keys[partition])
+            records.write(write, offsets[partition], [key for key, present in keys[partition].items() if present])
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0) -> None:
         """Closes the databases of partitions no longer held; a newly assigned partition starts

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from itertools import chain, islice
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import faust
@@ -21,7 +22,7 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.disk_index import COUNTED, FLEET_DUE, StoredDueIndex, clear_prefix
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, StoredDueIndex, clear_prefix, entries
 from stream.state.due_index import DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
@@ -161,7 +162,7 @@ class FleetExport:
                 index = self._index(partition)
                 for key in (part.due if index is None else StoredDueIndex(index, FLEET_DUE)).take(now_ms):
                     changes.setdefault(key, _AS_STORED)
-                counted = changes.items()
+                counted = changes.items() if index is None else chain(changes.items(), self._marked_changed(partition))
             try:
                 for index, (key, before) in enumerate(counted, 1):
                     row = self._recount(partition, part, key, before, now_ms)
@@ -181,9 +182,23 @@ class FleetExport:
         """The partition's customers for a full count (on the RocksDB store, the entries of an
         earlier count are cleared first)."""
         if (index := self._index(partition)) is not None:
-            clear_prefix(index, COUNTED)
-            clear_prefix(index, FLEET_DUE)
+            for prefix in (COUNTED, FLEET_DUE, FLEET_DUE.upper(), CHANGED):
+                clear_prefix(index, prefix)
         yield from self._keys_by_partition.walk(partition, CHUNK)
+
+    def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any]]:
+        """On the RocksDB store, the customers whose record a commit changed since the last pass
+        (their change markers, stream/state/disk_index.py), read a chunk at a time; each marker
+        is deleted as its customer is recounted (one written meanwhile is the next pass's)."""
+        after = CHANGED
+        while (index := self._index(partition)) is not None:
+            chunk = [entry for entry, _value in islice(entries(index, after, CHANGED), CHUNK + 1) if entry != after][:CHUNK]
+            if not chunk:
+                return
+            for entry in chunk:
+                index.delete(entry)
+                yield entry[len(CHANGED) :], COUNTED_ON_DISK
+            after = chunk[-1]
 
     def _index(self, partition: int) -> Any:
         """The partition's index column family on the RocksDB store (None: in memory, or not held)."""
@@ -193,26 +208,29 @@ class FleetExport:
 
     def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, now_ms: int) -> tuple[str, bytes] | None:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
-        its contribution now; returns its KPI row. Synchronous: the stream cannot write between."""
+        its contribution now; returns its KPI row. Synchronous: the stream cannot write between.
+        On the RocksDB store what was counted, and when, is read from disk (``COUNTED``)."""
         options = self._options
-        on_disk = self._keys_by_partition.disk is not None
         index = self._index(partition)
-        if on_disk and index is None:  # the partition moved away during the pass: its totals go at the next
+        if self._keys_by_partition.disk is not None and index is None:  # moved away during the pass: its totals go at the next
             return None
         current = self._stored(partition, key)
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
-        if before is _AS_STORED:  # due by time alone: the totals counted what the table held
+        counted_at = part.at_ms
+        if index is not None:
+            if before is _AS_STORED or before is COUNTED_ON_DISK:
+                before = index.get(COUNTED + key)  # what the totals counted, whatever changed since
+            counted_at, before = _counted(before, counted_at)
+        elif before is _AS_STORED:  # due by time alone: the totals counted what the table held
             before = changed[key] if written_meanwhile else current  # type: ignore[index]
-        if before is COUNTED_ON_DISK:
-            before = index.get(COUNTED + key)
         old = _decoded(before)
         due = part.due if index is None else StoredDueIndex(index, FLEET_DUE)
         if old is not None:
-            remove_from(part.sums, contribution(old, part.at_ms, options.period_days, options.survey_response_days))
-            due.unschedule(key, unchanged_until(old, part.at_ms, options.period_days, options.survey_response_days))
+            remove_from(part.sums, contribution(old, counted_at, options.period_days, options.survey_response_days))
+            due.unschedule(key, unchanged_until(old, counted_at, options.period_days, options.survey_response_days))
         if index is not None:  # what the next export removes (COUNTED_ON_DISK)
-            self._count_on_disk(index, key, current)
+            self._count_on_disk(index, key, current, now_ms)
         elif written_meanwhile:  # the next export replaces what is counted now
             changed[key] = current  # type: ignore[index]
         new = old if before is current else _decoded(current)  # due by time alone: one decode
@@ -224,11 +242,13 @@ class FleetExport:
         return (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
 
     @staticmethod
-    def _count_on_disk(index: Any, key: bytes, current: bytes | None) -> None:
+    def _count_on_disk(index: Any, key: bytes, current: bytes | None, now_ms: int) -> None:
+        """The record counted and the time it was counted at: a customer recounted twice in a pass
+        (a due moment and a change marker) removes exactly what it added."""
         if current is None:
             index.delete(COUNTED + key)
         else:
-            index.put(COUNTED + key, current)
+            index.put(COUNTED + key, now_ms.to_bytes(8, "big", signed=True) + current)
 
     def _stored(self, partition: int, key: bytes) -> bytes | None:
         records = self._records.if_open(partition)
@@ -273,6 +293,13 @@ class FleetExport:
                 self._kpi_retries[key] = attempts
             else:
                 self._kpi_retries.pop(key, None)
+
+
+def _counted(stored: bytes | None, default_ms: int) -> tuple[int, bytes | None]:
+    """(when it was counted, the record) from a ``COUNTED`` value (FleetExport._count_on_disk)."""
+    if stored is None:
+        return default_ms, None
+    return int.from_bytes(stored[:8], "big", signed=True), stored[8:]
 
 
 def _decoded(stored: bytes | None) -> Any:

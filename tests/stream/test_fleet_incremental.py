@@ -76,7 +76,13 @@ class World:
         self.maybe_commit()
 
     def maybe_commit(self) -> None:
-        if self.keys.disk is not None and self.chooser.random() < 0.5:
+        if self.chooser.random() < 0.5:
+            self.commit()
+
+    def commit(self) -> None:
+        """What the offset commit does on the RocksDB store: the pending writes to disk, with
+        their change markers (the export counts a change once a commit has written it)."""
+        if self.keys.disk is not None:
             store = self.keys.disk
             store.persist({partition: list(store.partition(partition).pending.items()) for partition in range(3)})
 
@@ -176,6 +182,7 @@ def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path
         if moved:
             continue  # the next update counts the partition that came back in full
         world.streaming = False  # what the check reads stays as the export last saw it
+        world.commit()
         asyncio.run(world.export.update(owned, now))  # KPIs not written the first time are offered again
         check(world, owned, now)
         world.streaming = True

@@ -16,9 +16,11 @@ from pydantic import ValidationError
 from stream.kafka.producer import Outputs
 from stream.settings import Settings
 from stream.state.changelog import DeferredChangelog
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, PLACE, SWEEP_DUE, StoredDueIndex
 from stream.state.keys import KeysByPartition
 from stream.state.store import OFFSET_KEY, RocksStore, records_of
 from stream.state.table import customer_state_table, persisted_offsets
+from stream.state.working_set import WorkingSet
 from stream.worker.app import faust_app
 
 CHANGELOG = "healthscore-customer-state-changelog"
@@ -192,4 +194,36 @@ def test_a_customer_id_equal_to_the_offset_key_is_just_a_customer(tmp_path: Path
     table, store, keys = open_table(tmp_path)
     assert store.partition(0).get(OFFSET_KEY) == b"a customer's record"
     assert sorted(keys.keys_of(0)) == [b"acme", OFFSET_KEY] and store.persisted_offset(faust.types.TP(CHANGELOG, 0)) == 1
+    asyncio.run(store.on_stop())
+
+
+def index_entries_naming(records: Any, key: bytes) -> list[bytes]:
+    return [entry for entry in records.index.keys() if key in entry]
+
+
+def test_an_erased_customer_leaves_nothing_naming_it_in_the_index(tmp_path: Path) -> None:
+    """The sweep's and the fleet export's entries, the place marker and the counted copy all
+    go at the erasure (the export gets the counted record in memory, to remove it from its
+    totals), and the commit that writes the tombstone writes no marker for it."""
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"acme", b"v1"), (0, b"other", b"v1")])
+    records = store.partition(0)
+    assert index_entries_naming(records, b"acme") == [PLACE + b"acme", CHANGED + b"acme"]
+    StoredDueIndex(records.index, SWEEP_DUE).schedule(b"acme", 5 * 60_000)
+    StoredDueIndex(records.index, SWEEP_DUE).schedule(b"acme", 9 * 60_000)  # moved: the old entry goes
+    StoredDueIndex(records.index, FLEET_DUE).schedule(b"acme", 7 * 60_000)
+    records.index.put(COUNTED + b"acme", b"\0" * 8 + b"counted")
+    assert [key for _entry, key in StoredDueIndex(records.index, SWEEP_DUE).walk(10 * 60_000, b"", 10)] == [b"acme"]
+
+    WorkingSet(table, keys, Outputs(), CHANGELOG).erase(b"acme", 0)
+    assert index_entries_naming(records, b"acme") == []
+    assert keys.changed[0][b"acme"] == b"\0" * 8 + b"counted"
+    commit(table, [(0, b"acme", None)])
+    assert index_entries_naming(records, b"acme") == [] and records.db.get(b"acme") is None
+    assert index_entries_naming(records, b"other") == [PLACE + b"other", CHANGED + b"other"]
+
+    # The same erasure read back from the changelog (another worker's disk, say).
+    StoredDueIndex(records.index, SWEEP_DUE).schedule(b"other", 60_000)
+    store.apply_changelog_batch([SimpleNamespace(message=SimpleNamespace(partition=0, offset=9, key=b"other", value=None))], None, None)
+    assert index_entries_naming(records, b"other") == []
     asyncio.run(store.on_stop())

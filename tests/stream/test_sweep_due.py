@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring.alerts import AlertParameters
-from scoring.health import ScoringParameters
+from scoring.health import ScoringParameters, band_for, score_state
 from scoring.pipeline import step
 from scoring.state import DAY_MS, decode_state, encode_state, new_state
 from stream.processing.sweep import Sweeper, SweepTick
@@ -197,3 +197,40 @@ def test_the_index_on_disk_publishes_what_visiting_everyone_does(
         assert stored.states() == {key: encode_state(state) for key, state in full.states.items()}  # type: ignore[arg-type]
         assert stored.visited <= 2 * full.visited + 10
         asyncio.run(stored.store.on_stop())
+
+
+def test_a_score_at_a_band_edge_keeps_its_band_through_floating_point_noise() -> None:
+    """Found by the test above: a customer whose only component (sentiment, decaying toward its
+    neutral 50) sat on the healthy edge had a composite of 49.99999999999999 one hour and
+    50.00000000000001 the next; the band followed that noise (healthy, at risk, healthy with
+    the same 50.0 shown), so the full scan published band flips the due index rightly did not
+    foresee. The band is read from the score as shown (model revision 6)."""
+    from scoring.contract import CheckoutAbandoned, Event, PurchaseCompleted, PurchaseRefunded, SurveyAnswered
+
+    at = 1_790_000_000_000
+
+    def event(kind: str, data: object, occurred_at_ms: int = at, event_id: str = "evt-0") -> Event:
+        return Event(event_id=event_id, type=kind, customer_id="cust-1", occurred_at_ms=occurred_at_ms, data=data)  # type: ignore[arg-type]
+
+    completed = PurchaseCompleted(order_id="a", amount=0.0, currency="EUR", items=())
+    refunded = PurchaseRefunded(order_id="a", amount=0.0)
+    events = [
+        event("survey.answered", SurveyAnswered(survey="csat", score=3.0), at - 140_400_000, "evt-1"),
+        event("purchase.refunded", refunded, at - 54_000_000, "evt-2"),
+        event("checkout.abandoned", CheckoutAbandoned()), *[event("purchase.completed", completed)] * 4, *[event("purchase.refunded", refunded)] * 2,
+        event("purchase.completed", completed), event("checkout.abandoned", CheckoutAbandoned()), *[event("purchase.completed", completed)] * 2,
+    ]
+    full, indexed = Worker(False, AlertParameters()), Worker(True, AlertParameters())
+    tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
+    pending, ticks = list(events), 0
+    while tick < at + 20 * DAY_MS:  # (evicted after state_ttl_days, 25)
+        while pending and pending[0].occurred_at_ms < tick:
+            next_event = pending.pop(0)
+            assert full.apply(next_event, 1) == indexed.apply(copy.copy(next_event), 1)
+        assert indexed.sweep(tick) == full.sweep(tick)
+        ticks += 1
+        tick += HOUR_MS * (1 + ticks * 7 % 3) if pending else HOUR_MS
+    state = full.states[b"cust-1"]
+    for hour in range(48):
+        health = score_state(state, at + hour * HOUR_MS, ScoringParameters())  # type: ignore[arg-type]
+        assert health is not None and health.band == band_for(health.score, ScoringParameters())
