@@ -9,6 +9,7 @@ import asyncio
 import copy
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,27 +67,39 @@ class Worker:
         return published
 
 
+def side_by_side(
+    events: list, full: Worker, other: Any, jitter: int, between: Callable[[int], None] = lambda ticks: None,
+    days_after: int = 40, quiet_step: int = DAY_MS // 4,
+) -> None:
+    """The events and sweeps 1-3 hours apart at random (the worker's timer is wall time) to both
+    workers in order, then a sweep every ``quiet_step``; each sweep must publish the same.
+    ``between(ticks)`` runs before each sweep (a commit, a restore, a restart)."""
+    tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
+    end = events[-1].occurred_at_ms + days_after * DAY_MS
+    pending, ticks = list(events), 0
+    while tick < end:
+        while pending and pending[0].occurred_at_ms < tick:
+            event = pending.pop(0)
+            partition = sum(event.customer_id.encode()) % 2
+            assert full.apply(event, partition) == other.apply(copy.copy(event), partition)
+        between(ticks)
+        assert sorted(other.sweep(tick), key=lambda item: item[0]) == sorted(full.sweep(tick), key=lambda item: item[0])
+        ticks += 1
+        tick += HOUR_MS * (1 + (ticks * 7 + jitter) % 3) if pending else quiet_step
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=histories(), rules=st.sampled_from([AlertParameters(), SENSITIVE]), restore_at=st.integers(0, 40), jitter=st.integers(0, 50))
 def test_the_index_sweep_publishes_what_visiting_everyone_does(history: list, rules: AlertParameters, restore_at: int, jitter: int) -> None:
     events = sorted((event for _value, event, *_ in history), key=lambda event: event.occurred_at_ms)
     full, indexed = Worker(False, rules), Worker(True, rules)
-    tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
-    end = events[-1].occurred_at_ms + 40 * DAY_MS
-    pending = list(events)
-    ticks = 0
-    while tick < end:
-        while pending and pending[0].occurred_at_ms < tick:
-            event = pending.pop(0)
-            partition = sum(event.customer_id.encode()) % 2
-            assert full.apply(event, partition) == indexed.apply(copy.copy(event), partition)
-        assert indexed.sweep(tick) == full.sweep(tick)
-        ticks += 1
+
+    def restore(ticks: int) -> None:
         if ticks == restore_at:  # the partitions read back from the changelog: placed in full again
             indexed.keys.mark_restored(0)
             indexed.keys.mark_restored(1)
-        # Sweeps 1-3 hours apart at random (the worker's timer is wall time).
-        tick += HOUR_MS * (1 + (ticks * 7 + jitter) % 3) if pending else DAY_MS // 4
+
+    side_by_side(events, full, indexed, jitter, restore)
     assert {key: encode_state(state) for key, state in indexed.states.items()} == {key: encode_state(state) for key, state in full.states.items()}  # type: ignore[arg-type]
     assert indexed.visited <= full.visited
 
@@ -178,22 +191,14 @@ def test_the_index_on_disk_publishes_what_visiting_everyone_does(
     events = sorted((event for _value, event, *_ in history), key=lambda event: event.occurred_at_ms)
     with tempfile.TemporaryDirectory() as directory:
         full, stored = Worker(False, rules), StoredWorker(rules, Path(directory), chunk_size)
-        tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
-        end = events[-1].occurred_at_ms + 40 * DAY_MS
-        pending = list(events)
-        ticks = 0
-        while tick < end:
-            while pending and pending[0].occurred_at_ms < tick:
-                event = pending.pop(0)
-                partition = sum(event.customer_id.encode()) % 2
-                assert full.apply(event, partition) == stored.apply(copy.copy(event), partition)
-            if (ticks + commits) % 3 != 0:  # else the sweep finds the writes still pending
-                stored.commit()
-            assert stored.sweep(tick) == sorted(full.sweep(tick), key=lambda item: item[0])
-            ticks += 1
+
+        def commit_or_restart(ticks: int) -> None:
             if ticks == restart_at:
                 stored.restart()
-            tick += HOUR_MS * (1 + (ticks * 7 + jitter) % 3) if pending else DAY_MS // 4
+            if (ticks + commits) % 3 != 0:  # else the sweep finds the writes still pending
+                stored.commit()
+
+        side_by_side(events, full, stored, jitter, commit_or_restart)
         assert stored.states() == {key: encode_state(state) for key, state in full.states.items()}  # type: ignore[arg-type]
         assert stored.visited <= 2 * full.visited + 10
         asyncio.run(stored.store.on_stop())
@@ -221,15 +226,7 @@ def test_a_score_at_a_band_edge_keeps_its_band_through_floating_point_noise() ->
         event("purchase.completed", completed), event("checkout.abandoned", CheckoutAbandoned()), *[event("purchase.completed", completed)] * 2,
     ]
     full, indexed = Worker(False, AlertParameters()), Worker(True, AlertParameters())
-    tick = events[0].occurred_at_ms // HOUR_MS * HOUR_MS + HOUR_MS
-    pending, ticks = list(events), 0
-    while tick < at + 20 * DAY_MS:  # (evicted after state_ttl_days, 25)
-        while pending and pending[0].occurred_at_ms < tick:
-            next_event = pending.pop(0)
-            assert full.apply(next_event, 1) == indexed.apply(copy.copy(next_event), 1)
-        assert indexed.sweep(tick) == full.sweep(tick)
-        ticks += 1
-        tick += HOUR_MS * (1 + ticks * 7 % 3) if pending else HOUR_MS
+    side_by_side(events, full, indexed, 0, days_after=20, quiet_step=HOUR_MS)  # (evicted after state_ttl_days, 25)
     state = full.states[b"cust-1"]
     for hour in range(48):
         health = score_state(state, at + hour * HOUR_MS, ScoringParameters())  # type: ignore[arg-type]
