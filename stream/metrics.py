@@ -126,7 +126,12 @@ REDIS_WRITE_FAILURES = Counter(
 )
 REDIS_REFILLS = Counter(
     "healthscore_redis_refills",
-    "Times this worker found Redis had lost its cached scores (restarted empty, flushed) and began rewriting them.",
+    "Times this worker began rewriting every owned customer's cached score: Redis lost them (restarted empty, flushed), or scores waiting for it were dropped.",
+    registry=REGISTRY,
+)
+REDIS_PENDING_DROPPED = Counter(
+    "healthscore_redis_pending_dropped",
+    "Scores dropped while waiting for Redis (beyond the most kept): a refill writes them again from the records.",
     registry=REGISTRY,
 )
 REDIS_REFILLED_CUSTOMERS = Counter(

@@ -210,14 +210,20 @@ def _take(pending: dict[str, bytes], count: int) -> dict[str, bytes]:
     return taken
 
 
+#: Scores waiting for Redis at most (about 1 KB each), whatever the customer count.
+MAX_PENDING_SCORES = 200_000
+
+
 class LatestScoreCache:
     """Keeps the latest score per customer in Redis, off the hot path.
 
     The stream hands over each published message as the bytes it sent to Kafka; only
     the newest per customer is kept. A timer writes them in chunks, one script call
     each, until none is left. If Redis is down, pending scores stay (one per
-    customer, so memory is bounded by the customers seen) and are retried; the
-    Kafka output never waits for Redis.
+    customer) and are retried, up to MAX_PENDING_SCORES: beyond, they are dropped and the
+    refill writes every owned customer's score again from the records once Redis answers
+    (with ten million customers, one per customer would be gigabytes). The Kafka output
+    never waits for Redis.
 
     While the worker works through a backlog, the scores it publishes are late anyway
     and most are superseded within seconds: a flush then starts every
@@ -252,6 +258,7 @@ class LatestScoreCache:
         self._prefix = prefix
         self._expansion = expansion
         self._pending: dict[str, bytes] = {}
+        self.overflowed = False
         self._pending_alerts: list[tuple[str, bytes]] = []
         self._pending_erasures: list[str] = []  # evicted customers whose keys are to go
         self._healthy = True
@@ -291,8 +298,27 @@ class LatestScoreCache:
         return lost
 
     def offer(self, customer_id: str, encoded_message: bytes) -> None:
-        """The customer's newest ``customer-health`` message, as published."""
+        """The customer's newest ``customer-health`` message, as published. Beyond
+        MAX_PENDING_SCORES waiting (Redis away or slower than the stream), what waits is dropped
+        and ``overflowed`` set: the refill writes every owned customer's score again from the
+        records once Redis answers, so memory stays bounded whatever the customer count."""
+        if len(self._pending) >= MAX_PENDING_SCORES and customer_id not in self._pending:
+            log.warning("%s scores waited for Redis: dropped; every owned customer's score is written again from the records once Redis answers",
+                        len(self._pending))
+            metrics.REDIS_PENDING_DROPPED.inc(len(self._pending))
+            self._pending.clear()
+            self.overflowed = True
         self._pending[customer_id] = encoded_message
+
+    def take_overflowed(self) -> bool:
+        """Whether scores were dropped since the last call (the refill then queues every customer)."""
+        overflowed, self.overflowed = self.overflowed, False
+        return overflowed
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until one succeeds."""
+        return self._healthy
 
     def offer_alert(self, customer_id: str, encoded_alert: bytes) -> None:
         if len(self._pending_alerts) < 100_000:  # bounded while Redis is away; Kafka has them all

@@ -70,12 +70,16 @@ class CacheRefill:
         return sum(self._keys_by_partition.count(partition) for partition in owned)
 
     async def step(self) -> None:
-        """Checks whether Redis lost the scores, and rewrites the next chunk of them if so."""
+        """Checks whether Redis lost the scores (or the cache dropped scores it could not hold),
+        and rewrites the next chunk of them if so, while Redis answers."""
         if await self._cache.lost_since_last_check():
             metrics.REDIS_REFILLS.inc()
             log.warning("Redis lost the cached scores (restarted empty or flushed): rewriting those of %s customers", self.queue_owned())
             self._refilling_after_loss = True
-        if self._queue:
+        elif self._cache.take_overflowed():
+            metrics.REDIS_REFILLS.inc()
+            log.warning("Scores waiting for Redis were dropped: rewriting those of %s customers once Redis answers", self.queue_owned())
+        if self._queue and self._cache.healthy:
             partition, keys = self._queue[0]
             chunk = list(islice(keys, REFILL_CHUNK))
             if len(chunk) < REFILL_CHUNK:

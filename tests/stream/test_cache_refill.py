@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import msgspec
+import pytest
 
 from scoring.contract import Event, SubscriptionUpdated, UsageSession
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import DAY_MS, encode_state, new_state
+from stream.sinks import redis_cache
+from stream.sinks.redis_cache import LatestScoreCache
+from stream.state.keys import KeysByPartition
 from stream.worker.cache_refill import CacheRefill
 
 T0 = 1_790_000_000_000
@@ -25,6 +30,16 @@ class FakeCache:
 
     def offer(self, customer_id: str, encoded: bytes) -> None:
         self.offered[customer_id] = msgspec.json.decode(encoded)
+
+    overflowed = False
+    healthy = True
+
+    async def lost_since_last_check(self) -> bool:
+        return False
+
+    def take_overflowed(self) -> bool:
+        overflowed, self.overflowed = self.overflowed, False
+        return overflowed
 
 
 def record(customer: str, events: int) -> tuple[bytes, float, str]:
@@ -52,3 +67,30 @@ def test_each_customer_gets_its_latest_score_back_unless_a_newer_one_waits() -> 
     assert refill.rewrite(0, [b"a", b"b", b"c", b"never-scored", b"erased"]) == 2
     assert {c: (m["score"], m["band"]) for c, m in cache.offered.items()} == {c: expected[c] for c in ("a", "b")}
     assert all(m["trigger_event_id"] is None and m["customer_id"] == c for c, m in cache.offered.items())
+
+
+def test_scores_waiting_for_redis_are_bounded_and_written_again_from_the_records_once_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis away (or slower than the stream) with millions of customers: what waits is dropped
+    beyond the bound, and the refill writes every owned customer again, once Redis answers."""
+    monkeypatch.setattr(redis_cache, "MAX_PENDING_SCORES", 3)
+    cache = LatestScoreCache("redis://127.0.0.1:1/0", "away")  # nothing listens: never written here
+    for customer in ("a", "b", "c"):
+        cache.offer(customer, b"{}")
+    cache.offer("a", b"{}")  # a newer score of one waiting: replaces it
+    assert cache.pending == 3 and not cache.overflowed
+    cache.offer("d", b"{}")
+    assert cache.pending == 1 and cache.is_pending("d") and not cache.is_pending("a")
+    assert cache.take_overflowed() and not cache.take_overflowed()
+
+    table = {customer.encode(): record(customer, 2)[0] for customer in ("a", "b", "c")}
+    keys = KeysByPartition()
+    keys[0] = set(table)
+    fake = FakeCache(pending=set())
+    fake.overflowed, fake.healthy = True, False
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: [SimpleNamespace(topic="sweep", partition=0)]))
+    refill = CacheRefill(app=app, table=SimpleNamespace(data=table), keys_by_partition=keys, sweep_topic="sweep", parameters=ScoringParameters(), cache=fake, clock=lambda: T0 / 1000 + 9 * 86_400)  # type: ignore[arg-type]
+    asyncio.run(refill.step())
+    assert fake.offered == {}  # queued, but Redis does not answer yet
+    fake.healthy = True
+    asyncio.run(refill.step())
+    assert sorted(fake.offered) == ["a", "b", "c"]
