@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-#: In ``changed``, for a record on the RocksDB store: the bytes the fleet totals counted are on
-#: disk (stream/state/disk_index.py ``COUNTED``), not in memory.
+#: For the fleet export on the RocksDB store: the bytes the totals counted are on disk
+#: (stream/state/disk_index.py ``COUNTED``), not in memory.
 COUNTED_ON_DISK: Any = object()
 
 
@@ -16,8 +16,10 @@ class KeysByPartition(dict[int, set[bytes]]):
     from each partition's database, so memory does not grow with the customers.
 
     It also notes, for the fleet export (stream/worker/fleet.py), which records changed since
-    the export last took them, with the bytes each had then (None: no record; COUNTED_ON_DISK),
-    and which partitions were restored from their changelog (their totals are rebuilt)."""
+    the export last took them, with the bytes each had then (None: no record), and which
+    partitions were restored from their changelog (their totals are rebuilt). With the
+    RocksDB store only erasures are noted here (with the record the totals counted, read
+    from disk as the index forgets the customer); the commit marks other changes on disk."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,13 +32,6 @@ class KeysByPartition(dict[int, set[bytes]]):
         self.sweep_restored: set[int] = set()
         #: The RocksDB store (stream/state/store.py), when the records are there.
         self.disk: Any = None
-
-    def keys_of(self, partition: int) -> Iterable[bytes]:
-        """The partition's customers (from its database with the RocksDB store: lazily, in order)."""
-        if self.disk is None:
-            return self.get(partition, ())
-        records = self.disk.if_open(partition)
-        return () if records is None else iter(records)
 
     def walk(self, partition: int, chunk: int = 1000) -> Iterator[bytes]:
         """Every customer of the partition once, for a pass that yields to the stream between

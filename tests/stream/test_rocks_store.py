@@ -100,7 +100,7 @@ def test_writes_reach_the_disk_only_with_the_changelog_and_its_offset(tmp_path: 
     # A restart: the records and the offset are on disk; the keys are read from it, not kept.
     table, store, keys = open_table(tmp_path)
     assert store.persisted_offset(faust.types.TP(CHANGELOG, 2)) == 2
-    assert list(keys.keys_of(2)) == [b"beta"] and 2 in keys.restored and dict(keys) == {}
+    assert list(keys.walk(2)) == [b"beta"] and 2 in keys.restored and dict(keys) == {}
     assert store.partition(2).get(b"beta") == b"b1"
     assert set(store.partition(2)) == {b"beta"}  # the offset is not among the records
     asyncio.run(store.on_stop())
@@ -155,7 +155,7 @@ def test_a_rebalance_closes_what_is_no_longer_held_and_starts_a_new_assignment_f
     store.partition(1)[b"b"] = b"left from an earlier ownership"
     tp = lambda partition: faust.types.TP(CHANGELOG, partition)  # noqa: E731
     asyncio.run(store.on_rebalance({tp(0), tp(1), faust.types.TP("input", 2)}, {tp(2)}, {tp(1)}))
-    assert store.if_open(2) is None and list(keys.keys_of(2)) == []  # revoked: closed, no longer swept or counted
+    assert store.if_open(2) is None and list(keys.walk(2)) == []  # revoked: closed, no longer swept or counted
     assert store.if_open(0) is not None  # kept as it was
     assert store.partition(1).get(b"b") == b"1"  # newly assigned: as on disk, read on from its offset
     asyncio.run(store.on_stop())
@@ -169,7 +169,7 @@ def test_a_local_copy_older_than_the_limit_is_read_back_from_the_changelog(tmp_p
 
     table, store, keys = open_table(tmp_path, rocksdb={"max_local_age_hours": 2})
     assert store.persisted_offset(faust.types.TP(CHANGELOG, 0)) is None
-    assert store.partition(0).get(b"a") is None and list(keys.keys_of(0)) == []
+    assert store.partition(0).get(b"a") is None and list(keys.walk(0)) == []
     asyncio.run(store.on_stop())
 
 
@@ -193,7 +193,7 @@ def test_a_customer_id_equal_to_the_offset_key_is_just_a_customer(tmp_path: Path
     asyncio.run(store.on_stop())
     table, store, keys = open_table(tmp_path)
     assert store.partition(0).get(OFFSET_KEY) == b"a customer's record"
-    assert sorted(keys.keys_of(0)) == [b"acme", OFFSET_KEY] and store.persisted_offset(faust.types.TP(CHANGELOG, 0)) == 1
+    assert sorted(keys.walk(0)) == [b"acme", OFFSET_KEY] and store.persisted_offset(faust.types.TP(CHANGELOG, 0)) == 1
     asyncio.run(store.on_stop())
 
 
