@@ -157,12 +157,13 @@ class FleetExport:
                 keys_by_partition.take_changes(partition)
                 part = self._partitions[partition] = PartitionTotals(now_ms)
                 counted: Iterable[tuple[bytes, Any]] = ((key, None) for key in self._every_key(partition))
-            else:
-                changes = keys_by_partition.take_changes(partition)
-                index = self._index(partition)
-                for key in (part.due if index is None else StoredDueIndex(index, FLEET_DUE)).take(now_ms):
+            elif self._index(partition) is None:
+                changes: dict[bytes, Any] = keys_by_partition.take_changes(partition)
+                for key in part.due.take(now_ms):
                     changes.setdefault(key, _AS_STORED)
-                counted = changes.items() if index is None else chain(changes.items(), self._marked_changed(partition))
+                counted = changes.items()
+            else:  # the RocksDB store: erasures from memory, the rest walked on disk
+                counted = chain(keys_by_partition.take_changes(partition).items(), self._due_on_disk(partition, now_ms), self._marked_changed(partition))
             try:
                 for index, (key, before) in enumerate(counted, 1):
                     row = self._recount(partition, part, key, before, now_ms)
@@ -185,6 +186,16 @@ class FleetExport:
             for prefix in (COUNTED, FLEET_DUE, FLEET_DUE.upper(), CHANGED):
                 clear_prefix(index, prefix)
         yield from self._keys_by_partition.walk(partition, CHUNK)
+
+    def _due_on_disk(self, partition: int, now_ms: int) -> Iterator[tuple[bytes, Any]]:
+        """On the RocksDB store, the customers whose time came by ``now_ms``, a chunk at a time
+        (just after midnight that is most of the customers active in the period)."""
+        after = b""
+        while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
+            for entry, key in chunk:
+                index.delete(entry)
+                yield key, COUNTED_ON_DISK
+            after = chunk[-1][0]
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any]]:
         """On the RocksDB store, the customers whose record a commit changed since the last pass
