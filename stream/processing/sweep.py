@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from itertools import islice
-from typing import Iterable
+from typing import Iterable, Literal
 
 import faust
 import msgspec
@@ -58,7 +58,7 @@ class SweepTick(msgspec.Struct, frozen=True):
     #: With the RocksDB store and the due index, the list ``after`` is in: None the customers
     #: written since the last commit, "place" the place markers, "due" the due entries (then
     #: ``after`` is the entry, in hex). See :class:`StoredChunk`.
-    phase: str | None = None
+    phase: Literal["place", "due"] | None = None
 
 
 class StoredChunk(msgspec.Struct):
@@ -261,7 +261,11 @@ class Sweeper:
             )
             return
         partition = message.partition
-        chunk = self._next_chunk(partition, tick)
+        try:
+            chunk = self._next_chunk(partition, tick)
+        except ValueError as error:  # a "due" tick whose ``after`` is not hex: refused, never applied
+            await self._publisher.dead_letter(message, Rejection(RejectReason.INVALID_FIELD, f"not a sweep tick: {error}"))
+            return
         expired: list[bytes] = []
         for key, entry in zip(chunk.keys, chunk.entries):
             customer_id = key.decode()

@@ -62,3 +62,15 @@ def test_sweeps_in_progress_are_bounded() -> None:
     for partition in keys:
         sweep._chunk(partition, 7, b"")
     assert len(sweep._orders) == MAX_SWEEPS_IN_PROGRESS
+
+
+def test_a_tick_with_an_unknown_phase_is_not_a_sweep_tick() -> None:
+    import msgspec
+    import pytest
+
+    from stream.processing.sweep import SweepTick
+
+    assert msgspec.json.decode(b'{"at_ms": 1, "started_at": 0, "after": "ab", "phase": "due"}', type=SweepTick).phase == "due"
+    for phase in (b'"later"', b'""', b"7"):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(b'{"at_ms": 1, "started_at": 0, "phase": %s}' % phase, type=SweepTick)
