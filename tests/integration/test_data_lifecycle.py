@@ -255,3 +255,36 @@ def test_customers_silent_for_state_ttl_days_are_evicted_in_event_time(namespace
         assert health_of(namespace, "young")[0] == 200 and redis_traces(namespace, "young") != []
     finally:
         worker.stop()
+
+
+def test_the_deny_list_reader_reads_what_was_added_and_leaves_no_fetch_waiting_between_reads(namespace: Namespace) -> None:
+    """`deliver` reads the deny-list again before every alert. A follower left fetching at the
+    topic's end kept a fetch waiting on the broker (fetch_max_wait_ms), and the next read's
+    end-offsets request queued behind it on the connection: 0.5 s per alert. Between reads
+    every partition is paused; reads still find every record added since the last."""
+    import asyncio
+
+    from stream.kafka.reading import TopicFollower
+
+    topic = namespace.topic("delivery_failed")
+    seen: list[bytes] = []
+
+    async def scenario() -> tuple[int, int, int, set, set]:
+        follower = TopicFollower(namespace.settings.kafka, topic, lambda record: seen.append(record.value))
+        try:
+            empty = await follower.catch_up()
+            kcat_produce(topic, [(f"k{number}", f"first-{number}".encode()) for number in range(12)])
+            first = await follower.catch_up()
+            paused_after_first = set(follower._consumer.paused())
+            kcat_produce(topic, [(f"k{number}", f"second-{number}".encode()) for number in range(5)])
+            second = await follower.catch_up()
+            return empty, first, second, paused_after_first, set(follower._consumer.paused())
+        finally:
+            await follower.stop()
+
+    empty, first, second, paused_after_first, paused_after_second = asyncio.run(scenario())
+    assert (empty, first, second) == (0, 12, 5)
+    assert sorted(seen) == sorted([f"first-{n}".encode() for n in range(12)] + [f"second-{n}".encode() for n in range(5)])
+    every_partition = {(topic, partition) for partition in range(namespace.settings.partitions)}
+    assert {(tp.topic, tp.partition) for tp in paused_after_first} == every_partition
+    assert {(tp.topic, tp.partition) for tp in paused_after_second} == every_partition

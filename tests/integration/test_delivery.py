@@ -38,6 +38,8 @@ def test_alerts_reach_a_webhook_at_least_once_across_a_sigkill_and_parked_ones_a
     crm_port, down_port = free_port(), free_port()
     crm = Receiver(crm_port, delay=0.05)
     env = deliver_env(namespace, crm_port, down_port)
+    # The endpoint that is down gives up on each alert quickly: 40 alerts wait on it in turn.
+    env.update({"HEALTHSCORE_DELIVERY__RETRY_SCHEDULE_SECONDS": "[0.02, 0.05]", "HEALTHSCORE_DELIVERY__MAX_WAIT_PER_ALERT_SECONDS": "0.2"})
     log = tmp_path / "deliver.log"
     process = start_deliver(env, log)
     try:
