@@ -291,6 +291,12 @@ CHANGELOG_RECORDS_WRITTEN = Counter(
     "against healthscore_events_total, how much the changelog coalesces.",
     registry=REGISTRY,
 )
+FETCH_WAITED_FOR_COMMIT = Counter(
+    "healthscore_fetch_waited_for_commit_seconds",
+    "Seconds the fetcher waited for an offset commit still running when the next one was due (commit_every_events "
+    "more events acked): what bounds the changes waiting for a slow commit during a backlog.",
+    registry=REGISTRY,
+)
 KERNEL_FALLBACKS = Counter(
     "healthscore_kernel_fallbacks",
     "Events the Rust kernel could not take (a record or payload it cannot read) and the Python model applied instead.",

@@ -480,6 +480,50 @@ def test_the_fetch_loop_starts_one_commit_at_a_time_and_does_not_wait_for_it() -
     assert consumer.errors == ["Committing offsets failed: RuntimeError('broker gone')"]
 
 
+def test_the_fetch_loop_waits_for_a_commit_still_running_when_the_next_is_due() -> None:
+    """Backpressure: the changes of a backlog cannot pile up behind a slow commit. The wait ends
+    with the commit (failed or not), and cancelling the fetch loop does not cancel the commit."""
+
+    class Committing:
+        _commit_in_background = BulkDeliveryConsumer._commit_in_background
+        _wait_for_running_commit = BulkDeliveryConsumer._wait_for_running_commit
+
+        def __init__(self) -> None:
+            self._commit_task = None
+            self.release = asyncio.Event()
+            self.committed = 0
+            self.log = SimpleNamespace(error=lambda message, *args: None)
+
+        async def commit(self) -> bool:
+            await self.release.wait()
+            self.committed += 1
+            return True
+
+    async def scenario() -> None:
+        consumer = Committing()
+        await asyncio.wait_for(consumer._wait_for_running_commit(), 1)  # nothing running: at once
+        consumer._commit_in_background()
+        waiting = asyncio.ensure_future(consumer._wait_for_running_commit())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # the fetcher is held while the commit runs
+        consumer.release.set()
+        await asyncio.wait_for(waiting, 1)
+        assert consumer.committed == 1
+
+        consumer.release.clear()
+        consumer._commit_in_background()
+        waiting = asyncio.ensure_future(consumer._wait_for_running_commit())
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # the worker stops while the fetcher waits
+        await asyncio.sleep(0)
+        assert not consumer._commit_task.done()
+        consumer.release.set()
+        await asyncio.wait_for(consumer._commit_task, 1)
+        assert consumer.committed == 2
+
+    asyncio.run(scenario())
+
+
 def test_a_rebalance_waits_for_the_batch_being_applied_and_no_longer() -> None:
     """Its changelog records must be out before the partitions' next owner reads the changelog."""
 
