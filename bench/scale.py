@@ -4,6 +4,11 @@
     .venv/bin/python bench/scale.py --customers 100000
     .venv/bin/python bench/scale.py --state-store rocksdb --kill --customers 10000 --customers 1000000
 
+``--redis-maxmemory MB`` runs the worker against a Redis of its own (port 6391, data under
+.data/bench-redis) capped at that size with ``allkeys-lru``, as docs/deploy.md advises for a
+Redis that cannot hold every customer: without it, 10 million customers' cached scores and
+KPI hashes outgrow this machine's memory before the worker does.
+
 ``--state-store`` chooses where the worker keeps its records (``state_store``); the report then
 gives the disk the store and the changelog take. ``--kill`` restarts after SIGKILL instead of
 a clean stop. Each size's events per second (to apply its backlog) are in the report, so the
@@ -24,6 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -35,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream.services.local import default_paths, start_kafka, start_redis  # noqa: E402
+from stream.services.local import default_paths, port_answers, start_kafka, start_redis  # noqa: E402
 from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
 from stream.kafka.clients import connection_options  # noqa: E402
 from stream.settings import KafkaSettings  # noqa: E402
@@ -59,6 +67,33 @@ TAGS: list[str] = []
 def new_tag(prefix: str) -> str:
     TAGS.append(f"{prefix}{uuid.uuid4().hex[:6]}")
     return TAGS[-1]
+
+
+#: The port of the capped Redis of ``--redis-maxmemory`` (not the local stack's 6379).
+CAPPED_REDIS_PORT = 6391
+
+
+def start_capped_redis(megabytes: int) -> Path:
+    """A Redis of this run's own, empty, capped at ``megabytes`` and evicting the least recently used."""
+    directory = ROOT / ".data" / "bench-redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(CAPPED_REDIS_PORT), "--save", "", "--appendonly", "no",
+            "--maxmemory", f"{megabytes}mb", "--maxmemory-policy", "allkeys-lru", "--daemonize", "yes",
+            "--dir", str(directory), "--pidfile", str(directory / "redis.pid"), "--logfile", str(directory / "redis.log"),
+        ],
+        check=True,
+    )
+    wait_until(lambda: port_answers("127.0.0.1", CAPPED_REDIS_PORT), 15, "the capped Redis")
+    return directory / "redis.pid"
+
+
+def stop_capped_redis(pidfile: Path) -> None:
+    try:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -177,10 +212,24 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
     parser.add_argument("--state-store", choices=["memory", "rocksdb"], default="memory", help="the worker's state_store (default memory)")
     parser.add_argument("--kill", action="store_true", help="restart after SIGKILL rather than a clean stop")
+    parser.add_argument("--redis-maxmemory", type=int, metavar="MB", help="a Redis of the run's own, capped at MB with allkeys-lru")
     args = parser.parse_args()
     sizes = sorted(args.customers or [10_000, 100_000])
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
+    capped = None
+    if args.redis_maxmemory is not None:
+        if args.redis_maxmemory < 64:
+            parser.error("--redis-maxmemory is in MB and must be at least 64")
+        capped = start_capped_redis(args.redis_maxmemory)
+        extra["HEALTHSCORE_REDIS_URL"] = f"redis://127.0.0.1:{CAPPED_REDIS_PORT}/0"
+    try:
+        run(args, sizes, extra)
+    finally:
+        if capped is not None:
+            stop_capped_redis(capped)
 
+
+def run(args: argparse.Namespace, sizes: list[int], extra: dict[str, str]) -> None:
     start_redis(default_paths())
     start_kafka(default_paths())
     port = 16080
@@ -201,7 +250,13 @@ def main() -> None:
         )
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
-    write_result("scale", {"state_store": args.state_store, "restart_after": "SIGKILL" if args.kill else "SIGTERM", "idle_rss_bytes": idle, "rows": rows})
+    write_result(
+        "scale",
+        {
+            "state_store": args.state_store, "restart_after": "SIGKILL" if args.kill else "SIGTERM", "idle_rss_bytes": idle,
+            "redis_maxmemory_mb": args.redis_maxmemory, "rows": rows,
+        },
+    )
     deleted = asyncio.run(delete_topics_containing(KafkaSettings(), TAGS))
     print(f"deleted the run's {deleted} topics")
 

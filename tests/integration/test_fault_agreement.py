@@ -205,6 +205,9 @@ def campaign(services: None, tmp_path: Path, expected: Expected) -> Iterator[Cam
 
 
 def no_fault(campaign: Campaign) -> None:
+    """The control: the same history and settings, nothing to land in the middle of, so the
+    batches are not slowed."""
+    campaign.namespace.env["FAULT_BATCH_DELAY_SECONDS"] = "0"
     campaign.start_worker()
 
 
