@@ -297,6 +297,12 @@ FETCH_WAITED_FOR_COMMIT = Counter(
     "more events acked): what bounds the changes waiting for a slow commit during a backlog.",
     registry=REGISTRY,
 )
+FLEET_KPI_RETRIES_DROPPED = Counter(
+    "healthscore_fleet_kpi_retries_dropped",
+    "Customers whose KPIs Redis did not take and that were not kept for another try (more than "
+    "100,000 waiting): their KPIs are written at their next change or window.",
+    registry=REGISTRY,
+)
 KERNEL_FALLBACKS = Counter(
     "healthscore_kernel_fallbacks",
     "Events the Rust kernel could not take (a record or payload it cannot read) and the Python model applied instead.",

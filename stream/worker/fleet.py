@@ -54,6 +54,11 @@ KpisWriter = Callable[[list[tuple[str, bytes]]], Awaitable[list[str]]]
 KPI_WRITE_ATTEMPTS = 3
 #: Customers recomputed between two yields to the stream.
 CHUNK = 1000
+#: Customers whose KPIs are kept for another try at the next exports, at most. Beyond, a
+#: customer's KPIs wait for its next change or window (its score shows ``computed_at``): in a
+#: 10-million-customer backlog against a Redis that evicts, a million customers were waiting,
+#: and their one write at the end of a pass took 5.8 GB (2026-12-06).
+MAX_KPI_RETRIES = 100_000
 #: The bytes the totals counted for a customer due by time alone: what the table holds.
 _AS_STORED: Any = object()
 
@@ -150,6 +155,7 @@ class FleetExport:
             del keys_by_partition.changed[partition]
         self.recomputed = 0
         rows: list[tuple[str, bytes]] = []
+        retries = dict(self._kpi_retries)  # from earlier passes (this pass's failures wait for the next)
         for partition in sorted(owned):
             part = self._partitions.get(partition)
             if part is None or part.at_ms < 0 or partition in keys_by_partition.restored:
@@ -176,7 +182,10 @@ class FleetExport:
                 part.at_ms = -1
                 raise
             part.at_ms = now_ms
-        rows += self._retried_kpis(now_ms)
+        for row in self._retried_kpis(retries, now_ms):
+            rows.append(row)
+            if len(rows) >= CHUNK:
+                rows = await self._write(rows)
         await self._write(rows, final=True)
 
     def _every_key(self, partition: int) -> Iterator[bytes]:
@@ -265,17 +274,19 @@ class FleetExport:
         records = self._records.if_open(partition)
         return None if records is None else records.get(key)
 
-    def _retried_kpis(self, now_ms: int) -> list[tuple[str, bytes]]:
-        """KPI rows of the customers Redis did not know at the last export (its score was on its way)."""
-        rows = []
-        for key in list(self._kpi_retries):
+    def _retried_kpis(self, retries: dict[bytes, int], now_ms: int) -> Iterator[tuple[str, bytes]]:
+        """KPI rows of the customers Redis did not know at an earlier export (its score was on its
+        way), or could not take, and not recounted since; one at a time, so they are written a
+        chunk at a time."""
+        for key, attempts in retries.items():
+            if self._kpi_retries.get(key) != attempts:
+                continue  # recounted in this pass: written (or noted again) with it
             partition = next((number for number in self._partitions if self._keys_by_partition.holds(number, key)), None)
             state = _decoded(None if partition is None else self._stored(partition, key))
             if state is None or self._options.write_kpis is None:  # erased meanwhile
-                del self._kpi_retries[key]
+                self._kpi_retries.pop(key, None)
             else:
-                rows.append((state.customer_id, customer_kpis_json(state, now_ms, self._options)))
-        return rows
+                yield state.customer_id, customer_kpis_json(state, now_ms, self._options)
 
     async def _write(self, rows: list[tuple[str, bytes]], final: bool = False) -> list[tuple[str, bytes]]:
         """The customers' KPIs (a Redis failure is logged: they are offered again at the next
@@ -300,7 +311,9 @@ class FleetExport:
         for customer_id in customer_ids:
             key = customer_id.encode()
             attempts = KPI_WRITE_ATTEMPTS if failed else self._kpi_retries.get(key, KPI_WRITE_ATTEMPTS) - 1
-            if attempts > 0:
+            if attempts > 0 and key not in self._kpi_retries and len(self._kpi_retries) >= MAX_KPI_RETRIES:
+                metrics.FLEET_KPI_RETRIES_DROPPED.inc()
+            elif attempts > 0:
                 self._kpi_retries[key] = attempts
             else:
                 self._kpi_retries.pop(key, None)

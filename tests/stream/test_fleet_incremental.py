@@ -260,3 +260,38 @@ def test_kpis_wait_out_a_redis_outage_and_a_failed_pass_is_counted_in_full_next_
     monkeypatch.setattr(fleet, "contribution", original)
     asyncio.run(world.export.update({0, 1, 2}, at + 7 * 60_000))
     check(world, {0, 1, 2}, at + 7 * 60_000)
+
+
+def test_kpis_waiting_for_redis_are_bounded_and_written_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a 10-million-customer backlog against a Redis that evicts, a million customers' KPIs
+    waited for another try and went in one write at the end of a pass (5.8 GB). Now at most
+    MAX_KPI_RETRIES wait (the others are counted and written at their next change), and the
+    retries go a CHUNK at a time."""
+    from scoring.contract import Event, UsageSession
+    from stream import metrics
+
+    monkeypatch.setattr(fleet, "MAX_KPI_RETRIES", 4)
+    monkeypatch.setattr(fleet, "CHUNK", 3)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    customers = [f"c{index}" for index in range(10)]
+    world = World([], set())
+    world.streaming = False
+    for index, customer in enumerate(customers):
+        world.apply(Event(event_id=f"e{index}", type="usage.session", customer_id=customer, occurred_at_ms=at - 3_600_000, data=UsageSession("u", 60)))
+    writes: list[list[str]] = []
+
+    async def down(rows: list[tuple[str, bytes]]) -> list[str]:
+        writes.append([customer for customer, _json in rows])
+        raise ConnectionError("Redis is down")
+
+    dropped_before = metrics.FLEET_KPI_RETRIES_DROPPED._value.get()
+    world.export._options = dataclasses.replace(world.export._options, write_kpis=down)
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    assert sorted(customer for rows in writes for customer in rows) == customers  # each once: retried at the next pass
+    assert len(world.export._kpi_retries) == 4
+    assert metrics.FLEET_KPI_RETRIES_DROPPED._value.get() - dropped_before == 6
+
+    writes.clear()
+    asyncio.run(world.export.update({0, 1, 2}, at + 60_000))  # nothing changed: only the retries
+    assert sorted(customer for rows in writes for customer in rows) == sorted(key.decode() for key in world.export._kpi_retries)
+    assert writes and max(len(rows) for rows in writes) <= 3
