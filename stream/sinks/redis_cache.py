@@ -310,6 +310,11 @@ class LatestScoreCache:
             self.overflowed = True
         self._pending[customer_id] = encoded_message
 
+    def room_for(self, scores: int) -> bool:
+        """Whether ``scores`` more can wait while half of MAX_PENDING_SCORES is left to the stream:
+        a refill that filled the rest would itself make the scores overflow, and start over."""
+        return len(self._pending) + scores <= MAX_PENDING_SCORES // 2
+
     def take_overflowed(self) -> bool:
         """Whether scores were dropped since the last call (the refill then queues every customer)."""
         overflowed, self.overflowed = self.overflowed, False

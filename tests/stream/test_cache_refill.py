@@ -13,6 +13,7 @@ from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.state import DAY_MS, encode_state, new_state
 from stream.sinks import redis_cache
+from stream.worker import cache_refill
 from stream.sinks.redis_cache import LatestScoreCache
 from stream.state.keys import KeysByPartition
 from stream.worker.cache_refill import CacheRefill
@@ -33,6 +34,9 @@ class FakeCache:
 
     overflowed = False
     healthy = True
+
+    def room_for(self, scores: int) -> bool:
+        return True
 
     async def lost_since_last_check(self) -> bool:
         return False
@@ -94,3 +98,30 @@ def test_scores_waiting_for_redis_are_bounded_and_written_again_from_the_records
     fake.healthy = True
     asyncio.run(refill.step())
     assert sorted(fake.offered) == ["a", "b", "c"]
+
+
+def test_the_refill_waits_while_redis_is_behind_rather_than_make_the_scores_overflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk goes only while at most half of MAX_PENDING_SCORES wait; the stream keeps
+    the other half. Without it, a refill during a backlog overflowed the cache and restarted."""
+    monkeypatch.setattr(redis_cache, "MAX_PENDING_SCORES", 20)
+    monkeypatch.setattr(cache_refill, "REFILL_CHUNK", 4)
+    cache = LatestScoreCache("redis://127.0.0.1:1/0", "away")  # nothing listens: nothing is written here
+    customers = [f"c{index}" for index in range(12)]
+    table = {customer.encode(): record(customer, 2)[0] for customer in customers}
+    keys = KeysByPartition()
+    keys[0] = set(table)
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: [SimpleNamespace(topic="sweep", partition=0)]))
+    refill = CacheRefill(app=app, table=SimpleNamespace(data=table), keys_by_partition=keys, sweep_topic="sweep", parameters=ScoringParameters(), cache=cache, clock=lambda: T0 / 1000 + 9 * 86_400)  # type: ignore[arg-type]
+    for index in range(3):
+        cache.offer(f"stream-{index}", b"{}")  # the stream's own scores, waiting
+    refill.queue_owned()
+    asyncio.run(refill.step())  # 3 + 4 <= 10: a chunk
+    asyncio.run(refill.step())  # 7 + 4 > 10: waits
+    assert cache.pending == 7 and not cache.overflowed
+    rewritten = {customer for customer in cache._pending if not customer.startswith("stream-")}
+    cache._pending.clear()  # Redis took them
+    for _ in range(3):
+        asyncio.run(refill.step())  # 0 + 4, then 4 + 4: the last two chunks
+    assert cache.pending == 8 and not cache.overflowed
+    rewritten |= set(cache._pending)
+    assert rewritten == set(customers)
