@@ -57,7 +57,7 @@ CHUNK = 1000
 #: Customers whose KPIs are kept for another try at the next exports, at most. Beyond, a
 #: customer's KPIs wait for its next change or window (its score shows ``computed_at``): in a
 #: 10-million-customer backlog against a Redis that evicts, a million customers were waiting,
-#: and their one write at the end of a pass took 5.8 GB (2026-12-06).
+#: and their one write at the end of a pass took about 6 GB for a moment (2026-12-06).
 MAX_KPI_RETRIES = 100_000
 #: The bytes the totals counted for a customer due by time alone: what the table holds.
 _AS_STORED: Any = object()
