@@ -218,8 +218,8 @@ def main() -> None:
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
     capped = None
     if args.redis_maxmemory is not None:
-        if args.redis_maxmemory < 64:
-            parser.error("--redis-maxmemory is in MB and must be at least 64")
+        if not 64 <= args.redis_maxmemory <= 1_048_576:
+            parser.error("--redis-maxmemory is in MB: from 64 to 1048576 (1 TB)")
         capped = start_capped_redis(args.redis_maxmemory)
         extra["HEALTHSCORE_REDIS_URL"] = f"redis://127.0.0.1:{CAPPED_REDIS_PORT}/0"
     try:
