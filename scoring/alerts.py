@@ -219,16 +219,21 @@ def _payment_trouble(state: CustomerState, at_ms: int, rules: AlertParameters) -
 
 
 def _conditions(
-    state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters, by_time: bool
+    state: CustomerState,
+    health: HealthScore | None,
+    expected: float | None,
+    at_ms: int,
+    scoring: ScoringParameters,
+    rules: AlertParameters,
+    by_time: bool,
 ) -> dict[str, Holding | None]:
     """rule → (severity, detail template, values) when its lasting condition holds now, else None.
-    A sharp drop is about events: time alone (``by_time``, a sweep) leaves its episode as it is."""
+    ``expected``: BG/NBD's expected purchases at ``at_ms`` (None without BG/NBD). A sharp drop
+    is about events: time alone (``by_time``, a sweep) leaves its episode as it is."""
     found: dict[str, Holding | None] = {}
-    if rules.sharp_drop and not by_time:
+    if rules.sharp_drop and not by_time and health is not None:
         found["sharp_drop"] = _sharp_drop(state, health, at_ms, rules)
     if rules.purchase_activity:
-        # Scoring computed it for the same moment (BG/NBD costs several µs a call).
-        expected = health.expected_purchases if health.as_of_ms == at_ms else expected_purchases_next(state, at_ms, scoring)
         if expected is not None:
             found["purchase_activity"] = (
                 ("warning", "expected purchases in the next {:g} days: {:.2f}", (scoring.purchase_outlook_days, expected))
@@ -247,10 +252,12 @@ def _conditions(
     return found
 
 
-def conditions_holding(state: CustomerState, health: HealthScore, at_ms: int, scoring: ScoringParameters, rules: AlertParameters) -> frozenset[str]:
+def conditions_holding(
+    state: CustomerState, expected: float | None, at_ms: int, scoring: ScoringParameters, rules: AlertParameters
+) -> frozenset[str]:
     """The lasting conditions (purchase activity, payment trouble, silence) holding at ``at_ms``
-    as a sweep sees them; ``health`` is the score at that moment (scoring/due.py)."""
-    return frozenset(rule for rule, holds in _conditions(state, health, at_ms, scoring, rules, True).items() if holds is not None)
+    as a sweep sees them; ``expected``: BG/NBD's expected purchases then (scoring/due.py)."""
+    return frozenset(rule for rule, holds in _conditions(state, None, expected, at_ms, scoring, rules, True).items() if holds is not None)
 
 
 #: An alert about to be raised: (rule, episode, severity, detail).
@@ -343,7 +350,9 @@ def evaluate(
         downgrade = _band_downgrade(state, health, at_ms, scoring, rules, by_time)
         if downgrade is not None:
             opened.append(downgrade)
-    for rule, holds in _conditions(state, health, at_ms, scoring, rules, by_time).items():
+    # Scoring computed BG/NBD's expectation for the same moment (it costs several µs a call).
+    expected = health.expected_purchases if health.as_of_ms == at_ms or not rules.purchase_activity else expected_purchases_next(state, at_ms, scoring)
+    for rule, holds in _conditions(state, health, expected, at_ms, scoring, rules, by_time).items():
         if holds is None:
             state.alert_episodes.pop(rule, None)
         elif rule not in state.alert_episodes:

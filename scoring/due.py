@@ -20,8 +20,10 @@ An interval is *quiet* when, over that whole range, the band (and the band the h
 compares) stays the published one, the score stays within ``min_change`` of the published
 score, the same components have data, and the alert conditions hold as the record's open
 episodes say, at both ends (each condition is a threshold on a monotone quantity or a
-deadline). Each stretch between jump moments is tried whole; one that is not quiet is
-halved down to a sweep period, and the search ends at its last moment proven quiet. (A
+deadline). Each stretch between jump moments is tried whole; in one that is not quiet the
+search narrows down to a sweep period (guessing from the score's drift where it can, halving
+where it cannot: ``_last_quiet``) and ends at its last moment proven quiet. A probe is the
+score's parts alone (``scoring.health.composite_at``), not a whole published score. (A
 score a sweep just published is taken as still moving by the callers: due at the next
 sweep, without a search.)
 
@@ -30,12 +32,45 @@ Pure: no clock, no store; the caller gives the time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from typing import Any
+
 from scoring.alerts import BAND_RANK, AlertParameters, baseline_gap_days, conditions_holding, unusual_silence
-from scoring.health import HealthScore, ScoringParameters, band_for, score_state
-from scoring.state import DAY_MS, CustomerState
+from scoring.health import Composite, ScoringParameters, band_for, capped, composite_at
+from scoring.state import DAY_MS, CustomerState, encode_state
 
 #: The search stops this far after the moment it starts from (the customer is then due).
 HORIZON_MS = 400 * DAY_MS
+
+
+class DueSearch:
+    """``next_sweep_due`` with a sweep's settings bound, for the worker's sweep and the replay.
+
+    With ``native`` (``scoring.kernel.build`` of the same parameters and rules) the search runs
+    in the Rust kernel on the encoded record: the same moment to the millisecond
+    (tests/unit/test_kernel.py), at a fraction of the cost (bench/sweep.py --due)."""
+
+    def __init__(
+        self,
+        parameters: ScoringParameters,
+        rules: AlertParameters | None,
+        min_change: float,
+        period_ms: int,
+        ttl_ms: int,
+        native: Any = None,
+    ) -> None:
+        self.parameters = parameters
+        self.rules = rules
+        self.min_change = min_change
+        self.period_ms = period_ms
+        self.ttl_ms = ttl_ms
+        self.native = native
+
+    def next_due(self, state: CustomerState, at_ms: int) -> int:
+        """The first moment after ``at_ms`` at which a sweep could matter for this customer."""
+        if self.native is not None:
+            return int(self.native.next_sweep_due(encode_state(state), at_ms, self.min_change, self.period_ms, self.ttl_ms, self.period_ms))
+        return next_sweep_due(state, at_ms, self.parameters, self.rules, self.min_change, self.period_ms, self.ttl_ms, self.period_ms)
 
 
 def next_sweep_due(
@@ -62,7 +97,7 @@ def next_sweep_due(
     if state.alert_digest:
         limit = min(limit, (state.alert_digest[0][0] // DAY_MS + 1) * DAY_MS)
     limit = max(limit, start)
-    jumps = sorted({moment for moment in _jump_moments(state, parameters, rules) if start < moment < limit})
+    jumps = sorted({moment for moment in _jump_moments(state, parameters, rules, start) if start < moment < limit})
     jumps.append(limit)
     segment_start = start
     for segment_end in jumps:
@@ -72,73 +107,124 @@ def next_sweep_due(
         if not _steady(state, first, segment_start, parameters, rules, min_change):
             return segment_start
         last_moment = segment_end - 1
-        if last_moment > segment_start and not _quiet(state, first, _probe(state, last_moment, parameters, rules), last_moment, parameters, rules, min_change):
-            # Something may happen inside: the last moment of the segment proven quiet, to a sweep period.
-            quiet, loud = segment_start, last_moment
-            while loud - quiet > max(1, step_ms):
-                middle = (quiet + loud) // 2
-                if _quiet(state, first, _probe(state, middle, parameters, rules), middle, parameters, rules, min_change):
-                    quiet = middle
-                else:
-                    loud = middle
-            return max(quiet, at_ms + 1)
+        if last_moment > segment_start:
+            last = _probe(state, last_moment, parameters, rules)
+            if not _quiet(state, first, last, last_moment, parameters, rules, min_change):
+                # Something may happen inside: the last moment of the segment proven quiet, to a sweep period.
+                quiet = _last_quiet(state, first, segment_start, (last_moment, last), parameters, rules, min_change, max(1, step_ms))
+                return max(quiet, at_ms + 1)
         segment_start = segment_end
     return max(limit, at_ms + 1)
 
 
-def _probe(state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> tuple[HealthScore | None, frozenset[str]]:
-    health = score_state(state, at_ms, parameters)
-    holding = conditions_holding(state, health, at_ms, parameters, rules) if rules is not None and health is not None else frozenset()
-    return health, holding
+#: A probe: the score's parts at a moment (None without data) and the alert conditions holding.
+Probe = tuple[Composite | None, frozenset[str]]
+
+#: Guesses from the score's margin before the search halves only (each guess costs two probes).
+MAX_GUESSES = 3
 
 
-def _steady(
+def _last_quiet(
     state: CustomerState,
-    probe: tuple[HealthScore | None, frozenset[str]],
-    at_ms: int,
+    first: Probe,
+    start_ms: int,
+    loud_end: tuple[int, Probe],
     parameters: ScoringParameters,
     rules: AlertParameters | None,
     min_change: float,
-) -> bool:
+    step_ms: int,
+) -> int:
+    """The last moment proven quiet between ``start_ms`` (quiet) and a loud moment, to
+    ``step_ms``. Where the score is what makes the end loud, the search guesses where its
+    margin (``_margin``), taken as linear between the two ends, runs out, and probes the
+    guess and its neighbour a period away: a score drifting steadily is placed in about two
+    probes instead of the dozen halving takes. Otherwise, or after MAX_GUESSES, it halves.
+    Only a probe proven quiet moves the answer, so guesses change the cost, never the result's
+    guarantee."""
+    quiet, (loud, loud_probe) = start_ms, loud_end
+    margin_quiet = _margin(state, first, first, quiet, parameters, min_change)
+    margin_loud = _margin(state, first, loud_probe, loud, parameters, min_change)
+    guesses = 0
+    neighbour: int | None = None
+    while loud - quiet > step_ms:
+        guessing = False
+        if neighbour is not None and quiet < neighbour < loud:
+            middle = neighbour
+        elif guesses < MAX_GUESSES and margin_quiet > 0.0 >= margin_loud:
+            guesses, guessing = guesses + 1, True
+            fraction = margin_quiet / (margin_quiet - margin_loud)
+            middle = min(max(quiet + int((loud - quiet) * fraction), quiet + 1), loud - 1)
+        else:
+            middle = (quiet + loud) // 2
+        probe = _probe(state, middle, parameters, rules)
+        margin = _margin(state, first, probe, middle, parameters, min_change)
+        if _quiet(state, first, probe, middle, parameters, rules, min_change):
+            quiet, margin_quiet, neighbour = middle, margin, (middle + step_ms // 2 if guessing else None)
+        else:
+            loud, margin_loud, neighbour = middle, margin, (middle - step_ms // 2 if guessing else None)
+    return quiet
+
+
+def _probe(state: CustomerState, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> Probe:
+    composite = composite_at(state, at_ms, parameters)
+    holding = conditions_holding(state, composite[2], at_ms, parameters, rules) if rules is not None and composite is not None else frozenset()
+    return composite, holding
+
+
+def _steady(state: CustomerState, probe: Probe, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None, min_change: float) -> bool:
     """Whether a sweep at ``at_ms`` alone would leave everything that matters as it is."""
-    health, holding = probe
-    if health is None:
+    composite, holding = probe
+    if composite is None:
         return state.published is None
-    return _within(state, health.score, health.score, at_ms, parameters, rules, min_change) and _episodes_agree(state, holding, at_ms, rules)
+    score = composite[1]
+    return _within(state, score, score, at_ms, parameters, rules, min_change) and _episodes_agree(state, holding, at_ms, rules)
 
 
-def _quiet(
-    state: CustomerState,
-    first: tuple[HealthScore | None, frozenset[str]],
-    last: tuple[HealthScore | None, frozenset[str]],
-    end_ms: int,
-    parameters: ScoringParameters,
-    rules: AlertParameters | None,
-    min_change: float,
-) -> bool:
-    """Whether no sweep between the two probes (no jump moment between them) would matter."""
-    (a, holding_a), (b, holding_b) = first, last
-    if a is None or b is None:
-        return a is None and b is None and state.published is None
-    if a.components.keys() != b.components.keys() or holding_a != holding_b:
-        return False
+def _bounds(state: CustomerState, first: Probe, last: Probe, end_ms: int, parameters: ScoringParameters) -> tuple[float, float] | None:
+    """The lowest and highest score between the two probes (no jump moment between them);
+    None when they differ in which components have data."""
+    a, b = first[0], last[0]
+    if a is None or b is None or a[0].keys() != b[0].keys():
+        return None
     low = high = 0.0
-    for name, component in a.components.items():
-        other = b.components[name].score
-        low += component.weight * min(component.score, other)
-        high += component.weight * max(component.score, other)
-    low, high = _capped(state, low, end_ms, parameters), _capped(state, high, end_ms, parameters)
-    return _within(state, low, high, end_ms, parameters, rules, min_change) and _episodes_agree(state, holding_b, end_ms, rules)
+    others = b[0]
+    for name, (score, share) in a[0].items():
+        other = others[name][0]
+        low += share * min(score, other)
+        high += share * max(score, other)
+    return capped(state, low, end_ms, parameters), capped(state, high, end_ms, parameters)
 
 
-def _capped(state: CustomerState, composite: float, at_ms: int, parameters: ScoringParameters) -> float:
-    """score_state's clamp and caps (thin evidence, a cancellation), which are monotone."""
-    composite = min(100.0, max(0.0, composite))
-    if state.active_days < parameters.healthy_min_active_days:
-        composite = min(composite, parameters.healthy_min - 0.01)
-    if state.cancelled_ms and state.cancelled_ms <= at_ms:
-        composite = min(composite, parameters.at_risk_min - 0.01)
-    return composite
+def _quiet(state: CustomerState, first: Probe, last: Probe, end_ms: int, parameters: ScoringParameters, rules: AlertParameters | None, min_change: float) -> bool:
+    """Whether no sweep between the two probes (no jump moment between them) would matter."""
+    if first[0] is None or last[0] is None:
+        return first[0] is None and last[0] is None and state.published is None
+    bounds = _bounds(state, first, last, end_ms, parameters)
+    if bounds is None or first[1] != last[1]:
+        return False
+    return _within(state, bounds[0], bounds[1], end_ms, parameters, rules, min_change) and _episodes_agree(state, last[1], end_ms, rules)
+
+
+def _margin(state: CustomerState, first: Probe, last: Probe, end_ms: int, parameters: ScoringParameters, min_change: float) -> float:
+    """How far the scores between the probes stay from moving ``min_change`` off the published
+    score or leaving its band (negative: beyond): the quantity the search's guesses follow.
+    -1 when it does not apply (no published score, components appearing or going)."""
+    published = state.published
+    bounds = _bounds(state, first, last, end_ms, parameters)
+    if published is None or bounds is None:
+        return -1.0
+    low, high = bounds
+    floor, ceiling = _band_edges(published.band, parameters)
+    return min(min_change - max(abs(low - published.score), abs(high - published.score)), low - floor, ceiling - high)
+
+
+def _band_edges(band: str, parameters: ScoringParameters) -> tuple[float, float]:
+    """The scores a band spans (``band_for``): [floor, ceiling)."""
+    if band == "healthy":
+        return parameters.healthy_min, 1e9
+    if band == "at_risk":
+        return parameters.at_risk_min, parameters.healthy_min
+    return -1e9, parameters.at_risk_min
 
 
 def _within(
@@ -181,8 +267,9 @@ def _episodes_agree(state: CustomerState, holding: frozenset[str], at_ms: int, r
     return True
 
 
-def _jump_moments(state: CustomerState, parameters: ScoringParameters, rules: AlertParameters | None) -> list[int]:
-    """Every moment at which a component, its presence, a cap or an alert condition can jump."""
+def _jump_moments(state: CustomerState, parameters: ScoringParameters, rules: AlertParameters | None, after_ms: int) -> list[int]:
+    """The moments at which a component, its presence, a cap or an alert condition can jump
+    (every one after ``after_ms``, and some before it, which the caller drops)."""
     response_ms = int(parameters.survey_response_days * DAY_MS)
     moments: list[int] = []
     for moment in (state.cancelled_ms, state.pulse_expires_ms):
@@ -197,7 +284,10 @@ def _jump_moments(state: CustomerState, parameters: ScoringParameters, rules: Al
         if rules is not None:
             moments.append(invoice.due_ms + int(rules.payment_overdue_days * DAY_MS) + 1)
     counts = state.counts
-    for index, day in enumerate(counts.days):
+    days = counts.days
+    # Days that left every window before the search starts add nothing (the longest is 90 days).
+    for index in range(bisect_left(days, after_ms // DAY_MS - 89), len(days)):
+        day = days[index]
         # A day leaves the windows its counts are read in: activity (7 and 90 days: usage's
         # trend), orders (30 and 90: purchase frequency), failed payments (30).
         if counts.sessions[index] or counts.feature_uses[index]:

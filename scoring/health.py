@@ -359,18 +359,12 @@ def component_scores(state: CustomerState, at_ms: int, parameters: ScoringParame
     return dict(zip(COMPONENTS, _component_values(state, at_ms, parameters, expected, activity_sums(state, at_ms))))
 
 
-def score_state(
-    state: CustomerState,
-    at_ms: int,
-    parameters: ScoringParameters,
-    previous_contributions: dict[str, float] | None = None,
-    previous_score: float | None = None,
-) -> HealthScore | None:
-    """The customer's health at ``at_ms``; None while no component has data.
-
-    With the previous score's contributions, the result also carries the change
-    of each component since then (see ``explain``).
-    """
+def _weighted_components(
+    state: CustomerState, at_ms: int, parameters: ScoringParameters
+) -> tuple[list[tuple[str, float, float]], float, float, float | None, ActivitySums]:
+    """The components with data as (name, score, weight), their total weight, the weight of
+    every component that counts toward confidence, BG/NBD's expectation and the activity sums:
+    what ``score_state`` and the due search's ``composite_at`` share."""
     weights = parameters.weights_for(state.plan)
     expected = expected_purchases_next(state, at_ms, parameters)
     sums = activity_sums(state, at_ms)
@@ -387,6 +381,54 @@ def score_state(
         if value is not None and weight > 0:
             present.append((name, value, weight))
             total_weight += weight
+    return present, total_weight, all_weights, expected, sums
+
+
+def capped(state: CustomerState, composite: float, at_ms: int, parameters: ScoringParameters) -> float:
+    """The composite clamped to 0-100 and capped: below healthy on thin evidence (fewer than
+    healthy_min_active_days active days), below at-risk once a cancellation takes effect."""
+    composite = min(100.0, max(0.0, composite))
+    if state.active_days < parameters.healthy_min_active_days:
+        composite = min(composite, parameters.healthy_min - 0.01)
+    if state.cancelled_ms and state.cancelled_ms <= at_ms:
+        composite = min(composite, parameters.at_risk_min - 0.01)
+    return composite
+
+
+#: What the due search reads of a score: each component's (score, share of the weight), the
+#: score as published (capped, rounded) and BG/NBD's expected purchases.
+Composite = tuple[dict[str, tuple[float, float]], float, float | None]
+
+
+def composite_at(state: CustomerState, at_ms: int, parameters: ScoringParameters) -> Composite | None:
+    """``score_state``'s components and score at ``at_ms`` without what only a published score
+    needs (explanation, churn risk, confidence): the due search probes a customer several times
+    (scoring/due.py). None while no component has data."""
+    present, total_weight, _all_weights, expected, _sums = _weighted_components(state, at_ms, parameters)
+    if not present:
+        return None
+    shares: dict[str, tuple[float, float]] = {}
+    composite = 0.0
+    for name, value, weight in present:
+        share = weight / total_weight
+        composite += share * value  # summed as score_state sums: the same float
+        shares[name] = (value, share)
+    return shares, round(capped(state, composite, at_ms, parameters), 2), expected
+
+
+def score_state(
+    state: CustomerState,
+    at_ms: int,
+    parameters: ScoringParameters,
+    previous_contributions: dict[str, float] | None = None,
+    previous_score: float | None = None,
+) -> HealthScore | None:
+    """The customer's health at ``at_ms``; None while no component has data.
+
+    With the previous score's contributions, the result also carries the change
+    of each component since then (see ``explain``).
+    """
+    present, total_weight, all_weights, expected, sums = _weighted_components(state, at_ms, parameters)
     if not present:
         return None
     components: dict[str, ComponentScore] = {}
@@ -406,14 +448,11 @@ def score_state(
     for name, contribution in before.items():
         if name not in components:
             changes.append((-abs(contribution), name, -contribution))
-    composite = min(100.0, max(0.0, composite))
+    composite = capped(state, composite, at_ms, parameters)
     confidence = total_weight / all_weights
     if state.active_days < parameters.healthy_min_active_days:  # thin evidence
         confidence *= state.active_days / parameters.healthy_min_active_days
-        composite = min(composite, parameters.healthy_min - 0.01)
     cancelled = bool(state.cancelled_ms) and state.cancelled_ms <= at_ms
-    if cancelled:
-        composite = min(composite, parameters.at_risk_min - 0.01)
     score = round(composite, 2)
     model = parameters.churn_model
     if model is None:

@@ -4,7 +4,8 @@ without Python objects, for the worker's throughput (at least 25,000 events/s pe
 It covers ``scoring.pipeline.step`` for models without BG/NBD: apply the event, rescore,
 check the alert rules, decide whether the score changed, and the score and alert
 messages (``scoring.output``); ``step_raw`` also validates the message when
-``scoring.contract`` surely accepts it, and declines the rest to it.
+``scoring.contract`` surely accepts it, and declines the rest to it. ``next_sweep_due`` is
+``scoring.due``'s search for the sweep's due-time index (the worker's sweep and the replay).
 ``scoring/`` stays the reference: tests/unit/test_kernel.py proves the kernel gives the
 same records and messages, byte for byte, and ``bench/kernel_cost.py`` measures both.
 """
@@ -34,6 +35,12 @@ def available() -> bool:
 def supports(parameters: ScoringParameters) -> bool:
     """The kernel does not compute BG/NBD yet."""
     return parameters.bgnbd is None
+
+
+def build_where_possible(parameters: ScoringParameters, rules: AlertParameters | None, wanted: bool) -> Any | None:
+    """The kernel when ``wanted`` (the native_kernel setting), built and able to compute this
+    model; None otherwise (the caller runs the Python model, which gives the same results)."""
+    return build(parameters, rules) if wanted and available() and supports(parameters) else None
 
 
 def build(parameters: ScoringParameters, rules: AlertParameters | None = None) -> Any:

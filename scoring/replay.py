@@ -15,11 +15,11 @@ with the events and the due moments instead of customers × sweeps.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from scoring.alerts import AlertParameters
 from scoring.contract import Event
-from scoring.due import next_sweep_due
+from scoring.due import DueSearch
 from scoring.health import ScoringParameters, score_state
 from scoring.pipeline import Step, due_for_sweep, expired, step, sweep
 from scoring.state import CustomerState, Outcome, new_state
@@ -38,6 +38,7 @@ class Replayer:
         sweep_min_change: float = 1.0,
         state_ttl_ms: int = 0,
         due_index: bool = True,
+        native: Any = None,
     ) -> None:
         self.parameters = parameters
         self.rules = rules
@@ -53,6 +54,9 @@ class Replayer:
         self.swept = 0
         self._next_sweep_ms: int | None = None
         self.due_index = due_index
+        #: The due search (in the Rust kernel when ``native`` is given: scoring.due.DueSearch).
+        self._search = DueSearch(parameters, rules, sweep_min_change, sweep_every_ms or 0, state_ttl_ms, native)
+        self.native_due_search = native is not None
         #: sweep time → customers due at that sweep; customers with an event since the last sweep.
         self._due: dict[int, list[str]] = {}
         self._changed: set[str] = set()
@@ -107,7 +111,7 @@ class Replayer:
                 self.evicted += 1
                 continue
             if customer_id in changed:  # scored at an event since the last sweep: due now, or when?
-                due = next_sweep_due(state, sweep_at - 1, self.parameters, self.rules, self.sweep_min_change, every, self.state_ttl_ms, every)
+                due = self._search.next_due(state, sweep_at - 1)
                 if due > sweep_at:
                     self._schedule(customer_id, due)
                     continue
@@ -121,7 +125,7 @@ class Replayer:
             if published:  # still moving: most likely due again at the next sweep, no need to work it out
                 self._schedule(customer_id, sweep_at + every)
             else:
-                self._schedule(customer_id, next_sweep_due(state, sweep_at, self.parameters, self.rules, self.sweep_min_change, every, self.state_ttl_ms, every))
+                self._schedule(customer_id, self._search.next_due(state, sweep_at))
 
     def _schedule(self, customer_id: str, due_ms: int) -> None:
         """Due at the first sweep at or after ``due_ms``."""

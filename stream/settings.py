@@ -783,8 +783,9 @@ class Settings(BaseSettings):
     #: the choice for production and for millions of customers (docs/deploy.md).
     state_store: Literal["memory", "rocksdb"] = "memory"
     rocksdb: RocksDbSettings = RocksDbSettings()
-    #: Run each event through the Rust kernel (native/, scoring/kernel.py) where it is built
-    #: and computes the configured model (no BG/NBD); false: always the Python model.
+    #: Run each event, and the sweep's due-time search, through the Rust kernel (native/,
+    #: scoring/kernel.py) where it is built and computes the configured model (no BG/NBD);
+    #: false: always the Python model.
     native_kernel: bool = True
 
     @model_validator(mode="before")

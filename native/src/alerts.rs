@@ -171,7 +171,7 @@ pub struct AlertDecision {
     pub suppressed: Vec<(&'static str, &'static str)>,
 }
 
-fn band_rank(band: &str) -> u8 {
+pub fn band_rank(band: &str) -> u8 {
     match band {
         "healthy" => 0,
         "at_risk" => 1,
@@ -231,7 +231,7 @@ fn fell_by_time(health: &HealthScore) -> bool {
 }
 
 /// `scoring.alerts.baseline_gap_days`.
-fn baseline_gap_days(state: &CustomerState) -> Option<f64> {
+pub fn baseline_gap_days(state: &CustomerState) -> Option<f64> {
     let last_day = state.last_event_ms.div_euclid(DAY_MS);
     let first_day = (last_day - 89).max(state.first_event_ms.div_euclid(DAY_MS));
     let days = &state.counts.days;
@@ -244,7 +244,7 @@ fn baseline_gap_days(state: &CustomerState) -> Option<f64> {
 
 /// `scoring.alerts.unusual_silence`. The kernel scores at the customer's newest event, where
 /// no silence is unusual; kept statement for statement all the same.
-fn unusual_silence(state: &CustomerState, at_ms: i64, rules: &AlertParameters, multiplier: f64) -> Option<(f64, f64)> {
+pub fn unusual_silence(state: &CustomerState, at_ms: i64, rules: &AlertParameters, multiplier: f64) -> Option<(f64, f64)> {
     let gap = baseline_gap_days(state)?;
     if state.active_days < rules.silence_min_active_days {
         return None;
@@ -295,13 +295,7 @@ fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &A
     if rules.payment_trouble && !state.has_billing {
         found.push(("payment_trouble", None));
     } else if rules.payment_trouble {
-        let failures = window_total(state, PAYMENTS_FAILED, at_ms, 30);
-        let overdue_days = match state.unpaid_invoices.iter().map(|invoice| invoice.due_ms).min() {
-            Some(due_ms) => (at_ms - due_ms) as f64 / DAY_MS as f64,
-            None => 0.0,
-        };
-        let failing = failures >= rules.payment_failures_30d;
-        let overdue = overdue_days > rules.payment_overdue_days;
+        let (failures, overdue_days, failing, overdue) = payment_trouble(state, at_ms, rules);
         let detail = if failing && overdue {
             Some(format!("{failures} failed payments in 30 days and an invoice {overdue_days:.0} days overdue"))
         } else if failing {
@@ -321,6 +315,43 @@ fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &A
     }
     found
 }
+
+/// The failed payments of the last 30 days, the oldest unpaid invoice's days overdue, and
+/// whether each reaches its threshold (`scoring.alerts._payment_trouble`).
+fn payment_trouble(state: &CustomerState, at_ms: i64, rules: &AlertParameters) -> (i64, f64, bool, bool) {
+    let failures = window_total(state, PAYMENTS_FAILED, at_ms, 30);
+    let overdue_days = match state.unpaid_invoices.iter().map(|invoice| invoice.due_ms).min() {
+        Some(due_ms) => (at_ms - due_ms) as f64 / DAY_MS as f64,
+        None => 0.0,
+    };
+    (failures, overdue_days, failures >= rules.payment_failures_30d, overdue_days > rules.payment_overdue_days)
+}
+
+/// `scoring.alerts.conditions_holding` without BG/NBD: the lasting conditions holding at
+/// `at_ms` as a sweep sees them, as bits (HOLDS_PURCHASE_ACTIVITY, …).
+pub fn conditions_holding(state: &CustomerState, at_ms: i64, rules: &AlertParameters) -> u8 {
+    let mut holding = 0;
+    if rules.purchase_activity && purchase_lapse(state, at_ms, rules).is_some() {
+        holding |= HOLDS_PURCHASE_ACTIVITY;
+    }
+    if rules.payment_trouble && state.has_billing {
+        let (_, _, failing, overdue) = payment_trouble(state, at_ms, rules);
+        if failing || overdue {
+            holding |= HOLDS_PAYMENT_TROUBLE;
+        }
+    }
+    if rules.silence {
+        let subscribed = state.mrr > 0.0 && !(state.cancelled_ms != 0 && state.cancelled_ms <= at_ms);
+        if subscribed && unusual_silence(state, at_ms, rules, rules.silence_gap_multiplier).is_some() {
+            holding |= HOLDS_SILENCE;
+        }
+    }
+    holding
+}
+
+pub const HOLDS_PURCHASE_ACTIVITY: u8 = 1;
+pub const HOLDS_PAYMENT_TROUBLE: u8 = 2;
+pub const HOLDS_SILENCE: u8 = 4;
 
 fn remember_score(state: &mut CustomerState, health: &HealthScore, at_ms: i64, rules: &AlertParameters) {
     let day_start = at_ms.div_euclid(DAY_MS) * DAY_MS;

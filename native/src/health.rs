@@ -376,21 +376,16 @@ fn largest_first(mut changes: Vec<(String, f64)>) -> Vec<(String, f64)> {
     changes
 }
 
-pub fn score_state(
-    state: &CustomerState,
-    at_ms: i64,
-    parameters: &Parameters,
-    previous_contributions: Option<&[(String, f64)]>,
-    previous_score: Option<f64>,
-) -> Option<HealthScore> {
+/// `scoring.health._weighted_components`: the components with data as (name, score, weight),
+/// their total weight and the weight of every component that counts toward confidence.
+fn weighted_components(state: &CustomerState, at_ms: i64, parameters: &Parameters, sums: &ActivitySums) -> (Vec<(&'static str, f64, f64)>, f64, f64) {
     let weights = parameters.weights_for(&state.plan);
-    let sums = activity_sums(state, at_ms);
     let values = [
-        usage_score(state, at_ms, &sums, parameters),
-        purchase_score(state, at_ms, &sums, parameters),
+        usage_score(state, at_ms, sums, parameters),
+        purchase_score(state, at_ms, sums, parameters),
         support_score(state, parameters),
         sentiment_score(state, at_ms, parameters),
-        payment_score(state, at_ms, &sums),
+        payment_score(state, at_ms, sums),
         relationship_score(state, at_ms, parameters),
     ];
     let mut present: Vec<(&'static str, f64, f64)> = Vec::with_capacity(6);
@@ -410,6 +405,52 @@ pub fn score_state(
             }
         }
     }
+    (present, total_weight, all_weights)
+}
+
+/// `scoring.health.capped`: clamped to 0-100, below healthy on thin evidence, below at-risk
+/// once a cancellation takes effect.
+pub fn capped(state: &CustomerState, composite: f64, at_ms: i64, parameters: &Parameters) -> f64 {
+    let mut composite = py_min(100.0, py_max(0.0, composite));
+    if state.active_days < parameters.healthy_min_active_days {
+        composite = py_min(composite, parameters.healthy_min - 0.01);
+    }
+    if state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
+        composite = py_min(composite, parameters.at_risk_min - 0.01);
+    }
+    composite
+}
+
+/// Each component with data: (name, score, share of the weight).
+pub type Shares = Vec<(&'static str, f64, f64)>;
+
+/// `scoring.health.composite_at`: each component's (name, score, share of the weight) and the
+/// score as published (capped, rounded); None without data.
+pub fn composite_at(state: &CustomerState, at_ms: i64, parameters: &Parameters) -> Option<(Shares, f64)> {
+    let sums = activity_sums(state, at_ms);
+    let (present, total_weight, _) = weighted_components(state, at_ms, parameters, &sums);
+    if present.is_empty() {
+        return None;
+    }
+    let mut composite = 0.0;
+    let mut shares = Vec::with_capacity(present.len());
+    for (name, value, weight) in present {
+        let share = weight / total_weight;
+        composite += share * value;
+        shares.push((name, value, share));
+    }
+    Some((shares, py_round(capped(state, composite, at_ms, parameters), 2)))
+}
+
+pub fn score_state(
+    state: &CustomerState,
+    at_ms: i64,
+    parameters: &Parameters,
+    previous_contributions: Option<&[(String, f64)]>,
+    previous_score: Option<f64>,
+) -> Option<HealthScore> {
+    let sums = activity_sums(state, at_ms);
+    let (present, total_weight, all_weights) = weighted_components(state, at_ms, parameters, &sums);
     if present.is_empty() {
         return None;
     }
@@ -434,16 +475,12 @@ pub fn score_state(
             changes.push((name.clone(), -contribution));
         }
     }
-    composite = py_min(100.0, py_max(0.0, composite));
+    composite = capped(state, composite, at_ms, parameters);
     let mut confidence = total_weight / all_weights;
     if state.active_days < parameters.healthy_min_active_days {
         confidence *= state.active_days as f64 / parameters.healthy_min_active_days as f64;
-        composite = py_min(composite, parameters.healthy_min - 0.01);
     }
     let cancelled = state.cancelled_ms != 0 && state.cancelled_ms <= at_ms;
-    if cancelled {
-        composite = py_min(composite, parameters.at_risk_min - 0.01);
-    }
     let before_30d = sums.activity_60d - sums.activity_30d;
     let usage_growth = if state.last_usage_ms != 0 && before_30d > 0 {
         Some(sums.activity_30d as f64 / before_30d as f64 - 1.0)

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod apply;
+mod due;
 mod health;
 mod message;
 mod msgpack;
@@ -173,6 +174,15 @@ impl Kernel {
         let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
         let previous_score = state.published.as_ref().map(|published| published.score);
         Ok(health::score_state(&state, at_ms, &self.parameters, previous, previous_score).map(score_row))
+    }
+
+    /// `scoring.due.next_sweep_due` of a stored record: the first moment after `at_ms` at which
+    /// a sweep could matter for this customer (the due-time index's question).
+    #[pyo3(signature = (stored, at_ms, min_change, silence_ms, ttl_ms, step_ms))]
+    fn next_sweep_due(&self, stored: &[u8], at_ms: i64, min_change: f64, silence_ms: i64, ttl_ms: i64, step_ms: i64) -> PyResult<i64> {
+        let state = state::decode(stored).map_err(PyValueError::new_err)?;
+        let search = due::Search { parameters: &self.parameters, rules: self.rules.as_ref(), min_change, silence_ms, ttl_ms, step_ms };
+        Ok(due::next_sweep_due(&state, at_ms, &search))
     }
 
     /// `scoring.pipeline.step` of one event that `scoring.contract` accepted: apply it,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from scoring import backtest as metrics
+from scoring import kernel
 from scoring.contract import CsmTouchpoint, PurchaseCompleted
 from scoring.output import rfc3339
 from scoring.replay import AlertRaised, Replayer, ScoreChanged
@@ -156,6 +157,7 @@ def _replay_until(
         settings.sweep_min_score_change,
         settings.state_ttl_ms,
         settings.sweep_due_index,
+        kernel.build_where_possible(settings.model_parameters(), settings.alerts.parameters(), settings.native_kernel),
     )
     alerts = []
     for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):

@@ -12,6 +12,7 @@ from typing import IO
 import msgspec
 
 import scoring.compiled
+from scoring import kernel
 
 from scoring.output import alert_message, health_message, rfc3339
 from scoring.replay import AlertRaised, Replayer, ScoreChanged
@@ -46,7 +47,7 @@ def run_replay(
     replayer = Replayer(
         parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None,
         math.inf if settings.replay_sweep_scores == "band_changes" else settings.sweep_min_score_change,
-        settings.state_ttl_ms, settings.sweep_due_index,
+        settings.state_ttl_ms, settings.sweep_due_index, kernel.build_where_possible(parameters, settings.alerts.parameters(), settings.native_kernel),
     )
     encoder = msgspec.json.Encoder()
     buffer = bytearray()
@@ -67,6 +68,7 @@ def run_replay(
         "final_scores": finals,
         "seconds": round(seconds, 2),
         "model": scoring.compiled.status,
+        "due_search": "Rust kernel" if replayer.native_due_search else "Python model",
         "events_per_second": round(sum(replayer.outcomes.values()) / seconds) if seconds else None,
     }
     return summary

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from itertools import islice
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import faust
 import msgspec
@@ -29,7 +29,7 @@ from aiokafka.structs import ConsumerRecord
 
 from scoring.alerts import AlertParameters
 from scoring.contract import Rejection, RejectReason
-from scoring.due import next_sweep_due
+from scoring.due import DueSearch
 from scoring.health import ScoringParameters
 from scoring.pipeline import Step, due_for_sweep, sweep
 from scoring.pipeline import expired as expired_state
@@ -85,6 +85,7 @@ class Sweeper:
         publisher: Publisher,
         sweep_topic: faust.TopicT,
         clock: Clock,
+        native: Any = None,
     ) -> None:
         self._parameters = parameters
         self._rules = rules
@@ -102,6 +103,8 @@ class Sweeper:
         self._use_index = settings.sweep_due_index
         #: Per partition: customers by due minute, and those to place (written since, or never placed).
         self._indexes: dict[int, DueIndex] = {}
+        #: When each customer is next due (in the Rust kernel with ``native``, the worker's kernel).
+        self._search = DueSearch(parameters, rules, self._min_score_change, self._silence_ms, self._ttl_ms, native)
         self._to_place: dict[int, set[bytes]] = {}
 
     def _candidates(self, partition: int, at_ms: int, keys: set[bytes]) -> Iterable[bytes]:
@@ -238,7 +241,7 @@ class Sweeper:
         return StoredDueIndex(disk.partition(partition).index, SWEEP_DUE)
 
     def _next_due(self, state: CustomerState, at_ms: int) -> int:
-        return next_sweep_due(state, at_ms, self._parameters, self._rules, self._min_score_change, self._silence_ms, self._ttl_ms, self._silence_ms)
+        return self._search.next_due(state, at_ms)
 
     def evict(self, key: bytes, partition: int, customer_id: str, working: WorkingSet) -> None:
         """Keep only what is needed: the record goes (a changelog tombstone), its Redis keys follow."""

@@ -170,7 +170,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
 
     # The agent: each batch through the per-event path (or the sweep, for its ticks).
     events = EventPath(settings, parameters, rules, native, publisher, topics.input_kinds, clock, erased)
-    sweeper = Sweeper(settings, parameters, rules, keys_by_partition, publisher, topics.sweep, clock)
+    sweeper = Sweeper(settings, parameters, rules, keys_by_partition, publisher, topics.sweep, clock, native)
     eraser = Eraser(publisher, cache, topics.erasures, clock, erased, settings)
     handler = BatchHandler(
         app, table, keys_by_partition, changelog_topic, on_changelog_delivered, deferred, topics.input_kinds,

@@ -38,7 +38,8 @@ from scoring.contract import (
 )
 from scoring.health import ScoringParameters, score_state
 from scoring.output import alert_message, encode_json, health_message
-from scoring.pipeline import step
+from scoring.due import next_sweep_due
+from scoring.pipeline import due_for_sweep, step, sweep
 from scoring.state import COUNTER_MAX, COUNTERS, DAY_MS, decode_state, encode_state, new_state
 from stream.commands.generate import EventSynthesizer
 
@@ -66,6 +67,20 @@ def score_row(health: Any) -> tuple:
         health.confidence,
         list(health.changes.items()),
     )
+
+
+#: (sweep_min_score_change, sweep period, state_ttl) the due search is compared with: the
+#: worker's defaults (hourly, no eviction), a daily sweep that evicts after 180 days, and the
+#: replay's replay_sweep_scores = "band_changes" (an infinite minimum change).
+DUE_CASES = [(1.0, 3_600_000, 0), (5.0, DAY_MS, 180 * DAY_MS), (math.inf, DAY_MS, 0)]
+
+
+def assert_same_due(native: Any, record: bytes, at_ms: int, parameters: ScoringParameters, rules: AlertParameters | None) -> None:
+    """The kernel's due search gives the model's moment, to the millisecond."""
+    state = decode_state(record)
+    for min_change, period_ms, ttl_ms in DUE_CASES:
+        expected = next_sweep_due(state, at_ms, parameters, rules, min_change, period_ms, ttl_ms, period_ms)
+        assert native.next_sweep_due(record, at_ms, min_change, period_ms, ttl_ms, period_ms) == expected, (at_ms, min_change, state)
 
 
 #: Every rule on (the defaults leave two off), with the per-customer budget.
@@ -127,6 +142,7 @@ class Both:
         self.actions += sum(1 for alert in expected.alerts.raised if alert.recommended_action)
         self.digests += sum(1 for alert in expected.alerts.raised if alert.rule == "digest")
         self.suppressed += len(suppressed)
+        assert_same_due(self.kernel, record, event.occurred_at_ms, self.parameters, self.rules)
         # The kernel scores a stored record at any time as the model does.
         if expected.publish is not None:
             later = event.occurred_at_ms + 5 * DAY_MS
@@ -182,6 +198,40 @@ def test_the_generators_mix_gives_the_same_records_messages_and_scores(parameter
     expected_rules = {"band_downgrade", "cancellation", "detractor", "purchase_activity", "payment_trouble"} - set(rules.digest_rules)
     assert expected_rules <= set(both.rules_raised), both.rules_raised
     assert both.actions == both.alerts  # the default playbook has an action for every rule
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "applied_rules, rules",
+    [(ALL_RULES, ALL_RULES), (AlertParameters(), AlertParameters()), (None, None), (AlertParameters(cancellation=False), ALL_RULES)],
+    ids=["all-rules", "default-rules", "no-rules", "a-rule-turned-on-since"],
+)
+def test_the_due_search_gives_the_same_moment_through_weeks_of_sweeps(applied_rules: AlertParameters | None, rules: AlertParameters | None) -> None:
+    """Records as sweeps leave them (scores decayed and published by time, alert bands and
+    episodes moved by silence), and as events left them before their first sweep (with a rule
+    turned on since: cancellations not yet alerted): before and after every sweep of every
+    customer, hourly for a day then every other day for eight weeks, the kernel's due search agrees
+    with the model's."""
+    parameters = ScoringParameters()
+    both = Both(parameters, applied_rules)
+    encoder = msgspec.json.Encoder()
+    for offset, generated in enumerate(EventSynthesizer(60, seed=5).timeline(1200, T0 - 60 * DAY_MS, T0)):
+        value = encoder.encode(generated.value)
+        event = decode_event(generated.customer_id.encode(), value, generated.topic, T0 + 1, 300_000)
+        assert isinstance(event, Event)
+        both.apply(value, event, TopicKind(generated.topic), 0, offset)
+    native = kernel.build(parameters, rules)
+    moments = [T0 + hour * 3_600_000 for hour in range(1, 25)] + [T0 + day * DAY_MS for day in range(2, 58, 2)]
+    published = 0
+    for at_ms in moments:
+        for key, record in both.model_store.items():
+            assert_same_due(native, record, at_ms - 1, parameters, rules)  # the search before a sweep
+            state = decode_state(record)
+            if due_for_sweep(state, at_ms, 3_600_000):
+                published += sweep(state, at_ms, parameters, rules).publish is not None
+            record = both.model_store[key] = encode_state(state)
+            assert_same_due(native, record, at_ms, parameters, rules)
+    assert published > 150  # time moved the scores: the searches ran over records sweeps changed
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
