@@ -68,7 +68,7 @@ def run_replay(
         "final_scores": finals,
         "seconds": round(seconds, 2),
         "model": scoring.compiled.status,
-        "due_search": "Rust kernel" if replayer.native_due_search else "Python model",
+        "due_search": ("Rust kernel" if replayer.native_due_search else "Python model") if replayer.due_index else "off (every customer swept)",
         "events_per_second": round(sum(replayer.outcomes.values()) / seconds) if seconds else None,
     }
     return summary
