@@ -14,6 +14,7 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scoring import kernel
 from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters, band_for, score_state
 from scoring.pipeline import step
@@ -32,11 +33,12 @@ HOUR_MS = 3_600_000
 class Worker:
     """A sweeper and the records of its partitions, without Kafka: events and ticks in order."""
 
-    def __init__(self, due_index: bool, rules: AlertParameters) -> None:
+    def __init__(self, due_index: bool, rules: AlertParameters, in_kernel: bool = False) -> None:
         self.keys = KeysByPartition()
         self.rules = rules
         configured = load_settings(sweep_due_index=due_index, sweep_interval_seconds=3600, state_ttl_days=25)
-        self.sweeper = Sweeper(configured, ScoringParameters(), rules, self.keys, publisher=None, sweep_topic=None, clock=lambda: 0.0)  # type: ignore[arg-type]
+        native = kernel.build_where_possible(ScoringParameters(), rules, in_kernel)  # the due search in Rust, as the worker runs it
+        self.sweeper = Sweeper(configured, ScoringParameters(), rules, self.keys, publisher=None, sweep_topic=None, clock=lambda: 0.0, native=native)  # type: ignore[arg-type]
         self.states: dict[bytes, object] = {}
         self.visited = 0
 
@@ -89,10 +91,13 @@ def side_by_side(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=histories(), rules=st.sampled_from([AlertParameters(), SENSITIVE]), restore_at=st.integers(0, 40), jitter=st.integers(0, 50))
-def test_the_index_sweep_publishes_what_visiting_everyone_does(history: list, rules: AlertParameters, restore_at: int, jitter: int) -> None:
+@given(
+    history=histories(), rules=st.sampled_from([AlertParameters(), SENSITIVE]), restore_at=st.integers(0, 40), jitter=st.integers(0, 50),
+    in_kernel=st.booleans(),
+)
+def test_the_index_sweep_publishes_what_visiting_everyone_does(history: list, rules: AlertParameters, restore_at: int, jitter: int, in_kernel: bool) -> None:
     events = sorted((event for _value, event, *_ in history), key=lambda event: event.occurred_at_ms)
-    full, indexed = Worker(False, rules), Worker(True, rules)
+    full, indexed = Worker(False, rules), Worker(True, rules, in_kernel)
 
     def restore(ticks: int) -> None:
         if ticks == restore_at:  # the partitions read back from the changelog: placed in full again
