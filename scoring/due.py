@@ -69,7 +69,10 @@ class DueSearch:
     def next_due(self, state: CustomerState, at_ms: int) -> int:
         """The first moment after ``at_ms`` at which a sweep could matter for this customer."""
         if self.native is not None:
-            return int(self.native.next_sweep_due(encode_state(state), at_ms, self.min_change, self.period_ms, self.ttl_ms, self.period_ms))
+            try:
+                return int(self.native.next_sweep_due(encode_state(state), at_ms, self.min_change, self.period_ms, self.ttl_ms, self.period_ms))
+            except ValueError:  # a record the kernel cannot read: the model's search gives the same moment
+                pass
         return next_sweep_due(state, at_ms, self.parameters, self.rules, self.min_change, self.period_ms, self.ttl_ms, self.period_ms)
 
 

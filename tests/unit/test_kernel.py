@@ -34,11 +34,12 @@ from scoring.contract import (
     Event,
     RejectReason,
     TopicKind,
+    UsageSession,
     decode_event,
 )
 from scoring.health import ScoringParameters, score_state
 from scoring.output import alert_message, encode_json, health_message
-from scoring.due import next_sweep_due
+from scoring.due import DueSearch, next_sweep_due
 from scoring.pipeline import due_for_sweep, step, sweep
 from scoring.state import COUNTER_MAX, COUNTERS, DAY_MS, decode_state, encode_state, new_state
 from stream.commands.generate import EventSynthesizer
@@ -232,6 +233,20 @@ def test_the_due_search_gives_the_same_moment_through_weeks_of_sweeps(applied_ru
             record = both.model_store[key] = encode_state(state)
             assert_same_due(native, record, at_ms, parameters, rules)
     assert published > 150  # time moved the scores: the searches ran over records sweeps changed
+
+
+@needs_kernel
+def test_a_record_the_kernel_cannot_read_gets_the_models_due_moment() -> None:
+    """scoring.due.DueSearch falls back to the Python search rather than failing the sweep."""
+    parameters = ScoringParameters()
+    state = new_state("c1")
+    step(state, Event("e1", "usage.session", "c1", T0, UsageSession("u", 60)), parameters, DEDUP_CAPACITY, rules=ALL_RULES)
+    state.events_applied = 2**63  # beyond the kernel's 64-bit integers
+    native = kernel.build(parameters, ALL_RULES)
+    with pytest.raises(ValueError):
+        native.next_sweep_due(encode_state(state), T0, 1.0, 3_600_000, 0, 3_600_000)
+    search = DueSearch(parameters, ALL_RULES, 1.0, 3_600_000, 0, native)
+    assert search.next_due(state, T0) == next_sweep_due(state, T0, parameters, ALL_RULES, 1.0, 3_600_000, 0, 3_600_000) > T0
 
 
 # Events of every type for a couple of customers, with few distinct ids and times spread
