@@ -32,6 +32,7 @@ Pure: no clock, no store; the caller gives the time.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from typing import Any
 
@@ -211,11 +212,12 @@ def _quiet(state: CustomerState, first: Probe, last: Probe, end_ms: int, paramet
 def _margin(state: CustomerState, first: Probe, last: Probe, end_ms: int, parameters: ScoringParameters, min_change: float) -> float:
     """How far the scores between the probes stay from moving ``min_change`` off the published
     score or leaving its band (negative: beyond): the quantity the search's guesses follow.
-    -1 when it does not apply (no published score, components appearing or going)."""
+    NaN when it does not apply (no published score, components appearing or going): every
+    comparison with it is false, so the search halves."""
     published = state.published
     bounds = _bounds(state, first, last, end_ms, parameters)
     if published is None or bounds is None:
-        return -1.0
+        return math.nan
     low, high = bounds
     floor, ceiling = _band_edges(published.band, parameters)
     return min(min_change - max(abs(low - published.score), abs(high - published.score)), low - floor, ceiling - high)

@@ -151,7 +151,7 @@ fn quiet(state: &CustomerState, first: &Probe, last: &Probe, end_ms: i64, search
 /// `scoring.due._margin`.
 fn margin(state: &CustomerState, first: &Probe, last: &Probe, end_ms: i64, search: &Search) -> f64 {
     let (Some(published), Some((low, high))) = (&state.published, bounds(state, first, last, end_ms, search.parameters)) else {
-        return -1.0;
+        return f64::NAN; // no guess: every comparison with it is false
     };
     let (floor, ceiling) = band_edges(&published.band, search.parameters);
     let drift = py_max((low - published.score).abs(), (high - published.score).abs());
