@@ -311,8 +311,8 @@ KERNEL_FALLBACKS = Counter(
 EVENTS_OUT_OF_ORDER = Counter(
     "healthscore_events_out_of_order",
     "Input records applied after a later-stamped record of the same partition number (they arrived after "
-    "max_task_idle_seconds, or a producer sent them late): scores stay exact, alerts are evaluated on the "
-    "path as it was applied (docs/alerts.md).",
+    "max_task_idle_seconds, or a producer sent them late): KPIs stay exact, alerts are evaluated on the "
+    "path as it was applied, active days count forward only (docs/alerts.md).",
     ["topic"],
     registry=REGISTRY,
 )

@@ -19,7 +19,8 @@ While records wait, the fetch loop may buffer records of their partition number 
 the buffer's size (the wait bounds how many): blocking it would keep the awaited records
 from ever arriving. An event that still arrives after a later-stamped one of its
 partition number was handed over (the wait ran out, or a producer sent it late) is applied as it
-comes and counted as out of order: its customer's score is still exact, its alerts are
+comes and counted as out of order: its customer's KPIs are still exact (not its active days,
+counted forward only: docs/alerts.md), its alerts are
 evaluated at that point of the path. Sweep ticks wait like events but are never counted.
 """
 

@@ -213,14 +213,20 @@ def namespace(services: None, tmp_path: Path) -> Namespace:
 def worker(namespace: Namespace, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     """A started worker; parametrized indirectly with "python", it runs the Python model
     instead of the Rust kernel (the default where the kernel is built)."""
-    if getattr(request, "param", None) == "python":
-        namespace.env["HEALTHSCORE_NATIVE_KERNEL"] = "false"
-    if getattr(request, "param", None) == "calibrated":
-        namespace.env["HEALTHSCORE_SCORING__CHURN_RISK"] = json.dumps(CALIBRATED)
+    configure_model(namespace, getattr(request, "param", None))
     process = WorkerProcess(namespace, tmp_path / "worker.log")
     process.start()
     yield process
     process.stop()
+
+
+def configure_model(namespace: Namespace, mode: str | None) -> None:
+    """The worker's model: "python" (the Python model instead of the Rust kernel), "calibrated"
+    (the churn model below) or the default."""
+    if mode == "python":
+        namespace.env["HEALTHSCORE_NATIVE_KERNEL"] = "false"
+    if mode == "calibrated":
+        namespace.env["HEALTHSCORE_SCORING__CHURN_RISK"] = json.dumps(CALIBRATED)
 
 
 #: A churn model as `healthscore calibrate` writes one ([scoring.churn_risk]), for the worker fixture's "calibrated".
