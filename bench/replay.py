@@ -12,8 +12,10 @@ Cases:
   365 days.
 
 Each is replayed with the daily sweep twice, ``sweep_due_index`` on and off; the two outputs
-must be byte for byte the same (the script stops otherwise). The times are the command's wall
-time, reading and writing included.
+must be byte for byte the same (the script stops otherwise). With the due index on, the replay
+runs in the Rust kernel where it is built (the summary's "steps"); ``--python-model`` replays
+a third time with ``native_kernel = false`` (the Python model, the kernel's reference), which
+must give the same bytes too. The times are the command's wall time, reading and writing included.
 """
 
 from __future__ import annotations
@@ -61,8 +63,11 @@ def generated(path: Path) -> None:
     write_history(str(path), str(path) + ".labels.csv", customers=100_000, events=1_000_000, start_ms=END_MS - 365 * DAY_MS, end_ms=END_MS, seed=11)
 
 
-def replay(input_path: Path, output: Path, due_index: bool) -> tuple[float, dict]:
-    env = {**os.environ, "HEALTHSCORE_SWEEP_DUE_INDEX": "true" if due_index else "false"}
+def replay(input_path: Path, output: Path, due_index: bool, native_kernel: bool = True) -> tuple[float, dict]:
+    env = {
+        **os.environ, "HEALTHSCORE_SWEEP_DUE_INDEX": "true" if due_index else "false",
+        "HEALTHSCORE_NATIVE_KERNEL": "true" if native_kernel else "false",
+    }
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "stream.cli", "replay", "--input", str(input_path), "--output", str(output)],
@@ -80,7 +85,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=["cdnow-sized", "generated-1m"], action="append", help="(repeatable; default both)")
     parser.add_argument("--index-only", action="store_true", help="skip the full scan (at 100,000 customers it rescores each one every day: tens of minutes)")
+    parser.add_argument("--python-model", action="store_true", help="also replay with the due index in the Python model (native_kernel = false)")
     args = parser.parse_args()
+    runs = [("due_index", True, True)]
+    if args.python_model:
+        runs.append(("due_index_python_model", True, False))
+    if not args.index_only:
+        runs.append(("full_scan", False, True))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for case in args.case or ["cdnow-sized", "generated-1m"]:
@@ -89,17 +100,16 @@ def main() -> None:
             (cdnow_sized if case == "cdnow-sized" else generated)(source)
             row: dict = {"case": case}
             outputs = {}
-            for due_index in (True,) if args.index_only else (True, False):
-                output = Path(folder) / f"{case}-{due_index}.jsonl"
-                seconds, summary = replay(source, output, due_index)
-                label = "due_index" if due_index else "full_scan"
+            for label, due_index, native_kernel in runs:
+                output = Path(folder) / f"{case}-{label}.jsonl"
+                seconds, summary = replay(source, output, due_index, native_kernel)
                 row[label] = {"seconds": seconds, "summary": summary, "output_lines": sum(1 for _ in open(output, "rb"))}
                 outputs[label] = digest(output)
                 print(f"  {label}: {seconds:.1f} s, {row[label]['output_lines']} lines, {json.dumps(summary)}")
-            if "full_scan" in outputs:
-                if outputs["due_index"] != outputs["full_scan"]:
-                    raise SystemExit(f"{case}: the due index's output differs from the full scan's")
-                row["identical_output"] = True
+            for label, output_digest in outputs.items():
+                if output_digest != outputs["due_index"]:
+                    raise SystemExit(f"{case}: the {label} output differs from the due index's")
+            row["identical_output"] = len(outputs) > 1
             rows.append(row)
     write_result("replay", {"rows": rows})
 

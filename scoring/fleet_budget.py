@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Iterator
 
-from scoring.structs import AlertRaised, ScoreChanged
+from scoring.structs import AlertLine, AlertRaised, ScoreChanged, ScoreLine
 
 DAY_MS = 86_400_000
 
@@ -60,27 +60,40 @@ def riskiest_first(churn_risk: float, occurred_at_ms: int) -> tuple[int, float]:
     return (occurred_at_ms, -churn_risk)
 
 
+def alert_key(item: object) -> tuple[str, int, float] | None:
+    """An output's (customer, moment raised, churn risk) when it is an alert, else None."""
+    if isinstance(item, AlertRaised):
+        return item.alert.customer_id, item.alert.occurred_at_ms, item.alert.churn_risk
+    if isinstance(item, AlertLine):
+        return item.customer_id, item.occurred_at_ms, item.churn_risk
+    return None
+
+
 def within_budget(
-    items: Iterable[ScoreChanged | AlertRaised], budget: FleetBudget, partition_of: Callable[[str], int], over: Callable[[AlertRaised], None]
-) -> Iterator[ScoreChanged | AlertRaised]:
+    items: Iterable[ScoreChanged | AlertRaised | ScoreLine | AlertLine],
+    budget: FleetBudget,
+    partition_of: Callable[[str], int],
+    over: Callable[[AlertRaised | AlertLine], None],
+) -> Iterator[ScoreChanged | AlertRaised | ScoreLine | AlertLine]:
     """A replay's outputs with the alerts the budget admits: those raised at the same moment
     (consecutive, same event time) spend it riskiest first; ``over`` hears of the others."""
-    waiting: list[AlertRaised] = []
+    waiting: list[tuple[tuple[str, int, float], AlertRaised | AlertLine]] = []
 
-    def admitted() -> Iterator[AlertRaised]:
-        waiting.sort(key=lambda item: riskiest_first(item.alert.churn_risk, item.alert.occurred_at_ms))
-        for item in waiting:
-            if budget.admit(partition_of(item.alert.customer_id), item.alert.occurred_at_ms):
+    def admitted() -> Iterator[AlertRaised | AlertLine]:
+        waiting.sort(key=lambda entry: riskiest_first(entry[0][2], entry[0][1]))
+        for (customer_id, occurred_at_ms, _), item in waiting:
+            if budget.admit(partition_of(customer_id), occurred_at_ms):
                 yield item
             else:
                 over(item)
         waiting.clear()
 
     for item in items:
-        if isinstance(item, AlertRaised):
-            if waiting and waiting[0].alert.occurred_at_ms != item.alert.occurred_at_ms:
+        key = alert_key(item)
+        if key is not None:
+            if waiting and waiting[0][0][1] != key[1]:
                 yield from admitted()
-            waiting.append(item)
+            waiting.append((key, item))  # type: ignore[arg-type]
         else:
             yield item
     yield from admitted()

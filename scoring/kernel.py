@@ -20,7 +20,7 @@ from scoring.alerts import AlertParameters
 from scoring.health import ScoringParameters
 
 try:
-    from scoring import _kernel
+    from scoring import _kernel  # type: ignore[attr-defined]
 except ImportError:  # built only where a Rust toolchain is (scripts/setup.sh)
     _kernel = None  # type: ignore[assignment]
 

@@ -102,3 +102,15 @@ def alert_message(alert: Alert, raised_at_ms: int, model_version: str) -> dict:
         "action_owner": alert.action_owner,
         "action_due_at": None if alert.action_due_hours is None else rfc3339(raised_at_ms + int(alert.action_due_hours * 3_600_000)),
     }
+
+
+def score_line(customer_id: str, health: HealthScore, trigger_event_id: str | None, model_version: str) -> bytes:
+    """A replay's line for a changed score: ``{"kind":"score",`` then the message's own fields,
+    stamped at the score's own moment (the Rust kernel writes the same bytes)."""
+    message = _encoder.encode(health_message(customer_id, health, health.as_of_ms, model_version, trigger_event_id))
+    return b'{"kind":"score",' + message[1:] + b"\n"
+
+
+def alert_line(alert: Alert, model_version: str) -> bytes:
+    """A replay's line for a raised alert, raised at its own moment."""
+    return _encoder.encode({"kind": "alert", **alert_message(alert, alert.occurred_at_ms, model_version)}) + b"\n"

@@ -22,10 +22,14 @@ from scoring.contract import Event
 from scoring.due import DueSearch
 from scoring.health import ScoringParameters, score_state
 from scoring.pipeline import Step, due_for_sweep, expired, step, sweep
-from scoring.state import CustomerState, Outcome, new_state
-from scoring.structs import AlertRaised, FinalScore, ScoreChanged
+from scoring.kernel import due_ms
+from scoring.output import alert_line, score_line
+from scoring.state import CustomerState, Outcome, decode_state, encode_state, new_state
+from scoring.structs import AlertLine, AlertRaised, FinalScore, ScoreChanged, ScoreLine
 
-__all__ = ["AlertRaised", "FinalScore", "ScoreChanged", "Replayer"]
+__all__ = ["AlertLine", "AlertRaised", "FinalScore", "KernelReplayer", "ScoreChanged", "ScoreLine", "Replayer"]
+
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 
 class Replayer:
@@ -98,34 +102,37 @@ class Replayer:
 
     def _sweep_due(self, sweep_at: int) -> Iterator[ScoreChanged | AlertRaised]:
         """The customers changed since the last sweep or due now, in the full scan's order."""
-        every = self.sweep_every_ms or 0
         changed, self._changed = self._changed, set()
         candidates = set(self._due.pop(sweep_at, ())) | changed
         order = self._order
         for customer_id in sorted(candidates, key=order.__getitem__):
-            state = self.states.get(customer_id)
-            if state is None:
-                continue
-            if expired(state, sweep_at, self.state_ttl_ms):
-                del self.states[customer_id]
-                self.evicted += 1
-                continue
-            if customer_id in changed:  # scored at an event since the last sweep: due now, or when?
-                due = self._search.next_due(state, sweep_at - 1)
-                if due > sweep_at:
-                    self._schedule(customer_id, due)
-                    continue
-            published = False
-            if due_for_sweep(state, sweep_at, every):
-                self.swept += 1
-                result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
-                published = result.publish is not None
-                if published or result.alerts.raised:
-                    yield from self._outputs(customer_id, result, None)
-            if published:  # still moving: most likely due again at the next sweep, no need to work it out
-                self._schedule(customer_id, sweep_at + every)
-            else:
-                self._schedule(customer_id, self._search.next_due(state, sweep_at))
+            if self._has(customer_id):
+                yield from self._visit(customer_id, sweep_at, customer_id in changed)
+
+    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+        """One candidate of a due sweep: evicted, left for its due moment, or rescored and placed again."""
+        every = self.sweep_every_ms or 0
+        state = self.states[customer_id]
+        if expired(state, sweep_at, self.state_ttl_ms):
+            del self.states[customer_id]
+            self.evicted += 1
+            return
+        if changed:  # scored at an event since the last sweep: due now, or when?
+            due = self._search.next_due(state, sweep_at - 1)
+            if due > sweep_at:
+                self._schedule(customer_id, due)
+                return
+        published = False
+        if due_for_sweep(state, sweep_at, every):
+            self.swept += 1
+            result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
+            published = result.publish is not None
+            if published or result.alerts.raised:
+                yield from self._outputs(customer_id, result, None)
+        if published:  # still moving: most likely due again at the next sweep, no need to work it out
+            self._schedule(customer_id, sweep_at + every)
+        else:
+            self._schedule(customer_id, self._search.next_due(state, sweep_at))
 
     def _schedule(self, customer_id: str, due_ms: int) -> None:
         """Due at the first sweep at or after ``due_ms``."""
@@ -135,9 +142,31 @@ class Replayer:
         tick = -(-due_ms // every) * every
         self._due.setdefault(max(tick, (self._next_sweep_ms or 0) + every), []).append(customer_id)
 
-    def run(self, events: Iterable[Event], until_ms: int | None = None) -> Iterator[ScoreChanged | AlertRaised]:
+    def _has(self, customer_id: str) -> bool:
+        return customer_id in self.states
+
+    def customer_count(self) -> int:
+        return len(self.states)
+
+    def _event_of(self, item: Any) -> Event:
+        return item  # type: ignore[no-any-return]
+
+    def _apply(self, event: Event, item: Any) -> Iterator[Any]:
+        """One event through ``scoring.pipeline.step``."""
+        state = self.states.get(event.customer_id)
+        if state is None:
+            state = self.states[event.customer_id] = new_state(event.customer_id)
+        result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
+        self.outcomes[result.outcome] += 1
+        if result.publish is not None:
+            yield ScoreChanged(event.customer_id, result.publish, event.event_id)
+        for alert in result.alerts.raised:
+            yield AlertRaised(alert)
+
+    def run(self, events: Iterable[Any], until_ms: int | None = None) -> Iterator[Any]:
         """Applies events in order (event time), sweeping in between; stops after ``until_ms``."""
-        for event in events:
+        for item in events:
+            event = self._event_of(item)
             at = event.occurred_at_ms
             if until_ms is not None and at > until_ms:
                 break
@@ -145,18 +174,11 @@ class Replayer:
                 self._next_sweep_ms = (at // self.sweep_every_ms + 1) * self.sweep_every_ms
             if self._next_sweep_ms is not None and self._next_sweep_ms <= at:
                 yield from self._sweep_until(at)
-            state = self.states.get(event.customer_id)
-            if state is None:
-                state = self.states[event.customer_id] = new_state(event.customer_id)
+            if not self._has(event.customer_id):
                 self._order[event.customer_id] = self._created
                 self._created += 1
             self._changed.add(event.customer_id)
-            result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
-            self.outcomes[result.outcome] += 1
-            if result.publish is not None:
-                yield ScoreChanged(event.customer_id, result.publish, event.event_id)
-            for alert in result.alerts.raised:
-                yield AlertRaised(alert)
+            yield from self._apply(event, item)
         if until_ms is not None:
             yield from self._sweep_until(until_ms)
 
@@ -164,5 +186,111 @@ class Replayer:
         """Every customer's score at ``at_ms`` (customers without data to score are left out)."""
         for customer_id in sorted(self.states):
             health = score_state(self.states[customer_id], max(at_ms, self.states[customer_id].last_event_ms), self.parameters)
+            if health is not None:
+                yield FinalScore(customer_id, health)
+
+
+class KernelReplayer(Replayer):
+    """The replay on encoded records: each customer's record stays as the bytes the worker
+    stores, and each event's step, each sweep's visit and each due search run in the Rust
+    kernel (``scoring.kernel.build``), which writes the output lines too. The same lines,
+    byte for byte, as ``Replayer`` with the due index (tests/unit/test_replay_kernel.py),
+    without a Python object per customer or per score. Events come with their wire JSON
+    (``(event, line)``); one the kernel cannot read, or a record it cannot read, goes
+    through the Python model instead, as in the worker."""
+
+    def __init__(
+        self,
+        parameters: ScoringParameters,
+        rules: AlertParameters | None,
+        dedup_capacity: int,
+        sweep_every_ms: int | None,
+        native: Any,
+        sweep_min_change: float = 1.0,
+        state_ttl_ms: int = 0,
+    ) -> None:
+        super().__init__(parameters, rules, dedup_capacity, sweep_every_ms, sweep_min_change, state_ttl_ms, True, native)
+        self.native = native
+        self.records: dict[str, bytes] = {}
+        #: Steps and visits the kernel could not take (the Python model did).
+        self.in_python = 0
+
+    def _has(self, customer_id: str) -> bool:
+        return customer_id in self.records
+
+    def customer_count(self) -> int:
+        return len(self.records)
+
+    def _event_of(self, item: Any) -> Event:
+        return item[0]  # type: ignore[no-any-return]
+
+    def _apply(self, event: Event, item: Any) -> Iterator[Any]:
+        customer_id = event.customer_id
+        stored = self.records.get(customer_id)
+        try:
+            outcome, record, score, alerts = self.native.replay_step(
+                stored, customer_id, item[1], event.occurred_at_ms, due_ms(event.data, event.occurred_at_ms), self.dedup_capacity
+            )
+        except ValueError:  # a payload or record the kernel cannot read: the model takes it
+            self.in_python += 1
+            state = decode_state(stored) if stored is not None else new_state(customer_id)
+            result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
+            self.records[customer_id] = encode_state(state)
+            self.outcomes[result.outcome] += 1
+            yield from self._lines(self._outputs(customer_id, result, event.event_id))
+            return
+        self.records[customer_id] = record
+        self.outcomes[_OUTCOMES[outcome]] += 1
+        if score is not None:
+            yield ScoreLine(score)
+        for at_ms, churn_risk, line in alerts:
+            yield AlertLine(customer_id, at_ms, churn_risk, line)
+
+    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+        every = self.sweep_every_ms or 0
+        try:
+            kind, record, score, alerts, due = self.native.replay_visit(
+                self.records[customer_id], sweep_at, changed, self.sweep_min_change, every, self.state_ttl_ms
+            )
+        except ValueError:  # a record the kernel cannot read: the model's visit, on the decoded record
+            yield from self._visit_in_python(customer_id, sweep_at, changed)
+            return
+        if kind == "evicted":
+            del self.records[customer_id]
+            self.evicted += 1
+            return
+        if record is not None:
+            self.swept += 1
+            self.records[customer_id] = record
+        if score is not None:
+            yield ScoreLine(score)
+        for at_ms, churn_risk, line in alerts:
+            yield AlertLine(customer_id, at_ms, churn_risk, line)
+        self._schedule(customer_id, due)
+
+    def _visit_in_python(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+        self.in_python += 1
+        self.states[customer_id] = decode_state(self.records[customer_id])
+        outputs = list(Replayer._visit(self, customer_id, sweep_at, changed))
+        state = self.states.pop(customer_id, None)
+        if state is None:  # evicted
+            del self.records[customer_id]
+        else:
+            self.records[customer_id] = encode_state(state)
+        yield from self._lines(outputs)
+
+    def _lines(self, outputs: Iterable[Any]) -> Iterator[Any]:
+        version = self.parameters.model_version
+        for item in outputs:
+            if isinstance(item, ScoreChanged):
+                yield ScoreLine(score_line(item.customer_id, item.health, item.trigger_event_id, version))
+            else:
+                alert = item.alert
+                yield AlertLine(alert.customer_id, alert.occurred_at_ms, alert.churn_risk, alert_line(alert, version))
+
+    def final_scores(self, at_ms: int) -> Iterator[FinalScore]:
+        for customer_id in sorted(self.records):
+            state = decode_state(self.records[customer_id])
+            health = score_state(state, max(at_ms, state.last_event_ms), self.parameters)
             if health is not None:
                 yield FinalScore(customer_id, health)

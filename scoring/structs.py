@@ -265,6 +265,22 @@ class AlertRaised(msgspec.Struct, frozen=True, gc=False):
     alert: Alert
 
 
+class ScoreLine(msgspec.Struct, frozen=True, gc=False):
+    """A replay's score line, written by the Rust kernel (``scoring.output.score_line``'s bytes)."""
+
+    line: bytes
+
+
+class AlertLine(msgspec.Struct, frozen=True, gc=False):
+    """A replay's alert line (``scoring.output.alert_line``'s bytes) with what the fleet's
+    alert budget orders and spends it by."""
+
+    customer_id: str
+    occurred_at_ms: int
+    churn_risk: float
+    line: bytes
+
+
 class FinalScore(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     health: HealthScore

@@ -267,9 +267,10 @@ fn severity_rank(severity: &str) -> u8 {
 
 /// (rule, severity, detail) of each lasting condition that holds now, None where it does not,
 /// in the order `scoring.alerts._conditions` checks them.
-fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &AlertParameters) -> Vec<(&'static str, Option<String>)> {
+/// `scoring.alerts._conditions`: a sharp drop is about events, so a sweep (`by_time`) leaves its episode as it is.
+fn conditions(state: &CustomerState, health: &HealthScore, at_ms: i64, rules: &AlertParameters, by_time: bool) -> Vec<(&'static str, Option<String>)> {
     let mut found = Vec::with_capacity(4);
-    if rules.sharp_drop {
+    if rules.sharp_drop && !by_time {
         let since = at_ms as f64 - rules.sharp_drop_window_days * DAY_MS as f64;
         let mut peak: Option<f64> = None;
         for (day_ms, score) in &state.recent_scores {
@@ -384,17 +385,19 @@ fn due_digest(state: &mut CustomerState, health: &HealthScore, at_ms: i64, reaso
     Some(make_alert(state, health, at_ms, "digest", &day.to_string(), "digest", detail, reasons, rules))
 }
 
+/// `scoring.alerts.evaluate`: `event` is the event just applied (None for a sweep, which is `by_time`).
 pub fn evaluate(
     state: &mut CustomerState,
     health: &HealthScore,
     at_ms: i64,
     scoring: &Parameters,
     rules: &AlertParameters,
-    event: &Event,
+    event: Option<&Event>,
+    by_time: bool,
 ) -> AlertDecision {
     let mut opened: Vec<(&'static str, String, &'static str, String)> = Vec::new();
     if rules.detractor {
-        opened.extend(detractor(event));
+        opened.extend(event.and_then(detractor));
     }
 
     if rules.cancellation && state.cancelled_ms != 0 && state.cancelled_ms <= at_ms {
@@ -415,8 +418,7 @@ pub fn evaluate(
             None => state.alert_band = Some(health.band.to_owned()),
             Some(current) => {
                 if band_rank(health.band) > band_rank(&current) {
-                    // The kernel runs event steps only (a sweep is `by_time`, in Python).
-                    let time_only = fell_by_time(health);
+                    let time_only = by_time || fell_by_time(health);
                     let silence = if time_only { unusual_silence(state, at_ms, rules, rules.time_band_gap_multiplier) } else { None };
                     if !time_only || silence.is_some() {
                         state.alert_band = Some(health.band.to_owned());
@@ -437,7 +439,7 @@ pub fn evaluate(
         }
     }
 
-    for (rule, holds) in conditions(state, health, at_ms, rules) {
+    for (rule, holds) in conditions(state, health, at_ms, rules, by_time) {
         match holds {
             None => episode_remove(&mut state.alert_episodes, rule),
             Some(detail) => {
@@ -449,7 +451,10 @@ pub fn evaluate(
         }
     }
 
-    remember_score(state, health, at_ms, rules);
+    if !by_time {
+        // the sharp-drop peak is a score at an event: a sweep changes no record it need not
+        remember_score(state, health, at_ms, rules);
+    }
     let mut decision = AlertDecision::default();
     let reasons: Vec<(String, f64)> = health.changes.iter().take(3).map(|(name, change)| (name.clone(), py_round(*change, 2))).collect();
     if let Some(digest) = due_digest(state, health, at_ms, &reasons, rules) {

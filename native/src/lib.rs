@@ -63,6 +63,15 @@ type Published<'py> = (Bound<'py, PyBytes>, f64, f64);
 type Raised<'py> = (String, &'static str, &'static str, Bound<'py, PyBytes>);
 type StepResult<'py> = (&'static str, Bound<'py, PyBytes>, Option<Published<'py>>, Vec<Raised<'py>>, Vec<(&'static str, &'static str)>);
 
+/// A replay's alert line: the moment it was raised, its churn risk, the line.
+type ReplayAlert<'py> = (i64, f64, Bound<'py, PyBytes>);
+/// A replay step: the outcome, the record's new bytes, the score line or None, the alert lines.
+type ReplayStep<'py> = (&'static str, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, Vec<ReplayAlert<'py>>);
+/// A replay's visit of a due customer at a sweep: what happened ("evicted", "later": not due
+/// yet, "passed": not silent long enough to rescore, "swept"), the record's new bytes when it
+/// changed, the score line or None, the alert lines, and when the customer is next due.
+type ReplayVisit<'py> = (&'static str, Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>, Vec<ReplayAlert<'py>>, i64);
+
 /// The parameters, built once (`scoring/kernel.py` from the worker's settings; without BG/NBD).
 #[pyclass(frozen)]
 struct Kernel {
@@ -235,6 +244,74 @@ impl Kernel {
         let result = self.run(py, stored, &customer_id, &event, Some((stream, partition, offset)), dedup_capacity, computed_at_ms)?;
         Ok(Some((customer_id, event.occurred_at_ms, result)))
     }
+
+    /// `scoring.replay.Replayer`'s step of one event of a history (validated by
+    /// `scoring.contract`, as `step` takes it), with the replay's lines instead of messages.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stored, customer_id, value, occurred_at_ms, due_ms, dedup_capacity))]
+    fn replay_step<'py>(
+        &self,
+        py: Python<'py>,
+        stored: Option<&[u8]>,
+        customer_id: &str,
+        value: &[u8],
+        occurred_at_ms: i64,
+        due_ms: Option<i64>,
+        dedup_capacity: usize,
+    ) -> PyResult<ReplayStep<'py>> {
+        let event = validate::read_accepted(value, occurred_at_ms, due_ms).map_err(PyValueError::new_err)?;
+        let mut state = decode_or_new(stored, customer_id)?;
+        let outcome = apply::apply_event(&mut state, &event, dedup_capacity, None, &self.parameters.user_hash_key);
+        let (mut score_line, mut alert_lines) = (None, Vec::new());
+        if outcome == Outcome::Applied {
+            let (health, decision) = {
+                let at_ms = state.last_event_ms;
+                self.score_and_alert(&mut state, at_ms, 0.0, Some(&event))
+            };
+            (score_line, alert_lines) = self.replay_lines(py, customer_id, health, &decision, Some(&event.event_id));
+        }
+        Ok((outcome.name(), PyBytes::new(py, &state::encode(&state)), score_line, alert_lines))
+    }
+
+    /// `scoring.replay.Replayer._sweep_due` for one customer at the sweep at `sweep_at`:
+    /// evicted after `ttl_ms` without an event; one `changed` by an event since the last
+    /// sweep is left for later when its due moment is after this sweep; rescored (as
+    /// `scoring.pipeline.sweep`) when silent for a `period_ms`; then its next due moment
+    /// (the next sweep when it just published: still moving).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stored, sweep_at, changed, min_change, period_ms, ttl_ms))]
+    fn replay_visit<'py>(
+        &self,
+        py: Python<'py>,
+        stored: &[u8],
+        sweep_at: i64,
+        changed: bool,
+        min_change: f64,
+        period_ms: i64,
+        ttl_ms: i64,
+    ) -> PyResult<ReplayVisit<'py>> {
+        let mut state = state::decode(stored).map_err(PyValueError::new_err)?;
+        if ttl_ms > 0 && state.last_event_ms > 0 && sweep_at - state.last_event_ms >= ttl_ms {
+            return Ok(("evicted", None, None, Vec::new(), 0));
+        }
+        let search = due::Search { parameters: &self.parameters, rules: self.rules.as_ref(), min_change, silence_ms: period_ms, ttl_ms, step_ms: period_ms };
+        if changed {
+            let due = due::next_sweep_due(&state, sweep_at - 1, &search);
+            if due > sweep_at {
+                return Ok(("later", None, None, Vec::new(), due));
+            }
+        }
+        if sweep_at - state.last_event_ms < period_ms {
+            return Ok(("passed", None, None, Vec::new(), due::next_sweep_due(&state, sweep_at, &search)));
+        }
+        let at_ms = sweep_at.max(state.last_event_ms);
+        let (health, decision) = self.score_and_alert(&mut state, at_ms, min_change, None);
+        let published = health.is_some();
+        let customer_id = state.customer_id.clone();
+        let (score_line, alert_lines) = self.replay_lines(py, &customer_id, health, &decision, None);
+        let next = if published { sweep_at + period_ms } else { due::next_sweep_due(&state, sweep_at, &search) };
+        Ok(("swept", Some(PyBytes::new(py, &state::encode(&state))), score_line, alert_lines, next))
+    }
 }
 
 impl Kernel {
@@ -255,32 +332,92 @@ impl Kernel {
         let mut raised = Vec::new();
         let mut suppressed = Vec::new();
         if outcome == Outcome::Applied {
-            let at_ms = state.last_event_ms;
-            let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
-            let previous_score = state.published.as_ref().map(|published| published.score);
-            if let Some(health) = health::score_state(&state, at_ms, &self.parameters, previous, previous_score) {
-                if let Some(rules) = &self.rules {
-                    let decision = alerts::evaluate(&mut state, &health, at_ms, &self.parameters, rules, event);
-                    for alert in &decision.raised {
-                        let message = message::alert_message(alert, computed_at_ms, &self.model_version);
-                        raised.push((alert.alert_id.clone(), alert.rule, alert.severity, PyBytes::new(py, &message)));
-                    }
-                    suppressed = decision.suppressed;
-                }
-                if state.published.as_ref().is_none_or(|previous| has_changed(previous, &health)) {
-                    state.published = Some(PublishedScore {
-                        score: health.score,
-                        band: health.band.to_owned(),
-                        as_of_ms: health.as_of_ms,
-                        contributions: health.components.iter().map(|c| (c.name.to_owned(), c.contribution)).collect(),
-                    });
-                    let message = message::health_message(customer_id, &health, computed_at_ms, &self.model_version, Some(&event.event_id));
-                    published = Some((PyBytes::new(py, &message), health.score, health.churn_risk));
-                }
+            let (health, decision) = {
+                let at_ms = state.last_event_ms;
+                self.score_and_alert(&mut state, at_ms, 0.0, Some(event))
+            };
+            for alert in &decision.raised {
+                let message = message::alert_message(alert, computed_at_ms, &self.model_version);
+                raised.push((alert.alert_id.clone(), alert.rule, alert.severity, PyBytes::new(py, &message)));
+            }
+            suppressed = decision.suppressed;
+            if let Some(health) = health {
+                let message = message::health_message(customer_id, &health, computed_at_ms, &self.model_version, Some(&event.event_id));
+                published = Some((PyBytes::new(py, &message), health.score, health.churn_risk));
             }
         }
         Ok((outcome.name(), PyBytes::new(py, &state::encode(&state)), published, raised, suppressed))
     }
+
+    /// `scoring.pipeline._score_and_alert`: scores at `at_ms`, checks the alert rules (a sweep
+    /// when `event` is None: `by_time`), and records the score as published when it changed
+    /// (by `min_change` at least within its band). Returns the score when it is to be published.
+    fn score_and_alert(
+        &self,
+        state: &mut CustomerState,
+        at_ms: i64,
+        min_change: f64,
+        event: Option<&Event>,
+    ) -> (Option<HealthScore>, alerts::AlertDecision) {
+        let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
+        let previous_score = state.published.as_ref().map(|published| published.score);
+        let Some(health) = health::score_state(state, at_ms, &self.parameters, previous, previous_score) else {
+            return (None, alerts::AlertDecision::default());
+        };
+        let decision = match &self.rules {
+            Some(rules) => alerts::evaluate(state, &health, at_ms, &self.parameters, rules, event, event.is_none()),
+            None => alerts::AlertDecision::default(),
+        };
+        if let Some(previous) = &state.published {
+            if !has_changed(previous, &health) || (previous.band == health.band && (health.score - previous.score).abs() < min_change) {
+                return (None, decision);
+            }
+        }
+        state.published = Some(PublishedScore {
+            score: health.score,
+            band: health.band.to_owned(),
+            as_of_ms: health.as_of_ms,
+            contributions: health.components.iter().map(|c| (c.name.to_owned(), c.contribution)).collect(),
+        });
+        (Some(health), decision)
+    }
+
+    /// The replay's lines for what one step or sweep gave: the score line (the message stamped
+    /// at its own moment, after `"kind":"score"`) and each alert (the moment it was raised,
+    /// its churn risk for the fleet budget's order, and its line).
+    fn replay_lines<'py>(
+        &self,
+        py: Python<'py>,
+        customer_id: &str,
+        health: Option<HealthScore>,
+        decision: &alerts::AlertDecision,
+        trigger_event_id: Option<&str>,
+    ) -> (Option<Bound<'py, PyBytes>>, Vec<ReplayAlert<'py>>) {
+        let score_line = health.map(|health| {
+            let message = message::health_message(customer_id, &health, health.as_of_ms, &self.model_version, trigger_event_id);
+            PyBytes::new(py, &line("score", &message))
+        });
+        let alert_lines = decision
+            .raised
+            .iter()
+            .map(|alert| {
+                let message = message::alert_message(alert, alert.occurred_at_ms, &self.model_version);
+                (alert.occurred_at_ms, alert.churn_risk, PyBytes::new(py, &line("alert", &message)))
+            })
+            .collect();
+        (score_line, alert_lines)
+    }
+}
+
+/// A replay output line: `{"kind":"<kind>",` then the message's own fields, and a newline.
+fn line(kind: &str, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + kind.len() + 12);
+    out.extend_from_slice(b"{\"kind\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&message[1..]);
+    out.push(b'\n');
+    out
 }
 
 /// Python's `round(value, digits)` as the kernel computes it (for the tests).

@@ -21,6 +21,7 @@ import msgspec
 
 from scoring.contract import Event, PurchaseCompleted, Rejection, decode_event
 from scoring.fleet_budget import FleetBudget, within_budget
+from scoring.output import rfc3339
 from stream.commands.transactions import ReadReport, read_purchases
 from stream.settings import Settings
 
@@ -39,6 +40,8 @@ class History:
     events: list[Event]
     read: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    #: Each event's wire JSON, in the events' order (``keep_lines``: the Rust kernel reads it).
+    lines: list[bytes] | None = None
 
 
 def is_csv(path: Path) -> bool:
@@ -47,7 +50,7 @@ def is_csv(path: Path) -> bool:
     return not first.startswith(b"{") and b"customer_id" in first and b"occurred_at" in first
 
 
-def _csv_events(path: Path, history: History) -> Iterator[Event]:
+def _csv_events(path: Path, history: History) -> Iterator[tuple[Event, bytes | None]]:
     report = ReadReport()
     seen: dict[str, int] = {}
     for customer, at_ms, amount in read_purchases(path, report):
@@ -55,12 +58,12 @@ def _csv_events(path: Path, history: History) -> Iterator[Event]:
         seen[content] = seen.get(content, 0) + 1
         # Content-based ids: the same rows in another order give the same events.
         event_id = "csv-" + hashlib.blake2b(f"{content}\x1f{seen[content]}".encode(), digest_size=12).hexdigest()
-        yield Event(event_id, "purchase.completed", customer, at_ms, PurchaseCompleted(event_id, amount, "XXX"))
+        yield Event(event_id, "purchase.completed", customer, at_ms, PurchaseCompleted(event_id, amount, "XXX")), None
     history.read += report.rows
     history.rejected.extend(Rejected(line, "invalid_field", reason) for line, reason in report.rejected)
 
 
-def _jsonl_events(path: Path, history: History, now_ms: int, max_skew_ms: int) -> Iterator[Event]:
+def _jsonl_events(path: Path, history: History, now_ms: int, max_skew_ms: int) -> Iterator[tuple[Event, bytes | None]]:
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.strip()
@@ -71,7 +74,7 @@ def _jsonl_events(path: Path, history: History, now_ms: int, max_skew_ms: int) -
             if isinstance(decoded, Rejection):
                 history.rejected.append(Rejected(number, decoded.reason.value, decoded.detail))
             else:
-                yield decoded
+                yield decoded, line
 
 
 def read_history(
@@ -79,27 +82,45 @@ def read_history(
     now_ms: int | None = None,
     max_skew_ms: int = 0,
     progress: Callable[[int], None] | None = None,
+    keep_lines: bool = False,
 ) -> History:
     """All valid events of a file, sorted by event time (ties by event id, so file order does not matter).
 
     ``now_ms`` rejects events stamped after it (plus the skew); None accepts any time.
+    ``keep_lines`` keeps each event's wire JSON too (a CSV row's written as the contract's).
     """
     history = History(events=[])
+    lines: list[bytes] = []
     source = _csv_events(path, history) if is_csv(path) else _jsonl_events(path, history, now_ms or NO_FUTURE_CHECK_MS, max_skew_ms)
     # Millions of new objects, none in a reference cycle: the collector would walk them
     # all again and again (a fifth of the reading time) to find nothing.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for event in source:
+        for event, line in source:
             history.events.append(event)
+            if keep_lines:
+                lines.append(line if line is not None else wire_line(event))
             if progress is not None and len(history.events) % 50_000 == 0:
                 progress(len(history.events))
     finally:
         if collecting:
             gc.enable()
-    history.events.sort(key=lambda event: (event.occurred_at_ms, event.event_id))
+    if not keep_lines:
+        history.events.sort(key=lambda event: (event.occurred_at_ms, event.event_id))
+        return history
+    events = history.events
+    order = sorted(range(len(events)), key=lambda index: (events[index].occurred_at_ms, events[index].event_id))
+    history.events = [events[index] for index in order]
+    history.lines = [lines[index] for index in order]
     return history
+
+
+def wire_line(event: Event) -> bytes:
+    """An event as the wire contract writes it (docs/events.md)."""
+    return msgspec.json.encode(
+        {"event_id": event.event_id, "type": event.type, "customer_id": event.customer_id, "occurred_at": rfc3339(event.occurred_at_ms), "data": event.data}
+    )
 
 
 def write_rejects(path: Path, rejected: list[Rejected]) -> None:

@@ -14,8 +14,8 @@ import msgspec
 import scoring.compiled
 from scoring import kernel
 
-from scoring.output import alert_message, health_message, rfc3339
-from scoring.replay import AlertRaised, Replayer, ScoreChanged
+from scoring.output import alert_line, rfc3339, score_line
+from scoring.replay import AlertLine, AlertRaised, KernelReplayer, Replayer, ScoreChanged, ScoreLine
 from stream.commands.history import History, budgeted, read_history, write_rejects
 from stream.memory import collect_garbage_rarely
 from stream.settings import Settings
@@ -38,20 +38,30 @@ def run_replay(
     echo,
 ) -> dict:
     started = time.perf_counter()
-    history = _read(input_path, rejects_path, echo)
-    # The history (a million events are millions of objects) lives until the end.
-    collect_garbage_rarely()
     parameters = settings.model_parameters()
     model_version = parameters.model_version
     every = sweep_every_seconds if sweep_every_seconds is not None else settings.replay_sweep_interval_seconds
-    replayer = Replayer(
-        parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None,
-        math.inf if settings.replay_sweep_scores == "band_changes" else settings.sweep_min_score_change,
-        settings.state_ttl_ms, settings.sweep_due_index, kernel.build_where_possible(parameters, settings.alerts.parameters(), settings.native_kernel),
-    )
+    native = kernel.build_where_possible(parameters, settings.alerts.parameters(), settings.native_kernel)
+    in_kernel = native is not None and settings.sweep_due_index
+    history = _read(input_path, rejects_path, echo, keep_lines=in_kernel)
+    # The history (a million events are millions of objects) lives until the end.
+    collect_garbage_rarely()
+    min_change = math.inf if settings.replay_sweep_scores == "band_changes" else settings.sweep_min_score_change
+    replayer: Replayer
+    if in_kernel:
+        replayer = KernelReplayer(
+            parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, native, min_change, settings.state_ttl_ms
+        )
+        events: list = list(zip(history.events, history.lines or ()))
+    else:
+        replayer = Replayer(
+            parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, min_change,
+            settings.state_ttl_ms, settings.sweep_due_index, native,
+        )
+        events = history.events
     encoder = msgspec.json.Encoder()
     buffer = bytearray()
-    scores, alerts = _replay_lines(replayer, settings, history.events, as_of_ms, model_version, encoder, buffer, output)
+    scores, alerts = _replay_lines(replayer, settings, events, as_of_ms, model_version, buffer, output)
     finals = _final_lines(replayer, as_of_ms, model_version, encoder, buffer) if as_of_ms is not None else 0
     output.write(buffer)
     output.flush()
@@ -61,7 +71,7 @@ def run_replay(
         "rejected": len(history.rejected),
         "events": len(history.events),
         **{outcome.value: count for outcome, count in replayer.outcomes.items()},
-        "customers": len(replayer.states),
+        "customers": replayer.customer_count(),
         "sweeps": replayer.sweeps,
         "scores": scores,
         "alerts": alerts,
@@ -69,15 +79,17 @@ def run_replay(
         "seconds": round(seconds, 2),
         "model": scoring.compiled.status,
         "due_search": ("Rust kernel" if replayer.native_due_search else "Python model") if replayer.due_index else "off (every customer swept)",
+        # Where each event's step and each sweep's rescoring ran (the kernel needs the due index).
+        "steps": "Rust kernel" if in_kernel else "Python model",
         "events_per_second": round(sum(replayer.outcomes.values()) / seconds) if seconds else None,
     }
     return summary
 
 
-def _read(input_path: Path, rejects_path: Path | None, echo) -> History:
+def _read(input_path: Path, rejects_path: Path | None, echo, keep_lines: bool = False) -> History:
     """The history's events, with a progress bar; rejected lines said, and written to ``rejects_path``."""
     with progress_bar(None, " events", "reading") as bar:
-        history = read_history(input_path, progress=lambda n: bar.update(n - bar.n))
+        history = read_history(input_path, progress=lambda n: bar.update(n - bar.n), keep_lines=keep_lines)
         bar.update(len(history.events) - bar.n)
     if history.rejected:
         first = history.rejected[0]
@@ -89,25 +101,25 @@ def _read(input_path: Path, rejects_path: Path | None, echo) -> History:
 
 
 def _replay_lines(
-    replayer: Replayer, settings: Settings, events: list, as_of_ms: int | None, model_version: str, encoder: msgspec.json.Encoder, buffer: bytearray, output: IO[bytes]
+    replayer: Replayer, settings: Settings, events: list, as_of_ms: int | None, model_version: str, buffer: bytearray, output: IO[bytes]
 ) -> tuple[int, int]:
     """Writes a line per changed score and per alert; returns how many of each."""
     scores = alerts = 0
     with progress_bar(len(events), " events", "replaying") as bar:
         applied_before = since_update = 0
         for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):
-            if isinstance(item, ScoreChanged):
+            if isinstance(item, ScoreLine):  # written by the kernel
                 scores += 1
-                message = health_message(item.customer_id, item.health, item.health.as_of_ms, model_version, item.trigger_event_id)
-                # {"kind":"score", then the message's own fields: no merged dict per line.
-                buffer += b'{"kind":"score"'
-                opening = len(buffer)
-                encoder.encode_into(message, buffer, -1)
-                buffer[opening] = 0x2C  # the message's "{" becomes ","
-                buffer += b"\n"
+                buffer += item.line
+            elif isinstance(item, AlertLine):
+                alerts += 1
+                buffer += item.line
+            elif isinstance(item, ScoreChanged):
+                scores += 1
+                buffer += score_line(item.customer_id, item.health, item.trigger_event_id, model_version)
             elif isinstance(item, AlertRaised):
                 alerts += 1
-                buffer += encoder.encode({"kind": "alert", **alert_message(item.alert, item.alert.occurred_at_ms, model_version)}) + b"\n"
+                buffer += alert_line(item.alert, model_version)
             if len(buffer) > 1 << 20:
                 output.write(buffer)
                 buffer.clear()
