@@ -15,7 +15,7 @@ with the events and the due moments instead of customers × sweeps.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from scoring.alerts import AlertParameters
 from scoring.contract import Event
@@ -30,6 +30,9 @@ from scoring.structs import AlertLine, AlertRaised, FinalScore, ScoreChanged, Sc
 __all__ = ["AlertLine", "AlertRaised", "FinalScore", "KernelReplayer", "ScoreChanged", "ScoreLine", "Replayer"]
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+#: Yielded (an empty score line) when ``score_lines`` holds this much: time to write it out.
+WRITE_AT_BYTES = 1 << 20
+WRITE_NOW = ScoreLine(b"")
 
 
 class Replayer:
@@ -52,6 +55,8 @@ class Replayer:
         self.state_ttl_ms = state_ttl_ms
         self.evicted = 0
         self.states: dict[str, CustomerState] = {}
+        #: The customers known (the records' mapping, whatever it holds).
+        self._known: dict[str, Any] = self.states
         self.outcomes: dict[Outcome, int] = {outcome: 0 for outcome in Outcome}
         self.sweeps = 0
         #: Customers rescored by sweeps (the full scan rescores every silent customer at each).
@@ -68,11 +73,13 @@ class Replayer:
         self._order: dict[str, int] = {}
         self._created = 0
 
-    def _outputs(self, customer_id: str, result: Step, trigger: str | None) -> Iterator[ScoreChanged | AlertRaised]:
+    def _outputs(self, customer_id: str, result: Step, trigger: str | None) -> list[Any]:
+        outputs: list[Any] = []
         if result.publish is not None:
-            yield ScoreChanged(customer_id, result.publish, trigger)
+            outputs.append(ScoreChanged(customer_id, result.publish, trigger))
         for alert in result.alerts.raised:
-            yield AlertRaised(alert)
+            outputs.append(AlertRaised(alert))
+        return outputs
 
     def _sweep_until(self, at_ms: int) -> Iterator[ScoreChanged | AlertRaised]:
         """Runs every sweep due at or before ``at_ms``."""
@@ -106,33 +113,38 @@ class Replayer:
         candidates = set(self._due.pop(sweep_at, ())) | changed
         order = self._order
         for customer_id in sorted(candidates, key=order.__getitem__):
-            if self._has(customer_id):
-                yield from self._visit(customer_id, sweep_at, customer_id in changed)
+            if customer_id in self._known:
+                outputs = self._visit(customer_id, sweep_at, customer_id in changed)
+                if outputs:
+                    yield from outputs
 
-    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+    # _visit and _apply return their outputs (usually none): a generator per call costs more.
+    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Sequence[Any]:
         """One candidate of a due sweep: evicted, left for its due moment, or rescored and placed again."""
         every = self.sweep_every_ms or 0
         state = self.states[customer_id]
         if expired(state, sweep_at, self.state_ttl_ms):
             del self.states[customer_id]
             self.evicted += 1
-            return
+            return ()
         if changed:  # scored at an event since the last sweep: due now, or when?
             due = self._search.next_due(state, sweep_at - 1)
             if due > sweep_at:
                 self._schedule(customer_id, due)
-                return
+                return ()
         published = False
+        outputs: Sequence[Any] = ()
         if due_for_sweep(state, sweep_at, every):
             self.swept += 1
             result = sweep(state, sweep_at, self.parameters, self.rules, self.sweep_min_change)
             published = result.publish is not None
             if published or result.alerts.raised:
-                yield from self._outputs(customer_id, result, None)
+                outputs = self._outputs(customer_id, result, None)
         if published:  # still moving: most likely due again at the next sweep, no need to work it out
             self._schedule(customer_id, sweep_at + every)
         else:
             self._schedule(customer_id, self._search.next_due(state, sweep_at))
+        return outputs
 
     def _schedule(self, customer_id: str, due_ms: int) -> None:
         """Due at the first sweep at or after ``due_ms``."""
@@ -142,26 +154,22 @@ class Replayer:
         tick = -(-due_ms // every) * every
         self._due.setdefault(max(tick, (self._next_sweep_ms or 0) + every), []).append(customer_id)
 
-    def _has(self, customer_id: str) -> bool:
-        return customer_id in self.states
-
     def customer_count(self) -> int:
         return len(self.states)
 
     def _event_of(self, item: Any) -> Event:
         return item  # type: ignore[no-any-return]
 
-    def _apply(self, event: Event, item: Any) -> Iterator[Any]:
+    def _apply(self, event: Event, item: Any) -> Sequence[Any]:
         """One event through ``scoring.pipeline.step``."""
         state = self.states.get(event.customer_id)
         if state is None:
             state = self.states[event.customer_id] = new_state(event.customer_id)
         result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
         self.outcomes[result.outcome] += 1
-        if result.publish is not None:
-            yield ScoreChanged(event.customer_id, result.publish, event.event_id)
-        for alert in result.alerts.raised:
-            yield AlertRaised(alert)
+        if result.publish is None and not result.alerts.raised:
+            return ()
+        return self._outputs(event.customer_id, result, event.event_id)
 
     def run(self, events: Iterable[Any], until_ms: int | None = None) -> Iterator[Any]:
         """Applies events in order (event time), sweeping in between; stops after ``until_ms``."""
@@ -174,11 +182,13 @@ class Replayer:
                 self._next_sweep_ms = (at // self.sweep_every_ms + 1) * self.sweep_every_ms
             if self._next_sweep_ms is not None and self._next_sweep_ms <= at:
                 yield from self._sweep_until(at)
-            if not self._has(event.customer_id):
+            if event.customer_id not in self._known:
                 self._order[event.customer_id] = self._created
                 self._created += 1
             self._changed.add(event.customer_id)
-            yield from self._apply(event, item)
+            outputs = self._apply(event, item)
+            if outputs:
+                yield from outputs
         if until_ms is not None:
             yield from self._sweep_until(until_ms)
 
@@ -208,15 +218,17 @@ class KernelReplayer(Replayer):
         native: Any,
         sweep_min_change: float = 1.0,
         state_ttl_ms: int = 0,
+        score_lines: bytearray | None = None,
     ) -> None:
         super().__init__(parameters, rules, dedup_capacity, sweep_every_ms, sweep_min_change, state_ttl_ms, True, native)
         self.native = native
         self.records: dict[str, bytes] = {}
+        self._known = self.records
+        #: Where score lines go as they are made, when given (``score_lines``); how many.
+        self.score_lines = score_lines
+        self.scores = 0
         #: Steps and visits the kernel could not take (the Python model did).
         self.in_python = 0
-
-    def _has(self, customer_id: str) -> bool:
-        return customer_id in self.records
 
     def customer_count(self) -> int:
         return len(self.records)
@@ -224,7 +236,7 @@ class KernelReplayer(Replayer):
     def _event_of(self, item: Any) -> Event:
         return item[0]  # type: ignore[no-any-return]
 
-    def _apply(self, event: Event, item: Any) -> Iterator[Any]:
+    def _apply(self, event: Event, item: Any) -> Sequence[Any]:
         customer_id = event.customer_id
         stored = self.records.get(customer_id)
         try:
@@ -237,56 +249,73 @@ class KernelReplayer(Replayer):
             result = step(state, event, self.parameters, self.dedup_capacity, rules=self.rules)
             self.records[customer_id] = encode_state(state)
             self.outcomes[result.outcome] += 1
-            yield from self._lines(self._outputs(customer_id, result, event.event_id))
-            return
+            return self._lines(self._outputs(customer_id, result, event.event_id))
         self.records[customer_id] = record
         self.outcomes[_OUTCOMES[outcome]] += 1
-        if score is not None:
-            yield ScoreLine(score)
-        for at_ms, churn_risk, line in alerts:
-            yield AlertLine(customer_id, at_ms, churn_risk, line)
+        return self._kernel_lines(customer_id, score, alerts)
 
-    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+    def _visit(self, customer_id: str, sweep_at: int, changed: bool) -> Sequence[Any]:
         every = self.sweep_every_ms or 0
         try:
             kind, record, score, alerts, due = self.native.replay_visit(
                 self.records[customer_id], sweep_at, changed, self.sweep_min_change, every, self.state_ttl_ms
             )
         except ValueError:  # a record the kernel cannot read: the model's visit, on the decoded record
-            yield from self._visit_in_python(customer_id, sweep_at, changed)
-            return
+            return self._visit_in_python(customer_id, sweep_at, changed)
         if kind == "evicted":
             del self.records[customer_id]
             self.evicted += 1
-            return
+            return ()
         if record is not None:
             self.swept += 1
             self.records[customer_id] = record
-        if score is not None:
-            yield ScoreLine(score)
-        for at_ms, churn_risk, line in alerts:
-            yield AlertLine(customer_id, at_ms, churn_risk, line)
         self._schedule(customer_id, due)
+        return self._kernel_lines(customer_id, score, alerts)
 
-    def _visit_in_python(self, customer_id: str, sweep_at: int, changed: bool) -> Iterator[Any]:
+    def _kernel_lines(self, customer_id: str, score: bytes | None, alerts: list[tuple[int, float, bytes]]) -> Sequence[Any]:
+        if score is None and not alerts:
+            return ()
+        outputs: list[Any] = []
+        if score is not None:
+            self._score(score, outputs)
+        for at_ms, churn_risk, line in alerts:
+            outputs.append(AlertLine(customer_id, at_ms, churn_risk, line))
+        return outputs
+
+    def _score(self, line: bytes, outputs: list[Any]) -> None:
+        """A score line: appended to ``score_lines`` when given (a consumer that writes each item
+        as it comes gets the same order: alerts are what the fleet budget may hold back), else
+        to ``outputs``; WRITE_NOW goes there when ``score_lines`` is full."""
+        if self.score_lines is None:
+            outputs.append(ScoreLine(line))
+        else:
+            self.scores += 1
+            self.score_lines += line
+            if len(self.score_lines) >= WRITE_AT_BYTES:
+                outputs.append(WRITE_NOW)
+
+    def _visit_in_python(self, customer_id: str, sweep_at: int, changed: bool) -> Sequence[Any]:
         self.in_python += 1
         self.states[customer_id] = decode_state(self.records[customer_id])
-        outputs = list(Replayer._visit(self, customer_id, sweep_at, changed))
+        outputs = Replayer._visit(self, customer_id, sweep_at, changed)
         state = self.states.pop(customer_id, None)
         if state is None:  # evicted
             del self.records[customer_id]
         else:
             self.records[customer_id] = encode_state(state)
-        yield from self._lines(outputs)
+        return self._lines(outputs)
 
-    def _lines(self, outputs: Iterable[Any]) -> Iterator[Any]:
+    def _lines(self, outputs: Iterable[Any]) -> list[Any]:
+        """The Python model's outputs as the kernel's lines."""
         version = self.parameters.model_version
+        lines: list[Any] = []
         for item in outputs:
             if isinstance(item, ScoreChanged):
-                yield ScoreLine(score_line(item.customer_id, item.health, item.trigger_event_id, version))
+                self._score(score_line(item.customer_id, item.health, item.trigger_event_id, version), lines)
             else:
                 alert = item.alert
-                yield AlertLine(alert.customer_id, alert.occurred_at_ms, alert.churn_risk, alert_line(alert, version))
+                lines.append(AlertLine(alert.customer_id, alert.occurred_at_ms, alert.churn_risk, alert_line(alert, version)))
+        return lines
 
     def final_scores(self, at_ms: int) -> Iterator[FinalScore]:
         for customer_id in sorted(self.records):

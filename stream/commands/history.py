@@ -110,7 +110,9 @@ def read_history(
         history.events.sort(key=lambda event: (event.occurred_at_ms, event.event_id))
         return history
     events = history.events
-    order = sorted(range(len(events)), key=lambda index: (events[index].occurred_at_ms, events[index].event_id))
+    keys = [(event.occurred_at_ms, event.event_id) for event in events]
+    order = sorted(range(len(events)), key=keys.__getitem__)
+    del keys
     history.events = [events[index] for index in order]
     history.lines = [lines[index] for index in order]
     return history

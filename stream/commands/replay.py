@@ -47,10 +47,13 @@ def run_replay(
     # The history (a million events are millions of objects) lives until the end.
     collect_garbage_rarely()
     min_change = math.inf if settings.replay_sweep_scores == "band_changes" else settings.sweep_min_score_change
+    encoder = msgspec.json.Encoder()
+    buffer = bytearray()
     replayer: Replayer
-    if in_kernel:
+    if in_kernel:  # score lines go straight to the buffer; alerts pass the fleet budget
         replayer = KernelReplayer(
-            parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, native, min_change, settings.state_ttl_ms
+            parameters, settings.alerts.parameters(), settings.dedup_capacity, int(every * 1000) or None, native, min_change,
+            settings.state_ttl_ms, score_lines=buffer,
         )
         events: list = list(zip(history.events, history.lines or ()))
     else:
@@ -59,8 +62,6 @@ def run_replay(
             settings.state_ttl_ms, settings.sweep_due_index, native,
         )
         events = history.events
-    encoder = msgspec.json.Encoder()
-    buffer = bytearray()
     scores, alerts = _replay_lines(replayer, settings, events, as_of_ms, model_version, buffer, output)
     finals = _final_lines(replayer, as_of_ms, model_version, encoder, buffer) if as_of_ms is not None else 0
     output.write(buffer)
@@ -108,8 +109,8 @@ def _replay_lines(
     with progress_bar(len(events), " events", "replaying") as bar:
         applied_before = since_update = 0
         for item in budgeted(replayer.run(events, until_ms=as_of_ms), settings):
-            if isinstance(item, ScoreLine):  # written by the kernel
-                scores += 1
+            if isinstance(item, ScoreLine):  # written by the kernel (empty: KernelReplayer's WRITE_NOW)
+                scores += 1 if item.line else 0
                 buffer += item.line
             elif isinstance(item, AlertLine):
                 alerts += 1
@@ -120,16 +121,18 @@ def _replay_lines(
             elif isinstance(item, AlertRaised):
                 alerts += 1
                 buffer += alert_line(item.alert, model_version)
-            if len(buffer) > 1 << 20:
+            if len(buffer) >= 1 << 20:
                 output.write(buffer)
                 buffer.clear()
             since_update += 1
-            if since_update >= 10_000:
+            if since_update >= 10_000 or not buffer:
                 since_update = 0
                 applied = sum(replayer.outcomes.values())
                 bar.update(applied - applied_before)
                 applied_before = applied
         bar.update(sum(replayer.outcomes.values()) - applied_before)
+    if isinstance(replayer, KernelReplayer):
+        scores += replayer.scores
     return scores, alerts
 
 

@@ -4,12 +4,15 @@ replay writes, byte for byte, and ends with the same records."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
+from click.testing import CliRunner
 from hypothesis import strategies as st
 
 from scoring import kernel
@@ -20,12 +23,14 @@ from scoring.health import ScoringParameters
 from scoring.output import alert_line, score_line
 from scoring.replay import AlertLine, AlertRaised, KernelReplayer, Replayer, ScoreChanged, ScoreLine
 from scoring.state import DAY_MS, decode_state, encode_state
-from stream.commands.generate import EventSynthesizer
+from stream.cli import main
+from stream.commands.generate import EventSynthesizer, write_history
 from stream.commands.history import wire_line
 from tests.unit.test_due import DIGESTING, HOUR_MS, SENSITIVE
 from tests.unit.test_kernel import histories
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
+END = 1_790_000_000_000
 
 
 def lines_of(outputs: Iterable[Any], model_version: str) -> list[tuple]:
@@ -137,3 +142,24 @@ def test_what_the_kernel_cannot_read_goes_through_the_model() -> None:
     assert replayer.in_python > len(second_half) // 50
     for customer_id, state in model.states.items():
         assert replayer.records[customer_id] == encode_state(state), customer_id
+
+
+@pytest.mark.parametrize("budget", ["0", "40"], ids=["no_fleet_budget", "fleet_budget"])
+def test_the_replay_command_writes_the_same_bytes_through_the_kernel(tmp_path: Path, budget: str) -> None:
+    """`healthscore replay` in the kernel (score lines straight to the output buffer, alerts
+    through the fleet's alert budget) writes byte for byte what it writes with
+    native_kernel = false, more than a megabyte of it, with --as-of's final lines."""
+    history = tmp_path / "history.jsonl"
+    write_history(str(history), str(tmp_path / "labels.csv"), customers=150, events=6000, start_ms=END - 90 * DAY_MS, end_ms=END, seed=4)
+    outputs = {}
+    for native in ("true", "false"):
+        env = {"HEALTHSCORE_NATIVE_KERNEL": native, "HEALTHSCORE_ALERTS__MAX_ALERTS_PER_DAY": budget}
+        result = CliRunner().invoke(main, ["replay", "--input", str(history), "--as-of", str(END + 20 * DAY_MS)], env=env)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stderr.strip().splitlines()[-1])
+        assert summary["steps"] == ("Rust kernel" if native == "true" else "Python model")
+        outputs[native] = (result.stdout_bytes, {key: value for key, value in summary.items() if key not in ("seconds", "events_per_second", "steps", "due_search")})
+    assert outputs["true"] == outputs["false"]
+    lines = outputs["true"][0].splitlines()
+    assert len(outputs["true"][0]) > 1 << 20 and sum(b'"kind":"alert"' in line for line in lines) > 20
+    assert sum(b'"kind":"final"' in line for line in lines) == 150
