@@ -5,7 +5,9 @@ It covers ``scoring.pipeline.step`` for models without BG/NBD: apply the event, 
 check the alert rules, decide whether the score changed, and the score and alert
 messages (``scoring.output``); ``step_raw`` also validates the message when
 ``scoring.contract`` surely accepts it, and declines the rest to it. ``next_sweep_due`` is
-``scoring.due``'s search for the sweep's due-time index (the worker's sweep and the replay).
+``scoring.due``'s search for the sweep's due-time index (the worker's sweep and the replay);
+``replay_step`` and ``replay_visit`` run ``scoring.replay.KernelReplayer`` on encoded
+records (a step, a sweep's visit of a due customer), writing the replay's lines.
 ``scoring/`` stays the reference: tests/unit/test_kernel.py proves the kernel gives the
 same records and messages, byte for byte, and ``bench/kernel_cost.py`` measures both.
 """

@@ -785,6 +785,7 @@ class Settings(BaseSettings):
     rocksdb: RocksDbSettings = RocksDbSettings()
     #: Run each event, and the sweep's due-time search, through the Rust kernel (native/,
     #: scoring/kernel.py) where it is built and computes the configured model (no BG/NBD);
+    #: `replay` runs all of it there (steps, sweeps, search) when the due index is on;
     #: false: always the Python model.
     native_kernel: bool = True
 
