@@ -82,6 +82,8 @@ def run_replay(
         "due_search": ("Rust kernel" if replayer.native_due_search else "Python model") if replayer.due_index else "off (every customer swept)",
         # Where each event's step and each sweep's rescoring ran (the kernel needs the due index).
         "steps": "Rust kernel" if in_kernel else "Python model",
+        # Steps and visits the kernel could not take (an event or a record it cannot read): the Python model's.
+        "kernel_fallbacks": replayer.in_python if isinstance(replayer, KernelReplayer) else 0,
         "events_per_second": round(sum(replayer.outcomes.values()) / seconds) if seconds else None,
     }
     return summary

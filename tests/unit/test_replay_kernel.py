@@ -158,7 +158,8 @@ def test_the_replay_command_writes_the_same_bytes_through_the_kernel(tmp_path: P
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stderr.strip().splitlines()[-1])
         assert summary["steps"] == ("Rust kernel" if native == "true" else "Python model")
-        outputs[native] = (result.stdout_bytes, {key: value for key, value in summary.items() if key not in ("seconds", "events_per_second", "steps", "due_search")})
+        assert summary["kernel_fallbacks"] == 0
+        outputs[native] = (result.stdout_bytes, {key: value for key, value in summary.items() if key not in ("seconds", "events_per_second", "steps", "due_search", "kernel_fallbacks")})
     assert outputs["true"] == outputs["false"]
     lines = outputs["true"][0].splitlines()
     assert len(outputs["true"][0]) > 1 << 20 and sum(b'"kind":"alert"' in line for line in lines) > 20
