@@ -397,6 +397,19 @@ class FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms
         return consumer
 
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None) -> Any:
+        """Faust's fetch, in the consumer thread; the partitions fetched are marked as being
+        handed over (``lagging``) here, right after aiokafka moved their positions past the
+        records. Marked only in the event loop, a partition whose whole backlog was just fetched
+        looked read to its end with nothing buffered while its records travelled to the loop,
+        and the event-time merge handed the other topics' later records over first (a worker's
+        first start on a backlog, docs/alerts.md). A narrower window remains: while aiokafka
+        drains the fetch's other partitions, before this mark."""
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if records:
+            self.consumer._delivering = {TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records}
+        return records
+
 
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, handing each partition's fetched records to a :class:`BatchingTopic` at once."""
@@ -536,6 +549,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                     await self._seek_back()
                     continue
                 generation = app.consumer_generation_id
+                # Marked by the consumer thread as it fetched them (FetchTunedConsumerThread), again here for a fetch that did not go through it.
                 self._delivering = {TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records}
                 for fetched_tp, fetched in self._waited_for_first(records):
                     tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
