@@ -52,10 +52,12 @@ merge's wait ran out (2 s per partition at each start, bench/throughput.py, 2026
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
 import faust
+from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -398,17 +400,47 @@ class FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None) -> Any:
-        """Faust's fetch, in the consumer thread; the partitions fetched are marked as being
-        handed over (``lagging``) here, right after aiokafka moved their positions past the
-        records. Marked only in the event loop, a partition whose whole backlog was just fetched
-        looked read to its end with nothing buffered while its records travelled to the loop,
-        and the event-time merge handed the other topics' later records over first (a worker's
-        first start on a backlog, docs/alerts.md). A narrower window remains: while aiokafka
-        drains the fetch's other partitions, before this mark."""
-        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
-        if records:
-            self.consumer._delivering = {TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records}
-        return records
+        """Faust's fetch, in the consumer thread, with aiokafka's fetched results marking their
+        partition as being handed over (``lagging``) just before aiokafka drains them."""
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is not None and not isinstance(fetcher._records, MarkBeforeDrain):
+            fetcher._records = MarkBeforeDrain(self.consumer.mark_delivering, fetcher._records.items())
+        return await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+
+
+class MarkBeforeDrain(collections.OrderedDict):
+    """aiokafka's map of fetched results (``Fetcher._records``), whose results call ``mark``
+    with their partition just before they are drained.
+
+    Draining a result moves the partition's position past its records, so from then on the
+    partition looks read to its end with nothing buffered while its records travel to the
+    event loop. The fetch loop marks the partitions it hands over, but only once the whole
+    fetch is drained and back in the loop: marked there, the event-time merge handed the other
+    topics' later records over first (a worker's first start on a backlog: 3 runs of 8 applied
+    events out of order under CPU load); marked after the drain in the consumer thread, the
+    partitions drained first were still unmarked while aiokafka decoded the others (3 of 51).
+    Marked here, before the position moves, there is no such moment."""
+
+    def __init__(self, mark: Callable[[Any], None], items: Iterable[tuple[Any, Any]] = ()) -> None:
+        super().__init__()
+        self._mark = mark
+        for tp, result in items:
+            self[tp] = result
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        if isinstance(result, FetchResult):
+            mark, getall, getone = self._mark, result.getall, result.getone
+
+            def marked_getall(max_records: int | None = None) -> list[ConsumerRecord]:
+                mark(tp)
+                return getall(max_records)
+
+            def marked_getone() -> ConsumerRecord | None:
+                mark(tp)
+                return getone()
+
+            result.getall, result.getone = marked_getall, marked_getone
+        super().__setitem__(tp, result)
 
 
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
@@ -448,6 +480,11 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         self._acked_runs: dict[TP, list[tuple[int, int]]] = {}
         self._commit_task: asyncio.Future | None = None
         self._delivering: set[TP] = set()  # partitions whose fetched records the loop has not handed over yet
+
+    def mark_delivering(self, tp: Any) -> None:
+        """Called in the consumer thread as aiokafka is about to drain a fetch of ``tp``
+        (:class:`MarkBeforeDrain`): the fetch loop unmarks it once its records are handed over."""
+        self._delivering.add(TP(tp.topic, tp.partition))
 
     def hold(self, tp: TP) -> None:
         """Fetches no more of ``tp`` (it has enough buffered) until :meth:`release`: Faust's own
@@ -549,8 +586,9 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                     await self._seek_back()
                     continue
                 generation = app.consumer_generation_id
-                # Marked by the consumer thread as it fetched them (FetchTunedConsumerThread), again here for a fetch that did not go through it.
-                self._delivering = {TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records}
+                # Marked by the consumer thread as aiokafka drained them (MarkBeforeDrain), also
+                # those drained empty (control records only); again here, in case one was not.
+                self._delivering.update(TP(fetched_tp.topic, fetched_tp.partition) for fetched_tp in records)
                 for fetched_tp, fetched in self._waited_for_first(records):
                     tp = TP(fetched_tp.topic, fetched_tp.partition)  # aiokafka's type; Faust asserts its own
                     if suspended() or app.consumer_generation_id != generation:
