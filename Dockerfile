@@ -29,7 +29,10 @@ COPY pyproject.toml setup.py README.md ./
 COPY scoring ./scoring
 COPY stream ./stream
 COPY native ./native
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/project . \
+    && python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >requirements.txt \
+    && mkdir -p /wheels/deps && cp requirements.txt /wheels/deps/ \
+    && pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
 
 FROM scratch AS wheels-host
 COPY .image-wheels/ /wheels/
@@ -42,10 +45,16 @@ FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /var/lib/healthscore --shell /usr/sbin/nologin healthscore \
     && install -d -o healthscore -g healthscore -m 0750 /var/lib/healthscore
-COPY --from=wheels /wheels /wheels
+# The dependencies first, in a layer of their own: a build whose dependencies did not change
+# takes it from the cache and installs only the project's wheel.
+COPY --from=wheels /wheels/deps /wheels/deps
 # A virtual environment: Debian's own python3 refuses installs into the system (PEP 668).
 RUN python3 -m venv /opt/healthscore \
-    && /opt/healthscore/bin/pip install --no-cache-dir --no-index --only-binary :all: --find-links /wheels healthscore \
+    && /opt/healthscore/bin/pip install --no-cache-dir --no-index --only-binary :all: --find-links /wheels/deps -r /wheels/deps/requirements.txt \
+    && rm -rf /wheels
+COPY --from=wheels /wheels/project /wheels/project
+RUN /opt/healthscore/bin/pip install --no-cache-dir --no-index --only-binary :all: --no-deps /wheels/project/*.whl \
+    && /opt/healthscore/bin/pip check \
     && rm -rf /wheels
 COPY config/healthscore.toml /etc/healthscore/healthscore.toml
 ENV PATH=/opt/healthscore/bin:$PATH \

@@ -13,6 +13,12 @@ model by tests/unit/test_kernel.py.
 Next to the extensions, ``scoring/_compiled_sources.py`` records a digest of
 each compiled source, so that an edited module is never shadowed by a stale
 extension (see ``scoring/__init__.py``).
+
+With HEALTHSCORE_PREBUILT_EXTENSIONS=1 nothing is compiled: the extensions an editable
+install built in this tree are copied into the wheel, after checking that every compiled
+source still has the digest it was compiled from and that nothing in native/ is newer than
+the kernel. scripts/image-build.sh builds the image's wheel that way (the compile took a
+minute of the image test on a fresh clone), and builds it in full when the check refuses.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring.compiled import COMPILED_MODULES, MANIFEST, source_digest  # noqa: E402
+from scoring.compiled import COMPILED_MODULES, MANIFEST, prebuilt_extension_files, source_digest  # noqa: E402
 
 
 def compiled_extensions() -> list:
@@ -68,4 +75,26 @@ def rust_extensions() -> list:
     return [RustExtension("scoring._kernel", path="native/Cargo.toml", binding=Binding.PyO3, optional=True, debug=False)]
 
 
-setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions())
+class CopyPrebuilt(build_ext):
+    """build_ext that copies each extension from where the editable install built it."""
+
+    def build_extension(self, ext: Extension) -> None:
+        built = Path(__file__).resolve().parent / ext.sources[0]
+        target = Path(self.get_ext_fullpath(ext.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.copy_file(str(built), str(target))
+
+
+def prebuilt_extensions() -> list[Extension]:
+    """The extensions built in this tree, as they are (SystemExit when one is stale or missing)."""
+    root = Path(__file__).resolve().parent
+    found = prebuilt_extension_files(root)
+    if isinstance(found, str):
+        raise SystemExit(f"HEALTHSCORE_PREBUILT_EXTENSIONS: {found}")
+    return [Extension(name, sources=[str(path.relative_to(root))]) for name, path in found]
+
+
+if os.environ.get("HEALTHSCORE_PREBUILT_EXTENSIONS"):
+    setup(ext_modules=prebuilt_extensions(), cmdclass={"build_ext": CopyPrebuilt})
+else:
+    setup(ext_modules=compiled_extensions(), rust_extensions=rust_extensions())

@@ -77,5 +77,35 @@ def guard() -> None:
         sys.meta_path.insert(0, _SourceFinder())
 
 
+def prebuilt_extension_files(root: Path) -> list[tuple[str, Path]] | str:
+    """(module name, file) of every extension an install built in the source tree ``root`` (the
+    compiled modules, mypyc's shared library, the Rust kernel), or why they cannot be taken as
+    they are: one missing, a compiled source edited since (its digest), a file of native/ newer
+    than the kernel. For setup.py's HEALTHSCORE_PREBUILT_EXTENSIONS (the image's wheel)."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    scoring = root / "scoring"
+    manifest = scoring / "_compiled_sources.py"
+    digests: dict = {}
+    if manifest.exists():
+        exec(compile(manifest.read_text(), str(manifest), "exec"), {}, digests)
+    compiled = digests.get("DIGESTS", {})
+    kernel = scoring / f"_kernel{suffix}"
+    shared = sorted(root.glob(f"*__mypyc{suffix}"))
+    files = [("scoring._kernel", kernel), *((f"scoring.{name}", scoring / f"{name}{suffix}") for name in COMPILED_MODULES)]
+    missing = [path.name for _name, path in files if not path.exists()]
+    if missing or len(shared) != 1:
+        return f"not built here: {(missing or [f'{len(shared)} mypyc libraries'])[0]}"
+    stale = [name for name in COMPILED_MODULES if compiled.get(name) != source_digest(scoring / f"{name}.py")]
+    if stale:
+        return f"scoring/{stale[0]}.py changed since it was compiled"
+    built_at = kernel.stat().st_mtime
+    for folder, subfolders, names in os.walk(root / "native"):
+        subfolders[:] = [name for name in subfolders if name != "target"]
+        newer = [name for name in names if os.stat(os.path.join(folder, name)).st_mtime > built_at]
+        if newer:
+            return f"{Path(folder, newer[0]).relative_to(root)} is newer than the built kernel"
+    return [*files, (shared[0].name[: -len(suffix)], shared[0])]
+
+
 def is_compiled() -> bool:
     return status == "compiled"

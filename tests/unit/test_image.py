@@ -48,7 +48,13 @@ def test_the_image_is_built_in_one_stage_and_run_from_another_without_compilers(
     run_text = " ".join(rest for _, rest in run)
     assert run[0] == ("FROM", "${BASE_IMAGE}")
     assert "gcc" not in run_text and "cargo" not in run_text and "rustup" not in run_text
-    assert ("COPY", "--from=wheels /wheels /wheels") in run and "--no-index" in run_text
+    # The dependencies' layer before the project's, so that a change to the project alone
+    # reinstalls only its wheel.
+    copies = [rest for keyword, rest in run if keyword == "COPY" and rest.startswith("--from=wheels")]
+    assert copies == ["--from=wheels /wheels/deps /wheels/deps", "--from=wheels /wheels/project /wheels/project"]
+    installs = [rest for keyword, rest in run if keyword == "RUN" and "pip install" in rest]
+    assert len(installs) == 2 and all("--no-index" in rest for rest in installs)
+    assert "requirements.txt" in installs[0] and "/wheels/project/" in installs[1] and "pip check" in installs[1]
     # The wheels come from the build stage (the default) or from the host's .image-wheels/.
     assert ("ARG", "WHEELS=build") in instructions(DOCKERFILE)
     assert ("FROM", "wheels-${WHEELS} AS wheels") in instructions(DOCKERFILE)
