@@ -1,6 +1,7 @@
 """What the fleet export costs with many customers (run on demand, not in the test suite).
 
     .venv/bin/python bench/fleet_export.py --customers 1000000 --changed 0.01
+    .venv/bin/python bench/fleet_export.py --customers 10000000 --templates 20000 --quiet-minutes 120 --quiet-after-days 2 --skip-midnight
 
 Builds ``--customers`` records in memory (the generator's mix: ``--templates`` customers'
 histories over 30 days, each record copied under new customer ids), spread over 12
@@ -10,6 +11,14 @@ broker or Redis (KPI rows are made, not written):
 - ``first_count``: the first export, which counts every customer (as after a start or
   a rebalance; what every export cost before issue 38);
 - ``idle``: an export a minute later with nothing changed;
+- ``quiet_minutes`` (with ``--quiet-minutes N``): an export every minute for N minutes with
+  nothing changed, its mean, median and maximum, and the cost per customer recounted. The
+  copies of one history are due in the same minutes, so single minutes are lumpy: the mean
+  over many minutes is the figure (more ``--templates``, less lumpy). The generator starts
+  every customer at the history's beginning, so for a day and a half after its end each
+  minute holds some customers' 30th day since their first event (a wave no real fleet has,
+  its customers joined over years): ``--quiet-after-days 2`` measures after it (one export
+  catches up first: ``catch_up``);
 - ``changed``: an export after ``--changed`` of the customers got a new event;
 - ``next_midnight``: an export just after the next UTC midnight, when every customer
   active in the last days is due (the day windows move) and nothing else changed;
@@ -104,7 +113,29 @@ def touch(table: Table, keys: KeysByPartition, share: float, at_ms: int) -> int:
     return touched
 
 
-async def measure(customers: int, template_count: int, changed: float) -> dict:
+async def quiet(export: FleetExport, first_ms: int, minutes: int) -> dict:
+    """An export every minute for ``minutes`` minutes with nothing changed (no midnight in them):
+    what time alone costs, a minute at a time."""
+    seconds, recomputed = [], []
+    for minute in range(1, minutes + 1):
+        figures = await timed(export, first_ms + minute * 60_000)
+        seconds.append(figures["seconds"])
+        recomputed.append(figures["recomputed"])
+    ordered = sorted(seconds)
+    return {
+        "minutes": minutes,
+        "seconds_mean": round(sum(seconds) / minutes, 4),
+        "seconds_median": ordered[minutes // 2],
+        "seconds_max": ordered[-1],
+        "recomputed_mean": round(sum(recomputed) / minutes, 1),
+        "recomputed_max": max(recomputed),
+        "microseconds_per_recount": round(sum(seconds) / max(1, sum(recomputed)) * 1e6, 1),
+    }
+
+
+async def measure(
+    customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0
+) -> dict:
     collect_garbage_rarely()
     table, keys = Table(), KeysByPartition()
     print(f"building {customers:,} records from {template_count:,} histories", file=sys.stderr, flush=True)
@@ -123,15 +154,25 @@ async def measure(customers: int, template_count: int, changed: float) -> dict:
     figures["first_count"] = await timed(export, now)
     figures["rss_growth_mib_first_count"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
     figures["idle"] = await timed(export, now + 60_000)
+    if quiet_minutes:
+        start = now + 60_000
+        if quiet_after_days:  # past the generator's own wave (below): one export catches up first
+            start = now + quiet_after_days * DAY_MS
+            figures["catch_up"] = await timed(export, start)
+        figures["quiet_minutes"] = await quiet(export, start, quiet_minutes)
+        now = start + quiet_minutes * 60_000
     figures["changed_customers"] = touch(table, keys, changed, now + 90_000)
     figures["changed"] = await timed(export, now + 120_000)
     midnight = (now // DAY_MS + 1) * DAY_MS
-    figures["next_midnight"] = await timed(export, midnight + 30_000)
-    figures["a_day_later_idle"] = await timed(export, midnight + 90_000)
+    last = now + 120_000
+    if not skip_midnight:
+        figures["next_midnight"] = await timed(export, midnight + 30_000)
+        figures["a_day_later_idle"] = await timed(export, midnight + 90_000)
+        last = midnight + 90_000
     figures["kpi_rows_written"] = sum(rows)
     full = empty_sums()
     for stored in table.data.values():
-        add_to(full, contribution(decode_state(stored), midnight + 90_000, 30, 14.0))
+        add_to(full, contribution(decode_state(stored), last, 30, 14.0))
     exported = empty_sums()
     for part in export._partitions.values():
         add_to(exported, part.sums)
@@ -145,10 +186,13 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200_000, help="records in the table (default 200,000)")
     parser.add_argument("--templates", type=int, default=2_000, help="distinct generated histories the records copy")
     parser.add_argument("--changed", type=float, default=0.01, help="share of customers with a new event before the third export")
+    parser.add_argument("--quiet-minutes", type=int, default=0, help="also an export every minute for this many minutes with nothing changed (at most 480: they end before midnight)")
+    parser.add_argument("--quiet-after-days", type=int, default=0, help="start the quiet minutes this many days after the history's end (2 leaves the generator's wave behind)")
+    parser.add_argument("--skip-midnight", action="store_true", help="leave out the export after midnight (most customers are due: the longest part at 10M)")
     args = parser.parse_args()
-    if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1:
-        parser.error("--customers and --templates must be at least 1, --changed between 0 and 1")
-    figures = asyncio.run(measure(args.customers, args.templates, args.changed))
+    if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1 or not 0 <= args.quiet_minutes <= 480 or not 0 <= args.quiet_after_days <= 60:
+        parser.error("--customers and --templates must be at least 1, --changed between 0 and 1, --quiet-minutes between 0 and 480, --quiet-after-days between 0 and 60")
+    figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days))
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)
 

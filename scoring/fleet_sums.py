@@ -7,12 +7,13 @@ customer, as integers: sums in millionths, so removing an old contribution and a
 the new one leaves exactly what a full recomputation gives) and recomputes a customer
 only when its record changed or when ``unchanged_until`` says a window edge has passed.
 
-``unchanged_until`` is conservative by construction: it lists every moment at which a
-comparison of the fleet totals or of ``customer_kpis`` with the evaluation time can flip
-(each timestamp of the record, shifted by every window length those functions use; each
-day of the record, shifted by every window of days) and returns the first one after the
-time asked. Listing a moment too many only costs a recomputation; the unit tests check
-that nothing changes before the moment returned.
+``unchanged_until`` lists every moment at which a comparison of the fleet totals or of
+``customer_kpis`` with the evaluation time can flip (each timestamp of the record, shifted
+by the window lengths its own comparisons use; each day of the record, shifted by the
+windows of days it is counted in) and returns the first one after the time asked. Listing
+a moment too many only costs a recomputation (a shift of every window for every timestamp
+did: twice the recounts of a quiet minute); the unit tests check that nothing changes
+before the moment returned.
 
 Pure: no clock, no store. Aggregation shape: ``empty_sums``, ``add_to`` / ``remove_from``,
 ``totals_from``.
@@ -30,9 +31,6 @@ from scoring.state import DAY_MS, CustomerState
 FIXED_POINT = 1_000_000
 #: FleetTotals fields that are its parameters, not sums.
 _PARAMETERS = ("at_ms", "period_days", "survey_response_days")
-#: Fixed windows (days) of customer_kpis: DAU/WAU/MAU, sessions, orders, resolutions, e-mails, answers
-#: (as days, and as milliseconds for the 30 and 90 days before the evaluation time).
-_KPI_WINDOWS_DAYS = (1, 7, 30, 90)
 #: The continuous KPIs of customer_kpis: linear in time between the moments above.
 AGEING_KPIS = ("days_since_last_purchase", "days_since_csm_contact")
 
@@ -95,25 +93,69 @@ def unchanged_until(state: CustomerState, at_ms: int, period_days: int, survey_r
     """The first moment after ``at_ms`` at which the customer's contribution to the fleet
     totals or its ``customer_kpis`` (but for the ages in AGEING_KPIS) could change with no
     new event; None when time alone never changes them again."""
-    period_ms = period_days * DAY_MS
-    response_ms = int(survey_response_days * DAY_MS)
-    shifts_ms = sorted({0, 1, period_ms, period_ms + 1, 2 * period_ms, 2 * period_ms + 1, response_ms, response_ms + 1,
-                        *(w for days in (30, 90) for w in (days * DAY_MS, days * DAY_MS + 1))})
-    shifts_days = sorted({0, 1, 2, period_days, period_days + 1, 2 * period_days, 2 * period_days + 1,
-                          *(w for days in _KPI_WINDOWS_DAYS for w in (days, days + 1))})
+    timestamp_shifts, day_shifts = _shifts(period_days, survey_response_days)
     first: int | None = None
-    for moment in _timestamps(state):
-        first = _first_after(at_ms, moment, shifts_ms, first)
+    for kind, moment in _timestamps(state):
+        first = _first_after(at_ms, moment, timestamp_shifts[kind], first)
     today = at_ms // DAY_MS
-    for day in _days(state):
+    for kind, day in _days(state):
         # A window of days moves at midnight: the first shifted day after today.
-        for shift in shifts_days:
+        for shift in day_shifts[kind]:
             if day + shift > today:
                 candidate = (day + shift) * DAY_MS
                 if first is None or candidate < first:
                     first = candidate
                 break
     return first
+
+
+#: Per (period_days, survey_response_days): the shifts of each kind of timestamp and of day.
+_SHIFTS: dict[tuple[int, float], tuple[list[list[int]], list[list[int]]]] = {}
+
+# The kinds of timestamp and of day of a record (indexes into the shift lists).
+_FIRST_EVENT, _LAST_EVENT, _CANCELLED, _FIRST_PURCHASE, _UNSUBSCRIBED, _CONTACT, _PULSE_EXPIRES = 0, 1, 2, 3, 4, 5, 6
+_ANSWERED, _INVITED, _MRR_CHANGE, _INVOICE_DUE, _CATEGORY_FIRST = 7, 8, 9, 10, 11
+_COUNTS_DAY, _USER_DAY, _FEATURE_DAY, _RESOLUTION_DAY, _EMAIL_DAY = 0, 1, 2, 3, 4
+
+
+def _shifts(period_days: int, survey_response_days: float) -> tuple[list[list[int]], list[list[int]]]:
+    """Each kind's windows, from every comparison with the evaluation time in FleetTotals.add
+    and customer_kpis (and their helpers in scoring.kpis). A timestamp ``t`` compared as
+    ``since <= t <= at`` with ``since = at - w`` changes at ``t`` and just after ``t + w``: both
+    ``w`` and ``w + 1`` are listed. A day ``d`` in a window of days ``today - w < d <= today``
+    enters at ``d`` and leaves at ``d + w``. Ages (days since) are not listed: ``aged_kpis``."""
+    key = (period_days, survey_response_days)
+    cached = _SHIFTS.get(key)
+    if cached is not None:
+        return cached
+    p, r, d30, d90 = period_days * DAY_MS, int(survey_response_days * DAY_MS), 30 * DAY_MS, 90 * DAY_MS
+
+    def windows(*lengths: int) -> list[int]:
+        return sorted({length + edge for length in lengths for edge in (0, 1)})
+
+    timestamp_shifts = [
+        windows(p),  # first event: new in the period, or before it
+        windows(p, 2 * p),  # last event: active now, active in the period before
+        windows(0, p),  # cancelled: by now, in the period
+        windows(p, d30),  # first purchase: bought before the period, upsell (30 days)
+        windows(0, p),  # unsubscribed in the period
+        windows(0, p),  # CSM touchpoint in the period
+        windows(0),  # pulse expired
+        windows(0, p, d90),  # survey answered: in the period, in 90 days, in time for its invitation
+        windows(0, r, p, d90),  # survey sent: in the period or 90 days, its deadline
+        windows(p),  # MRR change: the MRR at the period's start
+        windows(0),  # invoice overdue
+        windows(0, p, d30),  # category first bought: in the period, in 30 days
+    ]
+    day_shifts = [
+        sorted({0, 7, 30, 90, period_days, period_days + 1, 2 * period_days + 1}),  # day counters (sessions 7 and 30 days, orders 30 and 90, the period, the period before it)
+        [0, 1, 7, 30],  # a user's last day: DAU, WAU, MAU
+        [0, 30],  # a key feature's last day: adoption over 30 days
+        sorted({0, 30, period_days}),  # a resolution's day: 30 days, the period
+        sorted({0, 91, period_days + 1}),  # an e-mail day: from the day 90 days (or the period) back
+    ]
+    cached = _SHIFTS[key] = (timestamp_shifts, day_shifts)
+    return cached
 
 
 def _first_after(at_ms: int, moment: int, shifts: list[int], first: int | None) -> int | None:
@@ -124,34 +166,40 @@ def _first_after(at_ms: int, moment: int, shifts: list[int], first: int | None) 
     return first
 
 
-def _timestamps(state: CustomerState) -> Iterator[int]:
-    """Every time of the record that fleet totals or customer KPIs compare with the evaluation time."""
-    for moment in (state.first_event_ms, state.last_event_ms, state.cancelled_ms, state.first_purchase_ms,
-                   state.last_purchase_ms, state.email_unsubscribed_ms, state.contact_ms, state.negative_contact_ms,
-                   state.pulse_at_ms, state.pulse_expires_ms):
+def _timestamps(state: CustomerState) -> Iterator[tuple[int, int]]:
+    """(kind, time) of every time of the record that fleet totals or customer KPIs compare with
+    the evaluation time (not the last purchase, the negative touchpoint or the pulse's time:
+    only ages are computed from them)."""
+    for kind, moment in ((_FIRST_EVENT, state.first_event_ms), (_LAST_EVENT, state.last_event_ms), (_CANCELLED, state.cancelled_ms),
+                         (_FIRST_PURCHASE, state.first_purchase_ms), (_UNSUBSCRIBED, state.email_unsubscribed_ms),
+                         (_CONTACT, state.contact_ms), (_PULSE_EXPIRES, state.pulse_expires_ms)):
         if moment:
-            yield moment
+            yield kind, moment
     for response in state.surveys:
-        yield response.answered_ms
+        yield _ANSWERED, response.answered_ms
     for sent_ms, _kind in state.survey_invites:
-        yield sent_ms
+        yield _INVITED, sent_ms
     for when, _mrr in state.mrr_changes:
-        yield when
+        yield _MRR_CHANGE, when
     for invoice in state.unpaid_invoices:
-        yield invoice.due_ms
+        yield _INVOICE_DUE, invoice.due_ms
     for first in state.category_first_ms:
         if first:
-            yield first
+            yield _CATEGORY_FIRST, first
 
 
-def _days(state: CustomerState) -> Iterator[int]:
-    """Every UTC day of the record that a window of days can take in or leave."""
-    yield from state.counts.days
-    yield from state.users_last_day.values()
-    yield from state.features_last_day.values()
-    yield from state.resolution_days
+def _days(state: CustomerState) -> Iterator[tuple[int, int]]:
+    """(kind, UTC day) of every day of the record that a window of days can take in or leave."""
+    for day in state.counts.days:
+        yield _COUNTS_DAY, day
+    for day in state.users_last_day.values():
+        yield _USER_DAY, day
+    for day in state.features_last_day.values():
+        yield _FEATURE_DAY, day
+    for day in state.resolution_days:
+        yield _RESOLUTION_DAY, day
     for day, *_counts in state.email_days:
-        yield day
+        yield _EMAIL_DAY, day
 
 
 def aged_kpis(kpis: dict[str, Any], computed_ms: int, at_ms: int) -> dict[str, Any]:

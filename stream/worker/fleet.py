@@ -64,6 +64,14 @@ _AS_STORED: Any = object()
 
 
 @dataclass(frozen=True)
+class _TakenFromIndex:
+    """What the totals counted for a customer whose due entry was just taken from the index:
+    there is nothing to unschedule (which costs an ``unchanged_until``)."""
+
+    counted: Any
+
+
+@dataclass(frozen=True)
 class FleetOptions:
     period_days: int = 30
     survey_response_days: float = 14.0
@@ -165,9 +173,10 @@ class FleetExport:
                 counted: Iterable[tuple[bytes, Any]] = ((key, None) for key in self._every_key(partition))
             elif self._index(partition) is None:
                 changes: dict[bytes, Any] = keys_by_partition.take_changes(partition)
-                for key in part.due.take(now_ms):
+                taken = part.due.take(now_ms)
+                for key in taken:
                     changes.setdefault(key, _AS_STORED)
-                counted = changes.items()
+                counted = ((key, _TakenFromIndex(before) if key in taken else before) for key, before in changes.items())
             else:  # the RocksDB store: erasures from memory, the rest walked on disk
                 counted = chain(keys_by_partition.take_changes(partition).items(), self._due_on_disk(partition, now_ms), self._marked_changed(partition))
             try:
@@ -203,7 +212,7 @@ class FleetExport:
         while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
             for entry, key in chunk:
                 index.delete(entry)
-                yield key, COUNTED_ON_DISK
+                yield key, _TakenFromIndex(COUNTED_ON_DISK)
             after = chunk[-1][0]
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any]]:
@@ -235,6 +244,9 @@ class FleetExport:
         if self._keys_by_partition.disk is not None and index is None:  # moved away during the pass: its totals go at the next
             return None
         current = self._stored(partition, key)
+        scheduled = True  # the customer's due entry is still in the index (not taken from it)
+        if isinstance(before, _TakenFromIndex):
+            before, scheduled = before.counted, False
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
         counted_at = part.at_ms
@@ -248,7 +260,8 @@ class FleetExport:
         due = part.due if index is None else StoredDueIndex(index, FLEET_DUE)
         if old is not None:
             remove_from(part.sums, contribution(old, counted_at, options.period_days, options.survey_response_days))
-            due.unschedule(key, unchanged_until(old, counted_at, options.period_days, options.survey_response_days))
+            if scheduled:
+                due.unschedule(key, unchanged_until(old, counted_at, options.period_days, options.survey_response_days))
         if index is not None:  # what the next export removes (COUNTED_ON_DISK)
             self._count_on_disk(index, key, current, now_ms)
         elif written_meanwhile:  # the next export replaces what is counted now
