@@ -10,6 +10,7 @@ stale code anyway.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -85,10 +86,11 @@ def prebuilt_extension_files(root: Path) -> list[tuple[str, Path]] | str:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     scoring = root / "scoring"
     manifest = scoring / "_compiled_sources.py"
-    digests: dict = {}
-    if manifest.exists():
-        exec(compile(manifest.read_text(), str(manifest), "exec"), {}, digests)
-    compiled = digests.get("DIGESTS", {})
+    compiled: dict = {}
+    if manifest.exists():  # read as data, not run: ``DIGESTS = {...}``
+        for node in ast.parse(manifest.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(target, ast.Name) and target.id == "DIGESTS" for target in node.targets):
+                compiled = ast.literal_eval(node.value)
     kernel = scoring / f"_kernel{suffix}"
     shared = sorted(root.glob(f"*__mypyc{suffix}"))
     files = [("scoring._kernel", kernel), *((f"scoring.{name}", scoring / f"{name}{suffix}") for name in COMPILED_MODULES)]
