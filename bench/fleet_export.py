@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/fleet_export.py --customers 1000000 --changed 0.01
     .venv/bin/python bench/fleet_export.py --customers 10000000 --templates 20000 --quiet-minutes 120 --quiet-after-days 2 --skip-midnight
+    .venv/bin/python bench/fleet_export.py --customers 200000 --model python
+
+Customers are recounted by the Rust kernel where it is built, as in the worker
+(``--model python``: the Python model, which gives the same totals and KPI rows).
 
 Builds ``--customers`` records in memory (the generator's mix: ``--templates`` customers'
 histories over 30 days, each record copied under new customer ids), spread over 12
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from scoring import kernel  # noqa: E402
 from scoring.contract import Event, UsageSession  # noqa: E402
 from scoring.fleet_sums import add_to, contribution, empty_sums  # noqa: E402
 from scoring.health import ScoringParameters  # noqa: E402
@@ -134,7 +139,8 @@ async def quiet(export: FleetExport, first_ms: int, minutes: int) -> dict:
 
 
 async def measure(
-    customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0
+    customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0,
+    model: str = "kernel",
 ) -> dict:
     collect_garbage_rarely()
     table, keys = Table(), KeysByPartition()
@@ -148,8 +154,10 @@ async def measure(
         return []
 
     # As the worker: KPIs with the LTV (its churn risk needs the model).
-    export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows, parameters=ScoringParameters()))  # type: ignore[arg-type]
-    figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count}
+    parameters = ScoringParameters()
+    native = kernel.build(parameters) if model == "kernel" else None
+    export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows, parameters=parameters), kernel=native)  # type: ignore[arg-type]
+    figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count, "model": model}
     now = END_MS
     figures["first_count"] = await timed(export, now)
     figures["rss_growth_mib_first_count"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
@@ -176,6 +184,8 @@ async def measure(
     exported = empty_sums()
     for part in export._partitions.values():
         add_to(exported, part.sums)
+        if part.native is not None:  # what the kernel counted
+            add_to(exported, part.native.as_dict())
     figures["equal_to_full_recomputation"] = {k: v for k, v in full.items() if v} == {k: v for k, v in exported.items() if v}
     figures["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return figures
@@ -189,10 +199,16 @@ def main() -> None:
     parser.add_argument("--quiet-minutes", type=int, default=0, help="also an export every minute for this many minutes with nothing changed (at most 480: they end before midnight)")
     parser.add_argument("--quiet-after-days", type=int, default=0, help="start the quiet minutes this many days after the history's end (2 leaves the generator's wave behind)")
     parser.add_argument("--skip-midnight", action="store_true", help="leave out the export after midnight (most customers are due: the longest part at 10M)")
+    parser.add_argument("--model", choices=("kernel", "python"), default="kernel",
+                        help="recount customers with the Rust kernel, as the worker does where it is built (default), or with the Python model")
     args = parser.parse_args()
+    if args.model == "kernel" and not kernel.available():
+        parser.error("--model kernel: the Rust kernel is not built here (scripts/setup.sh builds it where cargo is); use --model python")
+    if args.quiet_after_days and not args.quiet_minutes:
+        parser.error("--quiet-after-days says when the quiet minutes start: give --quiet-minutes too")
     if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1 or not 0 <= args.quiet_minutes <= 480 or not 0 <= args.quiet_after_days <= 60:
         parser.error("--customers and --templates must be at least 1, --changed between 0 and 1, --quiet-minutes between 0 and 480, --quiet-after-days between 0 and 60")
-    figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days))
+    figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model))
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)
 

@@ -7,6 +7,8 @@
 mod alerts;
 mod apply;
 mod due;
+mod fleet;
+mod fleet_py;
 mod health;
 mod message;
 mod msgpack;
@@ -185,6 +187,63 @@ impl Kernel {
         let previous = state.published.as_ref().map(|published| published.contributions.as_slice());
         let previous_score = state.published.as_ref().map(|published| published.score);
         Ok(health::score_state(&state, at_ms, &self.parameters, previous, previous_score).map(score_row))
+    }
+
+    /// The fleet export's recount of one customer (`stream.worker.fleet.FleetExport._recount`):
+    /// the contribution of `before` (the record counted at `counted_at_ms`) leaves `sums`, that
+    /// of `current` at `now_ms` joins them (`same`: both are the same bytes, decoded once).
+    /// Returns when `before` was next due (when `unschedule`), when `current` is next due, and
+    /// its KPI row (customer id, JSON) when `kpis` (with the LTV's churn risk when `ltv`).
+    /// A record the kernel cannot read raises ValueError before anything changed (the caller
+    /// counts that customer in Python).
+    #[pyo3(signature = (sums, before, counted_at_ms, current, same, now_ms, unschedule, kpis, ltv))]
+    #[allow(clippy::too_many_arguments)]
+    fn fleet_recount<'py>(
+        &self,
+        py: Python<'py>,
+        mut sums: PyRefMut<'_, fleet_py::FleetSums>,
+        before: Option<&[u8]>,
+        counted_at_ms: i64,
+        current: Option<&[u8]>,
+        same: bool,
+        now_ms: i64,
+        unschedule: bool,
+        kpis: bool,
+        ltv: bool,
+    ) -> PyResult<(Option<i64>, Option<i64>, Option<(String, Bound<'py, PyBytes>)>)> {
+        let old = before.map(state::decode).transpose().map_err(PyValueError::new_err)?;
+        let new = if same { None } else { current.map(state::decode).transpose().map_err(PyValueError::new_err)? };
+        let mut old_due = None;
+        if let Some(old) = &old {
+            let part = sums.contribution(old, counted_at_ms);
+            sums.apply(&part, -1);
+            if unschedule {
+                old_due = fleet::unchanged_until(old, counted_at_ms, &sums.shifts);
+            }
+        }
+        let Some(new) = (if same { old.as_ref() } else { new.as_ref() }) else {
+            return Ok((old_due, None, None));
+        };
+        let part = sums.contribution(new, now_ms);
+        sums.apply(&part, 1);
+        let new_due = fleet::unchanged_until(new, now_ms, &sums.shifts);
+        let row = if kpis {
+            let churn_risk = if ltv { self.churn_risk(new, now_ms.max(new.last_event_ms)) } else { None };
+            let json = fleet::kpis_json(new, now_ms, &sums.key_features, sums.response_days, churn_risk);
+            Some((new.customer_id.clone(), PyBytes::new(py, &json)))
+        } else {
+            None
+        };
+        Ok((old_due, new_due, row))
+    }
+
+    /// `stream.worker.fleet.customer_kpis_json` of a stored record (with this model's churn
+    /// risk for the LTV when `ltv`), for the differential tests.
+    #[pyo3(signature = (stored, at_ms, key_features, response_days, ltv))]
+    fn fleet_kpis_json<'py>(&self, py: Python<'py>, stored: &[u8], at_ms: i64, key_features: Vec<String>, response_days: f64, ltv: bool) -> PyResult<Bound<'py, PyBytes>> {
+        let state = state::decode(stored).map_err(PyValueError::new_err)?;
+        let churn_risk = if ltv { self.churn_risk(&state, at_ms.max(state.last_event_ms)) } else { None };
+        Ok(PyBytes::new(py, &fleet::kpis_json(&state, at_ms, &key_features, response_days, churn_risk)))
     }
 
     /// `scoring.due.next_sweep_due` of a stored record: the first moment after `at_ms` at which
@@ -410,6 +469,13 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// `scoring.health.score_state(state, at_ms, parameters).churn_risk` (None without data).
+    fn churn_risk(&self, state: &CustomerState, at_ms: i64) -> Option<f64> {
+        health::score_state(state, at_ms, &self.parameters, None, None).map(|health| health.churn_risk)
+    }
+}
+
 /// A replay output line: `{"kind":"<kind>",` then the message's own fields, and a newline.
 fn line(kind: &str, message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + kind.len() + 12);
@@ -431,5 +497,8 @@ fn py_round(value: f64, digits: usize) -> f64 {
 fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
     module.add_function(wrap_pyfunction!(py_round, module)?)?;
+    module.add_class::<fleet_py::FleetSums>()?;
+    module.add_function(wrap_pyfunction!(fleet_py::fleet_contribution, module)?)?;
+    module.add_function(wrap_pyfunction!(fleet_py::fleet_unchanged_until, module)?)?;
     Ok(())
 }

@@ -14,26 +14,53 @@ impl Json {
         Json { bytes: Vec::with_capacity(1024) }
     }
 
-    fn raw(&mut self, text: &str) {
+    pub(crate) fn raw(&mut self, text: &str) {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
-    fn key(&mut self, name: &str) {
+    pub(crate) fn key(&mut self, name: &str) {
         self.string(name);
         self.bytes.push(b':');
     }
 
     /// `"name":"text",` (every field but an object's last is followed by a comma).
-    fn string_field(&mut self, name: &str, text: &str) {
+    pub(crate) fn string_field(&mut self, name: &str, text: &str) {
         self.key(name);
         self.string(text);
         self.bytes.push(b',');
     }
 
-    fn float_field(&mut self, name: &str, value: f64) {
+    pub(crate) fn float_field(&mut self, name: &str, value: f64) {
         self.key(name);
         self.float(value);
         self.bytes.push(b',');
+    }
+
+    pub(crate) fn int_field(&mut self, name: &str, value: i64) {
+        self.key(name);
+        self.raw(&value.to_string());
+        self.bytes.push(b',');
+    }
+
+    pub(crate) fn optional_int_field(&mut self, name: &str, value: Option<i64>) {
+        match value {
+            Some(value) => self.int_field(name, value),
+            None => {
+                self.key(name);
+                self.raw("null,");
+            }
+        }
+    }
+
+    pub(crate) fn optional_float_field(&mut self, name: &str, value: Option<f64>) {
+        self.key(name);
+        self.optional_float(value);
+        self.bytes.push(b',');
+    }
+
+    pub(crate) fn bool_field(&mut self, name: &str, value: bool) {
+        self.key(name);
+        self.raw(if value { "true," } else { "false," });
     }
 
     pub fn string(&mut self, text: &str) {
@@ -73,7 +100,7 @@ impl Json {
         }
     }
 
-    fn optional_float(&mut self, value: Option<f64>) {
+    pub(crate) fn optional_float(&mut self, value: Option<f64>) {
         match value {
             Some(value) => self.float(value),
             None => self.raw("null"),

@@ -184,7 +184,7 @@ def build_app(settings: Settings, clock: Clock = time.time) -> faust.App:
     progress = AgentProgress(lambda: topics.source.queue.qsize(), lambda: agent_alive(agent), settings.agent_stall_seconds)
     handler.on_batch_done = progress.note_batch
 
-    fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, fleet_options(settings, cache), clock)
+    fleet = FleetExport(app, table, keys_by_partition, topics.input_kinds, topics.sweep_name, fleet_options(settings, cache), clock, native)
     refill = CacheRefill(app, table, keys_by_partition, topics.sweep_name, parameters, cache, clock, fleet.rewrite_all_kpis)
 
     @app.on_rebalance_complete.connect

@@ -16,6 +16,7 @@ from faust.types import TP
 
 import msgspec
 
+from scoring import kernel as kernel_module
 from scoring.fleet_sums import Sums, add_to, contribution, empty_sums, remove_from, totals_from, unchanged_until
 from scoring.health import ScoringParameters, score_state
 from scoring.kpis import FleetTotals, customer_kpis
@@ -92,6 +93,9 @@ class PartitionTotals:
     at_ms: int
     sums: Sums = dataclasses.field(default_factory=empty_sums)
     due: DueIndex = dataclasses.field(default_factory=DueIndex)
+    #: The sums the Rust kernel keeps (``scoring._kernel.FleetSums``), beside ``sums`` (what the
+    #: Python model counted: records the kernel cannot read, or no kernel); the totals add both.
+    native: Any = None
 
 
 class FleetExport:
@@ -111,6 +115,7 @@ class FleetExport:
         sweep_topic: str,
         options: FleetOptions,
         clock: Callable[[], float] = time.time,
+        kernel: Any = None,
     ) -> None:
         self._app = app
         self._records = records_of(table)
@@ -119,6 +124,8 @@ class FleetExport:
         self._sweep_topic = sweep_topic
         self._options = options
         self._clock = clock
+        #: The Rust kernel (scoring/kernel.py) built with ``options.parameters``, or None.
+        self._kernel = kernel
         self._partitions: dict[int, PartitionTotals] = {}
         self._kpi_retries: dict[bytes, int] = {}
         #: Customers recomputed by the last export (for the benchmark and the log).
@@ -151,6 +158,8 @@ class FleetExport:
         for partition in owned:
             if (part := self._partitions.get(partition)) is not None:
                 add_to(sums, part.sums)
+                if part.native is not None:
+                    add_to(sums, part.native.as_dict())
                 at_ms = max(at_ms, part.at_ms)
         return totals_from(sums, at_ms, self._options.period_days, self._options.survey_response_days)
 
@@ -169,7 +178,7 @@ class FleetExport:
             if part is None or part.at_ms < 0 or partition in keys_by_partition.restored:
                 keys_by_partition.restored.discard(partition)
                 keys_by_partition.take_changes(partition)
-                part = self._partitions[partition] = PartitionTotals(now_ms)
+                part = self._partitions[partition] = self._new_totals(now_ms)
                 counted: Iterable[tuple[bytes, Any]] = ((key, None) for key in self._every_key(partition))
             elif self._index(partition) is None:
                 changes: dict[bytes, Any] = keys_by_partition.take_changes(partition)
@@ -196,6 +205,13 @@ class FleetExport:
             if len(rows) >= CHUNK:
                 rows = await self._write(rows)
         await self._write(rows, final=True)
+
+    def _new_totals(self, now_ms: int) -> PartitionTotals:
+        options = self._options
+        native = None
+        if self._kernel is not None:
+            native = kernel_module._kernel.FleetSums(options.period_days, options.survey_response_days, list(options.key_features))
+        return PartitionTotals(now_ms, native=native)
 
     def _every_key(self, partition: int) -> Iterator[bytes]:
         """The partition's customers for a full count (on the RocksDB store, the entries of an
@@ -239,7 +255,6 @@ class FleetExport:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
         its contribution now; returns its KPI row. Synchronous: the stream cannot write between.
         On the RocksDB store what was counted, and when, is read from disk (``COUNTED``)."""
-        options = self._options
         index = self._index(partition)
         if self._keys_by_partition.disk is not None and index is None:  # moved away during the pass: its totals go at the next
             return None
@@ -256,23 +271,48 @@ class FleetExport:
             counted_at, before = _counted(before, counted_at)
         elif before is _AS_STORED:  # due by time alone: the totals counted what the table held
             before = changed[key] if written_meanwhile else current  # type: ignore[index]
-        old = _decoded(before)
         due = part.due if index is None else StoredDueIndex(index, FLEET_DUE)
-        if old is not None:
-            remove_from(part.sums, contribution(old, counted_at, options.period_days, options.survey_response_days))
-            if scheduled:
-                due.unschedule(key, unchanged_until(old, counted_at, options.period_days, options.survey_response_days))
+        old_due, new_due, row, counted = self._move(part, before, counted_at, current, now_ms, scheduled)
+        if scheduled:
+            due.unschedule(key, old_due)
         if index is not None:  # what the next export removes (COUNTED_ON_DISK)
             self._count_on_disk(index, key, current, now_ms)
         elif written_meanwhile:  # the next export replaces what is counted now
             changed[key] = current  # type: ignore[index]
-        new = old if before is current else _decoded(current)  # due by time alone: one decode
-        if new is None:
+        if not counted:
             return None
-        add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
-        due.schedule(key, unchanged_until(new, now_ms, options.period_days, options.survey_response_days))
+        due.schedule(key, new_due)
         self._kpi_retries.pop(key, None)
-        return (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
+        return row
+
+    def _move(self, part: PartitionTotals, before: bytes | None, counted_at: int, current: bytes | None, now_ms: int, unschedule: bool) -> tuple[int | None, int | None, tuple[str, bytes] | None, bool]:
+        """Takes the contribution of ``before`` (counted at ``counted_at``) out of the partition's
+        sums and puts that of ``current`` at ``now_ms`` in. Returns when ``before`` was next due
+        (when ``unschedule``), when ``current`` is, its KPI row (when they are written), and
+        whether ``current`` was counted (False: erased, or unreadable). The Rust kernel does it
+        where it is built (native/src/fleet.rs, held equal to this model by
+        tests/unit/test_kernel_fleet.py); a record it cannot read is counted here."""
+        options = self._options
+        same = before is current or (before is not None and before == current)  # due by time alone: one decode
+        if self._kernel is not None and part.native is not None:
+            try:
+                old_due, new_due, row = self._kernel.fleet_recount(
+                    part.native, before, counted_at, current, same, now_ms, unschedule, options.write_kpis is not None, options.parameters is not None
+                )
+                return old_due, new_due, row, current is not None
+            except ValueError:  # a layout the kernel does not know: nothing was counted, the model does it
+                pass
+        old, old_due = _decoded(before), None
+        if old is not None:
+            remove_from(part.sums, contribution(old, counted_at, options.period_days, options.survey_response_days))
+            if unschedule:
+                old_due = unchanged_until(old, counted_at, options.period_days, options.survey_response_days)
+        new = old if same else _decoded(current)
+        if new is None:
+            return old_due, None, None, False
+        add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
+        row = (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
+        return old_due, unchanged_until(new, now_ms, options.period_days, options.survey_response_days), row, True
 
     @staticmethod
     def _count_on_disk(index: Any, key: bytes, current: bytes | None, now_ms: int) -> None:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scoring import kernel
 from scoring.fleet_sums import add_to, contribution, empty_sums
 from scoring.health import ScoringParameters
 from scoring.kpis import customer_kpis
@@ -55,7 +56,9 @@ class World:
     ``directory``, the table is the RocksDB store (the export's indexes on disk), and writes
     reach the disk at commits made at random moments (``chooser``)."""
 
-    def __init__(self, events: list, unknown_to_redis: set[str], directory: Path | None = None, chooser: random.Random | None = None) -> None:
+    def __init__(
+        self, events: list, unknown_to_redis: set[str], directory: Path | None = None, chooser: random.Random | None = None, native: bool = False
+    ) -> None:
         self.keys = KeysByPartition()
         self.table: Any = Table()
         if directory is not None:
@@ -66,7 +69,8 @@ class World:
         self.redis: dict[str, bytes] = {}
         self.streaming = True
         self.unknown = set(unknown_to_redis)
-        self.export = FleetExport(None, self.table, self.keys, [], "sweep", FleetOptions(**OPTIONS, write_kpis=self.write_kpis))  # type: ignore[arg-type]
+        recounter = kernel.build(PARAMETERS) if native else None  # the worker's, where it is built
+        self.export = FleetExport(None, self.table, self.keys, [], "sweep", FleetOptions(**OPTIONS, write_kpis=self.write_kpis), kernel=recounter)  # type: ignore[arg-type]
 
     def apply(self, event: object) -> None:
         customer = event.customer_id  # type: ignore[attr-defined]
@@ -136,7 +140,10 @@ def full_sums(world: World, owned: set[int], at_ms: int) -> dict[str, int]:
 def exported_sums(world: World, owned: set[int]) -> dict[str, int]:
     sums = empty_sums()
     for partition in owned:
-        add_to(sums, world.export._partitions[partition].sums)
+        part = world.export._partitions[partition]
+        add_to(sums, part.sums)
+        if part.native is not None:
+            add_to(sums, part.native.as_dict())
     return {name: value for name, value in sums.items() if value}
 
 
@@ -153,20 +160,21 @@ def check(world: World, owned: set[int], at_ms: int) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(parts=st.lists(histories(), min_size=1, max_size=3), steps=st.lists(st.integers(0, 40 * 24), min_size=2, max_size=8), seed=st.integers(0, 1000),
-       on_disk=st.booleans())
-def test_the_incremental_export_equals_a_full_recomputation(parts: list, steps: list, seed: int, on_disk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In memory, and on the RocksDB store (the counted records and due entries on disk)."""
+       on_disk=st.booleans(), native=st.booleans() if kernel.available() else st.just(False))
+def test_the_incremental_export_equals_a_full_recomputation(parts: list, steps: list, seed: int, on_disk: bool, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory, and on the RocksDB store (the counted records and due entries on disk); the
+    customers recounted by the Python model or by the Rust kernel."""
     with tempfile.TemporaryDirectory() as directory:
-        incremental_equals_full(parts, steps, seed, Path(directory) if on_disk else None, monkeypatch)
+        incremental_equals_full(parts, steps, seed, Path(directory) if on_disk else None, monkeypatch, native)
 
 
-def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path | None, monkeypatch: pytest.MonkeyPatch, native: bool = False) -> None:
     monkeypatch.setattr(fleet, "CHUNK", 2)  # (the same for every example) yield often: records change during the pass
     events = [msgspec.structs.replace(event, customer_id=f"{index}-{event.customer_id}") for index, history in enumerate(parts) for _v, event, *_rest in history]
     chooser = random.Random(seed)
     chooser.shuffle(events)
     customers = sorted({event.customer_id for event in events})
-    world = World(events[len(events) // 2:], unknown_to_redis=set(customers[:2]), directory=directory, chooser=chooser)
+    world = World(events[len(events) // 2:], unknown_to_redis=set(customers[:2]), directory=directory, chooser=chooser, native=native)
     for event in events[: len(events) // 2]:
         world.apply(event)
     owned = {0, 1, 2}
@@ -190,10 +198,14 @@ def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path
         asyncio.run(world.keys.disk.on_stop())
 
 
-def test_only_changed_and_due_customers_are_recomputed() -> None:
+RECOUNTERS = pytest.mark.parametrize("native", [False, pytest.param(True, marks=pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built"))])
+
+
+@RECOUNTERS
+def test_only_changed_and_due_customers_are_recomputed(native: bool) -> None:
     from scoring.contract import Event, UsageSession
 
-    world = World([], set())
+    world = World([], set(), native=native)
     at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
     for index in range(50):
         world.apply(Event(event_id=f"e{index}", type="usage.session", customer_id=f"c{index}", occurred_at_ms=at - 400 * DAY_MS, data=UsageSession("u", 60)))
@@ -210,12 +222,13 @@ def test_only_changed_and_due_customers_are_recomputed() -> None:
     check(world, {0, 1, 2}, at + DAY_MS)
 
 
-def test_a_customer_due_and_written_while_the_export_yields_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+@RECOUNTERS
+def test_a_customer_due_and_written_while_the_export_yields_is_counted_once(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from scoring.contract import Event, UsageSession
 
     monkeypatch.setattr(fleet, "CHUNK", 1)
     at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
-    world = World([], set())
+    world = World([], set(), native=native)
     b, a = [name for name in ("b", "c", "d", "e") if partition_of(name) == partition_of("a")][0], "a"  # one partition
     for customer in (b, a):
         world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 3_600_000, data=UsageSession("u", 60)))
@@ -230,6 +243,27 @@ def test_a_customer_due_and_written_while_the_export_yields_is_counted_once(monk
     world.streaming = False
     asyncio.run(world.export.update({0, 1, 2}, at + DAY_MS))
     check(world, {0, 1, 2}, at + DAY_MS)
+
+
+@pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
+def test_a_record_the_kernel_cannot_read_is_counted_by_the_python_model() -> None:
+    """A record beyond the kernel's 64-bit integers (as a newer layout would be): the kernel
+    refuses it before counting anything, the model counts it, and the totals stay exact."""
+    from scoring.contract import Event, UsageSession
+
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    world = World([], set(), native=True)
+    for customer in ("a", "b", "c", "d"):
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 3_600_000, data=UsageSession("u", 60)))
+    state = decode_state(world.stored(b"a"))
+    state.events_applied = 2**63
+    world.table.data[b"a"] = encode_state(state)
+    world.streaming = False
+    for now in (at, at + 60_000, at + DAY_MS, at + 40 * DAY_MS):
+        asyncio.run(world.export.update({0, 1, 2}, now))
+        check(world, {0, 1, 2}, now)
+    part = world.export._partitions[partition_of("a")]
+    assert part.sums and part.native.as_dict()  # a counted by the model, the others by the kernel
 
 
 def test_kpis_wait_out_a_redis_outage_and_a_failed_pass_is_counted_in_full_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
