@@ -18,31 +18,53 @@ impl Json {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
-    pub(crate) fn key(&mut self, name: &str) {
-        self.string(name);
-        self.bytes.push(b':');
+    /// A field's name: always one of this code's constants, with nothing to escape.
+    pub(crate) fn key(&mut self, name: &'static str) {
+        debug_assert!(!name.bytes().any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\'));
+        self.bytes.push(b'"');
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.extend_from_slice(b"\":");
     }
 
     /// `"name":"text",` (every field but an object's last is followed by a comma).
-    pub(crate) fn string_field(&mut self, name: &str, text: &str) {
+    pub(crate) fn string_field(&mut self, name: &'static str, text: &str) {
         self.key(name);
         self.string(text);
         self.bytes.push(b',');
     }
 
-    pub(crate) fn float_field(&mut self, name: &str, value: f64) {
+    pub(crate) fn float_field(&mut self, name: &'static str, value: f64) {
         self.key(name);
         self.float(value);
         self.bytes.push(b',');
     }
 
-    pub(crate) fn int_field(&mut self, name: &str, value: i64) {
+    pub(crate) fn int_field(&mut self, name: &'static str, value: i64) {
         self.key(name);
-        self.raw(&value.to_string());
+        self.int(value);
         self.bytes.push(b',');
     }
 
-    pub(crate) fn optional_int_field(&mut self, name: &str, value: Option<i64>) {
+    /// An integer's digits, written without an intermediate String.
+    pub(crate) fn int(&mut self, value: i64) {
+        let mut digits = [0u8; 20];
+        let mut position = digits.len();
+        let mut rest = value.unsigned_abs();
+        loop {
+            position -= 1;
+            digits[position] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if value < 0 {
+            self.bytes.push(b'-');
+        }
+        self.bytes.extend_from_slice(&digits[position..]);
+    }
+
+    pub(crate) fn optional_int_field(&mut self, name: &'static str, value: Option<i64>) {
         match value {
             Some(value) => self.int_field(name, value),
             None => {
@@ -52,13 +74,13 @@ impl Json {
         }
     }
 
-    pub(crate) fn optional_float_field(&mut self, name: &str, value: Option<f64>) {
+    pub(crate) fn optional_float_field(&mut self, name: &'static str, value: Option<f64>) {
         self.key(name);
         self.optional_float(value);
         self.bytes.push(b',');
     }
 
-    pub(crate) fn bool_field(&mut self, name: &str, value: bool) {
+    pub(crate) fn bool_field(&mut self, name: &'static str, value: bool) {
         self.key(name);
         self.raw(if value { "true," } else { "false," });
     }
@@ -201,7 +223,8 @@ pub fn health_message(
         if index > 0 {
             json.raw(",");
         }
-        json.key(name);
+        json.string(name); // a component's name, read from the record: escaped
+        json.raw(":");
         json.float(half_up(*change, 100.0));
     }
     json.raw("},");
