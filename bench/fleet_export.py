@@ -7,7 +7,8 @@
 Customers are recounted by the Rust kernel where it is built, as in the worker
 (``--model python``: the Python model, which gives the same totals and KPI rows).
 
-Builds ``--customers`` records in memory (the generator's mix: ``--templates`` customers'
+Builds ``--customers`` records in memory, or on the RocksDB store with ``--state-store
+rocksdb`` (the generator's mix: ``--templates`` customers'
 histories over 30 days, each record copied under new customer ids), spread over 12
 partitions, then times, with the worker's own FleetExport (stream/worker/fleet.py) and no
 broker or Redis (KPI rows are made, not written):
@@ -39,8 +40,10 @@ import asyncio
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import msgspec
 
@@ -58,7 +61,9 @@ from scoring.contract import decode_event  # noqa: E402
 from stream.commands.generate import EventSynthesizer  # noqa: E402
 from stream.memory import collect_garbage_rarely  # noqa: E402
 from stream.kafka.producer import Outputs  # noqa: E402
-from stream.state.table import KeysByPartition  # noqa: E402
+from stream.settings import Settings  # noqa: E402
+from stream.state.table import KeysByPartition, customer_state_table  # noqa: E402
+from stream.worker.app import faust_app  # noqa: E402
 from stream.state.working_set import WorkingSet  # noqa: E402
 from stream.worker.fleet import FleetExport, FleetOptions  # noqa: E402
 from throughput import write_result  # noqa: E402
@@ -88,14 +93,53 @@ def templates(count: int) -> list[bytes]:
 
 
 def fill(table: Table, keys: KeysByPartition, customers: int, template_records: list[bytes]) -> None:
+    """The records in memory, or on the RocksDB store (``keys.disk``: written as commits write
+    them, with their place and change markers)."""
+    pending: dict[int, list[tuple[bytes, bytes]]] = {partition: [] for partition in range(PARTITIONS)}
     for index in range(customers):
         state = decode_state(template_records[index % len(template_records)])
         state.customer_id = f"c{index:08d}"
         key = state.customer_id.encode()
-        table.data[key] = encode_state(state)
-        keys.setdefault(index % PARTITIONS, set()).add(key)
+        partition = index % PARTITIONS
+        if keys.disk is None:
+            table.data[key] = encode_state(state)
+            keys.setdefault(partition, set()).add(key)
+        else:
+            pending[partition].append((key, encode_state(state)))
+            if len(pending[partition]) >= 10_000:
+                commit(keys, {partition: pending[partition]})
+                pending[partition] = []
         if index % 200_000 == 199_999:
             print(f"  {index + 1:,} records", file=sys.stderr, flush=True)
+    if keys.disk is not None:
+        commit(keys, pending)
+
+
+def commit(keys: KeysByPartition, written: dict[int, list[tuple[bytes, bytes]]]) -> None:
+    """What the worker's offset commit does on the RocksDB store (stream/state/store.py ``persist``)."""
+    for partition in written:
+        keys.disk.partition(partition)  # opened, as an assigned partition is
+    keys.disk.persist(written)
+
+
+def disk_table(directory: str) -> tuple[Any, KeysByPartition]:
+    """The worker's table on the RocksDB store (``state_store = "rocksdb"``) under ``directory``."""
+    configured = Settings(state_store="rocksdb", data_dir=Path(directory))
+    keys = KeysByPartition()
+    table = customer_state_table(faust_app(configured), configured, keys)
+    table.data  # noqa: B018 -- Faust makes the store on first use (it then tells ``keys`` it holds them)
+    assert keys.disk is not None
+    return table, keys
+
+
+def every_record(table: Any, keys: KeysByPartition) -> Iterator[bytes]:
+    if keys.disk is None:
+        yield from table.data.values()
+        return
+    for partition in range(PARTITIONS):
+        records = keys.disk.partition(partition)
+        for key in keys.walk(partition, 10_000):
+            yield records.get(key)
 
 
 async def timed(export: FleetExport, at_ms: int) -> dict:
@@ -104,17 +148,20 @@ async def timed(export: FleetExport, at_ms: int) -> dict:
     return {"seconds": round(time.perf_counter() - started, 4), "recomputed": export.recomputed}
 
 
-def touch(table: Table, keys: KeysByPartition, share: float, at_ms: int) -> int:
-    """A new session for every 1/share-th customer, through the worker's WorkingSet."""
+def touch(table: Table, keys: KeysByPartition, customers: int, share: float, at_ms: int) -> int:
+    """A new session for every 1/share-th customer, through the worker's WorkingSet (and a
+    commit on the RocksDB store)."""
     step_every = max(1, round(1 / share)) if share > 0 else 0
     touched = 0
-    for index in range(0, len(table.data), step_every or len(table.data) + 1):
+    for index in range(0, customers, step_every or customers + 1):
         customer = f"c{index:08d}"
         working = WorkingSet(table, keys, Outputs(), "changelog")
         event = Event(event_id=f"bench-{index}", type="usage.session", customer_id=customer, occurred_at_ms=at_ms, data=UsageSession("u", 60))
         working.run(customer.encode(), index % PARTITIONS, customer, lambda state, event=event: step(state, event, ScoringParameters(), 32))
         working.write_back()
         touched += 1
+    if keys.disk is not None:
+        commit(keys, {partition: list(keys.disk.partition(partition).pending.items()) for partition in range(PARTITIONS)})
     return touched
 
 
@@ -140,10 +187,10 @@ async def quiet(export: FleetExport, first_ms: int, minutes: int) -> dict:
 
 async def measure(
     customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0,
-    model: str = "kernel",
+    model: str = "kernel", data_dir: str | None = None,
 ) -> dict:
     collect_garbage_rarely()
-    table, keys = Table(), KeysByPartition()
+    table, keys = (Table(), KeysByPartition()) if data_dir is None else disk_table(data_dir)
     print(f"building {customers:,} records from {template_count:,} histories", file=sys.stderr, flush=True)
     fill(table, keys, customers, templates(template_count))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -157,7 +204,8 @@ async def measure(
     parameters = ScoringParameters()
     native = kernel.build(parameters) if model == "kernel" else None
     export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows, parameters=parameters), kernel=native)  # type: ignore[arg-type]
-    figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count, "model": model}
+    figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count, "model": model,
+                     "state_store": "memory" if data_dir is None else "rocksdb"}
     now = END_MS
     figures["first_count"] = await timed(export, now)
     figures["rss_growth_mib_first_count"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
@@ -169,7 +217,7 @@ async def measure(
             figures["catch_up"] = await timed(export, start)
         figures["quiet_minutes"] = await quiet(export, start, quiet_minutes)
         now = start + quiet_minutes * 60_000
-    figures["changed_customers"] = touch(table, keys, changed, now + 90_000)
+    figures["changed_customers"] = touch(table, keys, customers, changed, now + 90_000)
     figures["changed"] = await timed(export, now + 120_000)
     midnight = (now // DAY_MS + 1) * DAY_MS
     last = now + 120_000
@@ -179,7 +227,7 @@ async def measure(
         last = midnight + 90_000
     figures["kpi_rows_written"] = sum(rows)
     full = empty_sums()
-    for stored in table.data.values():
+    for stored in every_record(table, keys):
         add_to(full, contribution(decode_state(stored), last, 30, 14.0))
     exported = empty_sums()
     for part in export._partitions.values():
@@ -188,6 +236,9 @@ async def measure(
             add_to(exported, part.native.as_dict())
     figures["equal_to_full_recomputation"] = {k: v for k, v in full.items() if v} == {k: v for k, v in exported.items() if v}
     figures["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if keys.disk is not None:
+        figures["store_disk_mib"] = round(sum(path.stat().st_size for path in Path(data_dir).rglob("*") if path.is_file()) / 2**20, 1)  # type: ignore[arg-type]
+        await keys.disk.on_stop()
     return figures
 
 
@@ -201,14 +252,21 @@ def main() -> None:
     parser.add_argument("--skip-midnight", action="store_true", help="leave out the export after midnight (most customers are due: the longest part at 10M)")
     parser.add_argument("--model", choices=("kernel", "python"), default="kernel",
                         help="recount customers with the Rust kernel, as the worker does where it is built (default), or with the Python model")
+    parser.add_argument("--state-store", choices=("memory", "rocksdb"), default="memory",
+                        help="keep the records in memory (default) or on the RocksDB store, as a worker with state_store = \"rocksdb\" (its counted records and due entries on disk too)")
+    parser.add_argument("--data-dir", type=Path, help="with --state-store rocksdb: where the store goes (default: a temporary directory, removed after)")
     args = parser.parse_args()
+    if args.data_dir is not None and args.state_store != "rocksdb":
+        parser.error("--data-dir is for --state-store rocksdb")
     if args.model == "kernel" and not kernel.available():
         parser.error("--model kernel: the Rust kernel is not built here (scripts/setup.sh builds it where cargo is); use --model python")
     if args.quiet_after_days and not args.quiet_minutes:
         parser.error("--quiet-after-days says when the quiet minutes start: give --quiet-minutes too")
     if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1 or not 0 <= args.quiet_minutes <= 480 or not 0 <= args.quiet_after_days <= 60:
         parser.error("--customers and --templates must be at least 1, --changed between 0 and 1, --quiet-minutes between 0 and 480, --quiet-after-days between 0 and 60")
-    figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model))
+    with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
+        data_dir = directory if args.state_store == "rocksdb" else None
+        figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir))
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)
 

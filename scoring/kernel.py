@@ -8,6 +8,9 @@ messages (``scoring.output``); ``step_raw`` also validates the message when
 ``scoring.due``'s search for the sweep's due-time index (the worker's sweep and the replay);
 ``replay_step`` and ``replay_visit`` run ``scoring.replay.KernelReplayer`` on encoded
 records (a step, a sweep's visit of a due customer), writing the replay's lines.
+``fleet_recount`` is the fleet export's recount of one customer (``scoring.fleet_sums``'
+contribution and next moment, ``customer_kpis`` as JSON) on sums kept in Rust
+(``_kernel.FleetSums``; tests/unit/test_kernel_fleet.py holds it to the model).
 ``scoring/`` stays the reference: tests/unit/test_kernel.py proves the kernel gives the
 same records and messages, byte for byte, and ``bench/kernel_cost.py`` measures both.
 """

@@ -1,7 +1,8 @@
 //! The model's per-event path in Rust (`scoring._kernel`), which the worker runs for each
 //! event where it is built (README, "The Rust kernel"), the sweep's due-time search
 //! (`next_sweep_due`, src/due.rs) for the worker's sweep and the replay, and the replay's
-//! steps and sweep visits on encoded records (`replay_step`, `replay_visit`). Each part is held equal to
+//! steps and sweep visits on encoded records (`replay_step`, `replay_visit`), and the fleet
+//! export's recount of a customer (`fleet_recount`, src/fleet.rs). Each part is held equal to
 //! `scoring/`, the reference, by the differential tests in tests/unit/test_kernel.py.
 
 mod alerts;

@@ -23,8 +23,8 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, StoredDueIndex, clear_prefix, entries
-from stream.state.due_index import DueIndex
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, StoredDueIndex, clear_prefix, entries
+from stream.state.due_index import DUE_BUCKET_MS, DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
 
@@ -96,6 +96,10 @@ class PartitionTotals:
     #: The sums the Rust kernel keeps (``scoring._kernel.FleetSums``), beside ``sums`` (what the
     #: Python model counted: records the kernel cannot read, or no kernel); the totals add both.
     native: Any = None
+    #: On the RocksDB store, the minute the walk of due entries starts from: every entry before it
+    #: was taken (and deleted). Seeking from the index's start instead had RocksDB step over every
+    #: entry deleted since its last compaction: 2.5 ms a partition, a minute, at 30,000 customers.
+    due_from_minute: int = 0
 
 
 class FleetExport:
@@ -187,7 +191,7 @@ class FleetExport:
                     changes.setdefault(key, _AS_STORED)
                 counted = ((key, _TakenFromIndex(before) if key in taken else before) for key, before in changes.items())
             else:  # the RocksDB store: erasures from memory, the rest walked on disk
-                counted = chain(keys_by_partition.take_changes(partition).items(), self._due_on_disk(partition, now_ms), self._marked_changed(partition))
+                counted = chain(keys_by_partition.take_changes(partition).items(), self._due_on_disk(partition, part, now_ms), self._marked_changed(partition))
             try:
                 for index, (key, before) in enumerate(counted, 1):
                     row = self._recount(partition, part, key, before, now_ms)
@@ -221,15 +225,19 @@ class FleetExport:
                 clear_prefix(index, prefix)
         yield from self._keys_by_partition.walk(partition, CHUNK)
 
-    def _due_on_disk(self, partition: int, now_ms: int) -> Iterator[tuple[bytes, Any]]:
+    def _due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int) -> Iterator[tuple[bytes, Any]]:
         """On the RocksDB store, the customers whose time came by ``now_ms``, a chunk at a time
-        (just after midnight that is most of the customers active in the period)."""
-        after = b""
+        (just after midnight that is most of the customers active in the period). The walk
+        starts at the minute the last one reached: a customer's next moment is always after the
+        time it was counted at, so no entry is written before it (a clock set back moves it back)."""
+        now_minute = max(0, now_ms // DUE_BUCKET_MS)
+        after = FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")  # no entry is this key itself
         while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
             for entry, key in chunk:
                 index.delete(entry)
                 yield key, _TakenFromIndex(COUNTED_ON_DISK)
             after = chunk[-1][0]
+        part.due_from_minute = now_minute
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any]]:
         """On the RocksDB store, the customers whose record a commit changed since the last pass

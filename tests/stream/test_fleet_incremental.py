@@ -245,6 +245,25 @@ def test_a_customer_due_and_written_while_the_export_yields_is_counted_once(nati
     check(world, {0, 1, 2}, at + DAY_MS)
 
 
+@RECOUNTERS
+def test_on_disk_the_due_walk_resumes_where_it_stopped_and_goes_back_with_the_clock(native: bool, tmp_path: Path) -> None:
+    """The RocksDB store's export walks due entries from the minute the last export reached (not
+    over every entry deleted before it); a clock set back an hour still finds every customer."""
+    from scoring.contract import Event, UsageSession
+
+    world = World([], set(), directory=tmp_path, native=native)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    for index in range(30):
+        world.apply(Event(event_id=f"e{index}", type="usage.session", customer_id=f"c{index}", occurred_at_ms=at - index * 3_600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    for now in (at, at + 60_000, at + DAY_MS, at + DAY_MS - 3_600_000, at + DAY_MS + 60_000, at + 8 * DAY_MS, at + 31 * DAY_MS):
+        asyncio.run(world.export.update({0, 1, 2}, now))
+        check(world, {0, 1, 2}, now)
+    assert all(part.due_from_minute == (at + 31 * DAY_MS) // 60_000 for part in world.export._partitions.values())
+    asyncio.run(world.keys.disk.on_stop())
+
+
 @pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
 def test_a_record_the_kernel_cannot_read_is_counted_by_the_python_model() -> None:
     """A record beyond the kernel's 64-bit integers (as a newer layout would be): the kernel
