@@ -65,14 +65,6 @@ _AS_STORED: Any = object()
 
 
 @dataclass(frozen=True)
-class _TakenFromIndex:
-    """What the totals counted for a customer whose due entry was just taken from the index:
-    there is nothing to unschedule (which costs an ``unchanged_until``)."""
-
-    counted: Any
-
-
-@dataclass(frozen=True)
 class FleetOptions:
     period_days: int = 30
     survey_response_days: float = 14.0
@@ -183,18 +175,20 @@ class FleetExport:
                 keys_by_partition.restored.discard(partition)
                 keys_by_partition.take_changes(partition)
                 part = self._partitions[partition] = self._new_totals(now_ms)
-                counted: Iterable[tuple[bytes, Any]] = ((key, None) for key in self._every_key(partition))
+                # (customer, the bytes the totals counted, whether it has a due entry to replace)
+                counted: Iterable[tuple[bytes, Any, bool]] = ((key, None, False) for key in self._every_key(partition))
             elif self._index(partition) is None:
                 changes: dict[bytes, Any] = keys_by_partition.take_changes(partition)
                 taken = part.due.take(now_ms)
                 for key in taken:
                     changes.setdefault(key, _AS_STORED)
-                counted = ((key, _TakenFromIndex(before) if key in taken else before) for key, before in changes.items())
+                counted = ((key, before, key not in taken) for key, before in changes.items())  # taken: nothing to unschedule
             else:  # the RocksDB store: erasures from memory, the rest walked on disk
-                counted = chain(keys_by_partition.take_changes(partition).items(), self._due_on_disk(partition, part, now_ms), self._marked_changed(partition))
+                erased = ((key, before, True) for key, before in keys_by_partition.take_changes(partition).items())
+                counted = chain(erased, self._due_on_disk(partition, part, now_ms), self._marked_changed(partition))
             try:
-                for index, (key, before) in enumerate(counted, 1):
-                    row = self._recount(partition, part, key, before, now_ms)
+                for index, (key, before, scheduled) in enumerate(counted, 1):
+                    row = self._recount(partition, part, key, before, scheduled, now_ms)
                     if row is not None:
                         rows.append(row)
                     if index % CHUNK == 0:
@@ -225,7 +219,7 @@ class FleetExport:
                 clear_prefix(index, prefix)
         yield from self._keys_by_partition.walk(partition, CHUNK)
 
-    def _due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int) -> Iterator[tuple[bytes, Any]]:
+    def _due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int) -> Iterator[tuple[bytes, Any, bool]]:
         """On the RocksDB store, the customers whose time came by ``now_ms``, a chunk at a time
         (just after midnight that is most of the customers active in the period). The walk
         starts at the minute the last one reached: a customer's next moment is always after the
@@ -235,11 +229,11 @@ class FleetExport:
         while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
             for entry, key in chunk:
                 index.delete(entry)
-                yield key, _TakenFromIndex(COUNTED_ON_DISK)
+                yield key, COUNTED_ON_DISK, False
             after = chunk[-1][0]
         part.due_from_minute = now_minute
 
-    def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any]]:
+    def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any, bool]]:
         """On the RocksDB store, the customers whose record a commit changed since the last pass
         (their change markers, stream/state/disk_index.py), read a chunk at a time; each marker
         is deleted as its customer is recounted (one written meanwhile is the next pass's)."""
@@ -250,7 +244,7 @@ class FleetExport:
                 return
             for entry in chunk:
                 index.delete(entry)
-                yield entry[len(CHANGED) :], COUNTED_ON_DISK
+                yield entry[len(CHANGED) :], COUNTED_ON_DISK, True
             after = chunk[-1]
 
     def _index(self, partition: int) -> Any:
@@ -259,7 +253,7 @@ class FleetExport:
         records = disk.if_open(partition) if disk is not None else None
         return None if records is None else records.index
 
-    def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, now_ms: int) -> tuple[str, bytes] | None:
+    def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, scheduled: bool, now_ms: int) -> tuple[str, bytes] | None:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
         its contribution now; returns its KPI row. Synchronous: the stream cannot write between.
         On the RocksDB store what was counted, and when, is read from disk (``COUNTED``)."""
@@ -267,9 +261,6 @@ class FleetExport:
         if self._keys_by_partition.disk is not None and index is None:  # moved away during the pass: its totals go at the next
             return None
         current = self._stored(partition, key)
-        scheduled = True  # the customer's due entry is still in the index (not taken from it)
-        if isinstance(before, _TakenFromIndex):
-            before, scheduled = before.counted, False
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
         counted_at = part.at_ms
@@ -290,7 +281,8 @@ class FleetExport:
         if not counted:
             return None
         due.schedule(key, new_due)
-        self._kpi_retries.pop(key, None)
+        if self._kpi_retries:
+            self._kpi_retries.pop(key, None)
         return row
 
     def _move(self, part: PartitionTotals, before: bytes | None, counted_at: int, current: bytes | None, now_ms: int, unschedule: bool) -> tuple[int | None, int | None, tuple[str, bytes] | None, bool]:
@@ -360,8 +352,9 @@ class FleetExport:
                 log.warning("Writing %d customers' KPIs to Redis failed (%s); the next export tries again", len(rows), type(error).__name__)
                 unwritten, failed = [customer_id for customer_id, _json in rows], True
             self._note_unwritten(unwritten, failed)
-            for customer_id in {customer_id for customer_id, _json in rows} - set(unwritten):
-                self._kpi_retries.pop(customer_id.encode(), None)
+            if self._kpi_retries:
+                for customer_id in {customer_id for customer_id, _json in rows} - set(unwritten):
+                    self._kpi_retries.pop(customer_id.encode(), None)
         if not final:
             await asyncio.sleep(0)  # let the stream run
         return []
