@@ -254,7 +254,7 @@ def main() -> None:
                         help="recount customers with the Rust kernel, as the worker does where it is built (default), or with the Python model")
     parser.add_argument("--state-store", choices=("memory", "rocksdb"), default="memory",
                         help="keep the records in memory (default) or on the RocksDB store, as a worker with state_store = \"rocksdb\" (its counted records and due entries on disk too)")
-    parser.add_argument("--data-dir", type=Path, help="with --state-store rocksdb: where the store goes (default: a temporary directory, removed after)")
+    parser.add_argument("--data-dir", type=Path, help="with --state-store rocksdb: the directory the store's temporary directory goes in (made if missing; default: the system's temporary directory); removed after")
     args = parser.parse_args()
     if args.data_dir is not None and args.state_store != "rocksdb":
         parser.error("--data-dir is for --state-store rocksdb")
@@ -264,6 +264,8 @@ def main() -> None:
         parser.error("--quiet-after-days says when the quiet minutes start: give --quiet-minutes too")
     if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1 or not 0 <= args.quiet_minutes <= 480 or not 0 <= args.quiet_after_days <= 60:
         parser.error("--customers and --templates must be at least 1, --changed between 0 and 1, --quiet-minutes between 0 and 480, --quiet-after-days between 0 and 60")
+    if args.data_dir is not None:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
         data_dir = directory if args.state_store == "rocksdb" else None
         figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir))

@@ -60,19 +60,30 @@ def entries(index: Any, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, by
 
 
 class StoredDueIndex:
-    """:class:`stream.state.due_index.DueIndex` over a partition's index column family."""
+    """:class:`stream.state.due_index.DueIndex` over a partition's index column family.
 
-    def __init__(self, index: Any, prefix: bytes) -> None:
+    ``write_options`` (rocksdict.WriteOptions) for entries a crash may lose: the fleet
+    export's, which it rebuilds by counting a partition in full whenever it opens it, are
+    written without the write-ahead log (half the cost of each write)."""
+
+    def __init__(self, index: Any, prefix: bytes, write_options: Any = None) -> None:
         self._index = index
         self._prefix = prefix
+        self._write: tuple[Any, ...] = () if write_options is None else (write_options,)
 
-    def schedule(self, key: bytes, due_ms: int | None) -> None:
-        """The customer's moment becomes ``due_ms`` (None: nothing is ever due by time alone)."""
-        self.forget(key)
+    def schedule(self, key: bytes, due_ms: int | None, taken: bool = False) -> None:
+        """The customer's moment becomes ``due_ms`` (None: nothing is ever due by time alone).
+        ``taken``: its entry was just taken off the index (``walk``, then deleted), so only its
+        reverse entry is left, which the new one overwrites."""
+        if not taken:
+            self.forget(key)
+        where = self._prefix.upper() + key
         if due_ms is not None:
             entry = minute_entry(self._prefix, due_ms, key)
-            self._index.put(entry, b"")
-            self._index.put(self._prefix.upper() + key, entry[len(self._prefix) : len(self._prefix) + MINUTE_BYTES])
+            self._index.put(entry, b"", *self._write)
+            self._index.put(where, entry[len(self._prefix) : len(self._prefix) + MINUTE_BYTES], *self._write)
+        elif taken:
+            self._index.delete(where, *self._write)
 
     def unschedule(self, key: bytes, due_ms: int | None) -> None:
         self.forget(key)
@@ -82,8 +93,8 @@ class StoredDueIndex:
         where = self._prefix.upper() + key
         minute = self._index.get(where)
         if minute is not None:
-            self._index.delete(self._prefix + minute + key)
-            self._index.delete(where)
+            self._index.delete(self._prefix + minute + key, *self._write)
+            self._index.delete(where, *self._write)
 
     def walk(self, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` (entry, customer key) due by ``at_ms``, after the entry ``after``

@@ -15,6 +15,7 @@ import faust
 from faust.types import TP
 
 import msgspec
+import rocksdict
 
 from scoring import kernel as kernel_module
 from scoring.fleet_sums import Sums, add_to, contribution, empty_sums, remove_from, totals_from, unchanged_until
@@ -60,6 +61,12 @@ CHUNK = 1000
 #: 10-million-customer backlog against a Redis that evicts, a million customers were waiting,
 #: and their one write at the end of a pass took about 6 GB for a moment (2026-12-06).
 MAX_KPI_RETRIES = 100_000
+#: How the export writes its entries on the RocksDB store (what it counted, when each customer
+#: is next due, the change markers it took): without the write-ahead log. A crash can lose
+#: them, and nothing is lost with them: a partition opened after a start is counted in full,
+#: which clears and rewrites them all.
+UNLOGGED = rocksdict.WriteOptions()
+UNLOGGED.disable_wal = True
 #: The bytes the totals counted for a customer due by time alone: what the table holds.
 _AS_STORED: Any = object()
 
@@ -228,7 +235,7 @@ class FleetExport:
         after = FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")  # no entry is this key itself
         while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
             for entry, key in chunk:
-                index.delete(entry)
+                index.delete(entry, UNLOGGED)
                 yield key, COUNTED_ON_DISK, False
             after = chunk[-1][0]
         part.due_from_minute = now_minute
@@ -243,7 +250,7 @@ class FleetExport:
             if not chunk:
                 return
             for entry in chunk:
-                index.delete(entry)
+                index.delete(entry, UNLOGGED)
                 yield entry[len(CHANGED) :], COUNTED_ON_DISK, True
             after = chunk[-1]
 
@@ -270,17 +277,24 @@ class FleetExport:
             counted_at, before = _counted(before, counted_at)
         elif before is _AS_STORED:  # due by time alone: the totals counted what the table held
             before = changed[key] if written_meanwhile else current  # type: ignore[index]
-        due = part.due if index is None else StoredDueIndex(index, FLEET_DUE)
-        old_due, new_due, row, counted = self._move(part, before, counted_at, current, now_ms, scheduled)
-        if scheduled:
-            due.unschedule(key, old_due)
+        # In memory the old entry is found by its moment; on disk by the customer's reverse entry.
+        old_due, new_due, row, counted = self._move(part, before, counted_at, current, now_ms, scheduled and index is None)
         if index is not None:  # what the next export removes (COUNTED_ON_DISK)
             self._count_on_disk(index, key, current, now_ms)
-        elif written_meanwhile:  # the next export replaces what is counted now
-            changed[key] = current  # type: ignore[index]
+            due = StoredDueIndex(index, FLEET_DUE, UNLOGGED)
+            if counted:
+                due.schedule(key, new_due, taken=not scheduled)
+            else:
+                due.forget(key)
+        else:
+            if scheduled:
+                part.due.unschedule(key, old_due)
+            if written_meanwhile:  # the next export replaces what is counted now
+                changed[key] = current  # type: ignore[index]
+            if counted:
+                part.due.schedule(key, new_due)
         if not counted:
             return None
-        due.schedule(key, new_due)
         if self._kpi_retries:
             self._kpi_retries.pop(key, None)
         return row
@@ -319,9 +333,9 @@ class FleetExport:
         """The record counted and the time it was counted at: a customer recounted twice in a pass
         (a due moment and a change marker) removes exactly what it added."""
         if current is None:
-            index.delete(COUNTED + key)
+            index.delete(COUNTED + key, UNLOGGED)
         else:
-            index.put(COUNTED + key, now_ms.to_bytes(8, "big", signed=True) + current)
+            index.put(COUNTED + key, now_ms.to_bytes(8, "big", signed=True) + current, UNLOGGED)
 
     def _stored(self, partition: int, key: bytes) -> bytes | None:
         records = self._records.if_open(partition)
