@@ -132,10 +132,8 @@ impl Accumulator {
 fn day_total(counts: &DayCounts, column: usize, first_day: i64, last_day: i64) -> i64 {
     let start = counts.days.partition_point(|day| *day < first_day);
     let end = counts.days.partition_point(|day| *day <= last_day);
-    if start >= end {
-        return 0;
-    }
-    counts.columns[column][start..end].iter().sum()
+    // A column shorter than the days (no record this code writes) counts nothing rather than panicking.
+    counts.columns[column].get(start..end).map_or(0, |values| values.iter().sum())
 }
 
 fn window_total(state: &CustomerState, column: usize, at_ms: i64, days: i64) -> i64 {
