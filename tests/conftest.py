@@ -22,3 +22,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which allows no skip: {reason}"
 pytest_plugins = ["pytester"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the integration tests go
+    to one process, in their order, sharing the services they start; the unit and stream tests
+    are spread over the others meanwhile. Without xdist the mark does nothing."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("integration"))

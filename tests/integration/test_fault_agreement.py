@@ -54,7 +54,7 @@ pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
 CUSTOMERS, EVENTS = 500, 25_000
-OUTAGE_SECONDS = 15
+OUTAGE_SECONDS = 10
 #: Every rule on, no budget: the alerts most sensitive to the order events are applied in
 #: (the defaults raise about a hundred alerts from events on this history, too few to tell).
 SENSITIVE_ALERTS = {
@@ -171,6 +171,11 @@ class Campaign:
         alert_ids = [json.loads(line)["alert_id"] for line in kcat_consume(self.namespace.topic("alerts"), fmt="%s\n", bootstrap=bootstrap)]
         return finals, alert_ids
 
+    def fault_landed(self) -> None:
+        """The rest of the backlog goes at full speed (FAULT_BATCH_DELAY_UNTIL_FILE): what
+        follows the fault is compared, not waited for."""
+        (self.folder / "fault-landed").touch()
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -189,6 +194,7 @@ def new_campaign(namespace: Namespace, folder: Path, expected: Expected) -> Camp
             "HEALTHSCORE_TOPICS__ALLOW_RUNTIME_CREATION": "false",
             "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(FAULT_INJECTION)]),
             "FAULT_BATCH_DELAY_SECONDS": "0.02",
+            "FAULT_BATCH_DELAY_UNTIL_FILE": str(folder / "fault-landed"),
             "HEALTHSCORE_BATCH_MAX_EVENTS": "50",
         }
     )
@@ -224,6 +230,7 @@ def sigkill(campaign: Campaign) -> None:
     worker.kill()
     print(f"sigkill: killed after {applied:.0f} of {campaign.sent} applied")
     assert applied < campaign.sent, "the kill landed after the backlog drained: it proves nothing"
+    campaign.fault_landed()
     restarted = campaign.start_worker()
     on_disk = re.findall(r"State partition \d+: about (\d+) records on local disk", restarted.log_tail(2000))
     assert on_disk and sum(map(int, on_disk)) > 0, "the restarted worker found nothing on its disk: it proves nothing"
@@ -244,6 +251,7 @@ def rebalance(campaign: Campaign) -> None:
     assert applied < campaign.sent, "the second worker joined after the backlog drained: it proves nothing"
     # The second worker got partitions and applied part of the backlog.
     wait_for(lambda: campaign.applied(second) > 0, timeout=120, message="the second worker applied events", explain=second.log_tail)
+    campaign.fault_landed()
 
 
 SCENARIOS: dict[str, Callable[[Campaign], None]] = {"no_fault": no_fault, "sigkill": sigkill, "rebalance": rebalance}
@@ -277,7 +285,7 @@ def test_a_broker_outage_mid_backlog_is_logged_once_and_publishes_what_the_repla
     services: None, tmp_path: Path, expected: Expected, private_broker: PrivateBroker
 ) -> None:
     """The broker (one of the test's own) is killed with SIGKILL a third of the way through
-    the backlog and started again 15 s later; the worker carries on.
+    the backlog and started again 10 s later (OUTAGE_SECONDS); the worker carries on.
 
     Without the summary (stream/worker/quiet_outages.py), a 25-second outage wrote 4,235
     WARNING/ERROR lines: a few kinds of aiokafka error, each several times a second. Here:
@@ -295,6 +303,7 @@ def test_a_broker_outage_mid_backlog_is_logged_once_and_publishes_what_the_repla
         applied_during = campaign.applied(worker)
         assert applied_during < campaign.sent, "the broker went down after the backlog drained: it proves nothing"
         private_broker.start()
+        campaign.fault_landed()
         check_against_the_replay(campaign, expected, "broker_outage")
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
     finally:

@@ -55,7 +55,10 @@ if _delay > 0:
 
 # ``FAULT_BATCH_DELAY_SECONDS``: each batch takes that much longer, so that a test's backlog
 # lasts long enough for a fault (a SIGKILL, a second worker joining) to land in its middle.
+# ``FAULT_BATCH_DELAY_UNTIL_FILE``: once that file exists (the test made it: its fault has
+# landed), batches go at full speed again, so the rest of the backlog is not waited for.
 _batch_delay = float(os.environ.get("FAULT_BATCH_DELAY_SECONDS", "0"))
+_delay_until = os.environ.get("FAULT_BATCH_DELAY_UNTIL_FILE")
 
 if _batch_delay > 0:
     from stream.processing.batches import BatchHandler
@@ -63,7 +66,8 @@ if _batch_delay > 0:
     _apply = BatchHandler.apply
 
     async def _apply_slowly(self: BatchHandler, batch) -> None:  # type: ignore[no-untyped-def]
-        await asyncio.sleep(_batch_delay)
+        if _delay_until is None or not os.path.exists(_delay_until):
+            await asyncio.sleep(_batch_delay)
         await _apply(self, batch)
 
     BatchHandler.apply = _apply_slowly  # type: ignore[method-assign]
