@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
+import msgspec
+
 from scoring.kpis import FleetTotals
 from scoring.state import DAY_MS, CustomerState
 
@@ -59,6 +61,51 @@ def contribution(state: CustomerState, at_ms: int, period_days: int, survey_resp
         elif value:
             vector[name] = _fixed(value)
     return vector
+
+
+#: The sums in a fixed order: how ``encode_counted`` lays them out (the Rust kernel's ``KEYS``,
+#: native/src/fleet.rs, in the same order; tests/unit/test_kernel_fleet.py holds them equal).
+SUM_KEYS: tuple[str, ...] = (
+    "customers", "active", "active_at_period_start", "new_in_period", "lost_in_period", "buyers", "repeat_buyers",
+    "bands.healthy", "bands.at_risk", "bands.critical", "nps.promoter", "nps.passive", "nps.detractor",
+    "csat_satisfied", "csat_answers", "ces_sum", "ces_answers", "cli_points_sum", "cli_answers", "csi_answered", "csi_secure",
+    "resolution_seconds_sum", "resolutions", "mrr", "orders", "revenue", "abandoned_checkouts", "regular_customers",
+    "survey_participants", "mrr_movement.start", "mrr_movement.existing_end", "mrr_movement.new", "mrr_movement.expansion",
+    "mrr_movement.contraction", "mrr_movement.churned", "emails.sent", "emails.opened", "emails.clicked", "customers_emailed",
+    "customers_unsubscribed", "invitations_answered", "invitations_missed", "existing_buyers", "upsold", "csm_touched",
+    "score_change_since_touchpoint_sum", "active_users.1d", "active_users.7d", "active_users.30d",
+)  # fmt: skip
+_SUM_KEY_SET = frozenset(SUM_KEYS)
+_BAND = "bands."
+
+
+def encode_counted(part: Sums) -> bytes:
+    """A contribution as the fleet export keeps it on disk for a customer, to take it out again
+    later without the record it was counted from (about 60 bytes instead of a kilobyte):
+    MessagePack, the sums in ``SUM_KEYS`` order, then the name of a band outside the three, or
+    nil. The kernel writes the same bytes."""
+    other = [key for key in part if key not in _SUM_KEY_SET]
+    if len(other) > 1 or (other and not other[0].startswith(_BAND)):
+        raise ValueError(f"not a customer's contribution: {other}")
+    band = other[0][len(_BAND) :] if other else None
+    return msgspec.msgpack.encode([*(part.get(key, 0) for key in SUM_KEYS), band])
+
+
+def decode_counted(stored: bytes) -> Sums:
+    """``encode_counted``'s contribution back (zeros left out); ValueError for anything else."""
+    try:
+        items = msgspec.msgpack.decode(stored)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"not a counted contribution: {error}") from None
+    if not (isinstance(items, list) and len(items) == len(SUM_KEYS) + 1 and all(type(value) is int for value in items[:-1])):
+        raise ValueError("not a counted contribution: 49 integers and a band's name or nil expected")
+    band = items[-1]
+    if band is not None and not isinstance(band, str):
+        raise ValueError("not a counted contribution: 49 integers and a band's name or nil expected")
+    part: Sums = {key: value for key, value in zip(SUM_KEYS, items) if value}
+    if band is not None:
+        part[_BAND + band] = 1
+    return part
 
 
 def _fixed(value: int | float | bool) -> int:

@@ -228,14 +228,39 @@ impl Kernel {
         let part = sums.contribution(new, now_ms);
         sums.apply(&part, 1);
         let new_due = fleet::unchanged_until(new, now_ms, &sums.shifts);
-        let row = if kpis {
-            let churn_risk = if ltv { self.churn_risk(new, now_ms.max(new.last_event_ms)) } else { None };
-            let json = fleet::kpis_json(new, now_ms, &sums.key_features, sums.response_days, churn_risk);
-            Some((new.customer_id.clone(), PyBytes::new(py, &json)))
-        } else {
-            None
+        Ok((old_due, new_due, self.kpi_row(py, &sums, new, now_ms, kpis, ltv)))
+    }
+
+    /// The RocksDB store's recount (`FleetExport._recount_on_disk`): takes the contribution the
+    /// totals counted for the customer (`counted`, `fleet::encode_counted`'s bytes, None: not
+    /// counted) out of `sums` and puts the current record's in. Returns (its next moment, its
+    /// contribution as kept on disk, its KPI row); all None when there is no record. Raises
+    /// ValueError, having changed nothing, when either cannot be read.
+    #[pyo3(signature = (sums, counted, current, now_ms, kpis, ltv))]
+    #[allow(clippy::type_complexity)]
+    fn fleet_recount_counted<'py>(
+        &self,
+        py: Python<'py>,
+        mut sums: PyRefMut<'_, fleet_py::FleetSums>,
+        counted: Option<&[u8]>,
+        current: Option<&[u8]>,
+        now_ms: i64,
+        kpis: bool,
+        ltv: bool,
+    ) -> PyResult<(Option<i64>, Option<Bound<'py, PyBytes>>, Option<(String, Bound<'py, PyBytes>)>)> {
+        let old = counted.map(fleet::decode_counted).transpose().map_err(PyValueError::new_err)?;
+        let new = current.map(state::decode).transpose().map_err(PyValueError::new_err)?;
+        if let Some(old) = &old {
+            sums.apply(old, -1);
+        }
+        let Some(new) = new else {
+            return Ok((None, None, None));
         };
-        Ok((old_due, new_due, row))
+        let part = sums.contribution(&new, now_ms);
+        sums.apply(&part, 1);
+        let due = fleet::unchanged_until(&new, now_ms, &sums.shifts);
+        let stored = PyBytes::new(py, &fleet::encode_counted(&part));
+        Ok((due, Some(stored), self.kpi_row(py, &sums, &new, now_ms, kpis, ltv)))
     }
 
     /// `stream.worker.fleet.customer_kpis_json` of a stored record (with this model's churn
@@ -474,6 +499,16 @@ impl Kernel {
     /// `scoring.health.score_state(state, at_ms, parameters).churn_risk` (None without data).
     fn churn_risk(&self, state: &CustomerState, at_ms: i64) -> Option<f64> {
         health::score_state(state, at_ms, &self.parameters, None, None).map(|health| health.churn_risk)
+    }
+
+    /// A recounted customer's KPI row (`stream.worker.fleet.customer_kpis_json`), when written.
+    fn kpi_row<'py>(&self, py: Python<'py>, sums: &fleet_py::FleetSums, state: &CustomerState, now_ms: i64, kpis: bool, ltv: bool) -> Option<(String, Bound<'py, PyBytes>)> {
+        if !kpis {
+            return None;
+        }
+        let churn_risk = if ltv { self.churn_risk(state, now_ms.max(state.last_event_ms)) } else { None };
+        let json = fleet::kpis_json(state, now_ms, &sums.key_features, sums.response_days, churn_risk);
+        Some((state.customer_id.clone(), PyBytes::new(py, &json)))
     }
 }
 

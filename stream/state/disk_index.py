@@ -9,9 +9,12 @@ Entries, by prefix (a customer key is any string of 1-256 characters, after the 
   is to be worked out). Written in the same atomic batch as the record itself, at the commit
   and when changelog records are read back, so a restart after SIGKILL loses none.
 - ``s`` + minute + key: the sweep's next moment for the customer (stream/processing/sweep.py).
-- ``f`` + minute + key: the fleet export's next recount of the customer (stream/worker/fleet.py).
-- ``c`` + key: when the fleet totals last counted the customer (8 bytes, ms) and the record they counted (what its old contribution is
-  removed from).
+- ``f`` + minute + key: the fleet export's next recount of the customer (stream/worker/fleet.py),
+  holding what the fleet totals counted for it (``scoring.fleet_sums.encode_counted``, about
+  60 bytes), which the recount takes out again. A customer counted that time alone never
+  makes due has its entry at the minute ``NEVER``, which no walk reaches.
+- ``c`` + key: an older version's copy of the record the totals counted; no longer written,
+  cleared with the fleet's other entries when a partition is counted in full.
 - ``x`` + key: the record changed since the fleet export last counted it. Written with the
   record at each commit, like ``p``: the export walks them, so nothing in memory grows with
   the customers a backlog touches between two exports.
@@ -36,6 +39,8 @@ FLEET_DUE = b"f"
 COUNTED = b"c"
 CHANGED = b"x"
 MINUTE_BYTES = 8
+#: The minute of a counted customer that time alone never makes due.
+NEVER = b"\xff" * MINUTE_BYTES
 
 
 def minute_entry(prefix: bytes, due_ms: int, key: bytes) -> bytes:
@@ -125,6 +130,49 @@ class StoredDueIndex:
 
     def __len__(self) -> int:
         return sum(1 for _ in entries(self._index, self._prefix, self._prefix))
+
+
+class CountedIndex:
+    """The fleet export's entries (``f`` + minute + key, holding what the totals counted for the
+    customer, and ``F`` + key, its minute): the moment a customer is recounted and what is taken
+    out of the totals then, in one entry that the walk of due customers reads with its key."""
+
+    def __init__(self, index: Any, write_options: Any = None) -> None:
+        self._index = index
+        self._write: tuple[Any, ...] = () if write_options is None else (write_options,)
+
+    def counted(self, key: bytes) -> bytes | None:
+        """What the totals counted for the customer (None: nothing)."""
+        minute = self._index.get(FLEET_DUE.upper() + key)
+        return None if minute is None else self._index.get(FLEET_DUE + minute + key)  # type: ignore[no-any-return]
+
+    def put(self, key: bytes, due_ms: int | None, counted: bytes, taken: bool = False) -> None:
+        """The customer counted as ``counted``, next due at ``due_ms`` (None: never by time
+        alone). ``taken``: its entry was just taken off by ``walk`` (only its ``F`` entry is
+        left, which the new one overwrites)."""
+        if not taken:
+            self.forget(key)
+        minute = NEVER if due_ms is None else max(0, due_ms // DUE_BUCKET_MS).to_bytes(MINUTE_BYTES, "big")
+        self._index.put(FLEET_DUE + minute + key, counted, *self._write)
+        self._index.put(FLEET_DUE.upper() + key, minute, *self._write)
+
+    def forget(self, key: bytes) -> None:
+        """The customer is not counted: its entries go, wherever they are."""
+        StoredDueIndex(self._index, FLEET_DUE, *self._write).forget(key)
+
+    def walk(self, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes, bytes]]:
+        """Up to ``limit`` (entry, customer key, what was counted) due by ``at_ms``, after the
+        entry ``after``; the caller deletes each entry it takes."""
+        last_minute = max(0, at_ms // DUE_BUCKET_MS)
+        skip = len(FLEET_DUE) + MINUTE_BYTES
+        taken: list[tuple[bytes, bytes, bytes]] = []
+        for entry, value in entries(self._index, after, FLEET_DUE):
+            if entry == after:
+                continue
+            if int.from_bytes(entry[len(FLEET_DUE) : skip], "big") > last_minute or len(taken) == limit:
+                break
+            taken.append((entry, entry[skip:], value))
+        return taken
 
 
 def clear_prefix(index: Any, prefix: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 #: For the fleet export on the RocksDB store: the bytes the totals counted are on disk
-#: (stream/state/disk_index.py ``COUNTED``), not in memory.
+#: (the fleet entries of stream/state/disk_index.py), not in memory.
 COUNTED_ON_DISK: Any = object()
 
 

@@ -30,7 +30,7 @@ from faust.stores.base import Store
 from faust.types import TP
 
 from stream.settings import RocksDbSettings
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, PLACE, SWEEP_DUE, StoredDueIndex
+from stream.state.disk_index import CHANGED, COUNTED, PLACE, SWEEP_DUE, CountedIndex, StoredDueIndex
 from stream.state.keys import KeysByPartition
 
 log = logging.getLogger("healthscore.worker")
@@ -233,14 +233,15 @@ class RocksStore(Store):
 
     def forget(self, partition: int, key: bytes) -> bytes | None:
         """An erased customer: every index entry naming it goes (stream/state/disk_index.py);
-        returns the record the fleet totals counted, for the export to remove."""
+        returns what the fleet totals counted for it (encode_counted), for the export to remove."""
         records = self.partition(partition)
-        counted = records.index.get(COUNTED + key)
+        fleet = CountedIndex(records.index)
+        counted = fleet.counted(key)
         for prefix in (COUNTED, PLACE, CHANGED):
             records.index.delete(prefix + key)
-        for prefix in (SWEEP_DUE, FLEET_DUE):
-            StoredDueIndex(records.index, prefix).forget(key)
-        return counted  # type: ignore[no-any-return]
+        StoredDueIndex(records.index, SWEEP_DUE).forget(key)
+        fleet.forget(key)
+        return counted
 
     # --- what Faust calls -----------------------------------------------------------------
 

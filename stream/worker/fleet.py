@@ -18,13 +18,13 @@ import msgspec
 import rocksdict
 
 from scoring import kernel as kernel_module
-from scoring.fleet_sums import Sums, add_to, contribution, empty_sums, remove_from, totals_from, unchanged_until
+from scoring.fleet_sums import Sums, add_to, contribution, decode_counted, empty_sums, encode_counted, remove_from, totals_from, unchanged_until
 from scoring.health import ScoringParameters, score_state
 from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, StoredDueIndex, clear_prefix, entries
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, entries
 from stream.state.due_index import DUE_BUCKET_MS, DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
@@ -227,16 +227,17 @@ class FleetExport:
         yield from self._keys_by_partition.walk(partition, CHUNK)
 
     def _due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int) -> Iterator[tuple[bytes, Any, bool]]:
-        """On the RocksDB store, the customers whose time came by ``now_ms``, a chunk at a time
-        (just after midnight that is most of the customers active in the period). The walk
-        starts at the minute the last one reached: a customer's next moment is always after the
-        time it was counted at, so no entry is written before it (a clock set back moves it back)."""
+        """On the RocksDB store, the customers whose time came by ``now_ms``, with what the totals
+        counted for them, a chunk at a time (just after midnight that is most of the customers
+        active in the period). The walk starts at the minute the last one reached: a customer's
+        next moment is always after the time it was counted at, so no entry is written before it
+        (a clock set back moves it back)."""
         now_minute = max(0, now_ms // DUE_BUCKET_MS)
         after = FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")  # no entry is this key itself
-        while (index := self._index(partition)) is not None and (chunk := StoredDueIndex(index, FLEET_DUE).walk(now_ms, after, CHUNK)):
-            for entry, key in chunk:
+        while (index := self._index(partition)) is not None and (chunk := CountedIndex(index).walk(now_ms, after, CHUNK)):
+            for entry, key, counted in chunk:
                 index.delete(entry, UNLOGGED)
-                yield key, COUNTED_ON_DISK, False
+                yield key, counted, False
             after = chunk[-1][0]
         part.due_from_minute = now_minute
 
@@ -262,39 +263,40 @@ class FleetExport:
 
     def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, scheduled: bool, now_ms: int) -> tuple[str, bytes] | None:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
-        its contribution now; returns its KPI row. Synchronous: the stream cannot write between.
-        On the RocksDB store what was counted, and when, is read from disk (``COUNTED``)."""
-        index = self._index(partition)
-        if self._keys_by_partition.disk is not None and index is None:  # moved away during the pass: its totals go at the next
-            return None
+        its contribution now; returns its KPI row. Synchronous: the stream cannot write between."""
+        if self._keys_by_partition.disk is not None:
+            index = self._index(partition)
+            return None if index is None else self._recount_on_disk(partition, index, part, key, before, scheduled, now_ms)  # None: moved away during the pass
         current = self._stored(partition, key)
         changed = self._keys_by_partition.changed.get(partition)
         written_meanwhile = changed is not None and key in changed  # during this pass, before this customer's turn
-        counted_at = part.at_ms
-        if index is not None:
-            if before is _AS_STORED or before is COUNTED_ON_DISK:
-                before = index.get(COUNTED + key)  # what the totals counted, whatever changed since
-            counted_at, before = _counted(before, counted_at)
-        elif before is _AS_STORED:  # due by time alone: the totals counted what the table held
+        if before is _AS_STORED:  # due by time alone: the totals counted what the table held
             before = changed[key] if written_meanwhile else current  # type: ignore[index]
-        # In memory the old entry is found by its moment; on disk by the customer's reverse entry.
-        old_due, new_due, row, counted = self._move(part, before, counted_at, current, now_ms, scheduled and index is None)
-        if index is not None:  # what the next export removes (COUNTED_ON_DISK)
-            self._count_on_disk(index, key, current, now_ms)
-            due = StoredDueIndex(index, FLEET_DUE, UNLOGGED)
-            if counted:
-                due.schedule(key, new_due, taken=not scheduled)
-            else:
-                due.forget(key)
-        else:
-            if scheduled:
-                part.due.unschedule(key, old_due)
-            if written_meanwhile:  # the next export replaces what is counted now
-                changed[key] = current  # type: ignore[index]
-            if counted:
-                part.due.schedule(key, new_due)
-        if not counted:
+        old_due, new_due, row, counted = self._move(part, before, part.at_ms, current, now_ms, scheduled)
+        if scheduled:
+            part.due.unschedule(key, old_due)  # found by its moment
+        if written_meanwhile:  # the next export replaces what is counted now
+            changed[key] = current  # type: ignore[index]
+        if counted:
+            part.due.schedule(key, new_due)
+        return self._counted_row(key, row) if counted else None
+
+    def _recount_on_disk(self, partition: int, index: Any, part: PartitionTotals, key: bytes, before: Any, scheduled: bool, now_ms: int) -> tuple[str, bytes] | None:
+        """The RocksDB store's recount: ``before`` is what the totals counted for the customer
+        (``encode_counted``'s bytes, None) or COUNTED_ON_DISK (read from its entry); the new
+        contribution is written in its next entry, for the next recount to take out. ``scheduled``
+        False: the walk just took its entry."""
+        fleet = CountedIndex(index, UNLOGGED)
+        if before is COUNTED_ON_DISK:
+            before = fleet.counted(key)
+        new_due, counted, row = self._move_counted(part, before, self._stored(partition, key), now_ms)
+        if counted is None:
+            fleet.forget(key)
             return None
+        fleet.put(key, new_due, counted, taken=not scheduled)
+        return self._counted_row(key, row)
+
+    def _counted_row(self, key: bytes, row: tuple[str, bytes] | None) -> tuple[str, bytes] | None:
         if self._kpi_retries:
             self._kpi_retries.pop(key, None)
         return row
@@ -325,17 +327,30 @@ class FleetExport:
         if new is None:
             return old_due, None, None, False
         add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
-        row = (new.customer_id, customer_kpis_json(new, now_ms, options)) if options.write_kpis is not None else None
-        return old_due, unchanged_until(new, now_ms, options.period_days, options.survey_response_days), row, True
+        return old_due, unchanged_until(new, now_ms, options.period_days, options.survey_response_days), self._kpi_row(new, now_ms), True
 
-    @staticmethod
-    def _count_on_disk(index: Any, key: bytes, current: bytes | None, now_ms: int) -> None:
-        """The record counted and the time it was counted at: a customer recounted twice in a pass
-        (a due moment and a change marker) removes exactly what it added."""
-        if current is None:
-            index.delete(COUNTED + key, UNLOGGED)
-        else:
-            index.put(COUNTED + key, now_ms.to_bytes(8, "big", signed=True) + current, UNLOGGED)
+    def _move_counted(self, part: PartitionTotals, counted: bytes | None, current: bytes | None, now_ms: int) -> tuple[int | None, bytes | None, tuple[str, bytes] | None]:
+        """``_move`` on the RocksDB store: what is taken out is the contribution counted
+        (``encode_counted``'s bytes), not a record. Returns when ``current`` is next due, its
+        contribution as kept, and its KPI row; (None, None, None) when it is not counted (erased,
+        or unreadable). ValueError: ``counted`` cannot be read (the partition is counted in full)."""
+        options = self._options
+        if self._kernel is not None and part.native is not None:
+            try:
+                return self._kernel.fleet_recount_counted(part.native, counted, current, now_ms, options.write_kpis is not None, options.parameters is not None)  # type: ignore[no-any-return]
+            except ValueError:  # nothing was counted: the model does it
+                pass
+        if counted is not None:
+            remove_from(part.sums, decode_counted(counted))
+        new = _decoded(current)
+        if new is None:
+            return None, None, None
+        now = contribution(new, now_ms, options.period_days, options.survey_response_days)
+        add_to(part.sums, now)
+        return unchanged_until(new, now_ms, options.period_days, options.survey_response_days), encode_counted(now), self._kpi_row(new, now_ms)
+
+    def _kpi_row(self, state: Any, now_ms: int) -> tuple[str, bytes] | None:
+        return (state.customer_id, customer_kpis_json(state, now_ms, self._options)) if self._options.write_kpis is not None else None
 
     def _stored(self, partition: int, key: bytes) -> bytes | None:
         records = self._records.if_open(partition)
@@ -385,13 +400,6 @@ class FleetExport:
                 self._kpi_retries[key] = attempts
             else:
                 self._kpi_retries.pop(key, None)
-
-
-def _counted(stored: bytes | None, default_ms: int) -> tuple[int, bytes | None]:
-    """(when it was counted, the record) from a ``COUNTED`` value (FleetExport._count_on_disk)."""
-    if stored is None:
-        return default_ms, None
-    return int.from_bytes(stored[:8], "big", signed=True), stored[8:]
 
 
 def _decoded(stored: bytes | None) -> Any:

@@ -264,25 +264,73 @@ def test_on_disk_the_due_walk_resumes_where_it_stopped_and_goes_back_with_the_cl
     asyncio.run(world.keys.disk.on_stop())
 
 
+@RECOUNTERS
+def test_on_disk_a_customer_changed_before_its_moment_leaves_no_entry_behind(native: bool, tmp_path: Path) -> None:
+    """A customer whose record changes before its next moment is recounted at its new moment
+    only: the entry of the old one (holding what was counted then) goes, or its walk would
+    take that contribution out a second time."""
+    from scoring.contract import Event, PurchaseCompleted, UsageSession
+    from stream.state.disk_index import FLEET_DUE, entries
+
+    world = World([], set(), directory=tmp_path, native=native)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    customers = [f"c{index}" for index in range(12)]
+    for index, customer in enumerate(customers):
+        # Its next moment: its session leaving the 30-day window, this afternoon (not midnight).
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + (index + 1) * 600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    for customer in customers[:6]:  # recounted before that moment, with another
+        world.apply(Event(event_id="e2", type="purchase.completed", customer_id=customer, occurred_at_ms=at + 60_000, data=PurchaseCompleted("o1", 25.0, "EUR")))
+    world.commit()
+    for now in [at + 120_000, *(at + hours * 3_600_000 for hours in range(3, 60, 3)), at + 31 * DAY_MS]:
+        asyncio.run(world.export.update({0, 1, 2}, now))
+        check(world, {0, 1, 2}, now)
+        on_disk = [entry for partition in range(3) for entry, _value in entries(world.keys.disk.partition(partition).index, FLEET_DUE, FLEET_DUE)]
+        assert sorted(entry[len(FLEET_DUE) + 8 :] for entry in on_disk) == sorted(customer.encode() for customer in customers)  # one each
+    asyncio.run(world.keys.disk.on_stop())
+
+
 @pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
-def test_a_record_the_kernel_cannot_read_is_counted_by_the_python_model() -> None:
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_record_the_kernel_cannot_read_is_counted_by_the_python_model(on_disk: bool, tmp_path: Path) -> None:
     """A record beyond the kernel's 64-bit integers (as a newer layout would be): the kernel
-    refuses it before counting anything, the model counts it, and the totals stay exact."""
+    refuses it before counting anything, the model counts it, and the totals stay exact. On
+    disk the record turns unreadable after the kernel counted it, and readable again after
+    the model did: each takes out what the other counted (scoring.fleet_sums.encode_counted)."""
     from scoring.contract import Event, UsageSession
 
     at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
-    world = World([], set(), native=True)
+    world = World([], set(), directory=tmp_path if on_disk else None, native=True)
     for customer in ("a", "b", "c", "d"):
         world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 3_600_000, data=UsageSession("u", 60)))
-    state = decode_state(world.stored(b"a"))
-    state.events_applied = 2**63
-    world.table.data[b"a"] = encode_state(state)
+    world.commit()
     world.streaming = False
-    for now in (at, at + 60_000, at + DAY_MS, at + 40 * DAY_MS):
+    readable = world.stored(b"a")
+    state = decode_state(readable)
+    state.events_applied = 2**63
+
+    def write_a(record: bytes) -> None:
+        if on_disk:  # as a commit writes it: with its change marker
+            world.keys.disk.persist({partition_of("a"): [(b"a", record)]})
+        else:
+            world.table.data[b"a"] = record
+
+    if not on_disk:
+        write_a(encode_state(state))
+    for now in (at, at + 60_000, at + DAY_MS, at + 40 * DAY_MS, at + 41 * DAY_MS):
+        if on_disk and now == at + 60_000:
+            write_a(encode_state(state))
+        if on_disk and now == at + 40 * DAY_MS:
+            write_a(readable)
         asyncio.run(world.export.update({0, 1, 2}, now))
         check(world, {0, 1, 2}, now)
-    part = world.export._partitions[partition_of("a")]
-    assert part.sums and part.native.as_dict()  # a counted by the model, the others by the kernel
+        if now == at + DAY_MS:
+            part = world.export._partitions[partition_of("a")]
+            assert part.sums and part.native.as_dict()  # a counted by the model, the others by the kernel
+    if on_disk:
+        asyncio.run(world.keys.disk.on_stop())
 
 
 def test_kpis_wait_out_a_redis_outage_and_a_failed_pass_is_counted_in_full_next_time(monkeypatch: pytest.MonkeyPatch) -> None:

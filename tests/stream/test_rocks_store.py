@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from stream.kafka.producer import Outputs
 from stream.settings import Settings
 from stream.state.changelog import DeferredChangelog
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, PLACE, SWEEP_DUE, StoredDueIndex
+from stream.state.disk_index import CHANGED, COUNTED, PLACE, SWEEP_DUE, CountedIndex, StoredDueIndex
 from stream.state.keys import KeysByPartition
 from stream.state.store import OFFSET_KEY, RocksStore, records_of
 from stream.state.table import customer_state_table, persisted_offsets
@@ -202,22 +202,22 @@ def index_entries_naming(records: Any, key: bytes) -> list[bytes]:
 
 
 def test_an_erased_customer_leaves_nothing_naming_it_in_the_index(tmp_path: Path) -> None:
-    """The sweep's and the fleet export's entries, the place marker and the counted copy all
-    go at the erasure (the export gets the counted record in memory, to remove it from its
-    totals), and the commit that writes the tombstone writes no marker for it."""
+    """The sweep's and the fleet export's entries and the place marker all go at the erasure
+    (the export gets what it counted in memory, to remove it from its totals), and the commit
+    that writes the tombstone writes no marker for it."""
     table, store, keys = open_table(tmp_path)
     commit(table, [(0, b"acme", b"v1"), (0, b"other", b"v1")])
     records = store.partition(0)
     assert index_entries_naming(records, b"acme") == [PLACE + b"acme", CHANGED + b"acme"]
     StoredDueIndex(records.index, SWEEP_DUE).schedule(b"acme", 5 * 60_000)
     StoredDueIndex(records.index, SWEEP_DUE).schedule(b"acme", 9 * 60_000)  # moved: the old entry goes
-    StoredDueIndex(records.index, FLEET_DUE).schedule(b"acme", 7 * 60_000)
-    records.index.put(COUNTED + b"acme", b"\0" * 8 + b"counted")
+    CountedIndex(records.index).put(b"acme", 7 * 60_000, b"counted")  # the fleet's entry, with what it counted
+    records.index.put(COUNTED + b"acme", b"\0" * 8 + b"an older version's copy")
     assert [key for _entry, key in StoredDueIndex(records.index, SWEEP_DUE).walk(10 * 60_000, b"", 10)] == [b"acme"]
 
     WorkingSet(table, keys, Outputs(), CHANGELOG).erase(b"acme", 0)
     assert index_entries_naming(records, b"acme") == []
-    assert keys.changed[0][b"acme"] == b"\0" * 8 + b"counted"
+    assert keys.changed[0][b"acme"] == b"counted"
     commit(table, [(0, b"acme", None)])
     assert index_entries_naming(records, b"acme") == [] and records.db.get(b"acme") is None
     assert index_entries_naming(records, b"other") == [PLACE + b"other", CHANGED + b"other"]

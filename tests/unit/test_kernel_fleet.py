@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scoring import kernel
 from scoring.alerts import AlertParameters
 from scoring.churn import ChurnModel
-from scoring.fleet_sums import contribution, unchanged_until
+from scoring.fleet_sums import contribution, decode_counted, encode_counted, unchanged_until
 from scoring.health import ScoringParameters
 from scoring.pipeline import step
 from scoring.contract import decode_event
@@ -56,6 +56,10 @@ def assert_same_recount(native: Any, record: bytes, at_ms: int, period_days: int
     state = decode_state(record)
     assert kernel._kernel.fleet_contribution(record, at_ms, period_days, response_days) == contribution(state, at_ms, period_days, response_days)
     assert kernel._kernel.fleet_unchanged_until(record, at_ms, period_days, response_days) == unchanged_until(state, at_ms, period_days, response_days)
+    # What the RocksDB store keeps of it: the same bytes, read back to the same contribution.
+    due, counted, _row = native.fleet_recount_counted(kernel._kernel.FleetSums(period_days, response_days, []), None, record, at_ms, False, False)
+    assert counted == encode_counted(contribution(state, at_ms, period_days, response_days))
+    assert decode_counted(counted) == contribution(state, at_ms, period_days, response_days) and due == unchanged_until(state, at_ms, period_days, response_days)
     for ltv in (False, True):
         options = FleetOptions(period_days, response_days, KEY_FEATURES, parameters=parameters if ltv else None)
         expected = customer_kpis_json(state, at_ms, options)
@@ -121,3 +125,45 @@ def test_fleet_recount_moves_the_sums_and_says_when_the_customer_is_next_due() -
     for key, value in contribution(decode_state(erased), later, 30, 14.0).items():
         expected[key] -= value
     assert sums.as_dict() == {key: value for key, value in expected.items() if value}
+
+
+@needs_kernel
+def test_the_counted_recount_takes_out_what_either_side_counted() -> None:
+    """The RocksDB store's recount (fleet_recount_counted): what the kernel counted, or what the
+    model counted (a record the kernel could not read), is taken out exactly; a band outside
+    the three too. Bytes it cannot read, as a record or as a contribution, change nothing."""
+    parameters = ScoringParameters(key_features=KEY_FEATURES)
+    native = kernel.build(parameters)
+    stored = list(generated_records(30, 1_000, 40, 3, parameters).values())
+    sums = kernel._kernel.FleetSums(30, 14.0, list(KEY_FEATURES))
+    counted = [native.fleet_recount_counted(sums, None, record, T0, True, True) for record in stored]
+    state = decode_state(stored[0])
+    options = FleetOptions(30, 14.0, KEY_FEATURES, parameters=parameters)
+    assert counted[0] == (unchanged_until(state, T0, 30, 14.0), encode_counted(contribution(state, T0, 30, 14.0)), (state.customer_id, customer_kpis_json(state, T0, options)))
+    later = T0 + 10 * DAY_MS
+    for record, (_due, kept, _row) in zip(stored, counted):
+        assert native.fleet_recount_counted(sums, kept, record, later, False, False)[2] is None
+    expected: dict[str, int] = {}
+    for record in stored:
+        for key, value in contribution(decode_state(record), later, 30, 14.0).items():
+            expected[key] = expected.get(key, 0) + value
+    assert sums.as_dict() == {key: value for key, value in expected.items() if value}
+    # Counted by the model, with an older model's band: the kernel takes it out by its name.
+    by_model = {**contribution(state, later, 30, 14.0), "bands.legacy": 1}
+    for band in ("healthy", "at_risk", "critical"):
+        by_model.pop(f"bands.{band}", None)
+    assert decode_counted(encode_counted(by_model)) == by_model
+    before = sums.as_dict()
+    for unreadable in (b"\xc1", encode_counted(by_model)[:-3], encode_counted(by_model) + b"\x00"):
+        with pytest.raises(ValueError):
+            native.fleet_recount_counted(sums, unreadable, stored[0], later, False, False)
+        with pytest.raises(ValueError):
+            decode_counted(unreadable)
+    with pytest.raises(ValueError):
+        native.fleet_recount_counted(sums, encode_counted(by_model), b"\xc1 not a record", later, False, False)
+    assert sums.as_dict() == before
+    assert native.fleet_recount_counted(sums, encode_counted(by_model), None, later, True, True) == (None, None, None)
+    removed = dict(before)
+    for key, value in by_model.items():
+        removed[key] = removed.get(key, 0) - value
+    assert sums.as_dict() == {key: value for key, value in removed.items() if value}
