@@ -265,7 +265,12 @@ def main() -> None:
     if args.customers < 1 or args.templates < 1 or not 0 <= args.changed <= 1 or not 0 <= args.quiet_minutes <= 480 or not 0 <= args.quiet_after_days <= 60:
         parser.error("--customers and --templates must be at least 1, --changed between 0 and 1, --quiet-minutes between 0 and 480, --quiet-after-days between 0 and 60")
     if args.data_dir is not None:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
+        if args.data_dir.exists() and not args.data_dir.is_dir():
+            parser.error(f"--data-dir {args.data_dir}: that is a file, not a directory")
+        try:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--data-dir {args.data_dir}: cannot make it ({error.strerror})")
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
         data_dir = directory if args.state_store == "rocksdb" else None
         figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir))

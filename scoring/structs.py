@@ -50,6 +50,16 @@ class DayCounts(msgspec.Struct, array_like=True, gc=False):
     payments_failed: list[int] = []
     refunds_cents: list[int] = []
 
+    def __post_init__(self) -> None:
+        """A record whose columns are out of step with its days (no record this code writes: a
+        corrupt or foreign one) is refused when it is read (msgspec.ValidationError), as the
+        kernel refuses it: the worker then treats it as unreadable and rebuilds the customer
+        from its next events, instead of failing on it at every event and every export."""
+        days = len(self.days)
+        columns = (self.sessions, self.feature_uses, self.purchases, self.revenue_cents, self.abandoned_checkouts, self.tickets_opened, self.payments_failed, self.refunds_cents)
+        if any(len(column) != days for column in columns):
+            raise ValueError("a day counter's column is not as long as the days")
+
 
 class OpenTicket(msgspec.Struct, array_like=True, gc=False):
     ticket_id: str

@@ -239,6 +239,11 @@ fn read_counts(reader: &mut Reader) -> Result<DayCounts> {
             *column = int_list(reader)?;
         }
     }
+    // As `scoring.structs.DayCounts.__post_init__`: a column out of step with the days would
+    // be indexed past its end (no record this code writes; a corrupt or foreign one).
+    if counts.columns.iter().any(|column| column.len() != counts.days.len()) {
+        return Err("a day counter's column is not as long as the days");
+    }
     Ok(counts)
 }
 

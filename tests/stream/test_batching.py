@@ -586,11 +586,15 @@ def test_a_record_of_a_newer_layout_keeps_its_unknown_fields_through_a_batch() -
     assert decode_state(table.data[b"acme"]).events_applied == 1
 
 
-def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_events(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("unreadable", ["garbage", "short column"])
+def test_a_record_that_cannot_be_decoded_is_reported_and_rebuilt_from_the_next_events(caplog: pytest.LogCaptureFixture, unreadable: str) -> None:
+    """Bytes that are no record, and a record whose day columns are out of step with its days
+    (indexing by day would run past them at every event)."""
     from stream import metrics
+    from tests.unit.test_state_layouts import LAYOUT_4, short_column
 
     table = Table()
-    table.data[b"acme"] = b"\xdc\x00\x24garbage"
+    table.data[b"acme"] = b"\xdc\x00\x24garbage" if unreadable == "garbage" else short_column(LAYOUT_4[0].read_bytes())
     before = metrics.REGISTRY.get_sample_value("healthscore_state_records_unreadable_total") or 0.0
     working = WorkingSet(table, KeysByPartition(), Outputs(), "changelog")
     met_at = SimpleNamespace(topic="product-usage", partition=5, offset=77)

@@ -148,3 +148,31 @@ def test_the_kernel_declines_a_newer_layout_rather_than_drop_its_fields() -> Non
     newer = newer_layout(encode_state(decode_state(LAYOUT_1[0].read_bytes())))
     with pytest.raises(ValueError):
         kernel.build(ScoringParameters()).roundtrip(newer)
+
+
+def short_column(raw: bytes) -> bytes:
+    """The record with one day counter's column a day short: no record this code writes (a
+    corrupt or foreign one), which indexing by day would run past."""
+    state = decode_state(raw)
+    assert state.counts.days
+    state.counts.refunds_cents.pop()
+    return encode_state(state)
+
+
+def test_a_record_with_a_column_out_of_step_with_its_days_is_refused_by_both() -> None:
+    """Refused when read, by the model and by the kernel alike: the worker treats it as unreadable
+    (tests/stream/test_batching.py) instead of failing on it at every event and every export."""
+    raw = short_column(LAYOUT_4[0].read_bytes())
+    with pytest.raises(msgspec.ValidationError, match="not as long as the days"):
+        decode_state(raw)
+    with pytest.raises(msgspec.ValidationError, match="not as long as the days"):
+        decode_record(raw)
+
+
+@needs_kernel
+def test_the_kernel_refuses_a_record_with_a_column_out_of_step_with_its_days() -> None:
+    raw = short_column(LAYOUT_4[0].read_bytes())
+    with pytest.raises(ValueError, match="not as long as the days"):
+        kernel.build(ScoringParameters()).roundtrip(raw)
+    with pytest.raises(ValueError, match="not as long as the days"):
+        kernel._kernel.fleet_contribution(raw, 0, 30, 14.0)
