@@ -289,6 +289,10 @@ class FleetExport:
         fleet = CountedIndex(index, UNLOGGED)
         if before is COUNTED_ON_DISK:
             before = fleet.counted(key)
+        elif not scheduled and before is not None and key in self._keys_by_partition.changed.get(partition, ()):
+            # Taken by the walk, then erased while the export yielded: its erasure took its entries
+            # and takes out what was counted (next pass); this copy must not do it a second time.
+            return None
         new_due, counted, row = self._move_counted(part, before, self._stored(partition, key), now_ms)
         if counted is None:
             fleet.forget(key)

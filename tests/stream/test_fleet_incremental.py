@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring import kernel
-from scoring.fleet_sums import add_to, contribution, empty_sums
+from scoring.fleet_sums import add_to, contribution, empty_sums, unchanged_until
 from scoring.health import ScoringParameters
 from scoring.kpis import customer_kpis
 from scoring.pipeline import step
@@ -69,6 +69,7 @@ class World:
         self.redis: dict[str, bytes] = {}
         self.streaming = True
         self.unknown = set(unknown_to_redis)
+        self.erase_while_exporting: list[str] = []
         recounter = kernel.build(PARAMETERS) if native else None  # the worker's, where it is built
         self.export = FleetExport(None, self.table, self.keys, [], "sweep", FleetOptions(**OPTIONS, write_kpis=self.write_kpis), kernel=recounter)  # type: ignore[arg-type]
 
@@ -121,6 +122,8 @@ class World:
         self.maybe_commit()
 
     async def write_kpis(self, rows: list[tuple[str, bytes]]) -> list[str]:
+        if self.erase_while_exporting and self.streaming:  # the stream erases a customer while the export yields
+            self.erase(self.erase_while_exporting.pop())
         unwritten = [customer for customer, _json in rows if customer in self.unknown]
         self.unknown.clear()  # known to Redis from now on (its first score was flushed)
         self.redis.update((customer, encoded) for customer, encoded in rows if customer not in unwritten)
@@ -185,11 +188,14 @@ def incremental_equals_full(parts: list, steps: list, seed: int, directory: Path
             world.erase(chooser.choice(customers))
         if chooser.random() < 0.3 and world.pending:
             world.restore(world.pending.pop())  # a record read back from the changelog
+        if chooser.random() < 0.2:
+            world.erase_while_exporting = [chooser.choice(customers)]  # while the export yields
         moved = {chooser.randrange(3)} if chooser.random() < 0.2 else set()
         asyncio.run(world.export.update(owned - moved, now))
         if moved:
             continue  # the next update counts the partition that came back in full
         world.streaming = False  # what the check reads stays as the export last saw it
+        world.erase_while_exporting = []
         world.commit()
         asyncio.run(world.export.update(owned, now))  # KPIs not written the first time are offered again
         check(world, owned, now)
@@ -290,6 +296,44 @@ def test_on_disk_a_customer_changed_before_its_moment_leaves_no_entry_behind(nat
         on_disk = [entry for partition in range(3) for entry, _value in entries(world.keys.disk.partition(partition).index, FLEET_DUE, FLEET_DUE)]
         assert sorted(entry[len(FLEET_DUE) + 8 :] for entry in on_disk) == sorted(customer.encode() for customer in customers)  # one each
     asyncio.run(world.keys.disk.on_stop())
+
+
+@RECOUNTERS
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_customer_erased_while_the_export_yields_is_taken_out_once(native: bool, on_disk: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A customer due in the chunk of due entries being recounted, erased while the export
+    yields to the stream before its turn: its erasure takes out what was counted (at the next
+    pass), the walk's copy of it must not take it out too, nor write its entries again."""
+    from scoring.contract import Event, UsageSession
+
+    monkeypatch.setattr(fleet, "CHUNK", 2)
+    world = World([], set(), directory=tmp_path if on_disk else None, native=native)
+    same = [customer for customer in (f"c{index}" for index in range(60)) if partition_of(customer) == 0][:3]
+    erased_first, due_first, erased_meanwhile = sorted(same)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    for customer in same:
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    due = unchanged_until(decode_state(world.stored(due_first.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
+    assert due is not None and due == unchanged_until(decode_state(world.stored(erased_meanwhile.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
+    world.erase(erased_first)  # the next pass starts with an erasure: the due ones come after it
+    world.erase_while_exporting, world.streaming = [erased_meanwhile], True
+    asyncio.run(world.export.update({0, 1, 2}, due))  # both due: the first's row is written, then the other erased
+    assert not world.erase_while_exporting
+    world.streaming = False
+    world.commit()
+    for now in (due + 60_000, due + DAY_MS):
+        asyncio.run(world.export.update({0, 1, 2}, now))
+        check(world, {0, 1, 2}, now)
+    assert world.customers(0) == [due_first.encode()]
+    if on_disk:
+        from stream.state.disk_index import FLEET_DUE, entries
+
+        index = world.keys.disk.partition(0).index
+        assert [entry for entry, _value in entries(index, FLEET_DUE.upper(), FLEET_DUE.upper())] == [FLEET_DUE.upper() + due_first.encode()]
+        asyncio.run(world.keys.disk.on_stop())
 
 
 @pytest.mark.skipif(not kernel.available(), reason="the Rust kernel is not built")
