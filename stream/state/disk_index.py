@@ -76,19 +76,13 @@ class StoredDueIndex:
         self._prefix = prefix
         self._write: tuple[Any, ...] = () if write_options is None else (write_options,)
 
-    def schedule(self, key: bytes, due_ms: int | None, taken: bool = False) -> None:
-        """The customer's moment becomes ``due_ms`` (None: nothing is ever due by time alone).
-        ``taken``: its entry was just taken off the index (``walk``, then deleted), so only its
-        reverse entry is left, which the new one overwrites."""
-        if not taken:
-            self.forget(key)
-        where = self._prefix.upper() + key
+    def schedule(self, key: bytes, due_ms: int | None) -> None:
+        """The customer's moment becomes ``due_ms`` (None: nothing is ever due by time alone)."""
+        self.forget(key)
         if due_ms is not None:
             entry = minute_entry(self._prefix, due_ms, key)
             self._index.put(entry, b"", *self._write)
-            self._index.put(where, entry[len(self._prefix) : len(self._prefix) + MINUTE_BYTES], *self._write)
-        elif taken:
-            self._index.delete(where, *self._write)
+            self._index.put(self._prefix.upper() + key, entry[len(self._prefix) : len(self._prefix) + MINUTE_BYTES], *self._write)
 
     def unschedule(self, key: bytes, due_ms: int | None) -> None:
         self.forget(key)
