@@ -5,6 +5,7 @@ skips while the run stays green (README, "Run the tests")."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +25,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 pytest_plugins = ["pytester"]
 
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the integration tests go
-    to one process, in their order, sharing the services they start; the unit and stream tests
-    are spread over the others meanwhile. Without xdist the mark does nothing."""
+    """Every test under tests/integration is marked ``integration`` (``-m "not integration"``
+    leaves them all out) and, for pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``),
+    put in one group: they run on one process, in their order, and only that process starts
+    the services (two starting Kafka at once make one fail); the unit and stream tests are
+    spread over the others meanwhile. Without xdist the group does nothing."""
     for item in items:
-        if item.get_closest_marker("integration") is not None:
+        if INTEGRATION in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.xdist_group("integration"))
