@@ -8,14 +8,17 @@ left alone.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from stream.settings import PROJECT_ROOT
 
@@ -177,11 +180,27 @@ def _kafka_properties(data_dir: Path, port: int, controller_port: int, secured: 
     )
 
 
+@contextmanager
+def one_start_at_a_time(directory: Path) -> Iterator[None]:
+    """Two processes starting the same service at once (two test processes, two shells): the
+    second waits for the first to finish, then finds the service answering, instead of
+    formatting a data directory the first is using. The lock goes with the process."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def start_kafka(
     paths: ServicePaths, port: int = 9092, controller_port: int = 9093, echo=print, secured: SecuredListener | None = None
 ) -> bool:
     """Returns True if it started a broker, False if one already answered. With ``secured``,
     ``port`` is its SASL_SSL listener and there is no PLAINTEXT one."""
+    with one_start_at_a_time(paths.kafka):
+        return _start_kafka(paths, port, controller_port, echo, secured)
+
+
+def _start_kafka(paths: ServicePaths, port: int, controller_port: int, echo, secured: SecuredListener | None) -> bool:  # type: ignore[no-untyped-def]
     if port_answers("127.0.0.1", port):
         echo(f"Kafka already answers on 127.0.0.1:{port}")
         return False
@@ -251,6 +270,12 @@ def _kafka_metadata_answers(port: int, client_options: dict | None = None) -> bo
 
 
 def start_redis(paths: ServicePaths, port: int = 6379, echo=print) -> bool:
+    """Returns True if it started Redis, False if it already answered."""
+    with one_start_at_a_time(paths.redis):
+        return _start_redis(paths, port, echo)
+
+
+def _start_redis(paths: ServicePaths, port: int, echo) -> bool:  # type: ignore[no-untyped-def]
     if port_answers("127.0.0.1", port):
         echo(f"Redis already answers on 127.0.0.1:{port}")
         return False
