@@ -3,7 +3,7 @@
 No Docker: Kafka runs from its Maven Central jars (resolved by services/kafka/pom.xml),
 Redis from Debian's ``redis-server``. Everything binds to 127.0.0.1 and keeps its
 files under ``.data/``. Starting is idempotent: a service that already answers is
-left alone.
+left alone, and two processes starting one at once take turns (``one_start_at_a_time``).
 """
 
 from __future__ import annotations
