@@ -29,12 +29,8 @@ INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/integration is marked ``integration`` (``-m "not integration"``
-    leaves them all out) and, for pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``),
-    put in one group: they run on one process, in their order, and only that process starts
-    the services (two starting Kafka at once make one fail); the unit and stream tests are
-    spread over the others meanwhile. Without xdist the group does nothing."""
+    """Every test under tests/integration is marked ``integration``, whether its module says so
+    or not: ``-m "not integration"`` leaves them all out."""
     for item in items:
         if INTEGRATION in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.xdist_group("integration"))
