@@ -99,16 +99,7 @@ class StoredDueIndex:
         """Up to ``limit`` (entry, customer key) due by ``at_ms``, after the entry ``after``
         (b"": from the first). The entries stay: the caller deletes each once the customer is
         placed again, so a crash in between leaves it to be taken again, never lost."""
-        last_minute = max(0, at_ms // DUE_BUCKET_MS)
-        taken: list[tuple[bytes, bytes]] = []
-        skip = len(self._prefix) + MINUTE_BYTES
-        for entry, _value in entries(self._index, after or self._prefix, self._prefix):
-            if entry == after:
-                continue
-            if int.from_bytes(entry[len(self._prefix) : skip], "big") > last_minute or len(taken) == limit:
-                break
-            taken.append((entry, entry[skip:]))
-        return taken
+        return [(entry, key) for entry, key, _value in due_entries(self._index, self._prefix, at_ms, after, limit)]
 
     def take(self, at_ms: int) -> set[bytes]:
         """Every customer due by ``at_ms``, taken off the index."""
@@ -146,9 +137,9 @@ class CountedIndex:
         left, which the new one overwrites)."""
         if not taken:
             self.forget(key)
-        minute = NEVER if due_ms is None else max(0, due_ms // DUE_BUCKET_MS).to_bytes(MINUTE_BYTES, "big")
-        self._index.put(FLEET_DUE + minute + key, counted, *self._write)
-        self._index.put(FLEET_DUE.upper() + key, minute, *self._write)
+        entry = FLEET_DUE + NEVER + key if due_ms is None else minute_entry(FLEET_DUE, due_ms, key)
+        self._index.put(entry, counted, *self._write)
+        self._index.put(FLEET_DUE.upper() + key, entry[len(FLEET_DUE) : len(FLEET_DUE) + MINUTE_BYTES], *self._write)
 
     def forget(self, key: bytes) -> None:
         """The customer is not counted: its entries go, wherever they are."""
@@ -157,16 +148,22 @@ class CountedIndex:
     def walk(self, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes, bytes]]:
         """Up to ``limit`` (entry, customer key, what was counted) due by ``at_ms``, after the
         entry ``after``; the caller deletes each entry it takes."""
-        last_minute = max(0, at_ms // DUE_BUCKET_MS)
-        skip = len(FLEET_DUE) + MINUTE_BYTES
-        taken: list[tuple[bytes, bytes, bytes]] = []
-        for entry, value in entries(self._index, after, FLEET_DUE):
-            if entry == after:
-                continue
-            if int.from_bytes(entry[len(FLEET_DUE) : skip], "big") > last_minute or len(taken) == limit:
-                break
-            taken.append((entry, entry[skip:], value))
-        return taken
+        return due_entries(self._index, FLEET_DUE, at_ms, after, limit)
+
+
+def due_entries(index: Any, prefix: bytes, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes, bytes]]:
+    """Up to ``limit`` (entry, customer key, value) of ``prefix`` + minute + key entries due by
+    ``at_ms``, after the entry ``after`` (b"": from the first)."""
+    last_minute = max(0, at_ms // DUE_BUCKET_MS)
+    skip = len(prefix) + MINUTE_BYTES
+    taken: list[tuple[bytes, bytes, bytes]] = []
+    for entry, value in entries(index, after or prefix, prefix):
+        if entry == after:
+            continue
+        if int.from_bytes(entry[len(prefix) : skip], "big") > last_minute or len(taken) == limit:
+            break
+        taken.append((entry, entry[skip:], value))
+    return taken
 
 
 def clear_prefix(index: Any, prefix: bytes) -> None:
