@@ -36,6 +36,8 @@ fn decode_or_new(stored: Option<&[u8]>, customer_id: &str) -> PyResult<CustomerS
     }
 }
 
+/// A recount on the RocksDB store: (the customer's next moment, its contribution as kept on disk, its KPI row).
+type Recounted<'py> = (Option<i64>, Option<Bound<'py, PyBytes>>, Option<(String, Bound<'py, PyBytes>)>);
 type ComponentRow = (&'static str, f64, f64, f64);
 type ScoreRow = (f64, &'static str, f64, Vec<ComponentRow>, i64, f64, Vec<(String, f64)>);
 
@@ -237,7 +239,7 @@ impl Kernel {
     /// contribution as kept on disk, its KPI row); all None when there is no record. Raises
     /// ValueError, having changed nothing, when either cannot be read.
     #[pyo3(signature = (sums, counted, current, now_ms, kpis, ltv))]
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     fn fleet_recount_counted<'py>(
         &self,
         py: Python<'py>,
@@ -247,20 +249,38 @@ impl Kernel {
         now_ms: i64,
         kpis: bool,
         ltv: bool,
-    ) -> PyResult<(Option<i64>, Option<Bound<'py, PyBytes>>, Option<(String, Bound<'py, PyBytes>)>)> {
-        let old = counted.map(fleet::decode_counted).transpose().map_err(PyValueError::new_err)?;
-        let new = current.map(state::decode).transpose().map_err(PyValueError::new_err)?;
-        if let Some(old) = &old {
-            sums.apply(old, -1);
+    ) -> PyResult<Recounted<'py>> {
+        self.recount_counted(py, &mut sums, counted, current, now_ms, kpis, ltv).map_err(PyValueError::new_err)
+    }
+
+    /// `fleet_recount_counted` for a chunk of customers in one call (the RocksDB export's walk
+    /// of due customers: one crossing into the kernel, not one per customer). Each item is that
+    /// function's result for the same item of `counted` and `current`, or None where it would
+    /// have raised ValueError: nothing was changed for that customer, whom the caller recounts
+    /// on its own. ValueError when the two lists differ in length.
+    #[pyo3(signature = (sums, counted, current, now_ms, kpis, ltv))]
+    #[allow(clippy::too_many_arguments)]
+    fn fleet_recount_counted_many<'py>(
+        &self,
+        py: Python<'py>,
+        mut sums: PyRefMut<'_, fleet_py::FleetSums>,
+        counted: Vec<Option<Bound<'py, PyBytes>>>,
+        current: Vec<Option<Bound<'py, PyBytes>>>,
+        now_ms: i64,
+        kpis: bool,
+        ltv: bool,
+    ) -> PyResult<Vec<Option<Recounted<'py>>>> {
+        if counted.len() != current.len() {
+            return Err(PyValueError::new_err(format!("{} counted contributions for {} records", counted.len(), current.len())));
         }
-        let Some(new) = new else {
-            return Ok((None, None, None));
-        };
-        let part = sums.contribution(&new, now_ms);
-        sums.apply(&part, 1);
-        let due = fleet::unchanged_until(&new, now_ms, &sums.shifts);
-        let stored = PyBytes::new(py, &fleet::encode_counted(&part));
-        Ok((due, Some(stored), self.kpi_row(py, &sums, &new, now_ms, kpis, ltv)))
+        Ok(counted
+            .iter()
+            .zip(&current)
+            .map(|(old, new)| {
+                let (old, new) = (old.as_ref().map(|bytes| bytes.as_bytes()), new.as_ref().map(|bytes| bytes.as_bytes()));
+                self.recount_counted(py, &mut sums, old, new, now_ms, kpis, ltv).ok()
+            })
+            .collect())
     }
 
     /// `stream.worker.fleet.customer_kpis_json` of a stored record (with this model's churn
@@ -502,6 +522,33 @@ impl Kernel {
     }
 
     /// A recounted customer's KPI row (`stream.worker.fleet.customer_kpis_json`), when written.
+    /// `fleet_recount_counted`'s work; Err (nothing changed) when either cannot be read.
+    #[allow(clippy::too_many_arguments)]
+    fn recount_counted<'py>(
+        &self,
+        py: Python<'py>,
+        sums: &mut fleet_py::FleetSums,
+        counted: Option<&[u8]>,
+        current: Option<&[u8]>,
+        now_ms: i64,
+        kpis: bool,
+        ltv: bool,
+    ) -> Result<Recounted<'py>, String> {
+        let old = counted.map(fleet::decode_counted).transpose()?;
+        let new = current.map(state::decode).transpose()?;
+        if let Some(old) = &old {
+            sums.apply(old, -1);
+        }
+        let Some(new) = new else {
+            return Ok((None, None, None));
+        };
+        let part = sums.contribution(&new, now_ms);
+        sums.apply(&part, 1);
+        let due = fleet::unchanged_until(&new, now_ms, &sums.shifts);
+        let stored = PyBytes::new(py, &fleet::encode_counted(&part));
+        Ok((due, Some(stored), self.kpi_row(py, sums, &new, now_ms, kpis, ltv)))
+    }
+
     fn kpi_row<'py>(&self, py: Python<'py>, sums: &fleet_py::FleetSums, state: &CustomerState, now_ms: i64, kpis: bool, ltv: bool) -> Option<(String, Bound<'py, PyBytes>)> {
         if !kpis {
             return None;

@@ -137,9 +137,8 @@ class CountedIndex:
         left, which the new one overwrites)."""
         if not taken:
             self.forget(key)
-        entry = FLEET_DUE + NEVER + key if due_ms is None else minute_entry(FLEET_DUE, due_ms, key)
-        self._index.put(entry, counted, *self._write)
-        self._index.put(FLEET_DUE.upper() + key, entry[len(FLEET_DUE) : len(FLEET_DUE) + MINUTE_BYTES], *self._write)
+        for entry, value in counted_entries(key, due_ms, counted):
+            self._index.put(entry, value, *self._write)
 
     def forget(self, key: bytes) -> None:
         """The customer is not counted: its entries go, wherever they are."""
@@ -149,6 +148,13 @@ class CountedIndex:
         """Up to ``limit`` (entry, customer key, what was counted) due by ``at_ms``, after the
         entry ``after``; the caller deletes each entry it takes."""
         return due_entries(self._index, FLEET_DUE, at_ms, after, limit)
+
+
+def counted_entries(key: bytes, due_ms: int | None, counted: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """The (entry, value) pairs of a customer counted as ``counted`` and next due at ``due_ms``
+    (None: never by time alone): its ``f`` entry, then its ``F`` entry naming the minute."""
+    entry = FLEET_DUE + NEVER + key if due_ms is None else minute_entry(FLEET_DUE, due_ms, key)
+    return (entry, counted), (FLEET_DUE.upper() + key, entry[len(FLEET_DUE) : len(FLEET_DUE) + MINUTE_BYTES])
 
 
 def due_entries(index: Any, prefix: bytes, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes, bytes]]:

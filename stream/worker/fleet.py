@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import islice
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import faust
@@ -24,7 +24,7 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, entries
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, counted_entries, entries
 from stream.state.due_index import DUE_BUCKET_MS, DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
@@ -184,23 +184,22 @@ class FleetExport:
                 part = self._partitions[partition] = self._new_totals(now_ms)
                 # (customer, the bytes the totals counted, whether it has a due entry to replace)
                 counted: Iterable[tuple[bytes, Any, bool]] = ((key, None, False) for key in self._every_key(partition))
+                on_disk = False
             elif self._index(partition) is None:
                 changes: dict[bytes, Any] = keys_by_partition.take_changes(partition)
                 taken = part.due.take(now_ms)
                 for key in taken:
                     changes.setdefault(key, _AS_STORED)
                 counted = ((key, before, key not in taken) for key, before in changes.items())  # taken: nothing to unschedule
-            else:  # the RocksDB store: erasures from memory, the rest walked on disk
-                erased = ((key, before, True) for key, before in keys_by_partition.take_changes(partition).items())
-                counted = chain(erased, self._due_on_disk(partition, part, now_ms), self._marked_changed(partition))
+                on_disk = False
+            else:  # the RocksDB store: erasures from memory, then the due and the changed walked on disk
+                counted = ((key, before, True) for key, before in keys_by_partition.take_changes(partition).items())
+                on_disk = True
             try:
-                for index, (key, before, scheduled) in enumerate(counted, 1):
-                    row = self._recount(partition, part, key, before, scheduled, now_ms)
-                    if row is not None:
-                        rows.append(row)
-                    if index % CHUNK == 0:
-                        rows = await self._write(rows)
-                    self.recomputed += 1
+                rows = await self._count(partition, part, counted, now_ms, rows)
+                if on_disk:
+                    rows = await self._count_due_on_disk(partition, part, now_ms, rows)
+                    rows = await self._count(partition, part, self._marked_changed(partition), now_ms, rows)
             except BaseException:  # the changes taken are half counted: count the partition in full next time
                 part.at_ms = -1
                 raise
@@ -226,20 +225,57 @@ class FleetExport:
                 clear_prefix(index, prefix)
         yield from self._keys_by_partition.walk(partition, CHUNK)
 
-    def _due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int) -> Iterator[tuple[bytes, Any, bool]]:
-        """On the RocksDB store, the customers whose time came by ``now_ms``, with what the totals
-        counted for them, a chunk at a time (just after midnight that is most of the customers
-        active in the period). The walk starts at the minute the last one reached: a customer's
-        next moment is always after the time it was counted at, so no entry is written before it
-        (a clock set back moves it back)."""
+    async def _count(self, partition: int, part: PartitionTotals, counted: Iterable[tuple[bytes, Any, bool]], now_ms: int, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Recounts each (customer, what the totals counted, whether it has a due entry to
+        replace), yielding to the stream every CHUNK customers; returns the KPI rows not written yet."""
+        for index, (key, before, scheduled) in enumerate(counted, 1):
+            row = self._recount(partition, part, key, before, scheduled, now_ms)
+            if row is not None:
+                rows.append(row)
+            if index % CHUNK == 0:
+                rows = await self._write(rows)
+            self.recomputed += 1
+        return rows
+
+    async def _count_due_on_disk(self, partition: int, part: PartitionTotals, now_ms: int, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """On the RocksDB store, recounts the customers whose time came by ``now_ms`` (just after
+        midnight, most of those active in the period), a chunk at a time: each chunk is walked,
+        read, recounted and written back with no yield in between, so the stream cannot erase
+        one of its customers half way. The walk starts at the minute the last one reached: a
+        customer's next moment is always after the time it was counted at, so no entry is
+        written before it (a clock set back moves it back)."""
         now_minute = max(0, now_ms // DUE_BUCKET_MS)
         after = FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")  # no entry is this key itself
-        while (index := self._index(partition)) is not None and (chunk := CountedIndex(index).walk(now_ms, after, CHUNK)):
-            for entry, key, counted in chunk:
-                index.delete(entry, UNLOGGED)
-                yield key, counted, False
+        while (records := self._disk_records(partition)) is not None and (chunk := CountedIndex(records.index).walk(now_ms, after, CHUNK)):
+            rows.extend(self._recount_chunk_on_disk(records, part, chunk, now_ms))
+            self.recomputed += len(chunk)
             after = chunk[-1][0]
+            rows = await self._write(rows)
+            if len(chunk) < CHUNK:  # the walk met a later minute or the last entry: no second seek
+                break
         part.due_from_minute = now_minute
+        return rows
+
+    def _recount_chunk_on_disk(self, records: Any, part: PartitionTotals, chunk: list[tuple[bytes, bytes, bytes]], now_ms: int) -> list[tuple[str, bytes]]:
+        """One chunk of the due walk ((entry, customer key, what was counted), in the index's
+        order): the records in one MultiGet, the recounts in one call of the kernel, and the
+        index's changes in one batch (the walked entries in one range deletion, which the
+        new entries written after it in the same batch survive)."""
+        keys = [key for _entry, key, _counted in chunk]
+        recounted = self._moved_many(part, [counted for _entry, _key, counted in chunk], records.get_many(keys), now_ms)
+        batch, index = records.index_batch()
+        batch.delete_range(chunk[0][0], chunk[-1][0] + b"\0", index)
+        rows = []
+        for key, (new_due, counted, row) in zip(keys, recounted):
+            if counted is None:  # erased or unreadable: its minute's entry goes too
+                batch.delete(FLEET_DUE.upper() + key)
+                continue
+            for entry, value in counted_entries(key, new_due, counted):
+                batch.put(entry, value)
+            if (row := self._counted_row(key, row)) is not None:
+                rows.append(row)
+        records.db.write(batch, UNLOGGED)
+        return rows
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any, bool]]:
         """On the RocksDB store, the customers whose record a commit changed since the last pass
@@ -257,9 +293,14 @@ class FleetExport:
 
     def _index(self, partition: int) -> Any:
         """The partition's index column family on the RocksDB store (None: in memory, or not held)."""
-        disk = self._keys_by_partition.disk
-        records = disk.if_open(partition) if disk is not None else None
+        records = self._disk_records(partition)
         return None if records is None else records.index
+
+    def _disk_records(self, partition: int) -> Any:
+        """The partition's records on the RocksDB store (stream.state.store.PartitionRecords;
+        None: in memory, or not held)."""
+        disk = self._keys_by_partition.disk
+        return disk.if_open(partition) if disk is not None else None
 
     def _recount(self, partition: int, part: PartitionTotals, key: bytes, before: Any, scheduled: bool, now_ms: int) -> tuple[str, bytes] | None:
         """Replaces the customer's contribution counted at ``part.at_ms`` (from ``before``) by
@@ -285,14 +326,16 @@ class FleetExport:
         """The RocksDB store's recount: ``before`` is what the totals counted for the customer
         (``encode_counted``'s bytes, None) or COUNTED_ON_DISK (read from its entry); the new
         contribution is written in its next entry, for the next recount to take out. ``scheduled``
-        False: the walk just took its entry."""
+        False: a full count, which cleared the entries first."""
         fleet = CountedIndex(index, UNLOGGED)
-        if before is COUNTED_ON_DISK:
+        erasures = self._keys_by_partition.changed.get(partition)
+        if erasures and key in erasures and (before is COUNTED_ON_DISK or not scheduled):
+            # Erased after this pass took the erasures, then written again: the erasure took its
+            # entries and handed over what the totals counted, which goes now, not at the next
+            # pass too (that pass would also drop this recount's entry without taking it out).
+            before = erasures.pop(key)
+        elif before is COUNTED_ON_DISK:
             before = fleet.counted(key)
-        elif not scheduled and before is not None and key in self._keys_by_partition.changed.get(partition, ()):
-            # Taken by the walk, then erased while the export yielded: its erasure took its entries
-            # and takes out what was counted (next pass); this copy must not do it a second time.
-            return None
         new_due, counted, row = self._move_counted(part, before, self._stored(partition, key), now_ms)
         if counted is None:
             fleet.forget(key)
@@ -352,6 +395,15 @@ class FleetExport:
         now = contribution(new, now_ms, options.period_days, options.survey_response_days)
         add_to(part.sums, now)
         return unchanged_until(new, now_ms, options.period_days, options.survey_response_days), encode_counted(now), self._kpi_row(new, now_ms)
+
+    def _moved_many(self, part: PartitionTotals, counted: list[bytes], current: list[bytes | None], now_ms: int) -> list[tuple[int | None, bytes | None, tuple[str, bytes] | None]]:
+        """``_move_counted`` of each customer of a chunk: one call of the kernel for all, the
+        model for those the kernel cannot read."""
+        options = self._options
+        recounted: list[Any] = [None] * len(counted)
+        if self._kernel is not None and part.native is not None:
+            recounted = self._kernel.fleet_recount_counted_many(part.native, counted, current, now_ms, options.write_kpis is not None, options.parameters is not None)
+        return [done if done is not None else self._move_counted(part, old, new, now_ms) for done, old, new in zip(recounted, counted, current)]
 
     def _kpi_row(self, state: Any, now_ms: int) -> tuple[str, bytes] | None:
         return (state.customer_id, customer_kpis_json(state, now_ms, self._options)) if self._options.write_kpis is not None else None

@@ -301,9 +301,9 @@ def test_on_disk_a_customer_changed_before_its_moment_leaves_no_entry_behind(nat
 @RECOUNTERS
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_a_customer_erased_while_the_export_yields_is_taken_out_once(native: bool, on_disk: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A customer due in the chunk of due entries being recounted, erased while the export
-    yields to the stream before its turn: its erasure takes out what was counted (at the next
-    pass), the walk's copy of it must not take it out too, nor write its entries again."""
+    """A customer due with another, erased while the export yields to the stream (in memory
+    before its turn; on disk a chunk of due customers is recounted before the export yields):
+    its erasure takes out what was counted (at the next pass), once, and no entry of it stays."""
     from scoring.contract import Event, UsageSession
 
     monkeypatch.setattr(fleet, "CHUNK", 2)
@@ -440,3 +440,39 @@ def test_kpis_waiting_for_redis_are_bounded_and_written_a_chunk_at_a_time(monkey
     asyncio.run(world.export.update({0, 1, 2}, at + 60_000))  # nothing changed: only the retries
     assert sorted(customer for rows in writes for customer in rows) == sorted(key.decode() for key in world.export._kpi_retries)
     assert writes and max(len(rows) for rows in writes) <= 3
+
+
+@RECOUNTERS
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_customer_erased_and_written_again_during_a_pass_then_erased_again_is_taken_out(native: bool, on_disk: bool, tmp_path: Path) -> None:
+    """Erased while the export yields (after the pass took the erasures), written again and
+    committed before the pass recounts its change: that recount takes out what the erasure
+    handed over, so a second erasure before the next pass hands over the new count. On disk
+    the second erasure used to keep the first's bytes (the erasures wait by key), and the new
+    count stayed in the totals for good."""
+    from scoring.contract import Event, UsageSession
+
+    world = World([], set(), directory=tmp_path if on_disk else None, native=native)
+    same = [customer for customer in (f"c{index}" for index in range(60)) if partition_of(customer) == 0][:2]
+    erased, other = same
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    for customer in same:
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    due = unchanged_until(decode_state(world.stored(erased.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
+    assert due is not None
+    world.chooser = SimpleNamespace(random=lambda: 0.0)  # every write committed at once
+    again = Event(event_id="e2", type="usage.session", customer_id=erased, occurred_at_ms=due - 60_000, data=UsageSession("u", 30))
+    world.erase_while_exporting, world.pending, world.streaming = [erased], [again], True
+    asyncio.run(world.export.update({0, 1, 2}, due))  # at its first yield: erased, then written again
+    assert not world.erase_while_exporting and not world.pending and world.stored(erased.encode()) is not None
+    world.streaming = False
+    world.erase(erased)
+    for now in (due + 60_000, due + DAY_MS):
+        asyncio.run(world.export.update({0, 1, 2}, now))
+        check(world, {0, 1, 2}, now)
+    assert world.customers(0) == [other.encode()]
+    if on_disk:
+        asyncio.run(world.keys.disk.on_stop())

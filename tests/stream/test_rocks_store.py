@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from stream.kafka.producer import Outputs
 from stream.settings import Settings
 from stream.state.changelog import DeferredChangelog
-from stream.state.disk_index import CHANGED, COUNTED, PLACE, SWEEP_DUE, CountedIndex, StoredDueIndex
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, PLACE, SWEEP_DUE, CountedIndex, StoredDueIndex
 from stream.state.keys import KeysByPartition
 from stream.state.store import OFFSET_KEY, RocksStore, records_of
 from stream.state.table import customer_state_table, persisted_offsets
@@ -226,4 +226,39 @@ def test_an_erased_customer_leaves_nothing_naming_it_in_the_index(tmp_path: Path
     StoredDueIndex(records.index, SWEEP_DUE).schedule(b"other", 60_000)
     store.apply_changelog_batch([SimpleNamespace(message=SimpleNamespace(partition=0, offset=9, key=b"other", value=None))], None, None)
     assert index_entries_naming(records, b"other") == []
+    asyncio.run(store.on_stop())
+
+
+def test_a_range_deleted_from_the_index_leaves_the_records_alone(tmp_path: Path) -> None:
+    """The fleet export deletes the due entries it walked in one range (stream/worker/fleet.py);
+    a customer whose key falls inside that range (any string is a customer id) keeps its record.
+    rocksdict 0.3.29's WriteBatch.delete_range ignores the batch's column family: without the
+    handle index_batch returns, the range went from the records."""
+    table, store, keys = open_table(tmp_path)
+    inside = [FLEET_DUE + b"\0" * 7 + b"\x01" + name for name in (b"a", b"b", b"c")]
+    commit(table, [(0, key, b"record") for key in inside])
+    records = store.partition(0)
+    for key in inside:
+        records.index.put(key, b"counted")
+    batch, index = records.index_batch()
+    batch.delete_range(inside[0], inside[-1] + b"\0", index)
+    batch.put(inside[1], b"written after the range")
+    records.db.write(batch)
+    assert [records.db.get(key) for key in inside] == [b"record"] * 3
+    assert [records.index.get(key) for key in inside] == [None, b"written after the range", None]
+    asyncio.run(store.on_stop())
+
+
+def test_reading_many_records_sees_the_writes_not_committed_yet(tmp_path: Path) -> None:
+    """get_many (the fleet export's read of a chunk) answers as get does, key by key: a write or
+    an erasure waiting for the next commit wins over the disk."""
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"a", b"a1"), (0, b"b", b"b1"), (0, b"c", b"c1")])
+    records = store.partition(0)
+    assert records.get_many([b"c", b"a", b"nobody"]) == [b"c1", b"a1", None]
+    records[b"b"] = b"b2"
+    del records[b"c"]
+    records[b"new"] = b"n1"
+    wanted = [b"a", b"b", b"c", b"new", b"nobody"]
+    assert records.get_many(wanted) == [records.get(key) for key in wanted] == [b"a1", b"b2", None, b"n1", None]
     asyncio.run(store.on_stop())

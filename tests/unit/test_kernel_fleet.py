@@ -167,3 +167,30 @@ def test_the_counted_recount_takes_out_what_either_side_counted() -> None:
     for key, value in by_model.items():
         removed[key] = removed.get(key, 0) - value
     assert sums.as_dict() == {key: value for key, value in removed.items() if value}
+
+
+@needs_kernel
+def test_a_chunk_recounted_in_one_call_equals_one_call_each() -> None:
+    """fleet_recount_counted_many (the RocksDB export's due walk): the same results and sums
+    as fleet_recount_counted customer by customer; an item it cannot read is None and changes
+    nothing (the caller recounts it with the model), the others are recounted all the same."""
+    parameters = ScoringParameters(key_features=KEY_FEATURES)
+    native = kernel.build(parameters)
+    stored: list[bytes | None] = list(generated_records(40, 1_500, 40, 3, parameters).values())
+    one_by_one = kernel._kernel.FleetSums(30, 14.0, list(KEY_FEATURES))
+    chunk = kernel._kernel.FleetSums(30, 14.0, list(KEY_FEATURES))
+    first = [native.fleet_recount_counted(one_by_one, None, record, T0, True, True) for record in stored]
+    assert native.fleet_recount_counted_many(chunk, [None] * len(stored), stored, T0, True, True) == first
+    assert chunk.as_dict() == one_by_one.as_dict()
+    later = T0 + 12 * DAY_MS
+    counted = [kept for _due, kept, _row in first]
+    stored[3], counted[5], stored[7] = b"\xc1 not a record", b"\xc1", None  # unreadable, unreadable, erased
+    results = native.fleet_recount_counted_many(chunk, counted, stored, later, True, False)
+    assert results[3] is None and results[5] is None and results[7] == (None, None, None)
+    for index, (old, new) in enumerate(zip(counted, stored)):
+        if index not in (3, 5):
+            assert results[index] == native.fleet_recount_counted(one_by_one, old, new, later, True, False)
+    assert chunk.as_dict() == one_by_one.as_dict()
+    with pytest.raises(ValueError):
+        native.fleet_recount_counted_many(chunk, counted[:2], stored[:3], later, True, False)
+    assert chunk.as_dict() == one_by_one.as_dict()
