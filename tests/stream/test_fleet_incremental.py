@@ -476,3 +476,27 @@ def test_a_customer_erased_and_written_again_during_a_pass_then_erased_again_is_
     assert world.customers(0) == [other.encode()]
     if on_disk:
         asyncio.run(world.keys.disk.on_stop())
+
+
+@RECOUNTERS
+def test_on_disk_a_due_customer_whose_record_turned_unreadable_leaves_the_totals_and_the_index(native: bool, tmp_path: Path) -> None:
+    """A record neither the kernel nor the model can read (a corrupt one), found by the due
+    walk: what was counted for it is taken out, and its entries go, the minute's one too."""
+    from scoring.contract import Event, UsageSession
+    from stream.state.disk_index import FLEET_DUE
+
+    world = World([], set(), directory=tmp_path, native=native)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    for customer in ("a", "b"):
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    due = unchanged_until(decode_state(world.stored(b"a")), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
+    records = world.keys.disk.partition(partition_of("a"))
+    records.db.put(b"a", b"\xc1 not a record")  # behind the commit's back: no change marker
+    asyncio.run(world.export.update({0, 1, 2}, due))
+    assert [entry for entry in records.index.keys() if entry.endswith(b"a") and entry[:1] in (FLEET_DUE, FLEET_DUE.upper())] == []
+    expected = contribution(decode_state(world.stored(b"b")), due, OPTIONS["period_days"], OPTIONS["survey_response_days"])
+    assert exported_sums(world, {0, 1, 2}) == {name: value for name, value in expected.items() if value}
+    asyncio.run(world.keys.disk.on_stop())
