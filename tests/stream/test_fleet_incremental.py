@@ -298,24 +298,35 @@ def test_on_disk_a_customer_changed_before_its_moment_leaves_no_entry_behind(nat
     asyncio.run(world.keys.disk.on_stop())
 
 
+def in_partition_zero(count: int) -> list[str]:
+    return [customer for customer in (f"c{index}" for index in range(60)) if partition_of(customer) == 0][:count]
+
+
+def counted_at_noon(customers: list[str], directory: Path | None, native: bool) -> tuple[World, int]:
+    """A world whose customers each had a session 30 days (less ten minutes) before noon of
+    T0's day, counted by a first export at that noon (returned), the stream paused."""
+    from scoring.contract import Event, UsageSession
+
+    world = World([], set(), directory=directory, native=native)
+    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
+    for customer in customers:
+        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
+    world.commit()
+    world.streaming = False
+    asyncio.run(world.export.update({0, 1, 2}, at))
+    return world, at
+
+
 @RECOUNTERS
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_a_customer_erased_while_the_export_yields_is_taken_out_once(native: bool, on_disk: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A customer due with another, erased while the export yields to the stream (in memory
     before its turn; on disk a chunk of due customers is recounted before the export yields):
     its erasure takes out what was counted (at the next pass), once, and no entry of it stays."""
-    from scoring.contract import Event, UsageSession
-
     monkeypatch.setattr(fleet, "CHUNK", 2)
-    world = World([], set(), directory=tmp_path if on_disk else None, native=native)
-    same = [customer for customer in (f"c{index}" for index in range(60)) if partition_of(customer) == 0][:3]
+    same = in_partition_zero(3)
     erased_first, due_first, erased_meanwhile = sorted(same)
-    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
-    for customer in same:
-        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
-    world.commit()
-    world.streaming = False
-    asyncio.run(world.export.update({0, 1, 2}, at))
+    world, at = counted_at_noon(same, tmp_path if on_disk else None, native)
     due = unchanged_until(decode_state(world.stored(due_first.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
     assert due is not None and due == unchanged_until(decode_state(world.stored(erased_meanwhile.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
     world.erase(erased_first)  # the next pass starts with an erasure: the due ones come after it
@@ -452,15 +463,8 @@ def test_a_customer_erased_and_written_again_during_a_pass_then_erased_again_is_
     count stayed in the totals for good."""
     from scoring.contract import Event, UsageSession
 
-    world = World([], set(), directory=tmp_path if on_disk else None, native=native)
-    same = [customer for customer in (f"c{index}" for index in range(60)) if partition_of(customer) == 0][:2]
-    erased, other = same
-    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
-    for customer in same:
-        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
-    world.commit()
-    world.streaming = False
-    asyncio.run(world.export.update({0, 1, 2}, at))
+    erased, other = in_partition_zero(2)
+    world, at = counted_at_noon([erased, other], tmp_path if on_disk else None, native)
     due = unchanged_until(decode_state(world.stored(erased.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
     assert due is not None
     world.chooser = SimpleNamespace(random=lambda: 0.0)  # every write committed at once
@@ -482,16 +486,9 @@ def test_a_customer_erased_and_written_again_during_a_pass_then_erased_again_is_
 def test_on_disk_a_due_customer_whose_record_turned_unreadable_leaves_the_totals_and_the_index(native: bool, tmp_path: Path) -> None:
     """A record neither the kernel nor the model can read (a corrupt one), found by the due
     walk: what was counted for it is taken out, and its entries go, the minute's one too."""
-    from scoring.contract import Event, UsageSession
     from stream.state.disk_index import FLEET_DUE
 
-    world = World([], set(), directory=tmp_path, native=native)
-    at = T0 // DAY_MS * DAY_MS + 12 * 3_600_000
-    for customer in ("a", "b"):
-        world.apply(Event(event_id="e1", type="usage.session", customer_id=customer, occurred_at_ms=at - 30 * DAY_MS + 600_000, data=UsageSession("u", 60)))
-    world.commit()
-    world.streaming = False
-    asyncio.run(world.export.update({0, 1, 2}, at))
+    world, at = counted_at_noon(["a", "b"], tmp_path, native)
     due = unchanged_until(decode_state(world.stored(b"a")), at, OPTIONS["period_days"], OPTIONS["survey_response_days"])
     records = world.keys.disk.partition(partition_of("a"))
     records.db.put(b"a", b"\xc1 not a record")  # behind the commit's back: no change marker
