@@ -29,8 +29,11 @@ broker or Redis (KPI rows are made, not written):
   active in the last days is due (the day windows move) and nothing else changed;
 - ``a_day_later_idle``: an export a minute after that.
 
-The export's totals are checked against a full recomputation at the end. Prints JSON and
-writes bench/results/fleet_export-<time>.json.
+The export's totals are checked against a full recomputation at the end. The speed probe
+of bench/model_cost.py (the model alone, no I/O) runs before and after, as in
+bench/throughput.py: this shared VM has run the same code at a quarter of its usual speed
+for hours, so compare runs only at similar probe figures. Prints JSON and writes
+bench/results/fleet_export-<time>.json.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from stream.state.table import KeysByPartition, customer_state_table  # noqa: E4
 from stream.worker.app import faust_app  # noqa: E402
 from stream.state.working_set import WorkingSet  # noqa: E402
 from stream.worker.fleet import FleetExport, FleetOptions  # noqa: E402
+from model_cost import speed_probe  # noqa: E402
 from throughput import write_result  # noqa: E402
 
 PARTITIONS = 12
@@ -271,9 +275,11 @@ def main() -> None:
             args.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             parser.error(f"--data-dir {args.data_dir}: cannot make it ({error.strerror})")
+    probe_before = speed_probe()  # how fast this shared VM runs the model now: compare runs only at similar figures
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
         data_dir = directory if args.state_store == "rocksdb" else None
         figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir))
+    figures["speed_probe_microseconds_per_event"] = {"before": probe_before, "after": speed_probe()}
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)
 
