@@ -521,7 +521,6 @@ impl Kernel {
         health::score_state(state, at_ms, &self.parameters, None, None).map(|health| health.churn_risk)
     }
 
-    /// A recounted customer's KPI row (`stream.worker.fleet.customer_kpis_json`), when written.
     /// `fleet_recount_counted`'s work; Err (nothing changed) when either cannot be read.
     #[allow(clippy::too_many_arguments)]
     fn recount_counted<'py>(
@@ -549,6 +548,7 @@ impl Kernel {
         Ok((due, Some(stored), self.kpi_row(py, sums, &new, now_ms, kpis, ltv)))
     }
 
+    /// A recounted customer's KPI row (`stream.worker.fleet.customer_kpis_json`), when written.
     fn kpi_row<'py>(&self, py: Python<'py>, sums: &fleet_py::FleetSums, state: &CustomerState, now_ms: i64, kpis: bool, ltv: bool) -> Option<(String, Bound<'py, PyBytes>)> {
         if !kpis {
             return None;

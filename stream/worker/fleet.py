@@ -265,7 +265,7 @@ class FleetExport:
         recounted = self._moved_many(part, [counted for _entry, _key, counted in chunk], records.get_many(keys), now_ms)
         batch, index = records.index_batch()
         batch.delete_range(chunk[0][0], chunk[-1][0] + b"\0", index)
-        rows = []
+        rows: list[tuple[str, bytes]] = []
         for key, (new_due, counted, row) in zip(keys, recounted):
             if counted is None:  # erased or unreadable: its minute's entry goes too
                 batch.delete(FLEET_DUE.upper() + key)
