@@ -257,7 +257,8 @@ impl Kernel {
     /// of due customers: one crossing into the kernel, not one per customer). Each item is that
     /// function's result for the same item of `counted` and `current`, or None where it would
     /// have raised ValueError: nothing was changed for that customer, whom the caller recounts
-    /// on its own. ValueError when the two lists differ in length.
+    /// on its own. ValueError when the two lists differ in length. The recounts run without the
+    /// GIL (on copies of the bytes), so the export can recount two partitions' chunks at once.
     #[pyo3(signature = (sums, counted, current, now_ms, kpis, ltv))]
     #[allow(clippy::too_many_arguments)]
     fn fleet_recount_counted_many<'py>(
@@ -273,14 +274,13 @@ impl Kernel {
         if counted.len() != current.len() {
             return Err(PyValueError::new_err(format!("{} counted contributions for {} records", counted.len(), current.len())));
         }
-        Ok(counted
-            .iter()
-            .zip(&current)
-            .map(|(old, new)| {
-                let (old, new) = (old.as_ref().map(|bytes| bytes.as_bytes()), new.as_ref().map(|bytes| bytes.as_bytes()));
-                self.recount_counted(py, &mut sums, old, new, now_ms, kpis, ltv).ok()
-            })
-            .collect())
+        let copy = |items: &[Option<Bound<'py, PyBytes>>]| -> Vec<Option<Vec<u8>>> { items.iter().map(|bytes| bytes.as_ref().map(|bytes| bytes.as_bytes().to_vec())).collect() };
+        let (counted, current) = (copy(&counted), copy(&current));
+        let sums: &mut fleet_py::FleetSums = &mut sums;
+        let recounted: Vec<Option<RecountedBytes>> = py.allow_threads(|| {
+            counted.iter().zip(&current).map(|(old, new)| self.recount_bytes(sums, old.as_deref(), new.as_deref(), now_ms, kpis, ltv).ok()).collect()
+        });
+        Ok(recounted.into_iter().map(|item| item.map(|recounted| to_python(py, recounted))).collect())
     }
 
     /// `stream.worker.fleet.customer_kpis_json` of a stored record (with this model's churn
@@ -533,6 +533,11 @@ impl Kernel {
         kpis: bool,
         ltv: bool,
     ) -> Result<Recounted<'py>, String> {
+        self.recount_bytes(sums, counted, current, now_ms, kpis, ltv).map(|recounted| to_python(py, recounted))
+    }
+
+    /// `recount_counted` with Rust values only (no Python object: it may run without the GIL).
+    fn recount_bytes(&self, sums: &mut fleet_py::FleetSums, counted: Option<&[u8]>, current: Option<&[u8]>, now_ms: i64, kpis: bool, ltv: bool) -> Result<RecountedBytes, String> {
         let old = counted.map(fleet::decode_counted).transpose()?;
         let new = current.map(state::decode).transpose()?;
         if let Some(old) = &old {
@@ -544,19 +549,28 @@ impl Kernel {
         let part = sums.contribution(&new, now_ms);
         sums.apply(&part, 1);
         let due = fleet::unchanged_until(&new, now_ms, &sums.shifts);
-        let stored = PyBytes::new(py, &fleet::encode_counted(&part));
-        Ok((due, Some(stored), self.kpi_row(py, sums, &new, now_ms, kpis, ltv)))
+        Ok((due, Some(fleet::encode_counted(&part)), self.kpi_json(sums, &new, now_ms, kpis, ltv)))
     }
 
     /// A recounted customer's KPI row (`stream.worker.fleet.customer_kpis_json`), when written.
     fn kpi_row<'py>(&self, py: Python<'py>, sums: &fleet_py::FleetSums, state: &CustomerState, now_ms: i64, kpis: bool, ltv: bool) -> Option<(String, Bound<'py, PyBytes>)> {
+        self.kpi_json(sums, state, now_ms, kpis, ltv).map(|(customer, json)| (customer, PyBytes::new(py, &json)))
+    }
+
+    fn kpi_json(&self, sums: &fleet_py::FleetSums, state: &CustomerState, now_ms: i64, kpis: bool, ltv: bool) -> Option<(String, Vec<u8>)> {
         if !kpis {
             return None;
         }
         let churn_risk = if ltv { self.churn_risk(state, now_ms.max(state.last_event_ms)) } else { None };
-        let json = fleet::kpis_json(state, now_ms, &sums.key_features, sums.response_days, churn_risk);
-        Some((state.customer_id.clone(), PyBytes::new(py, &json)))
+        Some((state.customer_id.clone(), fleet::kpis_json(state, now_ms, &sums.key_features, sums.response_days, churn_risk)))
     }
+}
+
+/// A recount's result as Rust values (`Recounted` once made Python objects).
+type RecountedBytes = (Option<i64>, Option<Vec<u8>>, Option<(String, Vec<u8>)>);
+
+fn to_python(py: Python<'_>, (due, counted, row): RecountedBytes) -> Recounted<'_> {
+    (due, counted.map(|bytes| PyBytes::new(py, &bytes)), row.map(|(customer, json)| (customer, PyBytes::new(py, &json))))
 }
 
 /// A replay output line: `{"kind":"<kind>",` then the message's own fields, and a newline.
