@@ -62,7 +62,7 @@ from scoring.pipeline import step  # noqa: E402
 from scoring.state import DAY_MS, decode_state, encode_state, new_state  # noqa: E402
 from scoring.contract import decode_event  # noqa: E402
 from stream.commands.generate import EventSynthesizer  # noqa: E402
-from stream.memory import collect_garbage_rarely  # noqa: E402
+from stream.memory import collect_garbage_rarely, release_free_memory, tune_allocator  # noqa: E402
 from stream.kafka.producer import Outputs  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.state.table import KeysByPartition, customer_state_table  # noqa: E402
@@ -149,7 +149,9 @@ def every_record(table: Any, keys: KeysByPartition) -> Iterator[bytes]:
 async def timed(export: FleetExport, at_ms: int) -> dict:
     started = time.perf_counter()
     await export.update(set(range(PARTITIONS)), at_ms)
-    return {"seconds": round(time.perf_counter() - started, 4), "recomputed": export.recomputed}
+    seconds = time.perf_counter() - started
+    release_free_memory()  # as the worker's timer does every few seconds (stream/worker/timers.py)
+    return {"seconds": round(seconds, 4), "recomputed": export.recomputed}
 
 
 def touch(table: Table, keys: KeysByPartition, customers: int, share: float, at_ms: int) -> int:
@@ -194,6 +196,7 @@ async def measure(
     model: str = "kernel", data_dir: str | None = None,
 ) -> dict:
     collect_garbage_rarely()
+    tune_allocator()  # as the worker does at its start (stream/cli.py): the export's threads share one more heap
     table, keys = (Table(), KeysByPartition()) if data_dir is None else disk_table(data_dir)
     print(f"building {customers:,} records from {template_count:,} histories", file=sys.stderr, flush=True)
     fill(table, keys, customers, templates(template_count))
