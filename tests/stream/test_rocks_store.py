@@ -262,3 +262,23 @@ def test_reading_many_records_sees_the_writes_not_committed_yet(tmp_path: Path) 
     wanted = [b"a", b"b", b"c", b"new", b"nobody"]
     assert records.get_many(wanted) == [records.get(key) for key in wanted] == [b"a1", b"b2", None, b"n1", None]
     asyncio.run(store.on_stop())
+
+
+def test_the_walk_of_due_entries_stops_at_the_minute_and_the_limit_and_resumes_after_an_entry(tmp_path: Path) -> None:
+    """RocksDB bounds the walk (the entries of later minutes, the never-due ones and the next
+    prefix's are not read); ``after`` is left out, ``limit`` respected."""
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"acme", b"v1")])
+    records = store.partition(0)
+    fleet = CountedIndex(records.index)
+    for minute, customer in [(3, b"c"), (3, b"a"), (5, b"b"), (6, b"late"), (None, b"never")]:
+        fleet.put(customer, None if minute is None else minute * 60_000 + 59_999, customer + b"-counted")
+    records.index.put(FLEET_DUE.upper() + b"zz", b"not an f entry")
+    walked = fleet.walk(5 * 60_000, b"", 10)
+    assert [(key, counted) for _entry, key, counted in walked] == [(b"a", b"a-counted"), (b"c", b"c-counted"), (b"b", b"b-counted")]
+    assert [key for _entry, key, _counted in fleet.walk(5 * 60_000, b"", 2)] == [b"a", b"c"]
+    assert [key for _entry, key, _counted in fleet.walk(5 * 60_000, walked[0][0], 10)] == [b"c", b"b"]
+    assert fleet.walk(2 * 60_000, b"", 10) == [] and fleet.walk(5 * 60_000, walked[-1][0], 10) == []
+    assert [key for _entry, key, _counted in fleet.walk(2**62, b"", 10)] == [b"a", b"c", b"b", b"late"]
+    assert [key for _entry, key, _counted in fleet.walk(256**8 * 60_000, b"", 10)] == [b"a", b"c", b"b", b"late", b"never"]  # no minute after it
+    asyncio.run(store.on_stop())
