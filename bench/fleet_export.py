@@ -29,7 +29,9 @@ broker or Redis (KPI rows are made, not written):
   active in the last days is due (the day windows move) and nothing else changed;
 - ``a_day_later_idle``: an export a minute after that.
 
-The export's totals are checked against a full recomputation at the end. The speed probe
+``--alternate-threads`` (RocksDB) runs every other quiet minute on one thread and reports
+those apart (``quiet_minutes_one_thread``): the walk's two threads against one, in the same
+minutes. The export's totals are checked against a full recomputation at the end. The speed probe
 of bench/model_cost.py (the model alone, no I/O) runs before and after, as in
 bench/throughput.py: this shared VM has run the same code at a quarter of its usual speed
 for hours, so compare runs only at similar probe figures. Prints JSON and writes
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -68,6 +71,7 @@ from stream.settings import Settings  # noqa: E402
 from stream.state.table import KeysByPartition, customer_state_table  # noqa: E402
 from stream.worker.app import faust_app  # noqa: E402
 from stream.state.working_set import WorkingSet  # noqa: E402
+from stream.worker import fleet  # noqa: E402
 from stream.worker.fleet import FleetExport, FleetOptions  # noqa: E402
 from model_cost import speed_probe  # noqa: E402
 from throughput import write_result  # noqa: E402
@@ -171,21 +175,42 @@ def touch(table: Table, keys: KeysByPartition, customers: int, share: float, at_
     return touched
 
 
-async def quiet(export: FleetExport, first_ms: int, minutes: int) -> dict:
+async def quiet(export: FleetExport, first_ms: int, minutes: int, alternate_threads: bool = False) -> dict:
     """An export every minute for ``minutes`` minutes with nothing changed (no midnight in them):
-    what time alone costs, a minute at a time."""
-    seconds, recomputed = [], []
+    what time alone costs, a minute at a time. ``alternate_threads``: every other minute on one
+    thread (the RocksDB walk's partitions one after the other), reported apart: the two ways
+    compared in the same minutes, on a VM whose speed drifts within the hour."""
+    groups: dict[str, tuple[list[float], list[int]]] = {}
     for minute in range(1, minutes + 1):
-        figures = await timed(export, first_ms + minute * 60_000)
+        one_thread = alternate_threads and minute % 2 == 0
+        with _threads(1 if one_thread else None):
+            figures = await timed(export, first_ms + minute * 60_000)
+        seconds, recomputed = groups.setdefault("quiet_minutes_one_thread" if one_thread else "quiet_minutes", ([], []))
         seconds.append(figures["seconds"])
         recomputed.append(figures["recomputed"])
+    return {name: summary(seconds, recomputed) for name, (seconds, recomputed) in groups.items()}
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """The export's thread count (stream/worker/fleet.py) for a while; None: as the machine gives."""
+    original = fleet._export_threads
+    if count is not None:
+        fleet._export_threads = lambda: count
+    try:
+        yield
+    finally:
+        fleet._export_threads = original
+
+
+def summary(seconds: list[float], recomputed: list[int]) -> dict:
     ordered = sorted(seconds)
     return {
-        "minutes": minutes,
-        "seconds_mean": round(sum(seconds) / minutes, 4),
-        "seconds_median": ordered[minutes // 2],
+        "minutes": len(seconds),
+        "seconds_mean": round(sum(seconds) / len(seconds), 4),
+        "seconds_median": ordered[len(seconds) // 2],
         "seconds_max": ordered[-1],
-        "recomputed_mean": round(sum(recomputed) / minutes, 1),
+        "recomputed_mean": round(sum(recomputed) / len(seconds), 1),
         "recomputed_max": max(recomputed),
         "microseconds_per_recount": round(sum(seconds) / max(1, sum(recomputed)) * 1e6, 1),
     }
@@ -193,7 +218,7 @@ async def quiet(export: FleetExport, first_ms: int, minutes: int) -> dict:
 
 async def measure(
     customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0,
-    model: str = "kernel", data_dir: str | None = None,
+    model: str = "kernel", data_dir: str | None = None, alternate_threads: bool = False,
 ) -> dict:
     collect_garbage_rarely()
     tune_allocator()  # as the worker does at its start (stream/cli.py): the export's threads share one more heap
@@ -222,7 +247,7 @@ async def measure(
         if quiet_after_days:  # past the generator's own wave (below): one export catches up first
             start = now + quiet_after_days * DAY_MS
             figures["catch_up"] = await timed(export, start)
-        figures["quiet_minutes"] = await quiet(export, start, quiet_minutes)
+        figures.update(await quiet(export, start, quiet_minutes, alternate_threads))
         now = start + quiet_minutes * 60_000
     figures["changed_customers"] = touch(table, keys, customers, changed, now + 90_000)
     figures["changed"] = await timed(export, now + 120_000)
@@ -262,7 +287,12 @@ def main() -> None:
     parser.add_argument("--state-store", choices=("memory", "rocksdb"), default="memory",
                         help="keep the records in memory (default) or on the RocksDB store, as a worker with state_store = \"rocksdb\" (its counted records and due entries on disk too)")
     parser.add_argument("--data-dir", type=Path, help="with --state-store rocksdb: the directory the store's temporary directory goes in (made if missing; default: the system's temporary directory); removed after")
+    parser.add_argument("--alternate-threads", action="store_true",
+                        help="with --state-store rocksdb and --quiet-minutes: every other quiet minute on one thread, reported apart (quiet_minutes_one_thread): "
+                        "the export's two threads against one in the same minutes")
     args = parser.parse_args()
+    if args.alternate_threads and (args.state_store != "rocksdb" or args.quiet_minutes < 2):
+        parser.error("--alternate-threads compares the RocksDB walk's threads: give --state-store rocksdb and --quiet-minutes 2 or more")
     if args.data_dir is not None and args.state_store != "rocksdb":
         parser.error("--data-dir is for --state-store rocksdb")
     if args.model == "kernel" and not kernel.available():
@@ -281,7 +311,7 @@ def main() -> None:
     probe_before = speed_probe()  # how fast this shared VM runs the model now: compare runs only at similar figures
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
         data_dir = directory if args.state_store == "rocksdb" else None
-        figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir))
+        figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir, args.alternate_threads))
     figures["speed_probe_microseconds_per_event"] = {"before": probe_before, "after": speed_probe()}
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)
