@@ -411,13 +411,16 @@ class FleetExport:
         add_to(part.sums, contribution(new, now_ms, options.period_days, options.survey_response_days))
         return old_due, unchanged_until(new, now_ms, options.period_days, options.survey_response_days), self._kpi_row(new, now_ms), True
 
-    def _move_counted(self, part: PartitionTotals, counted: bytes | None, current: bytes | None, now_ms: int) -> tuple[int | None, bytes | None, tuple[str, bytes] | None]:
+    def _move_counted(
+        self, part: PartitionTotals, counted: bytes | None, current: bytes | None, now_ms: int, kernel: bool = True
+    ) -> tuple[int | None, bytes | None, tuple[str, bytes] | None]:
         """``_move`` on the RocksDB store: what is taken out is the contribution counted
         (``encode_counted``'s bytes), not a record. Returns when ``current`` is next due, its
         contribution as kept, and its KPI row; (None, None, None) when it is not counted (erased,
-        or unreadable). ValueError: ``counted`` cannot be read (the partition is counted in full)."""
+        or unreadable). ValueError: ``counted`` cannot be read (the partition is counted in full).
+        ``kernel`` False: the kernel already found it cannot read them; the model alone counts."""
         options = self._options
-        if self._kernel is not None and part.native is not None:
+        if kernel and self._kernel is not None and part.native is not None:
             try:
                 return self._kernel.fleet_recount_counted(part.native, counted, current, now_ms, options.write_kpis is not None, options.parameters is not None)  # type: ignore[no-any-return]
             except ValueError:  # nothing was counted: the model does it
@@ -438,7 +441,8 @@ class FleetExport:
         recounted: list[Any] = [None] * len(counted)
         if self._kernel is not None and part.native is not None:
             recounted = self._kernel.fleet_recount_counted_many(part.native, counted, current, now_ms, options.write_kpis is not None, options.parameters is not None)
-        return [done if done is not None else self._move_counted(part, old, new, now_ms) for done, old, new in zip(recounted, counted, current)]
+        tried = self._kernel is not None and part.native is not None  # None from it: it could not read the item, no use asking again
+        return [done if done is not None else self._move_counted(part, old, new, now_ms, kernel=not tried) for done, old, new in zip(recounted, counted, current)]
 
     def _kpi_row(self, state: Any, now_ms: int) -> tuple[str, bytes] | None:
         return (state.customer_id, customer_kpis_json(state, now_ms, self._options)) if self._options.write_kpis is not None else None
