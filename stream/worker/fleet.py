@@ -7,7 +7,9 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
@@ -259,34 +261,57 @@ class FleetExport:
 
     async def _count_due_on_disk(self, walking: dict[int, PartitionTotals], now_ms: int, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """On the RocksDB store, recounts the customers whose time came by ``now_ms`` (just after
-        midnight, most of those active in the period) in rounds: each round takes the next chunk
-        of two partitions still walking (one per thread) and recounts them on the export's
-        threads at once (RocksDB's reads and writes and the kernel's recounts run without the
-        GIL), while the event loop waits for the round, so the stream cannot erase or write a
-        customer of a chunk half way; between rounds the stream runs. A partition's walk starts
-        at the minute its last one reached: a customer's next moment is always after the time
-        it was counted at, so no entry is written before it (a clock set back moves it back)."""
+        midnight, most of those active in the period) in rounds on the export's threads at once
+        (RocksDB's reads and writes and the kernel's recounts run without the GIL): in a round,
+        each thread takes the next partition still walking and walks it until it has recounted
+        CHUNK customers, partition after partition, so the threads get equal work whatever the
+        partitions hold and a round holds the stream no longer than one chunk did. The event
+        loop waits for the round, so the stream cannot erase or write a customer of a chunk half
+        way; between rounds the stream runs. A partition's walk starts at the minute its last
+        one reached: a customer's next moment is always after the time it was counted at, so no
+        entry is written before it (a clock set back moves it back)."""
         now_minute = max(0, now_ms // DUE_BUCKET_MS)
-        after = {partition: FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big") for partition, part in walking.items()}  # no entry is this key itself
-        while after:
-            walks = list(islice(after.items(), _export_threads()))  # as many chunks as threads: a round holds the stream no longer than one chunk did
-            for (partition, _after), (walked, last, chunk_rows) in zip(walks, _on_threads(self._due_chunk, walks, walking, now_ms)):
-                rows.extend(chunk_rows)
-                self.recomputed += walked
-                if walked < CHUNK:  # the walk met a later minute or the last entry: no second seek
-                    walking[partition].due_from_minute = now_minute
-                    del after[partition]
-                else:
-                    after[partition] = last
+        waiting = deque((partition, FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")) for partition, part in walking.items())  # no entry is this key itself
+        while waiting:
+            failed = threading.Event()
+            for walked_in_round in _on_threads(self._due_round, [waiting] * _export_threads(), walking, now_ms, failed):
+                for partition, walked, last, chunk_rows, finished in walked_in_round:
+                    rows.extend(chunk_rows)
+                    self.recomputed += walked
+                    if finished:  # the walk met a later minute or the last entry: no second seek
+                        walking[partition].due_from_minute = now_minute
+                    else:
+                        waiting.append((partition, last))
             rows = await self._write(rows)
         return rows
 
-    def _due_chunk(self, walk: tuple[int, bytes], walking: dict[int, PartitionTotals], now_ms: int) -> tuple[int, bytes, list[tuple[str, bytes]]]:
-        """The next chunk of a partition's walk (partition, the entry it reached): how many were
-        walked, the last entry walked and the chunk's KPI rows. On one of the export's threads."""
+    def _due_round(self, waiting: deque[tuple[int, bytes]], walking: dict[int, PartitionTotals], now_ms: int, failed: threading.Event) -> list[tuple[int, int, bytes, list[tuple[str, bytes]], bool]]:
+        """One thread's share of a round: (partition, how many were walked, the last entry walked,
+        the KPI rows, whether its walk is over) for each partition it took off ``waiting`` (a
+        partition is taken by one thread only), until CHUNK customers or none left; stops early
+        once another thread failed."""
+        budget = CHUNK
+        walked_in_round = []
+        try:
+            while budget > 0 and not failed.is_set():
+                try:
+                    partition, after = waiting.popleft()  # atomic: the threads share the queue
+                except IndexError:
+                    break
+                walked, last, chunk_rows = self._due_chunk((partition, after), walking, now_ms, budget)
+                walked_in_round.append((partition, walked, last, chunk_rows, walked < budget))
+                budget -= walked
+        except BaseException:
+            failed.set()
+            raise
+        return walked_in_round
+
+    def _due_chunk(self, walk: tuple[int, bytes], walking: dict[int, PartitionTotals], now_ms: int, limit: int) -> tuple[int, bytes, list[tuple[str, bytes]]]:
+        """The next ``limit`` customers at most of a partition's walk (partition, the entry it
+        reached): how many were walked, the last entry walked and their KPI rows."""
         partition, after = walk
         records = self._disk_records(partition)
-        chunk = CountedIndex(records.index).walk(now_ms, after, CHUNK) if records is not None else []  # None: moved away
+        chunk = CountedIndex(records.index).walk(now_ms, after, limit) if records is not None else []  # None: moved away
         if not chunk:
             return 0, after, []
         return len(chunk), chunk[-1][0], self._recount_chunk_on_disk(records, walking[partition], chunk, now_ms)

@@ -501,10 +501,11 @@ def test_on_disk_a_due_customer_whose_record_turned_unreadable_leaves_the_totals
 
 @RECOUNTERS
 def test_on_disk_a_walk_that_fails_in_one_partition_counts_every_walking_partition_in_full_next_time(native: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The due walks of the partitions go together, a chunk of two at once on the export's
-    threads: when one fails, every partition walking in that pass has half-counted changes,
-    and the next pass counts each in full. The round's other chunk is not still running once
-    the stream runs again (it is waited for)."""
+    """The due walks of the partitions go together, two threads at once taking the next
+    partition: when one fails, every partition walking in that pass has half-counted changes,
+    and the next pass counts each in full. The other thread's chunk is not still running once
+    the stream runs again (it is waited for), and it takes no further partition."""
+    import threading
     import time
 
     monkeypatch.setattr(fleet, "_export_threads", lambda: 2)  # as on a machine with two cores or more
@@ -514,13 +515,16 @@ def test_on_disk_a_walk_that_fails_in_one_partition_counts_every_walking_partiti
     due = max(unchanged_until(decode_state(world.stored(customer.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"]) for customer in customers)  # type: ignore[type-var]
     walked: list[int] = []
     original = fleet.FleetExport._recount_chunk_on_disk
+    partition_one_started = threading.Event()
 
     def failing_in_partition_zero(export: fleet.FleetExport, records: Any, part: Any, chunk: list, now_ms: int) -> list:
         partition = partition_of(chunk[0][1].decode())
         walked.append(partition)
         if partition == 0:
+            partition_one_started.wait(5)  # the other thread is in partition 1's chunk
             raise RuntimeError("a disk error")
-        time.sleep(0.2)  # partition 1, in the same round: still running when partition 0 failed
+        partition_one_started.set()
+        time.sleep(0.2)  # partition 1, on the other thread: still running when partition 0 failed
         rows = original(export, records, part, chunk, now_ms)
         walked.append(partition + 10)
         return rows
@@ -528,9 +532,40 @@ def test_on_disk_a_walk_that_fails_in_one_partition_counts_every_walking_partiti
     monkeypatch.setattr(fleet.FleetExport, "_recount_chunk_on_disk", failing_in_partition_zero)
     with pytest.raises(RuntimeError, match="a disk error"):
         asyncio.run(world.export.update({0, 1, 2}, due))
-    assert walked in ([0, 1, 11], [1, 0, 11])  # the round finished; partition 2's walk never started
+    assert walked in ([0, 1, 11], [1, 0, 11])  # partition 1's chunk finished; partition 2's walk never started
     assert [world.export._partitions[partition].at_ms for partition in (0, 1, 2)] == [-1, -1, -1]
     monkeypatch.setattr(fleet.FleetExport, "_recount_chunk_on_disk", original)
     asyncio.run(world.export.update({0, 1, 2}, due + 60_000))
     check(world, {0, 1, 2}, due + 60_000)
+    asyncio.run(world.keys.disk.on_stop())
+
+
+@RECOUNTERS
+@pytest.mark.parametrize("threads", [1, 2])
+def test_on_disk_a_round_of_the_due_walk_gives_each_thread_a_chunk_taken_from_partition_after_partition(native: bool, threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread's share of a round is CHUNK customers, whichever partitions they are in: a
+    partition with few due customers does not leave a thread idle, a partition with many is
+    resumed in the next round, and the totals still equal a full recomputation."""
+    monkeypatch.setattr(fleet, "_export_threads", lambda: threads)
+    monkeypatch.setattr(fleet, "CHUNK", 4)
+    customers = [f"c{index}" for index in range(30)]
+    world, at = counted_at_noon(customers, tmp_path, native)
+    due = max(unchanged_until(decode_state(world.stored(customer.encode())), at, OPTIONS["period_days"], OPTIONS["survey_response_days"]) for customer in customers)  # type: ignore[type-var]
+    shares: list[list[tuple[int, int]]] = []
+    original = fleet.FleetExport._due_round
+
+    def recording(export: fleet.FleetExport, *arguments: Any) -> list:
+        walked_in_round = original(export, *arguments)
+        shares.append([(partition, walked) for partition, walked, *_rest in walked_in_round])
+        return walked_in_round
+
+    monkeypatch.setattr(fleet.FleetExport, "_due_round", recording)
+    asyncio.run(world.export.update({0, 1, 2}, due))
+    check(world, {0, 1, 2}, due)
+    per_partition = {partition: sum(1 for customer in customers if partition_of(customer) == partition) for partition in (0, 1, 2)}
+    assert {partition: sum(walked for share in shares for part, walked in share if part == partition) for partition in (0, 1, 2)} == per_partition
+    assert all(sum(walked for _partition, walked in share) <= 4 for share in shares)
+    if threads == 1:  # (on two, which thread takes what depends on their timing)
+        assert [sum(walked for _partition, walked in share) for share in shares][:-1] == [4] * (30 // 4)  # full shares, then the rest
+        assert any(len({partition for partition, walked in share if walked}) > 1 for share in shares)  # a share spanning partitions
     asyncio.run(world.keys.disk.on_stop())
