@@ -160,6 +160,21 @@ def counted_entries(key: bytes, due_ms: int | None, counted: bytes) -> tuple[tup
     return (entry, counted), (FLEET_DUE.upper() + key, entry[len(FLEET_DUE) : len(FLEET_DUE) + MINUTE_BYTES])
 
 
+def put_counted_many(batch: Any, keys: list[bytes], recounted: list[tuple[int | None, bytes | None, Any]]) -> None:
+    """Into ``batch`` (a write batch on the index), the entries of each customer of ``keys``
+    recounted as (next due, counted, ...): those of :func:`counted_entries`; with counted None
+    (erased, or unreadable) its ``F`` entry goes. One loop without a call per customer: it runs
+    holding the GIL while the export's other thread waits for it."""
+    put, delete, minute_of = batch.put, batch.delete, FLEET_DUE.upper()
+    for key, (due_ms, counted, *_rest) in zip(keys, recounted):
+        if counted is None:
+            delete(minute_of + key)
+            continue
+        minute = NEVER if due_ms is None else (due_ms // DUE_BUCKET_MS if due_ms > 0 else 0).to_bytes(MINUTE_BYTES, "big")
+        put(FLEET_DUE + minute + key, counted)
+        put(minute_of + key, minute)
+
+
 def due_entries(index: Any, prefix: bytes, at_ms: int, after: bytes, limit: int) -> list[tuple[bytes, bytes, bytes]]:
     """Up to ``limit`` (entry, customer key, value) of ``prefix`` + minute + key entries due by
     ``at_ms``, after the entry ``after`` (b"": from the first). RocksDB stops the walk itself at

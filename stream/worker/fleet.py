@@ -28,7 +28,7 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
-from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, counted_entries, entries
+from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, entries, put_counted_many
 from stream.state.due_index import DUE_BUCKET_MS, DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
 from stream.state.store import records_of
@@ -325,17 +325,13 @@ class FleetExport:
         recounted = self._moved_many(part, [counted for _entry, _key, counted in chunk], records.get_many(keys), now_ms)
         batch, index = records.index_batch()
         batch.delete_range(chunk[0][0], chunk[-1][0] + b"\0", index)
-        rows: list[tuple[str, bytes]] = []
-        for key, (new_due, counted, row) in zip(keys, recounted):
-            if counted is None:  # erased or unreadable: its minute's entry goes too
-                batch.delete(FLEET_DUE.upper() + key)
-                continue
-            for entry, value in counted_entries(key, new_due, counted):
-                batch.put(entry, value)
-            if (row := self._counted_row(key, row)) is not None:
-                rows.append(row)
-        records.db.write(batch, UNLOGGED)
-        return rows
+        put_counted_many(batch, keys, recounted)  # erased or unreadable: its minute's entry goes too
+        records.db.write(batch, UNLOGGED)  # (rocksdict writes holding the GIL)
+        if self._kpi_retries:
+            for key, (_due, counted, _row) in zip(keys, recounted):
+                if counted is not None:
+                    self._counted_row(key, None)
+        return [row for _due, counted, row in recounted if counted is not None and row is not None]
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any, bool]]:
         """On the RocksDB store, the customers whose record a commit changed since the last pass

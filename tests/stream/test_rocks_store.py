@@ -282,3 +282,24 @@ def test_the_walk_of_due_entries_stops_at_the_minute_and_the_limit_and_resumes_a
     assert [key for _entry, key, _counted in fleet.walk(2**62, b"", 10)] == [b"a", b"c", b"b", b"late"]
     assert [key for _entry, key, _counted in fleet.walk(256**8 * 60_000, b"", 10)] == [b"a", b"c", b"b", b"late", b"never"]  # no minute after it
     asyncio.run(store.on_stop())
+
+
+def test_a_chunks_counted_entries_in_one_batch_are_those_counted_entries_gives(tmp_path: Path) -> None:
+    """The fleet export's loop over a recounted chunk writes, for each customer, exactly
+    :func:`counted_entries`' entries (a moment before 1970 at minute 0, none at NEVER) and,
+    for a customer not counted any more, deletes its ``F`` entry."""
+    from stream.state.disk_index import counted_entries, put_counted_many
+
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"acme", b"v1")])
+    records = store.partition(0)
+    records.index.put(FLEET_DUE.upper() + b"gone", b"\0" * 8)
+    chunk = [(b"a", (125_000, b"a-counted", ("a", b"{}"))), (b"b", (None, b"b-counted", None)), (b"c", (-5, b"c-counted", None)),
+             (b"gone", (None, None, None)), (b"d", (10**13 + 1, b"d-counted", None))]
+    batch, index = records.index_batch()
+    put_counted_many(batch, [key for key, _ in chunk], [recounted for _, recounted in chunk])
+    records.db.write(batch)
+    expected = dict(entry for key, (due, counted, _row) in chunk if counted is not None for entry in counted_entries(key, due, counted))
+    assert {entry: value for entry, value in records.index.items() if entry[:1] in (FLEET_DUE, FLEET_DUE.upper())} == expected
+    assert expected[FLEET_DUE.upper() + b"c"] == b"\0" * 8
+    asyncio.run(store.on_stop())
