@@ -262,10 +262,11 @@ class FleetExport:
     async def _count_due_on_disk(self, walking: dict[int, PartitionTotals], now_ms: int, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """On the RocksDB store, recounts the customers whose time came by ``now_ms`` (just after
         midnight, most of those active in the period) in rounds on the export's threads at once
-        (RocksDB's reads and writes and the kernel's recounts run without the GIL): in a round,
-        each thread takes the next partition still walking and walks it until it has recounted
-        CHUNK customers, partition after partition, so the threads get equal work whatever the
-        partitions hold and a round holds the stream no longer than one chunk did. The event
+        (RocksDB's MultiGet and the kernel's recounts run without the GIL; rocksdict's write
+        batch holds it): in a round, each thread takes the next partition still walking and
+        walks it until it has recounted CHUNK customers, partition after partition, so the
+        threads get equal work whatever the partitions hold and a round holds the stream no
+        longer than one chunk did. The event
         loop waits for the round, so the stream cannot erase or write a customer of a chunk half
         way; between rounds the stream runs. A partition's walk starts at the minute its last
         one reached: a customer's next moment is always after the time it was counted at, so no
@@ -319,12 +320,15 @@ class FleetExport:
     def _recount_chunk_on_disk(self, records: Any, part: PartitionTotals, chunk: list[tuple[bytes, bytes, bytes]], now_ms: int) -> list[tuple[str, bytes]]:
         """One chunk of the due walk ((entry, customer key, what was counted), in the index's
         order): the records in one MultiGet, the recounts in one call of the kernel, and the
-        index's changes in one batch (the walked entries in one range deletion, which the
-        new entries written after it in the same batch survive)."""
+        index's changes in one batch (the walked entries deleted one by one: a range deletion
+        each made every later write of the partition's memtable slower, 0.33 against 0.19 ms
+        a write of about 55 customers in the quiet minutes at 1M; new entries written after
+        them in the same batch survive)."""
         keys = [key for _entry, key, _counted in chunk]
         recounted = self._moved_many(part, [counted for _entry, _key, counted in chunk], records.get_many(keys), now_ms)
-        batch, index = records.index_batch()
-        batch.delete_range(chunk[0][0], chunk[-1][0] + b"\0", index)
+        batch, _index = records.index_batch()
+        for entry, _key, _counted in chunk:
+            batch.delete(entry)
         put_counted_many(batch, keys, recounted)  # erased or unreadable: its minute's entry goes too
         records.db.write(batch, UNLOGGED)  # (rocksdict writes holding the GIL)
         if self._kpi_retries:
