@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -779,6 +780,8 @@ def main() -> None:
         parser.error("--worker-stores takes memory, rocksdb or memory,rocksdb")
     if args.profile is not None and py_spy() is None:
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
+    if not args.skip_peers and {"quixstreams", "quixstreams-model"} & set(args.peers.split(",")) and importlib.util.find_spec("quixstreams") is None:
+        parser.error("the Quix Streams peers need quixstreams: pip install -e '.[bench]' (or leave them out with --peers naive-faust, or --skip-peers)")
 
     print("Speed probe (the model alone, no I/O)...")
     probe_before = speed_probe()

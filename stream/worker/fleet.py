@@ -72,9 +72,9 @@ MAX_KPI_RETRIES = 100_000
 UNLOGGED = rocksdict.WriteOptions()
 UNLOGGED.disable_wal = True
 #: Threads the RocksDB export's walk of due customers recounts partitions on, at most (on a
-#: two-core VM, in quiet minutes at 10M customers, two took 1.10x less time than one with a
-#: round per two partitions, 1.27x with all partitions in one round; about 1.9x in a long
-#: catch-up; more threads: not measured).
+#: two-core VM, in quiet minutes at 10M customers, two took 1.28-1.35x less time than one;
+#: about 1.25x in a catch-up at 1M, where the GIL held by rocksdict's write and the Python
+#: between the native calls bounds it; more threads: not measured).
 FLEET_THREADS = 2
 _threads: ThreadPoolExecutor | None = None
 #: The bytes the totals counted for a customer due by time alone: what the table holds.
