@@ -266,11 +266,11 @@ class FleetExport:
         batch holds it): in a round, each thread takes the next partition still walking and
         walks it until it has recounted CHUNK customers, partition after partition, so the
         threads get equal work whatever the partitions hold and a round holds the stream no
-        longer than one chunk did. The event
-        loop waits for the round, so the stream cannot erase or write a customer of a chunk half
-        way; between rounds the stream runs. A partition's walk starts at the minute its last
-        one reached: a customer's next moment is always after the time it was counted at, so no
-        entry is written before it (a clock set back moves it back)."""
+        longer than one chunk did. The event loop waits for the round, so the stream cannot
+        erase or write a customer of a chunk half way; between rounds the stream runs. A
+        partition's walk starts at the minute its last one reached: a customer's next moment
+        is always after the time it was counted at, so no entry is written before it (a clock
+        set back moves it back)."""
         now_minute = max(0, now_ms // DUE_BUCKET_MS)
         waiting = deque((partition, FLEET_DUE + min(part.due_from_minute, now_minute).to_bytes(MINUTE_BYTES, "big")) for partition, part in walking.items())  # no entry is this key itself
         while waiting:
@@ -331,10 +331,10 @@ class FleetExport:
             batch.delete(entry)
         put_counted_many(batch, keys, recounted)  # erased or unreadable: its minute's entry goes too
         records.db.write(batch, UNLOGGED)  # (rocksdict writes holding the GIL)
-        if self._kpi_retries:
+        if self._kpi_retries:  # a customer recounted has its KPIs in this chunk's rows
             for key, (_due, counted, _row) in zip(keys, recounted):
                 if counted is not None:
-                    self._counted_row(key, None)
+                    self._kpi_retries.pop(key, None)
         return [row for _due, counted, row in recounted if counted is not None and row is not None]
 
     def _marked_changed(self, partition: int) -> Iterator[tuple[bytes, Any, bool]]:
