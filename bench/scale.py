@@ -12,7 +12,13 @@ KPI hashes outgrow this machine's memory before the worker does.
 ``--state-store`` chooses where the worker keeps its records (``state_store``); the report then
 gives the disk the store and the changelog take. ``--kill`` restarts after SIGKILL instead of
 a clean stop. Each size's events per second (to apply its backlog) are in the report, so the
-largest size's rate reads against the smallest's of the same run.
+largest size's rate reads against the smallest's of the same run (``largest_to_smallest_rate``).
+With a few events per customer the smallest size's backlog is over in seconds, mostly the
+worker's start-up; ``--reference-events N`` gives the smallest size N events instead (the
+generator's same mix over its customers), so its rate is the worker's steady one:
+
+    .venv/bin/python bench/scale.py --state-store rocksdb --customers 10000 --customers 10000000 \
+        --events-per-customer 2 --reference-events 200000 --redis-maxmemory 4096
 
 For each size: fresh topics, the generator's mix (``--events-per-customer`` events per
 customer over 30 days), one ``healthscore worker`` until every event is applied, then
@@ -153,12 +159,18 @@ async def send_probe(settings) -> None:
         await producer.stop()
 
 
-def measure(customers: int, per_customer: int, partitions: int, port: int, restart: bool, timeout: float, extra: dict[str, str], kill: bool) -> dict:
+def events_for(args: argparse.Namespace, sizes: list[int], customers: int) -> int:
+    """The size's events: ``--events-per-customer`` each, or ``--reference-events`` for the smallest."""
+    if args.reference_events is not None and customers == sizes[0] and len(sizes) > 1:
+        return args.reference_events
+    return customers * args.events_per_customer
+
+
+def measure(customers: int, events: int, partitions: int, port: int, restart: bool, timeout: float, extra: dict[str, str], kill: bool) -> dict:
     tag = new_tag("m")
     env = {**namespace_env(tag, partitions, port), **extra}
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings, echo=lambda _: None))
-    events = customers * per_customer
     print(f"Loading {events} events for {customers} customers...")
     asyncio.run(load_events(settings, events, customers))
     process = start_worker(env, port, f"scale-{customers}")
@@ -212,9 +224,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
     parser.add_argument("--state-store", choices=["memory", "rocksdb"], default="memory", help="the worker's state_store (default memory)")
     parser.add_argument("--kill", action="store_true", help="restart after SIGKILL rather than a clean stop")
+    parser.add_argument("--reference-events", type=int, metavar="N",
+                        help="events for the smallest size instead of --events-per-customer each (at least 1,000; with two sizes or more): its rate is the reference the largest reads against")
     parser.add_argument("--redis-maxmemory", type=int, metavar="MB", help="a Redis of the run's own, capped at MB with allkeys-lru")
     args = parser.parse_args()
     sizes = sorted(args.customers or [10_000, 100_000])
+    if args.events_per_customer < 1 or any(size < 1 for size in sizes):
+        parser.error("--customers and --events-per-customer must be at least 1")
+    if args.reference_events is not None and (args.reference_events < 1_000 or len(sizes) < 2):
+        parser.error("--reference-events: at least 1000 events, and two --customers sizes or more (it replaces the smallest's)")
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
     capped = None
     if args.redis_maxmemory is not None:
@@ -235,7 +253,7 @@ def run(args: argparse.Namespace, sizes: list[int], extra: dict[str, str]) -> No
     port = 16080
     print("Measuring an idle worker...")
     idle = idle_rss(args.partitions, port, extra)
-    rows = [measure(n, args.events_per_customer, args.partitions, port, n == sizes[-1], args.timeout, extra, args.kill) for n in sizes]
+    rows = [measure(n, events_for(args, sizes, n), args.partitions, port, n == sizes[-1], args.timeout, extra, args.kill) for n in sizes]
     print(f"\nidle worker RSS: {idle / 1e6:.0f} MB")
     print(f"store: {args.state_store}")
     print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'ev/s':>7} {'RSS MB':>7} {'peak MB':>8} {'B/customer':>11} {'(RSS-idle)/customer':>20} {'store MB':>9} {'changelog MB':>13}")
@@ -250,11 +268,14 @@ def run(args: argparse.Namespace, sizes: list[int], extra: dict[str, str]) -> No
         )
         if "restart_seconds" in row:
             print(f"restart with {row['customers']} customers: processing again after {row['restart_seconds']:.1f} s ({row['changelog_records_restored']} changelog records read back)")
+    ratio = rows[-1]["events_per_second"] / rows[0]["events_per_second"] if len(rows) > 1 else None
+    if ratio is not None:
+        print(f"{rows[-1]['customers']} customers applied their backlog at {ratio:.0%} of the rate with {rows[0]['customers']} ({rows[0]['events']} events)")
     write_result(
         "scale",
         {
             "state_store": args.state_store, "restart_after": "SIGKILL" if args.kill else "SIGTERM", "idle_rss_bytes": idle,
-            "redis_maxmemory_mb": args.redis_maxmemory, "rows": rows,
+            "redis_maxmemory_mb": args.redis_maxmemory, "reference_events": args.reference_events, "largest_to_smallest_rate": ratio, "rows": rows,
         },
     )
     deleted = asyncio.run(delete_topics_containing(KafkaSettings(), TAGS))
