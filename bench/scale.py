@@ -225,14 +225,14 @@ def main() -> None:
     parser.add_argument("--state-store", choices=["memory", "rocksdb"], default="memory", help="the worker's state_store (default memory)")
     parser.add_argument("--kill", action="store_true", help="restart after SIGKILL rather than a clean stop")
     parser.add_argument("--reference-events", type=int, metavar="N",
-                        help="events for the smallest size instead of --events-per-customer each (at least 1,000; with two sizes or more): its rate is the reference the largest reads against")
+                        help="events for the smallest size instead of --events-per-customer each (1,000 to 100,000,000; with two sizes or more): its rate is the reference the largest reads against")
     parser.add_argument("--redis-maxmemory", type=int, metavar="MB", help="a Redis of the run's own, capped at MB with allkeys-lru")
     args = parser.parse_args()
     sizes = sorted(args.customers or [10_000, 100_000])
     if args.events_per_customer < 1 or any(size < 1 for size in sizes):
         parser.error("--customers and --events-per-customer must be at least 1")
-    if args.reference_events is not None and (args.reference_events < 1_000 or len(sizes) < 2):
-        parser.error("--reference-events: at least 1000 events, and two --customers sizes or more (it replaces the smallest's)")
+    if args.reference_events is not None and (not 1_000 <= args.reference_events <= 100_000_000 or len(sizes) < 2):
+        parser.error("--reference-events: from 1000 to 100000000 events, and two --customers sizes or more (it replaces the smallest's)")
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
     capped = None
     if args.redis_maxmemory is not None:
