@@ -102,6 +102,8 @@ class BatchHandler:
         now_ms = int(self._clock() * 1000)
         native = self._events.native is not None
         validated = itertools.repeat(None) if native else self._events.validate(batch, now_ms)
+        inputs = self._input_kinds
+        working.read_ahead((message.key, message.partition) for message in batch if message.key and message.topic in inputs)
         for message, decoded in zip(batch, validated):
             await self._apply_one(message, decoded, working, outputs, counts, now_ms)
         working.write_back()

@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, MutableMapping, Protocol
+from typing import Any, Iterable, Iterator, MutableMapping, Protocol
 
 import rocksdict
 from faust.stores import STORES
@@ -60,6 +60,14 @@ class Records(Protocol):
         """The partition's records if this worker holds them now (None: revoked, or never held)."""
         ...
 
+    def read_ahead(self, keys: Iterable[tuple[bytes, int]]) -> None:
+        """The records of these (key, partition) are about to be read: fetched together."""
+        ...
+
+    def forget_read_ahead(self) -> None:
+        """The batch that read ahead is over: what it fetched and did not use is dropped."""
+        ...
+
 
 class MemoryRecords:
     """Faust's in-memory store: one dict for every partition."""
@@ -73,18 +81,31 @@ class MemoryRecords:
     def if_open(self, partition: int) -> MutableMapping[bytes, bytes]:
         return self._data
 
+    def read_ahead(self, keys: Iterable[tuple[bytes, int]]) -> None:
+        """A dict read costs less than fetching ahead."""
+
+    def forget_read_ahead(self) -> None:
+        pass
+
 
 class PartitionRecords(MutableMapping[bytes, bytes]):
     """One partition's records: the changes since the last commit (None: deleted) over its database
-    (``meta``: the column family holding the changelog offset)."""
+    (``meta``: the column family holding the changelog offset).
 
-    __slots__ = ("db", "meta", "index", "pending")
+    ``read`` holds what the current batch fetched ahead from disk in one MultiGet (the
+    agent reads every record a batch needs: one read per key cost 8 % of the worker in a
+    2M-customer backlog, py-spy 2026-12-07). Each value is the disk's as long as the key
+    is not written: a write drops it (pending then holds the newer value, and once the
+    commit persists it, the disk does), and so does a changelog batch written to disk."""
+
+    __slots__ = ("db", "meta", "index", "pending", "read")
 
     def __init__(self, db: rocksdict.Rdict) -> None:
         self.db = db
         self.meta = db.get_column_family(META)
         self.index = db.get_column_family(INDEX)
         self.pending: dict[bytes, bytes | None] = {}
+        self.read: dict[bytes, bytes | None] = {}
 
     def close(self) -> None:
         """The column families first: while one (or a handle on it) is held, the database keeps its lock."""
@@ -131,8 +152,18 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
     def get(self, key: bytes, default: Any = None) -> Any:
         value = self.pending.get(key, _ABSENT)
         if value is _ABSENT:
-            value = self.db.get(key)
+            value = self.read.get(key, _ABSENT)
+            if value is _ABSENT:
+                value = self.db.get(key)
         return default if value is None else value
+
+    def read_ahead(self, keys: list[bytes]) -> None:
+        """Fetches the records of these keys from disk in one MultiGet (those pending or fetched
+        already are not): their ``get`` is then a dict lookup until a write or ``read.clear()``."""
+        pending, read = self.pending, self.read
+        wanted = list({key: None for key in keys if key not in pending and key not in read})
+        if wanted:
+            read.update(zip(wanted, self.db.get(wanted)))  # type: ignore[arg-type]
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """``get`` of each key (None where there is no record), those not pending read from disk
@@ -161,6 +192,7 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.pending[key] = value
+        self.read.pop(key, None)
 
     def __delitem__(self, key: bytes) -> None:
         if self.pop(key, None) is None:
@@ -169,6 +201,7 @@ class PartitionRecords(MutableMapping[bytes, bytes]):
     def pop(self, key: bytes, default: Any = None) -> Any:
         value = self.get(key)
         self.pending[key] = None
+        self.read.pop(key, None)
         return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
@@ -222,6 +255,19 @@ class RocksStore(Store):
 
     def if_open(self, partition: int) -> PartitionRecords | None:
         return self._partitions.get(partition)
+
+    def read_ahead(self, keys: Iterable[tuple[bytes, int]]) -> None:
+        by_partition: dict[int, list[bytes]] = {}
+        for key, partition in keys:
+            by_partition.setdefault(partition, []).append(key)
+        for partition, wanted in by_partition.items():
+            records = self._partitions.get(partition)
+            if records is not None:  # held: a batch's records are on partitions this worker holds
+                records.read_ahead(wanted)
+
+    def forget_read_ahead(self) -> None:
+        for records in self._partitions.values():
+            records.read.clear()
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         """A changelog record was delivered (stream/state/table.py ``persisted_offsets``): its
@@ -289,6 +335,7 @@ class RocksStore(Store):
             offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
         for partition, write in writes.items():
             records = self.partition(partition)
+            records.read.clear()  # the disk changes under what was fetched ahead
             # What is pending stays: the agent's own writes since its last commit, newer than any
             # changelog record of a partition it owns.
             records.write(write, offsets[partition], [key for key, present in keys[partition].items() if present])

@@ -7,7 +7,9 @@ import json
 
 from redis.connection import Connection
 
-from stream.sinks.redis_cache import _WRITE_SCRIPT_SHA, DEFAULT_EXPANSION, RECENT_ALERTS, _script_call, _stored_values
+from stream.sinks.redis_cache import (
+    _KPIS_MANY_SCRIPT_SHA, _WRITE_SCRIPT_SHA, DEFAULT_EXPANSION, RECENT_ALERTS, _kpis_call, _script_call, _stored_values,
+)
 
 
 def _message(score: float, **fields: object) -> bytes:
@@ -39,3 +41,10 @@ def test_the_hand_packed_script_call_is_what_redis_py_packs_for_the_same_argumen
     assert packed == b"".join(Connection().pack_command(*arguments))
     # Twice: lengths met before come from the kept headers.
     assert b"".join(_script_call("hs", alerts, scores, DEFAULT_EXPANSION)) == packed
+
+
+def test_the_hand_packed_kpis_call_is_what_redis_py_packs_for_the_same_arguments() -> None:
+    rows = [("c-1", b'{"nps": 30.0}'), ("c-\u00e9", b'{"nps": 0.0}'), ("c-2", b"x" * 70_000)]
+    packed = b"".join(_kpis_call("hs", rows))
+    expected = Connection().pack_command("EVALSHA", _KPIS_MANY_SCRIPT_SHA, 0, "hs", *[part for row in rows for part in row])
+    assert packed == b"".join(expected)

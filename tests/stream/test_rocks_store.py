@@ -303,3 +303,31 @@ def test_a_chunks_counted_entries_in_one_batch_are_those_counted_entries_gives(t
     assert {entry: value for entry, value in records.index.items() if entry[:1] in (FLEET_DUE, FLEET_DUE.upper())} == expected
     assert expected[FLEET_DUE.upper() + b"c"] == b"\0" * 8
     asyncio.run(store.on_stop())
+
+
+def test_records_read_ahead_answer_as_the_disk_until_written_and_after_their_commit(tmp_path: Path) -> None:
+    """A batch fetches its records ahead (one MultiGet): a write, the commit that persists it,
+    an erasure and changelog records read back must each be seen as if read from disk."""
+    table, store, keys = open_table(tmp_path)
+    commit(table, [(0, b"a", b"a1"), (0, b"b", b"b1"), (0, b"c", b"c1"), (1, b"d", b"d1")])
+    store.read_ahead([(b"a", 0), (b"b", 0), (b"c", 0), (b"nobody", 0), (b"d", 1), (b"a", 0)])
+    records = store.partition(0)
+    assert records.read == {b"a": b"a1", b"b": b"b1", b"c": b"c1", b"nobody": None}
+    assert [records.get(key) for key in (b"a", b"b", b"c", b"nobody")] == [b"a1", b"b1", b"c1", None]
+    assert b"d" in store.partition(1) and b"nobody" not in records
+
+    commit(table, [(0, b"a", b"a2"), (0, b"c", None)])  # written then persisted: the disk's new values
+    assert records.get(b"a") == b"a2" and records.get(b"c") is None and b"c" not in records
+    records[b"b"] = b"b2"  # written, not committed
+    assert records.get(b"b") == b"b2"
+
+    def event(partition: int, offset: int, key: bytes, value: bytes | None) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, key=key, value=value))
+
+    store.apply_changelog_batch([event(1, 10, b"d", b"d9")], None, None)  # a standby's copy moves on
+    assert store.partition(1).get(b"d") == b"d9"
+    store.read_ahead([(b"a", 0), (b"b", 0)])  # b pending: not fetched
+    assert records.read == {b"nobody": None, b"a": b"a2"}
+    WorkingSet(table, keys, Outputs(), CHANGELOG).write_back()  # the batch ends: forgotten
+    assert records.read == {} and store.partition(1).read == {}
+    asyncio.run(store.on_stop())
