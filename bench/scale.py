@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--reference-events", type=int, metavar="N",
                         help="events for the smallest size instead of --events-per-customer each (1,000 to 100,000,000; with two sizes or more): its rate is the reference the largest reads against")
     parser.add_argument("--redis-maxmemory", type=int, metavar="MB", help="a Redis of the run's own, capped at MB with allkeys-lru")
+    parser.add_argument("--block-cache-mb", type=int, metavar="MB",
+                        help="the worker's [rocksdb] block_cache_mb (8 to 65536; default: the setting's, 256): with --state-store rocksdb")
     args = parser.parse_args()
     sizes = sorted(args.customers or [10_000, 100_000])
     if args.events_per_customer < 1 or any(size < 1 for size in sizes):
@@ -234,6 +236,10 @@ def main() -> None:
     if args.reference_events is not None and (not 1_000 <= args.reference_events <= 100_000_000 or len(sizes) < 2):
         parser.error("--reference-events: from 1000 to 100000000 events, and two --customers sizes or more (it replaces the smallest's)")
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
+    if args.block_cache_mb is not None:
+        if args.state_store != "rocksdb" or not 8 <= args.block_cache_mb <= 65_536:
+            parser.error("--block-cache-mb: from 8 to 65536 MB, with --state-store rocksdb")
+        extra["HEALTHSCORE_ROCKSDB__BLOCK_CACHE_MB"] = str(args.block_cache_mb)
     capped = None
     if args.redis_maxmemory is not None:
         if not 64 <= args.redis_maxmemory <= 1_048_576:
@@ -255,7 +261,7 @@ def run(args: argparse.Namespace, sizes: list[int], extra: dict[str, str]) -> No
     idle = idle_rss(args.partitions, port, extra)
     rows = [measure(n, events_for(args, sizes, n), args.partitions, port, n == sizes[-1], args.timeout, extra, args.kill) for n in sizes]
     print(f"\nidle worker RSS: {idle / 1e6:.0f} MB")
-    print(f"store: {args.state_store}")
+    print(f"store: {args.state_store}" + (f", block cache {args.block_cache_mb} MB" if args.block_cache_mb else ""))
     print(f"{'customers':>10} {'events':>9} {'apply s':>8} {'ev/s':>7} {'RSS MB':>7} {'peak MB':>8} {'B/customer':>11} {'(RSS-idle)/customer':>20} {'store MB':>9} {'changelog MB':>13}")
     for row in rows:
         row["rss_per_customer_bytes"] = row["rss_bytes"] / row["customers"]
@@ -275,7 +281,7 @@ def run(args: argparse.Namespace, sizes: list[int], extra: dict[str, str]) -> No
         "scale",
         {
             "state_store": args.state_store, "restart_after": "SIGKILL" if args.kill else "SIGTERM", "idle_rss_bytes": idle,
-            "redis_maxmemory_mb": args.redis_maxmemory, "reference_events": args.reference_events, "largest_to_smallest_rate": ratio, "rows": rows,
+            "redis_maxmemory_mb": args.redis_maxmemory, "block_cache_mb": args.block_cache_mb, "reference_events": args.reference_events, "largest_to_smallest_rate": ratio, "rows": rows,
         },
     )
     deleted = asyncio.run(delete_topics_containing(KafkaSettings(), TAGS))
