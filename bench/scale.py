@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from stream.services.local import default_paths, port_answers, start_kafka, start_redis  # noqa: E402
 from stream.kafka.topics import delete_topics_containing, ensure_topics  # noqa: E402
 from stream.kafka.clients import connection_options  # noqa: E402
-from stream.settings import KafkaSettings  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from stream.settings import KafkaSettings, RocksDbSettings  # noqa: E402
 from throughput import (  # noqa: E402
     events_done,
     load_events,
@@ -237,8 +238,12 @@ def main() -> None:
         parser.error("--reference-events: from 1000 to 100000000 events, and two --customers sizes or more (it replaces the smallest's)")
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
     if args.block_cache_mb is not None:
-        if args.state_store != "rocksdb" or not 8 <= args.block_cache_mb <= 65_536:
-            parser.error("--block-cache-mb: from 8 to 65536 MB, with --state-store rocksdb")
+        if args.state_store != "rocksdb":
+            parser.error("--block-cache-mb goes with --state-store rocksdb")
+        try:  # the setting's own bounds
+            RocksDbSettings(block_cache_mb=args.block_cache_mb)
+        except ValidationError as error:
+            parser.error(f"--block-cache-mb: {error.errors()[0]['msg']} (MB)")
         extra["HEALTHSCORE_ROCKSDB__BLOCK_CACHE_MB"] = str(args.block_cache_mb)
     capped = None
     if args.redis_maxmemory is not None:

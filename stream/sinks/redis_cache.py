@@ -485,8 +485,9 @@ class LatestScoreCache:
 
     async def write_kpis(self, rows: list[tuple[str, bytes]]) -> list[str]:
         """Each customer's KPIs (JSON) into the ``kpis`` field of its hash, only where the hash
-        exists: an atomic check, so an erased customer's hash is never brought back. By
-        EVALSHA after SCRIPT LOAD, the commands the documented ACL grants (docs/deploy.md).
+        exists: an atomic check, so an erased customer's hash is never brought back. By EVALSHA
+        (the script loaded when Redis answers NOSCRIPT), the commands the documented ACL grants
+        (docs/deploy.md).
         Returns the customers not written (no hash yet: their first score is on its way)."""
         gone = self._gone_during_flush
         rows = [(customer_id, encoded) for customer_id, encoded in rows if customer_id not in gone]
