@@ -255,7 +255,7 @@ class LatestScoreCache:
 
     The stream hands over each published message as the bytes it sent to Kafka; only
     the newest per customer is kept. A timer writes them in chunks, one script call
-    each, until none is left. If Redis is down, pending scores stay (one per
+    each. If Redis is down, pending scores stay (one per
     customer) and are retried, up to MAX_PENDING_SCORES: beyond, they are dropped and the
     refill writes every owned customer's score again from the records once Redis answers
     (with ten million customers, one per customer would be gigabytes). The Kafka output
@@ -266,15 +266,15 @@ class LatestScoreCache:
     ``backlog_interval_seconds`` instead of at every timer tick. In a 10,000-customer
     backlog that took Redis from 0.2 to 0.1 of a core (bench/throughput.py, 2026-11-30).
 
-    A flush writes until nothing waits, the scores offered during its own round trips
-    too: in a long backlog it runs on, a chunk per round trip between the agent's
-    batches, and about a chunk waits at any time. Writing only what waited when it
-    started (so the interval would coalesce every customer's scores) was measured and
-    left out: over 10,000 customers Redis wrote 36,000 customers instead of 153,000 in
-    a 400,000-event run (0.47 s of its CPU instead of 1.44), but over 100,000 customers
-    68,000 scores and 48,000 alerts waited at once and the worker grew from 194 MB to
-    242-254 (bench/scale.py); with at most 4,000 waiting it used 200 MB, and Redis
-    worked more than now (2026-11-30).
+    Catching up, a flush writes the scores that waited when it started; what the stream
+    scores during its round trips waits for the next one, so a customer scored many times
+    in a backlog is written once an interval. Over 10,000 customers that took Redis from
+    2.1-2.2 s of CPU to 0.45-0.75 s in a 200,000-event run and the worker from 28,900-32,200
+    to 36,400-37,100 events/s (bench/throughput.py, three runs each, alternated,
+    2026-12-08); resident memory over 100,000 customers stayed 243 MB (bench/scale.py).
+    Live, or once ``backlog_pending_limit`` wait, or for a stopping worker, a flush writes
+    until nothing waits. (Tried on 2026-11-30 without the limit, 68,000 scores waited at
+    once over 100,000 customers and the worker grew by 50 MB.)
     """
 
     def __init__(
@@ -383,8 +383,9 @@ class LatestScoreCache:
             or now - self._last_flush >= self._backlog_interval
         )
 
-    async def flush(self) -> None:
-        """Writes everything pending, a chunk per round trip; a flush already running does it."""
+    async def flush(self, drain: bool = False) -> None:
+        """Writes what is pending, a chunk per round trip; a flush already running does it.
+        ``drain``: everything, even while catching up (a stopping worker)."""
         if self._flushing:
             return
         self._flushing = True
@@ -394,9 +395,18 @@ class LatestScoreCache:
             while self._pending_erasures:
                 if not await self._erase_chunk():
                     return
+            # Catching up, a flush writes the scores that waited when it started (what comes
+            # meanwhile waits for the next one, so each customer's scores coalesce), unless
+            # the backlog limit is reached; otherwise it writes until nothing waits.
+            budget = len(self._pending) if self._catching_up and not drain else None
             while self._pending_alerts or self._pending:
-                if not await self._flush_chunk():
+                if budget is not None and budget <= 0 and not self._pending_alerts and len(self._pending) < self._backlog_pending_limit:
+                    break
+                written = await self._flush_chunk(FLUSH_CHUNK if budget is None or budget <= 0 else min(budget, FLUSH_CHUNK))
+                if written is None:
                     return
+                if budget is not None:
+                    budget -= written
         finally:
             self._flushing = False
             self._gone_during_flush.clear()
@@ -414,11 +424,12 @@ class LatestScoreCache:
             log.warning("Redis could not delete the keys of %s evicted customer(s), will retry: %s", len(chunk), error)
             return False
 
-    async def _flush_chunk(self) -> bool:
-        """Alerts first, then scores; on failure puts them back (newer offers win) and says False."""
+    async def _flush_chunk(self, most: int = FLUSH_CHUNK) -> int | None:
+        """Alerts first, then up to ``most`` scores, the oldest; how many scores it wrote, or None
+        on failure (they are put back, newer offers win)."""
         alerts = self._pending_alerts[:FLUSH_CHUNK]
         del self._pending_alerts[:FLUSH_CHUNK]
-        scores = _take(self._pending, FLUSH_CHUNK) if not alerts else {}
+        scores = _take(self._pending, most) if not alerts else {}
         try:
             if self.hash_tags:
                 await self._write_per_key(alerts, scores)
@@ -434,11 +445,11 @@ class LatestScoreCache:
             if self._healthy:
                 log.warning("Redis write failed, will retry (%s pending): %s", self.pending, error)
             self._healthy = False
-            return False
+            return None
         if not self._healthy:
             log.info("Redis writes recovered")
         self._healthy = True
-        return True
+        return len(scores)
 
     async def _write(self, command: list[bytes], script: str = WRITE_SCRIPT) -> Any:
         """One round trip of a packed EVALSHA of ``script``, loaded first when Redis does not know

@@ -94,4 +94,4 @@ class Timers:
             interval's worth, a few seconds' while catching up); they are on Kafka already."""
 
             async def on_stop(self) -> None:
-                await cache.flush()
+                await cache.flush(drain=True)

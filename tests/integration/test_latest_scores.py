@@ -212,6 +212,59 @@ def test_while_the_worker_catches_up_scores_wait_for_the_backlog_interval_or_a_f
     assert client.hgetall(customer_key(prefix, "c-3")) == expected_hash(message("c-3", 41.0))
 
 
+def test_catching_up_a_flush_writes_what_waited_at_its_start_and_what_comes_meanwhile_waits(services: None) -> None:
+    """So a backlog's scores coalesce per customer over the backlog interval instead of each
+    flush running on with what the stream scores during its round trips; live, a stopping
+    worker, or as many waiting as the limit: it runs on until nothing waits."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    early = [f"c-{index}" for index in range(FLUSH_CHUNK + 10)]  # two round trips
+
+    async def run() -> None:
+        cache = LatestScoreCache(settings.redis_url, prefix, backlog_interval_seconds=60, backlog_pending_limit=50)
+        arriving: list[list[str]] = []  # customers the stream scores during each next round trip
+        write = cache._write
+
+        async def write_while_the_stream_scores(*args: object) -> object:
+            for customer in arriving.pop(0) if arriving else ():
+                cache.offer(customer, encode_json(message(customer, 30.0)))
+            return await write(*args)
+
+        cache._write = write_while_the_stream_scores  # type: ignore[method-assign]
+        try:
+            cache.catching_up(True)
+            for customer in early:
+                cache.offer(customer, encode_json(message(customer, 40.0)))
+            arriving[:] = [["late-1"], ["late-1", "late-2"]]
+            await cache.flush()
+            assert cache.pending == 2  # scored during the round trips: the next flush's
+            assert client.zcard(scores_key(prefix)) == len(early)
+            assert not client.exists(customer_key(prefix, "late-1"))
+
+            arriving[:] = [[f"many-{index}" for index in range(50)]]  # the limit reached meanwhile
+            await cache.flush()
+            assert cache.pending == 0  # memory first: it ran on
+            assert client.zcard(scores_key(prefix)) == len(early) + 52
+
+            cache.offer("stop-1", encode_json(message("stop-1", 40.0)))
+            arriving[:] = [["stop-2"]]
+            await cache.flush(drain=True)  # a stopping worker writes everything
+            assert cache.pending == 0
+
+            cache.catching_up(False)
+            cache.offer("live-1", encode_json(message("live-1", 40.0)))
+            arriving[:] = [["live-2"]]
+            await cache.flush()  # live: until nothing waits
+            assert cache.pending == 0
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+    assert client.zcard(scores_key(prefix)) == len(early) + 56
+    assert client.hgetall(customer_key(prefix, "live-2")) == expected_hash(message("live-2", 30.0))
+
+
 def test_a_worker_told_to_stop_writes_its_pending_scores_to_redis_first(namespace: Namespace, tmp_path: Path) -> None:
     namespace.env["HEALTHSCORE_REDIS_FLUSH_INTERVAL_SECONDS"] = "60"  # no timer flush during the test
     worker = WorkerProcess(namespace, tmp_path / "worker.log")
