@@ -24,7 +24,8 @@ Entries, by prefix (a customer key is any string of 1-256 characters, after the 
 A minute is 8 bytes big-endian, so keys sort by time. Like :class:`stream.state.due_index.DueIndex`,
 an entry may stay behind in an earlier minute: a customer is taken early, never late.
 
-Imports: the standard library and rocksdict only (the store opens the column family).
+Imports: the standard library and rocksdict (through ``stream.state.rocks``) only; the store
+opens the column family.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any, Iterator
 
-import rocksdict
 
+from stream.state.rocks import rocksdict  # loaded on first use: the in-memory store never needs it
 from stream.state.due_index import DUE_BUCKET_MS
 
 PLACE = b"p"

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, MutableMapping, Protocol
 
-import rocksdict
 from faust.stores import STORES
 from faust.stores.base import Store
 from faust.types import TP
 
+from stream.state.rocks import rocksdict  # loaded on first use: the in-memory store never needs it
 from stream.settings import RocksDbSettings
 from stream.state.disk_index import CHANGED, COUNTED, PLACE, SWEEP_DUE, CountedIndex, StoredDueIndex
 from stream.state.keys import KeysByPartition

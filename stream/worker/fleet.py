@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -19,7 +20,6 @@ import faust
 from faust.types import TP
 
 import msgspec
-import rocksdict
 
 from scoring import kernel as kernel_module
 from scoring.fleet_sums import Sums, add_to, contribution, decode_counted, empty_sums, encode_counted, remove_from, totals_from, unchanged_until
@@ -28,6 +28,7 @@ from scoring.kpis import FleetTotals, customer_kpis
 from scoring.output import rfc3339
 from scoring.state import decode_state
 from stream import metrics
+from stream.state.rocks import rocksdict  # loaded on first use: the in-memory store never needs it
 from stream.state.disk_index import CHANGED, COUNTED, FLEET_DUE, MINUTE_BYTES, CountedIndex, clear_prefix, entries, put_counted_many
 from stream.state.due_index import DUE_BUCKET_MS, DueIndex
 from stream.state.keys import COUNTED_ON_DISK, KeysByPartition
@@ -69,8 +70,13 @@ MAX_KPI_RETRIES = 100_000
 #: is next due, the change markers it took): without the write-ahead log. A crash can lose
 #: them, and nothing is lost with them: a partition opened after a start is counted in full,
 #: which clears and rewrites them all.
-UNLOGGED = rocksdict.WriteOptions()
-UNLOGGED.disable_wal = True
+@functools.cache
+def unlogged() -> Any:
+    options = rocksdict.WriteOptions()
+    options.disable_wal = True
+    return options
+
+
 #: Threads the RocksDB export's walk of due customers recounts partitions on, at most (on a
 #: two-core VM, in quiet minutes at 10M customers, two took 1.28-1.35x less time than one;
 #: about 1.25x in a catch-up at 1M, where the GIL held by rocksdict's write and the Python
@@ -330,7 +336,7 @@ class FleetExport:
         for entry, _key, _counted in chunk:
             batch.delete(entry)
         put_counted_many(batch, keys, recounted)  # erased or unreadable: its minute's entry goes too
-        records.db.write(batch, UNLOGGED)  # (rocksdict writes holding the GIL)
+        records.db.write(batch, unlogged())  # (rocksdict writes holding the GIL)
         if self._kpi_retries:  # a customer recounted has its KPIs in this chunk's rows
             for key, (_due, counted, _row) in zip(keys, recounted):
                 if counted is not None:
@@ -347,7 +353,7 @@ class FleetExport:
             if not chunk:
                 return
             for entry in chunk:
-                index.delete(entry, UNLOGGED)
+                index.delete(entry, unlogged())
                 yield entry[len(CHANGED) :], COUNTED_ON_DISK, True
             after = chunk[-1]
 
@@ -387,7 +393,7 @@ class FleetExport:
         (``encode_counted``'s bytes, None) or COUNTED_ON_DISK (read from its entry); the new
         contribution is written in its next entry, for the next recount to take out. ``scheduled``
         False: a full count, which cleared the entries first."""
-        fleet = CountedIndex(index, UNLOGGED)
+        fleet = CountedIndex(index, unlogged())
         erasures = self._keys_by_partition.changed.get(partition)
         if erasures and key in erasures and (before is COUNTED_ON_DISK or not scheduled):
             # Erased after this pass took the erasures, then written again: the erasure took its

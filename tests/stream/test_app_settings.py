@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import faust
 import pytest
 
 from stream.worker.app import build_app
 from stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_killed_workers_partitions_move_after_ten_seconds_by_default() -> None:
@@ -109,3 +114,17 @@ def test_changelog_records_wait_for_the_commit_only_when_configured(writes: str,
     assert Settings().changelog_writes == "per_commit"
     consumer_class = build_app(Settings(changelog_writes=writes)).transport.Consumer
     assert (consumer_class.before_commit is not None) == hooked
+
+
+def test_a_worker_on_the_in_memory_store_does_not_load_rocksdb() -> None:
+    """Its library is about 7 MB of resident memory (stream/state/rocks.py); a fresh interpreter,
+    since other tests here load it."""
+    code = (
+        "import sys\n"
+        "from stream.settings import Settings\n"
+        "from stream.worker.app import build_app\n"
+        "build_app(Settings(state_store='memory'))\n"
+        "print('rocksdict' in sys.modules)\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "False", loaded.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import msgspec
 from aiokafka.structs import ConsumerRecord
@@ -59,6 +61,23 @@ def test_only_what_no_unread_record_can_precede_goes_and_in_event_time_order() -
     add(merge, "usage", [6], first_offset=2)
     assert stamps(merge.take(100)) == [("purchases", 5)]
     assert handover.out_of_order == {}
+
+
+def test_records_handed_over_are_not_kept_by_the_merge() -> None:
+    """Up to 4,096 a partition were: about 27 MB at rest over 100,000 customers (16 input
+    partitions), after every event was applied."""
+    merge = new_merge(set(), Clock())
+    records = [rec("purchases", offset, offset) for offset in range(600)]
+    merge.add(TP("purchases", 0), records, 0, 1)
+    alive = [weakref.ref(record) for record in records]
+    del records
+    assert len(merge.take(400).records) == 400
+    gc.collect()
+    assert sum(ref() is not None for ref in alive[:400]) == 0  # the larger half handed over: dropped
+    assert sum(ref() is not None for ref in alive) == 200
+    assert len(merge.take(1000).records) == 200
+    gc.collect()
+    assert all(ref() is None for ref in alive)
 
 
 def test_records_wait_for_a_lagging_partition_with_nothing_buffered_at_most_max_wait() -> None:
