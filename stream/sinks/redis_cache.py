@@ -269,9 +269,9 @@ class LatestScoreCache:
     Catching up, a flush writes the scores that waited when it started; what the stream
     scores during its round trips waits for the next one, so a customer scored many times
     in a backlog is written once an interval. Over 10,000 customers that took Redis from
-    2.1-2.2 s of CPU to 0.45-0.75 s in a 200,000-event run and the worker from 28,900-32,200
-    to 36,400-37,100 events/s (bench/throughput.py, three runs each, alternated,
-    2026-12-08); resident memory over 100,000 customers stayed 243 MB (bench/scale.py).
+    1.6-2.4 s of CPU to 0.45-0.8 s in a 200,000-event run, and the worker was faster in each
+    of three alternated pairs (bench/throughput.py, 2026-12-08; docs/throughput-history.md);
+    resident memory over 100,000 customers did not grow (bench/scale.py).
     Live, or once ``backlog_pending_limit`` wait, or for a stopping worker, a flush writes
     until nothing waits. (Tried on 2026-11-30 without the limit, 68,000 scores waited at
     once over 100,000 customers and the worker grew by 50 MB.)
