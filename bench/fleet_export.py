@@ -67,13 +67,14 @@ from scoring.contract import decode_event  # noqa: E402
 from stream.commands.generate import EventSynthesizer  # noqa: E402
 from stream.memory import collect_garbage_rarely, release_free_memory, tune_allocator  # noqa: E402
 from stream.kafka.producer import Outputs  # noqa: E402
-from stream.settings import Settings  # noqa: E402
+from stream.settings import RocksDbSettings, Settings  # noqa: E402
 from stream.state.table import KeysByPartition, customer_state_table  # noqa: E402
 from stream.worker.app import faust_app  # noqa: E402
 from stream.state.working_set import WorkingSet  # noqa: E402
 from stream.worker import fleet  # noqa: E402
 from stream.worker.fleet import FleetExport, FleetOptions  # noqa: E402
 from model_cost import speed_probe  # noqa: E402
+from scale import checked_block_cache  # noqa: E402
 from throughput import write_result  # noqa: E402
 
 PARTITIONS = 12
@@ -130,9 +131,10 @@ def commit(keys: KeysByPartition, written: dict[int, list[tuple[bytes, bytes]]])
     keys.disk.persist(written)
 
 
-def disk_table(directory: str) -> tuple[Any, KeysByPartition]:
-    """The worker's table on the RocksDB store (``state_store = "rocksdb"``) under ``directory``."""
-    configured = Settings(state_store="rocksdb", data_dir=Path(directory))
+def disk_table(directory: str, rocksdb: RocksDbSettings | None = None) -> tuple[Any, KeysByPartition]:
+    """The worker's table on the RocksDB store (``state_store = "rocksdb"``) under ``directory``
+    (``rocksdb``: its [rocksdb] settings, else the defaults)."""
+    configured = Settings(state_store="rocksdb", data_dir=Path(directory), **({} if rocksdb is None else {"rocksdb": rocksdb}))
     keys = KeysByPartition()
     table = customer_state_table(faust_app(configured), configured, keys)
     table.data  # noqa: B018 -- Faust makes the store on first use (it then tells ``keys`` it holds them)
@@ -218,11 +220,11 @@ def summary(seconds: list[float], recomputed: list[int]) -> dict:
 
 async def measure(
     customers: int, template_count: int, changed: float, quiet_minutes: int = 0, skip_midnight: bool = False, quiet_after_days: int = 0,
-    model: str = "kernel", data_dir: str | None = None, alternate_threads: bool = False,
+    model: str = "kernel", data_dir: str | None = None, alternate_threads: bool = False, rocksdb: RocksDbSettings | None = None,
 ) -> dict:
     collect_garbage_rarely()
     tune_allocator()  # as the worker does at its start (stream/cli.py): the export's threads share one more heap
-    table, keys = (Table(), KeysByPartition()) if data_dir is None else disk_table(data_dir)
+    table, keys = (Table(), KeysByPartition()) if data_dir is None else disk_table(data_dir, rocksdb)
     print(f"building {customers:,} records from {template_count:,} histories", file=sys.stderr, flush=True)
     fill(table, keys, customers, templates(template_count))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -237,7 +239,8 @@ async def measure(
     native = kernel.build(parameters) if model == "kernel" else None
     export = FleetExport(None, table, keys, [], "sweep", FleetOptions(write_kpis=count_rows, parameters=parameters), kernel=native)  # type: ignore[arg-type]
     figures: dict = {"customers": customers, "partitions": PARTITIONS, "templates": template_count, "model": model,
-                     "state_store": "memory" if data_dir is None else "rocksdb"}
+                     "state_store": "memory" if data_dir is None else "rocksdb",
+                     "block_cache_mb": None if data_dir is None else (rocksdb or RocksDbSettings()).block_cache_mb}
     now = END_MS
     figures["first_count"] = await timed(export, now)
     figures["rss_growth_mib_first_count"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
@@ -290,7 +293,10 @@ def main() -> None:
     parser.add_argument("--alternate-threads", action="store_true",
                         help="with --state-store rocksdb and --quiet-minutes: every other quiet minute on one thread, reported apart (quiet_minutes_one_thread): "
                         "the export's two threads against one in the same minutes")
+    parser.add_argument("--block-cache-mb", type=int, metavar="MB",
+                        help="the store's [rocksdb] block_cache_mb (8 to 65536; default: the setting's, 256): with --state-store rocksdb")
     args = parser.parse_args()
+    rocksdb = checked_block_cache(parser, args.block_cache_mb, args.state_store)
     if args.alternate_threads and (args.state_store != "rocksdb" or args.quiet_minutes < 2):
         parser.error("--alternate-threads compares the RocksDB walk's threads: give --state-store rocksdb and --quiet-minutes 2 or more")
     if args.data_dir is not None and args.state_store != "rocksdb":
@@ -311,7 +317,7 @@ def main() -> None:
     probe_before = speed_probe()  # how fast this shared VM runs the model now: compare runs only at similar figures
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=args.data_dir) as directory:
         data_dir = directory if args.state_store == "rocksdb" else None
-        figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir, args.alternate_threads))
+        figures = asyncio.run(measure(args.customers, args.templates, args.changed, args.quiet_minutes, args.skip_midnight, args.quiet_after_days, args.model, data_dir, args.alternate_threads, rocksdb))
     figures["speed_probe_microseconds_per_event"] = {"before": probe_before, "after": speed_probe()}
     print(json.dumps(figures, indent=2))
     write_result("fleet_export", figures)

@@ -167,6 +167,19 @@ def events_for(args: argparse.Namespace, sizes: list[int], customers: int) -> in
     return customers * args.events_per_customer
 
 
+def checked_block_cache(parser: argparse.ArgumentParser, block_cache_mb: int | None, state_store: str) -> RocksDbSettings | None:
+    """``--block-cache-mb`` checked by the setting's own bounds, with the RocksDB store only;
+    the [rocksdb] settings it gives (None: the flag was not given)."""
+    if block_cache_mb is None:
+        return None
+    if state_store != "rocksdb":
+        parser.error("--block-cache-mb goes with --state-store rocksdb")
+    try:
+        return RocksDbSettings(block_cache_mb=block_cache_mb)
+    except ValidationError as error:
+        parser.error(f"--block-cache-mb: {error.errors()[0]['msg']} (MB)")
+
+
 def measure(customers: int, events: int, partitions: int, port: int, restart: bool, timeout: float, extra: dict[str, str], kill: bool) -> dict:
     tag = new_tag("m")
     env = {**namespace_env(tag, partitions, port), **extra}
@@ -237,13 +250,7 @@ def main() -> None:
     if args.reference_events is not None and (not 1_000 <= args.reference_events <= 100_000_000 or len(sizes) < 2):
         parser.error("--reference-events: from 1000 to 100000000 events, and two --customers sizes or more (it replaces the smallest's)")
     extra = {"HEALTHSCORE_STATE_STORE": args.state_store}
-    if args.block_cache_mb is not None:
-        if args.state_store != "rocksdb":
-            parser.error("--block-cache-mb goes with --state-store rocksdb")
-        try:  # the setting's own bounds
-            RocksDbSettings(block_cache_mb=args.block_cache_mb)
-        except ValidationError as error:
-            parser.error(f"--block-cache-mb: {error.errors()[0]['msg']} (MB)")
+    if checked_block_cache(parser, args.block_cache_mb, args.state_store) is not None:
         extra["HEALTHSCORE_ROCKSDB__BLOCK_CACHE_MB"] = str(args.block_cache_mb)
     capped = None
     if args.redis_maxmemory is not None:

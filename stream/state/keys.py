@@ -75,9 +75,20 @@ class KeysByPartition(dict[int, set[bytes]]):
     def written(self, partition: int, key: bytes, before: bytes | None) -> None:
         if self.disk is not None:  # the commit writes the record's change marker with it
             return
-        self.setdefault(partition, set()).add(key)
-        self.changed.setdefault(partition, {}).setdefault(key, before)
-        self.written_since_sweep.setdefault(partition, set()).add(key)
+        # get, not setdefault(partition, set()): that builds three empty containers per event.
+        keys = self.get(partition)
+        if keys is None:
+            keys = self[partition] = set()
+        keys.add(key)
+        changes = self.changed.get(partition)
+        if changes is None:
+            changes = self.changed[partition] = {}
+        if key not in changes:
+            changes[key] = before
+        written = self.written_since_sweep.get(partition)
+        if written is None:
+            written = self.written_since_sweep[partition] = set()
+        written.add(key)
 
     def erased(self, partition: int, key: bytes, before: bytes | None) -> None:
         if self.disk is not None:
