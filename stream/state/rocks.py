@@ -1,8 +1,11 @@
 """rocksdict, loaded on first use: a worker on the in-memory store never touches RocksDB, and
 loading its library costs about 7 MB of resident memory (an idle worker: 92 MB with it, 2026-12-08).
 
-Modules that use RocksDB write ``from stream.state.rocks import rocksdict`` (and import the
-real module under ``TYPE_CHECKING`` for their annotations). Imports: the standard library only.
+Modules that use RocksDB write ``from stream.state.rocks import rocksdict``; their annotations
+name it as a string (``from __future__ import annotations``). Not the standard library's
+``importlib.util.LazyLoader``: its module sits in ``sys.modules``, and Faust's agent decorator
+(venusian, through ``inspect.getmodule``) reads ``__file__`` of every module there, which
+loads it at the worker's start (tried). Imports: the standard library only.
 """
 
 from __future__ import annotations
